@@ -1,0 +1,283 @@
+"""Configuration: frozen dataclasses with documented defaults, TOML loading and validation.
+
+CLI flags and TOML keys share one name each (``--public-ip`` <-> ``public_ip``). Flags override the
+file. Every error names the key (and its line in the file when it can be found) in one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import ConfigError
+from meshd.gossip.record import BACKENDS, MAX_NAME_LEN, RecordError, validate_subnet
+
+DEFAULT_PORT = 7950
+DEFAULT_CONFIG = Path("/etc/meshd/meshd.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """SWIM + Lifeguard tuning. Defaults are memberlist's DefaultLANConfig unless noted."""
+
+    probe_interval: float = 1.0
+    """Seconds between failure-detection probes (memberlist: 1 s)."""
+    probe_timeout: float = 0.5
+    """Seconds to wait for a direct ack before probing indirectly (memberlist: 500 ms)."""
+    indirect_checks: int = 3
+    """Peers asked to probe indirectly when a direct probe times out (memberlist: 3)."""
+    suspicion_mult: float = 4.0
+    """Suspicion timeout = suspicion_mult * log10(max(1, N)) * probe_interval (memberlist: 4)."""
+    suspicion_max_timeout_mult: float = 6.0
+    """Upper bound of the suspicion timeout before confirmations shorten it (memberlist: 6)."""
+    gossip_interval: float = 0.2
+    """Seconds between gossip rounds (memberlist: 200 ms)."""
+    gossip_nodes: int = 3
+    """Random peers each gossip round is sent to (memberlist: 3)."""
+    retransmit_mult: int = 4
+    """Each broadcast is sent retransmit_mult * ceil(log10(N+1)) times (memberlist: 4)."""
+    push_pull_interval: float = 30.0
+    """Seconds between full state exchanges with one random peer (memberlist: 30 s)."""
+    gossip_to_the_dead: float = 30.0
+    """Dead members keep receiving gossip for this long, so they learn they were declared dead."""
+    dead_probe_interval: float = 10.0
+    """Seconds between probes of one random tombstone, so healed partitions rejoin by themselves."""
+    tombstone_ttl: float = 86400.0
+    """Seconds a dead or left member is remembered before it is forgotten entirely."""
+    awareness_max: int = 8
+    """Lifeguard local health: probe timeout and interval are scaled by up to this (memberlist: 8)."""
+    reap_after: float = 300.0
+    """Seconds a dead member's routes are kept before the data plane removes them."""
+    max_datagram: int = 1400
+    """Largest datagram on the wire in bytes, envelope included (hard protocol limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `meshd join` needs. Field names are the TOML keys and the flag names."""
+
+    seeds: tuple[str, ...] = ()
+    """host[:port] of members to join through; empty starts a new mesh (or rejoins known ones)."""
+    name: str = field(default_factory=socket.gethostname)
+    """Node name, unique in the mesh (default: hostname)."""
+    public_ip: str | None = None
+    """Underlay IP peers reach us at (default: primary address of `iface`)."""
+    iface: str | None = None
+    """Underlay device (default: the one holding the default route)."""
+    subnet: str | None = None
+    """This node's container subnet, e.g. 10.244.1.0/24 (required)."""
+    network: str | None = None
+    """Optional cluster network; member subnets outside it are refused."""
+    backend: str = "vxlan"
+    """host-gw, ipip or vxlan; one per mesh."""
+    port: int = DEFAULT_PORT
+    """Gossip UDP port."""
+    key_file: Path = Path("/etc/meshd/key")
+    """Keyring file (mode 0600): primary key first, further keys accepted on receipt."""
+    state_dir: Path = Path("/var/lib/meshd")
+    """Node id, incarnation and last known members live here."""
+    socket: Path = Path("/run/meshd/meshd.sock")
+    """Control socket (unix, mode 0600)."""
+    vni: int = 1
+    """VXLAN network identifier (the article uses 1)."""
+    vxlan_port: int = 8472
+    """VXLAN UDP port (Linux/flannel default 8472)."""
+    bridge: str | None = None
+    """Optional bridge to hold the subnet's first address (off by default)."""
+    subnet_env: Path = Path("/run/meshd/subnet.env")
+    """flannel-compatible environment file for CNI plugins."""
+    ipmasq: bool = False
+    """Value written as FLANNEL_IPMASQ."""
+    resync_interval: float = 30.0
+    """Seconds between full data-plane resyncs."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+
+_GOSSIP_KEYS = {f.name for f in fields(GossipConfig)}
+_TOP_KEYS = {f.name for f in fields(Config)} - {"gossip"}
+_PATH_KEYS = {"key_file", "state_dir", "socket", "subnet_env"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _line_of(text: str, key: str) -> str:
+    for n, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return f" (line {n})"
+    return ""
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config into flat overrides; errors name the key and its line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "gossip":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [gossip] must be a table{_line_of(text, key)}")
+            for gk, gv in value.items():
+                if gk not in _GOSSIP_KEYS:
+                    raise ConfigError(f"{path}: unknown key gossip.{gk}{_line_of(text, gk)}")
+                out[f"gossip.{gk}"] = gv
+        elif key in _TOP_KEYS:
+            out[key] = value
+        else:
+            raise ConfigError(f"{path}: unknown key {key}{_line_of(text, key)}")
+    try:
+        build(out)
+    except ConfigError as exc:
+        bad = str(exc).split(":", 1)[0].removeprefix("gossip.")
+        raise ConfigError(f"{path}: {exc}{_line_of(text, bad)}") from None
+    return out
+
+
+def build(values: dict[str, Any]) -> Config:
+    """Validate flat ``key -> value`` overrides (``gossip.x`` for the table) into a Config."""
+    top: dict[str, Any] = {}
+    gossip: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key.startswith("gossip."):
+            gossip[key[7:]] = _check_gossip(key[7:], value)
+        else:
+            top[key] = _check_top(key, value)
+    cfg = Config(**top)
+    if gossip:
+        cfg = replace(cfg, gossip=replace(cfg.gossip, **gossip))
+    g = cfg.gossip
+    if g.probe_timeout >= g.probe_interval:
+        raise ConfigError("gossip.probe_timeout: must be shorter than probe_interval")
+    return cfg
+
+
+def _num(key: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}: must be between {lo:g} and {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}: must be between {lo} and {hi}, got {value}")
+    return value
+
+
+_GOSSIP_RANGES: dict[str, tuple[float, float]] = {
+    "probe_interval": (0.01, 60),
+    "probe_timeout": (0.005, 30),
+    "suspicion_mult": (1, 100),
+    "suspicion_max_timeout_mult": (1, 100),
+    "gossip_interval": (0.01, 10),
+    "push_pull_interval": (0.1, 3600),
+    "gossip_to_the_dead": (0, 86400),
+    "dead_probe_interval": (0.1, 3600),
+    "tombstone_ttl": (1, 10**7),
+    "reap_after": (0, 10**7),
+}
+_GOSSIP_INTS = {
+    "indirect_checks": (0, 16),
+    "gossip_nodes": (1, 32),
+    "retransmit_mult": (1, 32),
+    "awareness_max": (1, 64),
+    "max_datagram": (512, 1400),
+}
+
+
+def _check_gossip(key: str, value: Any) -> Any:
+    name = f"gossip.{key}"
+    if key in _GOSSIP_INTS:
+        return _int(name, value, *_GOSSIP_INTS[key])
+    if key in _GOSSIP_RANGES:
+        return _num(name, value, *_GOSSIP_RANGES[key])
+    raise ConfigError(f"{name}: unknown key")
+
+
+def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key is the clearest
+    if key not in _TOP_KEYS:
+        raise ConfigError(f"{key}: unknown key")
+    if key in _PATH_KEYS:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{key}: must be a path")
+        return Path(value)
+    if key == "seeds":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError("seeds: must be a list of host[:port]")
+        for s in value:
+            parse_seed(s)
+        return tuple(value)
+    if key == "name":
+        if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value) or (
+            len(value) > MAX_NAME_LEN
+        ):
+            raise ConfigError(f"name: {value!r} must be 1-63 of [A-Za-z0-9._-]")
+        return value
+    if key == "public_ip":
+        try:
+            ip = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ConfigError(f"public_ip: {value!r} is not an IPv4 address") from None
+        if ip.is_unspecified or ip.is_multicast:
+            raise ConfigError(f"public_ip: {value} cannot be used as a unicast address")
+        return str(ip)
+    if key in ("subnet", "network"):
+        try:
+            return str(validate_subnet(value))
+        except RecordError as exc:
+            raise ConfigError(f"{key}: {value!r}: {str(exc).split(': ', 1)[-1]}") from None
+    if key == "backend":
+        if value not in BACKENDS:
+            raise ConfigError(f"backend: {value!r} is not one of {', '.join(BACKENDS)}")
+        return value
+    if key in ("port", "vxlan_port"):
+        return _int(key, value, 1, 65535)
+    if key == "vni":
+        return _int(key, value, 0, 2**24 - 1)
+    if key in ("iface", "bridge"):
+        if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_.:-]{1,15}$", value):
+            raise ConfigError(f"{key}: {value!r} is not a valid interface name")
+        return value
+    if key == "ipmasq":
+        if not isinstance(value, bool):
+            raise ConfigError("ipmasq: must be true or false")
+        return value
+    if key == "resync_interval":
+        return _num(key, value, 1, 86400)
+    if key == "log_level":
+        if value not in _LOG_LEVELS:
+            raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
+        return value
+    raise ConfigError(f"{key}: unknown key")  # pragma: no cover - guarded above
+
+
+def parse_seed(seed: Any, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``host[:port]`` -> (host, port); raises ConfigError with the seed in the message."""
+    if not isinstance(seed, str) or not seed:
+        raise ConfigError(f"seed: {seed!r} is not host[:port]")
+    host, _, port_s = seed.rpartition(":") if ":" in seed else (seed, "", "")
+    if not port_s:
+        return host, default_port
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ConfigError(f"seed: {seed!r}: port must be 1-65535")
+    if not host:
+        raise ConfigError(f"seed: {seed!r}: missing host")
+    return host, int(port_s)
