@@ -1,0 +1,192 @@
+"""The `meshd` command line: parses, calls, formats and exits. It reaches the daemon only through
+the control socket, so `meshd peers` needs neither root nor pyroute2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from meshd import __version__
+from meshd.config import DEFAULT_CONFIG, Config, build, load_file
+from meshd.control.client import request
+from meshd.errors import MeshdError
+
+app = typer.Typer(
+    add_completion=True,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="meshd: a gossip-driven container network mesh (host-gw, ipip, vxlan).",
+)
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SOCKET = Config.__dataclass_fields__["socket"].default
+SocketOpt = Annotated[Path, typer.Option("--socket", help="Control socket of the daemon.")]
+
+
+def fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"meshd: error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: F) -> F:
+    """Turn every MeshdError into one line on stderr and exit 1; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MeshdError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"meshd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+def load_config(config: Path | None, flags: dict[str, Any]) -> Config:
+    """Config file (explicit, or the default when it exists) overlaid with the flags that were set."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        values.update(load_file(config))
+    elif DEFAULT_CONFIG.exists():
+        values.update(load_file(DEFAULT_CONFIG))
+    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+    return build(values)
+
+
+@app.command()
+@friendly
+def join(
+    seeds: Annotated[list[str] | None, typer.Argument(help="host[:port] of members to join.")] = None,
+    name: Annotated[str | None, typer.Option(help="Node name (default: hostname).")] = None,
+    public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: from iface).")] = None,
+    iface: Annotated[str | None, typer.Option(help="Underlay device (default route's).")] = None,
+    subnet: Annotated[str | None, typer.Option(help="This node's container subnet.")] = None,
+    backend: Annotated[str | None, typer.Option(help="host-gw, ipip or vxlan.")] = None,
+    port: Annotated[int | None, typer.Option(help="Gossip UDP port (7950).")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Keyring file (/etc/meshd/key).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State dir (/var/lib/meshd).")] = None,
+    socket: Annotated[Path | None, typer.Option(help="Control socket path.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+) -> None:
+    """Run the daemon in the foreground and join the mesh (logs to stderr)."""
+    cfg = load_config(config, {
+        "seeds": tuple(seeds or ()), "name": name, "public_ip": public_ip, "iface": iface,
+        "subnet": subnet, "backend": backend, "port": port, "key_file": key_file,
+        "state_dir": state_dir, "socket": socket,
+    })
+    import asyncio
+
+    # Imported here: the daemon pulls in pyroute2, which the other commands never need.
+    from meshd.daemon import serve, setup_logging
+
+    setup_logging(cfg.log_level)
+    rc = asyncio.run(serve(cfg))
+    raise typer.Exit(rc)
+
+
+@app.command()
+@friendly
+def peers(
+    socket: SocketOpt = DEFAULT_SOCKET,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+) -> None:
+    """List the members of the mesh, this node included."""
+    while True:
+        result = request(socket, "peers")
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            if watch:
+                typer.echo("\x1b[H\x1b[2J", nl=False)
+            typer.echo(format_peers(result))
+        if not watch:
+            return
+        time.sleep(1)
+
+
+def format_peers(rows: list[dict[str, Any]]) -> str:
+    head = ["NAME", "PUBLIC IP", "SUBNET", "BACKEND", "VTEP MAC", "STATE", "INC", "SEEN", "NOTE"]
+    table = [head]
+    for r in rows:
+        note = "self" if r.get("self") else (r.get("flag") or "")
+        table.append([
+            r["name"], r["public_ip"], r["subnet"], r["backend"], r.get("vtep_mac") or "-",
+            r["state"], str(r["incarnation"]),
+            "-" if r.get("self") else f"{r['last_seen']:.1f}s", note,
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    )
+
+
+@app.command()
+@friendly
+def status(
+    socket: SocketOpt = DEFAULT_SOCKET,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show this node, member counts, counters and the data plane."""
+    st = request(socket, "status")
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    n = st["node"]
+    typer.echo(f"node      {n['name']} ({n['public_ip']}) subnet {n['subnet']} "
+               f"backend {n['backend']} incarnation {n['incarnation']}")
+    typer.echo(f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}")
+    typer.echo("members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()))
+    c = st["counters"]
+    typer.echo(f"datagrams in {c.get('in', 0)}, out {c.get('out', 0)}")
+    if st["dropped"]:
+        typer.echo("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
+    dp = st.get("dataplane") or {}
+    if dp:
+        typer.echo("dataplane " + json.dumps(dp, indent=2).replace("\n", "\n          "))
+
+
+@app.command()
+@friendly
+def leave(socket: SocketOpt = DEFAULT_SOCKET) -> None:
+    """Announce that this node leaves the mesh, wait until that has spread, stop the daemon."""
+    res = request(socket, "leave")
+    typer.echo("left the mesh" + ("" if res.get("spread") else " (not confirmed by all peers)"))
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new random cluster key (base64) for the key file."""
+    from meshd.gossip.security import generate_key
+
+    typer.echo(generate_key())
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,50 @@
+"""Control-socket client: synchronous, stdlib only, so the CLI needs neither root nor pyroute2."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import ControlError
+
+
+def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
+    """Send one command; return its result or raise ControlError with a one-line message."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except FileNotFoundError:
+            raise ControlError(f"no meshd running: {path} does not exist") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path} (run as root)") from None
+        except ConnectionRefusedError:
+            raise ControlError(f"no meshd listening on {path}") from None
+        except OSError as exc:
+            raise ControlError(f"cannot connect to {path}: {exc.strerror}") from None
+        try:
+            sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            chunks = []
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except TimeoutError:
+            raise ControlError(f"meshd did not answer on {path} within {timeout:g} s") from None
+        except OSError as exc:
+            raise ControlError(f"control socket {path}: {exc.strerror}") from None
+    finally:
+        sock.close()
+    try:
+        resp = json.loads(b"".join(chunks))
+    except ValueError:
+        raise ControlError(f"meshd sent an unreadable answer on {path}") from None
+    if not isinstance(resp, dict):
+        raise ControlError("meshd sent an unreadable answer")
+    if not resp.get("ok"):
+        raise ControlError(str(resp.get("error", "unknown error")))
+    return resp.get("result")

@@ -1,0 +1,288 @@
+"""The composition root: wires config, keyring, state dir, gossip core, transport, data plane and
+control socket together, and owns the daemon's lifecycle (signals, leave, shutdown).
+
+Shutdown by SIGTERM/SIGINT is quiet: no leave broadcast and no change to kernel state, so a
+restart disturbs neither peers nor packets. Only `meshd leave` announces a departure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from meshd import __version__
+from meshd.config import Config, parse_seed
+from meshd.control.server import ControlServer
+from meshd.dataplane.model import PeerView
+from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane.underlay import discover_underlay
+from meshd.errors import ConfigError, DataplaneError
+from meshd.gossip.node import GossipNode
+from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, vtep_mac_for
+from meshd.gossip.security import Sealer
+from meshd.keyfile import load_keyring
+from meshd.statestore import State, StateStore
+from meshd.transport import Transport
+
+log = logging.getLogger("meshd")
+LEAVE_TIMEOUT = 5.0
+"""Upper bound on how long `meshd leave` waits for the left broadcast to spread."""
+SAVE_EVERY = 2.0
+"""Seconds between state-dir writes while membership changes (a crash loses at most this)."""
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._last_save = 0.0
+        self._saved_key: tuple[Any, ...] = ()
+        self.reconciler: Reconciler | None = None
+
+    # ---------------------------------------------------------------- setup
+    async def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.subnet is None:
+            raise ConfigError("subnet: required, e.g. --subnet 10.244.1.0/24")
+        keyring = load_keyring(cfg.key_file)
+        self.store = StateStore(cfg.state_dir)
+        state = self.store.load()
+        self.underlay = await discover_underlay(cfg.iface, cfg.public_ip)
+        subnet = ipaddress.IPv4Network(cfg.subnet)
+        ul_net = ipaddress.IPv4Network(
+            f"{self.underlay.ip}/{self.underlay.prefixlen}", strict=False
+        )
+        if subnet.overlaps(ul_net):
+            raise ConfigError(f"subnet: {subnet} overlaps the underlay network {ul_net}")
+        if cfg.network and not subnet.subnet_of(ipaddress.IPv4Network(cfg.network)):
+            raise ConfigError(f"subnet: {subnet} is outside network {cfg.network}")
+        # A restart announces a higher incarnation so it overrides any suspicion about us.
+        local = NodeRecord(
+            name=cfg.name,
+            node_id=state.node_id,
+            public_ip=self.underlay.ip,
+            port=cfg.port,
+            subnet=str(subnet),
+            backend=cfg.backend,
+            vtep_mac=vtep_mac_for(state.node_id) if cfg.backend == "vxlan" else None,
+            mtu=self.underlay.mtu,
+            incarnation=state.incarnation + 1,
+            version=PROTOCOL_VERSION,
+        )
+        known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
+        now = time.monotonic()
+        self.node = GossipNode(local, cfg.gossip, random.Random(os.urandom(16)), now, known=known)
+        self.sealer = Sealer(keyring)
+        self.transport = Transport(
+            self.node, self.sealer, ("0.0.0.0", cfg.port), on_change=self._changed.set
+        )
+        await self.transport.start()
+        self._save(force=True)
+        seeds = await self._resolve_seeds()
+        self.node.join(seeds, time.monotonic())
+        self.reconciler = Reconciler(cfg, local, self.underlay)
+        try:
+            await self.reconciler.start()
+        except DataplaneError as exc:
+            # Membership still works; `status` reports the data-plane error.
+            log.error("data plane: %s", exc)
+        self.control = ControlServer(
+            cfg.socket,
+            {
+                "peers": self._cmd_peers,
+                "status": self._cmd_status,
+                "leave": self._cmd_leave,
+            },
+        )
+        await self.control.start()
+        log.info(
+            "meshd %s: %s (%s) subnet %s backend %s on %s, %d known member(s), %d seed(s)",
+            __version__, local.name, local.public_ip, local.subnet, local.backend,
+            self.underlay.ifname, len(known), len(seeds),
+        )
+
+    async def _resolve_seeds(self) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        out: list[tuple[str, int]] = []
+        for seed in self.cfg.seeds:
+            host, port = parse_seed(seed, self.cfg.port)
+            try:
+                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET,
+                                               type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                log.warning("seed %s: cannot resolve (%s); skipping it", seed, exc)
+                continue
+            addr = (str(infos[0][4][0]), port)
+            if addr != (self.node.local.public_ip, self.node.local.port):
+                out.append(addr)
+        return out
+
+    # ---------------------------------------------------------------- run
+    async def run(self) -> int:
+        await self.setup()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        _sd_notify("READY=1")
+        assert self.reconciler is not None
+        tasks = [
+            asyncio.create_task(self.transport.run(), name="transport"),
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+            asyncio.create_task(self._membership_loop(), name="membership"),
+        ]
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        rc = 0
+        for t in done:
+            if t is not stop and t.exception() is not None:
+                exc = t.exception()
+                log.error("%s stopped: %s", t.get_name(), exc, exc_info=exc)
+                rc = 1
+        _sd_notify("STOPPING=1")
+        await self.shutdown(tasks + [stop])
+        return rc
+
+    async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Quiet stop: save state, close sockets; never touch kernel state."""
+        self._save(force=True)
+        await self.control.close()
+        if self.reconciler is not None:
+            await self.reconciler.close()
+        self.transport.close()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+    async def _membership_loop(self) -> None:
+        """Forward membership changes to the reconciler and the state dir."""
+        assert self.reconciler is not None
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            events = self.node.pop_events()
+            for ev in events:
+                m = ev.member
+                log.info("member %s (%s %s): %s", m.record.name, m.record.public_ip,
+                         m.record.subnet, ev.kind)
+            self.reconciler.set_peers(self._peer_views(), self.node.synced, time.monotonic())
+            self._save(force=bool(events))
+            # Rate-limit: membership changes arrive in bursts.
+            await asyncio.sleep(0.05)
+
+    def _peer_views(self) -> list[PeerView]:
+        me = self.node.local.name
+        return [
+            PeerView(record=m.record, state=str(m.state.value), state_since=m.state_since)
+            for m in self.node.members()
+            if m.record.name != me
+        ]
+
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        key = tuple(
+            (m.record.name, m.record.incarnation, str(m.state.value)) for m in self.node.members()
+        )
+        if key == self._saved_key or (not force and now - self._last_save < SAVE_EVERY):
+            return
+        self._saved_key, self._last_save = key, now
+        me = self.node.local
+        members = [
+            m.record for m in self.node.members()
+            if m.record.name != me.name and str(m.state.value) != "left"
+        ]
+        self.store.save(State(node_id=me.node_id, incarnation=me.incarnation, members=members))
+
+    # ---------------------------------------------------------------- control
+    async def _cmd_peers(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        flags = self.reconciler.peer_flags() if self.reconciler else {}
+        me = self.node.local.name
+        out = []
+        for m in sorted(self.node.members(), key=lambda m: m.record.name):
+            r = m.record
+            is_self = r.name == me
+            out.append({
+                "name": r.name,
+                "public_ip": r.public_ip,
+                "subnet": r.subnet,
+                "backend": r.backend,
+                "vtep_mac": r.vtep_mac if r.backend == "vxlan" else None,
+                "state": str(m.state.value),
+                "incarnation": r.incarnation,
+                "last_seen": 0.0 if is_self else round(max(0.0, now - m.last_seen), 1),
+                "self": is_self,
+                "node_id": r.node_id.hex(),
+                "flag": flags.get(r.name),
+            })
+        return out
+
+    async def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        by_state: Counter[str] = Counter(str(m.state.value) for m in self.node.members())
+        counters: Counter[str] = Counter()
+        counters.update(self.transport.counters)
+        counters.update(self.node.counters)
+        return {
+            "version": __version__,
+            "node": self.node.local.to_dict(),
+            "underlay": {"ifname": self.underlay.ifname, "ip": self.underlay.ip,
+                         "prefixlen": self.underlay.prefixlen, "mtu": self.underlay.mtu},
+            "uptime": round(time.monotonic() - self.started, 1),
+            "synced": self.node.synced,
+            "members": {s: by_state.get(s, 0) for s in ("alive", "suspect", "dead", "left")},
+            "counters": dict(sorted(counters.items())),
+            "dropped": {k[5:]: v for k, v in sorted(counters.items()) if k.startswith("drop.")},
+            "keys": self.sealer.keyring.ids(),
+            "dataplane": self.reconciler.status() if self.reconciler else {},
+        }
+
+    async def _cmd_leave(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.node.leave(time.monotonic())
+        self.transport.kick()
+        deadline = time.monotonic() + LEAVE_TIMEOUT
+        while not self.node.leave_done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        spread = self.node.leave_done()
+        log.info("left the mesh (%s)", "broadcast spread" if spread else "timed out waiting")
+        # Answer first, then stop.
+        asyncio.get_running_loop().call_later(0.1, self._stop.set)
+        return {"left": True, "spread": spread}
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal timestamps lines itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt)
+
+
+async def serve(cfg: Config) -> int:
+    return await Daemon(cfg).run()
+
+
+

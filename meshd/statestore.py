@@ -1,0 +1,69 @@
+"""The state directory: node id, incarnation and last known members, so a restarted daemon keeps
+its identity and rejoins without seeds. One JSON file, written atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshd.errors import ConfigError
+from meshd.gossip.record import NODE_ID_LEN, NodeRecord, RecordError
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.json"
+
+
+@dataclass
+class State:
+    node_id: bytes
+    incarnation: int = 0
+    members: list[NodeRecord] = field(default_factory=list)
+
+
+class StateStore:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / STATE_FILE
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"state_dir: cannot create {directory}: {exc.strerror}") from None
+
+    def load(self) -> State:
+        """The stored state, or a fresh identity when there is none (or it is unreadable)."""
+        try:
+            raw = json.loads(self.path.read_text())
+            node_id = bytes.fromhex(raw["node_id"])
+            if len(node_id) != NODE_ID_LEN:
+                raise ValueError("node_id length")
+            inc = int(raw.get("incarnation", 0))
+        except FileNotFoundError:
+            return State(node_id=os.urandom(NODE_ID_LEN))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("state file %s unreadable (%s): starting with a new identity", self.path, exc)
+            return State(node_id=os.urandom(NODE_ID_LEN))
+        members = []
+        for m in raw.get("members", []):
+            try:
+                members.append(NodeRecord.from_dict(m))
+            except (RecordError, TypeError, AttributeError):
+                continue
+        return State(node_id=node_id, incarnation=inc, members=members)
+
+    def save(self, state: State) -> None:
+        data = {
+            "node_id": state.node_id.hex(),
+            "incarnation": state.incarnation,
+            "members": [m.to_dict() for m in state.members],
+        }
+        tmp = self.path.with_name(f".{STATE_FILE}.tmp")
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(data, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.error("cannot save state to %s: %s", self.path, exc.strerror)

@@ -1,0 +1,117 @@
+"""The only UDP socket code: seals and opens datagrams and drives the sans-IO gossip core.
+
+Two loops share one GossipNode: the receiver feeds every authenticated datagram to the core, the
+timer loop sleeps until the core's next deadline. After either, whatever the core wants to send
+is sealed and sent at once. Datagrams that fail to open are counted by reason and never parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import asyncio_dgram
+
+from meshd.errors import ConfigError
+from meshd.gossip.node import GossipNode
+from meshd.gossip.security import OpenError, Sealer
+
+log = logging.getLogger(__name__)
+RCVBUF = 4 * 1024 * 1024
+"""Ask for a large receive buffer: gossip bursts (push-pull chunks) arrive back to back."""
+
+
+class Transport:
+    def __init__(
+        self,
+        node: GossipNode,
+        sealer: Sealer,
+        bind: tuple[str, int],
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.sealer = sealer
+        self.bind = bind
+        self.on_change = on_change
+        self.clock = clock
+        self.wall = wall
+        self.counters: Counter[str] = Counter()
+        self._stream: asyncio_dgram.aio.DatagramServer | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.bind(self.bind)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"port: cannot bind UDP {self.bind[0]}:{self.bind[1]}: {exc.strerror}"
+            ) from None
+        sock.setblocking(False)
+        self._stream = await asyncio_dgram.from_socket(sock)
+
+    def kick(self) -> None:
+        """Wake the timer loop: call after changing the core from outside (leave, update)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        assert self._stream is not None
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._recv_loop())
+            tg.create_task(self._timer_loop())
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    async def _recv_loop(self) -> None:
+        assert self._stream is not None
+        while True:
+            try:
+                data, addr = await self._stream.recv()
+            except asyncio_dgram.TransportClosed:
+                return
+            self.counters["in"] += 1
+            self.counters["in_bytes"] += len(data)
+            try:
+                payload = self.sealer.open(data, self.wall())
+            except OpenError as exc:
+                self.counters[f"drop.{exc.reason}"] += 1
+                continue
+            self.node.receive_datagram(payload, (addr[0], addr[1]), self.clock())
+            await self._flush()
+            self.on_change()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.node.get_timer()
+            delay = 1.0 if deadline is None else max(0.0, deadline - self.clock())
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            self._wake.clear()
+            self.node.handle_timer(self.clock())
+            await self._flush()
+            self.on_change()
+
+    async def _flush(self) -> None:
+        assert self._stream is not None
+        for payload, addr in self.node.datagrams_to_send():
+            data = self.sealer.seal(payload, self.wall())
+            try:
+                await self._stream.send(data, addr)
+            except (OSError, asyncio_dgram.TransportClosed) as exc:
+                self.counters["send_error"] += 1
+                log.debug("send to %s:%s failed: %s", addr[0], addr[1], exc)
+                continue
+            self.counters["out"] += 1
+            self.counters["out_bytes"] += len(data)
