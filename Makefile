@@ -1,0 +1,38 @@
+# Two commands on a fresh Debian machine, as root:
+#   make demo   builds the venv, installs system tools, runs the built-in lab (`meshd lab`)
+#   make test   the whole test suite (unit, kernel integration, end-to-end, ipip in user-mode-linux)
+# `make test-fast` runs only what needs neither root nor namespaces nor slow end-to-end runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BACKEND ?= vxlan
+HOSTS ?= 3
+
+.PHONY: demo test test-fast lint deps venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+deps:
+	bash .ci/install-system-deps.sh
+
+demo: venv deps
+	$(BIN)/meshd lab --hosts $(HOSTS) --backend $(BACKEND)
+
+test: venv deps
+	$(BIN)/pytest -ra
+
+test-fast: venv
+	$(BIN)/pytest -ra -m 'not slow and not root'
+
+lint: venv
+	$(BIN)/ruff check meshd tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from meshd.errors import KeyFileError
+from meshd.gossip.record import NodeRecord
+from meshd.gossip.security import Keyring, generate_key
+from meshd.keyfile import load_keyring, save_keyring
+from meshd.statestore import State, StateStore
+
+
+def test_keyfile_modes(tmp_path: Path) -> None:
+    p = tmp_path / "key"
+    with pytest.raises(KeyFileError, match="meshd keygen"):
+        load_keyring(p)
+    p.write_text(generate_key() + "\n")
+    p.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_keyring(p)
+    p.chmod(0o600)
+    kr = load_keyring(p)
+    save_keyring(p, Keyring((os.urandom(32), *kr.keys)))
+    assert (p.stat().st_mode & 0o777) == 0o600
+    assert load_keyring(p).keys[1] == kr.primary
+    p.write_text("garbage\n")
+    with pytest.raises(KeyFileError, match="line 1"):
+        load_keyring(p)
+
+
+def test_state_roundtrip(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    fresh = store.load()
+    assert len(fresh.node_id) == 16 and fresh.incarnation == 0
+    rec = NodeRecord("h2", os.urandom(16), "10.0.0.2", 7950, "10.244.2.0/24", "vxlan",
+                     "02:00:00:00:00:02", 1500, 3)
+    store.save(State(fresh.node_id, 7, [rec]))
+    again = StateStore(tmp_path / "s").load()
+    assert again.node_id == fresh.node_id and again.incarnation == 7 and again.members == [rec]
+    (tmp_path / "s" / "state.json").write_text("{broken")
+    assert StateStore(tmp_path / "s").load().node_id != fresh.node_id
