@@ -1,0 +1,70 @@
+"""Bad input: one clear line on stderr, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshd.cli import format_peers
+
+
+def meshd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["join", "--subnet", "0.0.0.0/0"], "0.0.0.0/0"),
+        (["join", "--subnet", "10.1.2.3/24"], "host bits"),
+        (["join", "--subnet", "10.1.0.0/24", "--public-ip", "1.2.3"], "public_ip"),
+        (["join", "--subnet", "10.1.0.0/24", "--backend", "gre"], "backend"),
+        (["join", "--subnet", "10.1.0.0/24", "--port", "0"], "port"),
+        (["join", "--subnet", "10.1.0.0/24", "bad:seed:x"], "seed"),
+        (["join", "--subnet", "10.1.0.0/24", "--key-file", "/nonexistent/key"], "meshd keygen"),
+        (["join", "--config", "/nonexistent.toml"], "cannot read config"),
+        (["peers", "--socket", "/nonexistent.sock"], "no meshd running"),
+        (["status", "--socket", "/nonexistent.sock", "--json"], "no meshd running"),
+        (["leave", "--socket", "/nonexistent.sock"], "no meshd running"),
+    ],
+)
+def test_bad_input_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    r = meshd(*args, *(["--state-dir", str(tmp_path)] if args[0] == "join" else []))
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+
+
+def test_key_too_open(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text(meshd("keygen").stdout)
+    key.chmod(0o644)
+    r = meshd("join", "--subnet", "10.1.0.0/24", "--key-file", str(key), "--state-dir",
+              str(tmp_path / "s"))
+    assert r.returncode == 1 and "chmod 600" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version_and_keygen() -> None:
+    assert meshd("--version").stdout.startswith("meshd ")
+    k1, k2 = meshd("keygen").stdout.strip(), meshd("keygen").stdout.strip()
+    assert len(k1) == 44 and k1 != k2
+
+
+def test_peers_table() -> None:
+    rows = [
+        {"name": "h1", "public_ip": "10.0.0.1", "subnet": "10.244.1.0/24", "backend": "vxlan",
+         "vtep_mac": "02:00:00:00:00:01", "state": "alive", "incarnation": 2, "last_seen": 0.0,
+         "self": True, "flag": None},
+        {"name": "h2", "public_ip": "10.0.0.2", "subnet": "10.244.2.0/24", "backend": "vxlan",
+         "vtep_mac": "02:00:00:00:00:02", "state": "suspect", "incarnation": 1, "last_seen": 2.5,
+         "self": False, "flag": "conflicted"},
+    ]
+    out = format_peers(rows).splitlines()
+    assert out[0].split()[:2] == ["NAME", "PUBLIC"]
+    assert "self" in out[1] and "suspect" in out[2] and "2.5s" in out[2] and "conflicted" in out[2]

@@ -1,0 +1,30 @@
+"""The shipped example config must stay loadable and must name every key the code knows."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from meshd.config import Config, GossipConfig, build, load_file
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "meshd.toml"
+
+
+def test_example_documents_every_key_and_its_default(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    # uncomment every "# key = value" line (minus trailing comments) and load it
+    lines = []
+    for line in text.splitlines():
+        m = re.match(r"^# ([a-z_]+ = .*?)(\s+#.*)?$", line)
+        lines.append(m.group(1) if m else line)
+    uncommented = tmp_path / "meshd.toml"
+    uncommented.write_text("\n".join(lines) + "\n")
+    cfg = build(load_file(uncommented))
+    assert cfg.subnet == "10.244.1.0/24"
+    defaults = GossipConfig()
+    for f in fields(GossipConfig):
+        assert getattr(cfg.gossip, f.name) == getattr(defaults, f.name), f.name
+    documented = set(re.findall(r"^# ([a-z_]+) = ", text, re.M))
+    known = {f.name for f in fields(Config)} - {"gossip"} | {f.name for f in fields(GossipConfig)}
+    assert known <= documented, known - documented
