@@ -1,0 +1,176 @@
+"""Tiny traffic generator and sink for the lab (stdlib only, runnable as a plain script).
+
+    tcp-sink --port P [--ready F]            accept one connection, print "<bytes> <sha256>"
+    tcp-send --host H --port P --bytes N     send N random bytes, print "<bytes> <sha256>"
+    udp-sink --port P [--idle S] [--ready F] count datagrams until S seconds of silence (or
+                                             SIGTERM), print the count
+    udp-send --host H --port P --count N [--pps R]   send N numbered datagrams, print N
+
+--tag T on both udp sides marks one run's datagrams, so late ones of an earlier run are ignored.
+
+The lab runs each side inside a namespace as ``ip netns exec NS <python> nettool.py ...``. It is
+started by file path, not ``-m``, so it needs neither meshd on sys.path nor anything but the
+interpreter: the same file works on the host and inside the UML guest. ``--ready F`` creates F once
+the socket is bound, so callers wait for it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+
+def _ready(path: str | None) -> None:
+    if path:
+        with open(path, "w"):
+            pass
+
+
+def tcp_sink(a: argparse.Namespace) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((a.bind, a.port))
+    srv.listen(1)
+    srv.settimeout(a.timeout)
+    _ready(a.ready)
+    conn, _ = srv.accept()
+    conn.settimeout(a.timeout)
+    digest, total = hashlib.sha256(), 0
+    while chunk := conn.recv(65536):
+        digest.update(chunk)
+        total += len(chunk)
+    # The one-byte reply tells the sender everything arrived before it reports success.
+    conn.sendall(b"k")
+    conn.close()
+    print(total, digest.hexdigest())
+
+
+def tcp_send(a: argparse.Namespace) -> None:
+    conn = socket.create_connection((a.host, a.port), timeout=a.timeout)
+    digest, left = hashlib.sha256(), a.bytes
+    while left:
+        # Random bytes: a corrupting path (bad checksum offload, wrong MTU) cannot hide in zeros.
+        chunk = os.urandom(min(left, 65536))
+        digest.update(chunk)
+        conn.sendall(chunk)
+        left -= len(chunk)
+    conn.shutdown(socket.SHUT_WR)
+    conn.recv(1)
+    conn.close()
+    print(a.bytes, digest.hexdigest())
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def udp_sink(a: argparse.Namespace) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # Large buffer so a burst is not lost in the socket itself: the count must measure the
+        # network (and injected faults), not our reader. FORCE ignores rmem_max (root only).
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 8 << 20)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind((a.bind, a.port))
+    tag = a.tag.encode()
+    # SIGTERM ends the count at once: a caller that knows the sender is done need not wait for
+    # silence (which, when everything is dropped, would cost the whole --first wait).
+    signal.signal(signal.SIGTERM, _raise_stop)
+    _ready(a.ready)
+    count, deadline = 0, time.monotonic() + a.max
+    # The first datagram may take a while (sender start-up); silence counts only after it.
+    sock.settimeout(a.first)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(2048)
+            except TimeoutError:
+                break
+            # Count only this run's datagrams: packets of an earlier run can still arrive late
+            # (queued behind an unresolved ARP entry during a cut, then flushed on heal).
+            if data.startswith(tag):
+                count += 1
+            sock.settimeout(a.idle or None)
+    except _Stop:
+        pass
+    print(count, flush=True)
+
+
+def udp_send(a: argparse.Namespace) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gap = 1.0 / a.pps if a.pps else 0.0
+    tag = a.tag.encode()
+    start = time.monotonic()
+    for i in range(a.count):
+        # EPERM: a local nft rule dropped it on output (an injected fault); ECONNREFUSED: an
+        # ICMP error for an earlier datagram. Both are losses to count, not reasons to stop.
+        with contextlib.suppress(PermissionError, ConnectionRefusedError):
+            sock.sendto(tag + b"%08d" % i + b"x" * 56, (a.host, a.port))
+        if gap:
+            # Pace against the start time, so per-call overhead does not add up.
+            delay = start + (i + 1) * gap - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    print(a.count)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sp = p.add_subparsers(dest="cmd", required=True)
+    x = sp.add_parser("tcp-sink")
+    x.add_argument("--port", type=int, required=True)
+    x.add_argument("--bind", default="0.0.0.0")
+    x.add_argument("--timeout", type=float, default=30.0)
+    x.add_argument("--ready")
+    x.set_defaults(func=tcp_sink)
+    x = sp.add_parser("tcp-send")
+    x.add_argument("--host", required=True)
+    x.add_argument("--port", type=int, required=True)
+    x.add_argument("--bytes", type=int, default=4 << 20)
+    x.add_argument("--timeout", type=float, default=30.0)
+    x.set_defaults(func=tcp_send)
+    x = sp.add_parser("udp-sink")
+    x.add_argument("--port", type=int, required=True)
+    x.add_argument("--bind", default="0.0.0.0")
+    x.add_argument("--idle", type=float, default=1.0, help="stop after this much silence")
+    x.add_argument("--first", type=float, default=10.0, help="wait this long for the first one")
+    x.add_argument("--max", type=float, default=60.0, help="stop after this long in any case")
+    x.add_argument("--ready")
+    x.add_argument("--tag", default="", help="count only datagrams starting with this")
+    x.set_defaults(func=udp_sink)
+    x = sp.add_parser("udp-send")
+    x.add_argument("--host", required=True)
+    x.add_argument("--port", type=int, required=True)
+    x.add_argument("--count", type=int, default=1000)
+    x.add_argument("--pps", type=float, default=0.0)
+    x.add_argument("--tag", default="", help="prefix of every datagram")
+    x.set_defaults(func=udp_send)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except OSError as exc:  # TimeoutError included: one line, non-zero exit
+        print(f"nettool: {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
