@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what the lab and the end-to-end tests need on a fresh Debian/Ubuntu machine, then
+# pre-build the user-mode-linux cache (meshd/lab/uml.py). Needs root. Idempotent: packages
+# already present are not touched and apt-get update runs only when something is missing.
+#
+#   iproute2       ip, ip netns, ip -batch: every lab namespace and link
+#   iputils-ping   ping matrices
+#   nftables       nft: fault injection (meshd/lab/faults.py), the data-plane filter
+#   tcpdump        short captures proving traffic went through a tunnel
+#   procps         sysctl and ps, for looking around a kept lab
+#   kmod           insmod in the UML guest (busybox's is the fallback)
+#   busybox-static "busybox poweroff -f": a synchronous power-off for the UML guest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-system-deps: needs root" >&2
+    exit 1
+fi
+
+pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod)
+# Any busybox will do (the dynamic one runs in the guest too, the root is shared); installing
+# busybox-static over an existing busybox would replace it.
+command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-system-deps: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The UML kernel + modules cache ($MESHD_UML_CACHE, default /var/cache/meshd/uml); a no-op when
+# already built. It needs only the standard library, so any python3 will do.
+py=.venv/bin/python
+[ -x "$py" ] || py=python3
+"$py" -m meshd.lab.uml build
