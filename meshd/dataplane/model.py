@@ -1,0 +1,587 @@
+"""Desired data-plane state from the peer table, and the diff against what the kernel has.
+
+Pure: no clock, no sockets, no pyroute2. Every function takes what it needs (``now``, the underlay,
+the on-link prefixes) as arguments, so plans are reproducible from a printed input and unit tests
+never touch the kernel. The applying side (backends, reconciler) only executes a ``Plan``.
+
+Decisions made here, in one place:
+
+* which peers are programmed, and why the others are not (``peer_flags``);
+* the conflict rule (``resolve_claims``): every node evaluates it identically from the same table;
+* removal gating: nothing is removed before the first full state exchange (``synced``);
+* reaping: a dead peer keeps its entries until ``state_since + reap_after``;
+* the per-backend objects (``hostgw``/``ipip``/``vxlan`` notes list them) and their order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.gossip.record import NodeRecord, vtep_mac_for
+
+RTPROT_MESHD = 109
+"""rtnetlink protocol number on every route meshd installs ("m"). Free in /etc/iproute2/rt_protos
+(which reserves 0-4, 8-18, 42, 99, 186-189, 192) and outside FRR's 190-198 and calico's 80.
+Ownership of routes is exactly "proto 109 in the main table": meshd never touches other routes."""
+
+MAIN_TABLE = 254
+IPIP_DEVICE = "meshd.ipip"
+IPIP_OVERHEAD = 20  # outer IPv4 header
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+IPIP_TTL = 64  # a fixed TTL makes the kernel set DF and do PMTU discovery on the tunnel
+
+# Values of peer_flags(); status() carries the long reason next to each.
+FLAG_CONFLICTED = "conflicted"
+FLAG_INCOMPATIBLE = "incompatible"
+FLAG_REFUSED = "refused"
+FLAG_NOT_ON_LINK = "not-on-link"
+FLAG_REAPED = "reaped"
+
+LIVE_STATES = ("alive", "suspect", "dead")
+
+
+def vxlan_device(vni: int) -> str:
+    return f"meshd.{vni}"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """What the daemon hands the reconciler, one per member except self."""
+
+    record: NodeRecord
+    state: str  # alive | suspect | dead | left
+    state_since: float  # monotonic seconds, same clock as `now`
+
+
+@dataclass(frozen=True, slots=True)
+class Underlay:
+    """The device peers are reached through, and this node's address on it."""
+
+    ifname: str
+    ifindex: int
+    ip: str
+    prefixlen: int
+    mtu: int
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ifname": self.ifname,
+            "ifindex": self.ifindex,
+            "ip": self.ip,
+            "prefixlen": self.prefixlen,
+            "mtu": self.mtu,
+        }
+
+
+# --- kernel objects, as plain comparable values -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Route:
+    """A main-table IPv4 route with meshd's protocol; keyed by ``dst``."""
+
+    dst: str
+    gateway: str
+    dev: str
+    onlink: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.dst} via {self.gateway} dev {self.dev}" + (" onlink" if self.onlink else "")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Neigh:
+    """A permanent neighbour on the mesh device; keyed by ``dst``."""
+
+    dst: str
+    lladdr: str
+
+    def __str__(self) -> str:
+        return f"{self.dst} lladdr {self.lladdr} permanent"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Fdb:
+    """A permanent FDB entry on the mesh device (``bridge fdb ... self permanent``)."""
+
+    lladdr: str
+    dst: str
+
+    def __str__(self) -> str:
+        return f"{self.lladdr} dst {self.dst} self permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A device meshd ensures. ``owned``: meshd may recreate it and drop foreign addresses
+    (the mesh device); otherwise it only creates it if missing and adds its address (the bridge)."""
+
+    name: str
+    kind: str
+    mtu: int | None
+    mac: str | None
+    addresses: tuple[str, ...]
+    params: tuple[tuple[str, Any], ...] = ()  # pyroute2 linkinfo names, fixed at creation
+    owned: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedDevice:
+    name: str
+    index: int
+    kind: str
+    mtu: int
+    mac: str | None
+    up: bool
+    addresses: tuple[str, ...]  # IPv4 CIDRs
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOp:
+    """One device step. ``action``: create, delete, set-mtu, set-mac, set-up, addr-add, addr-del."""
+
+    action: str
+    device: str
+    arg: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.device}" + (f" {self.arg}" if self.arg else "")
+
+
+# --- desired / observed / plan -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    backend: str
+    device: DeviceSpec | None  # the mesh device; None for host-gw
+    bridge: DeviceSpec | None
+    routes: Mapping[str, Route]
+    neighs: Mapping[str, Neigh]
+    fdb: frozenset[Fdb]
+    programmed: tuple[str, ...]  # peer names with entries
+    flags: Mapping[str, str]  # peer name -> FLAG_*
+    reasons: Mapping[str, str]  # peer name -> one-line reason, for status and the log
+    local_conflict: str | None  # set when this node lost the claim on its own subnet
+    allow_remove: bool  # False until the first full state exchange
+    next_deadline: float | None  # earliest time a kept dead peer is reaped
+    mtu: int  # MTU containers should use (FLANNEL_MTU)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    devices: Mapping[str, ObservedDevice]  # by name; only the devices meshd asked about
+    routes: Mapping[str, Route]  # routes with RTPROT_MESHD in the main table, by dst
+    neighs: Mapping[str, Neigh]  # permanent neighbours on the mesh device, by dst
+    fdb: frozenset[Fdb]  # unicast FDB entries with a dst on the mesh device
+
+
+EMPTY_OBSERVED = Observed(devices={}, routes={}, neighs={}, fdb=frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Minimal changes, in the order they must be applied: devices, neighbours, FDB, then routes
+    (a route's onlink gateway must resolve before traffic uses it); removals run routes first."""
+
+    devices: tuple[DeviceSpec, ...] = ()
+    device_ops: tuple[DeviceOp, ...] = ()
+    neigh_set: tuple[Neigh, ...] = ()
+    fdb_set: tuple[Fdb, ...] = ()
+    route_add: tuple[Route, ...] = ()  # dst not ours yet: plain add, never overwrite others
+    route_replace: tuple[Route, ...] = ()  # dst already ours, but different
+    route_del: tuple[Route, ...] = ()
+    neigh_del: tuple[Neigh, ...] = ()
+    fdb_del: tuple[Fdb, ...] = ()
+    problems: tuple[str, ...] = ()  # things the plan cannot fix (e.g. a non-bridge named br0)
+    removals_held: int = 0  # removals suppressed because the peer table is not synced yet
+
+    KINDS = (
+        "device_ops",
+        "neigh_set",
+        "fdb_set",
+        "route_add",
+        "route_replace",
+        "route_del",
+        "neigh_del",
+        "fdb_del",
+    )
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, k) for k in self.KINDS)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in self.KINDS}
+
+    def to_dict(self, limit: int = 50) -> dict[str, Any]:
+        """JSON-able; each list is cut to ``limit`` entries (the counts stay exact)."""
+        out: dict[str, Any] = {"counts": self.counts(), "removals_held": self.removals_held}
+        for k in self.KINDS:
+            items = getattr(self, k)
+            if items:
+                out[k] = [str(x) for x in items[:limit]]
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
+
+
+# --- peer selection ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    programmed: tuple[NodeRecord, ...]
+    flags: Mapping[str, str]
+    reasons: Mapping[str, str]
+    local_conflict: str | None
+    next_deadline: float | None
+
+
+def _net(cidr: str) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Network(cidr, strict=True)
+    except ValueError:
+        return None
+
+
+def resolve_claims(
+    claimants: Iterable[NodeRecord],
+) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
+    """The conflict rule. Claimants are taken in ascending ``(node_id, name)`` order; each is
+    granted its subnet unless it overlaps a subnet already granted. Returns the node_ids granted,
+    and for each loser the holder that beat it. Inputs must be the cluster-wide facts only (record
+    contents and membership), so every node reaches the same answer from the same table."""
+    granted: list[tuple[ipaddress.IPv4Network, NodeRecord]] = []
+    losers: dict[bytes, NodeRecord] = {}
+    for rec in sorted(claimants, key=lambda r: (r.node_id, r.name)):
+        net = ipaddress.IPv4Network(rec.subnet)
+        holder = next((h for n, h in granted if n.overlaps(net)), None)
+        if holder is None:
+            granted.append((net, rec))
+        else:
+            losers[rec.node_id] = holder
+    return {h.node_id for _, h in granted}, losers
+
+
+def select_peers(  # noqa: C901 - one rule per branch reads best as a list
+    backend: str,
+    network: str | None,
+    reap_after: float,
+    local: NodeRecord,
+    underlay: Underlay,
+    peers: Sequence[PeerView],
+    now: float,
+    onlink: Sequence[str] = (),
+) -> Selection:
+    """Which peers get entries. ``onlink``: CIDRs reachable directly on the underlay (host-gw)."""
+    flags: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    next_deadline: float | None = None
+    cluster = _net(network) if network else None
+
+    def refuse(p: NodeRecord, flag: str, why: str) -> None:
+        flags[p.name] = flag
+        reasons[p.name] = why
+
+    # 1. Cluster-wide facts only: these decide who may claim a subnet.
+    claimants: list[NodeRecord] = []
+    for pv in sorted(peers, key=lambda v: v.record.name):
+        p = pv.record
+        if p.node_id == local.node_id or p.name == local.name:
+            continue
+        if pv.state == "left" or pv.state not in LIVE_STATES:
+            continue  # gone: its entries are removed at once (once synced)
+        if pv.state == "dead":
+            deadline = pv.state_since + reap_after
+            if deadline <= now:
+                refuse(p, FLAG_REAPED, f"dead since {pv.state_since:.1f}, reaped")
+                continue
+            next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        if p.backend != backend:
+            refuse(p, FLAG_INCOMPATIBLE, f"announces backend {p.backend}, this mesh uses {backend}")
+            continue
+        net = _net(p.subnet)
+        if net is None or net.prefixlen == 0:
+            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} is not a valid container subnet")
+            continue
+        if cluster is not None and not net.subnet_of(cluster):
+            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} is outside network {network}")
+            continue
+        claimants.append(p)
+
+    local_net = _net(local.subnet)
+    granted, losers = resolve_claims(claimants + ([local] if local_net else []))
+    local_conflict: str | None = None
+    if local.node_id in losers:
+        holder = losers[local.node_id]
+        local_conflict = (
+            f"this node's subnet {local.subnet} overlaps {holder.subnet} of {holder.name}, "
+            "which holds it"
+        )
+
+    # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
+    onlink_nets = [n for n in (_net_loose(c) for c in onlink) if n is not None]
+    seen_macs: dict[str, str] = {}
+    programmed: list[NodeRecord] = []
+    for p in claimants:
+        net = ipaddress.IPv4Network(p.subnet)
+        if p.node_id not in granted:
+            h = losers[p.node_id]
+            refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps {h.subnet} held by {h.name}")
+            continue
+        if local_net is not None and net.overlaps(local_net):
+            refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps this node's {local.subnet}")
+            continue
+        if net.overlaps(underlay.network):
+            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps the underlay {underlay.network}")
+            continue
+        if p.public_ip == underlay.ip:
+            refuse(p, FLAG_REFUSED, f"announces this node's own address {p.public_ip}")
+            continue
+        if backend == "vxlan":
+            if not p.vtep_mac:
+                refuse(p, FLAG_REFUSED, "announces no VTEP MAC")
+                continue
+            if p.vtep_mac in seen_macs:
+                refuse(p, FLAG_REFUSED, f"VTEP MAC {p.vtep_mac} is also {seen_macs[p.vtep_mac]}'s")
+                continue
+            seen_macs[p.vtep_mac] = p.name
+        if backend == "host-gw":
+            ip = ipaddress.IPv4Address(p.public_ip)
+            if not any(ip in n for n in onlink_nets):
+                refuse(
+                    p,
+                    FLAG_NOT_ON_LINK,
+                    f"{p.public_ip} is not on-link on {underlay.ifname}; host-gw needs one L2",
+                )
+                continue
+        programmed.append(p)
+    return Selection(tuple(programmed), flags, reasons, local_conflict, next_deadline)
+
+
+def _net_loose(cidr: str) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Network(cidr, strict=False)
+    except ValueError:
+        return None
+
+
+# --- desired state -------------------------------------------------------------------------------
+
+
+def first_address(subnet: str) -> str:
+    """``10.244.1.0/24`` -> ``10.244.1.1/24`` (flannel's FLANNEL_SUBNET, the bridge address)."""
+    net = ipaddress.IPv4Network(subnet)
+    return f"{net.network_address + 1}/{net.prefixlen}"
+
+
+def device_spec(backend: str, local: NodeRecord, underlay: Underlay, vni: int, port: int) -> (
+    DeviceSpec | None
+):
+    net = ipaddress.IPv4Network(local.subnet)
+    addr = (f"{net.network_address}/32",)
+    if backend == "vxlan":
+        return DeviceSpec(
+            name=vxlan_device(vni),
+            kind="vxlan",
+            mtu=underlay.mtu - VXLAN_OVERHEAD,
+            mac=local.vtep_mac or vtep_mac_for(local.node_id),
+            addresses=addr,
+            params=(
+                ("vxlan_id", vni),
+                ("vxlan_local", underlay.ip),
+                ("vxlan_link", underlay.ifindex),
+                ("vxlan_port", port),
+                ("vxlan_learning", 0),
+            ),
+        )
+    if backend == "ipip":
+        return DeviceSpec(
+            name=IPIP_DEVICE,
+            kind="ipip",
+            mtu=underlay.mtu - IPIP_OVERHEAD,
+            mac=None,
+            addresses=addr,
+            params=(
+                ("ipip_local", underlay.ip),
+                ("ipip_link", underlay.ifindex),
+                ("ipip_ttl", IPIP_TTL),
+            ),
+        )
+    return None
+
+
+def desired_state(
+    *,
+    backend: str,
+    local: NodeRecord,
+    underlay: Underlay,
+    peers: Sequence[PeerView],
+    now: float,
+    synced: bool,
+    reap_after: float,
+    network: str | None = None,
+    vni: int = 1,
+    vxlan_port: int = 8472,
+    bridge: str | None = None,
+    onlink: Sequence[str] = (),
+) -> Desired:
+    """Everything this node should have in its kernel for ``peers`` at time ``now``."""
+    sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink)
+    dev = device_spec(backend, local, underlay, vni, vxlan_port)
+    routes: dict[str, Route] = {}
+    neighs: dict[str, Neigh] = {}
+    fdb: set[Fdb] = set()
+    for p in sel.programmed:
+        net = ipaddress.IPv4Network(p.subnet)
+        if backend == "host-gw":
+            routes[p.subnet] = Route(p.subnet, p.public_ip, underlay.ifname)
+        elif backend == "ipip":
+            routes[p.subnet] = Route(p.subnet, p.public_ip, IPIP_DEVICE, onlink=True)
+        else:
+            assert dev is not None and p.vtep_mac is not None
+            gw = str(net.network_address)
+            neighs[gw] = Neigh(gw, p.vtep_mac)
+            fdb.add(Fdb(p.vtep_mac, p.public_ip))
+            routes[p.subnet] = Route(p.subnet, gw, dev.name, onlink=True)
+    br = None
+    if bridge:
+        br = DeviceSpec(
+            name=bridge, kind="bridge", mtu=None, mac=None,
+            addresses=(first_address(local.subnet),), owned=False,
+        )
+    return Desired(
+        backend=backend,
+        device=dev,
+        bridge=br,
+        routes=routes,
+        neighs=neighs,
+        fdb=frozenset(fdb),
+        programmed=tuple(p.name for p in sel.programmed),
+        flags=sel.flags,
+        reasons=sel.reasons,
+        local_conflict=sel.local_conflict,
+        allow_remove=synced,
+        next_deadline=sel.next_deadline,
+        mtu=dev.mtu if dev is not None and dev.mtu else underlay.mtu,
+    )
+
+
+# --- diff ----------------------------------------------------------------------------------------
+
+
+def diff_device(spec: DeviceSpec, obs: ObservedDevice | None) -> tuple[list[DeviceOp], list[str]]:
+    """Steps that make ``obs`` match ``spec``; plus problems the steps cannot fix."""
+    ops: list[DeviceOp] = []
+    create = [DeviceOp("create", spec.name)] + [
+        DeviceOp("addr-add", spec.name, a) for a in spec.addresses
+    ]
+    create.append(DeviceOp("set-up", spec.name))
+    if obs is None:
+        return create, []
+    if obs.kind != spec.kind:
+        if not spec.owned:
+            return [], [f"{spec.name} exists as a {obs.kind or 'plain'} device, not a {spec.kind}"]
+        return [DeviceOp("delete", spec.name, f"kind {obs.kind} != {spec.kind}"), *create], []
+    wrong = [f"{k} {obs.params.get(k)!r} != {v!r}" for k, v in spec.params
+             if obs.params.get(k) != v]
+    if wrong and spec.owned:
+        # These are fixed at creation; the kernel cannot change them in place.
+        return [DeviceOp("delete", spec.name, "; ".join(wrong)), *create], []
+    if spec.mtu is not None and obs.mtu != spec.mtu:
+        ops.append(DeviceOp("set-mtu", spec.name, str(spec.mtu)))
+    if spec.mac is not None and (obs.mac or "").lower() != spec.mac:
+        ops.append(DeviceOp("set-mac", spec.name, spec.mac))
+    have = set(obs.addresses)
+    ops += [DeviceOp("addr-add", spec.name, a) for a in spec.addresses if a not in have]
+    if spec.owned:
+        extra = [a for a in obs.addresses if a not in spec.addresses]
+        ops += [DeviceOp("addr-del", spec.name, a) for a in extra]
+    if not obs.up:
+        ops.append(DeviceOp("set-up", spec.name))
+    return ops, []
+
+
+def diff(desired: Desired, observed: Observed) -> Plan:
+    """The minimal Plan that takes ``observed`` to ``desired``.
+
+    Removals (entries meshd owns that no programmed peer wants) are held back, and only counted,
+    until ``desired.allow_remove``. A device that is (re)created loses its neighbours, FDB and
+    routes in the kernel, so they are planned afresh rather than trusted from ``observed``."""
+    devices: list[DeviceSpec] = []
+    dev_ops: list[DeviceOp] = []
+    problems: list[str] = []
+    fresh: set[str] = set()
+    for spec in (desired.device, desired.bridge):
+        if spec is None:
+            continue
+        devices.append(spec)
+        ops, probs = diff_device(spec, observed.devices.get(spec.name))
+        dev_ops += ops
+        problems += probs
+        if any(o.action == "create" for o in ops):
+            fresh.add(spec.name)
+
+    mesh = desired.device.name if desired.device else None
+    obs_routes = {k: r for k, r in observed.routes.items() if r.dev not in fresh}
+    obs_neighs = {} if mesh in fresh else dict(observed.neighs)
+    obs_fdb = frozenset() if mesh in fresh else observed.fdb
+
+    neigh_set = tuple(n for k, n in sorted(desired.neighs.items()) if obs_neighs.get(k) != n)
+    fdb_set = tuple(sorted(desired.fdb - obs_fdb))
+    route_add: list[Route] = []
+    route_replace: list[Route] = []
+    for k, r in sorted(desired.routes.items()):
+        have = obs_routes.get(k)
+        if have is None:
+            route_add.append(r)
+        elif have != r:
+            route_replace.append(r)
+
+    route_del = tuple(r for k, r in sorted(obs_routes.items()) if k not in desired.routes)
+    neigh_del = tuple(n for k, n in sorted(obs_neighs.items()) if k not in desired.neighs)
+    # An FDB MAC that stays wanted but moves to another dst is rewritten by the replace in
+    # fdb_set; only MACs nobody wants any more, or a second dst, are deleted.
+    wanted_macs = {f.lladdr for f in desired.fdb}
+    fdb_del = tuple(
+        sorted(
+            f for f in obs_fdb - desired.fdb
+            if f.lladdr not in wanted_macs or sum(g.lladdr == f.lladdr for g in obs_fdb) > 1
+        )
+    )
+    held = 0
+    if not desired.allow_remove:
+        held = len(route_del) + len(neigh_del) + len(fdb_del)
+        route_del, neigh_del, fdb_del = (), (), ()
+    return Plan(
+        devices=tuple(devices),
+        device_ops=tuple(dev_ops),
+        neigh_set=neigh_set,
+        fdb_set=fdb_set,
+        route_add=tuple(route_add),
+        route_replace=tuple(route_replace),
+        route_del=route_del,
+        neigh_del=neigh_del,
+        fdb_del=fdb_del,
+        problems=tuple(problems),
+        removals_held=held,
+    )
+
+
+def subnet_env(network: str | None, subnet: str, mtu: int, ipmasq: bool) -> str:
+    """flannel's /run/flannel/subnet.env format, which CNI's flannel plugin reads."""
+    return (
+        f"FLANNEL_NETWORK={network or subnet}\n"
+        f"FLANNEL_SUBNET={first_address(subnet)}\n"
+        f"FLANNEL_MTU={mtu}\n"
+        f"FLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"
+    )

@@ -1,0 +1,485 @@
+"""The level-triggered loop: desired state (model) -> read back the kernel -> diff -> apply.
+
+Nothing here decides what the kernel should hold (model.py does) or speaks pyroute2 (netlink.py
+does). This module owns the *when*:
+
+* ``set_peers`` stores the table and wakes the loop; a burst is debounced (``debounce``, 150 ms);
+* a periodic full resync (``cfg.resync_interval``) catches anything the monitor missed;
+* a netlink monitor wakes the loop when a route, neighbour, FDB entry, address or device meshd
+  depends on changes or disappears, so a hand-made deletion is repaired within about a second;
+* a failed pass is retried with backoff (0.5 s doubling to 8 s); a missing kernel feature only
+  at the resync interval, since retrying cannot help;
+* the next reap deadline of a dead peer wakes the loop at that time.
+
+Every pass reads the kernel back, so a restart adopts what is there: an entry that is already
+right is never rewritten, and nothing is removed before ``set_peers(..., synced=True)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshd.config import Config
+from meshd.dataplane import model
+from meshd.dataplane.hostgw import ApplyResult, HostGwBackend
+from meshd.dataplane.ipip import IpipBackend
+from meshd.dataplane.model import (
+    RTPROT_MESHD,
+    Desired,
+    Fdb,
+    Neigh,
+    Observed,
+    ObservedDevice,
+    PeerView,
+    Plan,
+    Route,
+    Underlay,
+)
+from meshd.dataplane.netlink import Event, Netlink
+from meshd.dataplane.vxlan import VxlanBackend
+from meshd.errors import DataplaneError, MissingKernelFeature
+from meshd.gossip.record import NodeRecord
+
+log = logging.getLogger("meshd.dataplane")
+
+BACKENDS: dict[str, type[HostGwBackend]] = {
+    "host-gw": HostGwBackend,
+    "ipip": IpipBackend,
+    "vxlan": VxlanBackend,
+}
+MAX_ERRORS = 20  # status() keeps the most recent ones
+RETRY_MIN, RETRY_MAX = 0.5, 8.0
+
+
+class Reconciler:
+    """Converges this node's kernel to the peer table. See the module docstring for triggers.
+
+    ``netns`` runs every netlink call in ``/run/netns/<netns>`` instead of the current namespace
+    (tests and the lab drive several "hosts" from one process). ``clock`` is the loop's clock;
+    ``set_peers(now=...)`` tells the reconciler how the caller's clock relates to it.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        local: NodeRecord,
+        underlay: Underlay,
+        *,
+        netns: str | None = None,
+        debounce: float = 0.15,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not local.subnet:
+            raise DataplaneError("dataplane: this node has no subnet")
+        self.cfg = cfg
+        self.local = local
+        self.underlay = underlay
+        self.netns = netns
+        self.debounce = debounce
+        self._clock = clock
+        self._offset = 0.0  # caller's clock minus ours
+        self._nl = Netlink(netns)
+        self._backend = BACKENDS[cfg.backend](self._nl, RTPROT_MESHD)
+        self._peers: tuple[PeerView, ...] = ()
+        self._synced = False
+        self._wake = asyncio.Event()
+        self._reason = "start"
+        self._debounce_next = True
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._monitor_ready = asyncio.Event()
+        # What the last pass saw and decided.
+        self._onlink: tuple[str, ...] = (f"{underlay.ip}/{underlay.prefixlen}",)
+        self._desired: Desired | None = None
+        self._links: dict[str, int] = {underlay.ifname: underlay.ifindex}
+        self._retry_at: float | None = None
+        self._retry_delay = RETRY_MIN
+        self._next_resync = 0.0
+        self._flags: dict[str, str] = {}
+        self._reasons: dict[str, str] = {}
+        # Status.
+        self._runs = 0
+        self._applied: Counter[str] = Counter()
+        self._applied_last: dict[str, int] = {}
+        self._plan = Plan()
+        self._last_change: tuple[float, Plan] | None = None
+        self._last_run: dict[str, Any] | None = None
+        self._last_error: str | None = None
+        self._errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS)
+        self._fatal: MissingKernelFeature | None = None
+        self._env_text: str | None = None
+
+    # --- public API (docs/architecture.md) -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open netlink and run the first pass: ensure the device and its addresses, adopt what
+        the kernel has. Raises MissingKernelFeature (also kept in status) when the backend cannot
+        work on this kernel; other errors are reported in status and retried by ``run``."""
+        if self._started:
+            return
+        await self._nl.open()
+        self._started = True
+        await self.reconcile_now("start")
+        if self._fatal is not None:
+            raise self._fatal
+
+    def set_peers(self, peers: Sequence[PeerView], synced: bool, now: float) -> None:
+        """The full peer table (every member except self). ``synced``: the first full state
+        exchange is done, so a peer missing from the table is really gone; sticky once True."""
+        self._peers = tuple(p for p in peers if p.record.node_id != self.local.node_id)
+        self._synced = self._synced or synced
+        self._offset = now - self._clock()
+        # Flags are pure; recompute now so `meshd peers` does not lag the debounce.
+        sel = model.select_peers(
+            self.cfg.backend, self.cfg.network, self.cfg.gossip.reap_after, self.local,
+            self.underlay, self._peers, now, self._onlink,
+        )
+        self._flags, self._reasons = dict(sel.flags), dict(sel.reasons)
+        self._trigger("peers")
+
+    async def run(self) -> None:
+        """Reconcile on every trigger until ``close``. Starts the netlink monitor."""
+        if not self._started:
+            # A missing module is reported in status; resyncs will pick up a module loaded later.
+            with contextlib.suppress(MissingKernelFeature):
+                await self.start()
+        self._run_task = asyncio.current_task()
+        self._monitor_task = asyncio.create_task(self._monitor(), name="meshd-netlink-monitor")
+        try:
+            # Changes made between start() and the monitor's bind would go unseen: resync once
+            # the monitor listens.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._monitor_ready.wait(), 5)
+            self._trigger("monitor ready", debounce=False)
+            while not self._closed:
+                await self._wait()
+                if self._closed:
+                    break
+                await self.reconcile_now(self._reason)
+        finally:
+            await self._stop_monitor()
+
+    async def close(self) -> None:
+        """Stop the loop and the monitor and close netlink. Never changes kernel state."""
+        self._closed = True
+        self._wake.set()
+        task = self._run_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._stop_monitor()
+        async with self._lock:
+            await self._nl.close()
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able: backend, device, underlay, last plan, applied counts, errors, peers."""
+        d = self._desired
+        flags, reasons = self._flags, self._reasons
+        conflicted = {n for n, f in flags.items() if f == model.FLAG_CONFLICTED}
+        return {
+            "backend": self.cfg.backend,
+            "device": d.device.name if d and d.device else None,
+            "bridge": self.cfg.bridge,
+            "underlay": self.underlay.to_dict(),
+            "protocol": RTPROT_MESHD,
+            "netns": self.netns,
+            "synced": self._synced,
+            "runs": self._runs,
+            "last_run": self._last_run,
+            "plan": self._plan.to_dict(),
+            "last_change": (
+                {"at": self._last_change[0], "plan": self._last_change[1].to_dict()}
+                if self._last_change else None
+            ),
+            "applied": dict(self._applied),
+            "applied_last": dict(self._applied_last),
+            "applied_total": sum(self._applied.values()),
+            "last_error": self._last_error,
+            "errors": list(self._errors),
+            "programmed": list(d.programmed) if d else [],
+            "conflicts": {n: r for n, r in reasons.items() if n in conflicted},
+            "skipped": {n: r for n, r in reasons.items() if n not in conflicted},
+            "peer_flags": dict(flags),
+            "local_conflict": d.local_conflict if d else None,
+            "next_reap": d.next_deadline if d else None,
+            "mtu": d.mtu if d else None,
+            "subnet_env": str(self.cfg.subnet_env),
+        }
+
+    def peer_flags(self) -> dict[str, str]:
+        """peer name -> conflicted | incompatible | refused | not-on-link | reaped."""
+        return dict(self._flags)
+
+    # --- the pass --------------------------------------------------------------------------------
+
+    async def reconcile_now(self, reason: str = "manual") -> Plan:
+        """One full pass now (no debounce). Returns the plan it computed; errors go to status."""
+        async with self._lock:
+            return await self._pass(reason)
+
+    async def _pass(self, reason: str) -> Plan:
+        t0 = time.monotonic()
+        self._runs += 1
+        plan = Plan()
+        res = ApplyResult()
+        try:
+            ul = await self._refresh_underlay()
+            await self._ensure_forwarding()
+            self._onlink = tuple(
+                f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(ul.ifindex)
+            ) or (f"{ul.ip}/{ul.prefixlen}",)
+            now = self._clock() + self._offset
+            desired = model.desired_state(
+                backend=self.cfg.backend, local=self.local, underlay=ul, peers=self._peers,
+                now=now, synced=self._synced, reap_after=self.cfg.gossip.reap_after,
+                network=self.cfg.network, vni=self.cfg.vni, vxlan_port=self.cfg.vxlan_port,
+                bridge=self.cfg.bridge, onlink=self._onlink,
+            )
+            self._note_flags(desired)
+            self._desired = desired
+            observed = await self._observe(desired)
+            plan = model.diff(desired, observed)
+            res.failures += list(plan.problems)
+            if not plan.empty:
+                res = await self._backend.apply(plan, self._links)
+                res.failures += list(plan.problems)
+            self._write_subnet_env(desired.mtu)
+        except MissingKernelFeature as exc:
+            res.fatal = exc
+            res.failures.append(str(exc))
+        except DataplaneError as exc:
+            res.failures.append(str(exc))
+        self._finish(reason, t0, plan, res)
+        return plan
+
+    def _finish(self, reason: str, t0: float, plan: Plan, res: ApplyResult) -> None:
+        dur = time.monotonic() - t0
+        self._plan = plan
+        done = +res.applied  # drop kinds with nothing applied
+        self._applied.update(done)
+        self._applied_last = dict(done)
+        if not plan.empty:
+            self._last_change = (time.time(), plan)
+            log.info("dataplane (%s): %s", reason, _summary(plan, res))
+        self._last_run = {"at": time.time(), "duration_ms": round(dur * 1000, 2), "reason": reason}
+        self._fatal = res.fatal
+        now = self._clock()
+        self._next_resync = now + self.cfg.resync_interval
+        if res.failures:
+            self._last_error = res.failures[0] if len(res.failures) == 1 else (
+                f"{res.failures[0]} (+{len(res.failures) - 1} more)"
+            )
+            for f in res.failures[:MAX_ERRORS]:
+                self._errors.append({"at": time.time(), "error": f})
+                log.warning("dataplane: %s", f)
+            if res.fatal is None:
+                self._retry_at = now + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+            else:
+                self._retry_at = None
+        else:
+            self._last_error = None
+            self._retry_at = None
+            self._retry_delay = RETRY_MIN
+
+    async def _refresh_underlay(self) -> Underlay:
+        """The underlay by name: it may have been deleted and recreated with a new ifindex."""
+        info = await self._nl.link(self.underlay.ifname)
+        if info is None:
+            raise DataplaneError(f"underlay {self.underlay.ifname} is gone; waiting for it")
+        ul = self.underlay
+        if (info.index, info.mtu) != (ul.ifindex, ul.mtu):
+            log.info("underlay %s: ifindex %d mtu %d", ul.ifname, info.index, info.mtu)
+            self._links.pop(ul.ifname, None)
+            ul = Underlay(ul.ifname, info.index, ul.ip, ul.prefixlen, info.mtu)
+            self.underlay = ul
+        self._links[ul.ifname] = ul.ifindex
+        return ul
+
+    async def _ensure_forwarding(self) -> None:
+        old = await self._nl.sysctl("net.ipv4.ip_forward", "1")
+        if old != "1":
+            log.info("enabled net.ipv4.ip_forward (was %s)%s", old, _in(self.netns))
+
+    async def _observe(self, desired: Desired) -> Observed:
+        devices: dict[str, ObservedDevice] = {}
+        for spec in (desired.device, desired.bridge):
+            if spec is None:
+                continue
+            info = await self._nl.link(spec.name)
+            if info is None:
+                self._links.pop(spec.name, None)
+                continue
+            self._links[spec.name] = info.index
+            addrs = tuple(f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(info.index))
+            devices[spec.name] = ObservedDevice(
+                name=info.name, index=info.index, kind=info.kind, mtu=info.mtu,
+                mac=(info.mac or "").lower() or None, up=info.up, addresses=addrs,
+                params=info.params,
+            )
+        names = {i: n for n, i in self._links.items()}
+        routes = {
+            e.dst: Route(e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink)
+            for e in await self._nl.dump_routes(RTPROT_MESHD)
+        }
+        neighs: dict[str, Neigh] = {}
+        fdb: set[Fdb] = set()
+        mesh = desired.device
+        if mesh is not None and mesh.kind == "vxlan" and mesh.name in devices:
+            index = devices[mesh.name].index
+            neighs = {e.dst: Neigh(e.dst, e.lladdr) for e in await self._nl.dump_neighs(index)}
+            fdb = {Fdb(e.lladdr, e.dst) for e in await self._nl.dump_fdb(index)}
+        return Observed(devices=devices, routes=routes, neighs=neighs, fdb=frozenset(fdb))
+
+    def _note_flags(self, desired: Desired) -> None:
+        for name, reason in desired.reasons.items():
+            if self._reasons.get(name) != reason or name not in self._flags:
+                log.info("peer %s not programmed: %s", name, reason)
+        if desired.local_conflict and (self._desired is None or not self._desired.local_conflict):
+            log.warning("dataplane: %s", desired.local_conflict)
+        self._flags, self._reasons = dict(desired.flags), dict(desired.reasons)
+
+    def _write_subnet_env(self, mtu: int) -> None:
+        """flannel-compatible env file for CNI; written atomically, and only when it changes."""
+        text = model.subnet_env(self.cfg.network, str(self.local.subnet), mtu, self.cfg.ipmasq)
+        path = Path(self.cfg.subnet_env)
+        if text == self._env_text and path.exists():
+            return
+        try:
+            if path.exists() and path.read_text() == text:
+                self._env_text = text
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise DataplaneError(f"write {path}: {exc.strerror or exc}") from exc
+        self._env_text = text
+        log.info("wrote %s (FLANNEL_MTU=%d)", path, mtu)
+
+    # --- triggers --------------------------------------------------------------------------------
+
+    def _trigger(self, reason: str, debounce: bool = True) -> None:
+        if not self._wake.is_set():
+            self._reason = reason
+        self._debounce_next = debounce
+        self._wake.set()
+
+    async def _wait(self) -> None:
+        """Sleep until a trigger (then debounce), a retry, a reap deadline or the resync."""
+        now = self._clock()
+        deadline = self._next_resync
+        reason = "resync"
+        if self._retry_at is not None and self._retry_at < deadline:
+            deadline, reason = self._retry_at, "retry"
+        d = self._desired
+        if d is not None and d.next_deadline is not None:
+            reap = d.next_deadline - self._offset + 0.01  # strictly after, so the peer is reaped
+            if reap < deadline:
+                deadline, reason = reap, "reap"
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - now))
+        except TimeoutError:
+            self._reason = reason
+        else:
+            if self._debounce_next:
+                await asyncio.sleep(self.debounce)  # let a burst of changes settle
+        self._wake.clear()
+
+    async def _monitor(self) -> None:
+        delay = RETRY_MIN
+        while not self._closed:
+            try:
+                async for ev in self._nl.events():
+                    if ev.kind == "ready":
+                        self._monitor_ready.set()
+                    elif self._relevant(ev):
+                        self._trigger(f"kernel: {ev.kind} {'new' if ev.new else 'del'} "
+                                      f"{ev.name or ev.dst or ev.index}")
+                    delay = RETRY_MIN
+            except DataplaneError as exc:
+                self._errors.append({"at": time.time(), "error": f"monitor: {exc}"})
+                log.warning("dataplane monitor: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            self._trigger("monitor restarted")  # events may have been lost meanwhile
+
+    async def _stop_monitor(self) -> None:
+        task, self._monitor_task = self._monitor_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _relevant(self, ev: Event) -> bool:  # noqa: C901 - one case per event kind
+        """Does this kernel event touch something meshd depends on? Our own changes echo back
+        as events too; those that match the desired state are ignored, so a pass does not
+        trigger another one."""
+        d = self._desired
+        if ev.kind == "overflow" or d is None:
+            return True
+        mesh = d.device
+        names = {self.underlay.ifname} | {s.name for s in (mesh, d.bridge) if s is not None}
+        if ev.kind == "link":
+            if ev.name not in names and ev.index not in self._links.values():
+                return False
+            if ev.new and mesh is not None and ev.name == mesh.name:
+                return not (ev.up and ev.mtu == mesh.mtu and self._links.get(ev.name) == ev.index)
+            return True
+        if ev.kind == "addr":
+            return ev.index in self._links.values()
+        if ev.kind == "route":
+            if ev.proto == RTPROT_MESHD:
+                # Ours: deleted while wanted, or present while unwanted.
+                return (ev.dst in d.routes) != ev.new
+            return ev.dst in d.routes  # someone else's route for a subnet we program
+        mesh_index = self._links.get(mesh.name) if mesh is not None else None
+        if ev.index != mesh_index:
+            return False
+        if ev.kind == "neigh":
+            want = d.neighs.get(ev.dst)
+            if want is None:
+                return ev.new and ev.permanent  # a stray permanent entry on our device
+            return not ev.new or not ev.permanent or ev.lladdr != want.lladdr
+        if ev.kind == "fdb":
+            entry = Fdb(ev.lladdr, ev.dst)
+            if not ev.new:
+                return entry in d.fdb
+            return bool(ev.dst) and entry not in d.fdb
+        return False
+
+
+def _in(netns: str | None) -> str:
+    return f" in netns {netns}" if netns else ""
+
+
+def _summary(plan: Plan, res: ApplyResult) -> str:
+    parts = [f"{k} {n}" for k, n in plan.counts().items() if n]
+    done = sum(res.applied.values())
+    out = ", ".join(parts) + f"; applied {done}"
+    if res.failures:
+        out += f", {len(res.failures)} failed"
+    return out

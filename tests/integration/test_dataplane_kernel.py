@@ -1,0 +1,472 @@
+"""The data plane against the real kernel, in network namespaces (no netlink mocks).
+
+Each test builds "hosts" (namespaces on an underlay bridge, each with a container namespace
+behind a bridge; see conftest.py), runs one Reconciler per host from this process through
+``netns=``, feeds static PeerViews, and checks the kernel with iproute2 and real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from meshd.config import Config
+from meshd.dataplane.model import RTPROT_MESHD, PeerView
+from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane.underlay import discover_underlay
+from meshd.errors import DataplaneError, MissingKernelFeature
+from meshd.gossip.record import NodeRecord, vtep_mac_for
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+T = TypeVar("T")
+Host = Any  # conftest.Host: i, ns, cns, ip, subnet, container_ip
+Hosts = Any  # conftest.Hosts: ul, hosts
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def in_ns(ns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread that joined netns ``ns`` (sockets stay in that netns)."""
+    out: list[Any] = []
+
+    def body() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+            try:
+                assert libc.setns(fd, 0x40000000) == 0, os.strerror(ctypes.get_errno())
+            finally:
+                os.close(fd)
+            out.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            out.append(exc)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]  # type: ignore[no-any-return]
+
+
+def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int = 64 * 1024,
+                 timeout: float = 3.0) -> bool:
+    """Send ``size`` bytes from src_ns to dst_ip (in dst_ns); True if the SHA-256 comes back."""
+    srv = in_ns(dst_ns, lambda: socket.create_server(("0.0.0.0", 0)))
+    srv.settimeout(timeout)
+    port = srv.getsockname()[1]
+    data = os.urandom(size)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(timeout)
+                h = hashlib.sha256()
+                while chunk := conn.recv(65536):
+                    h.update(chunk)
+                conn.sendall(h.digest())
+                got.append(b"ok")
+
+    t = threading.Thread(target=serve)
+    t.start()
+    cli = in_ns(src_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    ok = False
+    try:
+        cli.settimeout(timeout)
+        cli.connect((dst_ip, port))
+        cli.sendall(data)
+        cli.shutdown(socket.SHUT_WR)
+        ok = cli.recv(64) == hashlib.sha256(data).digest()
+    except OSError:
+        ok = False
+    finally:
+        cli.close()
+        t.join()
+        srv.close()
+    return ok
+
+
+async def reachable(src: str, dst_ns: str, ip: str, size: int = 64 * 1024) -> bool:
+    return await asyncio.to_thread(tcp_transfer, src, dst_ns, ip, size)
+
+
+async def eventually(cond: Callable[[], Awaitable[bool] | bool], timeout: float = 3.0,
+                     what: str = "condition") -> float:
+    """Poll ``cond`` until true; returns the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        r = cond()
+        if not isinstance(r, bool):
+            r = await r
+        if r:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{what}: not true within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def ipj(ns: str, *args: str) -> list[dict[str, Any]]:
+    """``ip -j`` output; empty when the object (e.g. a device) does not exist."""
+    p = sh("ip", "-n", ns, "-j", *args, check=False)
+    out = p.stdout.strip()
+    return json.loads(out) if p.returncode == 0 and out else []
+
+
+def our_routes(ns: str) -> dict[str, dict[str, Any]]:
+    return {r["dst"]: r for r in ipj(ns, "route", "show", "proto", str(RTPROT_MESHD))}
+
+
+def neighs(ns: str, dev: str) -> dict[str, str]:
+    return {n["dst"]: n.get("lladdr", "") for n in ipj(ns, "neigh", "show", "dev", dev)
+            if "PERMANENT" in n.get("state", [])}
+
+
+def fdb(ns: str, dev: str) -> set[tuple[str, str]]:
+    out = sh("bridge", "-n", ns, "-j", "fdb", "show", "dev", dev, check=False).stdout.strip()
+    return {(e["mac"], e["dst"]) for e in (json.loads(out) if out else []) if "dst" in e}
+
+
+def record(h: Host, backend: str, **kw: Any) -> NodeRecord:
+    node_id = bytes([h.i]) * 16
+    return NodeRecord(
+        name=f"h{h.i}", node_id=node_id, public_ip=h.ip, port=7950, subnet=h.subnet,
+        backend=backend, vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
+        mtu=1500, **kw,
+    )
+
+
+def config(tmp: Path, h: Host, backend: str, **kw: Any) -> Config:
+    base = Config(
+        name=f"h{h.i}", subnet=h.subnet, network="10.244.0.0/16", backend=backend, bridge="br",
+        iface="eth0", subnet_env=tmp / f"h{h.i}.env", resync_interval=30.0,
+    )
+    return replace(base, **kw)
+
+
+def view(rec: NodeRecord, state: str = "alive", since: float | None = None) -> PeerView:
+    return PeerView(rec, state, time.monotonic() if since is None else since)
+
+
+class Mesh:
+    """One running Reconciler per host, all fed the same table."""
+
+    def __init__(self, tmp: Path, topo: Hosts, backend: str, **cfg: Any) -> None:
+        self.tmp, self.topo, self.backend, self.cfg = tmp, topo, backend, cfg
+        self.records = {h.i: record(h, backend) for h in topo.hosts}
+        self.recs: dict[int, Reconciler] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def start(self, i: int, views: list[PeerView] | None = None, synced: bool = True,
+                    run: bool = True) -> Reconciler:
+        h = self.topo.hosts[i - 1]
+        ul = await discover_underlay("eth0", None, netns=h.ns)
+        rec = Reconciler(config(self.tmp, h, self.backend, **self.cfg), self.records[i], ul,
+                         netns=h.ns)
+        if views is None:
+            views = [view(r) for j, r in self.records.items() if j != i]
+        rec.set_peers(views, synced=synced, now=time.monotonic())
+        await rec.start()
+        self.recs[i] = rec
+        if run:
+            self.tasks[i] = asyncio.create_task(rec.run())
+        return rec
+
+    async def close(self) -> None:
+        for rec in self.recs.values():
+            await rec.close()
+        self.recs.clear()
+        self.tasks.clear()
+
+
+@contextlib.asynccontextmanager
+async def mesh(tmp: Path, topo: Hosts, backend: str, **cfg: Any) -> AsyncIterator[Mesh]:
+    m = Mesh(tmp, topo, backend, **cfg)
+    try:
+        yield m
+    finally:
+        await m.close()
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+# --- vxlan ---------------------------------------------------------------------------------------
+
+
+def test_vxlan_converges_containers_talk_and_hand_deletions_are_repaired(
+    hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    topo = hosts(2)
+    h1, h2 = topo.hosts
+
+    async def main() -> None:
+        async with mesh(tmp_path, topo, "vxlan") as m:
+            r1 = await m.start(1)
+            await m.start(2)
+            # Kernel state on h1, exactly the flannel recipe.
+            mac2 = m.records[2].vtep_mac
+            assert mac2
+            link = ipj(h1.ns, "-d", "link", "show", "meshd.1")[0]
+            info = link["linkinfo"]["info_data"]
+            assert (info["id"], info["port"], info["learning"], info["local"], info["link"]) == (
+                1, 8472, False, h1.ip, "eth0")
+            assert link["mtu"] == 1450 and link["address"] == m.records[1].vtep_mac
+            assert "UP" in link["flags"]
+            addrs = [a["local"] + "/" + str(a["prefixlen"]) for a in
+                     ipj(h1.ns, "addr", "show", "dev", "meshd.1")[0]["addr_info"]
+                     if a["family"] == "inet"]
+            assert addrs == ["10.244.1.0/32"]
+            route = our_routes(h1.ns)["10.244.2.0/24"]
+            assert (route["gateway"], route["dev"], route["flags"]) == (
+                "10.244.2.0", "meshd.1", ["onlink"])
+            assert neighs(h1.ns, "meshd.1") == {"10.244.2.0": mac2}
+            assert fdb(h1.ns, "meshd.1") == {(mac2, h2.ip)}
+            br = ipj(h1.ns, "addr", "show", "dev", "br")[0]["addr_info"]
+            assert any(a["local"] == "10.244.1.1" and a["prefixlen"] == 24 for a in br)
+            assert sh("ip", "netns", "exec", h1.ns, "cat", "/proc/sys/net/ipv4/ip_forward"
+                      ).stdout.strip() == "1"
+            assert (tmp_path / "h1.env").read_text() == (
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
+                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+            st = r1.status()
+            assert st["last_error"] is None and st["programmed"] == ["h2"], st
+            json.dumps(st)
+
+            # Traffic both ways; 1 MiB with a 1500-MTU container over a 1450 VTEP (PMTUD).
+            assert await reachable(h1.cns, h2.cns, h2.container_ip)
+            assert await reachable(h2.cns, h1.cns, h1.container_ip, size=1 << 20)
+
+            # Hand deletions come back within ~1 s (monitor, not the 30 s resync).
+            sh("ip", "-n", h1.ns, "route", "del", "10.244.2.0/24")
+            t = await eventually(lambda: "10.244.2.0/24" in our_routes(h1.ns), 2, "route back")
+            sh("ip", "-n", h1.ns, "neigh", "del", "10.244.2.0", "dev", "meshd.1")
+            t = max(t, await eventually(lambda: bool(neighs(h1.ns, "meshd.1")), 2, "neigh back"))
+            sh("bridge", "-n", h1.ns, "fdb", "del", mac2, "dev", "meshd.1", "dst", h2.ip)
+            t = max(t, await eventually(lambda: bool(fdb(h1.ns, "meshd.1")), 2, "fdb back"))
+            sh("ip", "-n", h1.ns, "link", "del", "meshd.1")
+
+            def whole() -> bool:
+                return (bool(neighs(h1.ns, "meshd.1")) and bool(fdb(h1.ns, "meshd.1"))
+                        and "10.244.2.0/24" in our_routes(h1.ns))
+
+            t = max(t, await eventually(whole, 2, "device and entries back"))
+            assert t < 1.5, t
+            assert await reachable(h1.cns, h2.cns, h2.container_ip)
+
+    run(main())
+
+
+def test_vxlan_restart_adopts_without_changes_and_waits_for_sync(
+    hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    topo = hosts(3)
+    h1, h2, _ = topo.hosts
+
+    async def main() -> None:
+        async with mesh(tmp_path, topo, "vxlan") as m:
+            await m.start(1)
+            await m.start(2)
+            await m.start(3)
+            assert set(our_routes(h1.ns)) == {"10.244.2.0/24", "10.244.3.0/24"}
+            await m.close()
+            # A restarted daemon that only knows h2 so far (h3 left while it was down).
+            before = (our_routes(h1.ns), neighs(h1.ns, "meshd.1"), fdb(h1.ns, "meshd.1"))
+            rec = await m.start(1, [view(m.records[2])], synced=False, run=False)
+            plan = await rec.reconcile_now()
+            st = rec.status()
+            assert st["applied_total"] == 0, st
+            assert plan.empty and plan.removals_held == 3, plan
+            assert (our_routes(h1.ns), neighs(h1.ns, "meshd.1"), fdb(h1.ns, "meshd.1")) == before
+            # The first full state exchange: now h3's entries go.
+            rec.set_peers([view(m.records[2])], synced=True, now=time.monotonic())
+            await rec.reconcile_now()
+            assert set(our_routes(h1.ns)) == {"10.244.2.0/24"}
+            assert set(neighs(h1.ns, "meshd.1")) == {"10.244.2.0"}
+            assert fdb(h1.ns, "meshd.1") == {(m.records[2].vtep_mac, h2.ip)}
+            assert rec.status()["applied"] == {"route_del": 1, "neigh_del": 1, "fdb_del": 1}
+            assert await reachable(h1.cns, h2.cns, h2.container_ip)
+
+    run(main())
+
+
+def test_left_removes_at_once_dead_is_reaped_after_reap_after(
+    hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    topo = hosts(3)
+    h1 = topo.hosts[0]
+    reap_after = 1.5
+
+    async def main() -> None:
+        m = Mesh(tmp_path, topo, "vxlan")
+        cfg = config(tmp_path, h1, "vxlan")
+        cfg = replace(cfg, gossip=replace(cfg.gossip, reap_after=reap_after))
+        ul = await discover_underlay(None, None, netns=h1.ns)  # via the default route
+        assert (ul.ifname, ul.ip, ul.prefixlen, ul.mtu) == ("eth0", h1.ip, 24, 1500)
+        rec = Reconciler(cfg, m.records[1], ul, netns=h1.ns)
+        r2, r3 = m.records[2], m.records[3]
+        rec.set_peers([view(r2), view(r3)], synced=True, now=time.monotonic())
+        await rec.start()
+        task = asyncio.create_task(rec.run())
+        try:
+            assert set(our_routes(h1.ns)) == {"10.244.2.0/24", "10.244.3.0/24"}
+            now = time.monotonic()
+            rec.set_peers([view(r2, "left", now), view(r3, "dead", now)], synced=True, now=now)
+            await eventually(lambda: set(our_routes(h1.ns)) == {"10.244.3.0/24"}, 1, "left gone")
+            assert set(neighs(h1.ns, "meshd.1")) == {"10.244.3.0"}
+            assert rec.status()["next_reap"] == pytest.approx(now + reap_after)
+            # Dead is kept until reap_after, then removed by the loop's own timer.
+            await asyncio.sleep(reap_after - 0.6)
+            assert set(our_routes(h1.ns)) == {"10.244.3.0/24"}
+            waited = await eventually(lambda: not our_routes(h1.ns), 2, "dead reaped")
+            assert waited < 1.5
+            assert not neighs(h1.ns, "meshd.1") and not fdb(h1.ns, "meshd.1")
+            assert rec.peer_flags() == {"h3": "reaped"}
+            # A dead peer that comes back alive churns nothing while it is kept.
+            now = time.monotonic()
+            rec.set_peers([view(r3, "dead", now)], synced=True, now=now)
+            await rec.reconcile_now()
+            n = rec.status()["applied_total"]
+            rec.set_peers([view(r3, "alive", now)], synced=True, now=time.monotonic())
+            await rec.reconcile_now()
+            assert rec.status()["applied_total"] == n
+        finally:
+            await rec.close()
+            assert task.done()
+
+    run(main())
+
+
+def test_underlay_deleted_and_recreated_brings_the_vtep_back(
+    hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    topo = hosts(2)
+    h1, h2 = topo.hosts
+
+    async def main() -> None:
+        async with mesh(tmp_path, topo, "vxlan") as m:
+            r1 = await m.start(1)
+            await m.start(2)
+            assert await reachable(h1.cns, h2.cns, h2.container_ip)
+            sh("ip", "-n", topo.ul, "link", "del", "h1")  # takes eth0 and, with it, meshd.1
+            await eventually(lambda: not ipj(h1.ns, "link", "show", "meshd.1"), 2, "vtep gone")
+            await eventually(lambda: r1.status()["last_error"] is not None, 3, "error reported")
+            assert "eth0" in r1.status()["last_error"]
+            sh("ip", "-n", topo.ul, "link", "add", "h1", "type", "veth", "peer", "name", "eth0",
+               "netns", h1.ns)
+            sh("ip", "-n", topo.ul, "link", "set", "dev", "h1", "master", "ulbr", "up")
+            sh("ip", "-n", h1.ns, "addr", "add", f"{h1.ip}/24", "dev", "eth0")
+            sh("ip", "-n", h1.ns, "link", "set", "dev", "eth0", "up")
+            await eventually(lambda: "10.244.2.0/24" in our_routes(h1.ns), 3, "vtep back")
+            await eventually(lambda: reachable(h1.cns, h2.cns, h2.container_ip), 5, "traffic")
+
+    run(main())
+
+
+# --- host-gw and ipip ----------------------------------------------------------------------------
+
+
+def test_hostgw_converges_and_skips_peers_not_on_link(
+    hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    topo = hosts(2)
+    h1, h2 = topo.hosts
+
+    async def main() -> None:
+        async with mesh(tmp_path, topo, "host-gw") as m:
+            far = replace(m.records[2], name="far", node_id=b"\x09" * 16, public_ip="192.0.2.9",
+                          subnet="10.244.9.0/24")
+            r1 = await m.start(1, [view(m.records[2]), view(far)])
+            await m.start(2)
+            route = our_routes(h1.ns)
+            assert set(route) == {"10.244.2.0/24"}
+            assert (route["10.244.2.0/24"]["gateway"], route["10.244.2.0/24"]["dev"]) == (
+                h2.ip, "eth0")
+            assert r1.peer_flags() == {"far": "not-on-link"}
+            assert "not on-link" in r1.status()["skipped"]["far"]
+            assert not [ln for ln in ipj(h1.ns, "link") if ln["ifname"].startswith("meshd")]
+            assert "FLANNEL_MTU=1500" in (tmp_path / "h1.env").read_text()
+            assert await reachable(h1.cns, h2.cns, h2.container_ip)
+            assert await reachable(h2.cns, h1.cns, h1.container_ip, size=1 << 20)
+            sh("ip", "-n", h1.ns, "route", "del", "10.244.2.0/24")
+            await eventually(lambda: "10.244.2.0/24" in our_routes(h1.ns), 2, "route back")
+
+    run(main())
+
+
+def test_foreign_routes_are_never_touched(hosts: Callable[[int], Hosts], tmp_path: Path) -> None:
+    topo = hosts(3)
+    h1 = topo.hosts[0]
+
+    async def main() -> None:
+        # Someone else's routes: one for h3's subnet, one unrelated, in the same main table.
+        sh("ip", "-n", h1.ns, "route", "add", "10.244.3.0/24", "via", "10.99.0.200")
+        sh("ip", "-n", h1.ns, "route", "add", "198.51.100.0/24", "via", "10.99.0.201")
+        before = {r["dst"]: r for r in ipj(h1.ns, "route") if r.get("protocol") != "kernel"}
+        async with mesh(tmp_path, topo, "host-gw") as m:
+            r1 = await m.start(1, [view(m.records[2]), view(m.records[3])], run=False)
+            assert set(our_routes(h1.ns)) == {"10.244.2.0/24"}
+            assert "not own" in r1.status()["last_error"]
+            r1.set_peers([], synced=True, now=time.monotonic())
+            await r1.reconcile_now()
+            assert our_routes(h1.ns) == {}
+            after = {r["dst"]: r for r in ipj(h1.ns, "route") if r.get("protocol") != "kernel"}
+            assert after == before
+
+    run(main())
+
+
+def test_ipip_without_the_module_is_one_clear_line(
+    hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    topo = hosts(1)
+    h1 = topo.hosts[0]
+    if os.path.isdir("/sys/module/ipip"):
+        pytest.skip("this kernel has ipip; the end-to-end ipip test covers it")
+
+    async def main() -> None:
+        ul = await discover_underlay("eth0", None, netns=h1.ns)
+        rec = Reconciler(config(tmp_path, h1, "ipip"), record(h1, "ipip"), ul, netns=h1.ns)
+        try:
+            with pytest.raises(MissingKernelFeature) as ei:
+                await rec.start()
+            msg = str(ei.value)
+            assert msg.startswith("kernel has no ipip support (module ipip)"), msg
+            assert "\n" not in msg
+            st = rec.status()
+            assert st["last_error"] == msg and st["device"] == "meshd.ipip"
+        finally:
+            await rec.close()
+
+    run(main())
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    async def main() -> None:
+        with pytest.raises(DataplaneError) as ei:
+            await discover_underlay("mdt-nonexistent0", None, netns="mdt-no-such-netns")
+        assert "mdt-no-such-netns" in str(ei.value) and "\n" not in str(ei.value)
+        assert not os.path.exists("/run/netns/mdt-no-such-netns")
+
+    run(main())

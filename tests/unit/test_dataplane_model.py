@@ -1,0 +1,335 @@
+"""dataplane.model as pure data: desired state, the conflict rule, reaping, gating, diff."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from meshd.dataplane import model
+from meshd.dataplane.model import (
+    EMPTY_OBSERVED,
+    Desired,
+    Fdb,
+    Neigh,
+    Observed,
+    ObservedDevice,
+    PeerView,
+    Route,
+    Underlay,
+)
+from meshd.gossip.record import NodeRecord, vtep_mac_for
+
+UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
+
+
+def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
+    node_id = bytes([i]) * 16
+    base = NodeRecord(
+        name=f"n{i}", node_id=node_id, public_ip=f"10.99.0.{i}", port=7950,
+        subnet=f"10.244.{i}.0/24", backend=backend,
+        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None, mtu=1500,
+    )
+    return replace(base, **kw)
+
+
+LOCAL = rec(1)
+
+
+def pv(r: NodeRecord, state: str = "alive", since: float = 0.0) -> PeerView:
+    return PeerView(r, state, since)
+
+
+def desired(peers: list[PeerView], backend: str = "vxlan", now: float = 100.0,
+            synced: bool = True, local: NodeRecord | None = None, **kw: Any) -> Desired:
+    local = local or (LOCAL if backend == "vxlan" else rec(1, backend))
+    kw.setdefault("onlink", ("10.99.0.0/24",))
+    return model.desired_state(backend=backend, local=local, underlay=UL, peers=peers, now=now,
+                               synced=synced, reap_after=300.0, **kw)
+
+
+def device_of(d: Desired) -> ObservedDevice:
+    """The observed twin of the desired device: as the kernel would report it."""
+    assert d.device is not None
+    return ObservedDevice(d.device.name, 7, d.device.kind, d.device.mtu or 0, d.device.mac, True,
+                          d.device.addresses, dict(d.device.params))
+
+
+def converged(d: Desired) -> Observed:
+    return Observed(devices={d.device.name: device_of(d)} if d.device else {},
+                    routes=dict(d.routes), neighs=dict(d.neighs), fdb=d.fdb)
+
+
+# --- per-backend desired state -------------------------------------------------------------------
+
+
+def test_vxlan_per_peer_neighbour_fdb_and_onlink_route() -> None:
+    p2 = rec(2)
+    d = desired([pv(p2)])
+    assert d.device is not None
+    assert (d.device.name, d.device.kind, d.device.mtu, d.device.mac) == (
+        "meshd.1", "vxlan", 1450, LOCAL.vtep_mac)
+    assert d.device.addresses == ("10.244.1.0/32",)
+    assert dict(d.device.params) == {
+        "vxlan_id": 1, "vxlan_local": "10.99.0.1", "vxlan_link": 2, "vxlan_port": 8472,
+        "vxlan_learning": 0,
+    }
+    assert d.neighs == {"10.244.2.0": Neigh("10.244.2.0", p2.vtep_mac or "")}
+    assert d.fdb == {Fdb(p2.vtep_mac or "", "10.99.0.2")}
+    assert d.routes == {"10.244.2.0/24": Route("10.244.2.0/24", "10.244.2.0", "meshd.1", True)}
+    assert d.mtu == 1450
+
+
+def test_vxlan_vni_and_port_name_the_device() -> None:
+    d = desired([], vni=42, vxlan_port=4789)
+    assert d.device is not None and d.device.name == "meshd.42"
+    assert ("vxlan_id", 42) in d.device.params and ("vxlan_port", 4789) in d.device.params
+
+
+def test_ipip_device_and_route_via_the_peer_underlay_ip() -> None:
+    d = desired([pv(rec(2, "ipip"))], backend="ipip")
+    assert d.device is not None
+    assert (d.device.name, d.device.kind, d.device.mtu, d.device.mac) == (
+        "meshd.ipip", "ipip", 1480, None)
+    assert dict(d.device.params) == {"ipip_local": "10.99.0.1", "ipip_link": 2, "ipip_ttl": 64}
+    assert d.routes == {
+        "10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True)}
+    assert not d.neighs and not d.fdb
+
+
+def test_hostgw_routes_only_on_link_peers() -> None:
+    near, far = rec(2, "host-gw"), rec(3, "host-gw", public_ip="192.0.2.3")
+    d = desired([pv(near), pv(far)], backend="host-gw")
+    assert d.device is None and d.mtu == 1500
+    assert d.routes == {"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "eth0")}
+    assert d.flags == {"n3": "not-on-link"}
+    assert "not on-link" in d.reasons["n3"]
+
+
+def test_incompatible_backend_and_missing_vtep_mac_are_not_programmed() -> None:
+    d = desired([pv(rec(2, "host-gw")), pv(rec(3, vtep_mac=None))])
+    assert d.flags == {"n2": "incompatible", "n3": "refused"}
+    assert not d.routes and not d.neighs and not d.fdb
+
+
+def test_bridge_holds_the_first_address() -> None:
+    d = desired([], bridge="cbr0")
+    assert d.bridge is not None
+    assert (d.bridge.name, d.bridge.kind, d.bridge.addresses, d.bridge.owned) == (
+        "cbr0", "bridge", ("10.244.1.1/24",), False)
+
+
+def test_subnet_env_is_flannel_format() -> None:
+    assert model.subnet_env(None, "10.244.1.0/24", 1450, True) == (
+        "FLANNEL_NETWORK=10.244.1.0/24\nFLANNEL_SUBNET=10.244.1.1/24\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    assert model.subnet_env("10.244.0.0/16", "10.244.1.0/24", 1500, False).startswith(
+        "FLANNEL_NETWORK=10.244.0.0/16\n")
+
+
+# --- refusals and the conflict rule --------------------------------------------------------------
+
+
+def test_refused_subnets() -> None:
+    peers = [
+        pv(rec(2, subnet="10.99.0.0/25")),  # overlaps the underlay
+        pv(rec(3, subnet="10.244.1.128/25")),  # overlaps this node's subnet
+        pv(rec(4, subnet="192.168.4.0/24")),  # outside network
+        pv(rec(5, public_ip="10.99.0.1")),  # claims our own underlay address
+    ]
+    d = desired(peers, network="10.244.0.0/16")
+    assert d.flags == {"n2": "refused", "n3": "conflicted", "n4": "refused", "n5": "refused"}
+    assert "outside network" in d.reasons["n4"]
+    assert not d.routes
+
+
+def test_default_route_subnet_is_refused_even_if_a_record_carried_it() -> None:
+    bad = replace(rec(2), subnet="0.0.0.0/0")  # validate() would reject it on the wire
+    d = desired([pv(bad)])
+    assert d.flags == {"n2": "refused"} and not d.routes
+
+
+def test_conflict_rule_lowest_node_id_wins_and_is_the_same_everywhere() -> None:
+    a = rec(5, subnet="10.244.50.0/24")
+    b = rec(3, subnet="10.244.50.0/23")  # overlaps a; lower node_id, so b holds it
+    c = rec(7, subnet="10.244.51.0/24")  # overlaps b only
+    table = [a, b, c]
+    for observer in (1, 2, 9):
+        local = rec(observer)
+        peers = [pv(r) for r in table]
+        d = desired(peers, local=local)
+        assert d.programmed == ("n3",), observer
+        assert d.flags == {"n5": "conflicted", "n7": "conflicted"}
+        assert "held by n3" in d.reasons["n5"]
+    # Order of the table does not matter.
+    d = desired([pv(r) for r in reversed(table)])
+    assert d.programmed == ("n3",)
+
+
+def test_resolve_claims_is_order_independent() -> None:
+    rs = [rec(i, subnet="10.244.0.0/16" if i == 4 else f"10.244.{i}.0/24") for i in range(2, 8)]
+    g1, l1 = model.resolve_claims(rs)
+    g2, l2 = model.resolve_claims(list(reversed(rs)))
+    assert g1 == g2 and l1 == l2
+    # n4's /16 covers n2's and n3's /24s; they come first by node_id, so n4 loses to n2.
+    assert g1 == {r.node_id for r in rs if r.name != "n4"}
+    assert {k: v.name for k, v in l1.items()} == {rs[2].node_id: "n2"}
+
+
+def test_this_node_losing_its_own_subnet_is_reported() -> None:
+    winner = rec(0, subnet="10.244.1.0/24", name="n0")
+    d = desired([pv(winner)])
+    assert d.local_conflict is not None and "n0" in d.local_conflict
+    assert d.flags == {"n0": "conflicted"} and not d.routes
+
+
+def test_left_and_reaped_peers_do_not_claim() -> None:
+    gone = rec(2, subnet="10.244.9.0/24")
+    heir = rec(3, subnet="10.244.9.0/24")
+    assert desired([pv(gone, "left"), pv(heir)]).programmed == ("n3",)
+    reaped = desired([pv(gone, "dead", since=0.0), pv(heir)], now=301.0)
+    assert reaped.programmed == ("n3",) and reaped.flags == {"n2": "reaped"}
+    kept = desired([pv(gone, "dead", since=0.0), pv(heir)], now=299.0)
+    assert kept.programmed == ("n2",) and kept.flags == {"n3": "conflicted"}
+
+
+def test_duplicate_vtep_mac_second_is_refused() -> None:
+    a, b = rec(2), rec(3, vtep_mac=rec(2).vtep_mac)
+    d = desired([pv(a), pv(b)])
+    assert d.programmed == ("n2",) and d.flags == {"n3": "refused"}
+
+
+# --- failure is not leave ------------------------------------------------------------------------
+
+
+def test_suspect_and_dead_keep_entries_until_reap_after() -> None:
+    p2, p3 = rec(2), rec(3)
+    d = desired([pv(p2, "suspect", 0.0), pv(p3, "dead", since=50.0)], now=100.0)
+    assert d.programmed == ("n2", "n3")
+    assert d.next_deadline == 350.0
+    assert desired([pv(p3, "dead", since=50.0)], now=349.9).programmed == ("n3",)
+    assert desired([pv(p3, "dead", since=50.0)], now=350.0).programmed == ()
+
+
+def test_left_is_removed_at_once_dead_later() -> None:
+    p2, p3 = rec(2), rec(3)
+    before = desired([pv(p2), pv(p3)])
+    obs = converged(before)
+    plan = model.diff(desired([pv(p2, "left", 99.0), pv(p3, "dead", 99.0)]), obs)
+    assert [r.dst for r in plan.route_del] == ["10.244.2.0/24"]
+    assert [n.dst for n in plan.neigh_del] == ["10.244.2.0"]
+    assert [f.lladdr for f in plan.fdb_del] == [p2.vtep_mac]
+    assert not plan.route_add and not plan.neigh_set and not plan.fdb_set
+    later = model.diff(desired([pv(p3, "dead", 99.0)], now=399.0), obs)
+    assert {r.dst for r in later.route_del} == {"10.244.2.0/24", "10.244.3.0/24"}
+
+
+def test_dead_that_comes_back_churns_nothing() -> None:
+    p2 = rec(2)
+    obs = converged(desired([pv(p2)]))
+    assert model.diff(desired([pv(p2, "dead", 90.0)]), obs).empty
+    assert model.diff(desired([pv(p2, "alive", 95.0)]), obs).empty
+
+
+# --- restart: adopt, and hold removals until synced ----------------------------------------------
+
+
+def test_converged_kernel_gives_an_empty_plan() -> None:
+    for backend in ("vxlan", "ipip", "host-gw"):
+        d = desired([pv(rec(2, backend)), pv(rec(3, backend))], backend=backend)
+        plan = model.diff(d, converged(d))
+        assert plan.empty, (backend, plan)
+
+
+def test_restart_adopts_and_holds_removals_until_synced() -> None:
+    p2, p3 = rec(2), rec(3)
+    obs = converged(desired([pv(p2), pv(p3)]))
+    # Restarted, knows only p2, not synced: nothing is added or removed.
+    early = model.diff(desired([pv(p2)], synced=False), obs)
+    assert early.empty and early.removals_held == 3
+    synced = model.diff(desired([pv(p2)], synced=True), obs)
+    assert synced.counts() == {**{k: 0 for k in model.Plan.KINDS},
+                               "route_del": 1, "neigh_del": 1, "fdb_del": 1}
+
+
+def test_fresh_node_creates_device_then_entries_in_order() -> None:
+    d = desired([pv(rec(2))])
+    plan = model.diff(d, EMPTY_OBSERVED)
+    assert [str(o) for o in plan.device_ops] == [
+        "create meshd.1", "addr-add meshd.1 10.244.1.0/32", "set-up meshd.1"]
+    assert len(plan.neigh_set) == len(plan.fdb_set) == len(plan.route_add) == 1
+    assert not plan.route_replace
+    json.dumps(plan.to_dict())
+
+
+def test_device_with_wrong_fixed_params_is_recreated_and_entries_replanned() -> None:
+    d = desired([pv(rec(2))])
+    obs = converged(d)
+    dev = obs.devices["meshd.1"]
+    wrong = replace(dev, params={**dev.params, "vxlan_port": 4789})
+    plan = model.diff(d, replace(obs, devices={"meshd.1": wrong}))
+    assert [o.action for o in plan.device_ops] == ["delete", "create", "addr-add", "set-up"]
+    # The kernel drops a deleted device's neighbours, FDB and routes: plan them again.
+    assert len(plan.neigh_set) == len(plan.fdb_set) == len(plan.route_add) == 1
+
+
+def test_device_drift_is_fixed_in_place() -> None:
+    d = desired([])
+    obs = converged(d)
+    dev = obs.devices["meshd.1"]
+    drift = replace(dev, mtu=1400, up=False, mac="02:00:00:00:00:99",
+                    addresses=("10.244.1.0/32", "192.0.2.1/32"))
+    plan = model.diff(d, replace(obs, devices={"meshd.1": drift}))
+    assert [str(o) for o in plan.device_ops] == [
+        "set-mtu meshd.1 1450", f"set-mac meshd.1 {LOCAL.vtep_mac}",
+        "addr-del meshd.1 192.0.2.1/32", "set-up meshd.1"]
+
+
+def test_bridge_is_only_ensured() -> None:
+    d = desired([], bridge="br")
+    br = ObservedDevice("br", 9, "bridge", 1500, "aa:bb:cc:dd:ee:ff", True, ("192.0.2.1/24",))
+    plan = model.diff(d, replace(converged(d), devices={**converged(d).devices, "br": br}))
+    assert [str(o) for o in plan.device_ops] == ["addr-add br 10.244.1.1/24"]
+    veth = replace(br, kind="veth")
+    plan = model.diff(d, replace(converged(d), devices={**converged(d).devices, "br": veth}))
+    assert not plan.device_ops and plan.problems == ("br exists as a veth device, not a bridge",)
+
+
+def test_changed_peer_is_replaced_not_deleted() -> None:
+    p2 = rec(2)
+    obs = converged(desired([pv(p2)]))
+    moved = replace(p2, public_ip="10.99.0.22")
+    plan = model.diff(desired([pv(moved)], synced=False), obs)
+    assert plan.fdb_set == (Fdb(p2.vtep_mac or "", "10.99.0.22"),)
+    assert not plan.fdb_del and not plan.route_replace and not plan.neigh_set
+
+
+def test_subnet_taken_over_by_another_node_rewrites_neighbour_and_fdb() -> None:
+    old = rec(2)
+    new = rec(3, subnet=old.subnet, public_ip="10.99.0.3")
+    obs = converged(desired([pv(old)]))
+    plan = model.diff(desired([pv(old, "left"), pv(new)]), obs)
+    assert plan.neigh_set == (Neigh("10.244.2.0", new.vtep_mac or ""),)
+    assert plan.fdb_set == (Fdb(new.vtep_mac or "", "10.99.0.3"),)
+    assert plan.fdb_del == (Fdb(old.vtep_mac or "", "10.99.0.2"),)
+    assert not plan.route_add and not plan.route_del and not plan.route_replace
+
+
+def test_foreign_route_device_is_replaced() -> None:
+    d = desired([pv(rec(2))])
+    obs = converged(d)
+    stale = Route("10.244.2.0/24", "10.244.2.0", "#12", True)
+    plan = model.diff(d, replace(obs, routes={"10.244.2.0/24": stale}))
+    assert plan.route_replace == (d.routes["10.244.2.0/24"],) and not plan.route_add
+
+
+@pytest.mark.parametrize("n", [1, 50])
+def test_plan_to_dict_limits_lists_but_not_counts(n: int) -> None:
+    peers = [pv(rec(i, subnet=f"10.245.{i}.0/24", public_ip=f"10.99.0.{i}"))
+             for i in range(2, 2 + n)]
+    plan = model.diff(desired(peers), EMPTY_OBSERVED)
+    out = plan.to_dict(limit=10)
+    assert out["counts"]["route_add"] == n
+    assert len(out["route_add"]) == min(n, 10)
