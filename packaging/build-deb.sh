@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Build dist/meshd_<version>_all.deb with plain dpkg-deb (`make deb` calls this).
+#
+# Runs on Debian 12 as root and apt-installs what it lacks. Network is needed at build time only
+# (apt, and PyPI for the pinned wheels in packaging/requirements.txt); installing the .deb needs
+# nothing but Debian's archive. packaging/README.md explains what is bundled and why.
+#
+#   packaging/build-deb.sh            build
+#   LINTIAN=1 packaging/build-deb.sh  build, then run lintian on the result
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+SRC=$PWD
+PKG=packaging
+PY=/usr/bin/python3   # Debian's interpreter, the one the package runs on (not a pyenv on PATH)
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 LC_ALL=C.UTF-8
+umask 022
+
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ build dependencies
+need=()
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+[ -x "$PY" ] || need+=(python3)
+"$PY" -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# The runtime dependencies from Debian, so the staged tree can be smoke-tested before packaging.
+"$PY" -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
+"$PY" -c 'import msgpack' 2>/dev/null || need+=(python3-msgpack)
+command -v help2man >/dev/null || need+=(help2man)
+if [ "${LINTIAN:-0}" = 1 ] && ! command -v lintian >/dev/null; then need+=(lintian); fi
+if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing ${need[*]}: run as root, or apt-get install them"
+    echo "build-deb: installing ${need[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# ------------------------------------------------------------------ version
+VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+INIT_VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' meshd/__init__.py)
+[ "$VERSION" = "$INIT_VERSION" ] \
+    || die "pyproject.toml says $VERSION but meshd/__init__.py says $INIT_VERSION"
+# Same bytes for the same commit: file times and the changelog date come from the last commit.
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+export SOURCE_DATE_EPOCH
+MAINTAINER="meshd maintainers <maintainers@users.noreply.r-seed-c5a2a3b2.example>"
+
+DEB=dist/meshd_${VERSION}_all.deb
+STAGE=build/deb/meshd
+rm -rf "$STAGE"
+mkdir -p "$STAGE" dist
+LIB=$STAGE/usr/lib/meshd
+DOC=$STAGE/usr/share/doc/meshd
+
+# ------------------------------------------------------------------ files
+install -D -m 0755 $PKG/meshd "$STAGE/usr/bin/meshd"
+install -D -m 0644 $PKG/meshd.service "$STAGE/lib/systemd/system/meshd.service"
+install -D -m 0644 conf/meshd.toml "$STAGE/etc/meshd/meshd.toml"
+install -d -m 0700 "$STAGE/var/lib/meshd"
+
+# Bundled pure-Python dependencies, pinned with hashes; no bytecode (postinst compiles it).
+"$PY" -m pip install --quiet --no-warn-script-location --root-user-action=ignore \
+    --target "$LIB" --no-deps --require-hashes --only-binary=:all: --no-compile \
+    -r $PKG/requirements.txt
+rm -rf "$LIB/bin"
+find "$LIB" -name direct_url.json -delete
+
+# meshd itself, from the working tree.
+mkdir -p "$LIB/meshd"
+tar -C meshd --exclude=__pycache__ --exclude='*.py[co]' -cf - . | tar -C "$LIB/meshd" -xf -
+
+# Smoke test of the staged tree on Debian's python3 and Debian's cryptography and msgpack.
+run_staged() { PYTHONPATH="$SRC/$LIB" COLUMNS=80 "$PY" -I -c \
+    'import sys; sys.path.insert(0, sys.argv.pop(1)); from meshd.cli import main; sys.argv[0] = "meshd"; main()' \
+    "$SRC/$LIB" "$@"; }
+[ "$(run_staged --version)" = "meshd $VERSION" ] || die "staged meshd --version is wrong"
+run_staged keygen >/dev/null || die "staged meshd keygen failed"
+
+# Documentation: man page from --help, changelog, copyright with every bundled licence.
+mkdir -p "$DOC" "$STAGE/usr/share/man/man1" build/deb/bin
+cat >build/deb/bin/meshd <<EOF
+#!/bin/sh
+exec env PYTHONPATH="$SRC/$LIB" COLUMNS=80 "$PY" -m meshd "\$@"
+EOF
+chmod 0755 build/deb/bin/meshd
+help2man --no-info --no-discard-stderr --section=1 --source="meshd $VERSION" \
+    --name="gossip-driven container network mesh" --include=$PKG/meshd.h2m \
+    build/deb/bin/meshd >build/deb/meshd.1
+gzip -9n <build/deb/meshd.1 >"$STAGE/usr/share/man/man1/meshd.1.gz"
+
+gzip -9n <docs/install.md >"$DOC/install.md.gz"
+{
+    echo "meshd ($VERSION) unstable; urgency=medium"
+    echo
+    echo "  * Release $VERSION; the changes are in the project's git history."
+    echo
+    echo " -- $MAINTAINER  $(date -u -R -d "@$SOURCE_DATE_EPOCH")"
+} | gzip -9n >"$DOC/changelog.gz"
+"$PY" $PKG/gen-copyright.py "$LIB" >"$DOC/copyright"
+
+# ------------------------------------------------------------------ control area
+mkdir -p "$STAGE/DEBIAN"
+install -m 0644 $PKG/debian/conffiles "$STAGE/DEBIAN/conffiles"
+for s in postinst prerm postrm; do install -m 0755 "$PKG/debian/$s" "$STAGE/DEBIAN/$s"; done
+find "$STAGE" -path "$STAGE/DEBIAN" -prune -o -type d -exec chmod go-w {} +
+find "$STAGE" -path "$STAGE/DEBIAN" -prune -o -type f -exec chmod 0644 {} +
+chmod 0755 "$STAGE/usr/bin/meshd"
+SIZE=$(du -sk --apparent-size --exclude=DEBIAN "$STAGE" | cut -f1)
+sed -e "s/@VERSION@/$VERSION/" -e "s/@INSTALLED_SIZE@/$SIZE/" -e "s/@MAINTAINER@/$MAINTAINER/" \
+    $PKG/debian/control.in >"$STAGE/DEBIAN/control"
+(cd "$STAGE" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -printf '%P\0' \
+    | LC_ALL=C sort -z | xargs -0 md5sum) >"$STAGE/DEBIAN/md5sums"
+chmod 0644 "$STAGE/DEBIAN/md5sums"
+
+find "$STAGE" -newermt "@$SOURCE_DATE_EPOCH" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$DEB" >/dev/null
+echo "build-deb: $DEB ($(du -h "$DEB" | cut -f1), installed ${SIZE} KiB)"
+
+if [ "${LINTIAN:-0}" = 1 ]; then
+    lintian --info --display-info --pedantic "$DEB" || true
+fi
