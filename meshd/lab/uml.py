@@ -16,9 +16,11 @@ Cache (``$MESHD_UML_CACHE``, default ``/var/cache/meshd/uml``)::
 ``build()`` fetches the package with ``apt-get download`` (``apt-get update`` first if apt has no
 list yet) and installs nothing into the system. The guest init is ``meshd/lab/guest/init.sh``.
 
-Inside the guest ``/run``, ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are fresh tmpfs: host files there
-are invisible, which is why the command script lives in the cache. The host's files are read-only
-except the directories passed as ``rw_dirs``. Every exec costs ~0.1 s in the guest; nftables
+Inside the guest ``/run``, ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are fresh tmpfs (so namespaces,
+sockets and scratch files of the guest never mix with the host's): host files there are invisible
+unless shared again (``ro_dirs``; the working directory, this package and the interpreter are shared
+by themselves), and the command script lives in the cache. The host's files are read-only except
+the directories passed as ``rw_dirs``. Every exec costs ~0.1 s in the guest; nftables
 ip/inet tables are not available (the Debian UML build lacks NF_TABLES_IPV4/INET).
 
 CLI: ``python -m meshd.lab.uml build|clean|info`` and ``python -m meshd.lab.uml --cmd 'ip -V'``.
@@ -54,7 +56,10 @@ MODULES = ("ipip", "tunnel4", "ip_tunnel", "vxlan", "veth", "bridge", "dummy")
 the three backends need. ``dummy`` gives tests a spare device."""
 GUEST_INIT = Path(__file__).with_name("guest") / "init.sh"
 HIDDEN_IN_GUEST = ("/tmp", "/run", "/var/tmp", "/dev/shm", "/proc", "/sys", "/dev")
-"""Host paths the guest cannot see: tmpfs (or kernel filesystems) are mounted over them."""
+"""Host paths the guest cannot see: tmpfs (or kernel filesystems) are mounted over them. Host
+directories below the first four can be shown again (``ro_dirs``/``rw_dirs``); ``run`` does so
+by itself for the working directory, this package and the running interpreter's prefixes."""
+_SHAREABLE = HIDDEN_IN_GUEST[:4]
 NO_RESULT = 99  # CLI exit status when the guest gave no result (boot failure, timeout)
 
 
@@ -83,9 +88,29 @@ class UmlRun:
     total_seconds: float  # boot + command + power-off
 
 
-def hidden_in_guest(path: str | Path) -> bool:
+def hidden_in_guest(path: str | Path, under: Sequence[str] = HIDDEN_IN_GUEST) -> bool:
     p = os.path.realpath(path)
-    return any(p == h or p.startswith(h + "/") for h in HIDDEN_IN_GUEST)
+    return any(p == h or p.startswith(h + "/") for h in under)
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """Drop paths inside another one of the list: mounting the outer one shows them."""
+    out: list[str] = []
+    for p in sorted(set(paths)):
+        if not any(p == o or p.startswith(o + "/") for o in out):
+            out.append(p)
+    return out
+
+
+def _check_shareable(path: str) -> str:
+    if not Path(path).is_dir():
+        raise LabError(f"cannot share {path} with the guest: not a directory")
+    # The list travels on the kernel command line, ':'-separated, split on blanks.
+    if re.search(r"[:\s]", path):
+        raise LabError(f"cannot share {path} with the guest: ':' or blanks in the path")
+    if hidden_in_guest(path) and not hidden_in_guest(path, _SHAREABLE):
+        raise LabError(f"cannot share {path} with the guest: a kernel filesystem lives there")
+    return path
 
 
 # --------------------------------------------------------------------------- modules.dep
@@ -235,6 +260,7 @@ def run(
     *,
     timeout: float = 300.0,
     rw_dirs: Sequence[str | Path] = (),
+    ro_dirs: Sequence[str | Path] = (),
     cwd: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     mem_mb: int = 768,
@@ -243,20 +269,34 @@ def run(
 ) -> UmlRun:
     """Boot the guest, run ``command`` (argv list, or a bash snippet), power off.
 
-    ``cwd`` (default: ours, when the guest can see it) is where the command starts; ``env`` is
-    exported to it (PYTHONPATH is passed through by default); ``rw_dirs`` are host directories
-    mounted writable; ``echo`` receives the console as it arrives. Raises LabError when the guest
-    gives no result (boot failure, timeout), with the console's last lines.
+    ``cwd`` (default: ours) is where the command starts; ``env`` is exported to it (PYTHONPATH
+    is passed through by default); ``rw_dirs`` are host directories mounted writable, ``ro_dirs``
+    host directories under /tmp, /run, /var/tmp or /dev/shm to show read-only (the cwd, this
+    package and the interpreter's prefixes are added by themselves); ``echo`` receives the
+    console as it arrives. Raises LabError when the guest gives no result (boot failure,
+    timeout), with the console's last lines.
     """
     if os.geteuid() != 0:
         # Not for UML itself (it runs unprivileged) but for what the lab does inside: the
         # hostfs root is only usable as the same user, and namespaces need root there.
         raise LabError("the UML runner needs root")
     kern = find_kernel(root) or build(root)
-    for d in rw_dirs:
-        if not Path(d).is_dir() or hidden_in_guest(d) or ":" in str(d) or " " in str(d):
-            raise LabError(f"cannot share {d} read-write: not a directory visible in the guest")
     workdir = Path(os.getcwd() if cwd is None else cwd)
+    rw = _outermost(_check_shareable(os.path.realpath(d)) for d in rw_dirs)
+    # What the command most likely needs, when it sits where the guest's tmpfs would hide it:
+    # e.g. a CI checkout under /tmp with its venv.
+    wanted = [
+        *ro_dirs,
+        workdir,
+        Path(__file__).resolve().parents[2],
+        sys.prefix,
+        sys.base_prefix,
+    ]  # fmt: skip
+    ro = _outermost(
+        _check_shareable(real)
+        for real in (os.path.realpath(d) for d in wanted)
+        if hidden_in_guest(real, _SHAREABLE) and Path(real).is_dir()
+    )
     if hidden_in_guest(kern.root):
         raise LabError(f"the UML cache {kern.root} is under a path the guest cannot see")
     exports = dict(env or {})
@@ -295,8 +335,10 @@ def run(
             f"meshd_cmd={rundir / 'cmd.sh'}",
             f"meshd_nonce={nonce}",
         ]
-        if rw_dirs:
-            argv.append("meshd_rw=" + ":".join(os.path.realpath(d) for d in rw_dirs))
+        if ro:
+            argv.append("meshd_ro=" + ":".join(ro))
+        if rw:
+            argv.append("meshd_rw=" + ":".join(rw))
         return _boot(argv, nonce, timeout, echo)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
@@ -358,11 +400,30 @@ def _boot(argv: list[str], nonce: str, timeout: float, echo: TextIO | None) -> U
 
 
 def _end_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill UML's process group: after a timeout, and any helper left after a power-off."""
+    """Kill UML's process group (after a timeout, or helpers left after a power-off) and wait
+    until it is really gone, so a caller checking right after sees nothing left."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
 
 
 def run_in_uml(
@@ -397,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cmd", default="uname -a", help="bash snippet to run in the guest")
     p.add_argument("--rw", action="append", default=[], metavar="DIR",
                    help="host directory to mount read-write in the guest (repeatable)")  # fmt: skip
+    p.add_argument("--ro", action="append", default=[], metavar="DIR",
+                   help="host dir under /tmp or /run to show read-only (repeatable)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--mem", type=int, default=768, help="guest memory in MiB")
     p.add_argument("--force", action="store_true", help="build: rebuild even if cached")
@@ -414,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             found = find_kernel()
             print(f"cache: {cache_dir()}: " + (f"kernel {found.release}" if found else "not built"))
             return 0
-        res = run(a.cmd, timeout=a.timeout, rw_dirs=a.rw, mem_mb=a.mem,
+        res = run(a.cmd, timeout=a.timeout, rw_dirs=a.rw, ro_dirs=a.ro, mem_mb=a.mem,
                   echo=None if a.quiet else sys.stdout)  # fmt: skip
     except LabError as exc:
         print(f"meshd.lab.uml: {exc}", file=sys.stderr)

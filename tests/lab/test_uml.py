@@ -7,11 +7,8 @@ build one (~40 MB download, a few seconds). Each boot takes ~3 s plus the comman
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,16 +61,6 @@ needs_uml = pytest.mark.skipif(_why is not None, reason=f"UML runner unavailable
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def rw_dir() -> Iterator[Path]:
-    # Beside the cache: /tmp would be hidden by the guest's tmpfs.
-    base = uml.cache_dir().parent
-    base.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix="test-rw-", dir=base))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def _uml_processes(kernel: Path) -> list[int]:
     pids = []
     for p in Path("/proc").iterdir():
@@ -89,7 +76,12 @@ def _uml_processes(kernel: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.root
 @needs_uml
-def test_guest_has_ipip_and_reports_status(rw_dir: Path) -> None:
+def test_guest_has_ipip_and_reports_status(tmp_path: Path) -> None:
+    # Both under /tmp, which the guest's tmpfs hides unless the runner shares them again.
+    rw_dir, ro_dir = tmp_path / "rw", tmp_path / "ro"
+    rw_dir.mkdir()
+    ro_dir.mkdir()
+    (ro_dir / "input").write_text("from the host\n")
     res = uml.run(
         f"""
         set -e
@@ -97,18 +89,21 @@ def test_guest_has_ipip_and_reports_status(rw_dir: Path) -> None:
         ip link add x type ipip local 192.0.2.1   # NBMA device, as the ipip backend makes
         ip -d link show x | grep -q 'ipip.*local 192.0.2.1'
         echo written > {rw_dir}/proof
+        cat {ro_dir}/input
+        ! touch {ro_dir}/nope 2>/dev/null
         uname -r
         exit 7
         """,
         rw_dirs=[rw_dir],
+        ro_dirs=[ro_dir],
         timeout=120,
     )
     assert res.rc == 7, res.console
-    assert res.output.strip().splitlines()[-1] == uml.find_kernel().release  # type: ignore[union-attr]
-    assert (rw_dir / "proof").read_text() == "written\n"
-    assert res.boot_seconds < 30
     kern = uml.find_kernel()
     assert kern is not None
+    assert res.output.strip().splitlines() == ["from the host", kern.release]
+    assert (rw_dir / "proof").read_text() == "written\n"
+    assert res.boot_seconds < 30
     assert _uml_processes(kern.kernel) == []
     assert list((kern.root / "run").iterdir()) == []
 

@@ -6,6 +6,8 @@
 # Parameters come from the kernel command line (unknown key=value words become init's env):
 #   meshd_moddir  host dir with the guest's modules and "load-order" (.ko paths, deps first)
 #   meshd_cmd     shell script to run (a host path outside /tmp and /run: those are tmpfs here)
+#   meshd_ro      optional ':'-separated host dirs under /tmp, /run, ... to show read-only again
+#                 (the project or its venv may live there; the tmpfs below would hide them)
 #   meshd_rw      optional ':'-separated host dirs to mount read-write at the same path
 #   meshd_nonce   per-run token in the result markers, so command output cannot fake them
 # Output: "MESHD-UML-BEGIN <nonce>", the command's output, "MESHD-UML-END <nonce> rc=<N>".
@@ -24,13 +26,20 @@ for d in /run /tmp /var/tmp /dev/shm; do mount -t tmpfs tmpfs "$d"; done
 mkdir -p /run/netns /run/lock
 hostname meshd-uml 2>/dev/null
 
-if [ -n "${meshd_rw:-}" ]; then
-    old_ifs=$IFS; IFS=:
-    for d in $meshd_rw; do
-        mount -t hostfs -o "$d" hostfs "$d" || echo "MESHD-UML: cannot mount $d read-write"
+# share MODE DIR...: mount host dirs at the same path (hostfs), after the tmpfs mounts above.
+share() {
+    mode=$1; shift
+    for d in "$@"; do
+        mkdir -p "$d" 2>/dev/null
+        mount -t hostfs -o "$mode,$d" hostfs "$d" || echo "MESHD-UML: cannot mount $d ($mode)"
     done
-    IFS=$old_ifs
-fi
+}
+old_ifs=$IFS; IFS=:
+# shellcheck disable=SC2086 # split on ':' on purpose
+share ro ${meshd_ro:-}
+# shellcheck disable=SC2086
+share rw ${meshd_rw:-}
+IFS=$old_ifs
 
 # kmod's insmod where installed, else busybox's: either only needs the .ko path (no depmod
 # tree for the guest kernel exists on the host root).
