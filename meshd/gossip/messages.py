@@ -1,0 +1,376 @@
+"""Gossip messages: append-only type numbers, the msgpack wire form, and validation of every field.
+
+A datagram payload (what the transport seals) is the msgpack array
+``[PROTOCOL_VERSION, [message, message, ...]]``: every datagram is a compound of one or more
+messages, so piggybacking broadcasts on a probe costs no extra framing. A message is an array whose
+first element is its type number. Decoders ignore trailing elements a later revision may append, and
+reject anything missing, mistyped or out of range; one bad message rejects the whole datagram, so a
+datagram is applied either completely or not at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from meshd.gossip.events import MemberState
+from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError
+
+PROTOCOL_VERSION = 1
+"""Version of the datagram layout; a receiver drops datagrams of any other version."""
+
+ENVELOPE_RESERVE = 64
+"""Bytes the transport adds around a payload (version, key id, nonce, AEAD tag, timestamp)."""
+
+DATAGRAM_OVERHEAD = 5
+"""Bytes of compound framing around the messages: fixarray(2) + version + array16 header."""
+
+MAX_SEQ = 2**32 - 1
+MAX_INCARNATION = 2**63 - 1
+MAX_CHUNKS = 65535
+
+
+class MsgType(IntEnum):
+    # Append-only: these numbers are on the wire. Never renumber or reuse one; add new types at
+    # the end and bump nothing else (old nodes drop datagrams carrying types they do not know).
+    PING = 0
+    INDIRECT_PING = 1
+    ACK = 2
+    NACK = 3
+    SUSPECT = 4
+    ALIVE = 5
+    DEAD = 6
+    PUSH_PULL = 7
+
+
+MSG_NAMES = {t: t.name.lower() for t in MsgType}
+"""Counter suffixes: ``msg.ping``, ``msg.push_pull``, ..."""
+
+# Member states in push-pull entries; the index is the wire code (append-only too).
+WIRE_STATES = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT)
+_STATE_CODE = {s: i for i, s in enumerate(WIRE_STATES)}
+
+Addr = tuple[str, int]
+
+
+class DecodeError(ValueError):
+    """A datagram failed validation; ``reason`` becomes the ``drop.<reason>`` counter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+    target: str
+    """Name of the node the sender believes it is pinging; a mismatch is not acked."""
+    source: str
+    source_addr: Addr
+    """Where the ack goes (the sender's record address)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndirectPing:
+    seq: int
+    target: str
+    target_addr: Addr
+    source: str
+    source_addr: Addr
+    nack: bool
+    """Ask the intermediary to send a nack if the target stays silent (Lifeguard)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    incarnation: int
+    node: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    record: NodeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """``sender == node`` means the node left gracefully."""
+
+    incarnation: int
+    node: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushPullEntry:
+    record: NodeRecord
+    state: MemberState
+    incarnation: int
+    """The sender's incarnation for this member; above ``record.incarnation`` after a leave."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """One chunk of a full state exchange; chunks are merged independently as they arrive."""
+
+    sender: NodeRecord
+    sync_id: int
+    reply: bool
+    """False: a request, answer with your state. True: the answer (never answered again)."""
+    index: int
+    count: int
+    entries: tuple[PushPullEntry, ...]
+
+
+Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+_packb = functools.partial(msgpack.packb, use_bin_type=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pack_ip(ip: str) -> bytes:
+    return bytes(int(x) for x in ip.split("."))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def encode_record(rec: NodeRecord) -> bytes:
+    """msgpack of ``rec.to_wire()``; cached because the same records go out again and again."""
+    return bytes(_packb(rec.to_wire()))
+
+
+def _array_header(n: int) -> bytes:
+    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+
+
+def encode(msg: Message) -> bytes:
+    """One message (not a datagram); see `pack_datagram`."""
+    if isinstance(msg, Ping):
+        ip, port = msg.source_addr
+        return bytes(_packb([MsgType.PING, msg.seq, msg.target, msg.source, _pack_ip(ip), port]))
+    if isinstance(msg, IndirectPing):
+        (tip, tport), (sip, sport) = msg.target_addr, msg.source_addr
+        return bytes(
+            _packb(
+                [
+                    MsgType.INDIRECT_PING,
+                    msg.seq,
+                    msg.target,
+                    _pack_ip(tip),
+                    tport,
+                    msg.source,
+                    _pack_ip(sip),
+                    sport,
+                    msg.nack,
+                ]
+            )
+        )
+    if isinstance(msg, Ack):
+        return bytes(_packb([MsgType.ACK, msg.seq]))
+    if isinstance(msg, Nack):
+        return bytes(_packb([MsgType.NACK, msg.seq]))
+    if isinstance(msg, Suspect):
+        return bytes(_packb([MsgType.SUSPECT, msg.incarnation, msg.node, msg.sender]))
+    if isinstance(msg, Dead):
+        return bytes(_packb([MsgType.DEAD, msg.incarnation, msg.node, msg.sender]))
+    if isinstance(msg, Alive):
+        return b"\x92" + bytes(_packb(int(MsgType.ALIVE))) + encode_record(msg.record)
+    chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, msg.entries, 1 << 30)
+    return chunks[0]
+
+
+def pack_datagram(parts: Sequence[bytes]) -> bytes:
+    """Frame already-encoded messages as one compound datagram payload."""
+    return b"\x92" + bytes([PROTOCOL_VERSION]) + _array_header(len(parts)) + b"".join(parts)
+
+
+def encode_push_pull(
+    sender: NodeRecord,
+    sync_id: int,
+    reply: bool,
+    entries: Sequence[PushPullEntry],
+    budget: int,
+) -> list[bytes]:
+    """Encode a full state as push-pull messages of at most ``budget`` bytes each.
+
+    Every chunk repeats the sender's record so that it can be merged on its own; the member list is
+    cut greedily by encoded size.
+    """
+    sender_b = encode_record(sender)
+    # Worst-case header: 7-element array, type, sender, uint32 id, bool, two uint16, array16 header.
+    head_max = 1 + 1 + len(sender_b) + 5 + 1 + 3 + 3 + 3
+    room = budget - head_max
+    encoded = [
+        b"\x93" + encode_record(e.record) + bytes([_STATE_CODE[e.state]]) + _packb(e.incarnation)
+        for e in entries
+    ]
+    groups: list[list[bytes]] = [[]]
+    used = 0
+    for item in encoded:
+        if len(item) > room:  # pragma: no cover - a record is ~130 bytes at most
+            raise ValueError("push-pull budget smaller than one record")
+        if used + len(item) > room and groups[-1]:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += len(item)
+    if len(groups) > MAX_CHUNKS:  # pragma: no cover - millions of members
+        raise ValueError("state too large for one push-pull")
+    out = []
+    for i, group in enumerate(groups):
+        out.append(
+            b"\x97"
+            + bytes(_packb(int(MsgType.PUSH_PULL)))
+            + sender_b
+            + bytes(_packb(sync_id))
+            + bytes(_packb(reply))
+            + bytes(_packb(i))
+            + bytes(_packb(len(groups)))
+            + _array_header(len(group))
+            + b"".join(group)
+        )
+    return out
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def decode(data: bytes) -> list[Message]:
+    """Decode and validate a whole datagram payload; raises DecodeError(reason), nothing else."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception:  # noqa: BLE001 - msgpack raises many kinds; all mean "not msgpack"
+        raise DecodeError("decode") from None
+    if type(obj) is not list or len(obj) < 2:
+        raise DecodeError("malformed")
+    if obj[0] != PROTOCOL_VERSION or type(obj[0]) is not int:
+        raise DecodeError("version")
+    body = obj[1]
+    if type(body) is not list or not body:
+        raise DecodeError("malformed")
+    return [_decode_one(m) for m in body]
+
+
+def _decode_one(m: Any) -> Message:
+    if type(m) is not list or not m or type(m[0]) is not int:
+        raise DecodeError("malformed")
+    t = m[0]
+    if t == MsgType.PING:
+        _need(m, 6)
+        return Ping(_seq(m[1]), _name(m[2]), _name(m[3]), _addr(m[4], m[5]))
+    if t == MsgType.INDIRECT_PING:
+        _need(m, 9)
+        return IndirectPing(
+            _seq(m[1]), _name(m[2]), _addr(m[3], m[4]), _name(m[5]), _addr(m[6], m[7]), _bool(m[8])
+        )
+    if t == MsgType.ACK:
+        _need(m, 2)
+        return Ack(_seq(m[1]))
+    if t == MsgType.NACK:
+        _need(m, 2)
+        return Nack(_seq(m[1]))
+    if t == MsgType.SUSPECT:
+        _need(m, 4)
+        return Suspect(_incarnation(m[1]), _name(m[2]), _name(m[3]))
+    if t == MsgType.ALIVE:
+        _need(m, 2)
+        return Alive(_record(m[1]))
+    if t == MsgType.DEAD:
+        _need(m, 4)
+        return Dead(_incarnation(m[1]), _name(m[2]), _name(m[3]))
+    if t == MsgType.PUSH_PULL:
+        return _decode_push_pull(m)
+    raise DecodeError("unknown_type")
+
+
+def _decode_push_pull(m: list[Any]) -> PushPull:
+    _need(m, 7)
+    sender, sync_id, reply = _record(m[1]), _seq(m[2]), _bool(m[3])
+    index, count, raw = _int(m[4], 0, MAX_CHUNKS - 1), _int(m[5], 1, MAX_CHUNKS), m[6]
+    if index >= count:
+        raise DecodeError("malformed")
+    if type(raw) is not list:
+        raise DecodeError("malformed")
+    entries = []
+    for e in raw:
+        if type(e) is not list or len(e) < 3:
+            raise DecodeError("malformed")
+        state = _int(e[1], 0, len(WIRE_STATES) - 1)
+        entries.append(PushPullEntry(_record(e[0]), WIRE_STATES[state], _incarnation(e[2])))
+    return PushPull(sender, sync_id, reply, index, count, tuple(entries))
+
+
+def _need(m: list[Any], n: int) -> None:
+    if len(m) < n:
+        raise DecodeError("malformed")
+
+
+def _int(v: Any, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise DecodeError("range")
+    return v
+
+
+def _seq(v: Any) -> int:
+    return _int(v, 0, MAX_SEQ)
+
+
+def _incarnation(v: Any) -> int:
+    return _int(v, 0, MAX_INCARNATION)
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise DecodeError("malformed")
+    return v
+
+
+def _name(v: Any) -> str:
+    # Same rule as record.validate, so names in messages match names in records.
+    if type(v) is not str or not _NAME_RE.match(v):
+        raise DecodeError("name")
+    return v
+
+
+def _addr(ip: Any, port: Any) -> Addr:
+    if type(ip) is not bytes or len(ip) != 4 or ip == b"\0\0\0\0" or 224 <= ip[0] <= 239:
+        raise DecodeError("addr")
+    return f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}", _int(port, 1, 65535)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _record_cached(key: tuple[Any, ...]) -> NodeRecord:
+    return NodeRecord.from_wire(list(key[:10]))
+
+
+def _record(obj: Any) -> NodeRecord:
+    """NodeRecord.from_wire behind a cache: the same records arrive over and over (push-pull).
+
+    The key includes each field's type, so ``True`` never hits the entry cached for ``1``.
+    """
+    if type(obj) is not list or len(obj) < 10:
+        raise DecodeError("record")
+    head = obj[:10]
+    try:
+        return _record_cached((*head, *(type(v) for v in head)))
+    except (RecordError, ValueError, TypeError, IndexError):
+        raise DecodeError("record") from None

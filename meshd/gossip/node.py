@@ -1,0 +1,500 @@
+"""The gossip node: the sans-IO facade that the transport and the simulator drive.
+
+The driver loop (see transport.py, sim.py)::
+
+    node = GossipNode(local, config, random.Random(seed), now, known)
+    node.join(seeds, now)
+    loop:
+        feed node.receive_datagram(data, addr, now) for every datagram
+        call node.handle_timer(now) when now >= node.get_timer()
+        send everything in node.datagrams_to_send(); drain node.pop_events()
+
+What happens on which timer:
+
+    probe        every probe_interval (x Lifeguard health): finish the previous probe (no ack:
+                 suspect the target), ping the next member in round-robin order
+    probe_timeout    no direct ack yet: ask indirect_checks members to ping the target (with nack)
+    forward      a ping we relay for someone else timed out: send them a nack
+    gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
+                 random members (and recently dead ones)
+    push_pull    every push_pull_interval (scaled with N): full state exchange with a random member
+    dead_probe   every dead_probe_interval: a small push-pull to one random dead member, telling it
+                 it is considered dead; if it is reachable again it refutes and answers
+    join         until synced: push-pull to the seeds again, with exponential backoff
+    suspect, reap    suspicion timeouts and tombstone expiry (state.py)
+
+Everything is deterministic given the RNG and the sequence of calls.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from meshd.gossip.events import Member, MemberEvent, MemberState
+from meshd.gossip.messages import (
+    DATAGRAM_OVERHEAD,
+    ENVELOPE_RESERVE,
+    MAX_SEQ,
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    DecodeError,
+    IndirectPing,
+    Message,
+    Nack,
+    Ping,
+    PushPull,
+    Suspect,
+    decode,
+    encode,
+    encode_push_pull,
+    pack_datagram,
+)
+from meshd.gossip.queue import BroadcastQueue
+from meshd.gossip.record import NodeRecord, validate
+from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, Membership
+
+if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
+    from meshd.config import GossipConfig
+
+MAX_FORWARDS = 256
+"""Indirect pings relayed at once; beyond this they are dropped (``drop.busy``), so a flood of
+ping requests cannot grow memory."""
+
+ANSWERED_MEMORY = 256
+"""Push-pull requests remembered as answered: a request cut into chunks gets one reply."""
+
+_MSG_COUNTER = {
+    Ping: "msg.ping",
+    IndirectPing: "msg.indirect_ping",
+    Ack: "msg.ack",
+    Nack: "msg.nack",
+    Suspect: "msg.suspect",
+    Alive: "msg.alive",
+    Dead: "msg.dead",
+    PushPull: "msg.push_pull",
+}
+
+
+def push_pull_interval(base: float, num_nodes: int) -> float:
+    """memberlist's pushPullScale: beyond 32 members the interval grows with log2(N), so that the
+    full-state traffic each node receives stays roughly flat as the mesh grows."""
+    if num_nodes <= 32:
+        return base
+    return base * (math.ceil(math.log2(num_nodes) - math.log2(32)) + 1)
+
+
+class _Probe:
+    __slots__ = ("seq", "target", "acked", "expected_nacks", "nacks")
+
+    def __init__(self, seq: int, target: str) -> None:
+        self.seq = seq
+        self.target = target
+        self.acked = False
+        self.expected_nacks = 0
+        self.nacks = 0
+
+
+class GossipNode:
+    """One member of the mesh. See docs/architecture.md for the contract."""
+
+    def __init__(
+        self,
+        local: NodeRecord,
+        config: GossipConfig,
+        rng: random.Random,
+        now: float,
+        known: Iterable[NodeRecord] = (),
+    ) -> None:
+        validate(local)
+        self.config = config
+        self.counters: Counter[str] = Counter()
+        self.synced = False
+        self._rng = rng
+        self._timers: list[tuple[float, int, str, str | int]] = []
+        self._tseq = 0
+        self._queue = BroadcastQueue(config.retransmit_mult)
+        self._state = Membership(local, config, rng, self._queue, self.counters, self._schedule)
+        self._limit = config.max_datagram - ENVELOPE_RESERVE
+        self._budget = self._limit - DATAGRAM_OVERHEAD
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._forwards: dict[int, tuple[int, Addr, bool]] = {}
+        self._answered: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._sync_progress: dict[str, tuple[int, set[int]]] = {}
+        self._seeds: list[Addr] = []
+        self._join_delay = 0.0
+        self._gossip_armed = False
+        self._start = now
+        self._now = now
+        self._state.load_known(known, now)
+        # Random phases, so that nodes started together do not probe and sync in lockstep.
+        self._schedule(now + rng.uniform(0, config.probe_interval), "probe")
+        self._push_pull_at = now + rng.uniform(0, config.push_pull_interval)
+        self._schedule(self._push_pull_at, "push_pull")
+        self._schedule(now + rng.uniform(0, config.dead_probe_interval), "dead_probe")
+
+    # --- the public API -----------------------------------------------------------------------
+
+    @property
+    def local(self) -> NodeRecord:
+        """Our current record, incarnation included."""
+        return self._state.local
+
+    def join(self, seeds: Sequence[tuple[str, int]], now: float) -> None:
+        """Start a full state exchange with every seed and every member known from a previous run;
+        repeated with backoff until one answer is merged. No seeds and no known members: a new mesh.
+        """
+        self._now = now
+        own = self.local.addr
+        targets: list[Addr] = []
+        for addr in [*seeds, *self._state.stale_addrs()]:
+            if addr != own and addr not in targets:
+                targets.append(addr)
+        self._seeds = targets
+        if not targets:
+            self.synced = True
+        else:
+            self._join_delay = 2 * self.config.probe_interval
+            self._join_round(now)
+        self._after(now)
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """Apply one datagram payload. Invalid ones are counted (``drop.<reason>``) and dropped
+        without any state change; nothing is raised."""
+        self._now = now
+        self.counters["in"] += 1
+        if len(data) > self._limit:
+            self.counters["drop.size"] += 1
+            return
+        try:
+            msgs = decode(data)
+        except DecodeError as exc:
+            self.counters[f"drop.{exc.reason}"] += 1
+            return
+        for msg in msgs:
+            self.counters[_MSG_COUNTER[type(msg)]] += 1
+        try:
+            for msg in msgs:
+                self._dispatch(msg, now)
+        except Exception:  # pragma: no cover - a bug; the tests assert this counter stays absent
+            self.counters["error.internal"] += 1
+        self._after(now)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """Payloads (plaintext, at most max_datagram - ENVELOPE_RESERVE bytes) with destinations."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` wants to be called next (it may be early or late, never harmful)."""
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, key = heapq.heappop(timers)
+            self._fire(kind, key, now)
+        self._after(now)
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave (a dead message about ourselves, memberlist style)."""
+        self._now = now
+        st = self._state
+        if st.leaving:
+            return
+        st.leaving = True
+        st.local = st.local.with_incarnation(st.local.incarnation + 1)
+        self._queue.push(st.local.name, encode(Dead(st.local.incarnation, st.local.name,
+                                                    st.local.name)))
+        self._after(now)
+
+    def leave_done(self) -> bool:
+        """True once the leave broadcast was sent its full retransmit count (or nobody is left)."""
+        st = self._state
+        return st.leaving and (st.local.name not in self._queue or not st.alive)
+
+    def update_local(self, record: NodeRecord, now: float) -> None:
+        """Announce new record data; the incarnation is raised here, whatever ``record`` says."""
+        self._now = now
+        st = self._state
+        if record.name != st.local.name or record.node_id != st.local.node_id:
+            raise ValueError("update_local: name and node_id cannot change")
+        validate(record)
+        if st.leaving:
+            return
+        inc = max(record.incarnation, st.local.incarnation) + 1
+        st.local = record.with_incarnation(inc)
+        self._queue.push(record.name, encode(Alive(st.local)))
+        self._after(now)
+
+    def members(self) -> list[Member]:
+        """Every member we know, ourselves first."""
+        st = self._state
+        me = Member(
+            st.local,
+            MemberState.LEFT if st.leaving else MemberState.ALIVE,
+            self._start,
+            self._now,
+        )
+        return [me, *(e.snapshot() for e in st.table.values())]
+
+    def pop_events(self) -> list[MemberEvent]:
+        events, self._state.events = self._state.events, []
+        return events
+
+    @property
+    def health(self) -> int:
+        """Lifeguard local health score (0 = healthy)."""
+        return self._state.awareness.score
+
+    def bootstrap_members(self, records: Iterable[NodeRecord], now: float) -> None:
+        """Simulations only: start as if already converged with ``records`` (no events, no
+        broadcasts) and consider the node synced."""
+        self._state.bootstrap(records, now)
+        self.synced = True
+        # Re-phase the first push-pull over the interval a mesh of this size uses.
+        interval = push_pull_interval(self.config.push_pull_interval, self._state.num_nodes)
+        self._push_pull_at = now + self._rng.uniform(0, interval)
+        self._schedule(self._push_pull_at, "push_pull")
+
+    # --- timers -------------------------------------------------------------------------------
+
+    def _schedule(self, when: float, kind: str, key: str | int = "") -> None:
+        self._tseq += 1
+        heapq.heappush(self._timers, (when, self._tseq, kind, key))
+
+    def _fire(self, kind: str, key: str | int, now: float) -> None:
+        if kind == "probe":
+            self._probe_tick(now)
+        elif kind == "probe_timeout":
+            self._probe_indirect(key, now)
+        elif kind == "forward":
+            fwd = self._forwards.pop(int(key), None)
+            if fwd is not None and fwd[2]:
+                self._send([encode(Nack(fwd[0]))], fwd[1])
+        elif kind == "gossip":
+            self._gossip(now)
+        elif kind == SUSPICION_TIMER:
+            self._state.suspicion_expired(str(key), now)
+        elif kind == REAP_TIMER:
+            self._state.reap(str(key), now)
+        elif kind == "push_pull" and now >= self._push_pull_at:
+            peer = self._state.random_alive(1)
+            if peer:
+                self._send_push_pull(peer[0].record.addr)
+            interval = push_pull_interval(self.config.push_pull_interval, self._state.num_nodes)
+            self._push_pull_at = now + interval
+            self._schedule(self._push_pull_at, "push_pull")
+        elif kind == "dead_probe":
+            self._dead_probe()
+            self._schedule(now + self.config.dead_probe_interval, "dead_probe")
+        elif kind == "join" and not self.synced:
+            self._join_round(now)
+
+    def _after(self, now: float) -> None:
+        # Gossip rounds run only while there is something to gossip: an idle mesh of thousands of
+        # simulated nodes then costs no timer wakeups for them.
+        if self._queue and not self._gossip_armed:
+            self._gossip_armed = True
+            self._schedule(now + self.config.gossip_interval, "gossip")
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & MAX_SEQ
+        return self._seq
+
+    def _emit(self, parts: Sequence[bytes], addr: Addr) -> None:
+        data = pack_datagram(parts)
+        self._outbox.append((data, addr))
+        self.counters["out"] += 1
+
+    def _send(self, parts: list[bytes], addr: Addr) -> None:
+        """Send ``parts`` with as many queued broadcasts piggybacked as fit."""
+        room = self._budget - sum(len(p) for p in parts)
+        self._emit(parts + self._queue.take(room, self._state.num_nodes), addr)
+
+    def _gossip(self, now: float) -> None:
+        if not self._queue:
+            self._gossip_armed = False
+            return
+        n = self._state.num_nodes
+        for e in self._state.gossip_targets(self.config.gossip_nodes, now):
+            parts = self._queue.take(self._budget, n)
+            if not parts:
+                break
+            self._emit(parts, e.record.addr)
+        self._schedule(now + self.config.gossip_interval, "gossip")
+
+    # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
+
+    def _probe_tick(self, now: float) -> None:
+        self._finish_probe(now)
+        st = self._state
+        self._schedule(now + st.awareness.scale(self.config.probe_interval), "probe")
+        target = st.next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        self._probe = _Probe(seq, target.record.name)
+        self._send([encode(Ping(seq, target.record.name, st.local.name, st.local.addr))],
+                   target.record.addr)
+        self._schedule(now + st.awareness.scale(self.config.probe_timeout), "probe_timeout", seq)
+
+    def _probe_indirect(self, seq: str | int, now: float) -> None:
+        p = self._probe
+        if p is None or p.seq != seq or p.acked:
+            return
+        st = self._state
+        target = st.table.get(p.target)
+        if target is None:
+            return
+        msg = encode(IndirectPing(p.seq, p.target, target.record.addr, st.local.name,
+                                  st.local.addr, True))
+        for peer in st.random_alive(self.config.indirect_checks, exclude=p.target):
+            self._send([msg], peer.record.addr)
+            p.expected_nacks += 1
+
+    def _finish_probe(self, now: float) -> None:
+        p, self._probe = self._probe, None
+        if p is None or p.acked:
+            return
+        st = self._state
+        # Lifeguard: missing nacks mean our own messages are not getting through; with nobody to
+        # nack, every failed probe counts against us.
+        if p.expected_nacks:
+            st.awareness.apply(p.expected_nacks - p.nacks)
+        else:
+            st.awareness.apply(1)
+        e = st.table.get(p.target)
+        if e is not None and e.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            st.on_suspect(e.inc, p.target, st.local.name, now)
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def _dispatch(self, msg: Message, now: float) -> None:
+        st = self._state
+        if isinstance(msg, Ping):
+            if msg.target != st.local.name:
+                self.counters["drop.wrong_target"] += 1
+                return
+            st.seen(msg.source, now)
+            self._send([encode(Ack(msg.seq))], msg.source_addr)
+        elif isinstance(msg, Ack):
+            self._on_ack(msg.seq, now)
+        elif isinstance(msg, Nack):
+            p = self._probe
+            if p is not None and p.seq == msg.seq and not p.acked:
+                p.nacks += 1
+        elif isinstance(msg, IndirectPing):
+            self._on_indirect_ping(msg, now)
+        elif isinstance(msg, Suspect):
+            st.on_suspect(msg.incarnation, msg.node, msg.sender, now)
+        elif isinstance(msg, Alive):
+            st.on_alive(msg.record, now)
+        elif isinstance(msg, Dead):
+            st.on_dead(msg.incarnation, msg.node, msg.sender, now)
+        else:
+            self._on_push_pull(msg, now)
+
+    def _on_ack(self, seq: int, now: float) -> None:
+        p = self._probe
+        if p is not None and p.seq == seq:
+            if not p.acked:
+                p.acked = True
+                self._state.awareness.apply(-1)
+                self._state.seen(p.target, now)
+            return
+        fwd = self._forwards.pop(seq, None)
+        if fwd is not None:
+            self._send([encode(Ack(fwd[0]))], fwd[1])
+        else:
+            self.counters["ack.unmatched"] += 1  # late: the probe was already concluded
+
+    def _on_indirect_ping(self, msg: IndirectPing, now: float) -> None:
+        st = self._state
+        if msg.target == st.local.name:
+            self._send([encode(Ack(msg.seq))], msg.source_addr)
+            return
+        if len(self._forwards) >= MAX_FORWARDS:
+            self.counters["drop.busy"] += 1
+            return
+        seq = self._next_seq()
+        self._forwards[seq] = (msg.seq, msg.source_addr, msg.nack)
+        self._send([encode(Ping(seq, msg.target, st.local.name, st.local.addr))], msg.target_addr)
+        self._schedule(now + self.config.probe_timeout, "forward", seq)
+
+    # --- push-pull ----------------------------------------------------------------------------
+
+    def _join_round(self, now: float) -> None:
+        for addr in self._seeds:
+            self._send_push_pull(addr)
+        self._schedule(now + self._join_delay, "join")
+        self._join_delay = min(2 * self._join_delay, self.config.push_pull_interval)
+
+    def _send_push_pull(
+        self, addr: Addr, reply_to: int | None = None, only: str | None = None
+    ) -> None:
+        """Our state to ``addr``, cut into datagrams. ``reply_to``: the request's sync id.
+        ``only``: send just that member's entry (a dead probe), not the whole table."""
+        st = self._state
+        if only is not None:
+            one = st.entry(only)
+            entries = [one] if one is not None else []
+        else:
+            entries = st.entries()
+        sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
+        for chunk in encode_push_pull(st.local, sync_id, reply_to is not None, entries,
+                                      self._budget):
+            self._emit([chunk], addr)
+
+    def _dead_probe(self) -> None:
+        e = self._state.random_dead()
+        if e is not None:
+            self._send_push_pull(e.record.addr, only=e.record.name)
+
+    def _on_push_pull(self, msg: PushPull, now: float) -> None:
+        st = self._state
+        if msg.sender.name == st.local.name:
+            if msg.sender.node_id == st.local.node_id and not msg.reply:
+                # Our own request came back: a seed address is ourselves, so we found the mesh.
+                self.counters["push_pull.self"] += 1
+                self.synced = True
+            else:
+                self.counters["drop.name_conflict"] += 1
+            return
+        if not st.merge(msg, now):
+            return
+        if msg.reply:
+            self._note_sync(msg)
+            return
+        key = (msg.sender.name, msg.sync_id)
+        if key in self._answered:
+            return
+        self._answered[key] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._send_push_pull(msg.sender.addr, reply_to=msg.sync_id)
+
+    def _note_sync(self, msg: PushPull) -> None:
+        """Synced once every chunk of an answer has been merged. Chunks of answers to retries add
+        up (merging is idempotent), so a lossy link still completes a large state eventually."""
+        if self.synced:
+            return
+        count, got = self._sync_progress.get(msg.sender.name, (msg.count, set()))
+        if count != msg.count:
+            got = set()
+        got.add(msg.index)
+        self._sync_progress[msg.sender.name] = (msg.count, got)
+        if len(got) == msg.count:
+            self.synced = True
+            self._sync_progress.clear()

@@ -1,0 +1,413 @@
+"""Every member transition lives here: alive / suspect / dead / left, refutation, push-pull merge.
+
+The rules are memberlist's (state.go), keyed by member name:
+
+* Each member has an incarnation that only the member itself raises. A message about a member at a
+  lower incarnation than we know is stale and ignored.
+* ``alive(rec)`` wins when ``rec.incarnation`` is higher than what we know (so a suspect, dead or
+  left member comes back only by announcing a higher incarnation). Entries loaded from the state
+  dir (``stale``) also accept the same incarnation, since we never actually saw them alive.
+* ``suspect(inc)`` turns an alive member suspect at incarnation ``inc`` or above and starts a
+  Lifeguard suspicion; further suspects from other members confirm it (shortening the timeout).
+* ``dead(inc)`` ends alive or suspect; sent by the member itself it means ``left``.
+* Messages about ourselves are ignored except to refute: a suspect, dead or outdated alive about us
+  makes us raise our incarnation above it and broadcast alive (not while leaving).
+* One name, one node id: an alive record with another node id for a name that is alive or suspect
+  is refused (``drop.name_conflict``); once the old one is dead or left, the newcomer takes over.
+* Push-pull state is merged entry by entry through the same rules; a remote ``dead`` is only taken
+  as ``suspect`` (memberlist does the same), so one node's stale verdict cannot kill a member.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from meshd.gossip.events import EventKind, Member, MemberEvent, MemberState
+from meshd.gossip.messages import (
+    MAX_INCARNATION,
+    Alive,
+    Dead,
+    PushPull,
+    PushPullEntry,
+    Suspect,
+    encode,
+)
+from meshd.gossip.queue import BroadcastQueue
+from meshd.gossip.record import NodeRecord
+from meshd.gossip.suspicion import Awareness, Suspicion, suspicion_timeout
+
+if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
+    from meshd.config import GossipConfig
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
+_UP = (ALIVE, SUSPECT)
+
+SUSPICION_TIMER = "suspect"
+REAP_TIMER = "reap"
+
+Schedule = Callable[[float, str, str], None]
+"""``schedule(when, kind, member_name)``: ask the node to call back at ``when``."""
+
+
+class Entry:
+    """Our view of one member. ``inc`` may exceed ``record.incarnation`` (suspect/dead/left
+    messages carry only an incarnation, not a record)."""
+
+    __slots__ = ("record", "state", "since", "last_seen", "inc")
+
+    def __init__(
+        self, record: NodeRecord, state: MemberState, now: float, inc: int
+    ) -> None:
+        self.record = record
+        self.state = state
+        self.since = now
+        self.last_seen = now
+        self.inc = inc
+
+    def snapshot(self) -> Member:
+        return Member(self.record, self.state, self.since, self.last_seen)
+
+
+def _remove(names: list[str], name: str) -> None:
+    # O(N) search, but only on a state change; swap-pop keeps the removal itself O(1).
+    i = names.index(name)
+    names[i] = names[-1]
+    names.pop()
+
+
+class Membership:
+    """The member table and its transitions; pure state, no I/O, no clock of its own."""
+
+    def __init__(
+        self,
+        local: NodeRecord,
+        config: GossipConfig,
+        rng: random.Random,
+        queue: BroadcastQueue,
+        counters: Counter[str],
+        schedule: Schedule,
+    ) -> None:
+        self.local = local
+        self.leaving = False
+        self.cfg = config
+        self.rng = rng
+        self.queue = queue
+        self.counters = counters
+        self._schedule = schedule
+        self.table: dict[str, Entry] = {}
+        self.alive: list[str] = []
+        """Alive and suspect members except ourselves: probe, gossip and push-pull candidates."""
+        self.dead: list[str] = []
+        """Dead (not left) members: candidates for dead probes."""
+        self._recent_dead: list[tuple[float, str]] = []
+        self._stale: set[str] = set()
+        self.suspicions: dict[str, Suspicion] = {}
+        self.events: list[MemberEvent] = []
+        self.awareness = Awareness(config.awareness_max)
+        self._order: list[str] = []
+        self._order_idx = 0
+
+    @property
+    def num_nodes(self) -> int:
+        """Estimated mesh size (alive and suspect, ourselves included)."""
+        return len(self.alive) + 1
+
+    # --- bootstrap ----------------------------------------------------------------------------
+
+    def load_known(self, records: Iterable[NodeRecord], now: float) -> None:
+        """Members remembered from a previous run: dead tombstones until heard from again."""
+        for rec in records:
+            if rec.name != self.local.name and rec.name not in self.table:
+                self._add(rec, DEAD, rec.incarnation, now, quiet=True)
+                self._stale.add(rec.name)
+
+    def stale_addrs(self) -> list[tuple[str, int]]:
+        return [self.table[n].record.addr for n in sorted(self._stale)]
+
+    def bootstrap(self, records: Iterable[NodeRecord], now: float) -> None:
+        """Take ``records`` as alive, without events or broadcasts (a converged simulation)."""
+        for rec in records:
+            if rec.name != self.local.name and rec.name not in self.table:
+                self.table[rec.name] = Entry(rec, ALIVE, now, rec.incarnation)
+                self.alive.append(rec.name)
+        self._order_idx = len(self._order)  # reshuffle at the next probe
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def _add(
+        self, rec: NodeRecord, state: MemberState, inc: int, now: float, quiet: bool = False
+    ) -> Entry:
+        e = Entry(rec, state, now, inc)
+        self.table[rec.name] = e
+        if state in _UP:
+            self._up(rec.name)
+        elif state == DEAD:
+            self.dead.append(rec.name)
+            if not quiet:
+                self._recent_dead.append((now, rec.name))
+        if state in (DEAD, LEFT):
+            self._schedule(now + self.cfg.tombstone_ttl, REAP_TIMER, rec.name)
+        return e
+
+    def _up(self, name: str) -> None:
+        self.alive.append(name)
+        # memberlist's trick: a newcomer goes to a random place in the probe order, in O(1).
+        self._order.append(name)
+        j = self.rng.randrange(len(self._order))
+        self._order[j], self._order[-1] = self._order[-1], self._order[j]
+
+    def _set_state(self, e: Entry, state: MemberState, now: float) -> None:
+        old, name = e.state, e.record.name
+        if old == state:
+            return
+        if old in _UP and state not in _UP:
+            _remove(self.alive, name)
+        elif state in _UP and old not in _UP:
+            self._up(name)
+        if old == DEAD:
+            _remove(self.dead, name)
+        if state == DEAD:
+            self.dead.append(name)
+            self._recent_dead.append((now, name))
+        if state != SUSPECT:
+            self.suspicions.pop(name, None)
+        if state in (DEAD, LEFT):
+            self._schedule(now + self.cfg.tombstone_ttl, REAP_TIMER, name)
+        e.state = state
+        e.since = now
+
+    def _emit(self, kind: EventKind, e: Entry) -> None:
+        self.events.append(MemberEvent(kind, e.snapshot()))
+
+    def _broadcast(self, name: str, payload: bytes) -> None:
+        self.queue.push(name, payload)
+
+    def seen(self, name: str, now: float) -> None:
+        e = self.table.get(name)
+        if e is not None:
+            e.last_seen = now
+
+    # --- choosing peers -----------------------------------------------------------------------
+
+    def next_probe_target(self) -> Entry | None:
+        """Round-robin over a shuffled list, reshuffled once per round (O(1) amortised)."""
+        for _ in range(len(self._order) + 2):
+            if self._order_idx >= len(self._order):
+                self._order = self.alive.copy()
+                self.rng.shuffle(self._order)
+                self._order_idx = 0
+                if not self._order:
+                    return None
+            name = self._order[self._order_idx]
+            self._order_idx += 1
+            e = self.table.get(name)
+            if e is not None and e.state in _UP:
+                return e
+        return None  # pragma: no cover - the fresh order always holds an up member
+
+    def random_alive(self, k: int, exclude: str | None = None) -> list[Entry]:
+        """Up to ``k`` distinct random alive/suspect members, never ``exclude``."""
+        n = len(self.alive)
+        if n == 0 or k <= 0:
+            return []
+        picks = self.rng.sample(range(n), min(n, k + 1))
+        out = [self.table[self.alive[i]] for i in picks if self.alive[i] != exclude]
+        return out[:k]
+
+    def gossip_targets(self, k: int, now: float) -> list[Entry]:
+        """Random alive/suspect members, plus members dead for less than gossip_to_the_dead (they
+        learn of their death this way and refute it)."""
+        recent = self._recently_dead(now)
+        n = len(self.alive)
+        m = n + len(recent)
+        if m == 0:
+            return []
+        picks = self.rng.sample(range(m), min(m, k))
+        return [self.table[self.alive[i] if i < n else recent[i - n]] for i in picks]
+
+    def _recently_dead(self, now: float) -> list[str]:
+        rd = self._recent_dead
+        cutoff = now - self.cfg.gossip_to_the_dead
+        i = 0
+        while i < len(rd) and rd[i][0] < cutoff:
+            i += 1
+        if i:
+            del rd[:i]
+        out = []
+        for since, name in rd:
+            e = self.table.get(name)
+            if e is not None and e.state == DEAD and e.since == since:
+                out.append(name)
+        return out
+
+    def random_dead(self) -> Entry | None:
+        return self.table[self.rng.choice(self.dead)] if self.dead else None
+
+    # --- transitions --------------------------------------------------------------------------
+
+    def refute(self, incarnation: int) -> None:
+        """Raise our incarnation above ``incarnation`` and broadcast alive."""
+        if incarnation >= MAX_INCARNATION:  # cannot go higher; a hostile peer, ignore
+            return
+        self.local = self.local.with_incarnation(max(incarnation, self.local.incarnation) + 1)
+        self._broadcast(self.local.name, encode(Alive(self.local)))
+        # Being suspected hints that we are the slow one (Lifeguard), as memberlist does.
+        self.awareness.apply(1)
+        self.counters["refute"] += 1
+
+    def on_alive(self, rec: NodeRecord, now: float) -> None:
+        name = rec.name
+        if name == self.local.name:
+            if rec.node_id != self.local.node_id:
+                self.counters["drop.name_conflict"] += 1
+            elif not self.leaving and rec.incarnation >= self.local.incarnation and (
+                rec != self.local
+            ):
+                self.refute(rec.incarnation)  # an old or foreign version of our own record
+            return
+        e = self.table.get(name)
+        if e is None:
+            e = self._add(rec, ALIVE, rec.incarnation, now)
+            self._emit("join", e)
+            self._broadcast(name, encode(Alive(rec)))
+            return
+        if rec.node_id != e.record.node_id:
+            if e.state in _UP:
+                self.counters["drop.name_conflict"] += 1
+                return
+            # The old identity is dead or gone: the newcomer takes the name over.
+            self._stale.discard(name)
+            e.record, e.inc, e.last_seen = rec, rec.incarnation, now
+            self._set_state(e, ALIVE, now)
+            self._emit("join", e)
+            self._broadcast(name, encode(Alive(rec)))
+            return
+        if rec.incarnation < e.inc or (rec.incarnation == e.inc and name not in self._stale):
+            return
+        self._stale.discard(name)
+        old_state, old_rec = e.state, e.record
+        e.record, e.inc, e.last_seen = rec, rec.incarnation, now
+        changed = old_rec.with_incarnation(rec.incarnation) != rec
+        if old_state != ALIVE:
+            self._set_state(e, ALIVE, now)
+            self._emit("alive" if old_state == SUSPECT else "join", e)
+            if old_state == SUSPECT and changed:
+                self._emit("update", e)
+        elif changed:
+            self._emit("update", e)
+        self._broadcast(name, encode(Alive(rec)))
+
+    def on_suspect(self, inc: int, name: str, sender: str, now: float) -> None:
+        if name == self.local.name:
+            if not self.leaving and inc >= self.local.incarnation:
+                self.refute(inc)
+            return
+        e = self.table.get(name)
+        if e is None or inc < e.inc:
+            return
+        if e.state != ALIVE:
+            s = self.suspicions.get(name)
+            if s is not None and s.confirm(sender):
+                self._schedule(s.deadline, SUSPICION_TIMER, name)
+                self._broadcast(name, encode(Suspect(inc, name, sender)))
+            return
+        e.inc = inc
+        n = self.num_nodes
+        k = int(self.cfg.suspicion_mult) - 2
+        if n - 2 < k:  # too few members to ever collect k confirmations
+            k = 0
+        lo = suspicion_timeout(self.cfg.suspicion_mult, n, self.cfg.probe_interval)
+        s = Suspicion(sender, inc, k, lo, self.cfg.suspicion_max_timeout_mult * lo, now)
+        self._set_state(e, SUSPECT, now)
+        self.suspicions[name] = s
+        self._schedule(s.deadline, SUSPICION_TIMER, name)
+        self._emit("suspect", e)
+        self._broadcast(name, encode(Suspect(inc, name, sender)))
+
+    def suspicion_expired(self, name: str, now: float) -> None:
+        s = self.suspicions.get(name)
+        if s is None or now < s.deadline:
+            return  # refuted meanwhile, or an earlier timer of a shortened suspicion
+        self.on_dead(s.incarnation, name, self.local.name, now)
+
+    def on_dead(self, inc: int, name: str, sender: str, now: float) -> None:
+        if name == self.local.name:
+            if not self.leaving and inc >= self.local.incarnation:
+                self.refute(inc)
+            return
+        e = self.table.get(name)
+        if e is None or inc < e.inc:
+            return
+        left = sender == name
+        if e.state == LEFT or (e.state == DEAD and not left):
+            return
+        self._stale.discard(name)
+        e.inc = inc
+        self._set_state(e, LEFT if left else DEAD, now)
+        self._emit("left" if left else "dead", e)
+        self._broadcast(name, encode(Dead(inc, name, sender)))
+
+    def reap(self, name: str, now: float) -> None:
+        """Forget a tombstone once it is older than tombstone_ttl."""
+        e = self.table.get(name)
+        if e is None or e.state not in (DEAD, LEFT) or now < e.since + self.cfg.tombstone_ttl:
+            return
+        if e.state == DEAD:
+            _remove(self.dead, name)
+        del self.table[name]
+        self._stale.discard(name)
+
+    # --- push-pull ----------------------------------------------------------------------------
+
+    def entries(self) -> list[PushPullEntry]:
+        """Our state for a push-pull (ourselves excluded: the sender record says it)."""
+        stale = self._stale
+        return [
+            PushPullEntry(e.record, e.state, e.inc)
+            for name, e in self.table.items()
+            if not stale or name not in stale
+        ]
+
+    def entry(self, name: str) -> PushPullEntry | None:
+        e = self.table.get(name)
+        return None if e is None else PushPullEntry(e.record, e.state, e.inc)
+
+    def merge(self, pp: PushPull, now: float) -> bool:
+        """Merge one push-pull chunk; False if the sender is refused (name conflict)."""
+        sender = pp.sender
+        e = self.table.get(sender.name)
+        if e is not None and e.record.node_id != sender.node_id and e.state in _UP:
+            self.counters["drop.name_conflict"] += 1
+            return False
+        self.on_alive(sender, now)
+        self.seen(sender.name, now)
+        for entry in pp.entries:
+            self._merge_entry(entry, sender.name, now)
+        return True
+
+    def _merge_entry(self, en: PushPullEntry, sender: str, now: float) -> None:
+        rec, state, name = en.record, en.state, en.record.name
+        if state == ALIVE:
+            self.on_alive(rec, now)
+            return
+        e = self.table.get(name)
+        if e is not None and e.record.node_id != rec.node_id:
+            return  # a verdict about another identity of that name says nothing about this one
+        if state == LEFT:
+            self.on_dead(en.incarnation, name, name, now)
+            return
+        if e is None and name != self.local.name:
+            if state == DEAD:
+                # Learn the tombstone quietly: dead probes then find a healed partition.
+                self._add(rec, DEAD, en.incarnation, now, quiet=True)
+                return
+            self.on_alive(rec, now)
+        self.on_suspect(en.incarnation, name, sender, now)

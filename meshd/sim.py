@@ -1,0 +1,363 @@
+"""An in-memory network on a virtual clock that drives real GossipNodes; tests and benchmarks.
+
+`Network` is the harness: it owns the clock, one event heap (timers and datagrams in flight),
+loss, latency, partitions and crashes. It always jumps straight to the next event, so a minute of a
+thousand-node mesh costs only the work the nodes actually do.
+
+    python -m meshd.sim --nodes 1000 --loss 0.01 --seed 1 --duration 60 --converged
+
+prints JSON lines: the run's parameters, steady-state traffic, how fast one update spreads, how
+fast a crashed node is declared dead, and false positives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from meshd.config import GossipConfig
+from meshd.gossip.events import MemberEvent, MemberState
+from meshd.gossip.node import GossipNode
+from meshd.gossip.record import NodeRecord, vtep_mac_for
+
+Addr = tuple[str, int]
+EventHook = Callable[[float, int, MemberEvent], None]
+DatagramHook = Callable[[int, bytes, Addr], None]
+
+
+def make_record(i: int, port: int = 7950) -> NodeRecord:
+    """A distinct, valid record for simulated node ``i`` (0 <= i < 65536)."""
+    node_id = (i + 1).to_bytes(16, "big")
+    return NodeRecord(
+        name=f"n{i}",
+        node_id=node_id,
+        public_ip=f"172.16.{i >> 8}.{i & 255}",
+        port=port,
+        subnet=f"10.{i >> 8}.{i & 255}.0/24",
+        backend="vxlan",
+        vtep_mac=vtep_mac_for(node_id),
+        mtu=1500,
+    )
+
+
+class Network:
+    """N GossipNodes on a virtual clock, joined by a lossy, partitionable in-memory network."""
+
+    def __init__(
+        self,
+        config: GossipConfig | None = None,
+        seed: int = 0,
+        loss: float = 0.0,
+        latency: tuple[float, float] = (0.0005, 0.002),
+        record_events: bool = True,
+    ) -> None:
+        self.config = config or GossipConfig()
+        self.seed = seed
+        self.loss = loss
+        self.latency = latency
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.nodes: list[GossipNode] = []
+        self.addrs: list[Addr] = []
+        self.down: list[bool] = []
+        self.group: list[int] = []
+        self.log: list[tuple[float, str, str, str, int]] | None = [] if record_events else None
+        self.on_event: EventHook | None = None
+        self.on_datagram: DatagramHook | None = None
+        self.sent = 0
+        self.sent_bytes = 0
+        self.largest = 0
+        self.lost = 0
+        self.blocked = 0
+        self._by_addr: dict[Addr, int] = {}
+        self._heap: list[tuple[float, int, int, bytes | None, int]] = []
+        self._hseq = 0
+        self._sched: list[float | None] = []
+
+    # --- building -----------------------------------------------------------------------------
+
+    def add_node(
+        self,
+        record: NodeRecord,
+        known: Iterable[NodeRecord] = (),
+        seeds: Sequence[Addr] | None = (),
+    ) -> int:
+        """Start a node now; ``seeds=None`` creates it without calling join (see `converge`)."""
+        idx = len(self.nodes)
+        node = GossipNode(
+            record, self.config, random.Random(self.seed * 1_000_003 + idx), self.now, known
+        )
+        self.nodes.append(node)
+        self.addrs.append(record.addr)
+        self._by_addr[record.addr] = idx
+        self.down.append(False)
+        self.group.append(0)
+        self._sched.append(None)
+        if seeds is not None:
+            node.join(seeds, self.now)
+        self._after(idx)
+        return idx
+
+    def converged(self, records: Sequence[NodeRecord]) -> None:
+        """Create one node per record, each already knowing all the others (no joins)."""
+        for rec in records:
+            idx = self.add_node(rec, seeds=None)
+            self.nodes[idx].bootstrap_members(records, self.now)
+            self._after(idx)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def crash(self, idx: int) -> None:
+        """The node stops: no timers, nothing delivered to it, nothing sent."""
+        self.down[idx] = True
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Only nodes in the same group reach each other; nodes not listed form group 0."""
+        for g, members in enumerate(groups, 1):
+            for i in members:
+                self.group[i] = g
+
+    def isolate(self, idx: int) -> None:
+        self.group[idx] = -1 - idx
+
+    def heal(self) -> None:
+        self.group = [0] * len(self.nodes)
+
+    # --- running ------------------------------------------------------------------------------
+
+    def _push(self, when: float, idx: int, data: bytes | None, src: int) -> None:
+        self._hseq += 1
+        heapq.heappush(self._heap, (when, self._hseq, idx, data, src))
+
+    def _after(self, idx: int) -> None:
+        node = self.nodes[idx]
+        for data, addr in node.datagrams_to_send():
+            self._route(idx, data, addr)
+        events = node.pop_events()
+        if events:
+            for ev in events:
+                if self.log is not None:
+                    self.log.append((self.now, node.local.name, ev.kind, ev.member.record.name,
+                                     ev.member.record.incarnation))
+                if self.on_event is not None:
+                    self.on_event(self.now, idx, ev)
+        t = node.get_timer()
+        if t is not None and t != self._sched[idx]:
+            self._sched[idx] = t
+            self._push(t, idx, None, idx)
+
+    def _route(self, src: int, data: bytes, addr: Addr) -> None:
+        self.sent += 1
+        self.sent_bytes += len(data)
+        self.largest = max(self.largest, len(data))
+        if self.on_datagram is not None:
+            self.on_datagram(src, data, addr)
+        dst = self._by_addr.get(addr)
+        if dst is None:
+            return
+        if self.loss and self.rng.random() < self.loss:
+            self.lost += 1
+            return
+        self._push(self.now + self.rng.uniform(*self.latency), dst, data, src)
+
+    def run_until(self, t_end: float) -> None:
+        heap, nodes = self._heap, self.nodes
+        while heap and heap[0][0] <= t_end:
+            when, _, idx, data, src = heapq.heappop(heap)
+            if self.down[idx]:
+                continue
+            self.now = when
+            if data is None:
+                if self._sched[idx] != when:
+                    continue  # superseded by an earlier timer
+                self._sched[idx] = None
+                nodes[idx].handle_timer(when)
+            else:
+                if self.group[src] != self.group[idx] or self.down[src]:
+                    self.blocked += 1
+                    continue
+                nodes[idx].receive_datagram(data, self.addrs[src], when)
+            self._after(idx)
+        self.now = max(self.now, t_end)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    def run_until_true(self, cond: Callable[[], bool], timeout: float, step: float = 0.5) -> bool:
+        """Advance in ``step``s until ``cond()``; False if ``timeout`` simulated seconds pass."""
+        end = self.now + timeout
+        while self.now < end:
+            if cond():
+                return True
+            self.run_for(step)
+        return cond()
+
+    # --- observing ----------------------------------------------------------------------------
+
+    def live(self) -> list[int]:
+        return [i for i, d in enumerate(self.down) if not d]
+
+    def view(self, idx: int) -> dict[str, MemberState]:
+        return {m.record.name: m.state for m in self.nodes[idx].members()}
+
+    def all_see(self, name: str, state: MemberState, among: Iterable[int] | None = None) -> bool:
+        among = self.live() if among is None else among
+        return all(self.view(i).get(name) == state for i in among if self.addrs[i])
+
+    def fully_converged(self, among: Iterable[int] | None = None) -> bool:
+        """Every live node (or ``among``) sees exactly those nodes alive, and nobody else alive."""
+        ids = list(self.live() if among is None else among)
+        names = {self.nodes[i].local.name for i in ids}
+        for i in ids:
+            alive = {n for n, s in self.view(i).items() if s == MemberState.ALIVE}
+            if alive != names:
+                return False
+        return True
+
+
+# --- the CLI benchmark ------------------------------------------------------------------------
+
+
+def _percentile_time(times: list[float], total: int, frac: float) -> float | None:
+    need = max(1, math.ceil(frac * total))
+    return round(times[need - 1], 3) if len(times) >= need else None
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run one scenario and return the JSON-able result lines."""
+    wall0 = time.monotonic()
+    n, duration = args.nodes, args.duration
+    cfg = GossipConfig()
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        cfg = replace(cfg, **{key: type(getattr(cfg, key))(value)})
+    net = Network(cfg, seed=args.seed, loss=args.loss,
+                  latency=(args.latency_ms[0] / 1000, args.latency_ms[1] / 1000),
+                  record_events=False)
+    records = [make_record(i) for i in range(n)]
+    t_update = args.update_at if args.update_at is not None else 0.3 * duration
+    t_crash = args.crash_at if args.crash_at is not None else 0.5 * duration
+    warmup = min(0.1 * duration, t_update)
+    rng = random.Random(args.seed ^ 0x5EED)
+    updater = rng.randrange(n)
+    victim = rng.choice([i for i in range(n) if i != updater]) if n > 2 else None
+    update_name = records[updater].name
+    victim_name = records[victim].name if victim is not None else ""
+    update_seen: list[float] = []
+    suspect_seen: list[float] = []
+    dead_seen: list[float] = []
+    false_suspects = 0
+    false_deaths = 0
+    new_inc = -1
+
+    def on_event(now: float, idx: int, ev: MemberEvent) -> None:
+        nonlocal false_suspects, false_deaths
+        name = ev.member.record.name
+        if name == update_name and ev.kind == "update" and ev.member.record.incarnation >= new_inc:
+            update_seen.append(now - t_update)
+        elif name == victim_name and now >= t_crash:
+            if ev.kind == "suspect":
+                suspect_seen.append(now - t_crash)
+            elif ev.kind == "dead":
+                dead_seen.append(now - t_crash)
+        elif ev.kind == "suspect":
+            false_suspects += 1
+        elif ev.kind == "dead":
+            false_deaths += 1
+
+    if args.converged:
+        net.converged(records)
+    else:
+        net.add_node(records[0], seeds=[])
+        spread = args.join_spread
+        for i in range(1, n):
+            net.run_until(spread * i / n)
+            net.add_node(records[i], seeds=[records[0].addr])
+    setup_s = time.monotonic() - wall0
+    net.on_event = on_event
+    out: list[dict[str, Any]] = [{
+        "phase": "config", "nodes": n, "loss": args.loss, "seed": args.seed,
+        "duration": duration, "converged": args.converged, "setup_wall_s": round(setup_s, 2),
+    }]
+    net.run_until(warmup)
+    sent0, bytes0 = net.sent, net.sent_bytes
+    net.run_until(t_update)
+    window = t_update - warmup
+    out.append({
+        "phase": "steady", "window": [round(warmup, 3), round(t_update, 3)],
+        "datagrams_per_node_s": round((net.sent - sent0) / n / window, 3) if window else None,
+        "bytes_per_node_s": round((net.sent_bytes - bytes0) / n / window, 1) if window else None,
+        "largest_datagram": net.largest,
+    })
+    node = net.nodes[updater]
+    old = node.local
+    new_inc = old.incarnation + 1
+    node.update_local(replace(old, mtu=old.mtu - 1), net.now)
+    net._after(updater)
+    net.run_until(t_crash)
+    others = n - 1
+    update_seen.sort()
+    out.append({
+        "phase": "dissemination", "node": update_name,
+        "t50": _percentile_time(update_seen, others, 0.5),
+        "t99": _percentile_time(update_seen, others, 0.99),
+        "t999": _percentile_time(update_seen, others, 0.999),
+        "reached": round(len(update_seen) / others, 4) if others else 1.0,
+    })
+    if victim is not None:
+        net.crash(victim)
+    net.run_until(duration)
+    observers = n - 1
+    suspect_seen.sort()
+    dead_seen.sort()
+    out.append({
+        "phase": "failure", "node": victim_name,
+        "first_suspect": round(suspect_seen[0], 3) if suspect_seen else None,
+        "first_dead": round(dead_seen[0], 3) if dead_seen else None,
+        "dead_50": _percentile_time(dead_seen, observers, 0.5),
+        "dead_99": _percentile_time(dead_seen, observers, 0.99),
+        "dead_all": _percentile_time(dead_seen, observers, 1.0),
+    })
+    out.append({
+        "phase": "summary", "false_suspects": false_suspects, "false_deaths": false_deaths,
+        "largest_datagram": net.largest, "datagrams": net.sent, "bytes": net.sent_bytes,
+        "lost": net.lost, "wall_s": round(time.monotonic() - wall0, 2),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    })
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m meshd.sim", description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=100)
+    p.add_argument("--loss", type=float, default=0.0, help="probability a datagram is lost")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
+    p.add_argument("--converged", action="store_true",
+                   help="start with every node knowing every other (no joins; for large N)")
+    p.add_argument("--join-spread", type=float, default=5.0,
+                   help="without --converged: seconds over which nodes join through node 0")
+    p.add_argument("--latency-ms", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    p.add_argument("--update-at", type=float, help="when one node changes its record")
+    p.add_argument("--crash-at", type=float, help="when one node crashes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a GossipConfig field, e.g. --set probe_interval=0.5")
+    args = p.parse_args(argv)
+    if args.nodes < 1 or not 0 <= args.loss < 1 or args.duration <= 0:
+        p.error("need --nodes >= 1, 0 <= --loss < 1, --duration > 0")
+    for line in run(args):
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Whole meshes of real GossipNodes on the simulator's in-memory network and virtual clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from meshd.config import GossipConfig
+from meshd.gossip.events import MemberState
+from meshd.gossip.messages import ENVELOPE_RESERVE
+from meshd.sim import Network, make_record
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
+LIMIT = GossipConfig().max_datagram - ENVELOPE_RESERVE
+
+
+def joined(n: int, seed: int = 1, loss: float = 0.0) -> Network:
+    """``n`` nodes, each joining through node 0, converged."""
+    net = Network(seed=seed, loss=loss)
+    recs = [make_record(i) for i in range(n)]
+    net.add_node(recs[0], seeds=[])
+    for rec in recs[1:]:
+        net.add_node(rec, seeds=[recs[0].addr])
+    assert net.run_until_true(net.fully_converged, 60), "did not converge"
+    return net
+
+
+def check_sizes(net: Network) -> list[int]:
+    sizes: list[int] = []
+    net.on_datagram = lambda src, data, addr: sizes.append(len(data))
+    return sizes
+
+
+def no_internal_errors(net: Network) -> None:
+    assert all("error.internal" not in n.counters for n in net.nodes)
+
+
+@pytest.mark.parametrize("n", [3, 10, 50])
+def test_join_through_one_seed_converges(n: int) -> None:
+    net = joined(n)
+    assert all(node.synced for node in net.nodes)
+    assert net.now < 20
+    assert net.largest <= LIMIT
+    no_internal_errors(net)
+
+
+def test_seed_listed_by_itself_is_a_founder() -> None:
+    net = Network(seed=3)
+    a, b = make_record(0), make_record(1)
+    net.add_node(a, seeds=[a.addr])  # every node lists the same seed, the seed too
+    net.add_node(b, seeds=[a.addr])
+    assert net.run_until_true(net.fully_converged, 10)
+    assert net.nodes[0].synced and net.nodes[1].synced
+
+
+def test_update_local_reaches_everyone() -> None:
+    net = joined(10)
+    net.run_for(5)
+    node = net.nodes[4]
+    node.update_local(replace(node.local, subnet="10.200.0.0/24"), net.now)
+    t0 = net.now
+
+    def everyone_knows() -> bool:
+        return all(
+            {m.record.name: m.record.subnet for m in net.nodes[i].members()}["n4"]
+            == "10.200.0.0/24"
+            for i in range(10)
+        )
+
+    assert net.run_until_true(everyone_knows, 10, step=0.1)
+    assert net.now - t0 < 3
+    assert net.log is not None
+    updates = {obs for _, obs, kind, name, _ in net.log if kind == "update" and name == "n4"}
+    assert updates == {f"n{i}" for i in range(10)} - {"n4"}
+
+
+def test_crash_is_suspected_then_dead_within_the_window() -> None:
+    net = joined(10)
+    net.run_for(10)
+    t0 = net.now
+    net.crash(3)
+    assert net.log is not None
+    start = len(net.log)
+    assert net.run_until_true(lambda: net.all_see("n3", DEAD), 60)
+    events = [(t - t0, kind) for t, _, kind, name, _ in net.log[start:] if name == "n3"]
+    first_suspect = min(t for t, k in events if k == "suspect")
+    first_dead = min(t for t, k in events if k == "dead")
+    cfg = GossipConfig()
+    # 10 members: suspicion lasts between 4*log10(10)*1 s = 4 s and 6x that.
+    assert first_suspect < 9 * cfg.probe_interval + cfg.probe_timeout
+    assert 4.0 <= first_dead - first_suspect <= 24.0 + 0.01
+    assert net.now - t0 < 35
+    # Nobody else was suspected on a perfect network.
+    assert {name for _, _, k, name, _ in net.log[start:] if k in ("suspect", "dead")} == {"n3"}
+
+
+def test_temporarily_unreachable_node_refutes_suspicion() -> None:
+    net = joined(10, seed=5)
+    net.run_for(10)
+    inc0 = net.nodes[6].local.incarnation
+    assert net.log is not None
+    start = len(net.log)
+    net.isolate(6)
+    assert net.run_until_true(
+        lambda: any(k == "suspect" and n == "n6" for _, _, k, n, _ in net.log[start:]),  # type: ignore[index]
+        10, step=0.1,
+    )
+    net.run_for(0.5)
+    net.heal()
+    assert net.run_until_true(lambda: net.all_see("n6", ALIVE), 20, step=0.1)
+    net.run_for(30)
+    assert net.nodes[6].local.incarnation > inc0
+    assert not any(k == "dead" for _, _, k, _, _ in net.log[start:])
+    assert net.fully_converged()
+
+
+def test_leave_is_seen_as_left_everywhere() -> None:
+    net = joined(10)
+    net.run_for(5)
+    net.nodes[2].leave(net.now)
+    net._after(2)
+    assert net.run_until_true(net.nodes[2].leave_done, 10, step=0.1)
+    net.crash(2)  # the daemon exits once the leave has spread
+    others = [i for i in range(10) if i != 2]
+    assert net.run_until_true(lambda: net.all_see("n2", LEFT, others), 10, step=0.1)
+    net.run_for(60)
+    assert net.all_see("n2", LEFT, others)
+    assert net.fully_converged(others)
+
+
+def test_partition_longer_than_suspicion_heals_by_itself() -> None:
+    net = joined(4, seed=2)
+    net.run_for(5)
+    net.partition([0, 1], [2, 3])
+    net.run_for(60)
+    # Each side declared the other dead.
+    assert net.view(0)["n2"] == DEAD and net.view(3)["n1"] == DEAD
+    net.heal()
+    assert net.run_until_true(net.fully_converged, 120)
+    no_internal_errors(net)
+
+
+def test_twenty_percent_loss_causes_no_false_death() -> None:
+    net = joined(10, seed=7, loss=0.2)
+    assert net.log is not None
+    start = len(net.log)
+    net.run_for(60)
+    assert not any(k in ("dead", "left") for _, _, k, _, _ in net.log[start:])
+    assert net.fully_converged()
+
+
+def test_large_state_is_split_across_datagrams_within_the_limit() -> None:
+    net = Network(seed=4)
+    recs = [make_record(i) for i in range(130)]
+    net.converged(recs[:-1])
+    sizes = check_sizes(net)
+    net.run_for(1)
+    net.add_node(recs[-1], seeds=[recs[0].addr])
+    joiner = net.nodes[-1]
+    assert net.run_until_true(lambda: joiner.synced, 5, step=0.1)
+    assert len(joiner.members()) == 130
+    assert joiner.counters["msg.push_pull"] >= 5  # the seed's state came in several chunks
+    assert max(sizes) <= LIMIT
+    assert net.run_until_true(lambda: net.all_see("n129", ALIVE), 10)
+
+
+def test_large_state_join_completes_under_loss() -> None:
+    net = Network(seed=9, loss=0.2)
+    recs = [make_record(i) for i in range(120)]
+    net.converged(recs[:-1])
+    net.add_node(recs[-1], seeds=[recs[0].addr])
+    joiner = net.nodes[-1]
+    assert net.run_until_true(lambda: joiner.synced, 60)
+    assert len(joiner.members()) == 120
+
+
+def test_restart_from_known_members_rejoins_without_seeds() -> None:
+    net = joined(5, seed=6)
+    recs = [n.local for n in net.nodes]
+    net.crash(4)
+    net.run_for(40)
+    assert net.all_see("n4", DEAD, range(4))
+    # The restarted node comes back at the same address, knowing only what it saved.
+    reborn = replace(recs[4], incarnation=recs[4].incarnation)
+    net._by_addr[reborn.addr] = len(net.nodes)
+    idx = net.add_node(reborn, known=recs[:4], seeds=[])
+    assert net.run_until_true(lambda: net.nodes[idx].synced, 10)
+    live = [0, 1, 2, 3, idx]
+    assert net.run_until_true(lambda: net.fully_converged(live), 60)
+
+
+def event_log(seed: int) -> list[tuple[float, str, str, str, int]]:
+    net = Network(seed=seed, loss=0.1)
+    recs = [make_record(i) for i in range(8)]
+    net.add_node(recs[0], seeds=[])
+    for rec in recs[1:]:
+        net.add_node(rec, seeds=[recs[0].addr])
+    net.run_for(10)
+    net.crash(5)
+    net.run_for(30)
+    assert net.log is not None
+    return net.log
+
+
+def test_same_seed_same_event_log() -> None:
+    a, b = event_log(11), event_log(11)
+    assert a == b and len(a) > 50
+    assert event_log(12) != a

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from meshd.gossip import messages as m
+from meshd.gossip.events import MemberState
+from meshd.gossip.record import NodeRecord
+from meshd.sim import make_record
+
+REC = make_record(7)
+
+
+def roundtrip(msg: m.Message) -> m.Message:
+    out = m.decode(m.pack_datagram([m.encode(msg)]))
+    assert len(out) == 1
+    return out[0]
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        m.Ping(1, "n1", "n2", ("172.16.0.2", 7950)),
+        m.IndirectPing(2**32 - 1, "n1", ("10.0.0.1", 1), "n2", ("10.0.0.2", 65535), True),
+        m.Ack(0),
+        m.Nack(5),
+        m.Suspect(3, "n1", "n2"),
+        m.Alive(REC),
+        m.Dead(2**63 - 1, "n1", "n1"),
+        m.PushPull(REC, 9, True, 0, 1, (m.PushPullEntry(make_record(1), MemberState.LEFT, 4),)),
+    ],
+)
+def test_every_message_type_roundtrips(msg: m.Message) -> None:
+    assert roundtrip(msg) == msg
+
+
+def test_compound_carries_several_messages_in_order() -> None:
+    parts = [m.encode(m.Ack(1)), m.encode(m.Alive(REC)), m.encode(m.Nack(2))]
+    assert m.decode(m.pack_datagram(parts)) == [m.Ack(1), m.Alive(REC), m.Nack(2)]
+
+
+def test_compound_header_of_16_and_more_messages() -> None:
+    parts = [m.encode(m.Ack(i)) for i in range(40)]
+    data = m.pack_datagram(parts)
+    assert len(data) <= sum(map(len, parts)) + m.DATAGRAM_OVERHEAD
+    assert m.decode(data) == [m.Ack(i) for i in range(40)]
+
+
+def test_type_numbers_are_append_only() -> None:
+    # On the wire: changing these breaks every deployed node.
+    assert [t.value for t in m.MsgType] == list(range(8))
+    assert [t.name for t in m.MsgType][:8] == [
+        "PING", "INDIRECT_PING", "ACK", "NACK", "SUSPECT", "ALIVE", "DEAD", "PUSH_PULL",
+    ]
+
+
+def test_trailing_fields_from_a_newer_revision_are_ignored() -> None:
+    raw = msgpack.packb([1, [[int(m.MsgType.ACK), 7, "future"]]])
+    assert m.decode(raw) == [m.Ack(7)]
+
+
+def bad(obj: object) -> str:
+    with pytest.raises(m.DecodeError) as exc:
+        m.decode(msgpack.packb(obj, use_bin_type=True))
+    return exc.value.reason
+
+
+def test_invalid_datagrams_are_rejected_with_a_reason() -> None:
+    assert bad(5) == "malformed"
+    assert bad([2, [[2, 1]]]) == "version"
+    assert bad([True, [[2, 1]]]) == "version"
+    assert bad([1, []]) == "malformed"
+    assert bad([1, [[99, 1]]]) == "unknown_type"
+    assert bad([1, [[2]]]) == "malformed"
+    assert bad([1, [[2, -1]]]) == "range"
+    assert bad([1, [[2, 2**32]]]) == "range"
+    assert bad([1, [[2, True]]]) == "range"
+    assert bad([1, [[4, 1, "bad name!", "n2"]]]) == "name"
+    assert bad([1, [[4, 1, "n1", 5]]]) == "name"
+    assert bad([1, [[0, 1, "n1", "n2", b"\0\0\0\0", 1]]]) == "addr"
+    assert bad([1, [[0, 1, "n1", "n2", b"\xe0\0\0\1", 1]]]) == "addr"
+    assert bad([1, [[0, 1, "n1", "n2", b"\1\2\3", 1]]]) == "addr"
+    assert bad([1, [[0, 1, "n1", "n2", b"\1\2\3\4", 0]]]) == "range"
+    assert bad([1, [[1, 1, "n1", b"\1\2\3\4", 1, "n2", b"\1\2\3\4", 2, 1]]]) == "malformed"
+    assert bad([1, [[5, ["n1"]]]]) == "record"
+    wire = REC.to_wire()
+    wire[3] = 0  # port
+    assert bad([1, [[5, wire]]]) == "record"
+    wire = REC.to_wire()
+    wire[8] = True  # incarnation must be an int, not a bool
+    assert bad([1, [[5, wire]]]) == "record"
+    # One bad message rejects the whole datagram.
+    assert bad([1, [[2, 1], [3, -1]]]) == "range"
+
+
+def test_push_pull_entries_are_validated() -> None:
+    head = [7, REC.to_wire(), 1, False, 0, 1]
+    assert bad([1, [[*head, [[REC.to_wire(), 4, 0]]]]]) == "range"
+    assert bad([1, [[*head, [[REC.to_wire(), 0]]]]]) == "malformed"
+    assert bad([1, [[*head, "x"]]]) == "malformed"
+    assert bad([1, [[7, REC.to_wire(), 1, False, 1, 1, []]]]) == "malformed"
+    assert bad([1, [[7, REC.to_wire(), 1, False, 0, 0, []]]]) == "range"
+
+
+def test_garbage_is_a_decode_error() -> None:
+    for data in (b"", b"\xc1", b"\x92\x01", b"\x92\x01\x91\x92\x02\x01extra", bytes(range(256))):
+        with pytest.raises(m.DecodeError):
+            m.decode(data)
+
+
+def test_push_pull_is_cut_into_chunks_within_budget() -> None:
+    entries = [m.PushPullEntry(make_record(i), MemberState.ALIVE, 0) for i in range(300)]
+    budget = 1400 - m.ENVELOPE_RESERVE - m.DATAGRAM_OVERHEAD
+    chunks = m.encode_push_pull(REC, 42, False, entries, budget)
+    assert len(chunks) > 10
+    seen: list[NodeRecord] = []
+    for i, chunk in enumerate(chunks):
+        assert len(chunk) <= budget
+        data = m.pack_datagram([chunk])
+        assert len(data) <= 1400 - m.ENVELOPE_RESERVE
+        (pp,) = m.decode(data)
+        assert isinstance(pp, m.PushPull)
+        assert (pp.sender, pp.sync_id, pp.reply, pp.index, pp.count) == (
+            REC, 42, False, i, len(chunks)
+        )
+        seen.extend(e.record for e in pp.entries)
+    assert seen == [e.record for e in entries]
+
+
+def test_empty_state_is_one_chunk() -> None:
+    (chunk,) = m.encode_push_pull(REC, 1, True, [], 1000)
+    (pp,) = m.decode(m.pack_datagram([chunk]))
+    assert isinstance(pp, m.PushPull) and pp.entries == () and pp.count == 1

@@ -1,0 +1,316 @@
+"""Member transitions of one GossipNode, driven by hand-made datagrams and an explicit clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from meshd.config import GossipConfig
+from meshd.gossip import messages as m
+from meshd.gossip.events import MemberState
+from meshd.gossip.node import GossipNode
+from meshd.gossip.record import NodeRecord
+from meshd.sim import make_record
+
+ME = make_record(0)
+A = make_record(1)
+B = make_record(2)
+SRC = ("172.16.9.9", 7950)
+
+
+def node(known: tuple[NodeRecord, ...] = (), cfg: GossipConfig | None = None) -> GossipNode:
+    n = GossipNode(ME, cfg or GossipConfig(), random.Random(1), 0.0, known)
+    n.join([], 0.0)
+    return n
+
+
+def feed(n: GossipNode, *msgs: m.Message, now: float = 1.0) -> None:
+    n.receive_datagram(m.pack_datagram([m.encode(x) for x in msgs]), SRC, now)
+    assert "error.internal" not in n.counters
+
+
+def state(n: GossipNode, name: str) -> MemberState | None:
+    return {x.record.name: x.state for x in n.members()}.get(name)
+
+
+def kinds(n: GossipNode) -> list[tuple[str, str]]:
+    return [(e.kind, e.member.record.name) for e in n.pop_events()]
+
+
+def sent(n: GossipNode) -> list[tuple[list[m.Message], tuple[str, int]]]:
+    return [(m.decode(d), a) for d, a in n.datagrams_to_send()]
+
+
+def test_new_node_alone_is_synced_and_lists_itself() -> None:
+    n = node()
+    assert n.synced
+    (me,) = n.members()
+    assert me.record == ME and me.state == MemberState.ALIVE
+
+
+def test_alive_adds_a_member_and_is_rebroadcast() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    assert state(n, "n1") == MemberState.ALIVE
+    assert kinds(n) == [("join", "n1")]
+    assert n.counters["msg.alive"] == 1 and n.counters["in"] == 1
+    # The news is gossiped on: the next gossip round sends it to the new member.
+    n.handle_timer(n.get_timer() or 0.0)
+    while not any(isinstance(x, m.Alive) for msgs, _ in sent(n) for x in msgs):
+        n.handle_timer(n.get_timer() or 0.0)
+
+
+def test_old_or_equal_incarnation_is_ignored_and_update_is_reported() -> None:
+    n = node()
+    feed(n, m.Alive(A.with_incarnation(3)))
+    n.pop_events()
+    feed(n, m.Alive(replace(A, mtu=1400, incarnation=3)), m.Alive(A.with_incarnation(2)))
+    assert kinds(n) == []
+    feed(n, m.Alive(A.with_incarnation(4)))  # bare incarnation bump: no event
+    assert kinds(n) == []
+    feed(n, m.Alive(replace(A, mtu=1400, incarnation=5)))
+    assert kinds(n) == [("update", "n1")]
+    assert [x.record.mtu for x in n.members() if x.record.name == "n1"] == [1400]
+
+
+def test_suspect_then_refuted_by_higher_incarnation() -> None:
+    n = node()
+    feed(n, m.Alive(A), m.Alive(B))
+    feed(n, m.Suspect(0, "n1", "n2"))
+    assert state(n, "n1") == MemberState.SUSPECT
+    feed(n, m.Alive(A))  # same incarnation does not refute
+    assert state(n, "n1") == MemberState.SUSPECT
+    feed(n, m.Alive(A.with_incarnation(1)))
+    assert state(n, "n1") == MemberState.ALIVE
+    assert kinds(n)[-2:] == [("suspect", "n1"), ("alive", "n1")]
+
+
+def test_suspicion_times_out_to_dead() -> None:
+    n = node()
+    feed(n, m.Alive(A), m.Alive(B))
+    feed(n, m.Suspect(0, "n1", "n2"), now=10.0)
+    # 3 members, k = 0: the minimum timeout, 4 * max(1, log10(3)) * 1 s = 4 s.
+    t = 10.0
+    while state(n, "n1") == MemberState.SUSPECT:
+        t = n.get_timer() or t
+        n.handle_timer(t)
+    assert state(n, "n1") == MemberState.DEAD
+    assert abs(t - 14.0) < 1e-9
+    assert ("dead", "n1") in kinds(n)
+
+
+def test_stale_suspect_and_dead_are_ignored() -> None:
+    n = node()
+    feed(n, m.Alive(A.with_incarnation(5)))
+    feed(n, m.Suspect(4, "n1", "n2"), m.Dead(4, "n1", "n2"))
+    assert state(n, "n1") == MemberState.ALIVE
+    feed(n, m.Suspect(1, "nobody", "n2"), m.Dead(1, "nobody", "n2"))
+    assert state(n, "nobody") is None
+
+
+def test_suspect_or_dead_about_self_is_refuted() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    feed(n, m.Suspect(0, "n0", "n1"))
+    assert n.local.incarnation == 1
+    feed(n, m.Dead(4, "n0", "n1"))
+    assert n.local.incarnation == 5
+    assert state(n, "n0") == MemberState.ALIVE
+    assert n.counters["refute"] == 2
+    feed(n, m.Suspect(2, "n0", "n1"))  # older than our incarnation: nothing to refute
+    assert n.local.incarnation == 5
+    assert n.health > 0  # being suspected counts against our own health (Lifeguard)
+
+
+def test_outdated_alive_about_self_is_refuted() -> None:
+    n = node()
+    feed(n, m.Alive(replace(ME, mtu=1300, incarnation=2)))
+    assert n.local.incarnation == 3 and n.local.mtu == ME.mtu
+
+
+def test_leave_is_left_and_comes_back_only_with_higher_incarnation() -> None:
+    n = node()
+    feed(n, m.Alive(A.with_incarnation(2)))
+    feed(n, m.Dead(3, "n1", "n1"))
+    assert state(n, "n1") == MemberState.LEFT
+    feed(n, m.Alive(A.with_incarnation(3)))
+    assert state(n, "n1") == MemberState.LEFT
+    feed(n, m.Alive(A.with_incarnation(4)))
+    assert state(n, "n1") == MemberState.ALIVE
+    assert kinds(n) == [("join", "n1"), ("left", "n1"), ("join", "n1")]
+
+
+def test_dead_can_become_left_but_not_the_reverse() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    feed(n, m.Dead(0, "n1", "n2"))
+    assert state(n, "n1") == MemberState.DEAD
+    feed(n, m.Dead(0, "n1", "n1"))
+    assert state(n, "n1") == MemberState.LEFT
+    feed(n, m.Dead(0, "n1", "n2"))
+    assert state(n, "n1") == MemberState.LEFT
+
+
+def test_name_conflict_refuses_the_newcomer_while_the_old_one_lives() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    impostor = replace(A, node_id=b"\xff" * 16, incarnation=9)
+    feed(n, m.Alive(impostor))
+    assert n.counters["drop.name_conflict"] == 1
+    assert [x.record.node_id for x in n.members() if x.record.name == "n1"] == [A.node_id]
+    feed(n, m.Dead(0, "n1", "n2"))
+    feed(n, m.Alive(impostor))
+    assert [x.record.node_id for x in n.members() if x.record.name == "n1"] == [b"\xff" * 16]
+    assert state(n, "n1") == MemberState.ALIVE
+
+
+def test_our_name_with_another_node_id_is_a_conflict() -> None:
+    n = node()
+    feed(n, m.Alive(replace(ME, node_id=b"\xee" * 16, incarnation=5)))
+    assert n.counters["drop.name_conflict"] == 1
+    assert n.local == ME and len(n.members()) == 1
+
+
+def test_ping_is_acked_to_the_source_address_with_piggyback() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    feed(n, m.Ping(77, "n0", "n1", A.addr))
+    ((msgs, addr),) = sent(n)
+    assert addr == A.addr
+    assert msgs[0] == m.Ack(77)
+    assert m.Alive(A) in msgs[1:]  # the pending broadcast rode along
+
+
+def test_ping_for_someone_else_is_not_acked() -> None:
+    n = node()
+    feed(n, m.Ping(77, "n5", "n1", A.addr))
+    assert n.counters["drop.wrong_target"] == 1
+    assert sent(n) == []
+
+
+def test_indirect_ping_is_relayed_and_nacked_on_timeout() -> None:
+    n = node()
+    feed(n, m.IndirectPing(5, "n2", B.addr, "n1", A.addr, True), now=1.0)
+    ((msgs, addr),) = sent(n)
+    assert addr == B.addr and isinstance(msgs[0], m.Ping) and msgs[0].target == "n2"
+    relay_seq = msgs[0].seq
+    n.handle_timer(1.0 + GossipConfig().probe_timeout)
+    assert [(msgs[0], a) for msgs, a in sent(n)] == [(m.Nack(5), A.addr)]
+    # Acked in time instead: the ack is forwarded with the requester's sequence number.
+    feed(n, m.IndirectPing(6, "n2", B.addr, "n1", A.addr, True), now=2.0)
+    relay_seq = sent(n)[0][0][0].seq  # type: ignore[union-attr]
+    feed(n, m.Ack(relay_seq), now=2.1)
+    assert [(msgs[0], a) for msgs, a in sent(n)] == [(m.Ack(6), A.addr)]
+
+
+def test_known_members_are_tombstones_revived_at_the_same_incarnation() -> None:
+    n = GossipNode(ME, GossipConfig(), random.Random(1), 0.0, known=(A.with_incarnation(4), B))
+    assert state(n, "n1") == MemberState.DEAD
+    n.join([], 0.0)
+    assert not n.synced
+    # They are asked for their state straight away.
+    assert {a for _, a in n.datagrams_to_send()} == {A.addr, B.addr}
+    feed(n, m.Alive(A.with_incarnation(4)))
+    assert state(n, "n1") == MemberState.ALIVE
+    assert kinds(n) == [("join", "n1")]
+
+
+def test_push_pull_reply_merges_and_syncs() -> None:
+    n = GossipNode(ME, GossipConfig(), random.Random(1), 0.0)
+    n.join([("192.0.2.1", 7950)], 0.0)
+    (req,) = sent(n)
+    assert req[1] == ("192.0.2.1", 7950)
+    pp = req[0][0]
+    assert isinstance(pp, m.PushPull) and not pp.reply and pp.sender == ME
+    assert not n.synced
+    entries = (m.PushPullEntry(B, MemberState.ALIVE, 0),)
+    feed(n, m.PushPull(A, pp.sync_id, True, 0, 1, entries))
+    assert n.synced
+    assert state(n, "n1") == MemberState.ALIVE and state(n, "n2") == MemberState.ALIVE
+
+
+def test_push_pull_request_is_answered_once_per_sync_id() -> None:
+    n = node()
+    feed(n, m.Alive(B))
+    n.datagrams_to_send()
+    for index in (0, 1):
+        feed(n, m.PushPull(A, 9, False, index, 2, ()))
+    replies = sent(n)
+    assert len(replies) == 1
+    ((pp,), addr) = replies[0]
+    assert addr == A.addr and isinstance(pp, m.PushPull) and pp.reply and pp.sync_id == 9
+    assert {e.record.name for e in pp.entries} == {"n1", "n2"}
+
+
+def test_remote_dead_is_only_suspect_and_unknown_dead_is_a_quiet_tombstone() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    n.pop_events()
+    entries = (m.PushPullEntry(A, MemberState.DEAD, 0), m.PushPullEntry(B, MemberState.DEAD, 0))
+    feed(n, m.PushPull(make_record(3), 1, True, 0, 1, entries))
+    assert state(n, "n1") == MemberState.SUSPECT
+    assert state(n, "n2") == MemberState.DEAD
+    assert kinds(n) == [("join", "n3"), ("suspect", "n1")]
+
+
+def test_push_pull_claiming_we_are_dead_makes_us_refute() -> None:
+    n = node()
+    entries = (m.PushPullEntry(ME, MemberState.DEAD, 0),)
+    feed(n, m.PushPull(A, 1, False, 0, 1, entries))
+    assert n.local.incarnation == 1
+    ((pp,), _) = sent(n)[-1]
+    assert isinstance(pp, m.PushPull) and pp.sender.incarnation == 1  # reply carries the refutation
+
+
+def test_update_local_bumps_incarnation_and_broadcasts() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    n.datagrams_to_send()
+    n.update_local(replace(ME, subnet="10.99.0.0/24"), 2.0)
+    assert n.local.incarnation == 1 and n.local.subnet == "10.99.0.0/24"
+    feed(n, m.Ping(1, "n0", "n1", A.addr), now=2.1)
+    ((msgs, _),) = sent(n)
+    assert m.Alive(n.local) in msgs
+
+
+def test_leave_marks_self_left_and_finishes() -> None:
+    n = node()
+    assert not n.leave_done()
+    n.leave(1.0)
+    assert n.members()[0].state == MemberState.LEFT
+    assert n.leave_done()  # nobody to tell
+    n2 = node()
+    feed(n2, m.Alive(A))
+    n2.datagrams_to_send()
+    n2.leave(2.0)
+    assert not n2.leave_done()
+    t = 2.0
+    while not n2.leave_done():
+        t = n2.get_timer() or t
+        n2.handle_timer(t)
+    assert t < 5.0
+    dead = [x for msgs, _ in sent(n2) for x in msgs if isinstance(x, m.Dead)]
+    assert dead and dead[0] == m.Dead(1, "n0", "n0")
+    feed(n2, m.Suspect(1, "n0", "n1"), now=t)  # no refutation once leaving
+    assert n2.local.incarnation == 1
+
+
+def test_oversized_and_garbage_datagrams_are_counted() -> None:
+    n = node()
+    n.receive_datagram(b"\x00" * 2000, SRC, 1.0)
+    n.receive_datagram(b"\xc1", SRC, 1.0)
+    assert n.counters["drop.size"] == 1 and n.counters["drop.decode"] == 1
+    assert n.counters["in"] == 2
+
+
+def test_timers_are_never_in_the_past_after_handling() -> None:
+    n = node()
+    feed(n, m.Alive(A), m.Alive(B))
+    t = 0.0
+    for _ in range(200):
+        nxt = n.get_timer()
+        assert nxt is not None
+        t = max(t, nxt)
+        n.handle_timer(t)
+        n.datagrams_to_send()
+        assert (n.get_timer() or t + 1) > t
