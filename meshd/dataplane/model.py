@@ -15,6 +15,7 @@ Decisions made here, in one place:
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -260,16 +261,24 @@ def resolve_claims(
     granted its subnet unless it overlaps a subnet already granted. Returns the node_ids granted,
     and for each loser the holder that beat it. Inputs must be the cluster-wide facts only (record
     contents and membership), so every node reaches the same answer from the same table."""
-    granted: list[tuple[ipaddress.IPv4Network, NodeRecord]] = []
+    # Granted subnets are disjoint, so sorted by first address their last addresses are sorted
+    # too: only the granted subnet starting at or just before a candidate's last address can
+    # overlap it. O(N log N), which matters at thousands of members.
+    starts: list[int] = []
+    spans: list[tuple[int, int, NodeRecord]] = []  # (first, last, holder), sorted by first
+    granted: set[bytes] = set()
     losers: dict[bytes, NodeRecord] = {}
     for rec in sorted(claimants, key=lambda r: (r.node_id, r.name)):
         net = ipaddress.IPv4Network(rec.subnet)
-        holder = next((h for n, h in granted if n.overlaps(net)), None)
-        if holder is None:
-            granted.append((net, rec))
-        else:
-            losers[rec.node_id] = holder
-    return {h.node_id for _, h in granted}, losers
+        first, last = int(net.network_address), int(net.broadcast_address)
+        i = bisect.bisect_right(starts, last) - 1
+        if i >= 0 and spans[i][1] >= first:
+            losers[rec.node_id] = spans[i][2]
+            continue
+        starts.insert(i + 1, first)
+        spans.insert(i + 1, (first, last, rec))
+        granted.add(rec.node_id)
+    return granted, losers
 
 
 def select_peers(  # noqa: C901 - one rule per branch reads best as a list

@@ -129,7 +129,11 @@ class Reconciler:
         work on this kernel; other errors are reported in status and retried by ``run``."""
         if self._started:
             return
-        await self._nl.open()
+        try:
+            await self._nl.open()
+        except DataplaneError as exc:
+            self._record_error(str(exc))
+            raise
         self._started = True
         await self.reconcile_now("start")
         if self._fatal is not None:
@@ -151,11 +155,18 @@ class Reconciler:
 
     async def run(self) -> None:
         """Reconcile on every trigger until ``close``. Starts the netlink monitor."""
-        if not self._started:
-            # A missing module is reported in status; resyncs will pick up a module loaded later.
-            with contextlib.suppress(MissingKernelFeature):
-                await self.start()
         self._run_task = asyncio.current_task()
+        delay = RETRY_MIN
+        while not self._started and not self._closed:
+            try:
+                await self.start()
+            except MissingKernelFeature:
+                break  # reported in status; resyncs pick up a module loaded later
+            except DataplaneError:
+                await asyncio.sleep(delay)  # e.g. the namespace is not there yet
+                delay = min(delay * 2, RETRY_MAX)
+        if self._closed:
+            return
         self._monitor_task = asyncio.create_task(self._monitor(), name="meshd-netlink-monitor")
         try:
             # Changes made between start() and the monitor's bind would go unseen: resync once
@@ -283,8 +294,7 @@ class Reconciler:
                 f"{res.failures[0]} (+{len(res.failures) - 1} more)"
             )
             for f in res.failures[:MAX_ERRORS]:
-                self._errors.append({"at": time.time(), "error": f})
-                log.warning("dataplane: %s", f)
+                self._record_error(f, last=False)
             if res.fatal is None:
                 self._retry_at = now + self._retry_delay
                 self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
@@ -294,6 +304,12 @@ class Reconciler:
             self._last_error = None
             self._retry_at = None
             self._retry_delay = RETRY_MIN
+
+    def _record_error(self, line: str, last: bool = True) -> None:
+        self._errors.append({"at": time.time(), "error": line})
+        if last:
+            self._last_error = line
+        log.warning("dataplane: %s", line)
 
     async def _refresh_underlay(self) -> Underlay:
         """The underlay by name: it may have been deleted and recreated with a new ifindex."""
@@ -421,8 +437,7 @@ class Reconciler:
                                       f"{ev.name or ev.dst or ev.index}")
                     delay = RETRY_MIN
             except DataplaneError as exc:
-                self._errors.append({"at": time.time(), "error": f"monitor: {exc}"})
-                log.warning("dataplane monitor: %s", exc)
+                self._record_error(f"monitor: {exc}", last=False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
             self._trigger("monitor restarted")  # events may have been lost meanwhile

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.dataplane import model
 from meshd.dataplane.model import (
@@ -175,7 +178,36 @@ def test_resolve_claims_is_order_independent() -> None:
     assert g1 == g2 and l1 == l2
     # n4's /16 covers n2's and n3's /24s; they come first by node_id, so n4 loses to n2.
     assert g1 == {r.node_id for r in rs if r.name != "n4"}
-    assert {k: v.name for k, v in l1.items()} == {rs[2].node_id: "n2"}
+    assert set(l1) == {rs[2].node_id} and l1[rs[2].node_id].name in ("n2", "n3")
+
+
+def _greedy(claimants: list[NodeRecord]) -> set[bytes]:
+    """The rule as written in docs/dataplane.md, quadratic: the reference for resolve_claims."""
+    held: list[ipaddress.IPv4Network] = []
+    out: set[bytes] = set()
+    for r in sorted(claimants, key=lambda r: (r.node_id, r.name)):
+        net = ipaddress.IPv4Network(r.subnet)
+        if not any(net.overlaps(h) for h in held):
+            held.append(net)
+            out.add(r.node_id)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 63), st.integers(16, 26)),
+                min_size=1, max_size=40))
+def test_resolve_claims_matches_the_greedy_rule(claims: list[tuple[int, int, int]]) -> None:
+    rs = []
+    for n, (i, third, plen) in enumerate(claims):
+        net = ipaddress.IPv4Network(f"10.{third}.{i}.0/{plen}", strict=False)
+        rs.append(rec(2, name=f"p{n}", node_id=bytes([i, n]) * 8, subnet=str(net)))
+    granted, losers = model.resolve_claims(rs)
+    assert granted == _greedy(rs)
+    by_id = {r.node_id: r for r in rs}
+    for loser, holder in losers.items():
+        assert holder.node_id in granted
+        assert ipaddress.IPv4Network(by_id[loser].subnet).overlaps(
+            ipaddress.IPv4Network(holder.subnet))
 
 
 def test_this_node_losing_its_own_subnet_is_reported() -> None:
