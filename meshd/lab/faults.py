@@ -53,6 +53,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # interface names we accept in
 _PRIORITY = -10
 
 
+def available() -> str | None:
+    """None if faults can be injected here, else why not (for skips and one-line refusals)."""
+    if shutil.which("nft") is None:
+        return "fault injection needs nft (apt-get install nftables)"
+    res = ns_exec(None, ["nft", "list", "tables"], check=False, timeout=10)
+    if res.returncode != 0:
+        # E.g. the UML guest kernel: no nf_tables at all ("Protocol not supported").
+        err = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return f"this kernel cannot run nftables: {err}"
+    return None
+
+
 def _nft(ns: str, script: str) -> None:
     if shutil.which("nft") is None:
         raise LabError("fault injection needs nft (apt-get install nftables)")
@@ -228,6 +240,7 @@ def heal_all(lab: Lab) -> None:
 
 
 __all__ = [
+    "available",
     "cut",
     "dropped",
     "heal",

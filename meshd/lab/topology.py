@@ -35,6 +35,7 @@ import ipaddress
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ STATE_DIR = Path(os.environ.get("MESHD_LAB_STATE_DIR", "/run/meshd-lab"))
 NETTOOL = Path(__file__).with_name("nettool.py")
 DEFAULT_GOSSIP_PORT = 7950
 """Same as meshd.config.DEFAULT_PORT (not imported: the lab depends on nothing of the daemon)."""
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$|^[a-z]$")
 _MAX_PARALLEL = 16  # concurrent ip/ping processes; beyond this, CPU (not latency) is the limit
 
 
@@ -242,9 +243,7 @@ class Lab:
         keep: bool = False,
     ) -> None:
         if not _PREFIX_RE.match(prefix):
-            raise LabError(
-                f"lab prefix {prefix!r}: use 1-12 lowercase letters/digits, letter first"
-            )
+            raise LabError(f"lab prefix {prefix!r}: use 1-20 lowercase letters, digits, dashes")
         if hosts < 1:
             raise LabError("a lab needs at least one host")
         self.prefix = prefix
@@ -678,6 +677,47 @@ class Lab:
             if isinstance(v, int)
         }
 
+    def capture(
+        self,
+        ns: str,
+        ifname: str,
+        bpf: str,
+        during: Callable[[], object] | None = None,
+        *,
+        count: int = 1,
+        timeout: float = 5.0,
+    ) -> list[str]:
+        """Up to ``count`` packets matching ``bpf`` on ``ifname`` in ``ns``, as tcpdump lines,
+        captured while ``during()`` runs (e.g. a ping): proof that traffic took a given path."""
+        if shutil.which("tcpdump") is None:
+            raise LabError("capturing needs tcpdump (apt-get install tcpdump)")
+        argv = ["tcpdump", "-l", "-n", "-c", str(count), "-i", ifname, *shlex.split(bpf)]
+        proc = self.spawn(ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # tcpdump says "listening on ..." on stderr once the capture is armed.
+            assert proc.stderr is not None
+            # (after "verbose output suppressed"); raw reads, so a partial line cannot block us.
+            said, deadline = b"", time.monotonic() + timeout
+            while b"listening on" not in said:
+                left = deadline - time.monotonic()
+                ready, _, _ = select.select([proc.stderr], [], [], max(0.0, left))
+                chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+                if not chunk:
+                    err = said.decode(errors="replace").strip()
+                    raise LabError(f"tcpdump on {ns}/{ifname} did not start: {err}")
+                said += chunk
+            if during is not None:
+                during()
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # Fewer packets than asked for: stop it and keep what it printed.
+                proc.send_signal(signal.SIGINT)
+                out, _ = proc.communicate(timeout=5)
+            return [line for line in out.decode(errors="replace").splitlines() if line]
+        finally:
+            self.stop(proc, signal.SIGKILL)
+
     def add_host_gw_routes(self) -> None:
         """Static host-gw plumbing (route to every peer subnet via its underlay IP, onlink):
         the article's first recipe, for tests of the lab itself. Flat labs only."""
@@ -822,6 +862,23 @@ def _wait_for(path: Path, timeout: float, proc: subprocess.Popen[bytes]) -> bool
     return False
 
 
+@contextlib.contextmanager
+def cleanup_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Within this block SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C, so the
+    ``with Lab(...)`` inside it tears down instead of dying with namespaces left behind.
+    Main thread only (Python delivers signals there)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, interrupt) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def format_matrix(matrix: Mapping[tuple[str, str], bool], names: Sequence[str]) -> str:
     """The ping matrix as a table: rows are sources, columns destinations."""
     width = max(len(n) for n in names) + 1
@@ -837,6 +894,7 @@ __all__ = [
     "Daemon",
     "Host",
     "Lab",
+    "cleanup_on_signals",
     "delete_namespaces",
     "down",
     "format_matrix",
