@@ -26,7 +26,7 @@ app = typer.Typer(
     help="meshd: a gossip-driven container network mesh (host-gw, ipip, vxlan).",
 )
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_SOCKET = Config.__dataclass_fields__["socket"].default
+DEFAULT_SOCKET: Path = Config().socket
 SocketOpt = Annotated[Path, typer.Option("--socket", help="Control socket of the daemon.")]
 
 
@@ -66,7 +66,7 @@ def _root(
 
 
 def load_config(config: Path | None, flags: dict[str, Any]) -> Config:
-    """Config file (explicit, or the default when it exists) overlaid with the flags that were set."""
+    """The config file (explicit, or the default one when it exists) overlaid with the set flags."""
     values: dict[str, Any] = {}
     if config is not None:
         values.update(load_file(config))
@@ -79,9 +79,9 @@ def load_config(config: Path | None, flags: dict[str, Any]) -> Config:
 @app.command()
 @friendly
 def join(
-    seeds: Annotated[list[str] | None, typer.Argument(help="host[:port] of members to join.")] = None,
-    name: Annotated[str | None, typer.Option(help="Node name (default: hostname).")] = None,
-    public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: from iface).")] = None,
+    seeds: Annotated[list[str] | None, typer.Argument(help="host[:port] of members.")] = None,
+    name: Annotated[str | None, typer.Option(help="Node name (default hostname).")] = None,
+    public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: iface's).")] = None,
     iface: Annotated[str | None, typer.Option(help="Underlay device (default route's).")] = None,
     subnet: Annotated[str | None, typer.Option(help="This node's container subnet.")] = None,
     backend: Annotated[str | None, typer.Option(help="host-gw, ipip or vxlan.")] = None,

@@ -50,7 +50,7 @@ class GossipConfig:
     tombstone_ttl: float = 86400.0
     """Seconds a dead or left member is remembered before it is forgotten entirely."""
     awareness_max: int = 8
-    """Lifeguard local health: probe timeout and interval are scaled by up to this (memberlist: 8)."""
+    """Lifeguard local health: probe timeout/interval are scaled by up to this (memberlist: 8)."""
     reap_after: float = 300.0
     """Seconds a dead member's routes are kept before the data plane removes them."""
     max_datagram: int = 1400

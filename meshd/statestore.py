@@ -42,7 +42,7 @@ class StateStore:
         except FileNotFoundError:
             return State(node_id=os.urandom(NODE_ID_LEN))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("state file %s unreadable (%s): starting with a new identity", self.path, exc)
+            log.warning("state file %s unreadable (%s): new identity", self.path, exc)
             return State(node_id=os.urandom(NODE_ID_LEN))
         members = []
         for m in raw.get("members", []):

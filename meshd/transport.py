@@ -57,7 +57,9 @@ class Transport:
                 f"port: cannot bind UDP {self.bind[0]}:{self.bind[1]}: {exc.strerror}"
             ) from None
         sock.setblocking(False)
-        self._stream = await asyncio_dgram.from_socket(sock)
+        stream = await asyncio_dgram.from_socket(sock)
+        assert isinstance(stream, asyncio_dgram.aio.DatagramServer)  # unconnected socket
+        self._stream = stream
 
     def kick(self) -> None:
         """Wake the timer loop: call after changing the core from outside (leave, update)."""
@@ -87,7 +89,8 @@ class Transport:
             except OpenError as exc:
                 self.counters[f"drop.{exc.reason}"] += 1
                 continue
-            self.node.receive_datagram(payload, (addr[0], addr[1]), self.clock())
+            host, port = addr[0], addr[1]  # type: ignore[index]  # AF_INET: (str, int)
+            self.node.receive_datagram(payload, (str(host), int(port)), self.clock())
             await self._flush()
             self.on_change()
 

@@ -1,1 +1,1 @@
-"""The sans-IO gossip core: no asyncio, socket, time or pyroute2 imports anywhere in this package."""
+"""The sans-IO gossip core: no asyncio, socket, time or pyroute2 imports in this package."""

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from meshd.gossip.security import (
     OVERHEAD,
-    Keyring,
     KeyFormatError,
+    Keyring,
     OpenError,
     Sealer,
     decode_key,
