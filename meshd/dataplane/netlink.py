@@ -506,6 +506,7 @@ def _event(msg: Any) -> Event | None:
         return Event(
             "link", new, index=int(msg["index"]), name=str(msg.get("ifname") or ""),
             up=bool(msg["flags"] & IFF_UP), mtu=int(msg.get("mtu") or 0),
+            lladdr=str(msg.get("address") or ""),
         )
     if ev in ("RTM_NEWADDR", "RTM_DELADDR"):
         return Event("addr", new, index=int(msg["index"]), dst=str(msg.get("address") or ""))

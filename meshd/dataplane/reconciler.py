@@ -120,6 +120,7 @@ class Reconciler:
         self._errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS)
         self._fatal: MissingKernelFeature | None = None
         self._env_text: str | None = None
+        self._prev_failures: set[str] = set()
 
     # --- public API (docs/architecture.md) -------------------------------------------------------
 
@@ -282,7 +283,11 @@ class Reconciler:
         done = +res.applied  # drop kinds with nothing applied
         self._applied.update(done)
         self._applied_last = dict(done)
-        if not plan.empty:
+        # A failure that persists (say, someone else's route on a peer's subnet) is logged and
+        # listed once, not on every retry.
+        new = [f for f in res.failures if f not in self._prev_failures]
+        self._prev_failures = set(res.failures)
+        if not plan.empty and (done or new):
             self._last_change = (time.time(), plan)
             log.info("dataplane (%s): %s", reason, _summary(plan, res))
         self._last_run = {"at": time.time(), "duration_ms": round(dur * 1000, 2), "reason": reason}
@@ -293,7 +298,7 @@ class Reconciler:
             self._last_error = res.failures[0] if len(res.failures) == 1 else (
                 f"{res.failures[0]} (+{len(res.failures) - 1} more)"
             )
-            for f in res.failures[:MAX_ERRORS]:
+            for f in new[:MAX_ERRORS]:
                 self._record_error(f, last=False)
             if res.fatal is None:
                 self._retry_at = now + self._retry_delay
@@ -462,7 +467,8 @@ class Reconciler:
             if ev.name not in names and ev.index not in self._links.values():
                 return False
             if ev.new and mesh is not None and ev.name == mesh.name:
-                return not (ev.up and ev.mtu == mesh.mtu and self._links.get(ev.name) == ev.index)
+                as_wanted = ev.up and ev.mtu == mesh.mtu and self._links.get(ev.name) == ev.index
+                return not (as_wanted and (mesh.mac is None or ev.lladdr.lower() == mesh.mac))
             return True
         if ev.kind == "addr":
             return ev.index in self._links.values()

@@ -5,7 +5,7 @@ Topology (``hosts`` fixture), like the article and the shared lab, with unique n
 
     <p>-ul   bridge ulbr: the underlay switch (optionally two segments joined by <p>-rt)
     <p>-h<i> eth0 10.99.0.<i>/24 (default via .254), bridge br (no address: meshd adds .1),
-             veth into container <p>-c<i>
+             veth into container <p>-c<i>; strict rp_filter
     <p>-c<i> eth0 10.244.<i>.2/24, default via 10.244.<i>.1
 """
 
@@ -75,6 +75,10 @@ def add_host(make: Callable[[str], str], ul: str, i: int, ip: str | None = None,
     sh("ip", "-n", h, "addr", "add", f"{ip}/{plen}", "dev", "eth0")
     sh("ip", "-n", h, "link", "set", "dev", "eth0", "up")
     sh("ip", "-n", h, "route", "add", "default", "via", "10.99.0.254")
+    # Strict reverse-path filtering, as hardened hosts run it: the mesh must not rely on it off.
+    sh("ip", "netns", "exec", h, "sh", "-c",
+       "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter; "
+       "echo 1 > /proc/sys/net/ipv4/conf/default/rp_filter")
     sh("ip", "-n", h, "link", "add", "name", "br", "type", "bridge")
     sh("ip", "-n", h, "link", "set", "dev", "br", "up")
     sh("ip", "-n", h, "link", "add", "veth-c", "type", "veth", "peer", "name", "eth0", "netns", c)
