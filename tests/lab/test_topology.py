@@ -159,6 +159,21 @@ def test_flat_host_gw_by_hand(flat3: Lab) -> None:
 
 @pytest.mark.root
 @needs_root
+def test_ping_matrix_of_a_bigger_lab_finds_the_one_broken_pair(prefix: str) -> None:
+    # 10 hosts: the one-process-per-source path (nettool ping-many).
+    with Lab(prefix, hosts=10) as lab:
+        lab.add_host_gw_routes()
+        h1, h10 = lab.hosts[0], lab.hosts[9]
+        lab.exec(h1.ns, ["ip", "route", "del", h10.subnet])
+        matrix = lab.ping_matrix(timeout=0.5)
+        assert len(matrix) == 90
+        broken = sorted(pair for pair, ok in matrix.items() if not ok)
+        # c10 -> c1 fails too: the echo reply needs h1's route back.
+        assert broken == [("h1", "h10"), ("h10", "h1")]
+
+
+@pytest.mark.root
+@needs_root
 @needs_ping
 def test_unrouted_lab_isolates_containers(prefix: str) -> None:
     with Lab(prefix, hosts=2) as lab:
