@@ -185,6 +185,42 @@ def keygen() -> None:
     typer.echo(generate_key())
 
 
+lab_app = typer.Typer(help="The built-in lab: N simulated hosts in network namespaces.")
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.callback(invoke_without_command=True)
+@friendly
+def lab(
+    ctx: typer.Context,
+    hosts: Annotated[int, typer.Option(help="Number of simulated hosts.")] = 3,
+    backend: Annotated[str, typer.Option(help="host-gw, ipip or vxlan.")] = "vxlan",
+    routed: Annotated[bool, typer.Option(help="Two L2 segments joined by a router.")] = False,
+    keep: Annotated[bool, typer.Option(help="Leave the lab running (remove: meshd lab down).")]
+    = False,
+) -> None:
+    """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from meshd.gossip.record import BACKENDS
+    from meshd.lab.runner import run_lab
+
+    if backend not in BACKENDS:
+        fail(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if not 2 <= hosts <= 200:
+        fail("--hosts: must be between 2 and 200")
+    raise typer.Exit(run_lab(hosts, backend, routed, keep, say=typer.echo))
+
+
+@lab_app.command("down")
+@friendly
+def lab_down() -> None:
+    """Remove a lab left running by --keep (namespaces, daemons, files)."""
+    from meshd.lab.runner import lab_down as down
+
+    raise typer.Exit(down(say=typer.echo))
+
+
 def main() -> None:
     try:
         app()

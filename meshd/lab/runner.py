@@ -1,0 +1,179 @@
+"""`meshd lab`: the article's topology on one machine, with one real daemon per simulated host.
+
+Builds the lab (meshd.lab.topology, the same module the end-to-end tests use), starts `meshd join`
+in every host namespace (h1 is the seed), waits for the mesh to converge, then shows one host's
+peers table, the container ping matrix and, for the tunnel backends, the tunnel device's packet
+counters, and tears everything down (unless --keep).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from meshd.control.client import request
+from meshd.errors import ControlError, LabError
+from meshd.lab.topology import Lab, cleanup_on_signals, down, format_matrix
+
+PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
+"""Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""
+SETTLE_TIMEOUT = 15.0
+"""Once every member is alive everywhere, seconds to wait for the data plane before judging."""
+CONVERGE_TIMEOUT = 90.0
+"""Seconds to wait for every container to reach every other one before giving up."""
+
+
+def tunnel_device(backend: str, vni: int = 1) -> str | None:
+    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}"}.get(backend)
+
+
+def kernel_supports(kind: str) -> bool:
+    """Can this kernel create a link of ``kind``? Tried in a throwaway namespace."""
+    ns = f"{PREFIX}-probe{os.getpid()}"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        args = ["id", "1", "dstport", "8472"] if kind == "vxlan" else []
+        r = subprocess.run(
+            ["ip", "-n", ns, "link", "add", "probe0", "type", kind, *args], capture_output=True
+        )
+        return r.returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def preflight(backend: str) -> None:
+    if os.geteuid() != 0:
+        raise LabError("meshd lab needs root (it creates network namespaces): run it with sudo")
+    if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
+        raise LabError("meshd lab needs iproute2 (apt-get install iproute2)")
+    if backend in ("ipip", "vxlan") and not kernel_supports(backend):
+        raise LabError(
+            f"this kernel cannot create {backend} devices (module {backend} missing): "
+            "try --backend vxlan or host-gw, or `make test` runs ipip in a user-mode-linux guest"
+        )
+
+
+def run_lab(
+    hosts: int, backend: str, routed: bool, keep: bool, say: Callable[[str], None] = print
+) -> int:
+    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings)."""
+    if hosts < 2:
+        raise LabError("--hosts: a mesh needs at least 2 hosts")
+    if backend == "host-gw" and routed:
+        say("note: host-gw needs one L2 segment; on a routed lab it must fail across the router")
+    preflight(backend)
+    if leftover := down(PREFIX):
+        say(f"removed a previous lab ({len(leftover)} namespaces)")
+    with cleanup_on_signals(), Lab(PREFIX, hosts=hosts, routed=routed, keep=keep) as lab:
+        say(
+            f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}) "
+            f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
+        )
+        key = lab.workdir / "key"
+        key.write_text(
+            subprocess.run(
+                [sys.executable, "-m", "meshd", "keygen"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        key.chmod(0o600)
+        lab.start_daemons(key_file=key, backend=backend)
+        say(f"started {hosts} meshd daemons ({backend}); h1 is the seed, the rest join through it")
+        ok = _converge(lab, say)
+        first = lab.daemons["h1"]
+        from meshd.cli import format_peers
+
+        say("\n$ meshd peers   # on h1\n" + format_peers(request(first.socket_path, "peers")))
+        dev = tunnel_device(backend)
+        before = {h.name: lab.link_counters(h.ns, dev) for h in lab.hosts} if dev else {}
+        matrix = lab.ping_matrix(count=2)
+        names = [h.name for h in lab.hosts]
+        say("\ncontainer -> container ping (rows: source)\n" + format_matrix(matrix, names))
+        if dev:
+            say(f"\ntunnel {dev}: packets sent/received during the ping matrix")
+            for h in lab.hosts:
+                after = lab.link_counters(h.ns, dev)
+                tx = after["tx_packets"] - before[h.name]["tx_packets"]
+                rx = after["rx_packets"] - before[h.name]["rx_packets"]
+                say(f"  {h.name}: tx +{tx}  rx +{rx}")
+        failed = [f"{a}->{b}" for (a, b), good in sorted(matrix.items()) if not good]
+        if keep:
+            _print_keep_help(lab, first.socket_path)
+        if failed or not ok:
+            _print_log_tails(lab, say)
+            say(f"\nFAILED: {len(failed)} of {len(matrix)} pairs do not ping: {', '.join(failed)}")
+            return 1
+        say(
+            f"\nOK: all {len(matrix)} container pairs ping through {backend}"
+            f"{'' if keep else '; tearing the lab down'}"
+        )
+        return 0
+
+
+def _converge(lab: Lab, say: Callable[[str], None]) -> bool:
+    """Wait until every daemon sees every host alive and every container pair pings."""
+    n = len(lab.hosts)
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    last = ""
+    t0 = time.monotonic()
+    all_alive_at: float | None = None
+    while time.monotonic() < deadline:
+        seen = []
+        for d in lab.daemons.values():
+            if not d.alive():
+                raise LabError(f"meshd on {d.host.name} exited; see {d.log_path}")
+            try:
+                rows = request(d.socket_path, "peers", timeout=5)
+            except ControlError:
+                rows = []
+            seen.append(sum(1 for r in rows if r["state"] == "alive"))
+        line = "members seen alive per host: " + " ".join(map(str, seen)) + f" (of {n})"
+        if line != last:
+            say(f"  {time.monotonic() - t0:5.1f}s {line}")
+            last = line
+        if all(s == n for s in seen):
+            all_alive_at = all_alive_at or time.monotonic()
+            if all(lab.ping_matrix(count=1, timeout=1).values()):
+                say(f"  converged in {time.monotonic() - t0:.1f}s")
+                return True
+            if time.monotonic() - all_alive_at > SETTLE_TIMEOUT:
+                say(
+                    f"  members converged, but not every container pings after "
+                    f"{SETTLE_TIMEOUT:.0f}s"
+                )
+                return False
+        time.sleep(0.5)
+    say(f"did not converge within {CONVERGE_TIMEOUT:.0f}s")
+    return False
+
+
+def _print_log_tails(lab: Lab, say: Callable[[str], None]) -> None:
+    for d in lab.daemons.values():
+        tail = Path(d.log_path).read_text(errors="replace").splitlines()[-8:]
+        say(f"--- {d.host.name} log ({d.log_path}) ---\n" + "\n".join(tail))
+
+
+def _print_keep_help(lab: Lab, sock: Path) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    print(f"""
+The lab keeps running. Look around:
+  ip netns list | grep {PREFIX}
+  meshd peers --socket {sock}
+  meshd status --socket {sock}
+  ip netns exec {h1.ns} ip route show proto 109
+  ip netns exec {h1.ns} ip -d link show
+  ip netns exec {h1.container_ns} ping {h2.container_ip}
+  logs: {lab.workdir}/h*.log
+Remove it with: meshd lab down""")
+
+
+def lab_down(say: Callable[[str], None] = print) -> int:
+    names = down(PREFIX)
+    say(f"removed {len(names)} namespaces" if names else "no lab running")
+    return 0

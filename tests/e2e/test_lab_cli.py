@@ -1,0 +1,60 @@
+"""`meshd lab` end to end: exit codes, output, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from meshd.lab.runner import kernel_supports
+from meshd.lab.topology import leftover_namespaces
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+PREFIX = f"tl{os.getpid() % 100000}"
+
+
+def lab(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESHD_LAB_PREFIX": PREFIX}
+    return subprocess.run([sys.executable, "-m", "meshd", "lab", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize(("backend", "routed"), [("host-gw", False), ("vxlan", True)])
+def test_lab_runs_and_cleans_up(backend: str, routed: bool) -> None:
+    r = lab("--hosts", "3", "--backend", backend, *(["--routed"] if routed else []))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK: all 6 container pairs ping" in r.stdout
+    assert "h1    10.99." in r.stdout  # the peers table
+    if backend == "vxlan":
+        assert "tunnel meshd.1" in r.stdout
+        assert "tx +0" not in r.stdout
+    assert leftover_namespaces(PREFIX) == []
+    assert subprocess.run(["pgrep", "-f", f"meshd join.*{PREFIX}"], capture_output=True).stdout == b""
+
+
+def test_host_gw_across_a_router_fails_clearly() -> None:
+    r = lab("--hosts", "2", "--backend", "host-gw", "--routed")
+    assert r.returncode == 1
+    assert "FAILED" in r.stdout and "h1->h2" in r.stdout
+    assert leftover_namespaces(PREFIX) == []
+
+
+def test_keep_then_down() -> None:
+    r = lab("--hosts", "2", "--backend", "vxlan", "--keep")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "meshd lab down" in r.stdout
+        assert len(leftover_namespaces(PREFIX)) == 5
+    finally:
+        d = lab("down")
+    assert d.returncode == 0 and "removed 5 namespaces" in d.stdout
+    assert leftover_namespaces(PREFIX) == []
+
+
+@pytest.mark.skipif(kernel_supports("ipip"), reason="this kernel has ipip: nothing to refuse")
+def test_ipip_refused_politely_without_the_module() -> None:
+    r = lab("--backend", "ipip")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "ipip" in r.stderr and "Traceback" not in r.stderr
