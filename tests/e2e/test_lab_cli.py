@@ -31,7 +31,8 @@ def test_lab_runs_and_cleans_up(backend: str, routed: bool) -> None:
         assert "tunnel meshd.1" in r.stdout
         assert "tx +0" not in r.stdout
     assert leftover_namespaces(PREFIX) == []
-    assert subprocess.run(["pgrep", "-f", f"meshd join.*{PREFIX}"], capture_output=True).stdout == b""
+    left = subprocess.run(["pgrep", "-f", f"meshd join.*{PREFIX}"], capture_output=True)
+    assert left.stdout == b""
 
 
 def test_host_gw_across_a_router_fails_clearly() -> None:
