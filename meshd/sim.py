@@ -20,7 +20,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -132,6 +132,16 @@ class Network:
     def heal(self) -> None:
         self.group = [0] * len(self.nodes)
 
+    # --- acting on a node ---------------------------------------------------------------------
+
+    def update_local(self, idx: int, record: NodeRecord) -> None:
+        self.nodes[idx].update_local(record, self.now)
+        self._after(idx)
+
+    def leave(self, idx: int) -> None:
+        self.nodes[idx].leave(self.now)
+        self._after(idx)
+
     # --- running ------------------------------------------------------------------------------
 
     def _push(self, when: float, idx: int, data: bytes | None, src: int) -> None:
@@ -211,7 +221,7 @@ class Network:
 
     def all_see(self, name: str, state: MemberState, among: Iterable[int] | None = None) -> bool:
         among = self.live() if among is None else among
-        return all(self.view(i).get(name) == state for i in among if self.addrs[i])
+        return all(self.view(i).get(name) == state for i in among)
 
     def fully_converged(self, among: Iterable[int] | None = None) -> bool:
         """Every live node (or ``among``) sees exactly those nodes alive, and nobody else alive."""
@@ -232,8 +242,8 @@ def _percentile_time(times: list[float], total: int, frac: float) -> float | Non
     return round(times[need - 1], 3) if len(times) >= need else None
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run one scenario and return the JSON-able result lines."""
+def run(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Run one scenario, yielding each JSON-able result line as soon as it is known."""
     wall0 = time.monotonic()
     n, duration = args.nodes, args.duration
     cfg = GossipConfig()
@@ -255,12 +265,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     update_seen: list[float] = []
     suspect_seen: list[float] = []
     dead_seen: list[float] = []
-    false_suspects = 0
+    false_suspects: set[tuple[str, int]] = set()
     false_deaths = 0
     new_inc = -1
 
     def on_event(now: float, idx: int, ev: MemberEvent) -> None:
-        nonlocal false_suspects, false_deaths
+        nonlocal false_deaths
         name = ev.member.record.name
         if name == update_name and ev.kind == "update" and ev.member.record.incarnation >= new_inc:
             update_seen.append(now - t_update)
@@ -270,7 +280,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             elif ev.kind == "dead":
                 dead_seen.append(now - t_crash)
         elif ev.kind == "suspect":
-            false_suspects += 1
+            false_suspects.add((name, ev.member.record.incarnation))
         elif ev.kind == "dead":
             false_deaths += 1
 
@@ -284,56 +294,54 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             net.add_node(records[i], seeds=[records[0].addr])
     setup_s = time.monotonic() - wall0
     net.on_event = on_event
-    out: list[dict[str, Any]] = [{
+    yield {
         "phase": "config", "nodes": n, "loss": args.loss, "seed": args.seed,
         "duration": duration, "converged": args.converged, "setup_wall_s": round(setup_s, 2),
-    }]
+    }
     net.run_until(warmup)
     sent0, bytes0 = net.sent, net.sent_bytes
     net.run_until(t_update)
     window = t_update - warmup
-    out.append({
+    yield {
         "phase": "steady", "window": [round(warmup, 3), round(t_update, 3)],
         "datagrams_per_node_s": round((net.sent - sent0) / n / window, 3) if window else None,
         "bytes_per_node_s": round((net.sent_bytes - bytes0) / n / window, 1) if window else None,
         "largest_datagram": net.largest,
-    })
-    node = net.nodes[updater]
-    old = node.local
+    }
+    old = net.nodes[updater].local
     new_inc = old.incarnation + 1
-    node.update_local(replace(old, mtu=old.mtu - 1), net.now)
-    net._after(updater)
+    net.update_local(updater, replace(old, mtu=old.mtu - 1))
     net.run_until(t_crash)
     others = n - 1
     update_seen.sort()
-    out.append({
+    yield {
         "phase": "dissemination", "node": update_name,
         "t50": _percentile_time(update_seen, others, 0.5),
         "t99": _percentile_time(update_seen, others, 0.99),
         "t999": _percentile_time(update_seen, others, 0.999),
         "reached": round(len(update_seen) / others, 4) if others else 1.0,
-    })
+    }
     if victim is not None:
         net.crash(victim)
     net.run_until(duration)
     observers = n - 1
     suspect_seen.sort()
     dead_seen.sort()
-    out.append({
+    yield {
         "phase": "failure", "node": victim_name,
         "first_suspect": round(suspect_seen[0], 3) if suspect_seen else None,
         "first_dead": round(dead_seen[0], 3) if dead_seen else None,
         "dead_50": _percentile_time(dead_seen, observers, 0.5),
         "dead_99": _percentile_time(dead_seen, observers, 0.99),
         "dead_all": _percentile_time(dead_seen, observers, 1.0),
-    })
-    out.append({
-        "phase": "summary", "false_suspects": false_suspects, "false_deaths": false_deaths,
+    }
+    yield {
+        "phase": "summary", "false_suspicions": len(false_suspects),
+        "false_deaths": false_deaths,
         "largest_datagram": net.largest, "datagrams": net.sent, "bytes": net.sent_bytes,
         "lost": net.lost, "wall_s": round(time.monotonic() - wall0, 2),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    })
-    return out
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

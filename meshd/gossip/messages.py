@@ -357,20 +357,26 @@ def _addr(ip: Any, port: Any) -> Addr:
     return f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}", _int(port, 1, 65535)
 
 
+_RECORD_TYPES = (str, bytes, bytes, int, bytes, int, bytes, int, int, int)
+"""Exact msgpack types of the 10 record fields; anything else NodeRecord.from_wire refuses too."""
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _record_cached(key: tuple[Any, ...]) -> NodeRecord:
-    return NodeRecord.from_wire(list(key[:10]))
+    return NodeRecord.from_wire(list(key))
 
 
 def _record(obj: Any) -> NodeRecord:
     """NodeRecord.from_wire behind a cache: the same records arrive over and over (push-pull).
 
-    The key includes each field's type, so ``True`` never hits the entry cached for ``1``.
+    Exact types are checked first, so ``True`` can never hit the entry cached for ``1``.
     """
     if type(obj) is not list or len(obj) < 10:
         raise DecodeError("record")
-    head = obj[:10]
+    head = tuple(obj[:10])
+    if tuple(map(type, head)) != _RECORD_TYPES:
+        raise DecodeError("record")
     try:
-        return _record_cached((*head, *(type(v) for v in head)))
-    except (RecordError, ValueError, TypeError, IndexError):
+        return _record_cached(head)
+    except (RecordError, ValueError):
         raise DecodeError("record") from None

@@ -82,6 +82,9 @@ _MSG_COUNTER = {
 }
 
 
+_PROBE_MESSAGES = (Ping, IndirectPing, Ack, Nack)
+
+
 def push_pull_interval(base: float, num_nodes: int) -> float:
     """memberlist's pushPullScale: beyond 32 members the interval grows with log2(N), so that the
     full-state traffic each node receives stays roughly flat as the mesh grows."""
@@ -181,6 +184,9 @@ class GossipNode:
             return
         for msg in msgs:
             self.counters[_MSG_COUNTER[type(msg)]] += 1
+        # Apply the news before answering, so that an ack already carries our reaction to what
+        # rode in with the ping (a refutation, most importantly).
+        msgs.sort(key=lambda msg: isinstance(msg, _PROBE_MESSAGES))
         try:
             for msg in msgs:
                 self._dispatch(msg, now)
@@ -345,9 +351,13 @@ class GossipNode:
         if target is None:
             return
         seq = self._next_seq()
-        self._probe = _Probe(seq, target.record.name)
-        self._send([encode(Ping(seq, target.record.name, st.local.name, st.local.addr))],
-                   target.record.addr)
+        name = target.record.name
+        self._probe = _Probe(seq, name)
+        parts = [encode(Ping(seq, name, st.local.name, st.local.addr))]
+        if target.state == MemberState.SUSPECT:
+            # Lifeguard's buddy system: tell a suspect directly, so it can refute at once.
+            parts.append(encode(Suspect(target.inc, name, st.local.name)))
+        self._send(parts, target.record.addr)
         self._schedule(now + st.awareness.scale(self.config.probe_timeout), "probe_timeout", seq)
 
     def _probe_indirect(self, seq: str | int, now: float) -> None:
@@ -388,7 +398,13 @@ class GossipNode:
                 self.counters["drop.wrong_target"] += 1
                 return
             st.seen(msg.source, now)
-            self._send([encode(Ack(msg.seq))], msg.source_addr)
+            parts = [encode(Ack(msg.seq))]
+            src = st.table.get(msg.source)
+            if src is not None and src.state == MemberState.SUSPECT:
+                # The buddy system in reverse: a member we suspect is talking to us; tell it, so
+                # it refutes (or re-announces a refutation we missed).
+                parts.append(encode(Suspect(src.inc, msg.source, st.local.name)))
+            self._send(parts, msg.source_addr)
         elif isinstance(msg, Ack):
             self._on_ack(msg.seq, now)
         elif isinstance(msg, Nack):
@@ -398,13 +414,25 @@ class GossipNode:
         elif isinstance(msg, IndirectPing):
             self._on_indirect_ping(msg, now)
         elif isinstance(msg, Suspect):
+            self._correct_stale_claim(msg)
             st.on_suspect(msg.incarnation, msg.node, msg.sender, now)
         elif isinstance(msg, Alive):
             st.on_alive(msg.record, now)
         elif isinstance(msg, Dead):
+            self._correct_stale_claim(msg)
             st.on_dead(msg.incarnation, msg.node, msg.sender, now)
         else:
             self._on_push_pull(msg, now)
+
+    def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
+        """Its sender suspects us at an incarnation we already refuted: it missed our alive, and
+        its suspicion will run out. Tell it directly; gossip already failed once."""
+        st = self._state
+        if msg.node != st.local.name or msg.incarnation >= st.local.incarnation or st.leaving:
+            return
+        e = st.table.get(msg.sender)
+        if e is not None and e.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self._send([encode(Alive(st.local))], e.record.addr)
 
     def _on_ack(self, seq: int, now: float) -> None:
         p = self._probe

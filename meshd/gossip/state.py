@@ -305,10 +305,21 @@ class Membership:
             self._emit("update", e)
         self._broadcast(name, encode(Alive(rec)))
 
+    def _about_self(self, inc: int) -> None:
+        if self.leaving:
+            return
+        if inc >= self.local.incarnation:
+            self.refute(inc)
+        elif self.local.name not in self.queue:
+            # Someone still holds a suspicion we already refuted (it missed our alive): announce
+            # the current incarnation again, without raising it. Cheap, and it rides on our ack
+            # to that very prober (see the buddy system in node.py).
+            self._broadcast(self.local.name, encode(Alive(self.local)))
+            self.counters["reannounce"] += 1
+
     def on_suspect(self, inc: int, name: str, sender: str, now: float) -> None:
         if name == self.local.name:
-            if not self.leaving and inc >= self.local.incarnation:
-                self.refute(inc)
+            self._about_self(inc)
             return
         e = self.table.get(name)
         if e is None or inc < e.inc:
@@ -340,8 +351,7 @@ class Membership:
 
     def on_dead(self, inc: int, name: str, sender: str, now: float) -> None:
         if name == self.local.name:
-            if not self.leaving and inc >= self.local.incarnation:
-                self.refute(inc)
+            self._about_self(inc)
             return
         e = self.table.get(name)
         if e is None or inc < e.inc:

@@ -62,8 +62,7 @@ def test_seed_listed_by_itself_is_a_founder() -> None:
 def test_update_local_reaches_everyone() -> None:
     net = joined(10)
     net.run_for(5)
-    node = net.nodes[4]
-    node.update_local(replace(node.local, subnet="10.200.0.0/24"), net.now)
+    net.update_local(4, replace(net.nodes[4].local, subnet="10.200.0.0/24"))
     t0 = net.now
 
     def everyone_knows() -> bool:
@@ -123,8 +122,7 @@ def test_temporarily_unreachable_node_refutes_suspicion() -> None:
 def test_leave_is_seen_as_left_everywhere() -> None:
     net = joined(10)
     net.run_for(5)
-    net.nodes[2].leave(net.now)
-    net._after(2)
+    net.leave(2)
     assert net.run_until_true(net.nodes[2].leave_done, 10, step=0.1)
     net.crash(2)  # the daemon exits once the leave has spread
     others = [i for i in range(10) if i != 2]
@@ -187,9 +185,7 @@ def test_restart_from_known_members_rejoins_without_seeds() -> None:
     net.run_for(40)
     assert net.all_see("n4", DEAD, range(4))
     # The restarted node comes back at the same address, knowing only what it saved.
-    reborn = replace(recs[4], incarnation=recs[4].incarnation)
-    net._by_addr[reborn.addr] = len(net.nodes)
-    idx = net.add_node(reborn, known=recs[:4], seeds=[])
+    idx = net.add_node(recs[4], known=recs[:4], seeds=[])
     assert net.run_until_true(lambda: net.nodes[idx].synced, 10)
     live = [0, 1, 2, 3, idx]
     assert net.run_until_true(lambda: net.fully_converged(live), 60)

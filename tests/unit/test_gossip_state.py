@@ -314,3 +314,48 @@ def test_timers_are_never_in_the_past_after_handling() -> None:
         n.handle_timer(t)
         n.datagrams_to_send()
         assert (n.get_timer() or t + 1) > t
+
+
+def test_ack_carries_the_refutation_of_a_suspicion_riding_on_the_ping() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    n.datagrams_to_send()
+    # The buddy system: the prober tells us we are suspect in the ping itself.
+    feed(n, m.Ping(8, "n0", "n1", A.addr), m.Suspect(0, "n0", "n1"))
+    ((msgs, addr),) = sent(n)
+    assert addr == A.addr and msgs[0] == m.Ack(8)
+    assert m.Alive(n.local) in msgs and n.local.incarnation == 1
+
+
+def test_probing_a_suspect_tells_it_so() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    feed(n, m.Suspect(0, "n1", "n9"))
+    t = 1.0
+    while True:
+        t = n.get_timer() or t
+        n.handle_timer(t)
+        pings = [msgs for msgs, _ in sent(n) if isinstance(msgs[0], m.Ping)]
+        if pings:
+            break
+    assert m.Suspect(0, "n1", "n0") in pings[0]
+
+
+def test_ping_from_a_suspect_is_answered_with_the_suspicion() -> None:
+    n = node()
+    feed(n, m.Alive(A), m.Suspect(0, "n1", "n2"))
+    n.datagrams_to_send()
+    feed(n, m.Ping(3, "n0", "n1", A.addr))
+    ((msgs, _),) = sent(n)
+    assert msgs[0] == m.Ack(3) and m.Suspect(0, "n1", "n0") in msgs
+
+
+def test_stale_suspicion_of_us_is_answered_directly() -> None:
+    n = node()
+    feed(n, m.Alive(A), m.Alive(B))
+    feed(n, m.Suspect(0, "n0", "n1"))  # refuted: incarnation 1
+    n.datagrams_to_send()
+    feed(n, m.Suspect(0, "n0", "n2"))  # n2 missed the refutation
+    out = sent(n)
+    assert any(addr == B.addr and m.Alive(n.local) in msgs for msgs, addr in out)
+    assert n.local.incarnation == 1
