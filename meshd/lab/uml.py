@@ -8,8 +8,11 @@ inside unchanged, against the guest kernel. No KVM, no disk image, no root files
 Cache (``$MESHD_UML_CACHE``, default ``/var/cache/meshd/uml``)::
 
     linux          the kernel (usr/bin/linux.uml of the package)
-    modules/       the needed modules and their dependency closure, same layout as the package
-    modules/load-order   .ko paths, dependencies first: what the guest init insmods
+    modules/lib/modules/<release>/   the needed modules and their dependency closure, with the
+                   index files of ``depmod -b``: the guest loads them all with one
+                   ``modprobe -d modules -S <release> -a <names>`` (~0.3 s; ~1.6 s as 13 insmods)
+    modules/release, modules/names   the release and the module names for that modprobe
+    modules/load-order   the .ko paths, dependencies first: the insmod fallback without kmod
     VERSION        kernel release and package file name
     run/<id>/      one directory per boot (command script, init copy, UML's pid file), removed after
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -167,8 +171,9 @@ def find_kernel(root: Path | None = None) -> UmlKernel | None:
     root = root or cache_dir()
     kernel, moddir = root / "linux", root / "modules"
     version = root / "VERSION"
+    # (modules/release came with the modprobe layout: an older cache is rebuilt.)
     if not (kernel.is_file() and os.access(kernel, os.X_OK) and (moddir / "load-order").is_file()
-            and version.is_file()):  # fmt: skip
+            and (moddir / "release").is_file() and version.is_file()):  # fmt: skip
         return None
     return UmlKernel(root, kernel, moddir, version.read_text().split()[0])
 
@@ -188,6 +193,20 @@ def build(
         if shutil.which(tool) is None:
             raise LabError(f"building the UML cache needs {tool} (a Debian/Ubuntu host)")
     root.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (parallel test runs may all find no cache); the others wait, then
+    # find the cache complete.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (found := find_kernel(root)) is not None:
+            return found
+        _build_locked(root, modules, log)
+    found = find_kernel(root)
+    if found is None:
+        raise LabError(f"the UML cache in {root} is incomplete after building it")
+    return found
+
+
+def _build_locked(root: Path, modules: Sequence[str], log: TextIO | None) -> None:
     # Build beside the cache and rename into place: a crash never leaves a half cache.
     tmp = Path(tempfile.mkdtemp(prefix=".uml-build-", dir=root.parent))
     try:
@@ -202,13 +221,19 @@ def build(
         out = tmp / "cache"
         deps = parse_modules_dep((src / "modules.dep").read_text())
         order = module_closure(deps, modules)
+        moddir = out / "modules"
+        tree = moddir / "lib/modules" / release
         for ko in order:
-            (out / "modules" / ko).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / ko, out / "modules" / ko)
-        (out / "modules/modules.dep").write_text(
-            "".join(f"{ko}: {' '.join(deps[ko])}\n" for ko in order)
-        )
-        (out / "modules/load-order").write_text("".join(f"{ko}\n" for ko in order))
+            (tree / ko).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / ko, tree / ko)
+        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+            if (src / name).is_file():
+                # Lets modprobe answer "built in" instead of "not found" for those.
+                shutil.copy2(src / name, tree / name)
+        _depmod(moddir, release, tree, order, deps, log)
+        (moddir / "release").write_text(release + "\n")
+        (moddir / "names").write_text(" ".join(modules) + "\n")
+        (moddir / "load-order").write_text("".join(f"lib/modules/{release}/{ko}\n" for ko in order))
         shutil.copy2(tmp / "x/usr/bin/linux.uml", out / "linux")
         os.chmod(out / "linux", 0o755)
         (out / "VERSION").write_text(f"{release} {deb.name}\n")
@@ -223,9 +248,28 @@ def build(
             print(f"uml: cache ready in {root}: kernel {release}, {len(order)} modules", file=log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    found = find_kernel(root)
-    assert found is not None
-    return found
+
+
+def _depmod(
+    moddir: Path,
+    release: str,
+    tree: Path,
+    order: Sequence[str],
+    deps: Mapping[str, Sequence[str]],
+    log: TextIO | None,
+) -> None:
+    """Index the module tree for modprobe; without depmod, write modules.dep for insmod only."""
+    if shutil.which("depmod") is not None:
+        res = subprocess.run(
+            ["depmod", "-b", str(moddir), release], capture_output=True, text=True, check=False
+        )
+        if res.returncode == 0:
+            return
+        if log:
+            print(f"uml: depmod failed ({res.stderr.strip()}); modules load one by one", file=log)
+    elif log:
+        print("uml: no depmod (apt-get install kmod): modules load one by one", file=log)
+    (tree / "modules.dep").write_text("".join(f"{ko}: {' '.join(deps[ko])}\n" for ko in order))
 
 
 def _download(dest: Path, log: TextIO | None) -> Path:

@@ -4,7 +4,8 @@
 # The guest's root filesystem is the HOST's "/" (UML hostfs, read-only), so every host tool and
 # the project's venv run here unchanged, but against the guest kernel, which has ipip & co.
 # Parameters come from the kernel command line (unknown key=value words become init's env):
-#   meshd_moddir  host dir with the guest's modules and "load-order" (.ko paths, deps first)
+#   meshd_moddir  host dir with the guest's module tree (lib/modules/<release>), "release",
+#                 "names" (for modprobe) and "load-order" (.ko paths, deps first, for insmod)
 #   meshd_cmd     shell script to run (a host path outside /tmp and /run: those are tmpfs here)
 #   meshd_ro      optional ':'-separated host dirs under /tmp, /run, ... to show read-only again
 #                 (the project or its venv may live there; the tmpfs below would hide them)
@@ -41,16 +42,34 @@ share ro ${meshd_ro:-}
 share rw ${meshd_rw:-}
 IFS=$old_ifs
 
-# kmod's insmod where installed, else busybox's: either only needs the .ko path (no depmod
-# tree for the guest kernel exists on the host root).
-insmod=insmod
-command -v insmod >/dev/null 2>&1 || insmod="busybox insmod"
-if [ -r "${meshd_moddir:-}/load-order" ]; then
-    while read -r ko; do
-        $insmod "$meshd_moddir/$ko" || echo "MESHD-UML: insmod $ko failed"
-    done < "$meshd_moddir/load-order"
-else
-    echo "MESHD-UML: no module list in '${meshd_moddir:-}'"
+# Modules: the host root has no /lib/modules tree for the guest kernel, so they come from the
+# cache ($meshd_moddir/lib/modules/<release>, indexed by depmod on the host). One modprobe loads
+# them all with their dependencies (each exec costs ~0.1 s here); without kmod, or if that fails,
+# insmod them one by one in dependency order (busybox's insmod will do).
+loaded=no
+if [ -r "${meshd_moddir:-}/release" ] && command -v modprobe >/dev/null 2>&1; then
+    read -r release < "$meshd_moddir/release"
+    read -r names < "$meshd_moddir/names"
+    # shellcheck disable=SC2086 # a list of names
+    if modprobe -d "$meshd_moddir" -S "$release" -a $names; then
+        loaded=yes
+        # Kernel autoloading (request_module: "ip link add type X", ...) from the same tree.
+        printf '#!/bin/sh\nexec %s -d %s -S %s "$@"\n' "$(command -v modprobe)" \
+            "$meshd_moddir" "$release" > /run/meshd-modprobe
+        chmod 755 /run/meshd-modprobe
+        echo /run/meshd-modprobe > /proc/sys/kernel/modprobe
+    fi
+fi
+if [ $loaded = no ]; then
+    insmod=insmod
+    command -v insmod >/dev/null 2>&1 || insmod="busybox insmod"
+    if [ -r "${meshd_moddir:-}/load-order" ]; then
+        while read -r ko; do
+            $insmod "$meshd_moddir/$ko" || echo "MESHD-UML: insmod $ko failed"
+        done < "$meshd_moddir/load-order"
+    else
+        echo "MESHD-UML: no module list in '${meshd_moddir:-}'"
+    fi
 fi
 
 echo "MESHD-UML-BEGIN $meshd_nonce"
