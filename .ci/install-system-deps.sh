@@ -8,7 +8,7 @@
 #   nftables       nft: fault injection (meshd/lab/faults.py), the data-plane filter
 #   tcpdump        short captures proving traffic went through a tunnel
 #   procps         sysctl and ps, for looking around a kept lab
-#   kmod           insmod in the UML guest (busybox's is the fallback)
+#   kmod           depmod for the UML cache, modprobe in the guest (busybox insmod: fallback)
 #   busybox-static "busybox poweroff -f": a synchronous power-off for the UML guest
 set -euo pipefail
 cd "$(dirname "$0")/.."
