@@ -243,6 +243,15 @@ class Lab:
         workdir: str | Path | None = None,
         keep: bool = False,
     ) -> None:
+        """Plan the lab (nothing is created before :meth:`build`).
+
+        ``underlay`` is the flat segment, ``segments`` the two of a ``routed`` lab; host *i*
+        gets address *i* in its segment and the *i*-th ``/subnet_prefixlen`` of ``pod_network``.
+        ``mtu`` is the underlay cables' (the pod side keeps 1500). ``workdir`` holds logs,
+        sockets and daemon state (default: a fresh directory in /tmp, removed on teardown; a
+        given one is kept). ``keep``: leave the lab running when the ``with`` block ends
+        normally (see :meth:`detach`).
+        """
         if not _PREFIX_RE.match(prefix):
             raise LabError(f"lab prefix {prefix!r}: use 1-20 lowercase letters, digits, dashes")
         if hosts < 1:
@@ -348,16 +357,24 @@ class Lab:
         if taken:
             raise LabError(
                 f"namespace {taken[0]} already exists: a lab with prefix {self.prefix!r} is "
-                f"running or was left behind (remove it with: meshd lab down --prefix "
-                f"{self.prefix})"
+                f"running or was left behind (remove it with meshd.lab.topology.down"
+                f"({self.prefix!r}); for the default prefix: meshd lab down)"
             )
         t0 = time.monotonic()
-        # From here on these names are ours: none existed a moment ago.
-        self._created = self.namespaces
+        names = self.namespaces
+        res = ns_exec(
+            None, ["ip", "-batch", "-"], input=_lines(f"netns add {n}" for n in names), check=False
+        )
+        # Ours are the names this batch created: all of them, or those before the line that
+        # failed ("Command failed -:N"; e.g. a concurrent run took that name meanwhile).
+        failed = re.search(r"Command failed -:(\d+)", res.stderr)
+        self._created = (
+            names if res.returncode == 0 else names[: int(failed[1]) - 1] if failed else []
+        )
         try:
-            ns_exec(
-                None, ["ip", "-batch", "-"], input=_lines(f"netns add {n}" for n in self._created)
-            )
+            if res.returncode != 0:
+                err = (res.stderr.strip().splitlines() or ["no output"])[0]
+                raise LabError(f"cannot create the lab's namespaces: {err}")
             self._build_underlay()
             self._parallel(self._build_host, self.hosts)
         except BaseException:

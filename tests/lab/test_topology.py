@@ -248,6 +248,27 @@ def test_existing_namespace_is_not_taken_over(prefix: str) -> None:
 
 @pytest.mark.root
 @needs_root
+def test_namespace_taken_during_build_is_not_deleted(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Someone creates h2 between the "exists?" check and the batch: the batch fails on it, and
+    # the cleanup must delete what the batch made before that line, not h2.
+    import meshd.lab.topology as topo
+
+    taken = f"{prefix}-h2"
+    real = topo.netns_exists
+    monkeypatch.setattr(topo, "netns_exists", lambda n: False if n == taken else real(n))
+    subprocess.run(["ip", "netns", "add", taken], check=True)
+    try:
+        with pytest.raises(LabError, match="cannot create"):
+            Lab(prefix, hosts=2).build()
+        assert leftover_namespaces(prefix) == [taken]
+    finally:
+        subprocess.run(["ip", "netns", "del", taken], check=True)
+
+
+@pytest.mark.root
+@needs_root
 def test_keep_then_down(prefix: str) -> None:
     with Lab(prefix, hosts=2, keep=True) as lab:
         proc = lab.spawn(lab.hosts[0].ns, ["sleep", "300"])
