@@ -90,12 +90,17 @@ def join(
     state_dir: Annotated[Path | None, typer.Option(help="State dir (/var/lib/meshd).")] = None,
     socket: Annotated[Path | None, typer.Option(help="Control socket path.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    subnet_env: Annotated[
+        Path | None, typer.Option(help="flannel-style subnet.env (/run/meshd/subnet.env).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run the daemon in the foreground and join the mesh (logs to stderr)."""
     cfg = load_config(config, {
         "seeds": tuple(seeds or ()), "name": name, "public_ip": public_ip, "iface": iface,
         "subnet": subnet, "backend": backend, "port": port, "key_file": key_file,
-        "state_dir": state_dir, "socket": socket,
+        "state_dir": state_dir, "socket": socket, "subnet_env": subnet_env,
+        "log_level": log_level,
     })
     import asyncio
 
