@@ -214,13 +214,7 @@ class GossipNode:
     def leave(self, now: float) -> None:
         """Announce a graceful leave (a dead message about ourselves, memberlist style)."""
         self._now = now
-        st = self._state
-        if st.leaving:
-            return
-        st.leaving = True
-        st.local = st.local.with_incarnation(st.local.incarnation + 1)
-        self._queue.push(st.local.name, encode(Dead(st.local.incarnation, st.local.name,
-                                                    st.local.name)))
+        self._state.leave()
         self._after(now)
 
     def leave_done(self) -> bool:
@@ -231,15 +225,11 @@ class GossipNode:
     def update_local(self, record: NodeRecord, now: float) -> None:
         """Announce new record data; the incarnation is raised here, whatever ``record`` says."""
         self._now = now
-        st = self._state
-        if record.name != st.local.name or record.node_id != st.local.node_id:
+        local = self._state.local
+        if record.name != local.name or record.node_id != local.node_id:
             raise ValueError("update_local: name and node_id cannot change")
         validate(record)
-        if st.leaving:
-            return
-        inc = max(record.incarnation, st.local.incarnation) + 1
-        st.local = record.with_incarnation(inc)
-        self._queue.push(record.name, encode(Alive(st.local)))
+        self._state.update_local(record)
         self._after(now)
 
     def members(self) -> list[Member]:

@@ -253,6 +253,23 @@ class Membership:
 
     # --- transitions --------------------------------------------------------------------------
 
+    def update_local(self, rec: NodeRecord) -> None:
+        """New data for ourselves: a higher incarnation than ever announced, broadcast alive."""
+        if self.leaving:
+            return
+        self.local = rec.with_incarnation(max(rec.incarnation, self.local.incarnation) + 1)
+        self._broadcast(self.local.name, encode(Alive(self.local)))
+
+    def leave(self) -> None:
+        """Announce a graceful leave: a dead message about ourselves at a higher incarnation, so
+        it beats every alive of ours in flight. From now on we refute nothing."""
+        if self.leaving:
+            return
+        self.leaving = True
+        self.local = self.local.with_incarnation(self.local.incarnation + 1)
+        name = self.local.name
+        self._broadcast(name, encode(Dead(self.local.incarnation, name, name)))
+
     def refute(self, incarnation: int) -> None:
         """Raise our incarnation above ``incarnation`` and broadcast alive."""
         if incarnation >= MAX_INCARNATION:  # cannot go higher; a hostile peer, ignore
