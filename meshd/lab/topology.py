@@ -797,6 +797,8 @@ class Lab:
             "--key-file", str(key_file),
             "--state-dir", str(hdir / "state"),
             "--socket", str(hdir / "meshd.sock"),
+            # every host namespace shares the machine's /run: keep each host's file apart
+            "--subnet-env", str(hdir / "subnet.env"),
             *extra_args,
         ]  # fmt: skip
 

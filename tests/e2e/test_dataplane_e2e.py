@@ -52,7 +52,7 @@ def ping_all(lab: Lab) -> Callable[[], bool]:
 def start(lab: Lab, backend: str, key: Path, cfg: Path, host: Host | None = None,
           seeds: list[str] | None = None) -> None:
     for h in [host] if host else lab.hosts:
-        extra = ["--config", str(cfg), "--subnet-env", str(lab.workdir / h.name / "subnet.env")]
+        extra = ["--config", str(cfg)]
         lab.start_daemon(h, key_file=key, backend=backend, extra_args=extra, seeds=seeds)
 
 
