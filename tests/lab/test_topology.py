@@ -119,6 +119,7 @@ def test_daemon_argv() -> None:
         "--key-file": "/k",
         "--state-dir": "/var/tmp/lab-argv/h2/state",
         "--socket": "/var/tmp/lab-argv/h2/meshd.sock",
+        "--subnet-env": "/var/tmp/lab-argv/h2/subnet.env",
     }
     assert lab.seeds_for(lab.hosts[0]) == []
 
