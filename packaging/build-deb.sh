@@ -56,7 +56,7 @@ DOC=$STAGE/usr/share/doc/meshd
 install -D -m 0755 $PKG/meshd "$STAGE/usr/bin/meshd"
 install -D -m 0644 $PKG/meshd.service "$STAGE/lib/systemd/system/meshd.service"
 install -D -m 0644 conf/meshd.toml "$STAGE/etc/meshd/meshd.toml"
-install -d -m 0700 "$STAGE/var/lib/meshd"
+install -d -m 0755 "$STAGE/var/lib/meshd"
 
 # Bundled pure-Python dependencies, pinned with hashes; no bytecode (postinst compiles it).
 "$PY" -m pip install --quiet --no-warn-script-location --root-user-action=ignore \
@@ -64,13 +64,14 @@ install -d -m 0700 "$STAGE/var/lib/meshd"
     -r $PKG/requirements.txt
 rm -rf "$LIB/bin"
 find "$LIB" -name direct_url.json -delete
+rm -rf "$LIB/typer/.agents"   # an AI-assistant guide shipped in the typer wheel, not code
 
 # meshd itself, from the working tree.
 mkdir -p "$LIB/meshd"
 tar -C meshd --exclude=__pycache__ --exclude='*.py[co]' -cf - . | tar -C "$LIB/meshd" -xf -
 
 # Smoke test of the staged tree on Debian's python3 and Debian's cryptography and msgpack.
-run_staged() { PYTHONPATH="$SRC/$LIB" COLUMNS=80 "$PY" -I -c \
+run_staged() { COLUMNS=80 "$PY" -I -B -c \
     'import sys; sys.path.insert(0, sys.argv.pop(1)); from meshd.cli import main; sys.argv[0] = "meshd"; main()' \
     "$SRC/$LIB" "$@"; }
 [ "$(run_staged --version)" = "meshd $VERSION" ] || die "staged meshd --version is wrong"
@@ -80,7 +81,7 @@ run_staged keygen >/dev/null || die "staged meshd keygen failed"
 mkdir -p "$DOC" "$STAGE/usr/share/man/man1" build/deb/bin
 cat >build/deb/bin/meshd <<EOF
 #!/bin/sh
-exec env PYTHONPATH="$SRC/$LIB" COLUMNS=80 "$PY" -m meshd "\$@"
+exec env PYTHONPATH="$SRC/$LIB" PYTHONDONTWRITEBYTECODE=1 COLUMNS=80 "$PY" -m meshd "\$@"
 EOF
 chmod 0755 build/deb/bin/meshd
 help2man --no-info --no-discard-stderr --section=1 --source="meshd $VERSION" \
@@ -98,13 +99,17 @@ gzip -9n <docs/install.md >"$DOC/install.md.gz"
 } | gzip -9n >"$DOC/changelog.gz"
 "$PY" $PKG/gen-copyright.py "$LIB" >"$DOC/copyright"
 
+install -D -m 0644 $PKG/lintian-overrides "$STAGE/usr/share/lintian/overrides/meshd"
+
 # ------------------------------------------------------------------ control area
+# Bytecode is made on the target by postinst, never shipped (Debian Python policy 3.7).
+find "$STAGE" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$STAGE/DEBIAN"
 install -m 0644 $PKG/debian/conffiles "$STAGE/DEBIAN/conffiles"
 for s in postinst prerm postrm; do install -m 0755 "$PKG/debian/$s" "$STAGE/DEBIAN/$s"; done
 find "$STAGE" -path "$STAGE/DEBIAN" -prune -o -type d -exec chmod go-w {} +
-find "$STAGE" -path "$STAGE/DEBIAN" -prune -o -type f -exec chmod 0644 {} +
-chmod 0755 "$STAGE/usr/bin/meshd"
+# Normalise modes, keeping the execute bits the sources have (meshd/lab/guest/init.sh).
+find "$STAGE" -path "$STAGE/DEBIAN" -prune -o -type f -exec chmod u+rw,go+r,go-w {} +
 SIZE=$(du -sk --apparent-size --exclude=DEBIAN "$STAGE" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@INSTALLED_SIZE@/$SIZE/" -e "s/@MAINTAINER@/$MAINTAINER/" \
     $PKG/debian/control.in >"$STAGE/DEBIAN/control"

@@ -1,7 +1,10 @@
 """The Debian package: build it, install it into a debootstrapped Debian 12 root with apt (its
 dependencies come from the archive), run it there, and purge it.
 
-The bare debootstrap result is cached in MESHD_DEBOOTSTRAP_CACHE (default
+A second test boots that root with systemd-nspawn (in its own network namespace) and runs the
+hardened unit for real: refusal without a key, Type=notify start, capabilities, forwarding.
+
+The debootstrap result is cached in MESHD_DEBOOTSTRAP_CACHE (default
 /var/cache/meshd/debootstrap-bookworm) and never modified: every run works on a fresh copy, so
 each run really resolves the package's dependencies from the archive. Downloaded .debs are kept in
 <cache>.apt-archives. The archive is the host's own Debian mirror (its apt sources).
@@ -10,6 +13,7 @@ each run really resolves the package's dependencies from the archive. Downloaded
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -18,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
 CACHE = Path(os.environ.get("MESHD_DEBOOTSTRAP_CACHE", f"/var/cache/meshd/debootstrap-{SUITE}"))
 STAMP = ".meshd-debootstrap-complete"
+RECIPE = f"debootstrap --variant=minbase --include=systemd,systemd-sysv,iproute2 {SUITE}"
+WANTS = "etc/systemd/system/multi-user.target.wants/meshd.service"
+DSH_STATE = "var/lib/systemd/deb-systemd-helper-enabled/meshd.service.dsh-also"
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "DEBIAN_FRONTEND": "noninteractive",
@@ -116,64 +123,85 @@ def deb(timings: dict[str, float]) -> Path:
 
 @pytest.fixture(scope="module")
 def base_root(timings: dict[str, float]) -> Path:
-    """The cached bare Debian root; debootstrapped (into a temporary name, then renamed) if absent."""
-    if (CACHE / STAMP).exists():
+    """The cached Debian root, debootstrapped (into a temporary name, then renamed) when missing
+    or made by another recipe. Real hosts run systemd, so the root has it: the maintainer scripts
+    then take their systemd paths, and the root can be booted."""
+    if (CACHE / STAMP).exists() and (CACHE / STAMP).read_text().strip() == RECIPE:
         timings["debootstrap_cached"] = 0.0
         return CACHE
     apt_install("debootstrap")
     sources = host_debian_sources()
     mirror = next(s.split()[1] for s in sources if s.split()[2] == SUITE)
     tmp = CACHE.with_name(CACHE.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(CACHE, ignore_errors=True)
+    for d in (tmp, CACHE):
+        assert not mounts_under(d), f"{d} has mounts: {mounts_under(d)}"
+        shutil.rmtree(d, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    out = run("debootstrap", "--variant=minbase", SUITE, tmp, mirror, check=False)
+    out = run(*RECIPE.split(), tmp, mirror, check=False)
     timings["debootstrap_first"] = time.monotonic() - t0
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (tmp / "etc/apt/sources.list").write_text("\n".join(sources) + "\n")
-    # No service may start inside the chroot (invoke-rc.d / deb-systemd-invoke honour this).
+    # No package may start a service (invoke-rc.d and deb-systemd-invoke honour this).
     policy = tmp / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
-    (tmp / STAMP).write_text(f"{time.time()}\n")
+    (tmp / STAMP).write_text(RECIPE + "\n")
     tmp.rename(CACHE)
     return CACHE
 
 
-def is_mounted(path: Path) -> bool:
+def mounts_under(path: Path) -> list[str]:
     real = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == real for line in f)
+        points = [line.split()[1] for line in f]
+    return [m for m in points if m == real or m.startswith(real + "/")]
 
 
 @pytest.fixture
 def chroot(base_root: Path, timings: dict[str, float]) -> Iterator[Path]:
-    """A throw-away copy of the cached root with /proc and the apt download cache mounted."""
+    """A throw-away copy of the cached root, removed afterwards (never through a live mount)."""
     work = Path(tempfile.mkdtemp(prefix="meshd-deb-"))
     root = work / "root"
-    t0 = time.monotonic()
-    run("cp", "-a", "--reflink=auto", base_root, root)
-    timings["copy_root"] = time.monotonic() - t0
-    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-    archives = CACHE.with_name(CACHE.name + ".apt-archives")
-    (archives / "partial").mkdir(parents=True, exist_ok=True)
-    mounts = [(root / "proc", ["-t", "proc", "proc"]),
-              (root / "var/cache/apt/archives", ["--bind", str(archives)])]
-    mounted: list[Path] = []
     try:
-        for target, args in mounts:
-            run("mount", *args, target)
-            mounted.append(target)
+        t0 = time.monotonic()
+        run("cp", "-a", "--reflink=auto", base_root, root)
+        timings["copy_root"] = time.monotonic() - t0
+        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
         yield root
     finally:
-        for target in reversed(mounted):
+        left = mounts_under(work)
+        if left:
+            pytest.fail(f"mounts left under {work}: {left}; not removing it")
+        shutil.rmtree(work)
+
+
+@contextlib.contextmanager
+def mounted(root: Path) -> Iterator[None]:
+    """/proc and the shared apt download cache inside ``root``; unmounted whatever happens."""
+    archives = CACHE.with_name(CACHE.name + ".apt-archives")
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    done: list[Path] = []
+    try:
+        for target, args in [(root / "proc", ["-t", "proc", "proc"]),
+                             (root / "var/cache/apt/archives", ["--bind", str(archives)])]:
+            run("mount", *args, target)
+            done.append(target)
+        yield
+    finally:
+        for target in reversed(done):
             if run("umount", target, check=False).returncode != 0:
                 run("umount", "-l", target, check=False)
-        still = [t for t in mounted if is_mounted(t)]
-        if still:  # never rm -rf through a live mount
-            pytest.fail(f"could not unmount {still}; left {work} in place")
-        shutil.rmtree(work)
+
+
+def apt_install_deb(root: Path, deb: Path, timings: dict[str, float]) -> None:
+    shutil.copy(deb, root / "tmp" / deb.name)
+    with mounted(root):
+        in_root(root, "apt-get", "update", "-qq")
+        t0 = time.monotonic()
+        in_root(root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                f"/tmp/{deb.name}")
+        timings["apt_install"] = time.monotonic() - t0
 
 
 def in_root(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -184,13 +212,9 @@ def in_root(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedPr
 
 
 def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
-                           record_property: pytest.RecordProperty) -> None:
+                           record_property: Callable[[str, object], None]) -> None:
     version = re.match(r"meshd_(.+)_all\.deb", deb.name)[1]  # type: ignore[index]
-    shutil.copy(deb, chroot / "tmp" / deb.name)
-    in_root(chroot, "apt-get", "update", "-qq")
-    t0 = time.monotonic()
-    in_root(chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", f"/tmp/{deb.name}")
-    timings["apt_install"] = time.monotonic() - t0
+    apt_install_deb(chroot, deb, timings)
 
     # The command works, with Debian's python3, cryptography and msgpack and nothing from PyPI.
     assert in_root(chroot, "meshd", "--version").stdout.strip() == f"meshd {version}"
@@ -199,7 +223,8 @@ def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
     assert "join" in in_root(chroot, "meshd", "--help").stdout
 
     # Every module the source tree can import, the installed package can import too.
-    installed = json.loads(in_root(chroot, "python3", "-I", "-c", IMPORT_ALL, "/usr/lib/meshd").stdout)
+    installed = json.loads(
+        in_root(chroot, "python3", "-I", "-c", IMPORT_ALL, "/usr/lib/meshd").stdout)
     source = json.loads(run(sys.executable, "-c", IMPORT_ALL, REPO).stdout)
     assert set(installed) <= set(source), {m: installed[m] for m in set(installed) - set(source)}
 
@@ -208,26 +233,143 @@ def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
                  "usr/share/man/man1/meshd.1.gz", "usr/share/doc/meshd/copyright"]:
         assert (chroot / path).is_file(), path
     assert (chroot / "var/lib/meshd").is_dir()
-    assert oct((chroot / "var/lib/meshd").stat().st_mode & 0o777) == "0o700"
     conffiles = in_root(chroot, "dpkg-query", "-W", "-f=${Conffiles}", "meshd").stdout
     assert "/etc/meshd/meshd.toml" in conffiles
     assert (chroot / "etc/meshd/meshd.toml").read_text() == (REPO / "conf/meshd.toml").read_text()
     assert list((chroot / "usr/lib/meshd/meshd").glob("__pycache__/*.pyc")), "postinst compiles"
     unit = (chroot / "lib/systemd/system/meshd.service").read_text()
     assert "Type=notify" in unit and "ExecStart=/usr/bin/meshd join" in unit
-    # Installing does not enable the unit (it cannot run before a key and a subnet exist).
-    assert not (chroot / "etc/systemd/system/multi-user.target.wants/meshd.service").exists()
+    # Installing does not enable the unit (it cannot run before a key and a subnet exist), but
+    # records it, so that purge cleans up after a `systemctl enable`.
+    assert not (chroot / WANTS).exists()
+    assert (chroot / DSH_STATE).exists()
+    in_root(chroot, "systemctl", "enable", "meshd")
+    assert (chroot / WANTS).is_symlink()
 
     # What an operator creates, and what the daemon writes, goes on purge.
     (chroot / "etc/meshd/key").write_text(key + "\n")
     (chroot / "etc/meshd/key").chmod(0o600)
     (chroot / "var/lib/meshd/state.json").write_text("{}")
-    in_root(chroot, "apt-get", "purge", "-y", "-q", "meshd")
+    with mounted(chroot):
+        in_root(chroot, "apt-get", "purge", "-y", "-q", "meshd")
     assert in_root(chroot, "dpkg-query", "-W", "-f=${Status}", "meshd", check=False).stdout \
         in ("", "unknown ok not-installed")
     for path in ["etc/meshd", "var/lib/meshd", "usr/lib/meshd", "usr/bin/meshd",
-                 "lib/systemd/system/meshd.service"]:
-        assert not (chroot / path).exists(), f"{path} survived the purge"
+                 "lib/systemd/system/meshd.service", WANTS, DSH_STATE]:
+        assert not (chroot / path).is_symlink() and not (chroot / path).exists(), \
+            f"{path} survived the purge"
 
     for k, v in timings.items():
         record_property(f"seconds_{k}", round(v, 1))
+
+
+class Container:
+    """The installed root booted with systemd-nspawn: its own PID 1, and its own network namespace
+    with a veth pair as the underlay (10.99.0.2/24, default route), so nothing touches the host."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root, self.log = root, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid1 = 0
+
+    def boot(self, timeout: float = 90.0) -> None:
+        t0 = time.monotonic()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
+                 "--private-network", "--quiet"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        state = ""
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                pytest.skip(f"systemd-nspawn cannot boot here: {self.log.read_text()[-2000:]}")
+            # nspawn forks helpers first; the container's PID 1 is the child running systemd.
+            self.pid1 = self._systemd_child() or 0
+            if self.pid1:
+                out = self.sh("systemctl is-system-running", check=False)
+                state = (out.stdout + out.stderr).strip()
+                if state in ("running", "degraded"):
+                    return
+            time.sleep(0.5)
+        pytest.fail(f"container not up in {timeout}s (PID 1 {self.pid1}: {state!r}):\n"
+                    f"{self.log.read_text()[-1500:]}")
+
+    def _systemd_child(self) -> int | None:
+        assert self.proc is not None
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            return next((int(k) for k in kids
+                         if Path(f"/proc/{k}/comm").read_text().strip() == "systemd"), None)
+        except OSError:
+            return None
+
+    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = run("nsenter", "-t", str(self.pid1), "-a", "/bin/sh", "-c", script, check=False)
+        if check and out.returncode != 0:
+            pytest.fail(f"in container: {script} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def shutdown(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.pid1:
+            self.sh("systemctl poweroff", check=False)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def test_service_under_systemd(deb: Path, chroot: Path, timings: dict[str, float],
+                               tmp_path: Path) -> None:
+    apt_install("systemd-container")
+    apt_install_deb(chroot, deb, timings)
+    conf = chroot / "etc/meshd/meshd.toml"
+    text, n = re.subn(r'^# subnet = ".*"$', 'subnet = "10.244.9.0/24"', conf.read_text(),
+                      flags=re.M)
+    assert n == 1, "conf/meshd.toml has no commented top-level `# subnet = ...` line any more"
+    conf.write_text(text)
+
+    box = Container(chroot, tmp_path / "console.log")
+    try:
+        t0 = time.monotonic()
+        box.boot()
+        timings["nspawn_boot"] = time.monotonic() - t0
+        box.sh("ip link add v0 type veth peer name v1 && ip addr add 10.99.0.2/24 dev v0"
+               " && ip link set v0 up && ip link set v1 up"
+               " && ip route add default via 10.99.0.1 dev v0 onlink")
+
+        # No key: the service does not start, and the journal says how to make one.
+        assert box.sh("systemctl start meshd", check=False).returncode != 0
+        assert box.sh("systemctl is-active meshd", check=False).stdout.strip() != "active"
+        journal = box.sh("journalctl -u meshd --no-pager -o cat").stdout
+        assert "meshd keygen > /etc/meshd/key" in journal, journal
+
+        # With a key: Type=notify start returns once the daemon reported READY=1.
+        box.sh("meshd keygen > /etc/meshd/key && chmod 600 /etc/meshd/key"
+               " && systemctl reset-failed meshd")
+        t0 = time.monotonic()
+        start = box.sh("systemctl start meshd", check=False)
+        timings["service_start"] = time.monotonic() - t0
+        journal = box.sh("journalctl -u meshd --no-pager -o cat").stdout
+        assert start.returncode == 0, journal
+        assert box.sh("systemctl is-active meshd").stdout.strip() == "active"
+
+        # Least privilege held, and still enough: one capability, yet forwarding is on and the
+        # VXLAN device exists; the state and runtime directories were writable.
+        status = box.sh("cat /proc/$(systemctl show -p MainPID --value meshd)/status").stdout
+        caps = dict(re.findall(r"^(Cap\w+):\s*([0-9a-f]+)$", status, re.M))
+        assert int(caps["CapEff"], 16) == int(caps["CapBnd"], 16) == 1 << 12, caps  # NET_ADMIN
+        assert re.search(r"^NoNewPrivs:\s*1$", status, re.M)
+        assert box.sh("cat /proc/sys/net/ipv4/ip_forward").stdout.strip() == "1", journal
+        box.sh("ip link show meshd.1")
+        st = json.loads(box.sh("meshd status --json").stdout)
+        assert st["node"]["subnet"] == "10.244.9.0/24"
+        box.sh("test -s /var/lib/meshd/state.json || ls /var/lib/meshd | grep -q .")
+
+        # A stop is quiet: the kernel state and subnet.env (for CNI plugins) stay.
+        box.sh("systemctl stop meshd")
+        box.sh("ip link show meshd.1 && test -f /run/meshd/subnet.env")
+    finally:
+        box.shutdown()
