@@ -203,17 +203,24 @@ def lab(
     routed: Annotated[bool, typer.Option(help="Two L2 segments joined by a router.")] = False,
     keep: Annotated[bool, typer.Option(help="Leave the lab running (remove: meshd lab down).")]
     = False,
+    uml: Annotated[bool, typer.Option(help="Run inside a user-mode-linux guest kernel.")]
+    = False,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
         return
     from meshd.gossip.record import BACKENDS
-    from meshd.lab.runner import run_lab
+    from meshd.lab.runner import run_in_guest, run_lab
 
     if backend not in BACKENDS:
         fail(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if not 2 <= hosts <= 200:
         fail("--hosts: must be between 2 and 200")
+    if uml:
+        if keep:
+            fail("--keep and --uml: the guest powers off at the end; run without --keep")
+        argv = ["--hosts", str(hosts), "--backend", backend, *(["--routed"] if routed else [])]
+        raise typer.Exit(run_in_guest(argv, say=typer.echo))
     raise typer.Exit(run_lab(hosts, backend, routed, keep, say=typer.echo))
 
 
