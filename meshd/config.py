@@ -97,6 +97,12 @@ class Config:
     """Seconds between full data-plane resyncs."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    metrics: str | None = None
+    """Prometheus endpoint host:port (``true`` = 127.0.0.1:9950); off when unset."""
+    filter: bool = False
+    """nftables rules accepting ipip/vxlan only from members' public IPs (table inet meshd)."""
+    control_group: str | None = None
+    """Group (name) that may use the control socket besides root; socket mode 0660 then."""
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
@@ -262,6 +268,22 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         return value
     if key == "resync_interval":
         return _num(key, value, 1, 86400)
+    if key == "metrics":
+        if value is True:
+            return "127.0.0.1:9950"
+        if value is False:
+            return None
+        if not isinstance(value, str) or not re.match(r"^[^\s:]+:\d{1,5}$", value):
+            raise ConfigError(f"metrics: {value!r} must be host:port or true/false")
+        return value
+    if key == "filter":
+        if not isinstance(value, bool):
+            raise ConfigError("filter: must be true or false")
+        return value
+    if key == "control_group":
+        if not isinstance(value, str) or not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+            raise ConfigError(f"control_group: {value!r} is not a group name")
+        return value
     if key == "log_level":
         if value not in _LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")

@@ -30,6 +30,7 @@ from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, vtep_mac_for
 from meshd.gossip.security import Sealer
 from meshd.keyfile import load_keyring
+from meshd.metrics import Family, MetricsServer
 from meshd.statestore import State, StateStore
 from meshd.transport import Transport
 
@@ -104,8 +105,13 @@ class Daemon:
                 "status": self._cmd_status,
                 "leave": self._cmd_leave,
             },
+            group=_group_id(cfg.control_group),
         )
         await self.control.start()
+        self.metrics: MetricsServer | None = None
+        if cfg.metrics:
+            self.metrics = MetricsServer(cfg.metrics, self.metric_families)
+            await self.metrics.start()
         log.info(
             "meshd %s: %s (%s) subnet %s backend %s on %s, %d known member(s), %d seed(s)",
             __version__, local.name, local.public_ip, local.subnet, local.backend,
@@ -157,6 +163,8 @@ class Daemon:
         """Quiet stop: save state, close sockets; never touch kernel state."""
         self._save(force=True)
         await self.control.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.reconciler is not None:
             await self.reconciler.close()
         self.transport.close()
@@ -231,9 +239,7 @@ class Daemon:
 
     async def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
         by_state: Counter[str] = Counter(str(m.state.value) for m in self.node.members())
-        counters: Counter[str] = Counter()
-        counters.update(self.transport.counters)
-        counters.update(self.node.counters)
+        counters = self.counters()
         return {
             "version": __version__,
             "node": self.node.local.to_dict(),
@@ -248,6 +254,15 @@ class Daemon:
             "dataplane": self.reconciler.status() if self.reconciler else {},
         }
 
+    def counters(self) -> Counter[str]:
+        """Transport counters (datagrams and bytes on the wire, envelope drops) merged with the
+        core's (messages by type, decode drops, probes); the core's own in/out count payloads
+        that passed the envelope, so they are kept apart as ``payload_in``/``payload_out``."""
+        merged: Counter[str] = Counter(self.transport.counters)
+        for k, v in self.node.counters.items():
+            merged[f"payload_{k}" if k in ("in", "out") else k] += v
+        return merged
+
     async def _cmd_leave(self, req: dict[str, Any]) -> dict[str, Any]:
         self.node.leave(time.monotonic())
         self.transport.kick()
@@ -259,6 +274,77 @@ class Daemon:
         # Answer first, then stop.
         asyncio.get_running_loop().call_later(0.1, self._stop.set)
         return {"left": True, "spread": spread}
+
+
+    def metric_families(self) -> list[Family]:
+        """Everything `GET /metrics` shows; names follow Prometheus conventions."""
+        c = self.counters()
+        fams: list[Family] = []
+        fam = Family("meshd_members", "gauge", "Members by state, this node included.")
+        by_state = Counter(str(m.state.value) for m in self.node.members())
+        for st in ("alive", "suspect", "dead", "left"):
+            fam.add(by_state.get(st, 0), {"state": st})
+        fams.append(fam)
+        fam = Family("meshd_datagrams_total", "counter", "UDP datagrams on the wire.")
+        fams.append(fam.add(c["in"], {"direction": "in"}).add(c["out"], {"direction": "out"}))
+        fam = Family("meshd_bytes_total", "counter", "UDP payload bytes on the wire (sealed).")
+        fams.append(fam.add(c["in_bytes"], {"direction": "in"})
+                    .add(c["out_bytes"], {"direction": "out"}))
+        fam = Family("meshd_messages_received_total", "counter", "Gossip messages by type.")
+        for k, v in sorted(c.items()):
+            if k.startswith("msg."):
+                fam.add(v, {"type": k[4:]})
+        fams.append(fam)
+        fam = Family("meshd_dropped_total", "counter", "Datagrams dropped, by reason.")
+        for k, v in sorted(c.items()):
+            if k.startswith("drop."):
+                fam.add(v, {"reason": k[5:]})
+        fams.append(fam)
+        fam = Family("meshd_probes_total", "counter", "Failure-detection probes by result.")
+        for k, v in sorted(c.items()):
+            if k.startswith("probe."):
+                fam.add(v, {"result": k[6:]})
+        fams.append(fam)
+        fams.append(Family("meshd_suspicions_total", "counter",
+                           "Members this node started suspecting.").add(c["suspect.raised"]))
+        rtt = getattr(self.node, "probe_rtt", None)
+        if rtt is not None:
+            fam = Family("meshd_probe_rtt_seconds", "histogram", "Probe round-trip time.")
+            for le, n in rtt.cumulative():
+                fam.add(n, {"le": "+Inf" if le == float("inf") else f"{le:g}"}, "_bucket")
+            fams.append(fam.add(rtt.sum, None, "_sum").add(rtt.count, None, "_count"))
+        fams.append(Family("meshd_local_health", "gauge",
+                           "Lifeguard local health score (0 is healthy).").add(self.node.health))
+        dp = self.reconciler.status() if self.reconciler else {}
+        fams.append(Family("meshd_reconcile_runs_total", "counter",
+                           "Data-plane reconcile passes.").add(dp.get("runs", 0)))
+        last = dp.get("last_run") or {}
+        fams.append(Family("meshd_reconcile_duration_seconds", "gauge",
+                           "Duration of the last reconcile pass.")
+                    .add(last.get("duration_ms", 0) / 1000))
+        fam = Family("meshd_reconcile_changes_total", "counter",
+                     "Kernel changes applied, by kind.")
+        for kind, n in sorted((dp.get("applied") or {}).items()):
+            fam.add(n, {"kind": kind})
+        fams.append(fam)
+        fams.append(Family("meshd_reconcile_errors", "gauge",
+                           "Recent data-plane errors (bounded list in `meshd status`).")
+                    .add(len(dp.get("errors") or [])))
+        fams.append(Family("meshd_info", "gauge", "Build and node information.").add(
+            1, {"version": __version__, "name": self.node.local.name,
+                "backend": self.node.local.backend}))
+        return fams
+
+
+def _group_id(name: str | None) -> int | None:
+    if name is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"control_group: no group named {name!r}") from None
 
 
 def _sd_notify(state: str) -> None:

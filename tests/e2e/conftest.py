@@ -18,6 +18,8 @@ from meshd.lab.topology import Daemon, Lab
 
 # Fast but realistic timers: the protocol is identical, only the clock is scaled.
 FAST_GOSSIP = """
+metrics = "127.0.0.1:9950"
+
 [gossip]
 probe_interval = 0.4
 probe_timeout = 0.2

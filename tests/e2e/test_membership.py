@@ -3,13 +3,15 @@ leave is seen as left everywhere."""
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from meshd.lab.topology import Lab
+from meshd.lab.topology import Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, peers, states, wait_until
 
@@ -34,6 +36,14 @@ def test_membership_lifecycle(
             "last_seen", "self"} <= set(rows[0])
     assert [r["name"] for r in rows if r["self"]] == ["h1"]
     assert {r["name"]: r["subnet"] for r in rows} == {h.name: h.subnet for h in members}
+
+    # Prometheus endpoint, inside h1's namespace on localhost
+    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9950/metrics').read().decode())"
+    text = ns_exec(lab.hosts[0].ns, [sys.executable, "-c", fetch]).stdout
+    assert 'meshd_members{state="alive"} 4' in text
+    assert re.search(r'meshd_datagrams_total\{direction="out"\} [1-9]', text)
+    assert re.search(r'meshd_probes_total\{result="', text) or "meshd_probes_total" in text
+    assert "meshd_reconcile_runs_total" in text
 
     # A node holding another key is never admitted, and its datagrams are counted as drops.
     intruder = lab.start_daemon(lab.hosts[4], key_file=other, backend="host-gw", extra_args=extra)
