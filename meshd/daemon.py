@@ -359,12 +359,25 @@ def _sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
+_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``: journald reads the level from the prefix and adds the
+    timestamp itself (SyslogLevelPrefix=yes is systemd's default)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
+        return f"<{prio}>{record.name}: {super().format(record)}"
+
+
 def setup_logging(level: str) -> None:
-    # Under systemd the journal timestamps lines itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt)
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 async def serve(cfg: Config) -> int:
