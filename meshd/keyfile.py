@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from meshd.errors import KeyFileError
-from meshd.gossip.security import Keyring, KeyFormatError
+from meshd.gossip.security import KeyFormatError, Keyring
 
 
 def load_keyring(path: Path) -> Keyring:
