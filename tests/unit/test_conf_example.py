@@ -28,3 +28,10 @@ def test_example_documents_every_key_and_its_default(tmp_path: Path) -> None:
     documented = set(re.findall(r"^# ([a-z_]+) = ", text, re.M))
     known = {f.name for f in fields(Config)} - {"gossip"} | {f.name for f in fields(GossipConfig)}
     assert known <= documented, known - documented
+
+
+def test_configuration_reference_lists_every_key() -> None:
+    ref = (EXAMPLE.parents[1] / "docs" / "configuration.md").read_text()
+    known = {f.name for f in fields(Config)} - {"gossip"} | {f.name for f in fields(GossipConfig)}
+    missing = {k for k in known if f"| `{k}` |" not in ref}
+    assert not missing, f"docs/configuration.md lacks {sorted(missing)}"
