@@ -330,6 +330,7 @@ def test_service_under_systemd(deb: Path, chroot: Path, timings: dict[str, float
                       flags=re.M)
     assert n == 1, "conf/meshd.toml has no commented top-level `# subnet = ...` line any more"
     conf.write_text(text)
+    shutil.copy(deb, chroot / "root" / deb.name)  # nspawn mounts a fresh /tmp
 
     box = Container(chroot, tmp_path / "console.log")
     try:
@@ -371,5 +372,17 @@ def test_service_under_systemd(deb: Path, chroot: Path, timings: dict[str, float
         # A stop is quiet: the kernel state and subnet.env (for CNI plugins) stay.
         box.sh("systemctl stop meshd")
         box.sh("ip link show meshd.1 && test -f /run/meshd/subnet.env")
+
+        # Upgrade (a reinstall runs the same scripts): a running, enabled daemon is restarted
+        # and stays enabled. Then remove: the daemon is stopped.
+        box.sh("systemctl enable --now meshd && rm /usr/sbin/policy-rc.d")
+        pid = box.sh("systemctl show -p MainPID --value meshd").stdout.strip()
+        box.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall /root/{deb.name}")
+        assert box.sh("systemctl is-active meshd").stdout.strip() == "active"
+        assert box.sh("systemctl show -p MainPID --value meshd").stdout.strip() != pid
+        assert box.sh("systemctl is-enabled meshd").stdout.strip() == "enabled"
+        box.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q meshd")
+        assert box.sh("systemctl is-active meshd", check=False).stdout.strip() == "inactive"
+        box.sh("ip link show meshd.1 && test -f /etc/meshd/key")
     finally:
         box.shutdown()
