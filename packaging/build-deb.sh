@@ -70,23 +70,23 @@ rm -rf "$LIB/typer/.agents"   # an AI-assistant guide shipped in the typer wheel
 mkdir -p "$LIB/meshd"
 tar -C meshd --exclude=__pycache__ --exclude='*.py[co]' -cf - . | tar -C "$LIB/meshd" -xf -
 
-# Smoke test of the staged tree on Debian's python3 and Debian's cryptography and msgpack.
-run_staged() { COLUMNS=80 "$PY" -I -B -c \
-    'import sys; sys.path.insert(0, sys.argv.pop(1)); from meshd.cli import main; sys.argv[0] = "meshd"; main()' \
-    "$SRC/$LIB" "$@"; }
-[ "$(run_staged --version)" = "meshd $VERSION" ] || die "staged meshd --version is wrong"
-run_staged keygen >/dev/null || die "staged meshd keygen failed"
+# The staged tree as a command, run the way /usr/bin/meshd runs it (isolated, Debian's python3
+# with Debian's cryptography and msgpack), without writing bytecode into the stage.
+STAGED=build/deb/bin/meshd
+mkdir -p build/deb/bin
+cat >$STAGED <<EOF
+#!/bin/sh
+exec env COLUMNS=80 "$PY" -I -B -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = "meshd"; from meshd.cli import main; main()' "$SRC/$LIB" "\$@"
+EOF
+chmod 0755 $STAGED
+[ "$($STAGED --version)" = "meshd $VERSION" ] || die "staged meshd --version is wrong"
+$STAGED keygen >/dev/null || die "staged meshd keygen failed"
 
 # Documentation: man page from --help, changelog, copyright with every bundled licence.
-mkdir -p "$DOC" "$STAGE/usr/share/man/man1" build/deb/bin
-cat >build/deb/bin/meshd <<EOF
-#!/bin/sh
-exec env PYTHONPATH="$SRC/$LIB" PYTHONDONTWRITEBYTECODE=1 COLUMNS=80 "$PY" -m meshd "\$@"
-EOF
-chmod 0755 build/deb/bin/meshd
+mkdir -p "$DOC" "$STAGE/usr/share/man/man1"
 help2man --no-info --no-discard-stderr --section=1 --source="meshd $VERSION" \
     --name="gossip-driven container network mesh" --include=$PKG/meshd.h2m \
-    build/deb/bin/meshd >build/deb/meshd.1
+    $STAGED >build/deb/meshd.1
 gzip -9n <build/deb/meshd.1 >"$STAGE/usr/share/man/man1/meshd.1.gz"
 
 gzip -9n <docs/install.md >"$DOC/install.md.gz"
