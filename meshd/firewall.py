@@ -1,0 +1,264 @@
+"""Data-plane filter: encapsulated packets are accepted only from members' public IPs.
+
+The tunnels carry no authentication: anyone who can reach a host's underlay address can hand its
+VXLAN device (UDP ``vxlan_port``) or its ipip device (IP protocol 4) a packet to decapsulate, and
+the kernel delivers the inner packet into the container network (flannel#961). The gossip key
+does not help there. With ``filter = true`` the daemon keeps one nftables table that drops such
+packets unless their outer source is a member's public IP.
+
+What meshd owns and creates (nothing else is read or touched)::
+
+    table inet meshd {
+        counter accepted { }                       # named: they survive rule rewrites
+        counter dropped { }
+        set members { type ipv4_addr; }            # members' public IPs
+        chain input {
+            type filter hook input priority filter; policy accept;
+            udp dport <vxlan_port> ip saddr @members counter name "accepted" accept   # vxlan
+            udp dport <vxlan_port> counter name "dropped" drop
+        }
+    }
+
+With the ipip backend the match is ``ip protocol 4`` instead; host-gw encapsulates nothing, so
+the filter is inert there (``apply`` and ``remove`` do nothing, ``status`` says why). Every other
+packet falls through the chain untouched (policy accept). The input hook runs after IP
+reassembly (``ip_local_deliver``), so a fragmented outer packet is judged whole.
+
+Every change is one ``nft -f -`` transaction that creates whatever is missing, rewrites the two
+rules and replaces the set's contents: atomic (the kernel swaps the whole batch in at once, so
+no packet sees a half-updated set) and idempotent (running it twice changes nothing; a rule or
+element removed by hand is restored by the next ``apply``). If the table exists in an
+incompatible shape (say, someone re-created ``members`` with another type), the transaction is
+retried once as "delete the table and build it afresh" in a single batch.
+
+Why the ``nft`` CLI and not a library: pyroute2's nftables support is partial (no sets with
+elements in one batch, no named counters, no JSON listing), and libnftables' Python binding
+(``python3-nftables``) is a distro package outside the venv. Membership changes are rare (a few
+per minute even in churn), so one short-lived process per change costs nothing that matters, and
+the nft syntax above is exactly what an operator sees with ``nft list table inet meshd``.
+
+Limits: the filter trusts the outer source address; a host that can spoof a member's IP on the
+underlay is not stopped (strict rp_filter or the underlay's own anti-spoofing is the answer).
+It is IPv4 only, like the rest of meshd; IPv6 packets to the VXLAN port are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import shutil
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from meshd.errors import ConfigError, DataplaneError
+
+FAMILY = "inet"
+TABLE = "meshd"
+SET = "members"
+CHAIN = "input"
+IPIP_PROTO = 4
+NFT_TIMEOUT = 15.0
+"""Seconds one nft run may take; it is milliseconds normally, this only bounds a hung one."""
+_BACKENDS = ("host-gw", "ipip", "vxlan")
+
+
+class Firewall:
+    """Keeps ``table inet meshd`` in step with the members' public IPs (see the module doc)."""
+
+    def __init__(self, backend: str, vxlan_port: int = 8472, netns: str | None = None) -> None:
+        if backend not in _BACKENDS:
+            raise ConfigError(f"backend: {backend!r} is not one of {', '.join(_BACKENDS)}")
+        if not 1 <= vxlan_port <= 65535:
+            raise ConfigError(f"vxlan_port: {vxlan_port} is not a UDP port")
+        self.backend = backend
+        self.vxlan_port = vxlan_port
+        self.netns = netns
+        self._applied: frozenset[str] | None = None
+        self._applies = 0
+        self._last_apply: float | None = None
+        self._last_error: str | None = None
+        self._recreated = 0
+
+    # ------------------------------------------------------------------ pure
+
+    @property
+    def active(self) -> bool:
+        """False for host-gw: there is no encapsulated traffic to filter."""
+        return self.backend != "host-gw"
+
+    @property
+    def match(self) -> str:
+        """The nft match selecting this backend's encapsulated packets."""
+        if self.backend == "vxlan":
+            return f"udp dport {self.vxlan_port}"
+        return f"ip protocol {IPIP_PROTO}"
+
+    def script(self, member_ips: Iterable[str], *, recreate: bool = False) -> str:
+        """The one nft transaction that makes the table hold exactly ``member_ips``."""
+        ips = _validate(member_ips)
+        t = f"{FAMILY} {TABLE}"
+        lines = []
+        if recreate:
+            # "add" first so that "delete" cannot fail on a missing table.
+            lines += [f"add table {t}", f"delete table {t}"]
+        lines += [
+            f"add table {t}",
+            f"add set {t} {SET} {{ type ipv4_addr; }}",
+            f"add counter {t} accepted",
+            f"add counter {t} dropped",
+            f"add chain {t} {CHAIN} {{ type filter hook input priority filter; policy accept; }}",
+            # Rewriting the rules each time repairs hand edits; named counters keep their counts.
+            f"flush chain {t} {CHAIN}",
+            f'add rule {t} {CHAIN} {self.match} ip saddr @{SET} counter name "accepted" accept',
+            f'add rule {t} {CHAIN} {self.match} counter name "dropped" drop',
+            f"flush set {t} {SET}",
+        ]
+        if ips:  # "{ }" is a syntax error: an empty set is just the flush
+            lines.append(f"add element {t} {SET} {{ {', '.join(ips)} }}")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ kernel
+
+    async def apply(self, member_ips: Iterable[str], *, force: bool = False) -> bool:
+        """Make the set hold exactly ``member_ips`` (creating table, chain and rules if missing).
+
+        Skips the nft run when the same set was applied last, unless ``force`` (use it on a
+        periodic resync, so a table deleted by hand comes back). Returns True if nft ran.
+        Raises DataplaneError (one line) if nft is missing or refuses the change."""
+        ips = frozenset(_validate(member_ips))
+        if not self.active or (ips == self._applied and not force):
+            return False
+        try:
+            try:
+                await self._nft(["-f", "-"], self.script(ips))
+            except _NftRefused:
+                # Something of ours exists in another shape: rebuild it, still atomically.
+                await self._nft(["-f", "-"], self.script(ips, recreate=True))
+                self._recreated += 1
+        except DataplaneError as exc:
+            self._last_error = str(exc)
+            self._applied = None
+            raise
+        self._applied = ips
+        self._applies += 1
+        self._last_apply = time.time()
+        self._last_error = None
+        return True
+
+    async def remove(self) -> None:
+        """Delete ``table inet meshd`` if it exists (filter switched off, or the backend changed
+        to host-gw), whatever the backend. Nothing else is touched."""
+        self._applied = None
+        t = f"{FAMILY} {TABLE}"
+        await self._nft(["-f", "-"], f"add table {t}\ndelete table {t}\n")
+
+    async def read(self) -> dict[str, Any]:
+        """What the kernel holds now: ``present``, ``members`` and the two counters."""
+        try:
+            out = await self._nft(["-j", "list", "table", FAMILY, TABLE], None)
+        except _NftRefused:
+            return {"present": False, "members": [], "accepted": _zero(), "dropped": _zero()}
+        res: dict[str, Any] = {
+            "present": True,
+            "members": [],
+            "accepted": _zero(),
+            "dropped": _zero(),
+        }
+        for item in json.loads(out).get("nftables", []):
+            if "set" in item and item["set"].get("name") == SET:
+                res["members"] = sorted(
+                    _elements(item["set"].get("elem", [])), key=ipaddress.IPv4Address
+                )
+            elif "counter" in item and item["counter"].get("name") in ("accepted", "dropped"):
+                c = item["counter"]
+                res[c["name"]] = {"packets": int(c["packets"]), "bytes": int(c["bytes"])}
+        return res
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able: what was last applied and whether it worked (no kernel access)."""
+        return {
+            "table": f"{FAMILY} {TABLE}",
+            "backend": self.backend,
+            "active": self.active,
+            "reason": None if self.active else "host-gw encapsulates nothing: nothing to filter",
+            "match": self.match if self.active else None,
+            "netns": self.netns,
+            "members": sorted(self._applied or (), key=ipaddress.IPv4Address),
+            "applies": self._applies,
+            "recreated": self._recreated,
+            "last_apply": self._last_apply,
+            "last_error": self._last_error,
+        }
+
+    async def _nft(self, args: list[str], stdin: str | None) -> str:
+        nft = shutil.which("nft")
+        if nft is None:
+            raise DataplaneError("filter: nft not found (apt-get install nftables)")
+        argv = [nft, *args]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise DataplaneError(f"filter: cannot run {argv[0]}: {exc.strerror}") from None
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(stdin.encode() if stdin is not None else None), NFT_TIMEOUT
+            )
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise DataplaneError(f"filter: nft did not finish within {NFT_TIMEOUT:g} s") from None
+        if proc.returncode != 0:
+            raise _NftRefused(_one_line(err.decode(errors="replace")))
+        return out.decode()
+
+
+class _NftRefused(DataplaneError):
+    """nft ran and refused (syntax, a conflicting object, a missing table, no nf_tables)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"filter: nft: {detail}")
+
+
+def _validate(ips: Iterable[str]) -> list[str]:
+    out = set()
+    for ip in ips:
+        try:
+            out.add(ipaddress.IPv4Address(ip))
+        except ValueError:
+            raise DataplaneError(f"filter: {ip!r} is not an IPv4 address") from None
+    return [str(a) for a in sorted(out)]
+
+
+def _elements(elems: list[Any]) -> list[str]:
+    # nft -j prints plain strings, or {"prefix": ...}/{"elem": ...} objects for decorated ones.
+    out = []
+    for e in elems:
+        if isinstance(e, str):
+            out.append(e)
+        elif isinstance(e, dict) and isinstance(e.get("elem"), dict):
+            out.append(str(e["elem"].get("val")))
+    return out
+
+
+def _zero() -> dict[str, int]:
+    return {"packets": 0, "bytes": 0}
+
+
+def _one_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("Error:") or ": Error:" in ln:
+            return ln.split("Error:", 1)[1].strip()
+    return lines[0] if lines else "failed without a message"
+
+
+__all__ = ["Firewall"]
