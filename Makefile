@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 BACKEND ?= vxlan
 HOSTS ?= 3
 
-.PHONY: demo test test-fast lint deps venv clean
+.PHONY: demo test test-fast lint deps venv clean deb deb-lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,9 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+deb:
+	bash packaging/build-deb.sh
+
+deb-lint:
+	LINTIAN=1 bash packaging/build-deb.sh

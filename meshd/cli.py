@@ -16,7 +16,7 @@ import typer
 from meshd import __version__
 from meshd.config import DEFAULT_CONFIG, Config, build, load_file
 from meshd.control.client import request
-from meshd.errors import MeshdError
+from meshd.errors import ConfigError, KeyFileError, MeshdError
 
 app = typer.Typer(
     add_completion=True,
@@ -26,6 +26,7 @@ app = typer.Typer(
     help="meshd: a gossip-driven container network mesh (host-gw, ipip, vxlan).",
 )
 F = TypeVar("F", bound=Callable[..., Any])
+EX_CONFIG = 78
 DEFAULT_SOCKET: Path = Config().socket
 SocketOpt = Annotated[Path, typer.Option("--socket", help="Control socket of the daemon.")]
 
@@ -36,12 +37,16 @@ def fail(msg: str, code: int = 1) -> None:
 
 
 def friendly(fn: F) -> F:
-    """Turn every MeshdError into one line on stderr and exit 1; Ctrl-C into exit 130."""
+    """Turn every MeshdError into one line on stderr and a non-zero exit: 78 (EX_CONFIG) for a
+    bad configuration or key file, so systemd can stop retrying (RestartPreventExitStatus=78),
+    1 otherwise; Ctrl-C into 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (ConfigError, KeyFileError) as exc:
+            fail(str(exc), EX_CONFIG)
         except MeshdError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

@@ -47,7 +47,7 @@ def test_key_too_open(tmp_path: Path) -> None:
     key.chmod(0o644)
     r = meshd("join", "--subnet", "10.1.0.0/24", "--key-file", str(key), "--state-dir",
               str(tmp_path / "s"))
-    assert r.returncode == 1 and "chmod 600" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 78 and "chmod 600" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_version_and_keygen() -> None:
