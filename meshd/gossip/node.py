@@ -35,7 +35,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from meshd.gossip.events import Member, MemberEvent, MemberState
+from meshd.gossip.events import PROBE_RTT_BUCKETS, Histogram, Member, MemberEvent, MemberState
 from meshd.gossip.messages import (
     DATAGRAM_OVERHEAD,
     ENVELOPE_RESERVE,
@@ -94,14 +94,17 @@ def push_pull_interval(base: float, num_nodes: int) -> float:
 
 
 class _Probe:
-    __slots__ = ("seq", "target", "acked", "expected_nacks", "nacks")
+    __slots__ = ("seq", "target", "sent_at", "acked", "expected_nacks", "nacks", "relays")
 
-    def __init__(self, seq: int, target: str) -> None:
+    def __init__(self, seq: int, target: str, sent_at: float) -> None:
         self.seq = seq
         self.target = target
+        self.sent_at = sent_at
         self.acked = False
         self.expected_nacks = 0
         self.nacks = 0
+        self.relays: set[Addr] = set()
+        """Members asked to ping the target for us: an ack from one of them is indirect."""
 
 
 class GossipNode:
@@ -118,6 +121,8 @@ class GossipNode:
         validate(local)
         self.config = config
         self.counters: Counter[str] = Counter()
+        self.probe_rtt = Histogram(PROBE_RTT_BUCKETS)
+        """Seconds from sending a probe's ping to its direct ack (indirect acks are not timed)."""
         self.synced = False
         self._rng = rng
         self._timers: list[tuple[float, int, str, str | int]] = []
@@ -189,7 +194,7 @@ class GossipNode:
         msgs.sort(key=lambda msg: isinstance(msg, _PROBE_MESSAGES))
         try:
             for msg in msgs:
-                self._dispatch(msg, now)
+                self._dispatch(msg, addr, now)
         except Exception:  # pragma: no cover - a bug; the tests assert this counter stays absent
             self.counters["error.internal"] += 1
         self._after(now)
@@ -342,7 +347,8 @@ class GossipNode:
             return
         seq = self._next_seq()
         name = target.record.name
-        self._probe = _Probe(seq, name)
+        self._probe = _Probe(seq, name, now)
+        self.counters["probe.sent"] += 1
         parts = [encode(Ping(seq, name, st.local.name, st.local.addr))]
         if target.state == MemberState.SUSPECT:
             # Lifeguard's buddy system: tell a suspect directly, so it can refute at once.
@@ -362,12 +368,14 @@ class GossipNode:
                                   st.local.addr, True))
         for peer in st.random_alive(self.config.indirect_checks, exclude=p.target):
             self._send([msg], peer.record.addr)
+            p.relays.add(peer.record.addr)
             p.expected_nacks += 1
 
     def _finish_probe(self, now: float) -> None:
         p, self._probe = self._probe, None
         if p is None or p.acked:
             return
+        self.counters["probe.failed"] += 1
         st = self._state
         # Lifeguard: missing nacks mean our own messages are not getting through; with nobody to
         # nack, every failed probe counts against us.
@@ -381,7 +389,7 @@ class GossipNode:
 
     # --- receiving ----------------------------------------------------------------------------
 
-    def _dispatch(self, msg: Message, now: float) -> None:
+    def _dispatch(self, msg: Message, addr: Addr, now: float) -> None:
         st = self._state
         if isinstance(msg, Ping):
             if msg.target != st.local.name:
@@ -396,7 +404,7 @@ class GossipNode:
                 parts.append(encode(Suspect(src.inc, msg.source, st.local.name)))
             self._send(parts, msg.source_addr)
         elif isinstance(msg, Ack):
-            self._on_ack(msg.seq, now)
+            self._on_ack(msg.seq, addr, now)
         elif isinstance(msg, Nack):
             p = self._probe
             if p is not None and p.seq == msg.seq and not p.acked:
@@ -424,11 +432,18 @@ class GossipNode:
         if e is not None and e.state in (MemberState.ALIVE, MemberState.SUSPECT):
             self._send([encode(Alive(st.local))], e.record.addr)
 
-    def _on_ack(self, seq: int, now: float) -> None:
+    def _on_ack(self, seq: int, addr: Addr, now: float) -> None:
         p = self._probe
         if p is not None and p.seq == seq:
             if not p.acked:
                 p.acked = True
+                # A relay forwards the target's ack under our seq, so only the sender's address
+                # tells a relayed ack from a direct one (a late direct ack still counts as direct).
+                if addr in p.relays:
+                    self.counters["probe.indirect_ok"] += 1
+                else:
+                    self.counters["probe.ok"] += 1
+                    self.probe_rtt.observe(now - p.sent_at)
                 self._state.awareness.apply(-1)
                 self._state.seen(p.target, now)
             return

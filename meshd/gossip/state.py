@@ -316,6 +316,8 @@ class Membership:
         if old_state != ALIVE:
             self._set_state(e, ALIVE, now)
             self._emit("alive" if old_state == SUSPECT else "join", e)
+            if old_state == SUSPECT:
+                self.counters["suspect.refuted"] += 1
             if old_state == SUSPECT and changed:
                 self._emit("update", e)
         elif changed:
@@ -358,6 +360,7 @@ class Membership:
         self.suspicions[name] = s
         self._schedule(s.deadline, SUSPICION_TIMER, name)
         self._emit("suspect", e)
+        self.counters["suspect.raised"] += 1
         self._broadcast(name, encode(Suspect(inc, name, sender)))
 
     def suspicion_expired(self, name: str, now: float) -> None:
@@ -380,6 +383,8 @@ class Membership:
         e.inc = inc
         self._set_state(e, LEFT if left else DEAD, now)
         self._emit("left" if left else "dead", e)
+        if not left:
+            self.counters["dead.declared"] += 1
         self._broadcast(name, encode(Dead(inc, name, sender)))
 
     def reap(self, name: str, now: float) -> None:
