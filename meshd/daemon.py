@@ -26,6 +26,7 @@ from meshd.dataplane.model import PeerView
 from meshd.dataplane.reconciler import Reconciler
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import ConfigError, DataplaneError
+from meshd.firewall import Firewall
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, vtep_mac_for
 from meshd.gossip.security import Sealer
@@ -50,6 +51,9 @@ class Daemon:
         self._last_save = 0.0
         self._saved_key: tuple[Any, ...] = ()
         self.reconciler: Reconciler | None = None
+        self.firewall: Firewall | None = None
+        self._fw_forced = 0.0
+        self._fw_error: str | None = None
 
     # ---------------------------------------------------------------- setup
     async def setup(self) -> None:
@@ -98,6 +102,8 @@ class Daemon:
         except DataplaneError as exc:
             # Membership still works; `status` reports the data-plane error.
             log.error("data plane: %s", exc)
+        if cfg.filter:
+            self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
         self.control = ControlServer(
             cfg.socket,
             {
@@ -147,6 +153,8 @@ class Daemon:
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(self._membership_loop(), name="membership"),
         ]
+        if self.firewall is not None:
+            tasks.append(asyncio.create_task(self._firewall_loop(), name="filter"))
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         rc = 0
@@ -175,8 +183,13 @@ class Daemon:
                 await t
 
     async def _membership_loop(self) -> None:
-        """Forward membership changes to the reconciler and the state dir."""
+        """Forward membership changes to the reconciler, the filter and the state dir.
+
+        Woken after every datagram and timer, but it only acts on news: member events, the first
+        full sync, or a new local incarnation (a refutation must survive a crash)."""
         assert self.reconciler is not None
+        synced: bool | None = None
+        incarnation = -1
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -185,10 +198,43 @@ class Daemon:
                 m = ev.member
                 log.info("member %s (%s %s): %s", m.record.name, m.record.public_ip,
                          m.record.subnet, ev.kind)
-            self.reconciler.set_peers(self._peer_views(), self.node.synced, time.monotonic())
-            self._save(force=bool(events))
-            # Rate-limit: membership changes arrive in bursts.
+            if events or synced != self.node.synced:
+                synced = self.node.synced
+                self.reconciler.set_peers(self._peer_views(), synced, time.monotonic())
+                await self._update_firewall()
+                self._save(force=True)
+            elif incarnation != self.node.local.incarnation:
+                self._save(force=True)
+            incarnation = self.node.local.incarnation
+            # Membership news arrives in bursts: batch it.
             await asyncio.sleep(0.05)
+
+    async def _firewall_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.resync_interval)
+            await self._update_firewall()
+
+    async def _update_firewall(self) -> None:
+        """Accept encapsulated packets from every member that is not gone (dead ones too: their
+        routes stay until reap_after, and so does their traffic); a periodic forced apply
+        restores rules deleted by hand."""
+        if self.firewall is None:
+            return
+        me = self.node.local.name
+        ips = {m.record.public_ip for m in self.node.members()
+               if m.record.name != me and str(m.state.value) != "left"}
+        now = time.monotonic()
+        force = now - self._fw_forced > self.cfg.resync_interval
+        try:
+            await self.firewall.apply(ips, force=force)
+        except DataplaneError as exc:
+            if str(exc) != self._fw_error:
+                log.error("%s", exc)
+            self._fw_error = str(exc)
+            return
+        self._fw_error = None
+        if force:
+            self._fw_forced = now
 
     def _peer_views(self) -> list[PeerView]:
         me = self.node.local.name
@@ -252,6 +298,7 @@ class Daemon:
             "dropped": {k[5:]: v for k, v in sorted(counters.items()) if k.startswith("drop.")},
             "keys": self.sealer.keyring.ids(),
             "dataplane": self.reconciler.status() if self.reconciler else {},
+            "filter": self.firewall.status() if self.firewall else {"enabled": False},
         }
 
     def counters(self) -> Counter[str]:
@@ -307,12 +354,11 @@ class Daemon:
         fams.append(fam)
         fams.append(Family("meshd_suspicions_total", "counter",
                            "Members this node started suspecting.").add(c["suspect.raised"]))
-        rtt = getattr(self.node, "probe_rtt", None)
-        if rtt is not None:
-            fam = Family("meshd_probe_rtt_seconds", "histogram", "Probe round-trip time.")
-            for le, n in rtt.cumulative():
-                fam.add(n, {"le": "+Inf" if le == float("inf") else f"{le:g}"}, "_bucket")
-            fams.append(fam.add(rtt.sum, None, "_sum").add(rtt.count, None, "_count"))
+        rtt = self.node.probe_rtt
+        fam = Family("meshd_probe_rtt_seconds", "histogram", "Probe round-trip time.")
+        for le, n in rtt.buckets:
+            fam.add(n, {"le": "+Inf" if le == float("inf") else f"{le:g}"}, "_bucket")
+        fams.append(fam.add(rtt.sum, None, "_sum").add(rtt.count, None, "_count"))
         fams.append(Family("meshd_local_health", "gauge",
                            "Lifeguard local health score (0 is healthy).").add(self.node.health))
         dp = self.reconciler.status() if self.reconciler else {}

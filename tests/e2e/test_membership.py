@@ -42,7 +42,8 @@ def test_membership_lifecycle(
     text = ns_exec(lab.hosts[0].ns, [sys.executable, "-c", fetch]).stdout
     assert 'meshd_members{state="alive"} 4' in text
     assert re.search(r'meshd_datagrams_total\{direction="out"\} [1-9]', text)
-    assert re.search(r'meshd_probes_total\{result="', text) or "meshd_probes_total" in text
+    assert re.search(r'meshd_probes_total\{result="ok"\} [1-9]', text)
+    assert re.search(r'meshd_probe_rtt_seconds_count [1-9]', text)
     assert "meshd_reconcile_runs_total" in text
 
     # A node holding another key is never admitted, and its datagrams are counted as drops.
