@@ -195,6 +195,52 @@ def keygen() -> None:
     typer.echo(generate_key())
 
 
+keys_app = typer.Typer(help="The cluster keyring: changes spread to every member over gossip.")
+app.add_typer(keys_app, name="keys")
+
+
+def _print_keys(res: dict[str, Any]) -> None:
+    for kid in res["keys"]:
+        typer.echo(f"{kid}{'  (primary)' if kid == res['primary'] else ''}")
+
+
+@keys_app.command("list")
+@friendly
+def keys_list(socket: SocketOpt = DEFAULT_SOCKET) -> None:
+    """Key ids of this node's keyring, the primary (used to seal) first."""
+    _print_keys(request(socket, "keys.list"))
+
+
+@keys_app.command("install")
+@friendly
+def keys_install(
+    key: Annotated[str, typer.Argument(help="A key from `meshd keygen` (base64).")],
+    socket: SocketOpt = DEFAULT_SOCKET,
+) -> None:
+    """Add a key to every member's ring (accepted on receipt, not yet used to seal)."""
+    _print_keys(request(socket, "keys.install", key=key))
+
+
+@keys_app.command("use")
+@friendly
+def keys_use(
+    key_id: Annotated[str, typer.Argument(help="Key id from `meshd keys list`.")],
+    socket: SocketOpt = DEFAULT_SOCKET,
+) -> None:
+    """Make a key the primary on every member (install it everywhere first)."""
+    _print_keys(request(socket, "keys.use", key_id=key_id))
+
+
+@keys_app.command("remove")
+@friendly
+def keys_remove(
+    key_id: Annotated[str, typer.Argument(help="Key id from `meshd keys list`.")],
+    socket: SocketOpt = DEFAULT_SOCKET,
+) -> None:
+    """Remove a (non-primary) key from every member's ring."""
+    _print_keys(request(socket, "keys.remove", key_id=key_id))
+
+
 lab_app = typer.Typer(help="The built-in lab: N simulated hosts in network namespaces.")
 app.add_typer(lab_app, name="lab")
 

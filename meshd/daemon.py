@@ -25,12 +25,12 @@ from meshd.control.server import ControlServer
 from meshd.dataplane.model import PeerView
 from meshd.dataplane.reconciler import Reconciler
 from meshd.dataplane.underlay import discover_underlay
-from meshd.errors import ConfigError, DataplaneError
+from meshd.errors import ConfigError, ControlError, DataplaneError, MeshdError
 from meshd.firewall import Firewall
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, vtep_mac_for
-from meshd.gossip.security import Sealer
-from meshd.keyfile import load_keyring
+from meshd.gossip.security import KeyFormatError, Keyring, Sealer, decode_key, key_id
+from meshd.keyfile import load_keyring, save_keyring
 from meshd.metrics import Family, MetricsServer
 from meshd.statestore import State, StateStore
 from meshd.transport import Transport
@@ -110,6 +110,10 @@ class Daemon:
                 "peers": self._cmd_peers,
                 "status": self._cmd_status,
                 "leave": self._cmd_leave,
+                "keys.list": self._cmd_keys_list,
+                "keys.install": self._cmd_keys_install,
+                "keys.use": self._cmd_keys_use,
+                "keys.remove": self._cmd_keys_remove,
             },
             group=_group_id(cfg.control_group),
         )
@@ -193,6 +197,7 @@ class Daemon:
         while True:
             await self._changed.wait()
             self._changed.clear()
+            self._apply_key_ops()
             events = self.node.pop_events()
             for ev in events:
                 m = ev.member
@@ -300,6 +305,79 @@ class Daemon:
             "dataplane": self.reconciler.status() if self.reconciler else {},
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
         }
+
+    # ---------------------------------------------------------------- keyring
+    def _apply_key_ops(self) -> None:
+        """Apply the key ops the core hands out (ours and the mesh's), idempotently, and persist
+        the ring. Ordering and redelivery are the core's business (gossip/keyops.py)."""
+        ring = list(self.sealer.keyring.keys)
+        before = tuple(ring)
+        for op in self.node.pop_key_ops():
+            ids = [key_id(k) for k in ring]
+            if op.op == "install":
+                if op.key not in ring:
+                    ring.append(op.key)
+                    log.info("keyring: installed key %s (from %s)", key_id(op.key).hex(), op.origin)
+            elif op.op == "use":
+                if op.key not in ids:
+                    log.warning("keyring: cannot use unknown key %s (yet)", op.key.hex())
+                elif ids.index(op.key) != 0:
+                    ring.insert(0, ring.pop(ids.index(op.key)))
+                    log.info("keyring: key %s is primary now (from %s)", op.key.hex(), op.origin)
+            elif op.op == "remove" and op.key in ids:
+                if ids.index(op.key) == 0:
+                    log.warning("keyring: refusing to remove the primary key %s", op.key.hex())
+                else:
+                    ring.pop(ids.index(op.key))
+                    log.info("keyring: removed key %s (from %s)", op.key.hex(), op.origin)
+        if tuple(ring) != before:
+            new = Keyring(tuple(ring))
+            self.sealer.set_keyring(new)
+            try:
+                save_keyring(self.cfg.key_file, new)
+            except MeshdError as exc:
+                log.error("keyring: %s (the change holds until restart)", exc)
+
+    def _key_list(self) -> dict[str, Any]:
+        ids = self.sealer.keyring.ids()
+        return {"primary": ids[0], "keys": ids}
+
+    async def _cmd_keys_list(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._key_list()
+
+    def _key_id_arg(self, req: dict[str, Any]) -> bytes:
+        raw = req.get("key_id")
+        try:
+            kid = bytes.fromhex(raw) if isinstance(raw, str) else b""
+        except ValueError:
+            kid = b""
+        if len(kid) != 4:
+            raise ControlError(f"key id {raw!r}: expected 8 hex digits (see `meshd keys list`)")
+        if kid.hex() not in self.sealer.keyring.ids():
+            raise ControlError(f"key id {kid.hex()} is not in this node's keyring")
+        return kid
+
+    async def _key_op(self, op: str, arg: bytes) -> dict[str, Any]:
+        self.node.broadcast_key_op(op, arg, time.monotonic())
+        self._apply_key_ops()
+        self.transport.kick()
+        return self._key_list()
+
+    async def _cmd_keys_install(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            key = decode_key(str(req.get("key", "")))
+        except KeyFormatError as exc:
+            raise ControlError(f"key: {exc}") from None
+        return await self._key_op("install", key)
+
+    async def _cmd_keys_use(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self._key_op("use", self._key_id_arg(req))
+
+    async def _cmd_keys_remove(self, req: dict[str, Any]) -> dict[str, Any]:
+        kid = self._key_id_arg(req)
+        if kid == key_id(self.sealer.keyring.primary):
+            raise ControlError(f"key {kid.hex()} is the primary: `meshd keys use` another first")
+        return await self._key_op("remove", kid)
 
     def counters(self) -> Counter[str]:
         """Transport counters (datagrams and bytes on the wire, envelope drops) merged with the

@@ -39,7 +39,7 @@ def load_keyring(path: Path) -> Keyring:
 
 def save_keyring(path: Path, keyring: Keyring) -> None:
     """Write atomically with mode 0600 (rename over the old file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:
