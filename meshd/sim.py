@@ -142,6 +142,11 @@ class Network:
         self.nodes[idx].leave(self.now)
         self._after(idx)
 
+    def broadcast_key_op(self, idx: int, op: str, arg: bytes) -> bytes:
+        op_id = self.nodes[idx].broadcast_key_op(op, arg, self.now)
+        self._after(idx)
+        return op_id
+
     # --- running ------------------------------------------------------------------------------
 
     def _push(self, when: float, idx: int, data: bytes | None, src: int) -> None:

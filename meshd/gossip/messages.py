@@ -14,7 +14,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal, cast
 
 import msgpack
 
@@ -33,6 +33,14 @@ DATAGRAM_OVERHEAD = 5
 MAX_SEQ = 2**32 - 1
 MAX_INCARNATION = 2**63 - 1
 MAX_CHUNKS = 65535
+MAX_LTIME = 2**63 - 1
+KEY_OP_ID_LEN = 16
+KEY_LEN = 32
+"""An AES-256 key (security.KEY_LEN)."""
+KEY_ID_LEN = 4
+"""security.key_id(key): the first 4 bytes of SHA-256(key)."""
+MAX_KEY_OP_LOG = 32
+"""Most key ops a push-pull may carry (we send keyops.LOG_SIZE); more rejects the datagram."""
 
 
 class MsgType(IntEnum):
@@ -46,6 +54,7 @@ class MsgType(IntEnum):
     ALIVE = 5
     DEAD = 6
     PUSH_PULL = 7
+    KEY_OP = 8
 
 
 MSG_NAMES = {t: t.name.lower() for t in MsgType}
@@ -54,6 +63,11 @@ MSG_NAMES = {t: t.name.lower() for t in MsgType}
 # Member states in push-pull entries; the index is the wire code (append-only too).
 WIRE_STATES = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT)
 _STATE_CODE = {s: i for i, s in enumerate(WIRE_STATES)}
+
+KEY_OPS = ("install", "use", "remove")
+"""Key op kinds; the index is the wire code (append-only)."""
+_KEY_OP_CODE = {k: i for i, k in enumerate(KEY_OPS)}
+KeyOpKind = Literal["install", "use", "remove"]
 
 Addr = tuple[str, int]
 
@@ -119,6 +133,23 @@ class Dead:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyOp:
+    """A cluster-wide keyring operation, spread like a broadcast and carried by push-pull.
+
+    The order in which a node hands these to its daemon is keyops.py's rule (Lamport time)."""
+
+    id: bytes
+    """16 bytes from the originating node's RNG; duplicates are recognised by it."""
+    op: KeyOpKind
+    key: bytes
+    """``install``: the 32-byte key. ``use``, ``remove``: the key's 4-byte id."""
+    origin: str
+    """Name of the node that issued it."""
+    ltime: int
+    """Lamport time of the issuing node when it issued the op."""
+
+
+@dataclass(frozen=True, slots=True)
 class PushPullEntry:
     record: NodeRecord
     state: MemberState
@@ -137,9 +168,11 @@ class PushPull:
     index: int
     count: int
     entries: tuple[PushPullEntry, ...]
+    key_ops: tuple[KeyOp, ...] = ()
+    """The sender's recent key ops (keyops.KeyOps.log); only in chunk 0."""
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull
+Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -194,7 +227,12 @@ def encode(msg: Message) -> bytes:
         return bytes(_packb([MsgType.DEAD, msg.incarnation, msg.node, msg.sender]))
     if isinstance(msg, Alive):
         return b"\x92" + bytes(_packb(int(MsgType.ALIVE))) + encode_record(msg.record)
-    chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, msg.entries, 1 << 30)
+    if isinstance(msg, KeyOp):
+        return bytes(
+            _packb([MsgType.KEY_OP, msg.id, _KEY_OP_CODE[msg.op], msg.key, msg.origin, msg.ltime])
+        )
+    chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, msg.entries, 1 << 30,
+                              [encode(op) for op in msg.key_ops])
     return chunks[0]
 
 
@@ -209,22 +247,27 @@ def encode_push_pull(
     reply: bool,
     entries: Sequence[PushPullEntry],
     budget: int,
+    key_ops: Sequence[bytes] = (),
 ) -> list[bytes]:
     """Encode a full state as push-pull messages of at most ``budget`` bytes each.
 
     Every chunk repeats the sender's record so that it can be merged on its own; the member list is
-    cut greedily by encoded size.
+    cut greedily by encoded size. ``key_ops`` (encoded `KeyOp` messages) ride in chunk 0 as an
+    eighth element, which nodes predating it ignore.
     """
     sender_b = encode_record(sender)
     # Worst-case header: 7-element array, type, sender, uint32 id, bool, two uint16, array16 header.
     head_max = 1 + 1 + len(sender_b) + 5 + 1 + 3 + 3 + 3
     room = budget - head_max
+    ops_b = _array_header(len(key_ops)) + b"".join(key_ops) if key_ops else b""
     encoded = [
         b"\x93" + encode_record(e.record) + bytes([_STATE_CODE[e.state]]) + _packb(e.incarnation)
         for e in entries
     ]
     groups: list[list[bytes]] = [[]]
-    used = 0
+    used = len(ops_b)
+    if used > room // 2:  # pragma: no cover - keyops.LOG_SIZE ops take ~700 bytes at most
+        raise ValueError("key op log too large for a push-pull")
     for item in encoded:
         if len(item) > room:  # pragma: no cover - a record is ~130 bytes at most
             raise ValueError("push-pull budget smaller than one record")
@@ -237,8 +280,9 @@ def encode_push_pull(
         raise ValueError("state too large for one push-pull")
     out = []
     for i, group in enumerate(groups):
+        tail = ops_b if i == 0 else b""
         out.append(
-            b"\x97"
+            (b"\x98" if tail else b"\x97")
             + bytes(_packb(int(MsgType.PUSH_PULL)))
             + sender_b
             + bytes(_packb(sync_id))
@@ -247,6 +291,7 @@ def encode_push_pull(
             + bytes(_packb(len(groups)))
             + _array_header(len(group))
             + b"".join(group)
+            + tail
         )
     return out
 
@@ -299,7 +344,28 @@ def _decode_one(m: Any) -> Message:
         return Dead(_incarnation(m[1]), _name(m[2]), _name(m[3]))
     if t == MsgType.PUSH_PULL:
         return _decode_push_pull(m)
+    if t == MsgType.KEY_OP:
+        return _decode_key_op(m)
     raise DecodeError("unknown_type")
+
+
+def _decode_key_op(m: Any) -> KeyOp:
+    """Any fault in a key op is ``drop.key_op``, so the daemon can tell them apart."""
+    if type(m) is not list or len(m) < 6 or m[0] != MsgType.KEY_OP:
+        raise DecodeError("key_op")
+    op_id, code, key, origin, ltime = m[1:6]
+    if type(op_id) is not bytes or len(op_id) != KEY_OP_ID_LEN:
+        raise DecodeError("key_op")
+    if type(code) is not int or not 0 <= code < len(KEY_OPS):
+        raise DecodeError("key_op")
+    kind = KEY_OPS[code]
+    if type(key) is not bytes or len(key) != (KEY_LEN if kind == "install" else KEY_ID_LEN):
+        raise DecodeError("key_op")
+    if type(origin) is not str or not _NAME_RE.match(origin):
+        raise DecodeError("key_op")
+    if type(ltime) is not int or not 0 <= ltime <= MAX_LTIME:
+        raise DecodeError("key_op")
+    return KeyOp(op_id, cast(KeyOpKind, kind), key, origin, ltime)
 
 
 def _decode_push_pull(m: list[Any]) -> PushPull:
@@ -316,7 +382,13 @@ def _decode_push_pull(m: list[Any]) -> PushPull:
             raise DecodeError("malformed")
         state = _int(e[1], 0, len(WIRE_STATES) - 1)
         entries.append(PushPullEntry(_record(e[0]), WIRE_STATES[state], _incarnation(e[2])))
-    return PushPull(sender, sync_id, reply, index, count, tuple(entries))
+    ops: tuple[KeyOp, ...] = ()
+    if len(m) > 7:
+        raw_ops = m[7]
+        if type(raw_ops) is not list or len(raw_ops) > MAX_KEY_OP_LOG:
+            raise DecodeError("key_op")
+        ops = tuple(_decode_key_op(op) for op in raw_ops)
+    return PushPull(sender, sync_id, reply, index, count, tuple(entries), ops)
 
 
 def _need(m: list[Any], n: int) -> None:

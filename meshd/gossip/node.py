@@ -36,9 +36,11 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from meshd.gossip.events import PROBE_RTT_BUCKETS, Histogram, Member, MemberEvent, MemberState
+from meshd.gossip.keyops import KeyOps
 from meshd.gossip.messages import (
     DATAGRAM_OVERHEAD,
     ENVELOPE_RESERVE,
+    KEY_OP_ID_LEN,
     MAX_SEQ,
     Ack,
     Addr,
@@ -46,6 +48,7 @@ from meshd.gossip.messages import (
     Dead,
     DecodeError,
     IndirectPing,
+    KeyOp,
     Message,
     Nack,
     Ping,
@@ -79,10 +82,16 @@ _MSG_COUNTER = {
     Alive: "msg.alive",
     Dead: "msg.dead",
     PushPull: "msg.push_pull",
+    KeyOp: "msg.key_op",
 }
 
 
 _PROBE_MESSAGES = (Ping, IndirectPing, Ack, Nack)
+
+
+def _key_op_key(op: KeyOp) -> str:
+    # Broadcast-queue key; member names cannot contain ":", so it never replaces a member's news.
+    return f"keyop:{op.id.hex()}"
 
 
 def push_pull_interval(base: float, num_nodes: int) -> float:
@@ -129,6 +138,7 @@ class GossipNode:
         self._tseq = 0
         self._queue = BroadcastQueue(config.retransmit_mult)
         self._state = Membership(local, config, rng, self._queue, self.counters, self._schedule)
+        self._keyops = KeyOps(self.counters)
         self._limit = config.max_datagram - ENVELOPE_RESERVE
         self._budget = self._limit - DATAGRAM_OVERHEAD
         self._outbox: list[tuple[bytes, Addr]] = []
@@ -193,6 +203,10 @@ class GossipNode:
         # rode in with the ping (a refutation, most importantly).
         msgs.sort(key=lambda msg: isinstance(msg, _PROBE_MESSAGES))
         try:
+            if any(type(msg) is KeyOp for msg in msgs):
+                # Key ops of one datagram are taken together, in stamp order (keyops.py).
+                self._on_key_ops([msg for msg in msgs if type(msg) is KeyOp])
+                msgs = [msg for msg in msgs if type(msg) is not KeyOp]
             for msg in msgs:
                 self._dispatch(msg, addr, now)
         except Exception:  # pragma: no cover - a bug; the tests assert this counter stays absent
@@ -251,6 +265,26 @@ class GossipNode:
     def pop_events(self) -> list[MemberEvent]:
         events, self._state.events = self._state.events, []
         return events
+
+    def broadcast_key_op(self, op: str, arg: bytes, now: float) -> bytes:
+        """Spread a keyring operation to the whole mesh; returns its 16-byte id.
+
+        ``op``: ``install`` (``arg`` = the 32-byte key), ``use`` or ``remove`` (``arg`` = the key
+        id, ``security.key_id(key)``); ValueError otherwise. The op is also handed back through
+        `pop_key_ops`, so the daemon applies its own ops the way it applies everyone else's.
+        """
+        self._now = now
+        op_id = self._rng.getrandbits(8 * KEY_OP_ID_LEN).to_bytes(KEY_OP_ID_LEN, "big")
+        kop = self._keyops.new(op, arg, self.local.name, op_id)
+        for fresh in self._keyops.accept([kop]):
+            self._queue.push(_key_op_key(fresh), encode(fresh))
+        self._after(now)
+        return op_id
+
+    def pop_key_ops(self) -> list[KeyOp]:
+        """Key ops for the daemon to apply, in order (see keyops.py for the rule). An op can come
+        again when an op it depends on arrived late; applying is idempotent, so apply every one."""
+        return self._keyops.pop()
 
     @property
     def health(self) -> int:
@@ -419,7 +453,7 @@ class GossipNode:
         elif isinstance(msg, Dead):
             self._correct_stale_claim(msg)
             st.on_dead(msg.incarnation, msg.node, msg.sender, now)
-        else:
+        elif isinstance(msg, PushPull):
             self._on_push_pull(msg, now)
 
     def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
@@ -466,6 +500,11 @@ class GossipNode:
         self._send([encode(Ping(seq, msg.target, st.local.name, st.local.addr))], msg.target_addr)
         self._schedule(now + self.config.probe_timeout, "forward", seq)
 
+    def _on_key_ops(self, ops: list[KeyOp]) -> None:
+        # Gossip on what is news here, like any broadcast; stale and repeated ops die out.
+        for fresh in self._keyops.accept(ops):
+            self._queue.push(_key_op_key(fresh), encode(fresh))
+
     # --- push-pull ----------------------------------------------------------------------------
 
     def _join_round(self, now: float) -> None:
@@ -486,8 +525,9 @@ class GossipNode:
         else:
             entries = st.entries()
         sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
+        ops = [encode(op) for op in self._keyops.log()]
         for chunk in encode_push_pull(st.local, sync_id, reply_to is not None, entries,
-                                      self._budget):
+                                      self._budget, ops):
             self._emit([chunk], addr)
 
     def _dead_probe(self) -> None:
@@ -507,6 +547,9 @@ class GossipNode:
             return
         if not st.merge(msg, now):
             return
+        if msg.key_ops:
+            # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
+            self._keyops.accept(msg.key_ops, logged=True)
         if msg.reply:
             self._note_sync(msg)
             return

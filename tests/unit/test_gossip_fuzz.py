@@ -37,7 +37,9 @@ VALID = [
         m.Alive(make_record(5)),
         m.Dead(0, "n1", "n2"),
         m.PushPull(make_record(6), 1, False, 0, 1,
-                   (m.PushPullEntry(make_record(7), MemberState.DEAD, 0),)),
+                   (m.PushPullEntry(make_record(7), MemberState.DEAD, 0),),
+                   (m.KeyOp(b"o" * 16, "use", b"kid1", "n1", 3),)),
+        m.KeyOp(b"i" * 16, "install", b"k" * 32, "n2", 7),
     )
 ] + [m.pack_datagram([m.encode(m.Ack(9)), m.encode(m.Alive(make_record(8)))])]
 
@@ -102,6 +104,6 @@ msgpack_values = st.recursive(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 9), st.lists(msgpack_values, max_size=11))
+@given(st.integers(0, 10), st.lists(msgpack_values, max_size=11))
 def test_structurally_plausible_messages(msg_type: int, fields: list[object]) -> None:
     check(msgpack.packb([1, [[msg_type, *fields]]], use_bin_type=True))

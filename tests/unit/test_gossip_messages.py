@@ -48,10 +48,11 @@ def test_compound_header_of_16_and_more_messages() -> None:
 
 def test_type_numbers_are_append_only() -> None:
     # On the wire: changing these breaks every deployed node.
-    assert [t.value for t in m.MsgType] == list(range(8))
-    assert [t.name for t in m.MsgType][:8] == [
-        "PING", "INDIRECT_PING", "ACK", "NACK", "SUSPECT", "ALIVE", "DEAD", "PUSH_PULL",
+    assert [t.value for t in m.MsgType] == list(range(9))
+    assert [t.name for t in m.MsgType][:9] == [
+        "PING", "INDIRECT_PING", "ACK", "NACK", "SUSPECT", "ALIVE", "DEAD", "PUSH_PULL", "KEY_OP",
     ]
+    assert m.KEY_OPS == ("install", "use", "remove")
 
 
 def test_trailing_fields_from_a_newer_revision_are_ignored() -> None:
