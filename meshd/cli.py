@@ -174,9 +174,35 @@ def status(
     typer.echo(f"datagrams in {c.get('in', 0)}, out {c.get('out', 0)}")
     if st["dropped"]:
         typer.echo("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
-    dp = st.get("dataplane") or {}
-    if dp:
-        typer.echo("dataplane " + json.dumps(dp, indent=2).replace("\n", "\n          "))
+    for line in format_dataplane(st.get("dataplane") or {}, st.get("filter") or {}):
+        typer.echo(line)
+    typer.echo("(meshd status --json shows everything, including the last plan)")
+
+
+def format_dataplane(dp: dict[str, Any], fw: dict[str, Any]) -> list[str]:
+    """A few readable lines out of the data-plane status (the JSON has the full plan)."""
+    if not dp:
+        return ["dataplane not started"]
+    out = [f"dataplane {dp.get('backend')} device {dp.get('device') or '-'} on "
+           f"{(dp.get('underlay') or {}).get('ifname')}, routes proto {dp.get('protocol')}, "
+           f"{len(dp.get('programmed') or [])} peer(s) programmed"]
+    last = dp.get("last_run") or {}
+    if last:
+        out.append(f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
+                   f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all")
+    change = (dp.get("last_change") or {}).get("plan") or {}
+    counts = {k: v for k, v in (change.get("counts") or {}).items() if v}
+    if counts:
+        out.append("          last change: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for label, key in (("conflicted", "conflicts"), ("skipped", "skipped")):
+        for name, why in sorted((dp.get(key) or {}).items()):
+            out.append(f"          {label} {name}: {why}")
+    if dp.get("last_error"):
+        out.append(f"          error: {dp['last_error']}")
+    if fw.get("active"):
+        out.append(f"filter    {fw.get('table')}: {len(fw.get('members') or [])} member IPs"
+                   + (f", error: {fw['last_error']}" if fw.get("last_error") else ""))
+    return out
 
 
 @app.command()
