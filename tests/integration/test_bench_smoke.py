@@ -1,0 +1,50 @@
+"""benchmarks/bench_daemons.py at a smoke size (N=3, one run, no memberlist anchor): it runs to the
+end, tears its lab down, and prints the JSON lines benchmarks/report.py reads."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshd.lab.topology import leftover_namespaces
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks" / "bench_daemons.py"
+REQUIRED = {"bench", "n", "metric", "meshd", "memberlist", "ratio", "unit"}
+TIMED = ("convergence_ms", "dissemination_ms", "failure_ms", "leave_ms")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_bench_daemons_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "daemons.jsonl"
+    prefix = f"bds{secrets.token_hex(2)}"
+    res = subprocess.run(
+        [sys.executable, str(BENCH), "--n", "3", "--runs", "1", "--no-anchor", "--idle", "2",
+         "--settle", "1", "--timeout", "60", "--out", str(out), "--prefix", prefix],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.strip()]
+    assert lines == [json.loads(x) for x in out.read_text().splitlines()]
+    for rec in lines:
+        assert rec.keys() >= REQUIRED, rec
+        assert rec["bench"] == "daemons"
+        assert rec["memberlist"] is None and rec["ratio"] is None
+    metrics = {r["metric"]: r for r in lines if r["n"] == 3}
+    for m in (*TIMED, "idle_cpu_pct", "rss_mib", "idle_bytes_per_node_s",
+              "idle_datagrams_per_node_s", "idle_kernel_ip_bytes_per_node_s"):
+        assert isinstance(metrics[m]["meshd"], float) and metrics[m]["meshd"] > 0, metrics[m]
+        assert metrics[m]["memberlist_note"] == "skipped (--no-anchor)"
+    # Probing alone sends about one ping and one ack per node per second.
+    assert 0.5 < metrics["idle_datagrams_per_node_s"]["meshd"] < 20
+    assert 0 < metrics["rss_mib"]["meshd"] < 500
+    imports = [r for r in lines if r["metric"].startswith("import_rss_kib:")]
+    assert [r["metric"].split(":")[1] for r in imports][:2] == ["interpreter", "asyncio"]
+    assert all(r["cumulative_kib"] > 0 for r in imports)
+    assert leftover_namespaces(prefix) == []
