@@ -110,6 +110,7 @@ class Daemon:
                 "peers": self._cmd_peers,
                 "status": self._cmd_status,
                 "leave": self._cmd_leave,
+                "update": self._cmd_update,
                 "keys.list": self._cmd_keys_list,
                 "keys.install": self._cmd_keys_install,
                 "keys.use": self._cmd_keys_use,
@@ -211,8 +212,8 @@ class Daemon:
             elif incarnation != self.node.local.incarnation:
                 self._save(force=True)
             incarnation = self.node.local.incarnation
-            # Membership news arrives in bursts: batch it.
-            await asyncio.sleep(0.05)
+            # Membership news arrives in bursts: batch it (briefly: the data plane waits on it).
+            await asyncio.sleep(0.01)
 
     async def _firewall_loop(self) -> None:
         while True:
@@ -387,6 +388,14 @@ class Daemon:
         for k, v in self.node.counters.items():
             merged[f"payload_{k}" if k in ("in", "out") else k] += v
         return merged
+
+    async def _cmd_update(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Re-announce this node with a higher incarnation (memberlist's UpdateNode): what a
+        changed record would do, used to measure dissemination."""
+        at = time.time()
+        self.node.update_local(self.node.local, time.monotonic())
+        self.transport.kick()
+        return {"incarnation": self.node.local.incarnation, "at": at}
 
     async def _cmd_leave(self, req: dict[str, Any]) -> dict[str, Any]:
         self.node.leave(time.monotonic())

@@ -2,8 +2,16 @@
 
 Request:  ``{"cmd": "<name>", ...arguments}`` followed by a newline.
 Response: ``{"ok": true, "result": <any>}`` or ``{"ok": false, "error": "<one line>"}``, then the
-server closes the connection. Commands: ``peers``, ``status``, ``leave``, ``keys.list``,
-``keys.install`` (``key``), ``keys.use`` (``key_id``), ``keys.remove`` (``key_id``).
+server closes the connection. Commands:
+
+- ``peers``: list of members (the JSON that ``meshd peers --json`` prints)
+- ``status``: this node, counters, drops by reason, data plane, filter
+- ``leave``: broadcast ``left``, wait (bounded) until it spread, then the daemon exits
+- ``update``: re-announce this node with a higher incarnation; ``{"incarnation", "at"}``
+- ``keys.list``, ``keys.install`` (``key``: base64), ``keys.use`` (``key_id``: 8 hex digits),
+  ``keys.remove`` (``key_id``): the cluster keyring, spread over gossip
+
+Only root, the daemon's own uid, or members of ``control_group`` may connect (SO_PEERCRED).
 """
 
 MAX_REQUEST = 64 * 1024
