@@ -28,7 +28,11 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 EX_CONFIG = 78
 DEFAULT_SOCKET: Path = Config().socket
-SocketOpt = Annotated[Path, typer.Option("--socket", help="Control socket of the daemon.")]
+# readable=False: whether we may use the socket is the control client's (and daemon's) call,
+# with a clearer message than click's "is not readable".
+SocketOpt = Annotated[
+    Path, typer.Option("--socket", help="Control socket of the daemon.", readable=False)
+]
 
 
 def fail(msg: str, code: int = 1) -> None:

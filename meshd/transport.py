@@ -82,6 +82,12 @@ class Transport:
                 data, addr = await self._stream.recv()
             except asyncio_dgram.TransportClosed:
                 return
+            except OSError as exc:
+                # asyncio reports a failed sendto() (EPERM from a local firewall, ENETUNREACH,
+                # ICMP errors) through the receiving side: it is loss, not a reason to stop.
+                self.counters["send_error"] += 1
+                log.debug("socket error: %s", exc)
+                continue
             self.counters["in"] += 1
             self.counters["in_bytes"] += len(data)
             try:

@@ -86,12 +86,14 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if not self._allowed(writer):
-                await self._reply(writer, {"ok": False, "error": "permission denied"})
-                return
+            # Read the request before judging the caller: closing with unread data makes the
+            # kernel reset the connection, and the refusal would never reach the client.
             try:
                 line = await asyncio.wait_for(reader.readline(), timeout=5)
             except (TimeoutError, ValueError):
+                return
+            if not self._allowed(writer):
+                await self._reply(writer, {"ok": False, "error": "permission denied"})
                 return
             if len(line) > MAX_REQUEST:
                 await self._reply(writer, {"ok": False, "error": "request too large"})

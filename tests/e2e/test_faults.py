@@ -222,11 +222,6 @@ def test_partition_heals_by_itself(
         assert d.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: meshd/transport.py _recv_loop catches only TransportClosed around stream.recv(); "
-    "asyncio_dgram re-raises there any error a previous sendto() queued (EPERM from a local "
-    "nftables/iptables output drop, ENETUNREACH, EHOSTUNREACH), so one refused send stops the "
-    "transport task and the daemon"))
 def test_send_error_keeps_daemon_alive(
     make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path
 ) -> None:

@@ -520,11 +520,6 @@ def test_control_socket_refuses_non_root(open_workdir: Path, tmp_path: Path) -> 
             raise AssertionError(f"root refused: {exc}") from None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: meshd/cli.py SocketOpt (line 31) is a typer Path option, whose default readable=True "
-    "makes click refuse a 0600 root socket for other users with a usage error (exit 2, "
-    "\"Invalid value for '--socket': Path ... is not readable\") before the control client can "
-    "say \"permission denied on ... (run as root)\"; fix: typer.Option(..., readable=False)"))
 def test_cli_says_permission_denied(open_workdir: Path) -> None:
     """A non-root `meshd peers` on a root-only socket: exit 1 with the client's one line."""
     if shutil.which("setpriv") is None:
@@ -538,11 +533,6 @@ def test_cli_says_permission_denied(open_workdir: Path) -> None:
     assert r.returncode == 1 and "permission denied" in r.stderr, (r.returncode, r.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: meshd/control/server.py _serve replies 'permission denied' and closes before reading "
-    "the caller's request, so the kernel resets the connection (unread data) and the client "
-    "gets EPIPE on send or ECONNRESET on recv: 'control socket ...: Broken pipe' instead of "
-    "'permission denied'; fix: read the request line first, then check SO_PEERCRED"))
 def test_refusal_reaches_the_client(open_workdir: Path) -> None:
     """A non-root caller on a socket opened to all is told "permission denied", every time."""
     if shutil.which("setpriv") is None:
