@@ -84,6 +84,8 @@ class Daemon:
             mtu=self.underlay.mtu,
             incarnation=state.incarnation + 1,
             version=PROTOCOL_VERSION,
+            since=state.subnet_since if state.subnet == str(subnet) and state.subnet_since
+            else int(time.time()),
         )
         known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
         now = time.monotonic()
@@ -263,7 +265,8 @@ class Daemon:
             m.record for m in self.node.members()
             if m.record.name != me.name and str(m.state.value) != "left"
         ]
-        self.store.save(State(node_id=me.node_id, incarnation=me.incarnation, members=members))
+        self.store.save(State(node_id=me.node_id, incarnation=me.incarnation, members=members,
+                              subnet=me.subnet, subnet_since=me.since))
 
     # ---------------------------------------------------------------- control
     async def _cmd_peers(self, req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,6 +21,10 @@ class State:
     node_id: bytes
     incarnation: int = 0
     members: list[NodeRecord] = field(default_factory=list)
+    subnet: str | None = None
+    """The subnet this node claimed, and since when (unix s): an unchanged subnet keeps its
+    age across restarts, which is what the conflict rule orders claims by."""
+    subnet_since: int = 0
 
 
 class StateStore:
@@ -50,13 +54,19 @@ class StateStore:
                 members.append(NodeRecord.from_dict(m))
             except (RecordError, TypeError, AttributeError):
                 continue
-        return State(node_id=node_id, incarnation=inc, members=members)
+        subnet = raw.get("subnet") if isinstance(raw.get("subnet"), str) else None
+        since = raw.get("subnet_since", 0)
+        since = since if isinstance(since, int) and since >= 0 else 0
+        return State(node_id=node_id, incarnation=inc, members=members, subnet=subnet,
+                      subnet_since=since)
 
     def save(self, state: State) -> None:
         data = {
             "node_id": state.node_id.hex(),
             "incarnation": state.incarnation,
             "members": [m.to_dict() for m in state.members],
+            "subnet": state.subnet,
+            "subnet_since": state.subnet_since,
         }
         tmp = self.path.with_name(f".{STATE_FILE}.tmp")
         try:

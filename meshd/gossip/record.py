@@ -39,6 +39,10 @@ class NodeRecord:
     mtu: int
     incarnation: int = 0
     version: int = PROTOCOL_VERSION
+    since: int = 0
+    """Unix time (s) this node began claiming ``subnet``, kept across restarts: the conflict
+    rule gives an overlapping subnet to the earliest claim, so an incumbent is never displaced
+    by a newcomer. 0 = unknown (sorts last)."""
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -60,6 +64,7 @@ class NodeRecord:
             self.mtu,
             self.incarnation,
             self.version,
+            self.since,
         ]
 
     @classmethod
@@ -68,6 +73,8 @@ class NodeRecord:
         if not isinstance(obj, list) or len(obj) < 10:
             raise RecordError("record: not a 10-field list")
         name, node_id, ip, port, subnet, backend, mac, mtu, inc, ver = obj[:10]
+        # Fields are only ever appended; an older peer sends 10, a newer one may send more.
+        since = obj[10] if len(obj) > 10 else 0
         if not isinstance(ip, bytes) or len(ip) != 4:
             raise RecordError("public_ip: not 4 bytes")
         if not isinstance(subnet, bytes) or len(subnet) != 5:
@@ -89,6 +96,7 @@ class NodeRecord:
             mtu=mtu,
             incarnation=inc,
             version=ver,
+            since=since,
         )
         validate(rec)
         return rec
@@ -105,6 +113,7 @@ class NodeRecord:
             "mtu": self.mtu,
             "incarnation": self.incarnation,
             "version": self.version,
+            "since": self.since,
         }
 
     @classmethod
@@ -121,6 +130,7 @@ class NodeRecord:
                 mtu=d["mtu"],
                 incarnation=d.get("incarnation", 0),
                 version=d.get("version", PROTOCOL_VERSION),
+                since=d.get("since", 0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordError(f"record: {exc}") from exc
@@ -173,6 +183,8 @@ def validate(rec: NodeRecord) -> None:
         raise RecordError("incarnation: must be a non-negative 63-bit int")
     if not _is_int(rec.version) or not 1 <= rec.version <= 255:
         raise RecordError("version: must be 1-255")
+    if not _is_int(rec.since) or not 0 <= rec.since < 2**40:
+        raise RecordError("since: must be a non-negative unix time")
 
 
 def validate_subnet(cidr: object) -> ipaddress.IPv4Network:

@@ -8,8 +8,8 @@
   original sender's addresses, is rejected as a replay and changes nothing;
 * subnet hijack: a newcomer claiming a live member's subnet loses on every node (lowest node id
   holds; the newcomer's is pinned higher), is flagged conflicted, gets no route, and traffic to
-  the incumbent's container keeps working. xfail: a newcomer with a *lower* node id takes the
-  subnet, which the issue says must be refused;
+  the incumbent's container keeps working, also against a newcomer with a *lower* node id (the
+  rule orders claims by age first);
 * control socket: a non-root user is refused by the file mode, and with the mode opened to all,
   by the peer-credential check.
 """
@@ -449,10 +449,6 @@ def test_subnet_hijack_refused(
     check_holder(lab, holder=h2, loser=h4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (design): meshd/dataplane/model.py resolve_claims orders claimants by node_id alone, so "
-    "a newcomer whose node id is lower than the incumbent's (random: half the time; or chosen by "
-    "a key holder) takes a live member's subnet; issue 5 says the second claimant is refused"))
 def test_subnet_hijack_by_lower_node_id_refused(
     make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path
 ) -> None:
