@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd.dataplane import prefix
 from meshd.gossip.record import NodeRecord, vtep_mac_for
 
 RTPROT_MESHD = 109
@@ -247,18 +249,18 @@ class Selection:
     next_deadline: float | None
 
 
-def _net(cidr: str) -> ipaddress.IPv4Network | None:
-    try:
-        return ipaddress.IPv4Network(cidr, strict=True)
-    except ValueError:
-        return None
+def claim_order(rec: NodeRecord) -> tuple[int, bytes, str]:
+    """Earliest claim first; node id breaks ties (two claims in the same second)."""
+    return (rec.since or 2**40, rec.node_id, rec.name)
 
 
 def resolve_claims(
     claimants: Iterable[NodeRecord],
 ) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
-    """The conflict rule. Claimants are taken in ascending ``(node_id, name)`` order; each is
-    granted its subnet unless it overlaps a subnet already granted. Returns the node_ids granted,
+    """The conflict rule. Claimants are taken oldest claim first, ``(since, node_id, name)``
+    ascending (``since`` 0, unknown, counts as newest), so an incumbent keeps its subnet and a
+    newcomer claiming it is refused; each is granted its subnet unless it overlaps a subnet
+    already granted. Returns the node_ids granted,
     and for each loser the holder that beat it. Inputs must be the cluster-wide facts only (record
     contents and membership), so every node reaches the same answer from the same table."""
     # Granted subnets are disjoint, so sorted by first address their last addresses are sorted
@@ -268,9 +270,11 @@ def resolve_claims(
     spans: list[tuple[int, int, NodeRecord]] = []  # (first, last, holder), sorted by first
     granted: set[bytes] = set()
     losers: dict[bytes, NodeRecord] = {}
-    for rec in sorted(claimants, key=lambda r: (r.node_id, r.name)):
-        net = ipaddress.IPv4Network(rec.subnet)
-        first, last = int(net.network_address), int(net.broadcast_address)
+    for rec in sorted(claimants, key=claim_order):
+        s = prefix.span(rec.subnet)
+        if s is None:
+            raise ValueError(f"{rec.name}: not an IPv4 network: {rec.subnet!r}")
+        first, last = s
         i = bisect.bisect_right(starts, last) - 1
         if i >= 0 and spans[i][1] >= first:
             losers[rec.node_id] = spans[i][2]
@@ -295,7 +299,9 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     flags: dict[str, str] = {}
     reasons: dict[str, str] = {}
     next_deadline: float | None = None
-    cluster = _net(network) if network else None
+    # Prefixes as (first, last) ints, parsed once per distinct string (prefix.py): at
+    # thousands of peers ipaddress objects made this the slowest part of a converged pass.
+    cluster = prefix.span(network) if network else None
 
     def refuse(p: NodeRecord, flag: str, why: str) -> None:
         flags[p.name] = flag
@@ -318,16 +324,16 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         if p.backend != backend:
             refuse(p, FLAG_INCOMPATIBLE, f"announces backend {p.backend}, this mesh uses {backend}")
             continue
-        net = _net(p.subnet)
-        if net is None or net.prefixlen == 0:
+        net = prefix.span(p.subnet)
+        if net is None or net == (0, prefix.ALL):
             refuse(p, FLAG_REFUSED, f"subnet {p.subnet} is not a valid container subnet")
             continue
-        if cluster is not None and not net.subnet_of(cluster):
+        if cluster is not None and not prefix.within(net, cluster):
             refuse(p, FLAG_REFUSED, f"subnet {p.subnet} is outside network {network}")
             continue
         claimants.append(p)
 
-    local_net = _net(local.subnet)
+    local_net = prefix.span(local.subnet)
     granted, losers = resolve_claims(claimants + ([local] if local_net else []))
     local_conflict: str | None = None
     if local.node_id in losers:
@@ -338,19 +344,20 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         )
 
     # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
-    onlink_nets = [n for n in (_net_loose(c) for c in onlink) if n is not None]
+    onlink_nets = [n for n in (prefix.span(c, strict=False) for c in onlink) if n is not None]
+    ul_net = prefix.span(f"{underlay.ip}/{underlay.prefixlen}", strict=False) or (1, 0)
     seen_macs: dict[str, str] = {}
     programmed: list[NodeRecord] = []
     for p in claimants:
-        net = ipaddress.IPv4Network(p.subnet)
+        net = prefix.span(p.subnet) or (1, 0)  # claimants' subnets are valid
         if p.node_id not in granted:
             h = losers[p.node_id]
             refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps {h.subnet} held by {h.name}")
             continue
-        if local_net is not None and net.overlaps(local_net):
+        if local_net is not None and prefix.overlaps(net, local_net):
             refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps this node's {local.subnet}")
             continue
-        if net.overlaps(underlay.network):
+        if prefix.overlaps(net, ul_net):
             refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps the underlay {underlay.network}")
             continue
         if p.public_ip == underlay.ip:
@@ -365,8 +372,8 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
                 continue
             seen_macs[p.vtep_mac] = p.name
         if backend == "host-gw":
-            ip = ipaddress.IPv4Address(p.public_ip)
-            if not any(ip in n for n in onlink_nets):
+            ip = prefix.address(p.public_ip)
+            if ip is None or not any(a <= ip <= b for a, b in onlink_nets):
                 refuse(
                     p,
                     FLAG_NOT_ON_LINK,
@@ -375,13 +382,6 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
                 continue
         programmed.append(p)
     return Selection(tuple(programmed), flags, reasons, local_conflict, next_deadline)
-
-
-def _net_loose(cidr: str) -> ipaddress.IPv4Network | None:
-    try:
-        return ipaddress.IPv4Network(cidr, strict=False)
-    except ValueError:
-        return None
 
 
 # --- desired state -------------------------------------------------------------------------------
@@ -451,14 +451,13 @@ def desired_state(
     neighs: dict[str, Neigh] = {}
     fdb: set[Fdb] = set()
     for p in sel.programmed:
-        net = ipaddress.IPv4Network(p.subnet)
         if backend == "host-gw":
             routes[p.subnet] = Route(p.subnet, p.public_ip, underlay.ifname)
         elif backend == "ipip":
             routes[p.subnet] = Route(p.subnet, p.public_ip, IPIP_DEVICE, onlink=True)
         else:
             assert dev is not None and p.vtep_mac is not None
-            gw = str(net.network_address)
+            gw = prefix.network_address(p.subnet)
             neighs[gw] = Neigh(gw, p.vtep_mac)
             fdb.add(Fdb(p.vtep_mac, p.public_ip))
             routes[p.subnet] = Route(p.subnet, gw, dev.name, onlink=True)
@@ -545,26 +544,31 @@ def diff(desired: Desired, observed: Observed) -> Plan:
     obs_neighs = {} if mesh in fresh else dict(observed.neighs)
     obs_fdb = frozenset() if mesh in fresh else observed.fdb
 
-    neigh_set = tuple(n for k, n in sorted(desired.neighs.items()) if obs_neighs.get(k) != n)
+    # Only the (usually few) differences are sorted, not the thousands of entries that match:
+    # plans stay ordered by key (each kind's entries sort by their key first).
+    neigh_set = tuple(sorted(n for k, n in desired.neighs.items() if obs_neighs.get(k) != n))
     fdb_set = tuple(sorted(desired.fdb - obs_fdb))
     route_add: list[Route] = []
     route_replace: list[Route] = []
-    for k, r in sorted(desired.routes.items()):
+    for k, r in desired.routes.items():
         have = obs_routes.get(k)
         if have is None:
             route_add.append(r)
         elif have != r:
             route_replace.append(r)
+    route_add.sort()
+    route_replace.sort()
 
-    route_del = tuple(r for k, r in sorted(obs_routes.items()) if k not in desired.routes)
-    neigh_del = tuple(n for k, n in sorted(obs_neighs.items()) if k not in desired.neighs)
+    route_del = tuple(sorted(r for k, r in obs_routes.items() if k not in desired.routes))
+    neigh_del = tuple(sorted(n for k, n in obs_neighs.items() if k not in desired.neighs))
     # An FDB MAC that stays wanted but moves to another dst is rewritten by the replace in
     # fdb_set; only MACs nobody wants any more, or a second dst, are deleted.
     wanted_macs = {f.lladdr for f in desired.fdb}
+    dsts_per_mac = Counter(f.lladdr for f in obs_fdb)
     fdb_del = tuple(
         sorted(
             f for f in obs_fdb - desired.fdb
-            if f.lladdr not in wanted_macs or sum(g.lladdr == f.lladdr for g in obs_fdb) > 1
+            if f.lladdr not in wanted_macs or dsts_per_mac[f.lladdr] > 1
         )
     )
     held = 0

@@ -1,75 +1,53 @@
-"""The only module that imports pyroute2; every netlink error becomes a DataplaneError here.
+"""The only netlink module the rest of meshd calls; every netlink error becomes a DataplaneError
+here (pyroute2's in ``_translate``, the raw socket's in ``rtnl``).
 
-``Netlink`` opens one request socket (and, for ``events()``, a second one bound to multicast
-groups) in the current network namespace or in a named one, so tests and the lab can drive a
-namespace from the same process (pyroute2 forks a small helper to open the socket there).
+``Netlink`` opens, in the current network namespace or in a named one (so tests and the lab can
+drive a namespace from the same process):
 
-The hot path -- routes, neighbours and FDB entries, one per peer -- is the batch-shaped
-``dump_*``/``*_apply`` methods. They take and return plain tuples, never pyroute2 messages, so a
-struct-packed raw NETLINK_ROUTE implementation (issue 7: pyroute2 costs ~0.5 ms per object) can
-replace them without touching callers. Devices, addresses and monitoring stay on pyroute2.
+* a pyroute2 socket for devices, addresses and the default route (pyroute2 forks a small helper to
+  open it in a namespace), and, for ``events()``, a second one bound to multicast groups;
+* an ``rtnl.Rtnl`` socket for the hot path -- routes, neighbours and FDB entries, one per peer --
+  behind the batch-shaped ``dump_*``/``*_apply`` methods, which take and return plain tuples.
+  pyroute2 costs ~0.5 ms per such object; the struct-packed messages there cost ~10 us, sent
+  hundreds per sendmsg with every ACK checked (issue 7).
 
 Dumps of the hot objects are filtered by the kernel (NETLINK_GET_STRICT_CHK with the filter in
 the request: rtm_protocol + rtm_table for routes, NDA_IFINDEX / ndm_ifindex for neighbours and
 FDB), not in Python: a host's main table may hold far more routes than meshd's.
 """
-
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import socket
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from pyroute2 import AsyncIPRoute, NetlinkError
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import (
-    RTM_GETNEIGH,
     RTM_GETROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
 )
-from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT, ndmsg
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from meshd.dataplane.netns import NETNS_DIR, run_in_netns
+from meshd.dataplane.rtnl import Rtnl
+from meshd.dataplane.rtnl_wire import GONE as _GONE
+from meshd.dataplane.rtnl_wire import MAIN_TABLE, Failure, FdbEntry, NeighEntry, RouteEntry
 from meshd.errors import DataplaneError, MissingKernelFeature
 
-RTNH_F_ONLINK = 4
 IFF_UP = 1
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
-MAIN_TABLE = 254
-_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)  # delete of a missing entry
 
-
-class RouteEntry(NamedTuple):
-    dst: str  # CIDR
-    gateway: str
-    oif: int
-    onlink: bool
-
-
-class NeighEntry(NamedTuple):
-    dst: str
-    lladdr: str
-
-
-class FdbEntry(NamedTuple):
-    lladdr: str
-    dst: str
-
-
-class Failure(NamedTuple):
-    what: str  # e.g. "route add 10.244.2.0/24 via ..."
-    error: DataplaneError
+__all__ = ["Event", "Failure", "FdbEntry", "LinkInfo", "NeighEntry", "Netlink", "RouteEntry",
+           "error_code"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +125,7 @@ class Netlink:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipr: Any = None
+        self._rtnl = Rtnl(netns)
 
     def _kwargs(self) -> dict[str, Any]:
         # flags=0: without it pyroute2 silently *creates* a mistyped namespace.
@@ -161,11 +140,17 @@ class Netlink:
         with _errors(f"open netlink{self._where()}"):
             self._ipr = AsyncIPRoute(**self._kwargs())
             await self._ipr.setup_endpoint()
+        try:
+            self._rtnl.open()
+        except DataplaneError:
+            await self.close()
+            raise
 
     def _where(self) -> str:
         return f" in netns {self.netns}" if self.netns else ""
 
     async def close(self) -> None:
+        self._rtnl.close()
         if self._ipr is not None:
             ipr, self._ipr = self._ipr, None
             with contextlib.suppress(Exception):
@@ -307,113 +292,36 @@ class Netlink:
             if error_code(exc) not in _GONE:
                 raise
 
-    # --- hot path: routes, neighbours, FDB (issue 7: a raw struct path can replace these) ------
+    # --- hot path: routes, neighbours, FDB (rtnl.py: struct-packed, batched, kernel-filtered) -
 
     async def dump_routes(self, proto: int, table: int = MAIN_TABLE) -> list[RouteEntry]:
-        out: list[RouteEntry] = []
-        with _errors(f"dump routes proto {proto}"):
-            req = rtmsg()
-            req["family"] = socket.AF_INET
-            req["proto"] = proto
-            req["table"] = table
-            async for r in await self._dump(req, RTM_GETROUTE):
-                # The kernel filters with strict checking; re-check in case it did not.
-                if r["proto"] != proto or (r.get("table") or r["table"]) != table:
-                    continue
-                out.append(
-                    RouteEntry(
-                        f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}",
-                        r.get("gateway") or "",
-                        int(r.get("oif") or 0),
-                        bool(r["flags"] & RTNH_F_ONLINK),
-                    )
-                )
-        return out
+        """IPv4 routes with ``proto`` in ``table``."""
+        return await self._rtnl.dump_routes(proto, table)
 
     async def routes_apply(
         self, op: str, entries: Sequence[RouteEntry], proto: int, table: int = MAIN_TABLE
     ) -> list[Failure]:
         """``op``: add (fails with EEXIST on any existing route: never overwrite another owner's),
         replace, or del (only a route with ``proto``; already gone counts as done)."""
-        fails: list[Failure] = []
-        for e in entries:
-            what = f"route {op} {e.dst} via {e.gateway}"
-            try:
-                with _errors(what):
-                    if op == "del":
-                        await self.ipr.route("del", dst=e.dst, table=table, proto=proto)
-                    else:
-                        await self.ipr.route(
-                            op, dst=e.dst, gateway=e.gateway, oif=e.oif, table=table,
-                            proto=proto, flags=RTNH_F_ONLINK if e.onlink else 0,
-                        )
-            except DataplaneError as exc:
-                if not (op == "del" and error_code(exc) in _GONE):
-                    fails.append(Failure(what, exc))
-        return fails
+        return await self._rtnl.routes_apply(op, entries, proto, table)
 
     async def dump_neighs(self, ifindex: int) -> list[NeighEntry]:
         """Permanent IPv4 neighbours of one device (others are the kernel's own cache)."""
-        out: list[NeighEntry] = []
-        with _errors(f"dump neighbours of link {ifindex}"):
-            req = ndmsg()
-            req["family"] = socket.AF_INET
-            req["attrs"] = [("NDA_IFINDEX", ifindex)]
-            async for n in await self._dump(req, RTM_GETNEIGH):
-                if n["ifindex"] == ifindex and n["state"] & NUD_PERMANENT and n.get("lladdr"):
-                    out.append(NeighEntry(n.get("dst"), n.get("lladdr")))
-        return out
+        return await self._rtnl.dump_neighs(ifindex)
 
     async def neighs_apply(
         self, op: str, ifindex: int, entries: Sequence[NeighEntry]
     ) -> list[Failure]:
-        """``op``: replace (create or overwrite, permanent) or del."""
-        fails: list[Failure] = []
-        for e in entries:
-            what = f"neigh {op} {e.dst} lladdr {e.lladdr}"
-            try:
-                with _errors(what):
-                    if op == "del":
-                        await self.ipr.neigh("del", ifindex=ifindex, dst=e.dst)
-                    else:
-                        await self.ipr.neigh(
-                            "replace", ifindex=ifindex, dst=e.dst, lladdr=e.lladdr,
-                            state=NUD_PERMANENT,
-                        )
-            except DataplaneError as exc:
-                if not (op == "del" and error_code(exc) in _GONE):
-                    fails.append(Failure(what, exc))
-        return fails
+        """``op``: replace (create or overwrite, permanent) or del (already gone is done)."""
+        return await self._rtnl.neighs_apply(op, ifindex, entries)
 
     async def dump_fdb(self, ifindex: int) -> list[FdbEntry]:
         """Unicast FDB entries with a remote dst on one (vxlan) device."""
-        out: list[FdbEntry] = []
-        with _errors(f"dump fdb of link {ifindex}"):
-            req = ndmsg()
-            req["family"] = socket.AF_BRIDGE
-            req["ifindex"] = ifindex
-            async for n in await self._dump(req, RTM_GETNEIGH):
-                mac, dst = n.get("lladdr"), n.get("dst")
-                if n["ifindex"] == ifindex and mac and dst and mac != "00:00:00:00:00:00":
-                    out.append(FdbEntry(mac, dst))
-        return out
+        return await self._rtnl.dump_fdb(ifindex)
 
     async def fdb_apply(self, op: str, ifindex: int, entries: Sequence[FdbEntry]) -> list[Failure]:
-        """``op``: replace (one dst per MAC) or del. State and flags are explicit: pyroute2's
-        fdb('replace') does not default them and the kernel answers EOPNOTSUPP."""
-        fails: list[Failure] = []
-        for e in entries:
-            what = f"fdb {op} {e.lladdr} dst {e.dst}"
-            try:
-                with _errors(what):
-                    await self.ipr.fdb(
-                        "del" if op == "del" else "replace", ifindex=ifindex, lladdr=e.lladdr,
-                        dst=e.dst, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF,
-                    )
-            except DataplaneError as exc:
-                if not (op == "del" and error_code(exc) in _GONE):
-                    fails.append(Failure(what, exc))
-        return fails
+        """``op``: replace (one dst per MAC, ``self permanent``) or del (already gone is done)."""
+        return await self._rtnl.fdb_apply(op, ifindex, entries)
 
     # --- monitoring ----------------------------------------------------------------------------
 
@@ -467,36 +375,8 @@ class Netlink:
             if self.netns is None:
                 return work()
             return await asyncio.get_running_loop().run_in_executor(
-                None, _in_netns, os.path.join(NETNS_DIR, self.netns), work
+                None, run_in_netns, os.path.join(NETNS_DIR, self.netns), work
             )
-
-
-def _in_netns(ns_path: str, fn: Any) -> Any:
-    """Run ``fn`` in a fresh thread that joined ``ns_path``; the thread dies with the namespace,
-    so no pooled thread is left in a foreign namespace."""
-    result: list[Any] = []
-    error: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(ns_path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, f"setns {ns_path}: {os.strerror(e)}")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            error.append(exc)
-
-    t = threading.Thread(target=body, name="meshd-netns", daemon=True)
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def _event(msg: Any) -> Event | None:

@@ -26,7 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from meshd.config import Config
 from meshd.dataplane import model
@@ -50,6 +50,8 @@ from meshd.errors import DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
 
 log = logging.getLogger("meshd.dataplane")
+E = TypeVar("E")
+V = TypeVar("V")
 
 BACKENDS: dict[str, type[HostGwBackend]] = {
     "host-gw": HostGwBackend,
@@ -90,6 +92,8 @@ class Reconciler:
         self._nl = Netlink(netns)
         self._backend = BACKENDS[cfg.backend](self._nl, RTPROT_MESHD)
         self._peers: tuple[PeerView, ...] = ()
+        self._desired_key: tuple[Any, ...] | None = None
+        self._model_memo: dict[str, tuple[Any, dict[Any, Any]]] = {}  # see _as_model
         self._synced = False
         self._wake = asyncio.Event()
         self._reason = "start"
@@ -253,13 +257,7 @@ class Reconciler:
             self._onlink = tuple(
                 f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(ul.ifindex)
             ) or (f"{ul.ip}/{ul.prefixlen}",)
-            now = self._clock() + self._offset
-            desired = model.desired_state(
-                backend=self.cfg.backend, local=self.local, underlay=ul, peers=self._peers,
-                now=now, synced=self._synced, reap_after=self.cfg.gossip.reap_after,
-                network=self.cfg.network, vni=self.cfg.vni, vxlan_port=self.cfg.vxlan_port,
-                bridge=self.cfg.bridge, onlink=self._onlink,
-            )
+            desired = self._desired_state(ul, self._clock() + self._offset)
             self._note_flags(desired)
             self._desired = desired
             observed = await self._observe(desired)
@@ -276,6 +274,25 @@ class Reconciler:
             res.failures.append(str(exc))
         self._finish(reason, t0, plan, res)
         return plan
+
+    def _desired_state(self, ul: Underlay, now: float) -> Desired:
+        """model.desired_state, computed again only when an input changed or a reap deadline
+        passed (time enters only through those): a pass over a converged mesh of thousands of
+        peers then costs its filtered dumps and the diff, not the model's work."""
+        # An unchanged table compares equal (element by element, or at once when it is the same).
+        key = (self._peers, self._synced, ul, self._onlink, self.local, self.cfg)
+        d = self._desired
+        if d is not None and key == self._desired_key and (
+            d.next_deadline is None or now < d.next_deadline
+        ):
+            return d
+        self._desired_key = key
+        return model.desired_state(
+            backend=self.cfg.backend, local=self.local, underlay=ul, peers=self._peers,
+            now=now, synced=self._synced, reap_after=self.cfg.gossip.reap_after,
+            network=self.cfg.network, vni=self.cfg.vni, vxlan_port=self.cfg.vxlan_port,
+            bridge=self.cfg.bridge, onlink=self._onlink,
+        )
 
     def _finish(self, reason: str, t0: float, plan: Plan, res: ApplyResult) -> None:
         dur = time.monotonic() - t0
@@ -353,17 +370,42 @@ class Reconciler:
             )
         names = {i: n for n, i in self._links.items()}
         routes = {
-            e.dst: Route(e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink)
-            for e in await self._nl.dump_routes(RTPROT_MESHD)
+            r.dst: r
+            for r in self._as_model(
+                ("route", *sorted(names.items())), await self._nl.dump_routes(RTPROT_MESHD),
+                lambda e: Route(e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink),
+            )
         }
         neighs: dict[str, Neigh] = {}
-        fdb: set[Fdb] = set()
+        fdb: frozenset[Fdb] = frozenset()
         mesh = desired.device
         if mesh is not None and mesh.kind == "vxlan" and mesh.name in devices:
             index = devices[mesh.name].index
-            neighs = {e.dst: Neigh(e.dst, e.lladdr) for e in await self._nl.dump_neighs(index)}
-            fdb = {Fdb(e.lladdr, e.dst) for e in await self._nl.dump_fdb(index)}
-        return Observed(devices=devices, routes=routes, neighs=neighs, fdb=frozenset(fdb))
+            neighs = {
+                n.dst: n
+                for n in self._as_model(("neigh",), await self._nl.dump_neighs(index),
+                                        lambda e: Neigh(e.dst, e.lladdr))
+            }
+            fdb = frozenset(self._as_model(("fdb",), await self._nl.dump_fdb(index),
+                                           lambda e: Fdb(e.lladdr, e.dst)))
+        return Observed(devices=devices, routes=routes, neighs=neighs, fdb=fdb)
+
+    def _as_model(self, kind: tuple[Any, ...], entries: Sequence[E], make: Callable[[E], V]
+                  ) -> list[V]:
+        """Model values for netlink entries, each built once and then looked up: a converged
+        kernel answers with the same entries every pass. ``kind`` carries what ``make``
+        depends on besides the entry (the ifindex -> name map for routes)."""
+        made_for, memo = self._model_memo.get(kind[0], (None, {}))
+        if made_for != kind or len(memo) > 2 * len(entries) + 1024:
+            memo = {}
+            self._model_memo[kind[0]] = (kind, memo)
+        out: list[V] = []
+        for e in entries:
+            v = memo.get(e)
+            if v is None:
+                v = memo[e] = make(e)
+            out.append(v)
+        return out
 
     def _note_flags(self, desired: Desired) -> None:
         for name, reason in desired.reasons.items():
