@@ -481,6 +481,16 @@ def run_in_uml(
     return res.rc, res.output
 
 
+def run_pytest(nodeid: str, root: str | Path, timeout: float = 900.0) -> UmlRun:
+    """Run one pytest node id in the guest (for tests of kernel features this host lacks), with
+    the same interpreter and files; the caller asserts on ``rc`` and ``output``."""
+    return run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", nodeid],
+        cwd=root, timeout=timeout,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+
+
 def available() -> str | None:
     """None if :func:`run` can work here, else the reason it cannot (for test skips)."""
     if os.geteuid() != 0:

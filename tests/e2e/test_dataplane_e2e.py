@@ -10,11 +10,9 @@ reap_after; strict rp_filter on every host throughout.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,14 +137,10 @@ def test_dataplane(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Pa
     wait_until(lambda: routes(h1) == set(), 20, "h2's routes reaped", lab)
 
 
+
 def rerun_in_guest(nodeid: str) -> None:
     reason = uml.available()
     assert reason is None, f"no user-mode-linux guest: {reason}"
-    root = Path(__file__).resolve().parents[2]
-    res = uml.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", nodeid],
-        cwd=root, timeout=900, env={"PYTHONDONTWRITEBYTECODE": "1",
-                                    "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
-    )
+    res = uml.run_pytest(nodeid, Path(__file__).resolve().parents[2])
     assert res.rc == 0, res.output[-4000:]
     assert " passed" in res.output, res.output[-2000:]
