@@ -6,10 +6,9 @@
   as it was; ``status --json`` counts every drop reason;
 * replay: a genuine datagram sniffed off the wire (AF_PACKET) and re-sent, byte for byte with the
   original sender's addresses, is rejected as a replay and changes nothing;
-* subnet hijack: a newcomer claiming a live member's subnet loses on every node (lowest node id
-  holds; the newcomer's is pinned higher), is flagged conflicted, gets no route, and traffic to
-  the incumbent's container keeps working, also against a newcomer with a *lower* node id (the
-  rule orders claims by age first);
+* subnet hijack: a newcomer claiming a live member's subnet loses on every node (the oldest
+  claim holds, whatever the node ids: the newcomer's is pinned above and below the incumbent's),
+  is flagged conflicted, gets no route, and traffic to the incumbent's container keeps working;
 * control socket: a non-root user is refused by the file mode, and with the mode opened to all,
   by the peer-credential check.
 """
@@ -444,7 +443,7 @@ def check_holder(lab: Lab, holder: Host, loser: Host, timeout: float = 30) -> No
 def test_subnet_hijack_refused(
     make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path
 ) -> None:
-    # The newcomer's node id is the highest possible: by the rule (lowest node id holds) it loses.
+    # The newcomer's node id is the highest possible: it loses on both counts (age, node id).
     lab, h2, h4 = hijack(make_lab, tmp_path, fast_config, b"\xff" * 16, "hhijack")
     check_holder(lab, holder=h2, loser=h4)
 
@@ -452,8 +451,9 @@ def test_subnet_hijack_refused(
 def test_subnet_hijack_by_lower_node_id_refused(
     make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path
 ) -> None:
+    # The lowest node id but the newest claim: the incumbent keeps its subnet.
     lab, h2, h4 = hijack(make_lab, tmp_path, fast_config, b"\x00" * 15 + b"\x01", "hhijack0")
-    check_holder(lab, holder=h2, loser=h4, timeout=10)
+    check_holder(lab, holder=h2, loser=h4)
 
 
 # ------------------------------------------------------------------------------- control socket
