@@ -112,10 +112,24 @@ class Transport:
             await self._flush()
             self.on_change()
 
+    def _drain_errors(self) -> None:
+        """asyncio_dgram raises a queued error of an earlier sendto() (EPERM from a local
+        firewall, ICMP unreachable) on the next send, and would drop that datagram, to another
+        peer, unsent: consume those errors first, as the loss they are."""
+        assert self._stream is not None
+        while True:
+            try:
+                _ = self._stream.exception
+            except OSError:
+                self.counters["send_error"] += 1
+                continue
+            return
+
     async def _flush(self) -> None:
         assert self._stream is not None
         for payload, addr in self.node.datagrams_to_send():
             data = self.sealer.seal(payload, self.wall())
+            self._drain_errors()
             try:
                 await self._stream.send(data, addr)
             except (OSError, asyncio_dgram.TransportClosed) as exc:
