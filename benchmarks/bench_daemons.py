@@ -15,27 +15,39 @@ How each meshd number is taken (the anchor's methodology, see benchmarks/README.
 convergence_ms
     The seed h1 is started and answers its control socket; then h2..hN are launched together.
     Times come from the daemons' own log lines (``member <name> ...: join``, wall clock, ms
-    resolution; the daemon logs membership events at most 50 ms after they happen). A joiner's
-    join is done when it first learns the seed (the seed's push-pull answer: memberlist's
-    ``Join()`` returns at the same point). Convergence = when the last node's view holds all N
-    (alive or suspect) minus when the last join was done. Checked once with ``peers`` per node.
+    resolution, written inside each daemon by its membership loop, which batches for 10 ms: up
+    to ~10 ms late, like memberlist's in-process timestamps otherwise). A joiner's join is done
+    when it first learns the seed (the seed's push-pull answer: memberlist's ``Join()`` returns
+    at the same point). Convergence = when the last node's view holds all N (alive or suspect)
+    minus when the last join was done. Checked once with ``peers`` per node.
 dissemination_ms
-    meshd has no control command to change a node's record, so h2 is restarted (SIGTERM, quiet)
-    with a new subnet and its state dir's remembered members cleared (it rejoins through the
-    seed only; otherwise it would push-pull every member directly, which is not gossip). The
-    clock runs from the first node that logs h2's new subnet (the seed, which answered its
-    push-pull) to the last one.
+    The control command ``update`` on the seed h1 (memberlist: ``UpdateNode()`` on node 0)
+    re-announces it with a higher incarnation and answers the wall-clock time just before.
+    An incarnation alone logs nothing, so one thread per other node polls its ``peers`` every
+    ``--poll-ms`` (15 ms), only during this phase, from just before the update until it shows
+    the new incarnation. Each node's time is the midpoint between the last poll without and the
+    first with it (each poll's middle: the daemon answered somewhere inside it); the worst
+    half-width is ``dissemination_resolution_ms``. Until the last node (``dissemination_ms``)
+    and the first (``dissemination_first_ms``). What the polling costs is reported too
+    (``dissemination_poll_*_cores``: CPU of all daemons and of the pollers in the window).
 failure_ms
     SIGKILL of hN; from just before the kill until every other node logs ``hN ...: dead``.
 leave_ms
-    ``leave`` on h(N-1) through its control socket; until every remaining node logs ``left``.
+    ``leave`` on h(N-1) through its control socket (the clock starts just before the request;
+    memberlist's inside the node just before ``Leave()``); until every remaining node logs
+    ``left``.
 idle_*
-    After convergence and a settle pause, a 10 s window per daemon: CPU from /proc/<pid>/stat
-    (utime+stime), RSS (VmRSS), the status counters ``out``/``out_bytes`` (sealed datagrams)
-    plus 28 B IPv4+UDP header per datagram, cross-checked with the namespace's kernel counters
-    (/proc/<pid>/net/snmp Udp OutDatagrams, /proc/<pid>/net/netstat IpExt OutOctets).
+    After convergence and a settle pause, a 10 s window per daemon: CPU from the scheduler's
+    per-thread run time (/proc/<pid>/task/*/schedstat, ns; utime+stime of /proc/<pid>/stat
+    counts 10 ms ticks, too coarse for 0.2 % of a core), RSS (VmRSS), the status counters
+    ``out``/``out_bytes`` (sealed datagrams) plus 28 B IPv4+UDP header per datagram,
+    cross-checked with the namespace's kernel counters (/proc/<pid>/net/snmp Udp
+    OutDatagrams, /proc/<pid>/net/netstat IpExt OutOctets).
     Medians over the daemons; bandwidth is the mean per node.
 
+``--meshd-src DIR`` runs the meshd package in DIR/meshd (a frozen copy of a commit, say) rather
+than this working tree; every line records which code ran (``meshd_src``: path, a hash of its
+*.py, the commit) and the load average before each run (``loadavg_before_runs``).
 It also prints what each import costs in RSS (``import_rss_kib``), to explain the RSS floor.
 Benchmarks are not tests: the smoke test runs N=3 without the anchor.
 """
@@ -43,6 +55,7 @@ Benchmarks are not tests: the smoke test runs N=3 without the anchor.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -50,6 +63,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -57,15 +71,30 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _meshd_src(argv: Sequence[str]) -> Path:
+    """``--meshd-src DIR``: import meshd (and so run the daemons) from DIR/meshd, e.g. a frozen
+    copy of a commit while the working tree is being edited; default: this repository."""
+    for i, a in enumerate(argv):
+        if a == "--meshd-src" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if a.startswith("--meshd-src="):
+            return Path(a.split("=", 1)[1]).resolve()
+    return REPO
+
+
+SRC = _meshd_src(sys.argv[1:])
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import memberlist_anchor  # noqa: E402
 
+import meshd  # noqa: E402
 from meshd.control.client import request  # noqa: E402
 from meshd.errors import MeshdError  # noqa: E402
 from meshd.lab.topology import Daemon, Lab, cleanup_on_signals  # noqa: E402
-from meshd.statestore import State, StateStore  # noqa: E402
 
 BACKEND = "host-gw"
 UDP_IP_HEADER = 28
@@ -78,6 +107,8 @@ EVENT_RE = re.compile(
 )
 UNITS = {
     "convergence_ms": "ms", "convergence_from_launch_ms": "ms", "dissemination_ms": "ms",
+    "dissemination_first_ms": "ms", "dissemination_resolution_ms": "ms",
+    "dissemination_poll_daemon_cores": "cores", "dissemination_poll_client_cores": "cores",
     "failure_ms": "ms", "leave_ms": "ms", "idle_cpu_pct": "% of one core", "rss_mib": "MiB",
     "idle_bytes_per_node_s": "B/node/s", "idle_datagrams_per_node_s": "datagrams/node/s",
     "idle_kernel_ip_bytes_per_node_s": "B/node/s",
@@ -88,6 +119,30 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(msg: str) -> None:
     print(f"[bench_daemons] {msg}", file=sys.stderr, flush=True)
+
+
+def tree_sha1(src: Path = SRC) -> str:
+    """Identity of the meshd sources the daemons run: sha1 over every meshd/**/*.py."""
+    h = hashlib.sha1()
+    for f in sorted((src / "meshd").rglob("*.py")):
+        h.update(str(f.relative_to(src)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def source_info() -> dict[str, Any]:
+    """Where the daemons' code comes from: path, tree hash, and the git commit when known."""
+    info: dict[str, Any] = {"path": str(SRC), "tree_sha1": tree_sha1()}
+    note = SRC / "SOURCE"
+    if note.exists():  # a frozen copy says what it is a copy of
+        info["git"] = note.read_text().strip()
+    elif (SRC / ".git").exists():
+        def git(*a: str) -> str:
+            return subprocess.run(["git", "-C", str(SRC), *a], capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        dirty = git("status", "--porcelain", "--", "meshd")
+        info["git"] = git("rev-parse", "--short", "HEAD") + (" + uncommitted meshd/ changes"
+                                                             if dirty else "")
+    return info
 
 
 # ------------------------------------------------------------------------------ daemon logs
@@ -160,8 +215,18 @@ def wait_logs(tails: dict[str, LogTail], done: Callable[[LogTail], float | None]
 
 
 def proc_cpu_s(pid: int) -> float:
+    """CPU time of a process, in ns resolution: the scheduler's run time of each of its threads
+    (/proc/<pid>/task/*/schedstat), plus what its exited threads used (utime+stime of
+    /proc/<pid>/stat, which counts only in 10 ms clock ticks: 0.1 % of a core over 10 s)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    ticks = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    try:
+        ns = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            ns += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return ticks
+    return ns / 1e9
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -193,13 +258,81 @@ def net_counters(pid: int) -> dict[str, int]:
 def snapshot(d: Daemon) -> dict[str, Any]:
     assert d.proc is not None
     pid = d.proc.pid
-    st = request(d.socket_path, "status", timeout=10)
+    st = request(d.socket_path, "status", timeout=30)
     snap: dict[str, Any] = {"t": time.monotonic(), "cpu": proc_cpu_s(pid),
                             "rss": proc_rss_kib(pid), **net_counters(pid)}
     c = st["counters"]
     snap.update(out=c.get("out", 0), out_bytes=c.get("out_bytes", 0),
                 push_pull=c.get("msg.push_pull", 0))
     return snap
+
+
+# ------------------------------------------------------------------------------ dissemination
+
+
+class _Poller(threading.Thread):
+    """Polls one daemon's ``peers`` until it shows ``member`` at ``target`` incarnation or above.
+
+    Every poll is kept as (sent, answered, incarnation seen). The daemon built its answer somewhere
+    inside [sent, answered], so the new incarnation arrived after the middle of the last poll
+    that did not show it and before the middle of the first one that did; the estimate is the
+    midpoint of those two, the uncertainty half their distance."""
+
+    def __init__(self, sock: Path, member: str, period: float, deadline: float) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.member, self.period, self.deadline = sock, member, period, deadline
+        self.target: int | None = None  # set once the update has answered
+        self.polls: list[tuple[float, float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and time.time() < self.deadline:
+            t1 = time.time()
+            try:
+                rows = request(self.sock, "peers", timeout=10)
+            except MeshdError:
+                rows = []
+            t2 = time.time()
+            inc = next((int(r["incarnation"]) for r in rows if r["name"] == self.member), -1)
+            self.polls.append((t1, t2, inc))
+            if self.target is not None and inc >= self.target:
+                return
+            self.stop.wait(max(0.0, self.period - (time.time() - t1)))
+
+    def seen(self) -> tuple[float, float] | None:
+        """(estimated time the target incarnation arrived, uncertainty ±s), or None."""
+        assert self.target is not None
+        prev: tuple[float, float, int] | None = None
+        for p in self.polls:
+            if p[2] >= self.target:
+                hi = (p[0] + p[1]) / 2
+                lo = (prev[0] + prev[1]) / 2 if prev is not None else p[0]
+                return (lo + hi) / 2, (hi - lo) / 2
+            prev = p
+        return None
+
+
+def measure_update(socks: dict[str, Path], member: str, period: float,
+                   timeout: float) -> tuple[float, dict[str, tuple[float, float] | None]]:
+    """``update`` on ``member``; returns its "at" and, per other node, when it saw the new
+    incarnation (estimate, ± uncertainty), from concurrent ``peers`` polls every ``period``."""
+    deadline = time.time() + timeout
+    pollers = {nm: _Poller(s, member, period, deadline) for nm, s in socks.items() if nm != member}
+    for p in pollers.values():
+        p.start()
+    time.sleep(3 * period)  # every poller has a "before" answer
+    try:
+        ans = request(socks[member], "update", timeout=10)
+    except MeshdError:
+        for p in pollers.values():
+            p.stop.set()
+        raise
+    for p in pollers.values():
+        p.target = int(ans["incarnation"])
+    for p in pollers.values():
+        p.join(max(0.0, deadline - time.time()) + 1)
+        p.stop.set()
+    return float(ans["at"]), {nm: p.seen() for nm, p in pollers.items()}
 
 
 # ------------------------------------------------------------------------------ one run
@@ -211,7 +344,7 @@ def _median(xs: Sequence[float | None]) -> float | None:
 
 
 def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: float,
-              prefix: str) -> dict[str, float | None]:
+              prefix: str, poll: float = 0.015) -> dict[str, float | None]:
     """One run of N daemons; returns this run's metrics (None where a phase failed)."""
     res: dict[str, float | None] = dict.fromkeys(UNITS)
     with Lab(prefix, hosts=n) as lab:
@@ -231,7 +364,7 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
 
         seed = lab.hosts[0]
         d0 = start(seed)
-        _wait_socket(d0, 30)
+        _wait_socket(d0, max(60.0, timeout))
         t_launch = time.time()
         for h in lab.hosts[1:]:
             start(h)
@@ -279,25 +412,31 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
             f"{res['idle_datagrams_per_node_s']:.2f} dgram/node/s "
             f"(kernel {res['idle_kernel_ip_bytes_per_node_s']:.0f} B/node/s)")
 
-        # --- dissemination: h2 comes back with a new subnet (a record update)
+        # --- dissemination: `update` on the seed (memberlist: UpdateNode() on node 0)
         if n >= 2:
-            h = lab.hosts[1]
-            d = lab.daemons[h.name]
-            lab.stop_daemon(h.name)
-            store = StateStore(d.state_dir)
-            st = store.load()
-            store.save(State(node_id=st.node_id, incarnation=st.incarnation, members=[]))
-            new_subnet = f"10.245.{h.index}.0/24"
-            t0 = time.time()
-            start(h, ["--subnet", new_subnet])
-            others = {nm: tails[nm] for nm in names if nm != h.name}
-            got = wait_logs(others, lambda t: t.first(
-                lambda e: e.member == h.name and e.subnet == new_subnet, t0), 30)
-            if all(v is not None for v in got.values()):
-                times = [v for v in got.values() if v is not None]
-                res["dissemination_ms"] = (max(times) - min(times)) * 1000
+            socks = {nm: lab.daemons[nm].socket_path for nm in names}
+            pids = [d.proc.pid for d in daemons if d.proc is not None]
+            cpu0, own0, w0 = sum(map(proc_cpu_s, pids)), time.process_time(), time.monotonic()
+            try:
+                at, seen = measure_update(socks, seed.name, poll, max(60.0, timeout))
+            except MeshdError as exc:
+                log(f"  dissemination: update failed: {exc}")
+                seen = {}
+            wall = time.monotonic() - w0
+            # What the polling cost: cores used by all daemons, and by this process's pollers.
+            res["dissemination_poll_daemon_cores"] = (sum(map(proc_cpu_s, pids)) - cpu0) / wall
+            res["dissemination_poll_client_cores"] = (time.process_time() - own0) / wall
+            if seen and all(v is not None for v in seen.values()):
+                ts = [v for v in seen.values() if v is not None]
+                last = max(ts)
+                res["dissemination_ms"] = (last[0] - at) * 1000
+                res["dissemination_first_ms"] = (min(t for t, _ in ts) - at) * 1000
+                res["dissemination_resolution_ms"] = max(u for _, u in ts) * 1000
                 log(f"  dissemination {res['dissemination_ms']:.0f} ms "
-                    f"(restart to first receiver {1000 * (min(times) - t0):.0f} ms)")
+                    f"(first {res['dissemination_first_ms']:.0f} ms, "
+                    f"±{res['dissemination_resolution_ms']:.0f} ms; polling: daemons "
+                    f"{res['dissemination_poll_daemon_cores']:.2f} cores, client "
+                    f"{res['dissemination_poll_client_cores']:.2f})")
             else:
                 log("  dissemination: not everyone saw the update")
 
@@ -308,7 +447,8 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
             t0 = time.time()
             lab.stop_daemon(victim, signal.SIGKILL)
             got = wait_logs(others, lambda t: t.first(
-                lambda e: e.member == victim and e.kind == "dead", t0), 90, period=0.1)
+                lambda e: e.member == victim and e.kind == "dead", t0), max(90.0, timeout),
+                period=0.1)
             if all(v is not None for v in got.values()):
                 res["failure_ms"] = (max(v for v in got.values() if v is not None) - t0) * 1000
                 log(f"  failure detection {res['failure_ms']:.0f} ms")
@@ -321,11 +461,11 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
             others = {nm: tails[nm] for nm in names if nm not in (leaver, victim)}
             t0 = time.time()
             try:
-                request(lab.daemons[leaver].socket_path, "leave", timeout=30)
+                request(lab.daemons[leaver].socket_path, "leave", timeout=60)
             except MeshdError as exc:
                 log(f"  leave: {exc}")
             got = wait_logs(others, lambda t: t.first(
-                lambda e: e.member == leaver and e.kind == "left", t0), 30)
+                lambda e: e.member == leaver and e.kind == "left", t0), max(60.0, timeout))
             if all(v is not None for v in got.values()):
                 res["leave_ms"] = (max(v for v in got.values() if v is not None) - t0) * 1000
                 log(f"  leave {res['leave_ms']:.0f} ms")
@@ -349,7 +489,7 @@ def _wait_socket(d: Daemon, timeout: float) -> None:
 
 def _peers_agree(lab: Lab, names: list[str]) -> bool:
     for nm in names:
-        rows = request(lab.daemons[nm].socket_path, "peers", timeout=10)
+        rows = request(lab.daemons[nm].socket_path, "peers", timeout=30)
         if sum(1 for r in rows if r["state"] in UP) != len(names):
             return False
     return True
@@ -406,8 +546,8 @@ def import_costs() -> list[dict[str, Any]]:
     """RSS added by each dependency, in the daemon's import order (cumulative) and alone."""
     def probe(steps: list[tuple[str, str]]) -> list[list[Any]]:
         r = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(steps)],
-                           capture_output=True, text=True, check=True, cwd=REPO,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+                           capture_output=True, text=True, check=True, cwd=SRC,
+                           env=dict(os.environ, PYTHONPATH=str(SRC)))
         return list(json.loads(r.stdout))
 
     chain = probe(IMPORT_STEPS)
@@ -437,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=None,
                     help="pause between convergence and the idle window (default 3 s + 20 ms*N)")
     ap.add_argument("--timeout", type=float, default=120.0, help="convergence timeout, seconds")
+    ap.add_argument("--poll-ms", type=float, default=15.0,
+                    help="peers poll period while measuring dissemination (default 15 ms)")
+    ap.add_argument("--meshd-src", type=Path, default=REPO,
+                    help="directory holding the meshd package to run (default: this repository)")
     ap.add_argument("--no-anchor", action="store_true", help="skip the memberlist column")
     ap.add_argument("--anchor-install", action="store_true",
                     help="let the anchor's build.sh apt-get install Go and memberlist's source")
@@ -449,6 +593,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("needs root (network namespaces)")
         return 2
 
+    if Path(meshd.__file__).resolve().parents[1] != SRC:
+        log(f"meshd was imported from {meshd.__file__}, not from {SRC}")
+        return 2
+    src = source_info()
+    log(f"meshd from {src}")
     anchor_note: str | None = "skipped (--no-anchor)" if opts.no_anchor else None
     if anchor_note is None:
         anchor_note = memberlist_anchor.prepare(install=opts.anchor_install)
@@ -456,14 +605,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"memberlist column left empty: {anchor_note}")
 
     lines: list[dict[str, Any]] = []
+    loads: dict[int, list[float]] = {n: [] for n in opts.n}
     with cleanup_on_signals():
         for n in opts.n:
             mesh_runs: list[dict[str, float | None]] = []
             ml_runs: list[dict[str, float | None]] = []
             for run in range(1, opts.runs + 1):
+                if tree_sha1() != src["tree_sha1"]:
+                    log(f"warning: {SRC}/meshd changed since the start; this run measures "
+                        "other code")
+                    src["changed_during_run"] = True
+                loads[n].append(round(os.getloadavg()[0], 2))
+                log(f"n={n} run={run}: load average {loads[n][-1]} before the run")
                 t = time.monotonic()
                 mesh_runs.append(run_meshd(n, run, opts.idle, opts.settle, opts.timeout,
-                                           opts.prefix))
+                                           opts.prefix, opts.poll_ms / 1000))
                 log(f"meshd n={n} run={run} took {time.monotonic() - t:.0f}s")
                 if anchor_note is None:
                     t = time.monotonic()
@@ -486,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "unit": unit, "runs": opts.runs,
                     "meshd_runs": [_round(v) for v in m_vals],
                     "memberlist_runs": [_round(v) for v in a_vals],
+                    "meshd_src": src, "loadavg_before_runs": loads[n],
                 }
                 if anchor_note:
                     line["memberlist_note"] = anchor_note
@@ -496,11 +653,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 line = {"bench": "daemons", "n": n, "metric": "idle_push_pulls_per_node",
                         "meshd": _round(pp), "memberlist": None, "ratio": None,
                         "unit": "push-pull messages received per node in the idle window",
-                        "runs": opts.runs}
+                        "runs": opts.runs, "meshd_src": src}
                 lines.append(line)
                 print(json.dumps(line), flush=True)
     if not opts.no_imports:
         for line in import_costs():
+            line["meshd_src"] = src
             lines.append(line)
             print(json.dumps(line), flush=True)
     if opts.out:

@@ -97,6 +97,8 @@ def metrics(records: dict[str, dict[str, Any]]) -> dict[str, float | None]:
                           ("leave", "leave_ms")):
         rec = records.get(phase, {})
         out[metric] = rec.get("ms") if rec.get("ok") else None
+        if metric == "dissemination_ms":
+            out["dissemination_first_ms"] = rec.get("first_ms") if rec.get("ok") else None
     if idle:
         pkts = idle["udp_pkts_per_node_s"]
         out.update({

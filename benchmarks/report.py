@@ -1,11 +1,24 @@
 """Regenerate docs/performance.md (tables) and docs/performance/*.png (plots) from the JSON lines
-of every benchmark in benchmarks/results/*.jsonl.
+of every benchmark in benchmarks/results/*.jsonl; with ``--run``, run the benchmarks first.
 
-    .venv/bin/python benchmarks/report.py [--results DIR] [--doc FILE]
+    .venv/bin/python benchmarks/report.py             # tables + plots from the committed results
+    .venv/bin/python benchmarks/report.py --run       # run everything (root, ~15-25 min), then that
 
-Plots need matplotlib, which is not a dependency of meshd: without it the tables are still
-written and the document says the plots were skipped. Text between ``<!-- keep:analysis -->``
-and ``<!-- /keep -->`` in the existing document (the hand-written analysis) is carried over.
+``--run`` runs, in this order, each one writing its file in benchmarks/results/:
+bench_daemons.py (``--n 10 30 --runs 3``: daemons.jsonl), bench_netlink.py (netlink.jsonl) and,
+when it exists, bench_sim.py (sim.jsonl); ``--skip daemons netlink sim`` leaves any of them out
+(its committed results are still reported); ``--runs``, ``--n`` and ``--meshd-src`` are passed to
+bench_daemons.py.
+
+Sections: real daemons beside memberlist (``"bench":"daemons"``), the netlink data plane beside
+``ip -batch`` (``"bench":"netlink"``), the simulator beside Serf's model (``"bench":"sim"``; the
+section says "not yet measured" until sim.jsonl exists), then any other benchmark as one table.
+
+Plots need matplotlib, which is not a dependency of meshd: when this interpreter lacks it, the
+plots are drawn by the first of ``$MESHD_PLOT_PYTHON`` and /var/cache/meshd/plotvenv/bin/python
+that has it (this script again, ``--plots-only``); without any, the tables are still written and
+the document says the plots were skipped. Text between ``<!-- keep:analysis -->`` and
+``<!-- /keep -->`` in the existing document (the hand-written analysis) is carried over.
 Only the standard library is needed otherwise.
 """
 
@@ -13,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
@@ -30,6 +45,10 @@ LABELS = {
     "convergence_ms": "convergence after the last join",
     "convergence_from_launch_ms": "convergence from launch of nodes 2..N",
     "dissemination_ms": "update dissemination (all nodes)",
+    "dissemination_first_ms": "update dissemination (first node)",
+    "dissemination_resolution_ms": "meshd dissemination: worst ± of the poll estimate",
+    "dissemination_poll_daemon_cores": "while polling: CPU of all meshd daemons",
+    "dissemination_poll_client_cores": "while polling: CPU of the pollers (bench process)",
     "failure_ms": "failure detection, SIGKILL (all nodes)",
     "leave_ms": "graceful leave (all nodes)",
     "idle_cpu_pct": "idle CPU per daemon",
@@ -73,6 +92,10 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def pct(v: Any) -> str:
+    return f"{v:.0%}" if isinstance(v, (int, float)) else fmt(v)
+
+
 def verdict(rec: dict[str, Any]) -> tuple[str, str]:
     """(target text, met / missed / —) for one daemons metric line."""
     kind = TARGETS.get(rec["metric"])
@@ -94,6 +117,18 @@ def daemons_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
     notes = {r["memberlist_note"] for r in recs if r.get("memberlist_note")}
     for note in sorted(notes):
         out += [f"> memberlist column: {note}", ""]
+    srcs = {json.dumps(r["meshd_src"], sort_keys=True) for r in recs if r.get("meshd_src")}
+    for src in sorted(srcs):
+        info = json.loads(src)
+        out += [f"> meshd code measured: {info.get('git', info.get('path'))} (sources hash "
+                f"{info.get('tree_sha1')})"
+                + ("; **the sources changed during the runs**"
+                   if info.get("changed_during_run") else ""), ""]
+    loads = {r["n"]: r["loadavg_before_runs"] for r in recs
+             if r.get("loadavg_before_runs") and r["metric"] == "convergence_ms"}
+    if loads:
+        out += ["> 1-minute load average before each run (2 cores): "
+                + "; ".join(f"N = {n}: {fmt(v)}" for n, v in sorted(loads.items())), ""]
     for n in sizes:
         rows = [r for r in recs if r.get("n") == n]
         runs = rows[0].get("runs", "?")
@@ -128,6 +163,104 @@ def daemons_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
     return out
 
 
+NETLINK_RATIO = 1.5  # issue 7: the reconciler within 1.5x of `ip -batch`
+WIRE_LIMIT = 1400  # issue 7: no datagram over 1,400 bytes
+RAM_GIB = 24  # issue 7: 10,000 simulated nodes fit this 2-core, 24 GiB machine
+
+
+def netlink_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
+    out = ["## Data plane: the reconciler vs `ip -batch` (netlink)", "",
+           "One host namespace; each cell is the median of `reps` passes. *add*: a whole pass "
+           "(read back, diff, apply) for N new peers vs `bridge -batch` + `ip -batch` writing the "
+           "same objects; *noop*: a pass over a converged kernel (filtered dumps, nothing "
+           "written; steady state, the first pass after the add in the last column) vs the "
+           "iproute2 reads; *remove*: a pass after every peer left vs batch deletes. ratio = "
+           "meshd / ip.", "",
+           "| backend | N | op | objects | meshd s | ip -batch s | ratio | target | verdict "
+           "| first noop pass s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (r.get("backend", ""), r.get("n", 0),
+                                         ["add", "noop", "remove"].index(r["op"])
+                                         if r.get("op") in ("add", "noop", "remove") else 9)):
+        ratio = r.get("ratio")
+        ok = "—" if ratio is None else ("met" if ratio <= NETLINK_RATIO
+                                        else f"**missed** ({ratio:.2f}x)")
+        out.append(f"| {r.get('backend')} | {fmt(r.get('n'))} | {r.get('op')} | "
+                   f"{fmt(r.get('objects'))} | {fmt(r.get('meshd_s'))} | "
+                   f"{fmt(r.get('ip_batch_s'))} | {fmt(ratio)} | ≤ {NETLINK_RATIO}x | {ok} | "
+                   f"{fmt(r.get('meshd_first_s'))} |")
+    out.append("")
+    out += [f"![{p}](performance/{p})" for p in plots if p.startswith("netlink")]
+    return [*out, ""]
+
+
+SIM_SPREAD = ["t50", "t99", "t999"]
+SIM_STEADY = [
+    ("datagrams_per_node_s", "datagrams/node/s"), ("bytes_per_node_s", "B/node/s on the wire"),
+    ("largest_datagram", "largest payload B"), ("first_suspect", "first suspect s"),
+    ("first_dead", "first dead s"), ("dead_all", "dead at all s"),
+    ("false_positive_rate", "false deaths (pairs)"),
+    ("false_suspicions_per_node_min", "false suspicions /node/min"),
+    ("wall_s", "wall s"), ("max_rss_mb", "peak RSS MB"),
+]
+
+
+def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> list[str]:
+    out = ["## Simulator: the gossip core at scale vs Serf's model", ""]
+    if not present:
+        return [*out, "Not yet measured: `benchmarks/results/sim.jsonl` does not exist yet "
+                "(`.venv/bin/python benchmarks/bench_sim.py --out benchmarks/results/sim.jsonl`, "
+                "or `report.py --run`).", ""]
+    cells: dict[tuple[Any, Any], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in recs:
+        cells[(r.get("n"), r.get("loss"))][str(r.get("metric"))] = r
+    keys = sorted(cells, key=lambda k: (k[0] or 0, k[1] or 0))
+
+    def val(k: tuple[Any, Any], metric: str, side: str = "meshd") -> Any:
+        return cells[k].get(metric, {}).get(side)
+
+    out += ["Serf's model at equal parameters (fanout 3, 200 ms rounds): reached fraction "
+            "1/(1+(N+1)e^(-1.5 r)). Cells are *meshd / model*, seconds after the update. "
+            "Target: t99.9 at or under the model while spreading one update costs no more "
+            "bytes per node than the model's (equal bandwidth).", "",
+            "| N | loss | t50 s | t99 s | t99.9 s | t99.9 ratio | reached | update B/node "
+            "(meshd / model) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        ts = [f"{fmt(val(k, m))} / {fmt(val(k, m, 'model'))}" for m in SIM_SPREAD]
+        m999, a999 = val(k, "t999"), val(k, "t999", "model")
+        ratio = m999 / a999 if isinstance(m999, (int, float)) and a999 else None
+        b, bm = val(k, "update_bytes_per_node"), val(k, "update_bytes_per_node", "model")
+        if ratio is None:
+            ok = "—"
+        else:
+            fast, cheap = ratio <= 1, b is None or bm is None or b <= bm
+            ok = "met" if fast and cheap else "**missed** (" + ", ".join(
+                x for x, bad in (("slower", not fast), ("more bytes", not cheap)) if bad) + ")"
+        out.append(f"| {fmt(k[0])} | {pct(k[1])} | {' | '.join(ts)} | {fmt(ratio)} | "
+                   f"{fmt(val(k, 'update_reached'))} | {fmt(b)} / {fmt(bm)} | {ok} |")
+    out += ["", "Steady state before the update, failure detection of one crashed node, and "
+            f"what the run cost. Target: no datagram over {WIRE_LIMIT:,} B on the wire "
+            "(largest payload + 41 B envelope), 10,000 nodes fit in "
+            f"{RAM_GIB} GiB.", "",
+            "| N | loss | " + " | ".join(lbl for _, lbl in SIM_STEADY) + " | verdict |",
+            "|" + "---|" * (len(SIM_STEADY) + 3)]
+    for k in keys:
+        big, rss = val(k, "largest_datagram"), val(k, "max_rss_mb")
+        bad = []
+        if isinstance(big, (int, float)) and big + 41 > WIRE_LIMIT:
+            bad.append(f"datagram {big + 41:,.0f} B")
+        if isinstance(rss, (int, float)) and rss * 1e6 > RAM_GIB * 2**30:
+            bad.append("RSS")
+        ok = "—" if big is None and rss is None else (
+            "met" if not bad else f"**missed** ({', '.join(bad)})")
+        out.append(f"| {fmt(k[0])} | {pct(k[1])} | "
+                   + " | ".join(fmt(val(k, m)) for m, _ in SIM_STEADY) + f" | {ok} |")
+    out.append("")
+    out += [f"![{p}](performance/{p})" for p in plots if p.startswith("sim")]
+    return [*out, ""]
+
+
 def generic_section(bench: str, recs: list[dict[str, Any]]) -> list[str]:
     """Any other benchmark: one table with the union of its keys."""
     keys: list[str] = []
@@ -138,15 +271,34 @@ def generic_section(bench: str, recs: list[dict[str, Any]]) -> list[str]:
     return [*out, ""]
 
 
-def make_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> tuple[list[str], str]:
-    try:
-        import matplotlib
+PLOT_PYTHONS = [os.environ.get("MESHD_PLOT_PYTHON", ""), "/var/cache/meshd/plotvenv/bin/python"]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def make_plots(results: Path, outdir: Path) -> tuple[list[str], str]:
+    """Draw the plots here, or with another interpreter that has matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
     except ImportError:
+        for py in PLOT_PYTHONS:
+            if not py or not os.access(py, os.X_OK):
+                continue
+            res = subprocess.run([py, __file__, "--plots-only", "--results", str(results),
+                                  "--plot-dir", str(outdir)],
+                                 capture_output=True, text=True, check=False)
+            if res.returncode == 0:
+                return json.loads(res.stdout.strip().splitlines()[-1]), ""
         return [], ("Plots skipped: matplotlib is not installed in this interpreter "
-                    "(it is not a meshd dependency; `pip install matplotlib` and rerun).")
+                    "(it is not a meshd dependency; `pip install matplotlib`, or point "
+                    "MESHD_PLOT_PYTHON at an interpreter that has it, and rerun).")
+    return draw_plots(load(results), outdir), ""
+
+
+def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     outdir.mkdir(parents=True, exist_ok=True)
     made: list[str] = []
     recs = by_bench.get("daemons", [])
@@ -191,7 +343,43 @@ def make_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> tuple
         fig.savefig(outdir / "daemons-imports.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         made.append("daemons-imports.png")
-    return made, ""
+    nl = by_bench.get("netlink", [])
+    if nl:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        rows = sorted(nl, key=lambda r: (r["backend"], r["n"], r["op"]))
+        colors = {"add": "tab:blue", "noop": "tab:green", "remove": "tab:red"}
+        ax.bar(range(len(rows)), [r["ratio"] for r in rows],
+               color=[colors.get(r["op"], "gray") for r in rows])
+        ax.set_xticks(range(len(rows)),
+                      [f"{r['backend']}\n{r['n']}\n{r['op']}" for r in rows], fontsize=6)
+        ax.axhline(NETLINK_RATIO, color="gray", ls="--", lw=1)
+        ax.axhline(1.0, color="black", lw=0.5)
+        ax.set_ylabel("meshd / ip -batch (dashed: 1.5x target)", fontsize=8)
+        ax.set_title("Data plane: reconciler time relative to ip -batch", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(outdir / "netlink-ratio.png", dpi=110)
+        plt.close(fig)
+        made.append("netlink-ratio.png")
+    sim_recs = [r for r in by_bench.get("sim", []) if r.get("metric") == "t999"]
+    if sim_recs:
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        for loss in sorted({r["loss"] for r in sim_recs}):
+            pts = sorted((r["n"], r["meshd"]) for r in sim_recs
+                         if r["loss"] == loss and r.get("meshd") is not None)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"meshd, loss {loss:g}")
+        model = sorted({(r["n"], r["model"]) for r in sim_recs if r.get("model") is not None})
+        if model:
+            ax.plot(*zip(*model, strict=True), "k--", marker="x", label="Serf's model")
+        ax.set_xscale("log")
+        ax.set_xlabel("N (simulated nodes)")
+        ax.set_ylabel("s until 99.9% have the update")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(outdir / "sim-t999.png", dpi=110)
+        plt.close(fig)
+        made.append("sim-t999.png")
+    return made
 
 
 HEADER = """# Performance
@@ -211,24 +399,78 @@ def render(by_bench: dict[str, list[dict[str, Any]]], plots: list[str], plot_not
         out += [f"> {plot_note}", ""]
     if "daemons" in by_bench:
         out += daemons_section(by_bench["daemons"], plots)
+    if "netlink" in by_bench:
+        out += netlink_section(by_bench["netlink"], plots)
+    out += sim_section(by_bench.get("sim", []), plots, "sim" in by_bench)
     for bench, recs in sorted(by_bench.items()):
-        if bench != "daemons":
+        if bench not in ("daemons", "netlink", "sim"):
             out += generic_section(bench, recs)
     return "\n".join(out).rstrip() + "\n"
+
+
+def run_benchmarks(opts: argparse.Namespace) -> int:
+    """Run every benchmark not in ``--skip`` into ``--results``; the first failure stops it."""
+    py, bench = sys.executable, REPO / "benchmarks"
+    res_dir: Path = opts.results
+    res_dir.mkdir(parents=True, exist_ok=True)
+    steps: list[tuple[str, list[str], Path | None]] = [
+        ("daemons", [py, str(bench / "bench_daemons.py"), "--n", *map(str, opts.n),
+                     "--runs", str(opts.runs), "--out", str(res_dir / "daemons.jsonl"),
+                     *(["--meshd-src", str(opts.meshd_src)] if opts.meshd_src else [])], None),
+        ("netlink", [py, str(bench / "bench_netlink.py")], res_dir / "netlink.jsonl"),
+        ("sim", [py, str(bench / "bench_sim.py"), "--out", str(res_dir / "sim.jsonl")], None),
+    ]
+    for name, cmd, stdout_to in steps:
+        if name in opts.skip:
+            continue
+        if not Path(cmd[1]).exists():
+            print(f"report.py: {cmd[1]} does not exist; skipping {name}", file=sys.stderr)
+            continue
+        print(f"report.py: {' '.join(cmd)}" + (f" > {stdout_to}" if stdout_to else ""),
+              file=sys.stderr, flush=True)
+        tmp = stdout_to.with_suffix(".jsonl.tmp") if stdout_to else None
+        with open(tmp, "w") if tmp else open(os.devnull, "w") as sink:
+            rc = subprocess.run(cmd, stdout=sink, cwd=REPO, check=False).returncode
+        if rc != 0:
+            print(f"report.py: {name} failed (exit {rc}); stopping", file=sys.stderr)
+            if tmp:
+                tmp.unlink(missing_ok=True)
+            return rc
+        if tmp and stdout_to:
+            tmp.replace(stdout_to)
+    return 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--run", action="store_true", help="run the benchmarks first (root)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["daemons", "netlink", "sim"],
+                    help="with --run: benchmarks not to rerun")
+    ap.add_argument("--runs", type=int, default=3, help="with --run: bench_daemons.py --runs")
+    ap.add_argument("--n", type=int, nargs="+", default=[10, 30],
+                    help="with --run: bench_daemons.py --n")
+    ap.add_argument("--meshd-src", type=Path, default=None,
+                    help="with --run: bench_daemons.py --meshd-src (a frozen copy of meshd)")
+    ap.add_argument("--plots-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--plot-dir", type=Path, default=None, help=argparse.SUPPRESS)
     opts = ap.parse_args(list(argv) if argv is not None else None)
+    plot_dir = opts.plot_dir or opts.doc.with_suffix("")
+    if opts.plots_only:
+        print(json.dumps(draw_plots(load(opts.results), plot_dir)))
+        return 0
+    if opts.run:
+        rc = run_benchmarks(opts)
+        if rc:
+            return rc
     by_bench = load(opts.results)
     if not by_bench:
         print(f"no results in {opts.results}", file=sys.stderr)
         return 1
     old = opts.doc.read_text() if opts.doc.exists() else ""
     keep = KEEP_RE.search(old)
-    plots, note = make_plots(by_bench, opts.doc.with_suffix(""))
+    plots, note = make_plots(opts.results, plot_dir)
     opts.doc.write_text(render(by_bench, plots, note, keep[0] if keep else ""))
     print(f"wrote {opts.doc}" + (f" and {len(plots)} plot(s)" if plots else f" ({note})"))
     return 0
