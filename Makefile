@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 BACKEND ?= vxlan
 HOSTS ?= 3
 
-.PHONY: demo test test-fast lint deps venv clean deb deb-lint
+.PHONY: demo test test-fast lint deps venv clean deb deb-lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,8 @@ deb:
 
 deb-lint:
 	LINTIAN=1 bash packaging/build-deb.sh
+
+# Every benchmark (daemons beside memberlist, netlink beside ip -batch, the simulator beside
+# Serf's model), then docs/performance.md with its plots. BENCH_ARGS e.g. "--runs 1 --skip sim".
+bench: venv
+	$(BIN)/python benchmarks/report.py --run $(BENCH_ARGS)
