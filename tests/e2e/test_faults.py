@@ -172,14 +172,7 @@ def test_crash_then_lossy_minute(make_lab: Callable[..., Lab], tmp_path: Path) -
         assert d.alive()
 
 
-@pytest.mark.parametrize("method", [
-    "cut",
-    pytest.param("split", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: meshd/transport.py _flush: asyncio_dgram's send() first raises any error an "
-        "earlier sendto() queued (EPERM to a partitioned peer), so the datagram being sent - to "
-        "a reachable peer - is dropped unsent; each refused send costs one more datagram and "
-        "the members of one side suspect each other"))),
-])
+@pytest.mark.parametrize("method", ["cut", "split"])
 def test_partition_heals_by_itself(
     make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path, method: str
 ) -> None:
