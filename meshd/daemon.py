@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import time
@@ -106,6 +107,10 @@ class Daemon:
             log.error("data plane: %s", exc)
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
+        elif shutil.which("nft"):
+            # The filter was switched off: drop the table an earlier run may have left.
+            with contextlib.suppress(DataplaneError):
+                await Firewall(cfg.backend, cfg.vxlan_port).remove()
         self.control = ControlServer(
             cfg.socket,
             {
