@@ -14,7 +14,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import msgpack
 
@@ -39,6 +39,8 @@ KEY_LEN = 32
 """An AES-256 key (security.KEY_LEN)."""
 KEY_ID_LEN = 4
 """security.key_id(key): the first 4 bytes of SHA-256(key)."""
+RECORD_CACHE_MAX = 1 << 16
+"""Validated records and names remembered by the decoder (cleared when full)."""
 MAX_KEY_OP_LOG = 32
 """Most key ops a push-pull may carry (we send keyops.LOG_SIZE); more rejects the datagram."""
 
@@ -149,8 +151,8 @@ class KeyOp:
     """Lamport time of the issuing node when it issued the op."""
 
 
-@dataclass(frozen=True, slots=True)
-class PushPullEntry:
+class PushPullEntry(NamedTuple):
+    # A tuple rather than a dataclass: a 10,000-member push-pull decodes 10,000 of these.
     record: NodeRecord
     state: MemberState
     incarnation: int
@@ -231,7 +233,8 @@ def encode(msg: Message) -> bytes:
         return bytes(
             _packb([MsgType.KEY_OP, msg.id, _KEY_OP_CODE[msg.op], msg.key, msg.origin, msg.ltime])
         )
-    chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, msg.entries, 1 << 30,
+    entries = [encode_entry(e.record, e.state, e.incarnation) for e in msg.entries]
+    chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, entries, 1 << 30,
                               [encode(op) for op in msg.key_ops])
     return chunks[0]
 
@@ -241,41 +244,48 @@ def pack_datagram(parts: Sequence[bytes]) -> bytes:
     return b"\x92" + bytes([PROTOCOL_VERSION]) + _array_header(len(parts)) + b"".join(parts)
 
 
+def encode_entry(record: NodeRecord, state: MemberState, incarnation: int) -> bytes:
+    """One push-pull entry, ``[record, state, incarnation]``."""
+    inc = bytes(_packb(incarnation))
+    return b"\x93" + encode_record(record) + bytes([_STATE_CODE[state]]) + inc
+
+
 def encode_push_pull(
     sender: NodeRecord,
     sync_id: int,
     reply: bool,
-    entries: Sequence[PushPullEntry],
+    entries: Sequence[bytes],
     budget: int,
     key_ops: Sequence[bytes] = (),
 ) -> list[bytes]:
     """Encode a full state as push-pull messages of at most ``budget`` bytes each.
 
-    Every chunk repeats the sender's record so that it can be merged on its own; the member list is
-    cut greedily by encoded size. ``key_ops`` (encoded `KeyOp` messages) ride in chunk 0 as an
-    eighth element, which nodes predating it ignore.
+    ``entries`` come from `encode_entry` (the member table caches them). Every chunk repeats the
+    sender's record so that it can be merged on its own; the member list is cut greedily by encoded
+    size. ``key_ops`` (encoded `KeyOp` messages) ride in chunk 0 as an eighth element, which nodes
+    predating it ignore.
     """
     sender_b = encode_record(sender)
     # Worst-case header: 7-element array, type, sender, uint32 id, bool, two uint16, array16 header.
     head_max = 1 + 1 + len(sender_b) + 5 + 1 + 3 + 3 + 3
     room = budget - head_max
     ops_b = _array_header(len(key_ops)) + b"".join(key_ops) if key_ops else b""
-    encoded = [
-        b"\x93" + encode_record(e.record) + bytes([_STATE_CODE[e.state]]) + _packb(e.incarnation)
-        for e in entries
-    ]
     groups: list[list[bytes]] = [[]]
+    group = groups[0]
     used = len(ops_b)
     if used > room // 2:  # pragma: no cover - keyops.LOG_SIZE ops take ~700 bytes at most
         raise ValueError("key op log too large for a push-pull")
-    for item in encoded:
-        if len(item) > room:  # pragma: no cover - a record is ~130 bytes at most
-            raise ValueError("push-pull budget smaller than one record")
-        if used + len(item) > room and groups[-1]:
-            groups.append([])
-            used = 0
-        groups[-1].append(item)
-        used += len(item)
+    for item in entries:
+        size = len(item)
+        if used + size > room:
+            if size > room:  # pragma: no cover - a record is ~130 bytes at most
+                raise ValueError("push-pull budget smaller than one record")
+            if group:
+                group = []
+                groups.append(group)
+                used = 0
+        group.append(item)
+        used += size
     if len(groups) > MAX_CHUNKS:  # pragma: no cover - millions of members
         raise ValueError("state too large for one push-pull")
     out = []
@@ -376,12 +386,19 @@ def _decode_push_pull(m: list[Any]) -> PushPull:
         raise DecodeError("malformed")
     if type(raw) is not list:
         raise DecodeError("malformed")
+    # The hot loop of a large push-pull: the checks of _int/_incarnation, inlined.
     entries = []
+    states, n_states, record = WIRE_STATES, len(WIRE_STATES), _record
+    new, entry = tuple.__new__, PushPullEntry  # skips NamedTuple's Python-level __new__
     for e in raw:
         if type(e) is not list or len(e) < 3:
             raise DecodeError("malformed")
-        state = _int(e[1], 0, len(WIRE_STATES) - 1)
-        entries.append(PushPullEntry(_record(e[0]), WIRE_STATES[state], _incarnation(e[2])))
+        rec, state, inc = e[0], e[1], e[2]
+        if type(state) is not int or not 0 <= state < n_states:
+            raise DecodeError("range")
+        if type(inc) is not int or not 0 <= inc <= MAX_INCARNATION:
+            raise DecodeError("range")
+        entries.append(new(entry, (record(rec), states[state], inc)))
     ops: tuple[KeyOp, ...] = ()
     if len(m) > 7:
         raw_ops = m[7]
@@ -416,10 +433,21 @@ def _bool(v: Any) -> bool:
     return v
 
 
+_valid_names: set[str] = set()
+
+
 def _name(v: Any) -> str:
-    # Same rule as record.validate, so names in messages match names in records.
-    if type(v) is not str or not _NAME_RE.match(v):
+    # Same rule as record.validate, so names in messages match names in records. Names recur in
+    # almost every message: remember the valid ones (bounded) instead of matching them again.
+    if type(v) is not str:
         raise DecodeError("name")
+    if v in _valid_names:
+        return v
+    if not _NAME_RE.match(v):
+        raise DecodeError("name")
+    if len(_valid_names) >= RECORD_CACHE_MAX:
+        _valid_names.clear()
+    _valid_names.add(v)
     return v
 
 
@@ -430,25 +458,40 @@ def _addr(ip: Any, port: Any) -> Addr:
 
 
 _RECORD_TYPES = (str, bytes, bytes, int, bytes, int, bytes, int, int, int)
-"""Exact msgpack types of the 10 record fields; anything else NodeRecord.from_wire refuses too."""
+"""Exact msgpack types of the first 10 record fields (the 11th, ``since``, is an int too)."""
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _record_cached(key: tuple[Any, ...]) -> NodeRecord:
-    return NodeRecord.from_wire(list(key))
+_record_cache: dict[tuple[Any, ...], NodeRecord] = {}
 
 
 def _record(obj: Any) -> NodeRecord:
     """NodeRecord.from_wire behind a cache: the same records arrive over and over (push-pull).
 
-    Exact types are checked first, so ``True`` can never hit the entry cached for ``1``.
+    A hit means the fields are equal to a validated record's. Equal str and bytes fields have the
+    same types, but ``True == 1`` and ``1.0 == 1``, so the five int fields are type-checked on a hit
+    too; a miss checks every type before validating.
     """
     if type(obj) is not list or len(obj) < 10:
         raise DecodeError("record")
-    head = tuple(obj[:10])
-    if tuple(map(type, head)) != _RECORD_TYPES:
+    # Record fields are append-only: 10 from the first protocol, the 11th (``since``) optional;
+    # anything after what we know is ignored.
+    head = tuple(obj[:11])
+    rec = _record_cache.get(head)
+    if rec is not None:
+        if (type(head[3]) is int and type(head[5]) is int and type(head[7]) is int
+                and type(head[8]) is int and type(head[9]) is int
+                and (len(head) == 10 or type(head[10]) is int)):
+            return rec
+        raise DecodeError("record")
+    if tuple(map(type, head[:10])) != _RECORD_TYPES or (
+        len(head) > 10 and type(head[10]) is not int
+    ):
         raise DecodeError("record")
     try:
-        return _record_cached(head)
+        rec = NodeRecord.from_wire(list(head))
     except (RecordError, ValueError):
         raise DecodeError("record") from None
+    if len(_record_cache) >= RECORD_CACHE_MAX:
+        _record_cache.clear()  # cheaper than LRU bookkeeping on every hit; refills at once
+    _record_cache[head] = rec
+    return rec

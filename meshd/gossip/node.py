@@ -16,11 +16,8 @@ What happens on which timer:
     probe_timeout    no direct ack yet: ask indirect_checks members to ping the target (with nack)
     forward      a ping we relay for someone else timed out: send them a nack
     gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
-                 random members (and recently dead ones)
-    push_pull    every push_pull_interval (scaled with N): full state exchange with a random member
-    dead_probe   every dead_probe_interval: a small push-pull to one random dead member, telling it
-                 it is considered dead; if it is reachable again it refutes and answers
-    join         until synced: push-pull to the seeds again, with exponential backoff
+                 random members (and recently dead ones); ticks keep one random phase
+    push_pull, dead_probe, join    full state exchanges (pushpull.py)
     suspect, reap    suspicion timeouts and tombstone expiry (state.py)
 
 Everything is deterministic given the RNG and the sequence of calls.
@@ -31,7 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -56,12 +53,13 @@ from meshd.gossip.messages import (
     Suspect,
     decode,
     encode,
-    encode_push_pull,
     pack_datagram,
 )
+from meshd.gossip.pushpull import TIMERS as SYNC_TIMERS
+from meshd.gossip.pushpull import Sync
 from meshd.gossip.queue import BroadcastQueue
 from meshd.gossip.record import NodeRecord, validate
-from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, Membership
+from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
 
 if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
     from meshd.config import GossipConfig
@@ -69,9 +67,6 @@ if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
 MAX_FORWARDS = 256
 """Indirect pings relayed at once; beyond this they are dropped (``drop.busy``), so a flood of
 ping requests cannot grow memory."""
-
-ANSWERED_MEMORY = 256
-"""Push-pull requests remembered as answered: a request cut into chunks gets one reply."""
 
 _MSG_COUNTER = {
     Ping: "msg.ping",
@@ -92,14 +87,6 @@ _PROBE_MESSAGES = (Ping, IndirectPing, Ack, Nack)
 def _key_op_key(op: KeyOp) -> str:
     # Broadcast-queue key; member names cannot contain ":", so it never replaces a member's news.
     return f"keyop:{op.id.hex()}"
-
-
-def push_pull_interval(base: float, num_nodes: int) -> float:
-    """memberlist's pushPullScale: beyond 32 members the interval grows with log2(N), so that the
-    full-state traffic each node receives stays roughly flat as the mesh grows."""
-    if num_nodes <= 32:
-        return base
-    return base * (math.ceil(math.log2(num_nodes) - math.log2(32)) + 1)
 
 
 class _Probe:
@@ -132,7 +119,6 @@ class GossipNode:
         self.counters: Counter[str] = Counter()
         self.probe_rtt = Histogram(PROBE_RTT_BUCKETS)
         """Seconds from sending a probe's ping to its direct ack (indirect acks are not timed)."""
-        self.synced = False
         self._rng = rng
         self._timers: list[tuple[float, int, str, str | int]] = []
         self._tseq = 0
@@ -145,19 +131,16 @@ class GossipNode:
         self._seq = 0
         self._probe: _Probe | None = None
         self._forwards: dict[int, tuple[int, Addr, bool]] = {}
-        self._answered: OrderedDict[tuple[str, int], None] = OrderedDict()
-        self._sync_progress: dict[str, tuple[int, set[int]]] = {}
-        self._seeds: list[Addr] = []
-        self._join_delay = 0.0
+        self._sync = Sync(self._state, self._keyops, config, rng, self.counters, self._emit,
+                          self._schedule, self._budget)
         self._gossip_armed = False
         self._start = now
         self._now = now
         self._state.load_known(known, now)
         # Random phases, so that nodes started together do not probe and sync in lockstep.
         self._schedule(now + rng.uniform(0, config.probe_interval), "probe")
-        self._push_pull_at = now + rng.uniform(0, config.push_pull_interval)
-        self._schedule(self._push_pull_at, "push_pull")
-        self._schedule(now + rng.uniform(0, config.dead_probe_interval), "dead_probe")
+        self._sync.start(now)
+        self._gossip_phase = now + rng.uniform(0, config.gossip_interval)
 
     # --- the public API -----------------------------------------------------------------------
 
@@ -171,18 +154,13 @@ class GossipNode:
         repeated with backoff until one answer is merged. No seeds and no known members: a new mesh.
         """
         self._now = now
-        own = self.local.addr
-        targets: list[Addr] = []
-        for addr in [*seeds, *self._state.stale_addrs()]:
-            if addr != own and addr not in targets:
-                targets.append(addr)
-        self._seeds = targets
-        if not targets:
-            self.synced = True
-        else:
-            self._join_delay = 2 * self.config.probe_interval
-            self._join_round(now)
+        self._sync.join(seeds, now)
         self._after(now)
+
+    @property
+    def synced(self) -> bool:
+        """First full state exchange done (or nothing to sync with)."""
+        return self._sync.synced
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """Apply one datagram payload. Invalid ones are counted (``drop.<reason>``) and dropped
@@ -197,17 +175,28 @@ class GossipNode:
         except DecodeError as exc:
             self.counters[f"drop.{exc.reason}"] += 1
             return
-        for msg in msgs:
-            self.counters[_MSG_COUNTER[type(msg)]] += 1
+        counters = self.counters
         # Apply the news before answering, so that an ack already carries our reaction to what
-        # rode in with the ping (a refutation, most importantly).
-        msgs.sort(key=lambda msg: isinstance(msg, _PROBE_MESSAGES))
+        # rode in with the ping (a refutation, most importantly). Key ops of one datagram are
+        # taken together, in stamp order (keyops.py).
+        news: list[Message] = []
+        probes: list[Message] = []
+        key_ops: list[KeyOp] = []
+        for msg in msgs:
+            kind = type(msg)
+            counters[_MSG_COUNTER[kind]] += 1
+            if kind is KeyOp:
+                key_ops.append(msg)  # type: ignore[arg-type]
+            elif kind in _PROBE_MESSAGES:
+                probes.append(msg)
+            else:
+                news.append(msg)
         try:
-            if any(type(msg) is KeyOp for msg in msgs):
-                # Key ops of one datagram are taken together, in stamp order (keyops.py).
-                self._on_key_ops([msg for msg in msgs if type(msg) is KeyOp])
-                msgs = [msg for msg in msgs if type(msg) is not KeyOp]
-            for msg in msgs:
+            if key_ops:
+                self._on_key_ops(key_ops)
+            for msg in news:
+                self._dispatch(msg, addr, now)
+            for msg in probes:
                 self._dispatch(msg, addr, now)
         except Exception:  # pragma: no cover - a bug; the tests assert this counter stays absent
             self.counters["error.internal"] += 1
@@ -291,15 +280,16 @@ class GossipNode:
         """Lifeguard local health score (0 = healthy)."""
         return self._state.awareness.score
 
-    def bootstrap_members(self, records: Iterable[NodeRecord], now: float) -> None:
+    def bootstrap_members(
+        self, records: Iterable[NodeRecord] | ConvergedStart, now: float
+    ) -> None:
         """Simulations only: start as if already converged with ``records`` (no events, no
-        broadcasts) and consider the node synced."""
-        self._state.bootstrap(records, now)
-        self.synced = True
-        # Re-phase the first push-pull over the interval a mesh of this size uses.
-        interval = push_pull_interval(self.config.push_pull_interval, self._state.num_nodes)
-        self._push_pull_at = now + self._rng.uniform(0, interval)
-        self._schedule(self._push_pull_at, "push_pull")
+        broadcasts) and consider the node synced. Nodes bootstrapped from one `ConvergedStart`
+        share its entries until they change them, so 10,000 nodes fit in memory."""
+        if not isinstance(records, ConvergedStart):
+            records = ConvergedStart(records, now)
+        self._state.bootstrap(records)
+        self._sync.bootstrapped(now)
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -322,25 +312,21 @@ class GossipNode:
             self._state.suspicion_expired(str(key), now)
         elif kind == REAP_TIMER:
             self._state.reap(str(key), now)
-        elif kind == "push_pull" and now >= self._push_pull_at:
-            peer = self._state.random_alive(1)
-            if peer:
-                self._send_push_pull(peer[0].record.addr)
-            interval = push_pull_interval(self.config.push_pull_interval, self._state.num_nodes)
-            self._push_pull_at = now + interval
-            self._schedule(self._push_pull_at, "push_pull")
-        elif kind == "dead_probe":
-            self._dead_probe()
-            self._schedule(now + self.config.dead_probe_interval, "dead_probe")
-        elif kind == "join" and not self.synced:
-            self._join_round(now)
+        elif kind in SYNC_TIMERS:
+            self._sync.fire(kind, now)
 
     def _after(self, now: float) -> None:
         # Gossip rounds run only while there is something to gossip: an idle mesh of thousands of
         # simulated nodes then costs no timer wakeups for them.
         if self._queue and not self._gossip_armed:
             self._gossip_armed = True
-            self._schedule(now + self.config.gossip_interval, "gossip")
+            self._schedule(self._next_gossip_tick(now), "gossip")
+
+    def _next_gossip_tick(self, now: float) -> float:
+        # The first tick after now of a ticker with a fixed random phase, as if gossip rounds ran
+        # all the time (memberlist): news waits half an interval on average, not a whole one.
+        interval, phase = self.config.gossip_interval, self._gossip_phase
+        return phase + (math.floor((now - phase) / interval) + 1) * interval
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -368,7 +354,7 @@ class GossipNode:
             if not parts:
                 break
             self._emit(parts, e.record.addr)
-        self._schedule(now + self.config.gossip_interval, "gossip")
+        self._schedule(self._next_gossip_tick(now), "gossip")
 
     # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
 
@@ -454,7 +440,7 @@ class GossipNode:
             self._correct_stale_claim(msg)
             st.on_dead(msg.incarnation, msg.node, msg.sender, now)
         elif isinstance(msg, PushPull):
-            self._on_push_pull(msg, now)
+            self._sync.receive(msg, now)
 
     def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
         """Its sender suspects us at an incarnation we already refuted: it missed our alive, and
@@ -504,73 +490,3 @@ class GossipNode:
         # Gossip on what is news here, like any broadcast; stale and repeated ops die out.
         for fresh in self._keyops.accept(ops):
             self._queue.push(_key_op_key(fresh), encode(fresh))
-
-    # --- push-pull ----------------------------------------------------------------------------
-
-    def _join_round(self, now: float) -> None:
-        for addr in self._seeds:
-            self._send_push_pull(addr)
-        self._schedule(now + self._join_delay, "join")
-        self._join_delay = min(2 * self._join_delay, self.config.push_pull_interval)
-
-    def _send_push_pull(
-        self, addr: Addr, reply_to: int | None = None, only: str | None = None
-    ) -> None:
-        """Our state to ``addr``, cut into datagrams. ``reply_to``: the request's sync id.
-        ``only``: send just that member's entry (a dead probe), not the whole table."""
-        st = self._state
-        if only is not None:
-            one = st.entry(only)
-            entries = [one] if one is not None else []
-        else:
-            entries = st.entries()
-        sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
-        ops = [encode(op) for op in self._keyops.log()]
-        for chunk in encode_push_pull(st.local, sync_id, reply_to is not None, entries,
-                                      self._budget, ops):
-            self._emit([chunk], addr)
-
-    def _dead_probe(self) -> None:
-        e = self._state.random_dead()
-        if e is not None:
-            self._send_push_pull(e.record.addr, only=e.record.name)
-
-    def _on_push_pull(self, msg: PushPull, now: float) -> None:
-        st = self._state
-        if msg.sender.name == st.local.name:
-            if msg.sender.node_id == st.local.node_id and not msg.reply:
-                # Our own request came back: a seed address is ourselves, so we found the mesh.
-                self.counters["push_pull.self"] += 1
-                self.synced = True
-            else:
-                self.counters["drop.name_conflict"] += 1
-            return
-        if not st.merge(msg, now):
-            return
-        if msg.key_ops:
-            # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
-            self._keyops.accept(msg.key_ops, logged=True)
-        if msg.reply:
-            self._note_sync(msg)
-            return
-        key = (msg.sender.name, msg.sync_id)
-        if key in self._answered:
-            return
-        self._answered[key] = None
-        if len(self._answered) > ANSWERED_MEMORY:
-            self._answered.popitem(last=False)
-        self._send_push_pull(msg.sender.addr, reply_to=msg.sync_id)
-
-    def _note_sync(self, msg: PushPull) -> None:
-        """Synced once every chunk of an answer has been merged. Chunks of answers to retries add
-        up (merging is idempotent), so a lossy link still completes a large state eventually."""
-        if self.synced:
-            return
-        count, got = self._sync_progress.get(msg.sender.name, (msg.count, set()))
-        if count != msg.count:
-            got = set()
-        got.add(msg.index)
-        self._sync_progress[msg.sender.name] = (msg.count, got)
-        if len(got) == msg.count:
-            self.synced = True
-            self._sync_progress.clear()

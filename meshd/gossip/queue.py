@@ -16,11 +16,12 @@ MIN_MESSAGE = 4
 
 
 class _Item:
-    __slots__ = ("key", "payload", "transmits", "id")
+    __slots__ = ("key", "payload", "size", "transmits", "id")
 
     def __init__(self, key: str, payload: bytes, ident: int) -> None:
         self.key = key
         self.payload = payload
+        self.size = len(payload)
         self.transmits = 0
         self.id = ident
 
@@ -37,6 +38,10 @@ class BroadcastQueue:
         # _buckets[t] holds the items transmitted t times, oldest first (dicts keep insert order).
         self._buckets: list[dict[int, _Item]] = [{}]
         self._next_id = 0
+        self._limit = (0, 0)  # (num_nodes, retransmit_limit) of the last take
+        self._smallest = MIN_MESSAGE
+        """Size of the smallest broadcast ever queued: once the room left is under it, nothing
+        else can fit, and a long queue need not be scanned to the end."""
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -51,6 +56,8 @@ class BroadcastQueue:
             del self._buckets[old.transmits][old.id]
         self._next_id += 1
         item = _Item(key, payload, self._next_id)
+        if len(self._by_key) == 0 or item.size < self._smallest:
+            self._smallest = max(MIN_MESSAGE, item.size)
         self._by_key[key] = item
         self._buckets[0][item.id] = item
 
@@ -58,17 +65,22 @@ class BroadcastQueue:
         """Broadcasts whose encoded sizes sum to at most ``budget``; counts them as transmitted."""
         if not self._by_key or budget < MIN_MESSAGE:
             return []
-        limit = retransmit_limit(self._mult, num_nodes)
+        if self._limit[0] != num_nodes:
+            self._limit = (num_nodes, retransmit_limit(self._mult, num_nodes))
+        limit = self._limit[1]
         chosen: list[_Item] = []
         room = budget
+        full = self._smallest
         for bucket in self._buckets:
+            if not bucket:
+                continue
             for item in reversed(bucket.values()):
-                if len(item.payload) <= room:
+                if item.size <= room:
                     chosen.append(item)
-                    room -= len(item.payload)
-                    if room < MIN_MESSAGE:
+                    room -= item.size
+                    if room < full:
                         break
-            if room < MIN_MESSAGE:
+            if room < full:
                 break
         # Re-file oldest first, so that iterating a bucket backwards still yields newest first.
         for item in reversed(chosen):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import fields
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from meshd.gossip.events import EventKind, Member, MemberEvent, MemberState
@@ -34,6 +36,7 @@ from meshd.gossip.messages import (
     PushPullEntry,
     Suspect,
     encode,
+    encode_entry,
 )
 from meshd.gossip.queue import BroadcastQueue
 from meshd.gossip.record import NodeRecord
@@ -50,6 +53,9 @@ ALIVE, SUSPECT, DEAD, LEFT = (
 )
 _UP = (ALIVE, SUSPECT)
 
+_record_data = attrgetter(*(f.name for f in fields(NodeRecord) if f.name != "incarnation"))
+"""What an ``update`` is about: every record field but the incarnation."""
+
 SUSPICION_TIMER = "suspect"
 REAP_TIMER = "reap"
 
@@ -59,9 +65,12 @@ Schedule = Callable[[float, str, str], None]
 
 class Entry:
     """Our view of one member. ``inc`` may exceed ``record.incarnation`` (suspect/dead/left
-    messages carry only an incarnation, not a record)."""
+    messages carry only an incarnation, not a record).
 
-    __slots__ = ("record", "state", "since", "last_seen", "inc")
+    Every change goes through `Membership._writable` first: it drops the cached wire form and
+    gives a node its own copy of a `SharedEntry`."""
+
+    __slots__ = ("record", "state", "since", "last_seen", "inc", "wire")
 
     def __init__(
         self, record: NodeRecord, state: MemberState, now: float, inc: int
@@ -71,9 +80,43 @@ class Entry:
         self.since = now
         self.last_seen = now
         self.inc = inc
+        self.wire: bytes | None = None
+        """This entry as a push-pull item, cached: a full state sends every entry again."""
 
     def snapshot(self) -> Member:
         return Member(self.record, self.state, self.since, self.last_seen)
+
+    def encoded(self) -> bytes:
+        w = self.wire
+        if w is None:
+            w = self.wire = encode_entry(self.record, self.state, self.inc)
+        return w
+
+
+class SharedEntry(Entry):
+    """A read-only entry that many members' tables hold at once (a converged simulation: 10,000
+    nodes x 10,000 members would otherwise be 10^8 objects). Writing raises; see `_writable`."""
+
+    __slots__ = ()
+
+    def __init__(self, record: NodeRecord, state: MemberState, now: float, inc: int) -> None:
+        for name, value in (("record", record), ("state", state), ("since", now),
+                            ("last_seen", now), ("inc", inc),
+                            ("wire", encode_entry(record, state, inc))):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"shared entry is read-only ({name})")
+
+
+class ConvergedStart:
+    """The member table every node of a converged simulation starts from, built once."""
+
+    def __init__(self, records: Iterable[NodeRecord], now: float) -> None:
+        self.table: dict[str, Entry] = {}
+        for rec in records:
+            self.table.setdefault(rec.name, SharedEntry(rec, ALIVE, now, rec.incarnation))
+        self.names = list(self.table)
 
 
 def _remove(names: list[str], name: str) -> None:
@@ -132,13 +175,22 @@ class Membership:
     def stale_addrs(self) -> list[tuple[str, int]]:
         return [self.table[n].record.addr for n in sorted(self._stale)]
 
-    def bootstrap(self, records: Iterable[NodeRecord], now: float) -> None:
-        """Take ``records`` as alive, without events or broadcasts (a converged simulation)."""
-        for rec in records:
-            if rec.name != self.local.name and rec.name not in self.table:
-                self.table[rec.name] = Entry(rec, ALIVE, now, rec.incarnation)
-                self.alive.append(rec.name)
-        self._order_idx = len(self._order)  # reshuffle at the next probe
+    def bootstrap(self, start: ConvergedStart) -> None:
+        """Take ``start``'s members as alive, without events or broadcasts (a converged
+        simulation). An empty table shares ``start``'s entries (copy on write)."""
+        me = self.local.name
+        if not self.table:
+            self.table = dict(start.table)
+            self.table.pop(me, None)
+            self.alive = start.names.copy()
+            if me in start.table:
+                self.alive.remove(me)
+        else:
+            for name, e in start.table.items():
+                if name != me and name not in self.table:
+                    self.table[name] = e
+                    self.alive.append(name)
+        self._order_idx = len(self._order)  # a new round at the next probe
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -159,12 +211,23 @@ class Membership:
 
     def _up(self, name: str) -> None:
         self.alive.append(name)
-        # memberlist's trick: a newcomer goes to a random place in the probe order, in O(1).
+        # The rest of this round's probe order is drawn lazily at random (next_probe_target), so
+        # appending puts a newcomer at a random place in it, in O(1) (memberlist's intent).
         self._order.append(name)
-        j = self.rng.randrange(len(self._order))
-        self._order[j], self._order[-1] = self._order[-1], self._order[j]
+
+    def _writable(self, e: Entry) -> Entry:
+        """Call before changing ``e``: drops its cached wire form; a shared entry is first
+        replaced by a copy of our own (returned)."""
+        if type(e) is SharedEntry:
+            own = Entry(e.record, e.state, e.since, e.inc)
+            own.last_seen = e.last_seen
+            self.table[e.record.name] = own
+            return own
+        e.wire = None
+        return e
 
     def _set_state(self, e: Entry, state: MemberState, now: float) -> None:
+        """``e`` must be writable (see `_writable`)."""
         old, name = e.state, e.record.name
         if old == state:
             return
@@ -193,22 +256,26 @@ class Membership:
     def seen(self, name: str, now: float) -> None:
         e = self.table.get(name)
         if e is not None:
-            e.last_seen = now
+            self._writable(e).last_seen = now
 
     # --- choosing peers -----------------------------------------------------------------------
 
     def next_probe_target(self) -> Entry | None:
-        """Round-robin over a shuffled list, reshuffled once per round (O(1) amortised)."""
-        for _ in range(len(self._order) + 2):
-            if self._order_idx >= len(self._order):
-                self._order = self.alive.copy()
-                self.rng.shuffle(self._order)
-                self._order_idx = 0
-                if not self._order:
+        """Round-robin over a random permutation, a new one each round. The permutation is drawn
+        lazily (one Fisher-Yates step per probe), so a round costs one list copy, not a shuffle
+        of N names up front."""
+        order = self._order
+        for _ in range(len(order) + 2):
+            i = self._order_idx
+            if i >= len(order):
+                order = self._order = self.alive.copy()
+                i = self._order_idx = 0
+                if not order:
                     return None
-            name = self._order[self._order_idx]
-            self._order_idx += 1
-            e = self.table.get(name)
+            j = self.rng.randrange(i, len(order))
+            order[i], order[j] = order[j], order[i]
+            self._order_idx = i + 1
+            e = self.table.get(order[i])
             if e is not None and e.state in _UP:
                 return e
         return None  # pragma: no cover - the fresh order always holds an up member
@@ -302,6 +369,7 @@ class Membership:
                 return
             # The old identity is dead or gone: the newcomer takes the name over.
             self._stale.discard(name)
+            e = self._writable(e)
             e.record, e.inc, e.last_seen = rec, rec.incarnation, now
             self._set_state(e, ALIVE, now)
             self._emit("join", e)
@@ -311,8 +379,9 @@ class Membership:
             return
         self._stale.discard(name)
         old_state, old_rec = e.state, e.record
+        e = self._writable(e)
         e.record, e.inc, e.last_seen = rec, rec.incarnation, now
-        changed = old_rec.with_incarnation(rec.incarnation) != rec
+        changed = _record_data(old_rec) != _record_data(rec)
         if old_state != ALIVE:
             self._set_state(e, ALIVE, now)
             self._emit("alive" if old_state == SUSPECT else "join", e)
@@ -349,6 +418,7 @@ class Membership:
                 self._schedule(s.deadline, SUSPICION_TIMER, name)
                 self._broadcast(name, encode(Suspect(inc, name, sender)))
             return
+        e = self._writable(e)
         e.inc = inc
         n = self.num_nodes
         k = int(self.cfg.suspicion_mult) - 2
@@ -380,6 +450,7 @@ class Membership:
         if e.state == LEFT or (e.state == DEAD and not left):
             return
         self._stale.discard(name)
+        e = self._writable(e)
         e.inc = inc
         self._set_state(e, LEFT if left else DEAD, now)
         self._emit("left" if left else "dead", e)
@@ -399,18 +470,16 @@ class Membership:
 
     # --- push-pull ----------------------------------------------------------------------------
 
-    def entries(self) -> list[PushPullEntry]:
-        """Our state for a push-pull (ourselves excluded: the sender record says it)."""
+    def entries(self) -> list[bytes]:
+        """Our state for a push-pull, encoded (ourselves excluded: the sender record says it)."""
         stale = self._stale
-        return [
-            PushPullEntry(e.record, e.state, e.inc)
-            for name, e in self.table.items()
-            if not stale or name not in stale
-        ]
+        if not stale:
+            return [e.wire or e.encoded() for e in self.table.values()]
+        return [e.encoded() for name, e in self.table.items() if name not in stale]
 
-    def entry(self, name: str) -> PushPullEntry | None:
+    def entry(self, name: str) -> bytes | None:
         e = self.table.get(name)
-        return None if e is None else PushPullEntry(e.record, e.state, e.inc)
+        return None if e is None else e.encoded()
 
     def merge(self, pp: PushPull, now: float) -> bool:
         """Merge one push-pull chunk; False if the sender is refused (name conflict)."""
@@ -421,7 +490,17 @@ class Membership:
             return False
         self.on_alive(sender, now)
         self.seen(sender.name, now)
+        table, stale = self.table, self._stale
         for entry in pp.entries:
+            rec = entry.record
+            if entry.state is ALIVE:
+                # The common case, a member we already know at this incarnation, skipped
+                # without two calls; the same test on_alive makes before doing anything.
+                e = table.get(rec.name)
+                if (e is not None and (rec.incarnation < e.inc or (
+                        rec.incarnation == e.inc and (not stale or rec.name not in stale)))
+                        and e.record.node_id == rec.node_id):
+                    continue
             self._merge_entry(entry, sender.name, now)
         return True
 

@@ -57,7 +57,8 @@ def test_push_pull_carries_key_ops_in_its_first_chunk_only() -> None:
     ops = [op("install", K1, 1), op("use", ID1, 2)]
     entries = [m.PushPullEntry(make_record(i), MemberState.ALIVE, 0) for i in range(2, 40)]
     budget = 1400 - m.ENVELOPE_RESERVE - m.DATAGRAM_OVERHEAD
-    chunks = m.encode_push_pull(ME, 5, False, entries, budget, [m.encode(x) for x in ops])
+    wire = [m.encode_entry(*e) for e in entries]
+    chunks = m.encode_push_pull(ME, 5, False, wire, budget, [m.encode(x) for x in ops])
     assert len(chunks) > 1 and all(len(c) <= budget for c in chunks)
     decoded = [m.decode(m.pack_datagram([c]))[0] for c in chunks]
     assert [pp.key_ops for pp in decoded] == [tuple(ops)] + [()] * (len(chunks) - 1)  # type: ignore[union-attr]
@@ -250,8 +251,9 @@ def test_partitioned_node_gets_the_op_through_push_pull_on_heal() -> None:
     net = mesh(10, 4, 0.0, cfg)
     net.isolate(6)
     op_id = net.broadcast_key_op(0, "install", K2)
-    net.run_for(3)  # the broadcast has run its course everywhere it could reach
-    assert not any(x._queue for i, x in enumerate(net.nodes) if i != 6)
+    # Until the broadcast has run its course everywhere it could reach.
+    assert net.run_until_true(
+        lambda: not any(f"keyop:{op_id.hex()}" in x._queue for x in net.nodes), 10, step=0.1)
     net.heal()
     got: dict[int, list[m.KeyOp]] = {}
 

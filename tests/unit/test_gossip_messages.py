@@ -112,7 +112,7 @@ def test_garbage_is_a_decode_error() -> None:
 def test_push_pull_is_cut_into_chunks_within_budget() -> None:
     entries = [m.PushPullEntry(make_record(i), MemberState.ALIVE, 0) for i in range(300)]
     budget = 1400 - m.ENVELOPE_RESERVE - m.DATAGRAM_OVERHEAD
-    chunks = m.encode_push_pull(REC, 42, False, entries, budget)
+    chunks = m.encode_push_pull(REC, 42, False, [m.encode_entry(*e) for e in entries], budget)
     assert len(chunks) > 10
     seen: list[NodeRecord] = []
     for i, chunk in enumerate(chunks):

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
+import math
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from meshd import sim
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sim.py"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, dict[str, object]]:
@@ -14,8 +21,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, dict[str, o
 
 
 def test_sim_cli_reports_every_metric(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run(capsys, "--nodes", "20", "--seed", "3", "--duration", "40")
+    out = run(capsys, "--nodes", "20", "--seed", "3", "--duration", "40", "--updates", "3")
     assert set(out) == {"config", "steady", "dissemination", "failure", "summary"}
+    assert len(out["dissemination"]["nodes"]) == 3  # type: ignore[arg-type]
+    assert out["dissemination"]["sends"] == 4 * 2 * 20  # retransmit limit 4*ceil(log10(21))
+    assert out["summary"]["false_suspicions"] == 0
     assert out["dissemination"]["reached"] == 1.0
     assert isinstance(out["dissemination"]["t99"], float)
     assert isinstance(out["failure"]["dead_all"], float)
@@ -33,3 +43,58 @@ def test_sim_converged_start_with_loss_is_deterministic(capsys: pytest.CaptureFi
         assert a[phase] == b[phase]
     assert a["summary"]["false_deaths"] == 0
     assert a["config"]["converged"] is True
+
+
+def test_sim_refuses_an_impossible_timeline(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        sim.main(["--nodes", "10", "--update-at", "8", "--crash-at", "5"])
+    with pytest.raises(SystemExit):
+        sim.main(["--nodes", "3", "--updates", "3"])
+
+
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_sim", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_serf_model_matches_the_issue() -> None:
+    b = bench()
+    # Issue 7: "99.9% of 10,000 nodes in about 2.2 s".
+    assert b.model_time(10_000, 0.999) == pytest.approx(2.149, abs=0.001)
+    assert b.model_fraction(10_000, b.model_rounds(10_000, 0.5)) == pytest.approx(0.5)
+    # Every informed node sends 3 per round: never more than 3 per round in all.
+    rounds = math.ceil(b.model_rounds(1000, 0.999))
+    assert 0 < b.model_sends_per_node(1000) < 3 * rounds
+
+
+def test_bench_smoke_prints_every_metric_per_loss(tmp_path: Path) -> None:
+    out = io.StringIO()
+    dest = tmp_path / "sim.jsonl"
+    assert bench().main(["--smoke", "--out", str(dest)], out=out) == 0
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert dest.read_text() == out.getvalue()
+    assert {(x["n"], x["loss"]) for x in lines} == {(50, 0.0), (50, 0.1), (50, 0.2)}
+    assert all(set(x) == {"bench", "n", "loss", "metric", "meshd", "model", "unit"}
+               for x in lines)
+    by = {(x["loss"], x["metric"]): x for x in lines}
+    for loss in (0.0, 0.1, 0.2):
+        for metric in ("t50", "t99", "t999", "update_sends_per_node", "update_bytes_per_node_s"):
+            assert by[loss, metric]["meshd"] > 0 and by[loss, metric]["model"] > 0
+        for metric in ("first_suspect", "first_dead", "dead_all", "bytes_per_node_s"):
+            assert by[loss, metric]["meshd"] > 0
+        assert by[loss, "false_positive_rate"]["meshd"] == 0.0
+        assert 0 < by[loss, "largest_datagram"]["meshd"] <= 1400 - 64
+    assert by[0.0, "t999"]["meshd"] < by[0.0, "t999"]["model"]
+
+
+def test_bench_equal_bandwidth_run_sends_at_most_the_model() -> None:
+    b = bench()
+    assert [b.equal_bandwidth_mult(n) for n in (100, 1000, 10_000)] == [4, 3, 2]
+    lines = {x["metric"]: x for x in b.equal_bandwidth(50, 1, 2)}
+    assert lines["retransmit_mult_equal_bw"]["meshd"] == 2
+    sends = lines["update_sends_per_node_equal_bw"]
+    assert 3 <= sends["meshd"] <= 2 * 2 <= sends["model"]  # 2 * ceil(log10(51)) at most
+    assert lines["t999_equal_bw"]["model"] == pytest.approx(b.model_time(50, 0.999), abs=1e-3)

@@ -1,0 +1,178 @@
+"""Full state exchanges (push-pull): join, anti-entropy, dead probes, and knowing we are synced.
+
+Timers this module owns (the node dispatches them here):
+
+    push_pull    every push_pull_interval (scaled with N): full state exchange with a random member
+    dead_probe   every dead_probe_interval: a small push-pull to one random dead member, telling it
+                 it is considered dead; if it is reachable again it refutes and answers
+    join         until synced: push-pull to the seeds again, with exponential backoff
+
+Every push-pull also carries the recent key ops (keyops.py) in its first chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from meshd.gossip.keyops import KeyOps
+from meshd.gossip.messages import Addr, PushPull, encode, encode_push_pull
+from meshd.gossip.state import Membership
+
+if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
+    from meshd.config import GossipConfig
+
+ANSWERED_MEMORY = 256
+"""Push-pull requests remembered as answered: a request cut into chunks gets one reply."""
+
+TIMERS = ("push_pull", "dead_probe", "join")
+
+Emit = Callable[[Sequence[bytes], Addr], None]
+Schedule = Callable[[float, str], None]
+
+
+def push_pull_interval(base: float, num_nodes: int) -> float:
+    """memberlist's pushPullScale: beyond 32 members the interval grows with log2(N), so that the
+    full-state traffic each node receives stays roughly flat as the mesh grows."""
+    if num_nodes <= 32:
+        return base
+    return base * (math.ceil(math.log2(num_nodes) - math.log2(32)) + 1)
+
+
+class Sync:
+    """One node's push-pull side; ``synced`` is `GossipNode.synced`."""
+
+    def __init__(
+        self,
+        state: Membership,
+        keyops: KeyOps,
+        config: GossipConfig,
+        rng: random.Random,
+        counters: Counter[str],
+        emit: Emit,
+        schedule: Schedule,
+        budget: int,
+    ) -> None:
+        self.synced = False
+        self._state = state
+        self._keyops = keyops
+        self._cfg = config
+        self._rng = rng
+        self._counters = counters
+        self._emit = emit
+        self._schedule = schedule
+        self._budget = budget
+        self._answered: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._progress: dict[str, tuple[int, set[int]]] = {}
+        self._seeds: list[Addr] = []
+        self._join_delay = 0.0
+        self._push_pull_at = 0.0
+
+    def start(self, now: float) -> None:
+        """Random phases, so that nodes started together do not sync in lockstep."""
+        self._push_pull_at = now + self._rng.uniform(0, self._cfg.push_pull_interval)
+        self._schedule(self._push_pull_at, "push_pull")
+        self._schedule(now + self._rng.uniform(0, self._cfg.dead_probe_interval), "dead_probe")
+
+    def join(self, seeds: Sequence[Addr], now: float) -> None:
+        own = self._state.local.addr
+        targets: list[Addr] = []
+        for addr in [*seeds, *self._state.stale_addrs()]:
+            if addr != own and addr not in targets:
+                targets.append(addr)
+        self._seeds = targets
+        if not targets:
+            self.synced = True
+        else:
+            self._join_delay = 2 * self._cfg.probe_interval
+            self._join_round(now)
+
+    def bootstrapped(self, now: float) -> None:
+        """A converged simulation start: synced, and the first push-pull re-phased over the
+        interval a mesh of this size uses."""
+        self.synced = True
+        interval = push_pull_interval(self._cfg.push_pull_interval, self._state.num_nodes)
+        self._push_pull_at = now + self._rng.uniform(0, interval)
+        self._schedule(self._push_pull_at, "push_pull")
+
+    def fire(self, kind: str, now: float) -> None:
+        if kind == "push_pull" and now >= self._push_pull_at:
+            peer = self._state.random_alive(1)
+            if peer:
+                self._send(peer[0].record.addr)
+            interval = push_pull_interval(self._cfg.push_pull_interval, self._state.num_nodes)
+            self._push_pull_at = now + interval
+            self._schedule(self._push_pull_at, "push_pull")
+        elif kind == "dead_probe":
+            e = self._state.random_dead()
+            if e is not None:
+                self._send(e.record.addr, only=e.record.name)
+            self._schedule(now + self._cfg.dead_probe_interval, "dead_probe")
+        elif kind == "join" and not self.synced:
+            self._join_round(now)
+
+    def receive(self, msg: PushPull, now: float) -> None:
+        st = self._state
+        if msg.sender.name == st.local.name:
+            if msg.sender.node_id == st.local.node_id and not msg.reply:
+                # Our own request came back: a seed address is ourselves, so we found the mesh.
+                self._counters["push_pull.self"] += 1
+                self.synced = True
+            else:
+                self._counters["drop.name_conflict"] += 1
+            return
+        if not st.merge(msg, now):
+            return
+        if msg.key_ops:
+            # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
+            self._keyops.accept(msg.key_ops, logged=True)
+        if msg.reply:
+            self._note_sync(msg)
+            return
+        key = (msg.sender.name, msg.sync_id)
+        if key in self._answered:
+            return
+        self._answered[key] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._send(msg.sender.addr, reply_to=msg.sync_id)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _join_round(self, now: float) -> None:
+        for addr in self._seeds:
+            self._send(addr)
+        self._schedule(now + self._join_delay, "join")
+        self._join_delay = min(2 * self._join_delay, self._cfg.push_pull_interval)
+
+    def _send(self, addr: Addr, reply_to: int | None = None, only: str | None = None) -> None:
+        """Our state to ``addr``, cut into datagrams. ``reply_to``: the request's sync id.
+        ``only``: send just that member's entry (a dead probe), not the whole table."""
+        st = self._state
+        if only is not None:
+            one = st.entry(only)
+            entries = [one] if one is not None else []
+        else:
+            entries = st.entries()
+        sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
+        ops = [encode(op) for op in self._keyops.log()]
+        for chunk in encode_push_pull(st.local, sync_id, reply_to is not None, entries,
+                                      self._budget, ops):
+            self._emit([chunk], addr)
+
+    def _note_sync(self, msg: PushPull) -> None:
+        """Synced once every chunk of an answer has been merged. Chunks of answers to retries add
+        up (merging is idempotent), so a lossy link still completes a large state eventually."""
+        if self.synced:
+            return
+        count, got = self._progress.get(msg.sender.name, (msg.count, set()))
+        if count != msg.count:
+            got = set()
+        got.add(msg.index)
+        self._progress[msg.sender.name] = (msg.count, got)
+        if len(got) == msg.count:
+            self.synced = True
+            self._progress.clear()
