@@ -424,7 +424,12 @@ class Membership:
         k = int(self.cfg.suspicion_mult) - 2
         if n - 2 < k:  # too few members to ever collect k confirmations
             k = 0
-        lo = suspicion_timeout(self.cfg.suspicion_mult, n, self.cfg.probe_interval)
+        # Lifeguard local health slows our own verdicts too: a node that is itself degraded
+        # (missed acks, lost nacks) gives a suspect longer before declaring it dead. A healthy
+        # node (score 0) detects crashes exactly as fast as before.
+        lo = self.awareness.scale(
+            suspicion_timeout(self.cfg.suspicion_mult, n, self.cfg.probe_interval)
+        )
         s = Suspicion(sender, inc, k, lo, self.cfg.suspicion_max_timeout_mult * lo, now)
         self._set_state(e, SUSPECT, now)
         self.suspicions[name] = s

@@ -361,3 +361,18 @@ def test_stale_suspicion_of_us_is_answered_directly() -> None:
     out = sent(n)
     assert any(addr == B.addr and m.Alive(n.local) in msgs for msgs, addr in out)
     assert n.local.incarnation == 1
+
+
+def test_degraded_node_gives_suspects_longer() -> None:
+    """Lifeguard: a node whose own health score is raised (it missed acks/nacks) scales the
+    suspicion timeout, so its verdicts slow down; a healthy node keeps the 4 s above."""
+    n = node()
+    feed(n, m.Alive(A), m.Alive(B))
+    n._state.awareness.apply(2)  # as after probes that went unanswered
+    feed(n, m.Suspect(0, "n1", "n2"), now=10.0)
+    t = 10.0
+    while state(n, "n1") == MemberState.SUSPECT and t < 100:
+        t = n.get_timer() or t
+        n.handle_timer(t)
+    assert state(n, "n1") == MemberState.DEAD
+    assert t >= 10.0 + 3 * 4.0 - 1e-9  # (score + 1) * 4 s
