@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import json
 import os
@@ -39,6 +38,7 @@ import pytest
 
 from meshd.control.client import request
 from meshd.control.server import ControlServer
+from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import ControlError
 from meshd.gossip.messages import Ping, encode, pack_datagram
 from meshd.gossip.security import KEY_ID_LEN, Keyring, Sealer, key_id
@@ -77,26 +77,7 @@ def steady_config(tmp_path: Path) -> Path:
 
 def in_ns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread that joined netns ``ns`` (its sockets live there)."""
-    out: list[Any] = []
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                assert libc.setns(fd, 0x40000000) == 0, os.strerror(ctypes.get_errno())
-            finally:
-                os.close(fd)
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            out.append(exc)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]  # type: ignore[no-any-return]
+    return run_in_netns(netns_path(ns), fn)
 
 
 def snapshot(d: Daemon) -> dict[str, tuple[Any, ...]]:

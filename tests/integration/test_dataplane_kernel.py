@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ import pytest
 
 from meshd.config import Config
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
+from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.dataplane.reconciler import Reconciler
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import DataplaneError, MissingKernelFeature
@@ -47,27 +47,8 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def in_ns(ns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a fresh thread that joined netns ``ns`` (sockets stay in that netns)."""
-    out: list[Any] = []
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                assert libc.setns(fd, 0x40000000) == 0, os.strerror(ctypes.get_errno())
-            finally:
-                os.close(fd)
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            out.append(exc)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]  # type: ignore[no-any-return]
+    """Run ``fn`` in a thread that joined netns ``ns`` (its sockets live there)."""
+    return run_in_netns(netns_path(ns), fn)
 
 
 def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int = 64 * 1024,

@@ -11,7 +11,6 @@ is idempotent, repairs hand edits and leaves every other table alone; host-gw is
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import signal
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import DataplaneError
 from meshd.firewall import Firewall
 from meshd.lab.topology import Host, Lab, ns_exec
@@ -71,26 +71,7 @@ def run(coro: Any) -> Any:
 
 def in_ns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread that joined netns ``ns`` (its sockets live there)."""
-    out: list[Any] = []
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                assert libc.setns(fd, 0x40000000) == 0, os.strerror(ctypes.get_errno())
-            finally:
-                os.close(fd)
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            out.append(exc)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]  # type: ignore[no-any-return]
+    return run_in_netns(netns_path(ns), fn)
 
 
 def _csum(data: bytes) -> int:
