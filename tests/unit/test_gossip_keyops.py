@@ -244,6 +244,13 @@ def test_op_reaches_all_ten_nodes_once_under_loss(seed: int) -> None:
         drain(net, got)
     assert all([x.id for x in ops] == [op_id] for ops in got.values()), got
     assert sum(x.counters["keyop.duplicate"] for x in net.nodes) > 0  # suppressed, not absent
+    # A malformed op (an install carrying a key id) from a member is dropped and counted there.
+    bad = msgpack.packb([1, [[8, b"m" * 16, 0, ID1, "n2", 99]]], use_bin_type=True)
+    net.nodes[5].receive_datagram(bad, net.addrs[2], net.now)
+    assert net.nodes[5].counters["drop.key_op"] == 1 and net.nodes[5].pop_key_ops() == []
+    net.run_for(5)
+    drain(net, got)
+    assert all(len(ops) == 1 for ops in got.values())
 
 
 def test_partitioned_node_gets_the_op_through_push_pull_on_heal() -> None:
