@@ -34,7 +34,7 @@ from meshd.errors import ControlError
 from meshd.lab import faults
 from meshd.lab.topology import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
 
-from .conftest import all_alive, keygen, wait_until
+from .conftest import FAST_GOSSIP, all_alive, keygen, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 LOSS_SECONDS = 60.0
@@ -42,16 +42,8 @@ LOSS_PERCENT = 20
 # conftest's FAST_GOSSIP with memberlist's suspicion_mult (4, not 3): with 3, the simulator
 # (meshd.sim, same core) shows ~1.5 false deaths a minute among 5 nodes at 20% loss; with 4, none
 # in 6 simulated minutes. Refutation gets 1.6 s instead of 1.2 s before confirmations can end it.
-LOSSY_GOSSIP = """
-[gossip]
-probe_interval = 0.4
-probe_timeout = 0.2
-gossip_interval = 0.1
-push_pull_interval = 5
-dead_probe_interval = 1
-suspicion_mult = 4
-reap_after = 4
-"""
+LOSSY_GOSSIP = FAST_GOSSIP.replace("suspicion_mult = 3", "suspicion_mult = 4")
+assert LOSSY_GOSSIP != FAST_GOSSIP
 
 
 @pytest.fixture(autouse=True)
