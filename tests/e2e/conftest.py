@@ -16,7 +16,9 @@ import pytest
 
 from meshd.lab.topology import Daemon, Lab
 
-# Fast but realistic timers: the protocol is identical, only the clock is scaled.
+# Fast but realistic timers: the protocol is identical, only the clock is scaled. reap_after
+# must exceed the time a killed daemon takes to come back (seconds inside the user-mode-linux
+# guest), or its peers rightly reap its routes and the restart test sees loss.
 FAST_GOSSIP = """
 metrics = "127.0.0.1:9950"
 
@@ -27,7 +29,7 @@ gossip_interval = 0.1
 push_pull_interval = 5
 dead_probe_interval = 1
 suspicion_mult = 3
-reap_after = 4
+reap_after = 10
 """
 
 
