@@ -22,7 +22,7 @@ def _quad(ip: str) -> int | None:
     """A canonical dotted quad (no leading zeros: inet_pton is as strict as ipaddress)."""
     try:
         return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
