@@ -39,6 +39,9 @@ class GossipConfig:
     """Seconds between gossip rounds (memberlist: 200 ms)."""
     gossip_nodes: int = 3
     """Random peers each gossip round is sent to (memberlist: 3)."""
+    eager_gossip: bool = True
+    """Send news on at once (at most every gossip_interval / 4) instead of at the next round: a
+    hop then costs a round trip, not half a gossip interval (meshd; memberlist waits)."""
     retransmit_mult: int = 4
     """Each broadcast is sent retransmit_mult * ceil(log10(N+1)) times (memberlist: 4)."""
     push_pull_interval: float = 30.0
@@ -209,6 +212,10 @@ _GOSSIP_INTS = {
 
 def _check_gossip(key: str, value: Any) -> Any:
     name = f"gossip.{key}"
+    if key == "eager_gossip":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: must be true or false, got {value!r}")
+        return value
     if key in _GOSSIP_INTS:
         return _int(name, value, *_GOSSIP_INTS[key])
     if key in _GOSSIP_RANGES:

@@ -267,7 +267,13 @@ def run(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     cfg = GossipConfig()
     for item in args.set or []:
         key, _, value = item.partition("=")
-        cfg = replace(cfg, **{key: type(getattr(cfg, key))(value)})
+        kind = type(getattr(cfg, key))
+        if kind is bool:
+            if value not in ("true", "false"):
+                raise ValueError(f"--set {key}: true or false, got {value!r}")
+            cfg = replace(cfg, **{key: value == "true"})
+        else:
+            cfg = replace(cfg, **{key: kind(value)})
     net = Network(cfg, seed=args.seed, loss=args.loss,
                   latency=(args.latency_ms[0] / 1000, args.latency_ms[1] / 1000),
                   record_events=False)
@@ -353,8 +359,11 @@ def run(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         net.run_until(t_update + k * gap)
         old = net.nodes[updater].local
         updates[old.name] = (net.now, old.incarnation + 1, [])
+        # Known before the update, so the updater's own first (eager) round is counted too.
+        new = replace(old, mtu=old.mtu - 1, incarnation=old.incarnation + 1)
+        news.append(encode(Alive(new)))
         net.update_local(updater, replace(old, mtu=old.mtu - 1))
-        news.append(encode(Alive(net.nodes[updater].local)))
+        assert net.nodes[updater].local == new
     net.run_until(t_crash)
     if victim is not None:
         net.crash(victim)

@@ -118,6 +118,11 @@ class KeyOps:
             self._hand_out(op)
         return fresh
 
+    @property
+    def pending(self) -> bool:
+        """Ops are waiting for `pop`."""
+        return bool(self._pending)
+
     def pop(self) -> list[KeyOp]:
         out, self._pending = self._pending, []
         return out

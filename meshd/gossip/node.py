@@ -17,6 +17,9 @@ What happens on which timer:
     forward      a ping we relay for someone else timed out: send them a nack
     gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
                  random members (and recently dead ones); ticks keep one random phase
+    eager        with eager_gossip, news is sent on by an extra round right away, at most one
+                 per gossip_interval / 4 (this timer holds the next one back until then): a hop
+                 costs a round trip instead of half a gossip interval
     push_pull, dead_probe, join    full state exchanges (pushpull.py)
     suspect, reap    suspicion timeouts and tombstone expiry (state.py)
 
@@ -134,6 +137,11 @@ class GossipNode:
         self._sync = Sync(self._state, self._keyops, config, rng, self.counters, self._emit,
                           self._schedule, self._budget)
         self._gossip_armed = False
+        self._gossiped = 0  # the queue's push count at the last gossip round
+        self._eager_armed = False
+        self._last_eager = -math.inf
+        self._eager_gap = config.gossip_interval / 4
+        self._news_mark: tuple[bool, int] | None = None
         self._start = now
         self._now = now
         self._state.load_known(known, now)
@@ -253,7 +261,18 @@ class GossipNode:
 
     def pop_events(self) -> list[MemberEvent]:
         events, self._state.events = self._state.events, []
+        self._news_mark = (self.synced, self._state.local.incarnation)
         return events
+
+    def has_news(self) -> bool:
+        """Something for the driver since the last `pop_events`: member events, key ops to
+        apply, the first sync done, or a new local incarnation (to persist). Lets the daemon
+        skip its membership step after the many datagrams that change nothing (probes)."""
+        return bool(
+            self._state.events
+            or self._keyops.pending
+            or self._news_mark != (self.synced, self._state.local.incarnation)
+        )
 
     def broadcast_key_op(self, op: str, arg: bytes, now: float) -> bytes:
         """Spread a keyring operation to the whole mesh; returns its 16-byte id.
@@ -308,6 +327,8 @@ class GossipNode:
                 self._send([encode(Nack(fwd[0]))], fwd[1])
         elif kind == "gossip":
             self._gossip(now)
+        elif kind == "eager":
+            self._eager_armed = False  # _after sends the round now that the gap has passed
         elif kind == SUSPICION_TIMER:
             self._state.suspicion_expired(str(key), now)
         elif kind == REAP_TIMER:
@@ -316,9 +337,18 @@ class GossipNode:
             self._sync.fire(kind, now)
 
     def _after(self, now: float) -> None:
+        queue = self._queue
+        if (queue and self.config.eager_gossip and queue.pushes != self._gossiped
+                and not self._eager_armed):
+            if now >= self._last_eager + self._eager_gap:
+                self._last_eager = now
+                self._gossip_round(now)
+            else:
+                self._eager_armed = True
+                self._schedule(self._last_eager + self._eager_gap, "eager")
         # Gossip rounds run only while there is something to gossip: an idle mesh of thousands of
         # simulated nodes then costs no timer wakeups for them.
-        if self._queue and not self._gossip_armed:
+        if queue and not self._gossip_armed:
             self._gossip_armed = True
             self._schedule(self._next_gossip_tick(now), "gossip")
 
@@ -348,13 +378,18 @@ class GossipNode:
         if not self._queue:
             self._gossip_armed = False
             return
+        self._gossip_round(now)
+        self._schedule(self._next_gossip_tick(now), "gossip")
+
+    def _gossip_round(self, now: float) -> None:
+        """Queued broadcasts to gossip_nodes random members (and recently dead ones)."""
+        self._gossiped = self._queue.pushes
         n = self._state.num_nodes
         for e in self._state.gossip_targets(self.config.gossip_nodes, now):
             parts = self._queue.take(self._budget, n)
             if not parts:
                 break
             self._emit(parts, e.record.addr)
-        self._schedule(self._next_gossip_tick(now), "gossip")
 
     # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
 

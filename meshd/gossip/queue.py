@@ -38,6 +38,8 @@ class BroadcastQueue:
         # _buckets[t] holds the items transmitted t times, oldest first (dicts keep insert order).
         self._buckets: list[dict[int, _Item]] = [{}]
         self._next_id = 0
+        self.pushes = 0
+        """Broadcasts queued so far (monotonic): the node compares it to see if news came in."""
         self._limit = (0, 0)  # (num_nodes, retransmit_limit) of the last take
         self._smallest = MIN_MESSAGE
         """Size of the smallest broadcast ever queued: once the room left is under it, nothing
@@ -55,6 +57,7 @@ class BroadcastQueue:
         if old is not None:
             del self._buckets[old.transmits][old.id]
         self._next_id += 1
+        self.pushes += 1
         item = _Item(key, payload, self._next_id)
         if len(self._by_key) == 0 or item.size < self._smallest:
             self._smallest = max(MIN_MESSAGE, item.size)

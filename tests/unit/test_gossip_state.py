@@ -175,7 +175,7 @@ def test_our_name_with_another_node_id_is_a_conflict() -> None:
 
 
 def test_ping_is_acked_to_the_source_address_with_piggyback() -> None:
-    n = node()
+    n = node(cfg=GossipConfig(eager_gossip=False))  # else the news left in its own round
     feed(n, m.Alive(A))
     feed(n, m.Ping(77, "n0", "n1", A.addr))
     ((msgs, addr),) = sent(n)
@@ -261,19 +261,54 @@ def test_push_pull_claiming_we_are_dead_makes_us_refute() -> None:
     entries = (m.PushPullEntry(ME, MemberState.DEAD, 0),)
     feed(n, m.PushPull(A, 1, False, 0, 1, entries))
     assert n.local.incarnation == 1
-    ((pp,), _) = sent(n)[-1]
+    (pp,) = [msgs[0] for msgs, _ in sent(n) if isinstance(msgs[0], m.PushPull)]
     assert isinstance(pp, m.PushPull) and pp.sender.incarnation == 1  # reply carries the refutation
 
 
 def test_update_local_bumps_incarnation_and_broadcasts() -> None:
-    n = node()
+    n = node(cfg=GossipConfig(eager_gossip=False))
     feed(n, m.Alive(A))
     n.datagrams_to_send()
     n.update_local(replace(ME, subnet="10.99.0.0/24"), 2.0)
     assert n.local.incarnation == 1 and n.local.subnet == "10.99.0.0/24"
+    assert sent(n) == []  # memberlist style: the news waits for a gossip round or a piggyback
     feed(n, m.Ping(1, "n0", "n1", A.addr), now=2.1)
     ((msgs, _),) = sent(n)
     assert m.Alive(n.local) in msgs
+
+
+def test_eager_gossip_sends_news_at_once_then_at_most_every_quarter_interval() -> None:
+    cfg = GossipConfig()
+    assert cfg.eager_gossip
+    gap = cfg.gossip_interval / 4
+    n = node(cfg=cfg)
+    feed(n, m.Alive(A), m.Alive(B), now=1.0)
+    first = sent(n)
+    # In the same call, not at the next gossip round: one datagram per gossip target.
+    assert {addr for _, addr in first} == {A.addr, B.addr}
+    assert all(m.Alive(A) in msgs and m.Alive(B) in msgs for msgs, _ in first)
+    # More news within the gap waits for it (or the regular round, whichever comes first).
+    feed(n, m.Alive(replace(A, incarnation=1, mtu=1400)), now=1.0 + gap / 2)
+    assert sent(n) == []
+    timer = n.get_timer()
+    assert timer is not None and timer <= 1.0 + gap
+    n.handle_timer(1.0 + gap)
+    later = sent(n)
+    assert later and all(m.Alive(replace(A, incarnation=1, mtu=1400)) in msgs
+                         for msgs, _ in later)
+
+
+def test_has_news_is_set_by_events_and_cleared_by_pop_events() -> None:
+    n = node()
+    assert n.has_news()  # the initial sync state was never handed out
+    n.pop_events()
+    assert not n.has_news()
+    feed(n, m.Ping(1, "n0", "n1", A.addr))  # a probe from a stranger changes nothing
+    assert not n.has_news()
+    feed(n, m.Alive(A))
+    assert n.has_news()
+    assert [e.kind for e in n.pop_events()] == ["join"]
+    assert not n.has_news()
 
 
 def test_leave_marks_self_left_and_finishes() -> None:
