@@ -8,8 +8,8 @@ is sealed and sent at once. Datagrams that fail to open are counted by reason an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import socket
 import time
 from collections import Counter
@@ -45,6 +45,7 @@ class Transport:
         self.counters: Counter[str] = Counter()
         self._stream: asyncio_dgram.aio.DatagramServer | None = None
         self._wake = asyncio.Event()
+        self._sleeping_until = -math.inf
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -98,19 +99,36 @@ class Transport:
             host, port = addr[0], addr[1]  # type: ignore[index]  # AF_INET: (str, int)
             self.node.receive_datagram(payload, (str(host), int(port)), self.clock())
             await self._flush()
+            self._after()
+
+    def _after(self) -> None:
+        """After the core ran: wake the timer loop if the core now wants an earlier deadline
+        than the one it sleeps for (a relayed ping's nack, the next eager round), and tell the
+        daemon only when there is news (most datagrams are probes that change nothing)."""
+        deadline = self.node.get_timer()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._wake.set()
+        if self.node.has_news():
             self.on_change()
 
     async def _timer_loop(self) -> None:
+        # One TimerHandle per sleep rather than asyncio.wait_for, which wraps every wait in a
+        # Task: at a few wakeups per second that was a visible share of the idle CPU.
+        loop = asyncio.get_running_loop()
+        wake = self._wake
         while True:
             deadline = self.node.get_timer()
-            delay = 1.0 if deadline is None else max(0.0, deadline - self.clock())
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            self._wake.clear()
+            delay = 1.0 if deadline is None else deadline - self.clock()
+            if delay > 0 and not wake.is_set():
+                self._sleeping_until = self.clock() + delay
+                handle = loop.call_later(delay, wake.set)
+                await wake.wait()
+                handle.cancel()
+                self._sleeping_until = -math.inf
+            wake.clear()
             self.node.handle_timer(self.clock())
             await self._flush()
-            self.on_change()
+            self._after()
 
     def _drain_errors(self) -> None:
         """asyncio_dgram raises a queued error of an earlier sendto() (EPERM from a local
