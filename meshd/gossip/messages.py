@@ -43,6 +43,8 @@ RECORD_CACHE_MAX = 1 << 16
 """Validated records and names remembered by the decoder (cleared when full)."""
 MAX_KEY_OP_LOG = 32
 """Most key ops a push-pull may carry (we send keyops.LOG_SIZE); more rejects the datagram."""
+DIGEST_LEN = 16
+"""A SyncDigest's hash of the sender's view (pushpull.view_digest)."""
 
 
 class MsgType(IntEnum):
@@ -57,6 +59,7 @@ class MsgType(IntEnum):
     DEAD = 6
     PUSH_PULL = 7
     KEY_OP = 8
+    SYNC_DIGEST = 9
 
 
 MSG_NAMES = {t: t.name.lower() for t in MsgType}
@@ -174,7 +177,19 @@ class PushPull:
     """The sender's recent key ops (keyops.KeyOps.log); only in chunk 0."""
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp
+@dataclass(frozen=True, slots=True)
+class SyncDigest:
+    """The periodic anti-entropy round's opening: a hash of the sender's view. A receiver whose
+    own view hashes the same answers with its digest (``reply``) and nothing more; otherwise it
+    starts a full push-pull with the sender, which answers with its whole state."""
+
+    sync_id: int
+    reply: bool
+    digest: bytes
+
+
+Message = (Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp
+           | SyncDigest)
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -233,6 +248,8 @@ def encode(msg: Message) -> bytes:
         return bytes(
             _packb([MsgType.KEY_OP, msg.id, _KEY_OP_CODE[msg.op], msg.key, msg.origin, msg.ltime])
         )
+    if isinstance(msg, SyncDigest):
+        return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest]))
     entries = [encode_entry(e.record, e.state, e.incarnation) for e in msg.entries]
     chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, entries, 1 << 30,
                               [encode(op) for op in msg.key_ops])
@@ -356,6 +373,12 @@ def _decode_one(m: Any) -> Message:
         return _decode_push_pull(m)
     if t == MsgType.KEY_OP:
         return _decode_key_op(m)
+    if t == MsgType.SYNC_DIGEST:
+        _need(m, 4)
+        digest = m[3]
+        if type(digest) is not bytes or len(digest) != DIGEST_LEN:
+            raise DecodeError("malformed")
+        return SyncDigest(_seq(m[1]), _bool(m[2]), digest)
     raise DecodeError("unknown_type")
 
 

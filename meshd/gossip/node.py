@@ -54,6 +54,7 @@ from meshd.gossip.messages import (
     Ping,
     PushPull,
     Suspect,
+    SyncDigest,
     decode,
     encode,
     pack_datagram,
@@ -81,6 +82,7 @@ _MSG_COUNTER = {
     Dead: "msg.dead",
     PushPull: "msg.push_pull",
     KeyOp: "msg.key_op",
+    SyncDigest: "msg.sync_digest",
 }
 
 
@@ -476,6 +478,8 @@ class GossipNode:
             st.on_dead(msg.incarnation, msg.node, msg.sender, now)
         elif isinstance(msg, PushPull):
             self._sync.receive(msg, now)
+        elif isinstance(msg, SyncDigest):
+            self._sync.receive_digest(msg, addr)
 
     def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
         """Its sender suspects us at an incarnation we already refuted: it missed our alive, and

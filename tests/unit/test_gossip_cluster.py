@@ -236,3 +236,28 @@ def test_converged_nodes_share_entries_until_they_change_them() -> None:
     assert all(e.state == ALIVE for t in tables for e in t.values() if type(e) is SharedEntry)
     assert net.fully_converged(live)
     no_internal_errors(net)
+
+
+def test_converged_mesh_anti_entropy_sends_digests_not_tables() -> None:
+    net = joined(10, seed=4)
+    net.run_for(5)
+    before = sum(n.counters["msg.push_pull"] for n in net.nodes)
+    net.run_for(95)  # every node opens about three anti-entropy rounds (30 s interval)
+    same = sum(n.counters["push_pull.digest_same"] for n in net.nodes)
+    assert sum(n.counters["push_pull.digest_sent"] for n in net.nodes) >= 20
+    assert same >= 2 * 20  # each round counted by both ends
+    assert sum(n.counters["push_pull.digest_differ"] for n in net.nodes) == 0
+    assert sum(n.counters["msg.push_pull"] for n in net.nodes) == before
+    no_internal_errors(net)
+
+
+def test_diverged_views_still_get_a_full_exchange() -> None:
+    net = joined(4, seed=5)
+    net.partition([0, 1], [2, 3])
+    net.run_for(60)  # each side declares the other dead: the views differ
+    assert net.view(0)["n2"] == DEAD
+    differ0 = sum(n.counters["push_pull.digest_differ"] for n in net.nodes)
+    net.heal()
+    assert net.run_until_true(net.fully_converged, 120)
+    assert sum(n.counters["push_pull.digest_differ"] for n in net.nodes) >= differ0
+    no_internal_errors(net)

@@ -48,9 +48,10 @@ def test_compound_header_of_16_and_more_messages() -> None:
 
 def test_type_numbers_are_append_only() -> None:
     # On the wire: changing these breaks every deployed node.
-    assert [t.value for t in m.MsgType] == list(range(9))
-    assert [t.name for t in m.MsgType][:9] == [
+    assert [t.value for t in m.MsgType] == list(range(10))
+    assert [t.name for t in m.MsgType] == [
         "PING", "INDIRECT_PING", "ACK", "NACK", "SUSPECT", "ALIVE", "DEAD", "PUSH_PULL", "KEY_OP",
+        "SYNC_DIGEST",
     ]
     assert m.KEY_OPS == ("install", "use", "remove")
 

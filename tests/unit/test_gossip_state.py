@@ -411,3 +411,57 @@ def test_degraded_node_gives_suspects_longer() -> None:
         n.handle_timer(t)
     assert state(n, "n1") == MemberState.DEAD
     assert t >= 10.0 + 3 * 4.0 - 1e-9  # (score + 1) * 4 s
+
+
+def test_digest_that_differs_starts_a_full_push_pull() -> None:
+    n = node()
+    feed(n, m.Alive(A))
+    n.datagrams_to_send()
+    feed(n, m.SyncDigest(7, False, b"\0" * m.DIGEST_LEN))
+    assert n.counters["push_pull.digest_differ"] == 1
+    pps = [(msgs[0], addr) for msgs, addr in sent(n) if isinstance(msgs[0], m.PushPull)]
+    assert pps and all(not pp.reply and addr == SRC for pp, addr in pps)
+
+
+def test_equal_views_exchange_digests_only() -> None:
+    x = node()
+    y = GossipNode(A, GossipConfig(), random.Random(2), 0.0)
+    y.join([ME.addr], 0.0)
+    peer = {ME.addr: (x, A.addr), A.addr: (y, ME.addr)}
+    seen: list[tuple[str, m.Message]] = []
+
+    def pump(now: float) -> None:  # deliver until quiet, recording what went each way
+        moved = True
+        while moved:
+            moved = False
+            for src in (x, y):
+                for data, addr in src.datagrams_to_send():
+                    dst, from_addr = peer[addr]
+                    seen.extend((src.local.name, d) for d in m.decode(data))
+                    dst.receive_datagram(data, from_addr, now)
+                    moved = True
+
+    now = 0.0
+    pump(now)
+    assert x.synced and y.synced
+    while now < 100 and not any(isinstance(d, m.SyncDigest) for _, d in seen):
+        now = min(t for t in (x.get_timer(), y.get_timer()) if t is not None)
+        seen.clear()  # keep only the step that opened the round
+        for n in (x, y):
+            n.handle_timer(now)
+        pump(now)
+    digests = [(who, d) for who, d in seen if isinstance(d, m.SyncDigest)]
+    assert len(digests) == 2
+    (opener, opening), (answerer, answer) = digests
+    assert isinstance(opening, m.SyncDigest) and isinstance(answer, m.SyncDigest)
+    assert opener != answerer and not opening.reply and answer.reply
+    assert answer.digest == opening.digest and answer.sync_id == opening.sync_id
+    assert not any(isinstance(d, m.PushPull) for _, d in seen)
+    assert x.counters["push_pull.digest_same"] == 1 and y.counters["push_pull.digest_same"] == 1
+
+
+def test_digest_of_the_wrong_length_is_dropped() -> None:
+    n = node()
+    bad = m.pack_datagram([bytes([0x94, 9, 1, 0xC2, 0xC4, 3, 1, 2, 3])])
+    n.receive_datagram(bad, SRC, 1.0)
+    assert n.counters["drop.malformed"] == 1 and sent(n) == []
