@@ -218,8 +218,24 @@ class GossipNode:
         return out
 
     def get_timer(self) -> float | None:
-        """When `handle_timer` wants to be called next (it may be early or late, never harmful)."""
-        return self._timers[0][0] if self._timers else None
+        """When `handle_timer` wants to be called next (it may be early or late, never harmful).
+
+        Timers that can no longer do anything -- the indirect round of a probe already acked, the
+        nack of a relayed ping already answered -- are dropped here rather than woken for: in an
+        idle mesh that is one wakeup in five."""
+        timers = self._timers
+        while timers:
+            _, _, kind, key = timers[0]
+            if kind == "probe_timeout":
+                p = self._probe
+                if p is None or p.seq != key or p.acked:
+                    heapq.heappop(timers)
+                    continue
+            elif kind == "forward" and key not in self._forwards:
+                heapq.heappop(timers)
+                continue
+            return timers[0][0]
+        return None
 
     def handle_timer(self, now: float) -> None:
         self._now = now
