@@ -447,6 +447,12 @@ class Daemon:
             if k.startswith("probe."):
                 fam.add(v, {"result": k[6:]})
         fams.append(fam)
+        fam = Family("meshd_anti_entropy_total", "counter",
+                     "Anti-entropy digests: sent, and received ones whose view was the same, "
+                     "differed (a full push-pull followed) or changed before the answer (late).")
+        for result in ("sent", "same", "differ", "late"):
+            fam.add(c[f"push_pull.digest_{result}"], {"result": result})
+        fams.append(fam)
         fams.append(Family("meshd_suspicions_total", "counter",
                            "Members this node started suspecting.").add(c["suspect.raised"]))
         rtt = self.node.probe_rtt

@@ -45,6 +45,7 @@ def test_membership_lifecycle(
     assert re.search(r'meshd_probes_total\{result="ok"\} [1-9]', text)
     assert re.search(r'meshd_probe_rtt_seconds_count [1-9]', text)
     assert "meshd_reconcile_runs_total" in text
+    assert 'meshd_anti_entropy_total{result="same"}' in text
 
     # A node holding another key is never admitted, and its datagrams are counted as drops.
     intruder = lab.start_daemon(lab.hosts[4], key_file=other, backend="host-gw", extra_args=extra)
