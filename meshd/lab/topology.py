@@ -833,7 +833,10 @@ class Lab:
         penv["PYTHONPATH"] = os.pathsep.join(filter(None, [root, penv.get("PYTHONPATH")]))
         penv.setdefault("PYTHONUNBUFFERED", "1")
         with open(log_path, "ab") as log:
-            proc = self.spawn(host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv)
+            # cwd: "python -m" puts the working directory first on sys.path, so a caller sitting
+            # in another checkout (a benchmark of a frozen commit) would run that one instead.
+            proc = self.spawn(host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv,
+                              cwd=hdir)
         d = Daemon(host, argv, hdir, log_path, hdir / "meshd.sock", hdir / "state", proc)
         self.daemons[host.name] = d
         return d
