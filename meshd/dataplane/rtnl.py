@@ -1,7 +1,11 @@
-"""A lean NETLINK_ROUTE socket for the hot path: batched route / neighbour / FDB requests and
-kernel-filtered dumps, with messages from ``rtnl_wire`` (struct-packed, ~10 us each where pyroute2
-spends ~0.5 ms). netlink.py delegates its hot-path methods here and stays the only module the rest
-of meshd calls; devices, addresses and monitoring stay on pyroute2.
+"""meshd's NETLINK_ROUTE sockets, with messages from ``rtnl_wire`` (routes, neighbours, FDB:
+struct-packed, ~10 us each where pyroute2 spends ~0.5 ms) and ``rtnl_link`` (devices, addresses).
+netlink.py delegates to ``Rtnl`` and stays the only module the rest of meshd calls; ``Monitor``
+is the second socket its ``events()`` reads, subscribed to multicast groups.
+
+Single requests (``call``: a device, an address, a get) wait for their answer and ACK; an error
+becomes a one-line DataplaneError carrying the errno. Requests, dumps and batches on one ``Rtnl``
+take turns (a lock): answers are read back in order.
 
 Batches: up to ``window`` requests go out in one ``sendmsg``, each with NLM_F_ACK and its own
 sequence number. The kernel handles the whole datagram inside ``sendmsg`` and queues one ACK per
@@ -15,7 +19,7 @@ Dumps carry their filter in the request and the socket sets NETLINK_GET_STRICT_C
 sends only meshd's entries. Every entry is re-checked here as well, which keeps a kernel without
 strict checking (before 4.20) correct, only slower.
 
-In a named network namespace the socket is opened by a short-lived thread that joined it
+In a named network namespace a socket is opened by a short-lived thread that joined it
 (``netns.run_in_netns``): no helper process is forked.
 """
 
@@ -94,8 +98,8 @@ class Rtnl:
 
     ``strict_check=False`` skips NETLINK_GET_STRICT_CHK (tests use it to check the user-space
     filtering old kernels need). ``window`` caps the requests per sendmsg (default: what the
-    receive buffer holds, at most MAX_WINDOW). One caller at a time: ACKs and dump parts are
-    read back in order (the reconciler's passes hold a lock).
+    receive buffer holds, at most MAX_WINDOW). Callers take turns (``_lock``): ACKs and dump
+    parts are read back in order.
     """
 
     def __init__(
@@ -117,24 +121,13 @@ class Rtnl:
         self._buf = bytearray(RECV_SIZE)
         self._seq = 0
         self._memos: dict[tuple[Any, ...], Memo] = {}
+        self._lock = asyncio.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def open(self) -> None:
-        if self._sock is not None:
-            return
-        where = f" in netns {self.netns}" if self.netns else ""
-        try:
-            if self.netns is None:
-                sock = self._make_socket()
-            else:
-                path = netns_path(self.netns)
-                if not os.path.exists(path):
-                    raise DataplaneError(f"network namespace {self.netns} does not exist")
-                sock = run_in_netns(path, self._make_socket)
-        except OSError as exc:
-            raise DataplaneError(f"open rtnetlink socket{where}: {exc.strerror or exc}") from exc
-        self._sock = sock
+        if self._sock is None:
+            self._sock = open_socket(self.netns, self._make_socket)
 
     def _make_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
@@ -199,6 +192,10 @@ class Rtnl:
     async def batch(self, reqs: Sequence[Request]) -> list[Failure]:
         """Send every request and check every ACK; returns the ones that failed. A request whose
         errno is in its ``ok`` counts as done."""
+        async with self._lock:
+            return await self._batch(reqs)
+
+    async def _batch(self, reqs: Sequence[Request]) -> list[Failure]:
         fails: list[Failure] = []
         i = 0
         while i < len(reqs):
@@ -279,7 +276,8 @@ class Rtnl:
         attempt = 0
         while True:
             try:
-                out, intr = await self._dump_once(req, decoder, msg_type)
+                async with self._lock:
+                    out, intr = await self._exchange(req, decoder, msg_type)
             except DataplaneError as exc:
                 code = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else None
                 if code == errno.EINVAL and self.strict:
@@ -292,9 +290,26 @@ class Rtnl:
             if not intr or attempt >= DUMP_RETRIES:
                 return out
 
-    async def _dump_once(
-        self, req: Request, decoder: Callable[[bytearray, int, int], T], msg_type: int
+    async def call(
+        self,
+        req: Request,
+        decoder: Callable[[bytearray, int, int], T] | None = None,
+        msg_type: int = 0,
+    ) -> list[T]:
+        """One request that is not a dump (it carries NLM_F_ACK): its ``msg_type`` answers,
+        decoded, once the kernel ACKed it. Raises the kernel's error as a one-line
+        DataplaneError, unless its errno is in ``req.ok`` (then the answer is empty)."""
+        async with self._lock:
+            out, _ = await self._exchange(req, decoder, msg_type)
+        return out
+
+    async def _exchange(
+        self,
+        req: Request,
+        decoder: Callable[[bytearray, int, int], T] | None,
+        msg_type: int,
     ) -> tuple[list[T], bool]:
+        """Send ``req``; read its answers up to NLMSG_DONE (a dump) or the ACK (a request)."""
         seq = self._next_seq(1)
         try:
             self.sock.send(frame(req, seq))
@@ -318,7 +333,7 @@ class Rtnl:
                 if length < _HDR_LEN:
                     break
                 if mseq == seq:
-                    if kind == msg_type:
+                    if kind == msg_type and decoder is not None:
                         out.append(decoder(buf, off + _HDR_LEN, off + length))
                         intr = intr or bool(flags & NLM_F_DUMP_INTR)
                         filtered = filtered or bool(flags & NLM_F_DUMP_FILTERED)
@@ -327,6 +342,10 @@ class Rtnl:
                         return out, intr or bool(flags & NLM_F_DUMP_INTR)
                     elif kind == NLMSG_ERROR:
                         code, detail = decode_error(buf, off + _HDR_LEN, off + length, flags)
+                        if code == 0:
+                            return out, intr  # the ACK: the request is done
+                        if code in req.ok:
+                            return [], False
                         raise request_error(req.what, code, detail)
                 off += (length + 3) & ~3
             if parts % 64 == 0:
@@ -419,3 +438,60 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def open_socket(netns: str | None, make: Callable[[], socket.socket]) -> socket.socket:
+    """``make()`` in the current namespace, or in a thread that joined ``/run/netns/<netns>``
+    (a socket keeps the namespace it was made in). OSErrors become one-line DataplaneErrors."""
+    where = f" in netns {netns}" if netns else ""
+    try:
+        if netns is None:
+            return make()
+        path = netns_path(netns)
+        if not os.path.exists(path):
+            raise DataplaneError(f"network namespace {netns} does not exist")
+        return run_in_netns(path, make)
+    except OSError as exc:
+        raise DataplaneError(f"open rtnetlink socket{where}: {exc.strerror or exc}") from exc
+
+
+# --- notifications -------------------------------------------------------------------------------
+
+
+class Monitor:
+    """A NETLINK_ROUTE socket subscribed to ``groups`` (RTMGRP_* bits): every change the kernel
+    announces there, one datagram per ``read``. Subscribed once ``open`` returns."""
+
+    def __init__(self, netns: str | None, groups: int, *, rcvbuf: int = RCVBUF) -> None:
+        self.netns = netns
+        self.groups = groups
+        self.rcvbuf = rcvbuf
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        if self._sock is None:
+            self._sock = open_socket(self.netns, self._make_socket)
+
+    def _make_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            # A burst (a device deleted with its thousands of routes) must fit, or it is lost.
+            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, self.rcvbuf)
+            sock.bind((0, self.groups))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    async def read(self) -> bytes:
+        """The next datagram of notifications. Raises OSError(ENOBUFS) when the kernel had to
+        drop some (the receive buffer was full): the caller must re-read what it watches."""
+        if self._sock is None:
+            raise DataplaneError("rtnetlink monitor is not open")
+        return await asyncio.get_running_loop().sock_recv(self._sock, RECV_SIZE)

@@ -194,11 +194,12 @@ def test_route_dump_message_decodes_like_pyroute2(
         kattrs.append(("RTA_GATEWAY", gw))
     if oif:
         kattrs.append(("RTA_OIF", oif))
-    kattrs.append(("RTA_PRIORITY", 100))  # an attribute meshd does not read is skipped
+    kattrs.append(("RTA_PRIORITY", 100))  # the metric: the default route's tie-break
+    kattrs.append(("RTA_PREF", 0))  # an attribute meshd does not read is skipped
     m["attrs"] = kattrs
     m.encode()
     got = w.decode(bytes(m.data))
-    assert got == w.RouteMsg(2, dst, gw, oif, flags, proto, table, scope, 1)
+    assert got == w.RouteMsg(2, dst, gw, oif, flags, proto, table, scope, 1, 100)
 
 
 @given(ips, macs, ifindexes, st.integers(0, 0xFFFF), st.integers(0, 255),
