@@ -1,7 +1,8 @@
 """The kernel data plane: peer table -> desired state -> plan -> netlink.
 
 ``model`` is pure and cheap to import (the CLI and the daemon's peer view use it without root);
-``Reconciler`` and ``discover_underlay`` pull in pyroute2, so they are imported on first use.
+``Reconciler`` and ``discover_underlay`` bring asyncio and the netlink sockets (``netlink``,
+``rtnl*``; no pyroute2), so they are imported on first use.
 """
 
 from __future__ import annotations

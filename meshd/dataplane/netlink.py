@@ -1,53 +1,85 @@
-"""The only netlink module the rest of meshd calls; every netlink error becomes a DataplaneError
-here (pyroute2's in ``_translate``, the raw socket's in ``rtnl``).
+"""The only netlink module the rest of meshd calls; every netlink error becomes a one-line
+DataplaneError here or in ``rtnl`` (the errno kept as its ``__cause__``: ``error_code``).
 
 ``Netlink`` opens, in the current network namespace or in a named one (so tests and the lab can
-drive a namespace from the same process):
+drive a namespace from the same process), one ``rtnl.Rtnl`` socket for everything it asks:
 
-* a pyroute2 socket for devices, addresses and the default route (pyroute2 forks a small helper to
-  open it in a namespace), and, for ``events()``, a second one bound to multicast groups;
-* an ``rtnl.Rtnl`` socket for the hot path -- routes, neighbours and FDB entries, one per peer --
-  behind the batch-shaped ``dump_*``/``*_apply`` methods, which take and return plain tuples.
-  pyroute2 costs ~0.5 ms per such object; the struct-packed messages there cost ~10 us, sent
-  hundreds per sendmsg with every ACK checked (issue 7).
+* devices, IPv4 addresses and the default route, as ``rtnl_link`` packs them (a pass touches
+  one or two devices);
+* the hot path -- routes, neighbours and FDB entries, one per peer -- behind the batch-shaped
+  ``dump_*``/``*_apply`` methods, which take and return plain tuples. pyroute2 costs ~0.5 ms
+  per such object; the struct-packed messages of ``rtnl_wire`` cost ~10 us, sent hundreds per
+  sendmsg with every ACK checked;
 
-Dumps of the hot objects are filtered by the kernel (NETLINK_GET_STRICT_CHK with the filter in
-the request: rtm_protocol + rtm_table for routes, NDA_IFINDEX / ndm_ifindex for neighbours and
-FDB), not in Python: a host's main table may hold far more routes than meshd's.
+and, for ``events()``, a second socket (``rtnl.Monitor``) bound to the multicast groups.
+
+No pyroute2: importing it cost the daemon ~11 MiB of its ~47 (issue 7). The tests still use it,
+to check every message packed here against its codec and every answer against its reading of
+the kernel.
+
+Dumps are filtered by the kernel (NETLINK_GET_STRICT_CHK with the filter in the request:
+rtm_protocol + rtm_table for routes, NDA_IFINDEX / ndm_ifindex for neighbours and FDB,
+ifa_index for addresses), not in Python: a host's main table may hold far more routes than
+meshd's.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import AsyncIPRoute, NetlinkError
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-from pyroute2.netlink.rtnl import (
-    RTM_GETROUTE,
+from meshd.dataplane.netns import NETNS_DIR, run_in_netns
+from meshd.dataplane.rtnl import Monitor, Rtnl
+from meshd.dataplane.rtnl_link import (
+    IFA_F_SECONDARY,
+    IFF_UP,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
+    LinkMsg,
+    addr_dump_request,
+    decode_addr,
+    decode_link,
+    encode_addr,
+    encode_link_create,
+    encode_link_delete,
+    encode_link_set,
+    link_get_request,
 )
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
-from meshd.dataplane.netns import NETNS_DIR, run_in_netns
-from meshd.dataplane.rtnl import Rtnl
-from meshd.dataplane.rtnl_wire import GONE as _GONE
-from meshd.dataplane.rtnl_wire import MAIN_TABLE, Failure, FdbEntry, NeighEntry, RouteEntry
+from meshd.dataplane.rtnl_wire import (
+    AF_BRIDGE,
+    GONE,
+    MAIN_TABLE,
+    NUD_PERMANENT,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    Failure,
+    FdbEntry,
+    NeighEntry,
+    Request,
+    RouteEntry,
+    decode_neigh,
+    decode_route,
+    messages,
+    route_dump_request,
+)
 from meshd.errors import DataplaneError, MissingKernelFeature
-
-IFF_UP = 1
 
 __all__ = ["Event", "Failure", "FdbEntry", "LinkInfo", "NeighEntry", "Netlink", "RouteEntry",
            "error_code"]
+
+MONITOR_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,43 +109,21 @@ class Event:
     mtu: int = 0
 
 
-# --- error translation: the one place --------------------------------------------------------
-
-
-def _translate(exc: BaseException, what: str, kind: str | None = None) -> DataplaneError:
-    if isinstance(exc, NetlinkError):
-        code = exc.code
-        text = str(exc.args[1]) if len(exc.args) > 1 else os.strerror(code or 0)
-        if kind and code == errno.EOPNOTSUPP:
-            return MissingKernelFeature(
-                f"kernel has no {kind} support (module {kind}): {what}: {text}"
-            )
-        return DataplaneError(f"{what}: {text} (errno {code})")
-    if isinstance(exc, FileNotFoundError):
-        return DataplaneError(f"{what}: not found: {exc.filename or exc}")
-    if isinstance(exc, OSError):
-        return DataplaneError(f"{what}: {exc.strerror or exc}")
-    return DataplaneError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-@contextlib.contextmanager
-def _errors(what: str, kind: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except DataplaneError:
-        raise
-    except (NetlinkError, OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise _translate(exc, what, kind) from exc
+# --- errors --------------------------------------------------------------------------------------
 
 
 def error_code(err: BaseException) -> int | None:
     """The errno behind a translated error (kept as its ``__cause__``), if any."""
     cause = err.__cause__
-    if isinstance(cause, NetlinkError):
-        return int(cause.code) if cause.code is not None else None
-    if isinstance(cause, OSError):
-        return cause.errno
-    return None
+    return cause.errno if isinstance(cause, OSError) else None
+
+
+def _encode(what: str, build: Callable[[], Request]) -> Request:
+    """A request, or a one-line DataplaneError for input that cannot be packed."""
+    try:
+        return build()
+    except ValueError as exc:
+        raise DataplaneError(f"{what}: {exc}") from exc
 
 
 # --- the socket ----------------------------------------------------------------------------------
@@ -124,37 +134,13 @@ class Netlink:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._ipr: Any = None
         self._rtnl = Rtnl(netns)
 
-    def _kwargs(self) -> dict[str, Any]:
-        # flags=0: without it pyroute2 silently *creates* a mistyped namespace.
-        kw: dict[str, Any] = {"strict_check": True, "ext_ack": True}
-        if self.netns is not None:
-            kw.update(netns=self.netns, flags=0)
-        return kw
-
     async def open(self) -> None:
-        if self.netns is not None and not os.path.exists(os.path.join(NETNS_DIR, self.netns)):
-            raise DataplaneError(f"network namespace {self.netns} does not exist")
-        with _errors(f"open netlink{self._where()}"):
-            self._ipr = AsyncIPRoute(**self._kwargs())
-            await self._ipr.setup_endpoint()
-        try:
-            self._rtnl.open()
-        except DataplaneError:
-            await self.close()
-            raise
-
-    def _where(self) -> str:
-        return f" in netns {self.netns}" if self.netns else ""
+        self._rtnl.open()
 
     async def close(self) -> None:
         self._rtnl.close()
-        if self._ipr is not None:
-            ipr, self._ipr = self._ipr, None
-            with contextlib.suppress(Exception):
-                ipr.close()
 
     async def __aenter__(self) -> Netlink:
         await self.open()
@@ -163,134 +149,83 @@ class Netlink:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def ipr(self) -> Any:
-        if self._ipr is None:
-            raise DataplaneError("netlink socket is not open")
-        return self._ipr
-
-    async def _dump(self, req: Any, msg_type: int) -> Any:
-        """A dump whose filter travels in ``req`` (honoured by the kernel on a strict socket)."""
-        return await self.ipr.nlm_request(req, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
-
     # --- links ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _link_info(msg: Any) -> LinkInfo:
-        params: dict[str, Any] = {}
-        data = msg.get(("linkinfo", "data"))
-        if data is not None:
-            for name, value in data.get("attrs", []):
-                if name.startswith("IFLA_") and name != "UNKNOWN":
-                    params[name[5:].lower()] = value
-        return LinkInfo(
-            index=int(msg["index"]),
-            name=str(msg.get("ifname")),
-            kind=str(msg.get(("linkinfo", "kind")) or ""),
-            mtu=int(msg.get("mtu") or 0),
-            mac=msg.get("address"),
-            up=bool(msg["flags"] & IFF_UP),
-            params=params,
-        )
+    def _link_info(m: LinkMsg) -> LinkInfo:
+        return LinkInfo(m.ifindex, m.name, m.kind, m.mtu, m.mac, bool(m.flags & IFF_UP), m.params)
 
     async def link(self, name: str | None = None, index: int | None = None) -> LinkInfo | None:
         """The device called ``name`` (or with ``index``), or None if there is none."""
-        what = f"get link {name or index}"
-        try:
-            with _errors(what):
-                if name is not None:
-                    msgs = await self.ipr.link("get", ifname=name)
-                else:
-                    msgs = await self.ipr.link("get", index=index)
-        except DataplaneError as exc:
-            if error_code(exc) in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise
+        req = _encode(f"get link {name or index}", lambda: link_get_request(name, index))
+        msgs = await self._rtnl.call(
+            req._replace(ok=(errno.ENODEV, errno.ENOENT)), decode_link, RTM_NEWLINK
+        )
         return self._link_info(msgs[0]) if msgs else None
 
     async def create_link(
         self, name: str, kind: str, mtu: int | None, mac: str | None, params: Sequence[Any]
     ) -> int:
         """Create a device with everything that is fixed at creation, MAC included (set later,
-        systemd's MACAddressPolicy could race us). Returns its ifindex."""
-        kw: dict[str, Any] = dict(params)
-        if mtu is not None:
-            kw["mtu"] = mtu
-        if mac is not None:
-            kw["address"] = mac
-        with _errors(f"create {kind} device {name}", kind=kind):
-            await self.ipr.link("add", ifname=name, kind=kind, **kw)
+        systemd's MACAddressPolicy could race us). Returns its ifindex. A kernel without the
+        kind (EOPNOTSUPP, "Unknown device type") raises MissingKernelFeature."""
+        what = f"create {kind} device {name}"
+        req = _encode(what, lambda: encode_link_create(name, kind, mtu, mac, params))
+        try:
+            await self._rtnl.call(req)
+        except DataplaneError as exc:
+            if error_code(exc) == errno.EOPNOTSUPP:
+                raise MissingKernelFeature(
+                    f"kernel has no {kind} support (module {kind}): {exc}"
+                ) from exc.__cause__
+            raise
         info = await self.link(name)
         if info is None:
-            raise DataplaneError(f"create {kind} device {name}: gone right after creation")
+            raise DataplaneError(f"{what}: gone right after creation")
         return info.index
 
     async def delete_link(self, index: int) -> None:
-        try:
-            with _errors(f"delete link {index}"):
-                await self.ipr.link("del", index=index)
-        except DataplaneError as exc:
-            if error_code(exc) not in _GONE:
-                raise
+        """Delete a device; one already gone counts as done."""
+        await self._rtnl.call(encode_link_delete(index))
 
     async def set_link(
         self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
     ) -> None:
-        kw: dict[str, Any] = {}
-        if mtu is not None:
-            kw["mtu"] = mtu
-        if mac is not None:
-            kw["address"] = mac
-        if up is not None:
-            kw["state"] = "up" if up else "down"
-        with _errors(f"set link {index} {kw}"):
-            await self.ipr.link("set", index=index, **kw)
+        req = _encode(f"set link {index}", lambda: encode_link_set(index, mtu=mtu, mac=mac, up=up))
+        await self._rtnl.call(req)
 
     async def default_route_oif(self) -> int | None:
         """ifindex of the main table's IPv4 default route (lowest metric), if any."""
+        req = route_dump_request(0, MAIN_TABLE)._replace(what="dump routes for the default route")
         best: tuple[int, int] | None = None
-        with _errors("dump routes for the default route"):
-            req = rtmsg()
-            req["family"] = socket.AF_INET
-            req["table"] = MAIN_TABLE
-            async for r in await self._dump(req, RTM_GETROUTE):
-                if r["dst_len"] == 0 and r.get("table") == MAIN_TABLE and r.get("oif"):
-                    cand = (int(r.get("priority") or 0), int(r.get("oif")))
-                    best = cand if best is None or cand < best else best
+        for r in await self._rtnl.dump(req, decode_route, RTM_NEWROUTE):
+            if (r.family == socket.AF_INET and r.dst.endswith("/0") and r.table == MAIN_TABLE
+                    and r.oif):
+                cand = (r.priority, r.oif)
+                best = cand if best is None or cand < best else best
         return best[1] if best else None
 
     # --- addresses -----------------------------------------------------------------------------
 
     async def addresses(self, index: int | None = None) -> list[tuple[int, str, int, bool]]:
         """IPv4 addresses as (ifindex, ip, prefixlen, secondary), optionally of one device."""
-        out: list[tuple[int, str, int, bool]] = []
-        with _errors("dump addresses"):
-            kw: dict[str, Any] = {"family": socket.AF_INET}
-            if index is not None:
-                kw["index"] = index
-            async for a in await self.ipr.addr("dump", **kw):
-                if a["family"] != socket.AF_INET or (index is not None and a["index"] != index):
-                    continue
-                out.append((a["index"], a.get("address"), a["prefixlen"], bool(a["flags"] & 1)))
-        return out
+        return [
+            (a.ifindex, a.address, a.prefixlen, bool(a.flags & IFA_F_SECONDARY))
+            for a in await self._rtnl.dump(addr_dump_request(index), decode_addr, RTM_NEWADDR)
+            if a.family == socket.AF_INET and (index is None or a.ifindex == index)
+        ]
 
     async def add_address(self, index: int, cidr: str) -> None:
-        ip, _, plen = cidr.partition("/")
-        try:
-            with _errors(f"add address {cidr} to link {index}"):
-                await self.ipr.addr("add", index=index, address=ip, prefixlen=int(plen))
-        except DataplaneError as exc:
-            if error_code(exc) != errno.EEXIST:
-                raise
+        """Add an IPv4 address; one already there counts as done."""
+        what = f"add address {cidr} to link {index}"
+        await self._rtnl.call(
+            _encode(what, lambda: encode_addr("add", index, cidr, ok=(errno.EEXIST,)))
+        )
 
     async def del_address(self, index: int, cidr: str) -> None:
-        ip, _, plen = cidr.partition("/")
-        try:
-            with _errors(f"delete address {cidr} from link {index}"):
-                await self.ipr.addr("del", index=index, address=ip, prefixlen=int(plen))
-        except DataplaneError as exc:
-            if error_code(exc) not in _GONE:
-                raise
+        """Delete an IPv4 address; one already gone (or its device) counts as done."""
+        what = f"delete address {cidr} from link {index}"
+        await self._rtnl.call(_encode(what, lambda: encode_addr("del", index, cidr, ok=GONE)))
 
     # --- hot path: routes, neighbours, FDB (rtnl.py: struct-packed, batched, kernel-filtered) -
 
@@ -327,33 +262,28 @@ class Netlink:
 
     async def events(self) -> AsyncIterator[Event]:
         """Kernel notifications for links, IPv4 addresses, routes and neighbours/FDB, on a
-        second socket. Yields ``Event("overflow")`` when the socket lost messages (resync)."""
-        with _errors(f"open netlink monitor{self._where()}"):
-            mon = AsyncIPRoute(**self._kwargs())
+        second socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")`` when
+        the socket lost messages (the caller resyncs)."""
+        mon = Monitor(self.netns, MONITOR_GROUPS)
+        mon.open()
         try:
-            with _errors("bind netlink monitor"):
-                await mon.bind(
-                    groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH
-                )
             yield Event("ready", True)  # subscribed: from here on no change goes unseen
             while True:
                 try:
-                    # get() yields the messages of one datagram, then returns.
-                    async for msg in mon.get():
-                        ev = _event(msg)
-                        if ev is not None:
-                            yield ev
-                except NetlinkError as exc:
-                    if exc.code != errno.ENOBUFS:
-                        raise _translate(exc, "netlink monitor") from exc
-                    yield Event("overflow", True)
+                    data = await mon.read()
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
-                        raise _translate(exc, "netlink monitor") from exc
+                        raise DataplaneError(
+                            f"netlink monitor: {exc.strerror or exc}"
+                        ) from exc
                     yield Event("overflow", True)
+                    continue
+                for kind, _, off, end in messages(data, len(data)):
+                    ev = _event(kind, data, off, end)
+                    if ev is not None:
+                        yield ev
         finally:
-            with contextlib.suppress(Exception):
-                mon.close()
+            mon.close()
 
     # --- sysctl --------------------------------------------------------------------------------
 
@@ -371,38 +301,40 @@ class Netlink:
                     f.write(value)
             return old
 
-        with _errors(f"sysctl {name}"):
+        try:
             if self.netns is None:
                 return work()
             return await asyncio.get_running_loop().run_in_executor(
                 None, run_in_netns, os.path.join(NETNS_DIR, self.netns), work
             )
+        except FileNotFoundError as exc:
+            raise DataplaneError(f"sysctl {name}: not found: {exc.filename or exc}") from exc
+        except OSError as exc:
+            raise DataplaneError(f"sysctl {name}: {exc.strerror or exc}") from exc
 
 
-def _event(msg: Any) -> Event | None:
-    ev = str(msg.get("event") or "")
-    new = ev.startswith("RTM_NEW")
-    if ev in ("RTM_NEWLINK", "RTM_DELLINK"):
+def _event(kind: int, buf: bytes, off: int, end: int) -> Event | None:
+    """The Event for one notification whose body spans ``off``..``end``, if meshd reads it."""
+    if kind in (RTM_NEWLINK, RTM_DELLINK):
+        ln = decode_link(buf, off, end)
         return Event(
-            "link", new, index=int(msg["index"]), name=str(msg.get("ifname") or ""),
-            up=bool(msg["flags"] & IFF_UP), mtu=int(msg.get("mtu") or 0),
-            lladdr=str(msg.get("address") or ""),
+            "link", kind == RTM_NEWLINK, index=ln.ifindex, name=ln.name,
+            up=bool(ln.flags & IFF_UP), mtu=ln.mtu, lladdr=ln.mac or "",
         )
-    if ev in ("RTM_NEWADDR", "RTM_DELADDR"):
-        return Event("addr", new, index=int(msg["index"]), dst=str(msg.get("address") or ""))
-    if ev in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-        if msg["family"] != socket.AF_INET:
+    if kind in (RTM_NEWADDR, RTM_DELADDR):
+        a = decode_addr(buf, off, end)
+        return Event("addr", kind == RTM_NEWADDR, index=a.ifindex, dst=a.address)
+    if kind in (RTM_NEWROUTE, RTM_DELROUTE):
+        r = decode_route(buf, off, end)
+        if r.family != socket.AF_INET:
+            return None
+        return Event("route", kind == RTM_NEWROUTE, index=r.oif, dst=r.dst, proto=r.proto)
+    if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+        n = decode_neigh(buf, off, end)
+        if n.family not in (socket.AF_INET, AF_BRIDGE):
             return None
         return Event(
-            "route", new, index=int(msg.get("oif") or 0),
-            dst=f"{msg.get('dst') or '0.0.0.0'}/{msg['dst_len']}", proto=int(msg["proto"]),
-        )
-    if ev in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
-        kind = "fdb" if msg["family"] == socket.AF_BRIDGE else "neigh"
-        if kind == "neigh" and msg["family"] != socket.AF_INET:
-            return None
-        return Event(
-            kind, new, index=int(msg["ifindex"]), dst=str(msg.get("dst") or ""),
-            lladdr=str(msg.get("lladdr") or ""), permanent=bool(msg["state"] & NUD_PERMANENT),
+            "fdb" if n.family == AF_BRIDGE else "neigh", kind == RTM_NEWNEIGH, index=n.ifindex,
+            dst=n.dst, lladdr=n.lladdr, permanent=bool(n.state & NUD_PERMANENT),
         )
     return None
