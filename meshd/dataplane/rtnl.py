@@ -475,7 +475,8 @@ class Monitor:
     def _make_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
-            # A burst (a device deleted with its thousands of routes) must fit, or it is lost.
+            # A burst (a device deleted with its thousands of routes) must fit, else the kernel
+            # drops notifications (ENOBUFS) and the reconciler has to re-read everything.
             _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, self.rcvbuf)
             sock.bind((0, self.groups))
             sock.setblocking(False)
