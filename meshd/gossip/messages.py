@@ -499,7 +499,10 @@ def _record(obj: Any) -> NodeRecord:
     # Record fields are append-only: 10 from the first protocol, the 11th (``since``) optional;
     # anything after what we know is ignored.
     head = tuple(obj[:11])
-    rec = _record_cache.get(head)
+    try:
+        rec = _record_cache.get(head)
+    except TypeError:  # a list or map among the fields: unhashable, and no record either
+        raise DecodeError("record") from None
     if rec is not None:
         if (type(head[3]) is int and type(head[5]) is int and type(head[7]) is int
                 and type(head[8]) is int and type(head[9]) is int

@@ -133,3 +133,16 @@ def test_empty_state_is_one_chunk() -> None:
     (chunk,) = m.encode_push_pull(REC, 1, True, [], 1000)
     (pp,) = m.decode(m.pack_datagram([chunk]))
     assert isinstance(pp, m.PushPull) and pp.entries == () and pp.count == 1
+
+
+@pytest.mark.parametrize("junk", [[1, 2], {"a": 1}])
+def test_record_with_an_unhashable_field_is_a_record_error(junk: object) -> None:
+    # Found by hypothesis: the decoder's record cache hashed the fields before checking them.
+    fields = make_record(3).to_wire()
+    for i in (0, 10):
+        bad = list(fields)
+        bad[i] = junk
+        data = msgpack.packb([m.PROTOCOL_VERSION, [[int(m.MsgType.ALIVE), bad]]])
+        with pytest.raises(m.DecodeError) as err:
+            m.decode(data)
+        assert err.value.reason == "record"
