@@ -26,7 +26,8 @@ dissemination_ms
     An incarnation alone logs nothing, so one thread per other node polls its ``peers`` every
     ``--poll-ms`` (15 ms), only during this phase, from just before the update until it shows
     the new incarnation. Each node's time is the midpoint between the last poll without and the
-    first with it (each poll's middle: the daemon answered somewhere inside it); the worst
+    first with it (each poll's middle: the daemon answered somewhere inside it), and never
+    before the update itself; the worst
     half-width is ``dissemination_resolution_ms``. Until the last node (``dissemination_ms``)
     and the first (``dissemination_first_ms``). What the polling costs is reported too
     (``dissemination_poll_*_cores``: CPU of all daemons and of the pollers in the window).
@@ -299,14 +300,17 @@ class _Poller(threading.Thread):
                 return
             self.stop.wait(max(0.0, self.period - (time.time() - t1)))
 
-    def seen(self) -> tuple[float, float] | None:
-        """(estimated time the target incarnation arrived, uncertainty ±s), or None."""
+    def seen(self, not_before: float) -> tuple[float, float] | None:
+        """(estimated time the target incarnation arrived, uncertainty ±s), or None. The news
+        cannot arrive before ``not_before`` (the update itself), which narrows the interval when
+        it travels faster than the polls (with eager gossip it does)."""
         assert self.target is not None
         prev: tuple[float, float, int] | None = None
         for p in self.polls:
             if p[2] >= self.target:
-                hi = (p[0] + p[1]) / 2
+                hi = max((p[0] + p[1]) / 2, not_before)
                 lo = (prev[0] + prev[1]) / 2 if prev is not None else p[0]
+                lo = min(max(lo, not_before), hi)
                 return (lo + hi) / 2, (hi - lo) / 2
             prev = p
         return None
@@ -332,7 +336,8 @@ def measure_update(socks: dict[str, Path], member: str, period: float,
     for p in pollers.values():
         p.join(max(0.0, deadline - time.time()) + 1)
         p.stop.set()
-    return float(ans["at"]), {nm: p.seen() for nm, p in pollers.items()}
+    at = float(ans["at"])
+    return at, {nm: p.seen(at) for nm, p in pollers.items()}
 
 
 # ------------------------------------------------------------------------------ one run

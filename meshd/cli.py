@@ -1,5 +1,5 @@
 """The `meshd` command line: parses, calls, formats and exits. It reaches the daemon only through
-the control socket, so `meshd peers` needs neither root nor pyroute2."""
+the control socket, so `meshd peers` needs neither root nor the daemon's imports."""
 
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def join(
     })
     import asyncio
 
-    # Imported here: the daemon pulls in pyroute2, which the other commands never need.
+    # Imported here: the daemon pulls in asyncio, cryptography and the data plane, which the
+    # other commands never need.
     from meshd.daemon import serve, setup_logging
 
     setup_logging(cfg.log_level)

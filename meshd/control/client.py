@@ -1,4 +1,5 @@
-"""Control-socket client: synchronous, stdlib only, so the CLI needs neither root nor pyroute2."""
+"""Control-socket client: synchronous, stdlib only, so the CLI needs neither root nor the
+daemon's imports."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The level-triggered loop: desired state (model) -> read back the kernel -> diff -> apply.
 
-Nothing here decides what the kernel should hold (model.py does) or speaks pyroute2 (netlink.py
+Nothing here decides what the kernel should hold (model.py does) or speaks netlink (netlink.py
 does). This module owns the *when*:
 
 * ``set_peers`` stores the table and wakes the loop; a burst is debounced (``debounce``, 150 ms);

@@ -378,6 +378,9 @@ def hijack(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path,
     start_mesh(lab, key, fast_config, "vxlan", [h1, h2, h3])
     wait_until(lambda: lab.ping(h1.container_ns, h2.container_ip, timeout=1), 30, "h1 -> h2", lab)
     pin_node_id(lab, h4, node_id)
+    # Claims are dated in whole seconds (record field `since`) and a tie goes to the lower node
+    # id: start the newcomer in a later second than the incumbent, whose claim is older by then.
+    time.sleep(1.05 - time.time() % 1)
     # The last --subnet wins: h4 claims h2's subnet.
     lab.start_daemon(h4, key_file=key, backend="vxlan",
                      extra_args=["--config", str(fast_config), "--subnet", h2.subnet])

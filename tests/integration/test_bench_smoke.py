@@ -39,7 +39,10 @@ def test_bench_daemons_smoke(tmp_path: Path) -> None:
     metrics = {r["metric"]: r for r in lines if r["n"] == 3}
     for m in (*TIMED, "rss_mib", "idle_bytes_per_node_s", "idle_datagrams_per_node_s",
               "idle_kernel_ip_bytes_per_node_s"):
-        assert isinstance(metrics[m]["meshd"], float) and metrics[m]["meshd"] > 0, metrics[m]
+        # Convergence after the last join can be 0 at the logs' 1 ms resolution: the last joiner
+        # gets the whole table in the seed's answer, and eager gossip told the rest already.
+        low = 0.0 if m == "convergence_ms" else 1e-9
+        assert isinstance(metrics[m]["meshd"], float) and metrics[m]["meshd"] >= low, metrics[m]
         assert metrics[m]["memberlist_note"] == "skipped (--no-anchor)"
     # A 3 s window of 10 ms clock ticks: an idle daemon may well show 0.
     assert metrics["idle_cpu_pct"]["meshd"] >= 0
