@@ -136,6 +136,9 @@ class GossipNode:
         self._seq = 0
         self._probe: _Probe | None = None
         self._forwards: dict[int, tuple[int, Addr, bool]] = {}
+        self._riders: dict[Addr, list[bytes]] = {}
+        """Answers that ride on the next datagram to that address (a digest reply on the ack);
+        sent on their own if the datagram being handled leaves nothing to ride on."""
         self._sync = Sync(self._state, self._keyops, config, rng, self.counters, self._emit,
                           self._schedule, self._budget)
         self._gossip_armed = False
@@ -210,6 +213,10 @@ class GossipNode:
                 self._dispatch(msg, addr, now)
         except Exception:  # pragma: no cover - a bug; the tests assert this counter stays absent
             self.counters["error.internal"] += 1
+        if self._riders:
+            riders, self._riders = self._riders, {}
+            for to, parts in riders.items():
+                self._emit(parts, to)
         self._after(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
@@ -388,7 +395,10 @@ class GossipNode:
         self.counters["out"] += 1
 
     def _send(self, parts: list[bytes], addr: Addr) -> None:
-        """Send ``parts`` with as many queued broadcasts piggybacked as fit."""
+        """Send ``parts`` (and any answer waiting to ride to ``addr``) with as many queued
+        broadcasts piggybacked as fit."""
+        if self._riders:
+            parts = parts + self._riders.pop(addr, [])
         room = self._budget - sum(len(p) for p in parts)
         self._emit(parts + self._queue.take(room, self._state.num_nodes), addr)
 
@@ -417,12 +427,15 @@ class GossipNode:
         self._schedule(now + st.awareness.scale(self.config.probe_interval), "probe")
         target = st.next_probe_target()
         if target is None:
+            self._sync.digest_due = False  # nobody to sync with
             return
         seq = self._next_seq()
         name = target.record.name
         self._probe = _Probe(seq, name, now)
         self.counters["probe.sent"] += 1
         parts = [encode(Ping(seq, name, st.local.name, st.local.addr))]
+        if self._sync.digest_due:
+            parts.append(self._sync.opening())
         if target.state == MemberState.SUSPECT:
             # Lifeguard's buddy system: tell a suspect directly, so it can refute at once.
             parts.append(encode(Suspect(target.inc, name, st.local.name)))
@@ -495,7 +508,9 @@ class GossipNode:
         elif isinstance(msg, PushPull):
             self._sync.receive(msg, now)
         elif isinstance(msg, SyncDigest):
-            self._sync.receive_digest(msg, addr)
+            reply = self._sync.receive_digest(msg, addr)
+            if reply is not None:
+                self._riders.setdefault(addr, []).append(reply)
 
     def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
         """Its sender suspects us at an incarnation we already refuted: it missed our alive, and

@@ -2,8 +2,9 @@
 
 Timers this module owns (the node dispatches them here):
 
-    push_pull    every push_pull_interval (scaled with N): anti-entropy with a random member. It
-                 opens with a SyncDigest, a 16-byte hash of our view; a member whose view hashes
+    push_pull    every push_pull_interval (scaled with N): anti-entropy with a member. It opens
+                 with a SyncDigest, a 16-byte hash of our view, riding on the next probe's ping
+                 (the answer rides on the ack); a member whose view hashes
                  the same answers with its own digest and that is all, otherwise it starts a full
                  exchange. A converged mesh so spends ~100 bytes per round instead of two full
                  tables (memberlist always sends both).
@@ -85,6 +86,8 @@ class Sync:
         budget: int,
     ) -> None:
         self.synced = False
+        self.digest_due = False
+        """An anti-entropy round is due: the next probe carries its `opening`."""
         self._state = state
         self._keyops = keyops
         self._cfg = config
@@ -128,12 +131,9 @@ class Sync:
 
     def fire(self, kind: str, now: float) -> None:
         if kind == "push_pull" and now >= self._push_pull_at:
-            peer = self._state.random_alive(1)
-            if peer:
-                sync_id = self._rng.getrandbits(32)
-                self._counters["push_pull.digest_sent"] += 1
-                self._emit([encode(SyncDigest(sync_id, False, self.digest()))],
-                           peer[0].record.addr)
+            # The opening rides on the next probe's ping (node.py takes it with `opening`), to
+            # whichever member that probes: random enough, and no datagram of its own.
+            self.digest_due = True
             interval = push_pull_interval(self._cfg.push_pull_interval, self._state.num_nodes)
             self._push_pull_at = now + interval
             self._schedule(self._push_pull_at, "push_pull")
@@ -174,20 +174,28 @@ class Sync:
     def digest(self) -> bytes:
         return view_digest(self._state, self._keyops)
 
-    def receive_digest(self, msg: SyncDigest, addr: Addr) -> None:
-        """A peer's anti-entropy opening (or our opening's answer, ``reply``)."""
+    def opening(self) -> bytes:
+        """The encoded digest that opens a due anti-entropy round (see `fire`)."""
+        self.digest_due = False
+        self._counters["push_pull.digest_sent"] += 1
+        return encode(SyncDigest(self._rng.getrandbits(32), False, self.digest()))
+
+    def receive_digest(self, msg: SyncDigest, addr: Addr) -> bytes | None:
+        """A peer's anti-entropy opening (or our opening's answer, ``reply``). Returns the answer
+        when the views hash the same, for the node to piggyback on its ack; when they differ,
+        starts the full exchange itself."""
         mine = self.digest()
         if msg.reply:
             self._counters["push_pull.digest_same" if msg.digest == mine
                            else "push_pull.digest_late"] += 1
-            return
+            return None
         if msg.digest == mine:
             self._counters["push_pull.digest_same"] += 1
-            self._emit([encode(SyncDigest(msg.sync_id, True, mine))], addr)
-        else:
-            # Views differ: a full exchange, which we start (the sender answers with its state).
-            self._counters["push_pull.digest_differ"] += 1
-            self._send(addr)
+            return encode(SyncDigest(msg.sync_id, True, mine))
+        # Views differ: a full exchange, which we start (the sender answers with its state).
+        self._counters["push_pull.digest_differ"] += 1
+        self._send(addr)
+        return None
 
     # --- internals ----------------------------------------------------------------------------
 
