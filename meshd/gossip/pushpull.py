@@ -37,6 +37,9 @@ ANSWERED_MEMORY = 256
 
 TIMERS = ("push_pull", "dead_probe", "join")
 
+JOIN_SETTLE = 2.0
+"""Probe intervals from the first full sync to the first anti-entropy round (see _note_sync)."""
+
 Emit = Callable[[Sequence[bytes], Addr], None]
 Schedule = Callable[[float, str], None]
 
@@ -161,7 +164,7 @@ class Sync:
             # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
             self._keyops.accept(msg.key_ops, logged=True)
         if msg.reply:
-            self._note_sync(msg)
+            self._note_sync(msg, now)
             return
         key = (msg.sender.name, msg.sync_id)
         if key in self._answered:
@@ -220,9 +223,16 @@ class Sync:
                                       self._budget, ops):
             self._emit([chunk], addr)
 
-    def _note_sync(self, msg: PushPull) -> None:
+    def _note_sync(self, msg: PushPull, now: float) -> None:
         """Synced once every chunk of an answer has been merged. Chunks of answers to retries add
-        up (merging is idempotent), so a lossy link still completes a large state eventually."""
+        up (merging is idempotent), so a lossy link still completes a large state eventually.
+
+        Once synced, the next anti-entropy round is brought forward to JOIN_SETTLE probe
+        intervals from now: when many nodes join at once, the seed answered with a table that
+        misses the ones joining right after us, and their news was gossiped while the senders'
+        views were still filling (each broadcast is sent only retransmit_mult * log10(N + 1)
+        times), so it can miss us; one digest round shortly after closes that gap (the digests
+        differ, a full exchange follows) instead of waiting up to push_pull_interval."""
         if self.synced:
             return
         count, got = self._progress.get(msg.sender.name, (msg.count, set()))
@@ -233,3 +243,7 @@ class Sync:
         if len(got) == msg.count:
             self.synced = True
             self._progress.clear()
+            settle = now + JOIN_SETTLE * self._cfg.probe_interval
+            if settle < self._push_pull_at:
+                self._push_pull_at = settle
+                self._schedule(settle, "push_pull")
