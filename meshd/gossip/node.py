@@ -16,10 +16,11 @@ What happens on which timer:
     probe_timeout    no direct ack yet: ask indirect_checks members to ping the target (with nack)
     forward      a ping we relay for someone else timed out: send them a nack
     gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
-                 random members (and recently dead ones); ticks keep one random phase
-    eager        with eager_gossip, news is sent on by an extra round right away, at most one
-                 per gossip_interval / 4 (this timer holds the next one back until then): a hop
-                 costs a round trip instead of half a gossip interval
+                 random members (and recently dead ones); ticks keep one random phase.
+                 With eager_gossip, news arriving when no round ran for a whole interval is
+                 sent in a round at once (same call), and the ticker's phase moves there: a
+                 quiet mesh passes news on at a round trip per hop instead of half an
+                 interval, a busy one still runs one round per interval, as memberlist does
     push_pull, dead_probe, join    full state exchanges (pushpull.py)
     suspect, reap    suspicion timeouts and tombstone expiry (state.py)
 
@@ -143,9 +144,7 @@ class GossipNode:
                           self._schedule, self._budget)
         self._gossip_armed = False
         self._gossiped = 0  # the queue's push count at the last gossip round
-        self._eager_armed = False
-        self._last_eager = -math.inf
-        self._eager_gap = config.gossip_interval / 4
+        self._last_round = -math.inf
         self._news_mark: tuple[bool, int] | None = None
         self._start = now
         self._now = now
@@ -352,8 +351,6 @@ class GossipNode:
                 self._send([encode(Nack(fwd[0]))], fwd[1])
         elif kind == "gossip":
             self._gossip(now)
-        elif kind == "eager":
-            self._eager_armed = False  # _after sends the round now that the gap has passed
         elif kind == SUSPICION_TIMER:
             self._state.suspicion_expired(str(key), now)
         elif kind == REAP_TIMER:
@@ -363,14 +360,13 @@ class GossipNode:
 
     def _after(self, now: float) -> None:
         queue = self._queue
+        interval = self.config.gossip_interval
         if (queue and self.config.eager_gossip and queue.pushes != self._gossiped
-                and not self._eager_armed):
-            if now >= self._last_eager + self._eager_gap:
-                self._last_eager = now
-                self._gossip_round(now)
-            else:
-                self._eager_armed = True
-                self._schedule(self._last_eager + self._eager_gap, "eager")
+                and now >= self._last_round + interval):
+            # News, and no round for a whole interval: the round is now, not at the next tick,
+            # and the ticker re-phases here (the tick already armed yields, see _gossip).
+            self._gossip_phase = now
+            self._gossip_round(now)
         # Gossip rounds run only while there is something to gossip: an idle mesh of thousands of
         # simulated nodes then costs no timer wakeups for them.
         if queue and not self._gossip_armed:
@@ -381,7 +377,8 @@ class GossipNode:
         # The first tick after now of a ticker with a fixed random phase, as if gossip rounds ran
         # all the time (memberlist): news waits half an interval on average, not a whole one.
         interval, phase = self.config.gossip_interval, self._gossip_phase
-        return phase + (math.floor((now - phase) / interval) + 1) * interval
+        tick = phase + (math.floor((now - phase) / interval) + 1) * interval
+        return tick if tick > now + 1e-9 else tick + interval  # rounding must not loop
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -406,11 +403,14 @@ class GossipNode:
         if not self._queue:
             self._gossip_armed = False
             return
-        self._gossip_round(now)
+        # A tick armed before an eager round re-phased the ticker comes too early: skip it.
+        if now >= self._last_round + self.config.gossip_interval - 1e-6:
+            self._gossip_round(now)
         self._schedule(self._next_gossip_tick(now), "gossip")
 
     def _gossip_round(self, now: float) -> None:
         """Queued broadcasts to gossip_nodes random members (and recently dead ones)."""
+        self._last_round = now
         self._gossiped = self._queue.pushes
         n = self._state.num_nodes
         for e in self._state.gossip_targets(self.config.gossip_nodes, now):
