@@ -40,8 +40,9 @@ class GossipConfig:
     gossip_nodes: int = 3
     """Random peers each gossip round is sent to (memberlist: 3)."""
     eager_gossip: bool = True
-    """Send news on at once (at most every gossip_interval / 4) instead of at the next round: a
-    hop then costs a round trip, not half a gossip interval (meshd; memberlist waits)."""
+    """Gossip news at once, from a bucket of rounds refilled at one per gossip_interval (4 at
+    most): a hop costs a round trip in a quiet mesh, and a busy one runs no more rounds than the
+    ticker (meshd; memberlist always waits for the tick)."""
     retransmit_mult: int = 4
     """Each broadcast is sent retransmit_mult * ceil(log10(N+1)) times (memberlist: 4)."""
     push_pull_interval: float = 30.0

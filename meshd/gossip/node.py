@@ -17,10 +17,11 @@ What happens on which timer:
     forward      a ping we relay for someone else timed out: send them a nack
     gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
                  random members (and recently dead ones); ticks keep one random phase.
-                 With eager_gossip, news arriving when no round ran for a whole interval is
-                 sent in a round at once (same call), and the ticker's phase moves there: a
-                 quiet mesh passes news on at a round trip per hop instead of half an
-                 interval, a busy one still runs one round per interval, as memberlist does
+                 With eager_gossip, news is sent in a round at once (same call) if the
+                 node has a round to spare: rounds are paid from a bucket refilled at one per
+                 interval, holding ROUND_BURST. A quiet mesh passes news on at a round trip
+                 per hop instead of half an interval; a busy one (loss: suspicions and
+                 refutations all the time) runs no more rounds than memberlist's ticker
     push_pull, dead_probe, join    full state exchanges (pushpull.py)
     suspect, reap    suspicion timeouts and tombstone expiry (state.py)
 
@@ -68,6 +69,10 @@ from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Memb
 
 if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
     from meshd.config import GossipConfig
+
+ROUND_BURST = 4
+"""Gossip rounds a node may run back to back when news arrives in a quiet mesh (eager_gossip);
+refilled at one per gossip_interval, the ticker's own rate."""
 
 MAX_FORWARDS = 256
 """Indirect pings relayed at once; beyond this they are dropped (``drop.busy``), so a flood of
@@ -144,7 +149,8 @@ class GossipNode:
                           self._schedule, self._budget)
         self._gossip_armed = False
         self._gossiped = 0  # the queue's push count at the last gossip round
-        self._last_round = -math.inf
+        self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
+        self._tokens_at = now
         self._news_mark: tuple[bool, int] | None = None
         self._start = now
         self._now = now
@@ -360,12 +366,9 @@ class GossipNode:
 
     def _after(self, now: float) -> None:
         queue = self._queue
-        interval = self.config.gossip_interval
         if (queue and self.config.eager_gossip and queue.pushes != self._gossiped
-                and now >= self._last_round + interval):
-            # News, and no round for a whole interval: the round is now, not at the next tick,
-            # and the ticker re-phases here (the tick already armed yields, see _gossip).
-            self._gossip_phase = now
+                and self._refill(now) >= 1):
+            # News, and a round to spare: it goes now, not at the next tick.
             self._gossip_round(now)
         # Gossip rounds run only while there is something to gossip: an idle mesh of thousands of
         # simulated nodes then costs no timer wakeups for them.
@@ -403,14 +406,22 @@ class GossipNode:
         if not self._queue:
             self._gossip_armed = False
             return
-        # A tick armed before an eager round re-phased the ticker comes too early: skip it.
-        if now >= self._last_round + self.config.gossip_interval - 1e-6:
+        if not self.config.eager_gossip or self._refill(now) >= 1:
             self._gossip_round(now)
         self._schedule(self._next_gossip_tick(now), "gossip")
 
+    def _refill(self, now: float) -> float:
+        """Rounds are paid from a bucket refilled at one per gossip_interval and holding at most
+        ROUND_BURST: on average no more rounds than memberlist's ticker, however busy the mesh,
+        while news in a quiet mesh goes out at once (eager_gossip)."""
+        gained = (now - self._tokens_at) / self.config.gossip_interval
+        self._tokens = min(float(ROUND_BURST), self._tokens + max(0.0, gained))
+        self._tokens_at = now
+        return self._tokens
+
     def _gossip_round(self, now: float) -> None:
         """Queued broadcasts to gossip_nodes random members (and recently dead ones)."""
-        self._last_round = now
+        self._tokens -= 1
         self._gossiped = self._queue.pushes
         n = self._state.num_nodes
         for e in self._state.gossip_targets(self.config.gossip_nodes, now):
