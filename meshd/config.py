@@ -40,7 +40,7 @@ class GossipConfig:
     gossip_nodes: int = 3
     """Random peers each gossip round is sent to (memberlist: 3)."""
     eager_gossip: bool = True
-    """Gossip news at once, from a bucket of rounds refilled at one per gossip_interval (4 at
+    """Gossip news at once, from a bucket of rounds refilled at one per gossip_interval (10 at
     most): a hop costs a round trip in a quiet mesh, and a busy one runs no more rounds than the
     ticker (meshd; memberlist always waits for the tick)."""
     retransmit_mult: int = 4

@@ -70,7 +70,7 @@ from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Memb
 if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
     from meshd.config import GossipConfig
 
-ROUND_BURST = 4
+ROUND_BURST = 10
 """Gossip rounds a node may run back to back when news arrives in a quiet mesh (eager_gossip);
 refilled at one per gossip_interval, the ticker's own rate."""
 
