@@ -421,7 +421,8 @@ class GossipNode:
 
     def _gossip_round(self, now: float) -> None:
         """Queued broadcasts to gossip_nodes random members (and recently dead ones)."""
-        self._tokens -= 1
+        if self.config.eager_gossip:
+            self._tokens -= 1  # the ticker alone needs no bucket
         self._gossiped = self._queue.pushes
         n = self._state.num_nodes
         for e in self._state.gossip_targets(self.config.gossip_nodes, now):
