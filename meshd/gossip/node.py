@@ -35,8 +35,8 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import PROBE_RTT_BUCKETS, Histogram, Member, MemberEvent, MemberState
 from meshd.gossip.keyops import KeyOps
 from meshd.gossip.messages import (
@@ -66,9 +66,6 @@ from meshd.gossip.pushpull import Sync
 from meshd.gossip.queue import BroadcastQueue
 from meshd.gossip.record import NodeRecord, validate
 from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
-
-if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
-    from meshd.config import GossipConfig
 
 ROUND_BURST = 10
 """Gossip rounds a node may run back to back when news arrives in a quiet mesh (eager_gossip);

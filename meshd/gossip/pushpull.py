@@ -22,15 +22,12 @@ import math
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.keyops import KeyOps
 from meshd.gossip.messages import DIGEST_LEN, Addr, PushPull, SyncDigest, encode, encode_push_pull
 from meshd.gossip.state import Membership
-
-if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
-    from meshd.config import GossipConfig
 
 ANSWERED_MEMORY = 256
 """Push-pull requests remembered as answered: a request cut into chunks gets one reply."""

@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from operator import attrgetter
-from typing import TYPE_CHECKING
 
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import EventKind, Member, MemberEvent, MemberState
 from meshd.gossip.messages import (
     MAX_INCARNATION,
@@ -41,9 +41,6 @@ from meshd.gossip.messages import (
 from meshd.gossip.queue import BroadcastQueue
 from meshd.gossip.record import NodeRecord
 from meshd.gossip.suspicion import Awareness, Suspicion, suspicion_timeout
-
-if TYPE_CHECKING:  # meshd.config imports socket; the core only needs the type
-    from meshd.config import GossipConfig
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

@@ -6,7 +6,8 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from meshd.config import Config, GossipConfig, build, load_file
+from meshd.config import Config, build, load_file
+from meshd.gossip.config import GossipConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "meshd.toml"
 

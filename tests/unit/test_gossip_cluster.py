@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from meshd.config import GossipConfig
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.messages import ENVELOPE_RESERVE
 from meshd.gossip.state import SharedEntry

@@ -9,8 +9,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshd.config import GossipConfig
 from meshd.gossip import messages as m
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.node import GossipNode
 from meshd.sim import make_record

@@ -10,9 +10,9 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from meshd.config import GossipConfig
 from meshd.gossip import keyops
 from meshd.gossip import messages as m
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.node import GossipNode
 from meshd.gossip.security import key_id

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from meshd.config import GossipConfig
 from meshd.gossip import messages as m
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import Histogram, MemberState
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import NodeRecord
