@@ -4,7 +4,6 @@ the control socket, so `meshd peers` needs neither root nor the daemon's imports
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +14,8 @@ import typer
 
 from meshd import __version__
 from meshd.config import DEFAULT_CONFIG, Config, build, load_file
-from meshd.control.client import request
+from meshd.control import client
+from meshd.control import format as fmt
 from meshd.errors import ConfigError, KeyFileError, MeshdError
 
 app = typer.Typer(
@@ -131,32 +131,16 @@ def peers(
 ) -> None:
     """List the members of the mesh, this node included."""
     while True:
-        result = request(socket, "peers")
+        rows = client.peers(socket)
         if as_json:
-            typer.echo(json.dumps(result, indent=2))
+            typer.echo(fmt.to_json(rows))
         else:
             if watch:
                 typer.echo("\x1b[H\x1b[2J", nl=False)
-            typer.echo(format_peers(result))
+            typer.echo(fmt.peers(rows))
         if not watch:
             return
         time.sleep(1)
-
-
-def format_peers(rows: list[dict[str, Any]]) -> str:
-    head = ["NAME", "PUBLIC IP", "SUBNET", "BACKEND", "VTEP MAC", "STATE", "INC", "SEEN", "NOTE"]
-    table = [head]
-    for r in rows:
-        note = "self" if r.get("self") else (r.get("flag") or "")
-        table.append([
-            r["name"], r["public_ip"], r["subnet"], r["backend"], r.get("vtep_mac") or "-",
-            r["state"], str(r["incarnation"]),
-            "-" if r.get("self") else f"{r['last_seen']:.1f}s", note,
-        ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
-    )
 
 
 @app.command()
@@ -166,56 +150,15 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show this node, member counts, counters and the data plane."""
-    st = request(socket, "status")
-    if as_json:
-        typer.echo(json.dumps(st, indent=2))
-        return
-    n = st["node"]
-    typer.echo(f"node      {n['name']} ({n['public_ip']}) subnet {n['subnet']} "
-               f"backend {n['backend']} incarnation {n['incarnation']}")
-    typer.echo(f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}")
-    typer.echo("members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()))
-    c = st["counters"]
-    typer.echo(f"datagrams in {c.get('in', 0)}, out {c.get('out', 0)}")
-    if st["dropped"]:
-        typer.echo("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
-    for line in format_dataplane(st.get("dataplane") or {}, st.get("filter") or {}):
-        typer.echo(line)
-    typer.echo("(meshd status --json shows everything, including the last plan)")
-
-
-def format_dataplane(dp: dict[str, Any], fw: dict[str, Any]) -> list[str]:
-    """A few readable lines out of the data-plane status (the JSON has the full plan)."""
-    if not dp:
-        return ["dataplane not started"]
-    out = [f"dataplane {dp.get('backend')} device {dp.get('device') or '-'} on "
-           f"{(dp.get('underlay') or {}).get('ifname')}, routes proto {dp.get('protocol')}, "
-           f"{len(dp.get('programmed') or [])} peer(s) programmed"]
-    last = dp.get("last_run") or {}
-    if last:
-        out.append(f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
-                   f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all")
-    change = (dp.get("last_change") or {}).get("plan") or {}
-    counts = {k: v for k, v in (change.get("counts") or {}).items() if v}
-    if counts:
-        out.append("          last change: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for label, key in (("conflicted", "conflicts"), ("skipped", "skipped")):
-        for name, why in sorted((dp.get(key) or {}).items()):
-            out.append(f"          {label} {name}: {why}")
-    if dp.get("last_error"):
-        out.append(f"          error: {dp['last_error']}")
-    if fw.get("active"):
-        out.append(f"filter    {fw.get('table')}: {len(fw.get('members') or [])} member IPs"
-                   + (f", error: {fw['last_error']}" if fw.get("last_error") else ""))
-    return out
+    st = client.status(socket)
+    typer.echo(fmt.to_json(st) if as_json else "\n".join(fmt.status(st)))
 
 
 @app.command()
 @friendly
 def leave(socket: SocketOpt = DEFAULT_SOCKET) -> None:
     """Announce that this node leaves the mesh, wait until that has spread, stop the daemon."""
-    res = request(socket, "leave")
-    typer.echo("left the mesh" + ("" if res.get("spread") else " (not confirmed by all peers)"))
+    typer.echo(fmt.leave(client.leave(socket)))
 
 
 @app.command()
@@ -230,16 +173,11 @@ keys_app = typer.Typer(help="The cluster keyring: changes spread to every member
 app.add_typer(keys_app, name="keys")
 
 
-def _print_keys(res: dict[str, Any]) -> None:
-    for kid in res["keys"]:
-        typer.echo(f"{kid}{'  (primary)' if kid == res['primary'] else ''}")
-
-
 @keys_app.command("list")
 @friendly
 def keys_list(socket: SocketOpt = DEFAULT_SOCKET) -> None:
     """Key ids of this node's keyring, the primary (used to seal) first."""
-    _print_keys(request(socket, "keys.list"))
+    typer.echo(fmt.keys(client.keys(socket)))
 
 
 @keys_app.command("install")
@@ -249,7 +187,7 @@ def keys_install(
     socket: SocketOpt = DEFAULT_SOCKET,
 ) -> None:
     """Add a key to every member's ring (accepted on receipt, not yet used to seal)."""
-    _print_keys(request(socket, "keys.install", key=key))
+    typer.echo(fmt.keys(client.keys(socket, "install", key=key)))
 
 
 @keys_app.command("use")
@@ -259,7 +197,7 @@ def keys_use(
     socket: SocketOpt = DEFAULT_SOCKET,
 ) -> None:
     """Make a key the primary on every member (install it everywhere first)."""
-    _print_keys(request(socket, "keys.use", key_id=key_id))
+    typer.echo(fmt.keys(client.keys(socket, "use", key_id=key_id)))
 
 
 @keys_app.command("remove")
@@ -269,7 +207,7 @@ def keys_remove(
     socket: SocketOpt = DEFAULT_SOCKET,
 ) -> None:
     """Remove a (non-primary) key from every member's ring."""
-    _print_keys(request(socket, "keys.remove", key_id=key_id))
+    typer.echo(fmt.keys(client.keys(socket, "remove", key_id=key_id)))
 
 
 lab_app = typer.Typer(help="The built-in lab: N simulated hosts in network namespaces.")

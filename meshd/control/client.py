@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from meshd.control.protocol import KeyList, LeaveReply, PeerRow, StatusReply, UpdateReply
 from meshd.errors import ControlError
 
 
@@ -49,3 +50,27 @@ def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
     if not resp.get("ok"):
         raise ControlError(str(resp.get("error", "unknown error")))
     return resp.get("result")
+
+
+# Typed wrappers: the reply types are the daemon's side of the contract (meshd/service.py).
+
+
+def peers(path: Path, timeout: float = 30.0) -> list[PeerRow]:
+    return cast(list[PeerRow], request(path, "peers", timeout))
+
+
+def status(path: Path, timeout: float = 30.0) -> StatusReply:
+    return cast(StatusReply, request(path, "status", timeout))
+
+
+def leave(path: Path, timeout: float = 30.0) -> LeaveReply:
+    return cast(LeaveReply, request(path, "leave", timeout))
+
+
+def update(path: Path, timeout: float = 30.0) -> UpdateReply:
+    return cast(UpdateReply, request(path, "update", timeout))
+
+
+def keys(path: Path, cmd: str = "list", timeout: float = 30.0, **args: str) -> KeyList:
+    """``keys.<cmd>``: list, install (``key=``), use or remove (``key_id=``)."""
+    return cast(KeyList, request(path, f"keys.{cmd}", timeout, **args))

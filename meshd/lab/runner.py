@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from meshd.control.client import request
+from meshd.control import client
+from meshd.control import format as fmt
 from meshd.errors import ControlError, LabError
 from meshd.lab.topology import Lab, cleanup_on_signals, down, format_matrix
 
@@ -93,9 +94,7 @@ def run_lab(
         say(f"started {hosts} meshd daemons ({backend}); h1 is the seed, the rest join through it")
         ok = _converge(lab, say)
         first = lab.daemons["h1"]
-        from meshd.cli import format_peers
-
-        say("\n$ meshd peers   # on h1\n" + format_peers(request(first.socket_path, "peers")))
+        say("\n$ meshd peers   # on h1\n" + fmt.peers(client.peers(first.socket_path)))
         dev = tunnel_device(backend)
         before = {h.name: lab.link_counters(h.ns, dev) for h in lab.hosts} if dev else {}
         matrix = lab.ping_matrix(count=2)
@@ -117,7 +116,7 @@ def run_lab(
             say(f"\n4 MiB over TCP {src.name} -> {dst.name} container: FAILED")
             failed.append(f"tcp {src.name}->{dst.name}")
         if keep:
-            _print_keep_help(lab, first.socket_path)
+            say(_keep_help(lab, first.socket_path))
         if failed or not ok:
             _print_log_tails(lab, say)
             say(f"\nFAILED: {len(failed)} of {len(matrix)} pairs do not ping: {', '.join(failed)}")
@@ -142,7 +141,7 @@ def _converge(lab: Lab, say: Callable[[str], None]) -> bool:
             if not d.alive():
                 raise LabError(f"meshd on {d.host.name} exited; see {d.log_path}")
             try:
-                rows = request(d.socket_path, "peers", timeout=5)
+                rows = client.peers(d.socket_path, timeout=5)
             except ControlError:
                 rows = []
             seen.append(sum(1 for r in rows if r["state"] == "alive"))
@@ -172,9 +171,9 @@ def _print_log_tails(lab: Lab, say: Callable[[str], None]) -> None:
         say(f"--- {d.host.name} log ({d.log_path}) ---\n" + "\n".join(tail))
 
 
-def _print_keep_help(lab: Lab, sock: Path) -> None:
+def _keep_help(lab: Lab, sock: Path) -> str:
     h1, h2 = lab.hosts[0], lab.hosts[1]
-    print(f"""
+    return f"""
 The lab keeps running. Look around:
   ip netns list | grep {PREFIX}
   meshd peers --socket {sock}
@@ -183,7 +182,7 @@ The lab keeps running. Look around:
   ip netns exec {h1.ns} ip -d link show
   ip netns exec {h1.container_ns} ping {h2.container_ip}
   logs: {lab.workdir}/h*.log
-Remove it with: meshd lab down""")
+Remove it with: meshd lab down"""
 
 
 def run_in_guest(argv: list[str], say: Callable[[str], None] = print) -> int:

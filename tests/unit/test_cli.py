@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from meshd.cli import format_peers
-
 
 def meshd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True, text=True,
@@ -54,17 +52,3 @@ def test_version_and_keygen() -> None:
     assert meshd("--version").stdout.startswith("meshd ")
     k1, k2 = meshd("keygen").stdout.strip(), meshd("keygen").stdout.strip()
     assert len(k1) == 44 and k1 != k2
-
-
-def test_peers_table() -> None:
-    rows = [
-        {"name": "h1", "public_ip": "10.0.0.1", "subnet": "10.244.1.0/24", "backend": "vxlan",
-         "vtep_mac": "02:00:00:00:00:01", "state": "alive", "incarnation": 2, "last_seen": 0.0,
-         "self": True, "flag": None},
-        {"name": "h2", "public_ip": "10.0.0.2", "subnet": "10.244.2.0/24", "backend": "vxlan",
-         "vtep_mac": "02:00:00:00:00:02", "state": "suspect", "incarnation": 1, "last_seen": 2.5,
-         "self": False, "flag": "conflicted"},
-    ]
-    out = format_peers(rows).splitlines()
-    assert out[0].split()[:2] == ["NAME", "PUBLIC"]
-    assert "self" in out[1] and "suspect" in out[2] and "2.5s" in out[2] and "conflicted" in out[2]

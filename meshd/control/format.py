@@ -1,0 +1,99 @@
+"""What the CLI prints: pure functions from control replies to text (tables, JSON, lines).
+
+No I/O and no typer here, so every format is unit-tested (tests/unit/test_format.py) and the lab
+runner prints the same peers table as `meshd peers`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from meshd.control.protocol import KeyList, LeaveReply, PeerRow, StatusReply
+
+PEER_COLUMNS = (
+    "NAME", "PUBLIC IP", "SUBNET", "BACKEND", "VTEP MAC", "STATE", "INC", "SEEN", "NOTE",
+)
+
+
+def to_json(reply: object) -> str:
+    """Any reply as `--json` prints it."""
+    return json.dumps(reply, indent=2)
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, trailing blanks trimmed."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def peers(rows: Sequence[PeerRow]) -> str:
+    """The `meshd peers` table."""
+    out: list[Sequence[str]] = [PEER_COLUMNS]
+    for r in rows:
+        me = r["self"]
+        out.append([
+            r["name"], r["public_ip"], r["subnet"], r["backend"], r["vtep_mac"] or "-",
+            r["state"], str(r["incarnation"]),
+            "-" if me else f"{r['last_seen']:.1f}s", "self" if me else (r["flag"] or ""),
+        ])
+    return table(out)
+
+
+def status(st: StatusReply) -> list[str]:
+    """The `meshd status` summary (``--json`` shows everything, including the last plan)."""
+    n = st["node"]
+    out = [
+        f"node      {n['name']} ({n['public_ip']}) subnet {n['subnet']} "
+        f"backend {n['backend']} incarnation {n['incarnation']}",
+        f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}",
+        "members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()),
+        f"datagrams in {st['counters'].get('in', 0)}, out {st['counters'].get('out', 0)}",
+    ]
+    if st["dropped"]:
+        out.append("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
+    out += dataplane(st["dataplane"], st["filter"])
+    out.append("(meshd status --json shows everything, including the last plan)")
+    return out
+
+
+def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
+    """A few readable lines out of the data-plane and filter status (the JSON has the plan)."""
+    if not dp:
+        return ["dataplane not started"]
+    out = [f"dataplane {dp.get('backend')} device {dp.get('device') or '-'} on "
+           f"{(dp.get('underlay') or {}).get('ifname')}, routes proto {dp.get('protocol')}, "
+           f"{len(dp.get('programmed') or [])} peer(s) programmed"]
+    last = dp.get("last_run") or {}
+    if last:
+        out.append(f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
+                   f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all")
+    change = (dp.get("last_change") or {}).get("plan") or {}
+    counts = {k: v for k, v in (change.get("counts") or {}).items() if v}
+    if counts:
+        out.append("          last change: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for label, key in (("conflicted", "conflicts"), ("skipped", "skipped")):
+        for name, why in sorted((dp.get(key) or {}).items()):
+            out.append(f"          {label} {name}: {why}")
+    if dp.get("last_error"):
+        out.append(f"          error: {dp['last_error']}")
+    if fw.get("active"):
+        out.append(f"filter    {fw.get('table')}: {len(fw.get('members') or [])} member IPs"
+                   + (f", error: {fw['last_error']}" if fw.get("last_error") else ""))
+    return out
+
+
+def keys(ring: KeyList) -> str:
+    """Key ids, one a line, the primary marked."""
+    return "\n".join(
+        f"{kid}{'  (primary)' if kid == ring['primary'] else ''}" for kid in ring["keys"]
+    )
+
+
+def leave(reply: LeaveReply) -> str:
+    return "left the mesh" + ("" if reply["spread"] else " (not confirmed by all peers)")

@@ -1,0 +1,114 @@
+"""The control protocol's typed requests and replies: what each command takes and answers.
+
+The wire is JSON (see `meshd.control`); these types are the contract between the daemon's
+handlers (meshd/service.py), the client and the formatters, so neither side passes
+``dict[str, Any]`` around. Requests are parsed from the raw JSON object once, here, and a bad
+argument becomes a one-line ControlError. Stdlib only: the CLI imports this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from meshd.errors import ControlError
+
+KEY_ID_HEX = 8
+"""A key id on the control socket: 4 bytes as 8 hex digits (`meshd keys list`)."""
+
+
+class PeerRow(TypedDict):
+    """One member in ``peers`` (what `meshd peers --json` prints)."""
+
+    name: str
+    public_ip: str
+    subnet: str
+    backend: str
+    vtep_mac: str | None
+    state: str
+    """alive, suspect, dead or left."""
+    incarnation: int
+    last_seen: float
+    """Seconds since we last heard from it directly (0 for this node)."""
+    self: bool
+    node_id: str
+    flag: str | None
+    """Why the data plane does not program it as usual (conflicted, refused, ...), if so."""
+
+
+class UnderlayInfo(TypedDict):
+    ifname: str
+    ip: str
+    prefixlen: int
+    mtu: int
+
+
+class StatusReply(TypedDict):
+    """``status``: this node, member counts, counters, the data plane and the filter."""
+
+    version: str
+    node: dict[str, Any]
+    """The local NodeRecord as JSON (record.NodeRecord.to_dict)."""
+    underlay: UnderlayInfo
+    uptime: float
+    synced: bool
+    members: dict[str, int]
+    """Members by state (alive, suspect, dead, left), this node included."""
+    counters: dict[str, int]
+    dropped: dict[str, int]
+    """Dropped datagrams by reason (the ``drop.*`` counters without their prefix)."""
+    keys: list[str]
+    dataplane: dict[str, Any]
+    """The reconciler's status (dataplane/reconciler.py), ``{}`` before it started."""
+    filter: dict[str, Any]
+
+
+class KeyList(TypedDict):
+    """Every ``keys.*`` command answers with the resulting ring."""
+
+    primary: str
+    keys: list[str]
+
+
+class LeaveReply(TypedDict):
+    left: bool
+    spread: bool
+    """The left broadcast was sent its full retransmit count before the timeout."""
+
+
+class UpdateReply(TypedDict):
+    incarnation: int
+    at: float
+    """Wall-clock time of the re-announcement."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInstall:
+    """``keys.install``: a key from `meshd keygen` (base64)."""
+
+    key: str
+
+    @classmethod
+    def parse(cls, req: dict[str, Any]) -> KeyInstall:
+        key = req.get("key")
+        if not isinstance(key, str):
+            raise ControlError("key: expected a base64 key (see `meshd keygen`)")
+        return cls(key)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """``keys.use`` and ``keys.remove``: a key id (``key_id``, 8 hex digits)."""
+
+    key_id: bytes
+
+    @classmethod
+    def parse(cls, req: dict[str, Any]) -> KeyRef:
+        raw = req.get("key_id")
+        try:
+            kid = bytes.fromhex(raw) if isinstance(raw, str) else b""
+        except ValueError:
+            kid = b""
+        if len(kid) * 2 != KEY_ID_HEX:
+            raise ControlError(f"key id {raw!r}: expected 8 hex digits (see `meshd keys list`)")
+        return cls(kid)
