@@ -1,8 +1,9 @@
 """Cluster-wide keyring operations (install / use / remove): dedupe, order, and the recent log.
 
 The core carries key ops and decides in which order the daemon sees them; the daemon applies them
-to its keyring, idempotently: installing a key it has, using the current primary or removing a key
-it lacks changes nothing, and it refuses to remove its primary key.
+to its keyring with `apply_to_keyring` (pure), idempotently: installing a key it has, using the
+current primary or removing a key it lacks changes nothing, and it refuses to remove its primary
+key.
 
 Ordering rule (Lamport time, last writer wins per register):
 
@@ -36,7 +37,8 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from typing import cast
+from dataclasses import dataclass
+from typing import Literal, cast
 
 from meshd.gossip.messages import (
     KEY_ID_LEN,
@@ -48,7 +50,7 @@ from meshd.gossip.messages import (
     KeyOpKind,
 )
 from meshd.gossip.record import _NAME_RE
-from meshd.gossip.security import key_id
+from meshd.gossip.security import Keyring, key_id
 
 LOG_SIZE = 8
 """Latest ops carried in every push-pull (~75 bytes each)."""
@@ -172,3 +174,51 @@ class KeyOps:
         log.append(op)
         log.sort(key=stamp)
         del log[:-LOG_SIZE]
+
+
+KeyringOutcome = Literal["installed", "primary", "removed", "unknown", "refused", "unchanged"]
+"""What one op did to a keyring: ``unknown`` is a use of a key not (yet) installed, ``refused``
+a removal of the primary; ``unchanged`` covers the idempotent repeats."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringChange:
+    """The result of `apply_to_keyring`: the new ring and, per op, what it did."""
+
+    keyring: Keyring
+    outcomes: tuple[tuple[KeyOp, KeyringOutcome], ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(o in ("installed", "primary", "removed") for _, o in self.outcomes)
+
+
+def apply_to_keyring(keyring: Keyring, ops: Iterable[KeyOp]) -> KeyringChange:
+    """Apply ops, in the order given (`KeyOps.pop`'s), to a keyring; pure and idempotent.
+
+    install adds a key at the end (accepted on receipt, not used to seal); use moves a key to the
+    front (the primary seals); remove drops a key, but never the primary: a ring must keep a key
+    every member can open, and `KeyOps` hands the remove out again after the next use."""
+    ring = list(keyring.keys)
+    outcomes: list[tuple[KeyOp, KeyringOutcome]] = []
+    for op in ops:
+        ids = [key_id(k) for k in ring]
+        outcome: KeyringOutcome = "unchanged"
+        if op.op == "install":
+            if op.key not in ring:
+                ring.append(op.key)
+                outcome = "installed"
+        elif op.key not in ids:
+            outcome = "unknown" if op.op == "use" else "unchanged"
+        elif op.op == "use":
+            if ids.index(op.key) != 0:
+                ring.insert(0, ring.pop(ids.index(op.key)))
+                outcome = "primary"
+        elif ids.index(op.key) == 0:
+            outcome = "refused"
+        else:
+            ring.pop(ids.index(op.key))
+            outcome = "removed"
+        outcomes.append((op, outcome))
+    new = keyring if tuple(ring) == keyring.keys else Keyring(tuple(ring))
+    return KeyringChange(new, tuple(outcomes))

@@ -15,7 +15,7 @@ from meshd.gossip import messages as m
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.node import GossipNode
-from meshd.gossip.security import key_id
+from meshd.gossip.security import Keyring, key_id
 from meshd.sim import Network, make_record
 
 ME, A = make_record(0), make_record(1)
@@ -206,22 +206,6 @@ def test_memory_is_bounded() -> None:
 # --- whole meshes -------------------------------------------------------------------------------
 
 
-class Keyring:
-    """What the daemon does with popped ops (the real one lives in the daemon): idempotent."""
-
-    def __init__(self, keys: list[bytes]) -> None:
-        self.keys = list(keys)
-
-    def apply(self, x: m.KeyOp) -> None:
-        ids = [key_id(k) for k in self.keys]
-        if x.op == "install" and x.key not in self.keys:
-            self.keys.append(x.key)
-        elif x.op == "use" and x.key in ids:
-            self.keys.insert(0, self.keys.pop(ids.index(x.key)))
-        elif x.op == "remove" and x.key in ids[1:]:  # never the primary
-            del self.keys[ids.index(x.key)]
-
-
 def mesh(n: int, seed: int, loss: float, cfg: GossipConfig | None = None) -> Network:
     net = Network(cfg, seed=seed, loss=loss, record_events=False)
     net.converged([make_record(i) for i in range(n)])
@@ -279,13 +263,13 @@ def test_rotation_from_three_nodes_converges_under_loss(seed: int, at_once: bool
     previous op reached its issuer, or all at the same instant (no causality between them at
     all). Under 20% loss the others get them in any order; every keyring ends as [K1]."""
     net = mesh(10, seed, 0.2, replace(GossipConfig(), push_pull_interval=5.0))
-    rings = [Keyring([K0]) for _ in net.nodes]
+    rings = [Keyring((K0,)) for _ in net.nodes]
 
     def step() -> None:
+        # What the daemon does with the ops a node hands out (service.py).
         net.run_for(0.02)
-        for ring, x in zip(rings, net.nodes, strict=True):
-            for kop in x.pop_key_ops():
-                ring.apply(kop)
+        for i, x in enumerate(net.nodes):
+            rings[i] = keyops.apply_to_keyring(rings[i], x.pop_key_ops()).keyring
 
     net.broadcast_key_op(1, "install", K1)
     while not at_once and K1 not in rings[2].keys:
@@ -296,6 +280,48 @@ def test_rotation_from_three_nodes_converges_under_loss(seed: int, at_once: bool
     net.broadcast_key_op(3, "remove", ID0)
     for _ in range(1500):
         step()
-    assert [r.keys for r in rings] == [[K1]] * 10
+    assert [r.keys for r in rings] == [(K1,)] * 10
     if at_once:  # some node got the use before the install, or the remove before the use
         assert sum(x.counters["keyop.redelivered"] for x in net.nodes) > 0
+
+
+# --- apply_to_keyring: the daemon's (pure) side of a key op -------------------------------------
+
+
+def test_keyring_install_use_remove_rotates_the_primary() -> None:
+    ring = Keyring((K0,))
+    ops = [op("install", K1, 1), op("use", ID1, 2), op("remove", ID0, 3)]
+    change = keyops.apply_to_keyring(ring, ops)
+    assert change.keyring.keys == (K1,)
+    assert [o for _, o in change.outcomes] == ["installed", "primary", "removed"]
+    assert change.changed
+    assert ring.keys == (K0,)  # the input is not touched
+
+
+def test_keyring_ops_are_idempotent() -> None:
+    ring = Keyring((K0, K1))
+    ops = [op("install", K1, 1), op("use", ID0, 2), op("remove", ID2, 3)]
+    change = keyops.apply_to_keyring(ring, ops)
+    assert change.keyring is ring
+    assert [o for _, o in change.outcomes] == ["unchanged"] * 3
+    assert not change.changed
+    again = keyops.apply_to_keyring(Keyring((K0,)), [op("install", K1, 1)] * 2)
+    assert again.keyring.keys == (K0, K1)
+    assert [o for _, o in again.outcomes] == ["installed", "unchanged"]
+
+
+def test_keyring_refuses_to_remove_the_primary_and_to_use_an_unknown_key() -> None:
+    ring = Keyring((K0, K1))
+    change = keyops.apply_to_keyring(ring, [op("remove", ID0, 1), op("use", ID2, 2)])
+    assert change.keyring.keys == (K0, K1)
+    assert [o for _, o in change.outcomes] == ["refused", "unknown"]
+    assert not change.changed
+
+
+def test_keyring_follows_the_order_given() -> None:
+    # What KeyOps hands out after a refused remove: use, then the remove again.
+    ring = Keyring((K0, K1))
+    ops = [op("remove", ID0, 1), op("use", ID1, 2), op("remove", ID0, 1)]
+    change = keyops.apply_to_keyring(ring, ops)
+    assert change.keyring.keys == (K1,)
+    assert [o for _, o in change.outcomes] == ["refused", "primary", "removed"]

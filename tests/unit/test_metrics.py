@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from meshd.errors import ConfigError
-from meshd.metrics import Family, MetricsServer, parse_addr, render
+from meshd.metrics import Family, MetricsServer, Snapshot, families, parse_addr, render
 
 
 def test_render_exposition_format() -> None:
@@ -53,3 +54,51 @@ def test_serves_metrics_over_http() -> None:
     ok, missing = asyncio.run(main())
     assert ok.startswith(b"HTTP/1.1 200") and ok.endswith(b"up 1\n")
     assert missing.startswith(b"HTTP/1.1 404")
+
+
+def snapshot(**over: object) -> Snapshot:
+    base: dict[str, object] = dict(
+        counters={"in": 10, "out": 12, "in_bytes": 1000, "out_bytes": 1200, "msg.ping": 4,
+                  "msg.alive": 2, "drop.auth": 3, "probe.ok": 5, "probe.failed": 1,
+                  "push_pull.digest_sent": 7, "suspect.raised": 1},
+        members={"alive": 3, "dead": 1}, rtt_buckets=[(0.001, 2), (0.01, 4), (math.inf, 5)],
+        rtt_sum=0.02, rtt_count=5, health=2,
+        dataplane={"runs": 4, "last_run": {"duration_ms": 2.5}, "applied": {"route": 3},
+                   "errors": ["x"]},
+        version="0.1.0", name="h1", backend="vxlan",
+    )
+    base.update(over)
+    return Snapshot(**base)  # type: ignore[arg-type]
+
+
+def test_families_from_a_snapshot() -> None:
+    text = render(families(snapshot()))
+    for line in (
+        'meshd_members{state="alive"} 3', 'meshd_members{state="suspect"} 0',
+        'meshd_members{state="dead"} 1', 'meshd_members{state="left"} 0',
+        'meshd_datagrams_total{direction="in"} 10', 'meshd_bytes_total{direction="out"} 1200',
+        'meshd_messages_received_total{type="alive"} 2',
+        'meshd_messages_received_total{type="ping"} 4', 'meshd_dropped_total{reason="auth"} 3',
+        'meshd_probes_total{result="failed"} 1', 'meshd_anti_entropy_total{result="sent"} 7',
+        'meshd_anti_entropy_total{result="late"} 0', "meshd_suspicions_total 1",
+        'meshd_probe_rtt_seconds_bucket{le="0.001"} 2',
+        'meshd_probe_rtt_seconds_bucket{le="+Inf"} 5', "meshd_probe_rtt_seconds_count 5",
+        "meshd_local_health 2", "meshd_reconcile_runs_total 4",
+        "meshd_reconcile_duration_seconds 0.0025", 'meshd_reconcile_changes_total{kind="route"} 3',
+        "meshd_reconcile_errors 1",
+        'meshd_info{backend="vxlan",name="h1",version="0.1.0"} 1',
+    ):
+        assert line + "\n" in text, line
+    # every family is declared once, and every sample belongs to a declared family
+    names = [f.name for f in families(snapshot())]
+    assert len(names) == len(set(names))
+    for sample in (x for x in text.splitlines() if not x.startswith("#")):
+        assert any(sample.startswith(n) for n in names), sample
+
+
+def test_families_before_the_data_plane_started() -> None:
+    text = render(families(snapshot(dataplane={}, counters={})))
+    assert "meshd_reconcile_runs_total 0\n" in text
+    assert "meshd_reconcile_duration_seconds 0\n" in text
+    assert 'meshd_datagrams_total{direction="in"} 0\n' in text
+    assert "meshd_dropped_total{" not in text  # no reasons yet: a family without samples

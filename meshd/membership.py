@@ -1,0 +1,135 @@
+"""The membership loop: forwards what the gossip core learned to the data plane, the filter and
+the state dir.
+
+Woken by the transport after every datagram or timer that brought news (`GossipNode.has_news`);
+the filter also gets a periodic forced apply, which restores rules deleted by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from meshd.dataplane.model import PeerView
+from meshd.errors import DataplaneError
+from meshd.gossip.node import GossipNode
+from meshd.statestore import State, StateStore
+
+log = logging.getLogger("meshd")
+SAVE_EVERY = 2.0
+"""Seconds between state-dir writes while membership changes (a crash loses at most this)."""
+BATCH = 0.01
+"""Membership news arrives in bursts: batch it (briefly: the data plane waits on it)."""
+
+
+class PeerSink(Protocol):
+    """The reconciler as this loop sees it."""
+
+    def set_peers(self, peers: Sequence[PeerView], synced: bool, now: float) -> None: ...
+
+
+class Filter(Protocol):
+    """The firewall as this loop sees it."""
+
+    async def apply(self, member_ips: Iterable[str], *, force: bool = False) -> bool: ...
+
+
+class Membership:
+    def __init__(
+        self,
+        node: GossipNode,
+        store: StateStore,
+        reconciler: PeerSink,
+        firewall: Filter | None,
+        resync_interval: float,
+        apply_key_ops: Callable[[], None],
+        changed: asyncio.Event,
+    ) -> None:
+        self.node = node
+        self.store = store
+        self.reconciler = reconciler
+        self.firewall = firewall
+        self.resync_interval = resync_interval
+        self.apply_key_ops = apply_key_ops
+        self.changed = changed
+        """Set by the transport when the core has news (`GossipNode.has_news`)."""
+        self._last_save = 0.0
+        self._saved_key: tuple[tuple[str, int, str], ...] = ()
+        self._fw_forced = 0.0
+        self._fw_error: str | None = None
+
+    async def run(self) -> None:
+        """Act on news only: member events, the first full sync, or a new local incarnation
+        (a refutation must survive a crash)."""
+        synced: bool | None = None
+        incarnation = -1
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            self.apply_key_ops()
+            events = self.node.pop_events()
+            for ev in events:
+                r = ev.member.record
+                log.info("member %s (%s %s): %s", r.name, r.public_ip, r.subnet, ev.kind)
+            if events or synced != self.node.synced:
+                synced = self.node.synced
+                self.reconciler.set_peers(self.peer_views(), synced, time.monotonic())
+                await self.update_firewall()
+                self.save(force=True)
+            elif incarnation != self.node.local.incarnation:
+                self.save(force=True)
+            incarnation = self.node.local.incarnation
+            await asyncio.sleep(BATCH)
+
+    async def firewall_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            await self.update_firewall()
+
+    async def update_firewall(self) -> None:
+        """Accept encapsulated packets from every member that is not gone (dead ones too: their
+        routes stay until reap_after, and so does their traffic)."""
+        if self.firewall is None:
+            return
+        me = self.node.local.name
+        ips = {m.record.public_ip for m in self.node.members()
+               if m.record.name != me and str(m.state.value) != "left"}
+        now = time.monotonic()
+        force = now - self._fw_forced > self.resync_interval
+        try:
+            await self.firewall.apply(ips, force=force)
+        except DataplaneError as exc:
+            if str(exc) != self._fw_error:
+                log.error("%s", exc)
+            self._fw_error = str(exc)
+            return
+        self._fw_error = None
+        if force:
+            self._fw_forced = now
+
+    def peer_views(self) -> list[PeerView]:
+        me = self.node.local.name
+        return [
+            PeerView(record=m.record, state=str(m.state.value), state_since=m.state_since)
+            for m in self.node.members()
+            if m.record.name != me
+        ]
+
+    def save(self, force: bool = False) -> None:
+        """Persist identity, incarnation and the members worth rejoining through; skipped when
+        nothing changed, and at most every SAVE_EVERY seconds unless ``force``."""
+        now = time.monotonic()
+        members = self.node.members()
+        key = tuple((m.record.name, m.record.incarnation, str(m.state.value)) for m in members)
+        if key == self._saved_key or (not force and now - self._last_save < SAVE_EVERY):
+            return
+        self._saved_key, self._last_save = key, now
+        me = self.node.local
+        self.store.save(State(
+            node_id=me.node_id, incarnation=me.incarnation, subnet=me.subnet, subnet_since=me.since,
+            members=[m.record for m in members
+                     if m.record.name != me.name and str(m.state.value) != "left"],
+        ))

@@ -1,0 +1,71 @@
+"""meshd/daemon.py: a setup that fails half way closes what it opened."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meshd.daemon
+from meshd.config import build
+from meshd.control.server import ControlServer
+from meshd.daemon import Daemon
+from meshd.dataplane.model import Underlay
+from meshd.errors import ConfigError
+from meshd.gossip.security import generate_key
+
+
+class FakeReconciler:
+    closed = 0
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        FakeReconciler.closed += 1
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_failed_setup_closes_the_udp_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def underlay(iface: str | None, public_ip: str | None) -> Underlay:
+        return Underlay("lo", 1, "127.0.0.1", 8, 1500)
+
+    monkeypatch.setattr(meshd.daemon, "discover_underlay", underlay)
+    monkeypatch.setattr(meshd.daemon, "Reconciler", FakeReconciler)
+    monkeypatch.setattr(meshd.daemon.shutil, "which", lambda name: None)  # no nft cleanup
+    key = tmp_path / "key"
+    key.write_text(generate_key() + "\n")
+    key.chmod(0o600)
+    port = free_udp_port()
+    sock = tmp_path / "meshd.sock"
+    cfg = build({"name": "h1", "subnet": "10.244.1.0/24", "port": port, "key_file": key,
+                 "state_dir": tmp_path / "state", "socket": sock})
+
+    async def main() -> None:
+        # Another daemon holds the control socket: setup fails after the UDP socket is bound.
+        other = ControlServer(sock, {})
+        await other.start()
+        try:
+            with pytest.raises(ConfigError, match="already listening"):
+                await Daemon(cfg).setup()
+            assert sock.exists()  # the other daemon's socket is left alone
+        finally:
+            await other.close()
+
+    asyncio.run(main())
+    assert FakeReconciler.closed == 1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", port))  # EADDRINUSE if the daemon leaked its socket

@@ -1,0 +1,123 @@
+"""meshd/service.py: the control commands and the metrics read a node through typed replies."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshd.control.protocol import KeyRef
+from meshd.errors import ControlError
+from meshd.gossip import messages as m
+from meshd.gossip.config import GossipConfig
+from meshd.gossip.node import GossipNode
+from meshd.gossip.security import Keyring, Sealer, decode_key, generate_key, key_id
+from meshd.keyfile import load_keyring, save_keyring
+from meshd.service import Service
+from meshd.sim import make_record
+
+ME, A = make_record(0), make_record(1)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter({"in": 3, "out": 4, "drop.auth": 1})
+        self.kicks = 0
+
+    def kick(self) -> None:
+        self.kicks += 1
+
+
+class FakeDataplane:
+    def status(self) -> dict[str, Any]:
+        return {"runs": 2}
+
+    def peer_flags(self) -> dict[str, str]:
+        return {A.name: "conflicted"}
+
+
+def service(tmp_path: Path) -> tuple[Service, FakeTransport, Path]:
+    node = GossipNode(ME, GossipConfig(), random.Random(1), 0.0)
+    node.join([], 0.0)
+    node.receive_datagram(m.pack_datagram([m.encode(m.Alive(A))]), A.addr, 0.0)
+    key_file = tmp_path / "key"
+    ring = Keyring((decode_key(generate_key()),))
+    save_keyring(key_file, ring)
+    transport = FakeTransport()
+    svc = Service(
+        node, transport, Sealer(ring),
+        {"ifname": "eth0", "ip": ME.public_ip, "prefixlen": 16, "mtu": 1500},
+        key_file, lambda: None, FakeDataplane(), None, 0.0,
+    )
+    return svc, transport, key_file
+
+
+def call(svc: Service, cmd: str, **args: Any) -> Any:
+    return asyncio.run(svc.commands()[cmd]({"cmd": cmd, **args}))
+
+
+def test_peers_rows(tmp_path: Path) -> None:
+    svc, _, _ = service(tmp_path)
+    rows = call(svc, "peers")
+    assert [r["name"] for r in rows] == [ME.name, A.name]
+    assert rows[0]["self"] and rows[0]["last_seen"] == 0.0 and rows[0]["flag"] is None
+    assert not rows[1]["self"] and rows[1]["flag"] == "conflicted"
+    assert rows[1]["vtep_mac"] == A.vtep_mac and rows[1]["node_id"] == A.node_id.hex()
+
+
+def test_status_merges_transport_and_core_counters(tmp_path: Path) -> None:
+    svc, _, _ = service(tmp_path)
+    st = call(svc, "status")
+    assert st["members"] == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
+    assert st["counters"]["in"] == 3  # the transport's datagrams
+    assert st["counters"]["payload_in"] == 1  # the core's: the one Alive fed above
+    assert st["dropped"] == {"auth": 1}
+    assert st["dataplane"] == {"runs": 2} and st["filter"] == {"enabled": False}
+    assert st["node"]["name"] == ME.name
+
+
+def test_key_rotation_through_commands_persists_the_ring(tmp_path: Path) -> None:
+    svc, transport, key_file = service(tmp_path)
+    old = svc.sealer.keyring.primary
+    new = generate_key()
+    new_id = key_id(decode_key(new)).hex()
+    assert call(svc, "keys.install", key=new)["keys"] == [key_id(old).hex(), new_id]
+    assert call(svc, "keys.use", key_id=new_id)["primary"] == new_id
+    assert call(svc, "keys.remove", key_id=key_id(old).hex())["keys"] == [new_id]
+    assert load_keyring(key_file).keys == (decode_key(new),)
+    assert svc.sealer.keyring.keys == (decode_key(new),)
+    assert transport.kicks == 3
+
+
+def test_key_commands_refuse_bad_arguments(tmp_path: Path) -> None:
+    svc, _, _ = service(tmp_path)
+    primary = key_id(svc.sealer.keyring.primary).hex()
+    with pytest.raises(ControlError, match="8 hex digits"):
+        call(svc, "keys.use", key_id="xyz")
+    with pytest.raises(ControlError, match="not in this node's keyring"):
+        call(svc, "keys.use", key_id="00000000")
+    with pytest.raises(ControlError, match="is the primary"):
+        call(svc, "keys.remove", key_id=primary)
+    with pytest.raises(ControlError, match="key:"):
+        call(svc, "keys.install", key="not base64!")
+    with pytest.raises(ControlError, match="base64 key"):
+        call(svc, "keys.install")
+
+
+def test_key_ref_parses_exactly_eight_hex_digits() -> None:
+    assert KeyRef.parse({"key_id": "0a0b0c0d"}).key_id == bytes.fromhex("0a0b0c0d")
+    for bad in ("0a0b0c", "0a0b0c0d0e", 12345678, None):
+        with pytest.raises(ControlError):
+            KeyRef.parse({"key_id": bad})
+
+
+def test_metric_families_come_from_the_node(tmp_path: Path) -> None:
+    svc, _, _ = service(tmp_path)
+    fams = {f.name: f for f in svc.metric_families()}
+    members = {labels["state"]: v for _, labels, v in fams["meshd_members"].samples}
+    assert members == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
+    assert fams["meshd_reconcile_runs_total"].samples[0][2] == 2
