@@ -31,7 +31,7 @@ from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import ConfigError, DataplaneError
 from meshd.firewall import Firewall
 from meshd.gossip.node import GossipNode
-from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, vtep_mac_for
+from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError, vtep_mac_for
 from meshd.gossip.security import Sealer
 from meshd.keyfile import load_keyring
 from meshd.membership import Membership
@@ -93,8 +93,11 @@ class Daemon:
             else int(time.time()),
         )
         known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
-        node = GossipNode(local, cfg.gossip, random.Random(os.urandom(16)), time.monotonic(),
-                          known=known)
+        try:
+            node = GossipNode(local, cfg.gossip, random.Random(os.urandom(16)), time.monotonic(),
+                              known=known)
+        except RecordError as exc:  # e.g. an underlay MTU no record can carry (lo: 65536)
+            raise ConfigError(f"this node's record: {exc}") from None
         sealer = Sealer(keyring)
         changed = asyncio.Event()
         self.transport = Transport(node, sealer, ("0.0.0.0", cfg.port), on_change=changed.set)

@@ -1,12 +1,22 @@
-"""The meshd exception tree. Imports nothing of meshd.
+"""The meshd exception tree. Imports nothing of meshd; every layer may import it.
 
-    MeshdError                  every error meshd raises on purpose; str() is one line for users
-    ├── ConfigError             bad flag, TOML key or value (names the key, and the line when known)
+    MeshdError                  raised on purpose; str() is one line for users, and the CLI
+    │                           prints it as ``meshd: error: ...`` (exit 78 for the first two)
+    ├── ConfigError             bad flag, TOML key or value (names the key, and the line when
+    │                           known); also a port or socket the daemon cannot listen on
     ├── KeyFileError            missing, unreadable, malformed or too-open key file
-    ├── ControlError            the control socket is unreachable or answered with an error
-    ├── DataplaneError          netlink refused something; third-party errors are translated once,
-    │   └── MissingKernelFeature   in dataplane/netlink.py; e.g. no ipip module
-    └── LabError                the lab could not be built or did not converge
+    ├── ControlError            the control socket is unreachable, a request is malformed, or
+    │                           the daemon answered with an error
+    ├── DataplaneError          the kernel refused something (netlink, nft); third-party and
+    │   │                       OS errors become this where the data plane calls out
+    │   └── MissingKernelFeature   the running kernel lacks a module a backend needs (ipip)
+    └── LabError                the lab could not be built, or the mesh did not converge in it
+
+Outside the tree, on purpose: the gossip core's exceptions are caught where they arise and never
+reach a user as such. ``DecodeError`` and ``OpenError`` (a datagram that is malformed or fails
+authentication) become ``drop.<reason>`` counters; ``RecordError`` (a node record) and
+``KeyFormatError`` (a key) are turned into ConfigError, KeyFileError or ControlError by whoever
+took the value from a user.
 """
 
 from __future__ import annotations

@@ -97,7 +97,11 @@ class Transport:
                 self.counters[f"drop.{exc.reason}"] += 1
                 continue
             host, port = addr[0], addr[1]  # type: ignore[index]  # AF_INET: (str, int)
-            self.node.receive_datagram(payload, (str(host), int(port)), self.clock())
+            try:
+                self.node.receive_datagram(payload, (str(host), int(port)), self.clock())
+            except Exception:  # a bug in the core: one authenticated datagram must not stop us
+                self.counters["error.internal"] += 1
+                log.exception("gossip core failed on a datagram from %s:%s", host, port)
             await self._flush()
             self._after()
 

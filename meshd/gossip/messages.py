@@ -62,9 +62,6 @@ class MsgType(IntEnum):
     SYNC_DIGEST = 9
 
 
-MSG_NAMES = {t: t.name.lower() for t in MsgType}
-"""Counter suffixes: ``msg.ping``, ``msg.push_pull``, ..."""
-
 # Member states in push-pull entries; the index is the wire code (append-only too).
 WIRE_STATES = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT)
 _STATE_CODE = {s: i for i, s in enumerate(WIRE_STATES)}
