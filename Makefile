@@ -30,9 +30,11 @@ test: venv deps
 test-fast: venv
 	$(BIN)/pytest -ra -m 'not slow and not root'
 
+# lint-imports: the layer contract in pyproject.toml ([tool.importlinter]; docs/architecture.md).
 lint: venv
 	$(BIN)/ruff check meshd tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
