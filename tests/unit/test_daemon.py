@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def test_failed_setup_closes_the_udp_socket(
 
     monkeypatch.setattr(meshd.daemon, "discover_underlay", underlay)
     monkeypatch.setattr(meshd.daemon, "Reconciler", FakeReconciler)
-    monkeypatch.setattr(meshd.daemon.shutil, "which", lambda name: None)  # no nft cleanup
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no nft cleanup
     key = tmp_path / "key"
     key.write_text(generate_key() + "\n")
     key.chmod(0o600)

@@ -57,7 +57,10 @@ def service(tmp_path: Path) -> tuple[Service, FakeTransport, Path]:
 
 
 def call(svc: Service, cmd: str, **args: Any) -> Any:
-    return asyncio.run(svc.commands()[cmd]({"cmd": cmd, **args}))
+    async def go() -> Any:
+        return await svc.commands()[cmd]({"cmd": cmd, **args})
+
+    return asyncio.run(go())
 
 
 def test_peers_rows(tmp_path: Path) -> None:
