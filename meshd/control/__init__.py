@@ -2,7 +2,8 @@
 
 Request:  ``{"cmd": "<name>", ...arguments}`` followed by a newline.
 Response: ``{"ok": true, "result": <any>}`` or ``{"ok": false, "error": "<one line>"}``, then the
-server closes the connection. Commands:
+server closes the connection. Commands (their typed arguments and replies are in protocol.py; the
+daemon's side is meshd/service.py):
 
 - ``peers``: list of members (the JSON that ``meshd peers --json`` prints)
 - ``status``: this node, counters, drops by reason, data plane, filter
