@@ -51,3 +51,11 @@ def test_seeds() -> None:
             parse_seed(bad)
     with pytest.raises(ConfigError, match="probe_timeout"):
         build({"gossip.probe_timeout": 2.0})
+
+
+def test_config_builds_the_cores_own_gossip_config() -> None:
+    from meshd.gossip.config import GossipConfig
+
+    g = build({"subnet": "10.244.1.0/24", "gossip.probe_interval": 2.0}).gossip
+    assert type(g) is GossipConfig and g.probe_interval == 2.0
+    assert g.probe_timeout == GossipConfig().probe_timeout

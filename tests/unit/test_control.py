@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from meshd.control import client
 from meshd.control.client import request
+from meshd.control.protocol import KeyList, KeyRef
 from meshd.control.server import ControlServer
 from meshd.errors import ConfigError, ControlError, MeshdError
 
@@ -42,3 +44,25 @@ def test_roundtrip_mode_and_errors(tmp_path: Path) -> None:
     asyncio.run(main())
     with pytest.raises(ControlError, match="no meshd running"):
         request(path, "echo")
+
+
+def test_typed_client_calls_through_service_commands(tmp_path: Path) -> None:
+    """The typed client wrappers against a server whose handlers parse typed requests, the way
+    Service.commands() does: a bad argument is a one-line ControlError on the client."""
+    path = tmp_path / "c.sock"
+
+    async def keys_use(req: dict[str, Any]) -> KeyList:
+        ref = KeyRef.parse(req)
+        return {"primary": ref.key_id.hex(), "keys": [ref.key_id.hex()]}
+
+    async def main() -> None:
+        srv = ControlServer(path, {"keys.use": keys_use})
+        await srv.start()
+        loop = asyncio.get_running_loop()
+        ring = await loop.run_in_executor(None, lambda: client.keys(path, "use", key_id="0a0b0c0d"))
+        assert ring == {"primary": "0a0b0c0d", "keys": ["0a0b0c0d"]}
+        with pytest.raises(ControlError, match="expected 8 hex digits"):
+            await loop.run_in_executor(None, lambda: client.keys(path, "use", key_id="0a"))
+        await srv.close()
+
+    asyncio.run(main())
