@@ -23,11 +23,11 @@ from typing import Any
 from meshd import __version__
 from meshd.config import Config, parse_seed
 from meshd.control.server import ControlServer
+from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.model import PeerView
-from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import ConfigError, ControlError, DataplaneError, MeshdError
-from meshd.firewall import Firewall
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, vtep_mac_for
 from meshd.gossip.security import KeyFormatError, Keyring, Sealer, decode_key, key_id
@@ -99,7 +99,13 @@ class Daemon:
         self._save(force=True)
         seeds = await self._resolve_seeds()
         self.node.join(seeds, time.monotonic())
-        self.reconciler = Reconciler(cfg, local, self.underlay)
+        # The reconciler's own config: the Config fields it reads (docs/dataplane.md).
+        rcfg = ReconcilerConfig(
+            backend=cfg.backend, network=cfg.network, vni=cfg.vni, vxlan_port=cfg.vxlan_port,
+            bridge=cfg.bridge, subnet_env=cfg.subnet_env, ipmasq=cfg.ipmasq,
+            resync_interval=cfg.resync_interval, reap_after=cfg.gossip.reap_after,
+        )
+        self.reconciler = Reconciler(rcfg, local, self.underlay)
         try:
             await self.reconciler.start()
         except DataplaneError as exc:
