@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meshd.dataplane.model import DeviceOp, DeviceSpec, Plan, Route
 from meshd.dataplane.netlink import (
@@ -63,6 +63,13 @@ class NetlinkAPI(Protocol):
     ) -> list[Failure]: ...
     def events(self) -> AsyncIterator[Event]: ...
     async def sysctl(self, name: str, value: str | None = None) -> str: ...
+
+
+if TYPE_CHECKING:
+    from meshd.dataplane.netlink import Netlink
+
+    def _netlink_implements_the_protocol(nl: Netlink) -> NetlinkAPI:
+        return nl  # mypy fails here when Netlink and NetlinkAPI drift apart
 
 
 @dataclass
