@@ -41,10 +41,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meshd.config import Config
 from meshd.dataplane import model
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
-from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.gossip.record import NodeRecord, vtep_mac_for
 from meshd.lab.topology import Host, Lab
@@ -158,9 +157,8 @@ class Bench:
 
     async def run(self, reps: int) -> list[dict[str, Any]]:
         ul = await discover_underlay("eth0", None, netns=self.ns)
-        cfg = Config(
-            name=self.local.name, subnet=self.local.subnet, network=NETWORK,
-            backend=self.backend, iface="eth0", subnet_env=self.workdir / "subnet.env",
+        cfg = ReconcilerConfig(
+            network=NETWORK, backend=self.backend, subnet_env=self.workdir / "subnet.env",
         )
         rec = Reconciler(cfg, self.local, ul, netns=self.ns)
         rec.set_peers([], synced=True, now=time.monotonic())
@@ -172,7 +170,7 @@ class Bench:
             await rec.start()  # the device (vxlan), forwarding, subnet.env: not timed
             desired = model.desired_state(
                 backend=self.backend, local=self.local, underlay=ul, peers=self.views,
-                now=time.monotonic(), synced=True, reap_after=cfg.gossip.reap_after,
+                now=time.monotonic(), synced=True, reap_after=cfg.reap_after,
                 network=NETWORK, onlink=(f"{ul.ip}/{ul.prefixlen}",),
             )
             if len(desired.routes) != self.n:

@@ -16,7 +16,10 @@ from meshd import __version__
 from meshd.config import DEFAULT_CONFIG, Config, build, load_file
 from meshd.control import client
 from meshd.control import format as fmt
+from meshd.dataplane import backends
 from meshd.errors import ConfigError, KeyFileError, MeshdError
+
+_BACKEND_HELP = f"One of {', '.join(backends.names())} (the backends registry)."
 
 app = typer.Typer(
     add_completion=True,
@@ -93,7 +96,7 @@ def join(
     public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: iface's).")] = None,
     iface: Annotated[str | None, typer.Option(help="Underlay device (default route's).")] = None,
     subnet: Annotated[str | None, typer.Option(help="This node's container subnet.")] = None,
-    backend: Annotated[str | None, typer.Option(help="host-gw, ipip or vxlan.")] = None,
+    backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     port: Annotated[int | None, typer.Option(help="Gossip UDP port (7950).")] = None,
     key_file: Annotated[Path | None, typer.Option(help="Keyring file (/etc/meshd/key).")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="State dir (/var/lib/meshd).")] = None,
@@ -219,7 +222,7 @@ app.add_typer(lab_app, name="lab")
 def lab(
     ctx: typer.Context,
     hosts: Annotated[int, typer.Option(help="Number of simulated hosts.")] = 3,
-    backend: Annotated[str, typer.Option(help="host-gw, ipip or vxlan.")] = "vxlan",
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "vxlan",
     routed: Annotated[bool, typer.Option(help="Two L2 segments joined by a router.")] = False,
     keep: Annotated[bool, typer.Option(help="Leave the lab running (remove: meshd lab down).")]
     = False,
@@ -229,11 +232,10 @@ def lab(
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
         return
-    from meshd.gossip.record import BACKENDS
     from meshd.lab.runner import run_in_guest, run_lab
 
-    if backend not in BACKENDS:
-        fail(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend not in backends.names():
+        fail(f"backend: {backend!r} is not one of {', '.join(backends.names())}")
     if not 2 <= hosts <= 200:
         fail("--hosts: must be between 2 and 200")
     if uml:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meshd.dataplane import backends
 from meshd.errors import ConfigError
 from meshd.gossip.config import GossipConfig as GossipConfig
-from meshd.gossip.record import BACKENDS, MAX_NAME_LEN, RecordError, validate_subnet
+from meshd.gossip.record import MAX_NAME_LEN, RecordError, validate_subnet
 
 DEFAULT_PORT = 7950
 DEFAULT_CONFIG = Path("/etc/meshd/meshd.toml")
@@ -224,8 +225,8 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         except RecordError as exc:
             raise ConfigError(f"{key}: {value!r}: {str(exc).split(': ', 1)[-1]}") from None
     if key == "backend":
-        if value not in BACKENDS:
-            raise ConfigError(f"backend: {value!r} is not one of {', '.join(BACKENDS)}")
+        if value not in backends.names():
+            raise ConfigError(f"backend: {value!r} is not one of {', '.join(backends.names())}")
         return value
     if key in ("port", "vxlan_port"):
         return _int(key, value, 1, 65535)

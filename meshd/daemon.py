@@ -26,12 +26,13 @@ from typing import Any
 from meshd import __version__
 from meshd.config import Config, parse_seed
 from meshd.control.server import ControlServer
-from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane import backends
+from meshd.dataplane.firewall import Firewall
+from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import ConfigError, DataplaneError
-from meshd.firewall import Firewall
 from meshd.gossip.node import GossipNode
-from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError, vtep_mac_for
+from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError
 from meshd.gossip.security import Sealer
 from meshd.keyfile import load_keyring
 from meshd.membership import Membership
@@ -85,7 +86,7 @@ class Daemon:
             port=cfg.port,
             subnet=str(subnet),
             backend=cfg.backend,
-            vtep_mac=vtep_mac_for(state.node_id) if cfg.backend == "vxlan" else None,
+            vtep_mac=backends.get(cfg.backend).vtep_mac(state.node_id),
             mtu=underlay.mtu,
             incarnation=state.incarnation + 1,
             version=PROTOCOL_VERSION,
@@ -102,7 +103,13 @@ class Daemon:
         changed = asyncio.Event()
         self.transport = Transport(node, sealer, ("0.0.0.0", cfg.port), on_change=changed.set)
         await self.transport.start()
-        self.reconciler = Reconciler(cfg, local, underlay)
+        # The reconciler's own config: the Config fields it reads (docs/dataplane.md).
+        rcfg = ReconcilerConfig(
+            backend=cfg.backend, network=cfg.network, vni=cfg.vni, vxlan_port=cfg.vxlan_port,
+            bridge=cfg.bridge, subnet_env=cfg.subnet_env, ipmasq=cfg.ipmasq,
+            resync_interval=cfg.resync_interval, reap_after=cfg.gossip.reap_after,
+        )
+        self.reconciler = Reconciler(rcfg, local, underlay)
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
         self.service = Service(

@@ -1,30 +1,7 @@
 """The kernel data plane: peer table -> desired state -> plan -> netlink.
 
-``model`` is pure and cheap to import (the CLI and the daemon's peer view use it without root);
-``Reconciler`` and ``discover_underlay`` bring asyncio and the netlink sockets (``netlink``,
-``rtnl*``; no pyroute2), so they are imported on first use.
+``objects`` (kernel objects as values), ``backends`` (one module per backend, and the registry),
+``model`` (desired state and diff) and ``prefix`` are pure and cheap to import: the CLI, config
+validation and the daemon's peer view use them without root. ``apply``, ``reconciler``,
+``underlay`` and ``firewall`` touch the kernel; ``netlink`` is the only module that speaks it.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-from meshd.dataplane.model import RTPROT_MESHD, PeerView, Plan, Underlay
-
-if TYPE_CHECKING:
-    from meshd.dataplane.reconciler import Reconciler
-    from meshd.dataplane.underlay import discover_underlay
-
-__all__ = ["RTPROT_MESHD", "PeerView", "Plan", "Reconciler", "Underlay", "discover_underlay"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Reconciler":
-        from meshd.dataplane.reconciler import Reconciler
-
-        return Reconciler
-    if name == "discover_underlay":
-        from meshd.dataplane.underlay import discover_underlay
-
-        return discover_underlay
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,15 +2,17 @@
 
 Pure: no clock, no sockets, no pyroute2. Every function takes what it needs (``now``, the underlay,
 the on-link prefixes) as arguments, so plans are reproducible from a printed input and unit tests
-never touch the kernel. The applying side (backends, reconciler) only executes a ``Plan``.
+never touch the kernel. ``apply.py`` (through the reconciler) only executes a ``Plan``.
 
-Decisions made here, in one place:
+Decisions made here, in one place and for every backend alike:
 
 * which peers are programmed, and why the others are not (``peer_flags``);
 * the conflict rule (``resolve_claims``): every node evaluates it identically from the same table;
 * removal gating: nothing is removed before the first full state exchange (``synced``);
-* reaping: a dead peer keeps its entries until ``state_since + reap_after``;
-* the per-backend objects (``hostgw``/``ipip``/``vxlan`` notes list them) and their order.
+* reaping: a dead peer keeps its entries until ``state_since + reap_after``.
+
+What is backend-specific -- the device, the per-peer objects and their order, extra refusals,
+the MTU overhead -- each backend object in ``backends/`` says; nothing here names a backend.
 """
 
 from __future__ import annotations
@@ -19,11 +21,34 @@ import bisect
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from meshd.dataplane import prefix
-from meshd.gossip.record import NodeRecord, vtep_mac_for
+from meshd.dataplane import backends, prefix
+from meshd.dataplane.backends.base import Backend, Site
+from meshd.dataplane.backends.vxlan import device_name as vxlan_device
+from meshd.dataplane.objects import (
+    FLAG_CONFLICTED,
+    FLAG_INCOMPATIBLE,
+    FLAG_NOT_ON_LINK,
+    FLAG_REAPED,
+    FLAG_REFUSED,
+    DeviceOp,
+    DeviceSpec,
+    Fdb,
+    Neigh,
+    ObservedDevice,
+    Route,
+    Underlay,
+)
+from meshd.gossip.record import NodeRecord
+
+__all__ = [
+    "FLAG_CONFLICTED", "FLAG_INCOMPATIBLE", "FLAG_NOT_ON_LINK", "FLAG_REAPED", "FLAG_REFUSED",
+    "RTPROT_MESHD", "DeviceOp", "DeviceSpec", "Fdb", "Neigh", "ObservedDevice", "PeerView", "Plan",
+    "Route", "Underlay", "desired_state", "device_spec", "diff", "resolve_claims", "select_peers",
+    "subnet_env", "vxlan_device",
+]
 
 RTPROT_MESHD = 109
 """rtnetlink protocol number on every route meshd installs ("m"). Free in /etc/iproute2/rt_protos
@@ -31,23 +56,11 @@ RTPROT_MESHD = 109
 Ownership of routes is exactly "proto 109 in the main table": meshd never touches other routes."""
 
 MAIN_TABLE = 254
-IPIP_DEVICE = "meshd.ipip"
-IPIP_OVERHEAD = 20  # outer IPv4 header
-VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-IPIP_TTL = 64  # a fixed TTL makes the kernel set DF and do PMTU discovery on the tunnel
-
-# Values of peer_flags(); status() carries the long reason next to each.
-FLAG_CONFLICTED = "conflicted"
-FLAG_INCOMPATIBLE = "incompatible"
-FLAG_REFUSED = "refused"
-FLAG_NOT_ON_LINK = "not-on-link"
-FLAG_REAPED = "reaped"
-
 LIVE_STATES = ("alive", "suspect", "dead")
-
-
-def vxlan_device(vni: int) -> str:
-    return f"meshd.{vni}"
+ALL_STEPS = (
+    "route_del", "fdb_del", "neigh_del", "neigh_set", "fdb_set", "route_add", "route_replace",
+)
+"""Step order of a plan whose backend declared none (vxlan's: every kind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,106 +70,6 @@ class PeerView:
     record: NodeRecord
     state: str  # alive | suspect | dead | left
     state_since: float  # monotonic seconds, same clock as `now`
-
-
-@dataclass(frozen=True, slots=True)
-class Underlay:
-    """The device peers are reached through, and this node's address on it."""
-
-    ifname: str
-    ifindex: int
-    ip: str
-    prefixlen: int
-    mtu: int
-
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ifname": self.ifname,
-            "ifindex": self.ifindex,
-            "ip": self.ip,
-            "prefixlen": self.prefixlen,
-            "mtu": self.mtu,
-        }
-
-
-# --- kernel objects, as plain comparable values -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Route:
-    """A main-table IPv4 route with meshd's protocol; keyed by ``dst``."""
-
-    dst: str
-    gateway: str
-    dev: str
-    onlink: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.dst} via {self.gateway} dev {self.dev}" + (" onlink" if self.onlink else "")
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Neigh:
-    """A permanent neighbour on the mesh device; keyed by ``dst``."""
-
-    dst: str
-    lladdr: str
-
-    def __str__(self) -> str:
-        return f"{self.dst} lladdr {self.lladdr} permanent"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Fdb:
-    """A permanent FDB entry on the mesh device (``bridge fdb ... self permanent``)."""
-
-    lladdr: str
-    dst: str
-
-    def __str__(self) -> str:
-        return f"{self.lladdr} dst {self.dst} self permanent"
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceSpec:
-    """A device meshd ensures. ``owned``: meshd may recreate it and drop foreign addresses
-    (the mesh device); otherwise it only creates it if missing and adds its address (the bridge)."""
-
-    name: str
-    kind: str
-    mtu: int | None
-    mac: str | None
-    addresses: tuple[str, ...]
-    params: tuple[tuple[str, Any], ...] = ()  # pyroute2 linkinfo names, fixed at creation
-    owned: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedDevice:
-    name: str
-    index: int
-    kind: str
-    mtu: int
-    mac: str | None
-    up: bool
-    addresses: tuple[str, ...]  # IPv4 CIDRs
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceOp:
-    """One device step. ``action``: create, delete, set-mtu, set-mac, set-up, addr-add, addr-del."""
-
-    action: str
-    device: str
-    arg: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.action} {self.device}" + (f" {self.arg}" if self.arg else "")
 
 
 # --- desired / observed / plan -------------------------------------------------------------------
@@ -177,6 +90,7 @@ class Desired:
     allow_remove: bool  # False until the first full state exchange
     next_deadline: float | None  # earliest time a kept dead peer is reaped
     mtu: int  # MTU containers should use (FLANNEL_MTU)
+    steps: tuple[str, ...] = ()  # the backend's step order (Backend.steps), handed to the Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +106,13 @@ EMPTY_OBSERVED = Observed(devices={}, routes={}, neighs={}, fdb=frozenset())
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Minimal changes, in the order they must be applied: devices, neighbours, FDB, then routes
-    (a route's onlink gateway must resolve before traffic uses it); removals run routes first."""
+    """Minimal changes. ``apply.py`` runs the device steps first, then each kind in ``steps``:
+    the backend's order (vxlan: removals route, FDB, neighbour; additions neighbour, FDB, route,
+    since a route's onlink gateway must resolve before traffic uses it)."""
 
     devices: tuple[DeviceSpec, ...] = ()
+    device: str | None = None  # the mesh device, which neighbours and FDB entries belong to
+    steps: tuple[str, ...] = ALL_STEPS
     device_ops: tuple[DeviceOp, ...] = ()
     neigh_set: tuple[Neigh, ...] = ()
     fdb_set: tuple[Fdb, ...] = ()
@@ -295,7 +212,9 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     now: float,
     onlink: Sequence[str] = (),
 ) -> Selection:
-    """Which peers get entries. ``onlink``: CIDRs reachable directly on the underlay (host-gw)."""
+    """Which peers get entries. ``onlink``: CIDRs reachable directly on the underlay (host-gw).
+    A peer announcing another backend, or one this build does not know, is ``incompatible``."""
+    be = backends.get(backend)
     flags: dict[str, str] = {}
     reasons: dict[str, str] = {}
     next_deadline: float | None = None
@@ -344,10 +263,9 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         )
 
     # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
-    onlink_nets = [n for n in (prefix.span(c, strict=False) for c in onlink) if n is not None]
+    onlink_nets = tuple(n for n in (prefix.span(c, strict=False) for c in onlink) if n is not None)
     ul_net = prefix.span(f"{underlay.ip}/{underlay.prefixlen}", strict=False) or (1, 0)
-    seen_macs: dict[str, str] = {}
-    programmed: list[NodeRecord] = []
+    candidates: list[NodeRecord] = []
     for p in claimants:
         net = prefix.span(p.subnet) or (1, 0)  # claimants' subnets are valid
         if p.node_id not in granted:
@@ -363,25 +281,14 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         if p.public_ip == underlay.ip:
             refuse(p, FLAG_REFUSED, f"announces this node's own address {p.public_ip}")
             continue
-        if backend == "vxlan":
-            if not p.vtep_mac:
-                refuse(p, FLAG_REFUSED, "announces no VTEP MAC")
-                continue
-            if p.vtep_mac in seen_macs:
-                refuse(p, FLAG_REFUSED, f"VTEP MAC {p.vtep_mac} is also {seen_macs[p.vtep_mac]}'s")
-                continue
-            seen_macs[p.vtep_mac] = p.name
-        if backend == "host-gw":
-            ip = prefix.address(p.public_ip)
-            if ip is None or not any(a <= ip <= b for a, b in onlink_nets):
-                refuse(
-                    p,
-                    FLAG_NOT_ON_LINK,
-                    f"{p.public_ip} is not on-link on {underlay.ifname}; host-gw needs one L2",
-                )
-                continue
-        programmed.append(p)
-    return Selection(tuple(programmed), flags, reasons, local_conflict, next_deadline)
+        candidates.append(p)
+
+    # 3. The backend's own rules (vxlan: a VTEP MAC; host-gw: on-link).
+    refused = be.refuse(candidates, Site(local, underlay, onlink_nets))
+    for name, (flag, why) in refused.items():
+        flags[name], reasons[name] = flag, why
+    programmed = tuple(p for p in candidates if p.name not in refused)
+    return Selection(programmed, flags, reasons, local_conflict, next_deadline)
 
 
 # --- desired state -------------------------------------------------------------------------------
@@ -396,37 +303,8 @@ def first_address(subnet: str) -> str:
 def device_spec(backend: str, local: NodeRecord, underlay: Underlay, vni: int, port: int) -> (
     DeviceSpec | None
 ):
-    net = ipaddress.IPv4Network(local.subnet)
-    addr = (f"{net.network_address}/32",)
-    if backend == "vxlan":
-        return DeviceSpec(
-            name=vxlan_device(vni),
-            kind="vxlan",
-            mtu=underlay.mtu - VXLAN_OVERHEAD,
-            mac=local.vtep_mac or vtep_mac_for(local.node_id),
-            addresses=addr,
-            params=(
-                ("vxlan_id", vni),
-                ("vxlan_local", underlay.ip),
-                ("vxlan_link", underlay.ifindex),
-                ("vxlan_port", port),
-                ("vxlan_learning", 0),
-            ),
-        )
-    if backend == "ipip":
-        return DeviceSpec(
-            name=IPIP_DEVICE,
-            kind="ipip",
-            mtu=underlay.mtu - IPIP_OVERHEAD,
-            mac=None,
-            addresses=addr,
-            params=(
-                ("ipip_local", underlay.ip),
-                ("ipip_link", underlay.ifindex),
-                ("ipip_ttl", IPIP_TTL),
-            ),
-        )
-    return None
+    """The mesh device ``backend`` needs on this node (None for host-gw)."""
+    return backends.get(backend).device(Site(local, underlay, vni=vni, port=port))
 
 
 def desired_state(
@@ -445,22 +323,20 @@ def desired_state(
     onlink: Sequence[str] = (),
 ) -> Desired:
     """Everything this node should have in its kernel for ``peers`` at time ``now``."""
+    be: Backend = backends.get(backend)
     sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink)
-    dev = device_spec(backend, local, underlay, vni, vxlan_port)
+    site = Site(local, underlay, vni=vni, port=vxlan_port)
+    dev = be.device(site)
     routes: dict[str, Route] = {}
     neighs: dict[str, Neigh] = {}
     fdb: set[Fdb] = set()
     for p in sel.programmed:
-        if backend == "host-gw":
-            routes[p.subnet] = Route(p.subnet, p.public_ip, underlay.ifname)
-        elif backend == "ipip":
-            routes[p.subnet] = Route(p.subnet, p.public_ip, IPIP_DEVICE, onlink=True)
-        else:
-            assert dev is not None and p.vtep_mac is not None
-            gw = prefix.network_address(p.subnet)
-            neighs[gw] = Neigh(gw, p.vtep_mac)
-            fdb.add(Fdb(p.vtep_mac, p.public_ip))
-            routes[p.subnet] = Route(p.subnet, gw, dev.name, onlink=True)
+        route, neigh, fdb_entry = be.entries(p, site, dev)
+        routes[route.dst] = route
+        if neigh is not None:
+            neighs[neigh.dst] = neigh
+        if fdb_entry is not None:
+            fdb.add(fdb_entry)
     br = None
     if bridge:
         br = DeviceSpec(
@@ -481,6 +357,7 @@ def desired_state(
         allow_remove=synced,
         next_deadline=sel.next_deadline,
         mtu=dev.mtu if dev is not None and dev.mtu else underlay.mtu,
+        steps=be.steps(),
     )
 
 
@@ -577,6 +454,8 @@ def diff(desired: Desired, observed: Observed) -> Plan:
         route_del, neigh_del, fdb_del = (), (), ()
     return Plan(
         devices=tuple(devices),
+        device=mesh,
+        steps=desired.steps or ALL_STEPS,
         device_ops=tuple(dev_ops),
         neigh_set=neigh_set,
         fdb_set=fdb_set,

@@ -4,7 +4,7 @@ Nothing here decides what the kernel should hold (model.py does) or speaks netli
 does). This module owns the *when*:
 
 * ``set_peers`` stores the table and wakes the loop; a burst is debounced (``debounce``, 150 ms);
-* a periodic full resync (``cfg.resync_interval``) catches anything the monitor missed;
+* a periodic full resync (``ReconcilerConfig.resync_interval``) catches anything the monitor missed;
 * a netlink monitor wakes the loop when a route, neighbour, FDB entry, address or device meshd
   depends on changes or disappears, so a hand-made deletion is repaired within about a second;
 * a failed pass is retried with backoff (0.5 s doubling to 8 s); a missing kernel feature only
@@ -25,13 +25,12 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meshd.config import Config
-from meshd.dataplane import model
-from meshd.dataplane.hostgw import ApplyResult, HostGwBackend
-from meshd.dataplane.ipip import IpipBackend
+from meshd.dataplane import backends, model
+from meshd.dataplane.apply import ApplyResult, NetlinkAPI, apply
 from meshd.dataplane.model import (
     RTPROT_MESHD,
     Desired,
@@ -45,7 +44,6 @@ from meshd.dataplane.model import (
     Underlay,
 )
 from meshd.dataplane.netlink import Event, Netlink
-from meshd.dataplane.vxlan import VxlanBackend
 from meshd.errors import DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
 
@@ -53,13 +51,27 @@ log = logging.getLogger("meshd.dataplane")
 E = TypeVar("E")
 V = TypeVar("V")
 
-BACKENDS: dict[str, type[HostGwBackend]] = {
-    "host-gw": HostGwBackend,
-    "ipip": IpipBackend,
-    "vxlan": VxlanBackend,
-}
 MAX_ERRORS = 20  # status() keeps the most recent ones
 RETRY_MIN, RETRY_MAX = 0.5, 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilerConfig:
+    """What the reconciler reads of the daemon's configuration (``meshd.config.Config`` has the
+    same names and documents each; the daemon copies them over)."""
+
+    backend: str = "vxlan"  # a name in the backends registry
+    network: str | None = None  # the cluster CIDR peers' subnets must lie in, if set
+    vni: int = 1
+    vxlan_port: int = 8472
+    bridge: str | None = None  # a bridge to hold the subnet's first address, if set
+    subnet_env: str | Path = "/run/meshd/subnet.env"  # flannel-format env file for CNI
+    ipmasq: bool = False  # only written to subnet_env
+    resync_interval: float = 30.0  # seconds between full passes without any trigger
+    reap_after: float = 300.0  # seconds a dead peer keeps its entries
+
+    def __post_init__(self) -> None:
+        backends.get(self.backend)  # ValueError naming the choices
 
 
 class Reconciler:
@@ -67,18 +79,20 @@ class Reconciler:
 
     ``netns`` runs every netlink call in ``/run/netns/<netns>`` instead of the current namespace
     (tests and the lab drive several "hosts" from one process). ``clock`` is the loop's clock;
-    ``set_peers(now=...)`` tells the reconciler how the caller's clock relates to it.
+    ``set_peers(now=...)`` tells the reconciler how the caller's clock relates to it. ``nl``
+    replaces the netlink socket (unit tests pass an in-memory kernel).
     """
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: ReconcilerConfig,
         local: NodeRecord,
         underlay: Underlay,
         *,
         netns: str | None = None,
         debounce: float = 0.15,
         clock: Callable[[], float] = time.monotonic,
+        nl: NetlinkAPI | None = None,
     ) -> None:
         if not local.subnet:
             raise DataplaneError("dataplane: this node has no subnet")
@@ -89,8 +103,8 @@ class Reconciler:
         self.debounce = debounce
         self._clock = clock
         self._offset = 0.0  # caller's clock minus ours
-        self._nl = Netlink(netns)
-        self._backend = BACKENDS[cfg.backend](self._nl, RTPROT_MESHD)
+        self._nl: NetlinkAPI = nl if nl is not None else Netlink(netns)
+        self._backend = backends.get(cfg.backend)
         self._peers: tuple[PeerView, ...] = ()
         self._desired_key: tuple[Any, ...] | None = None
         self._model_memo: dict[str, tuple[Any, dict[Any, Any]]] = {}  # see _as_model
@@ -152,7 +166,7 @@ class Reconciler:
         self._offset = now - self._clock()
         # Flags are pure; recompute now so `meshd peers` does not lag the debounce.
         sel = model.select_peers(
-            self.cfg.backend, self.cfg.network, self.cfg.gossip.reap_after, self.local,
+            self.cfg.backend, self.cfg.network, self.cfg.reap_after, self.local,
             self.underlay, self._peers, now, self._onlink,
         )
         self._flags, self._reasons = dict(sel.flags), dict(sel.reasons)
@@ -264,7 +278,7 @@ class Reconciler:
             plan = model.diff(desired, observed)
             res.failures += list(plan.problems)
             if not plan.empty:
-                res = await self._backend.apply(plan, self._links)
+                res = await apply(self._nl, plan, self._links, RTPROT_MESHD)
                 res.failures += list(plan.problems)
             self._write_subnet_env(desired.mtu)
         except MissingKernelFeature as exc:
@@ -289,7 +303,7 @@ class Reconciler:
         self._desired_key = key
         return model.desired_state(
             backend=self.cfg.backend, local=self.local, underlay=ul, peers=self._peers,
-            now=now, synced=self._synced, reap_after=self.cfg.gossip.reap_after,
+            now=now, synced=self._synced, reap_after=self.cfg.reap_after,
             network=self.cfg.network, vni=self.cfg.vni, vxlan_port=self.cfg.vxlan_port,
             bridge=self.cfg.bridge, onlink=self._onlink,
         )
@@ -379,15 +393,18 @@ class Reconciler:
         neighs: dict[str, Neigh] = {}
         fdb: frozenset[Fdb] = frozenset()
         mesh = desired.device
-        if mesh is not None and mesh.kind == "vxlan" and mesh.name in devices:
+        kinds = self._backend.peer_objects
+        if mesh is not None and mesh.name in devices:
             index = devices[mesh.name].index
-            neighs = {
-                n.dst: n
-                for n in self._as_model(("neigh",), await self._nl.dump_neighs(index),
-                                        lambda e: Neigh(e.dst, e.lladdr))
-            }
-            fdb = frozenset(self._as_model(("fdb",), await self._nl.dump_fdb(index),
-                                           lambda e: Fdb(e.lladdr, e.dst)))
+            if "neigh" in kinds:
+                neighs = {
+                    n.dst: n
+                    for n in self._as_model(("neigh",), await self._nl.dump_neighs(index),
+                                            lambda e: Neigh(e.dst, e.lladdr))
+                }
+            if "fdb" in kinds:
+                fdb = frozenset(self._as_model(("fdb",), await self._nl.dump_fdb(index),
+                                               lambda e: Fdb(e.lladdr, e.dst)))
         return Observed(devices=devices, routes=routes, neighs=neighs, fdb=fdb)
 
     def _as_model(self, kind: tuple[Any, ...], entries: Sequence[E], make: Callable[[E], V]

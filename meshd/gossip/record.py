@@ -11,7 +11,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 PROTOCOL_VERSION = 1
-BACKENDS = ("host-gw", "ipip", "vxlan")
+WIRE_BACKEND_CODES = ("host-gw", "ipip", "vxlan")
+"""Frozen: how protocol version 1 numbered the backends on the wire, kept so older members read
+our records. Any other backend travels as its name. Which backends exist, and whether a peer's is
+compatible, is the data plane's business (``meshd.dataplane.backends``), not the record's."""
+_BACKEND_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 NODE_ID_LEN = 16
 MAX_NAME_LEN = 63
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -59,7 +63,7 @@ class NodeRecord:
             ipaddress.IPv4Address(self.public_ip).packed,
             self.port,
             _pack_subnet(self.subnet),
-            BACKENDS.index(self.backend),
+            _backend_to_wire(self.backend),
             bytes.fromhex(self.vtep_mac.replace(":", "")) if self.vtep_mac else b"",
             self.mtu,
             self.incarnation,
@@ -79,10 +83,12 @@ class NodeRecord:
             raise RecordError("public_ip: not 4 bytes")
         if not isinstance(subnet, bytes) or len(subnet) != 5:
             raise RecordError("subnet: not 5 bytes")
-        if not isinstance(backend, int) or isinstance(backend, bool) or not (
-            0 <= backend < len(BACKENDS)
-        ):
-            raise RecordError("backend: unknown")
+        if _is_int(backend):
+            if not 0 <= backend < len(WIRE_BACKEND_CODES):
+                raise RecordError("backend: unknown wire code")
+            backend = WIRE_BACKEND_CODES[backend]
+        elif not isinstance(backend, str):
+            raise RecordError("backend: not a code or a name")
         if not isinstance(mac, bytes) or len(mac) not in (0, 6):
             raise RecordError("vtep_mac: not 0 or 6 bytes")
         rec = cls(
@@ -91,7 +97,7 @@ class NodeRecord:
             public_ip=str(ipaddress.IPv4Address(ip)),
             port=port,
             subnet=_unpack_subnet(subnet),
-            backend=BACKENDS[backend],
+            backend=backend,
             vtep_mac=":".join(f"{b:02x}" for b in mac) if mac else None,
             mtu=mtu,
             incarnation=inc,
@@ -142,6 +148,10 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _backend_to_wire(name: str) -> int | str:
+    return WIRE_BACKEND_CODES.index(name) if name in WIRE_BACKEND_CODES else name
+
+
 def _pack_subnet(cidr: str) -> bytes:
     net = ipaddress.IPv4Network(cidr)
     return net.network_address.packed + bytes([net.prefixlen])
@@ -171,8 +181,8 @@ def validate(rec: NodeRecord) -> None:
     if not _is_int(rec.port) or not 1 <= rec.port <= 65535:
         raise RecordError("port: must be 1-65535")
     validate_subnet(rec.subnet)
-    if rec.backend not in BACKENDS:
-        raise RecordError(f"backend: must be one of {', '.join(BACKENDS)}")
+    if not isinstance(rec.backend, str) or not _BACKEND_RE.match(rec.backend):
+        raise RecordError("backend: must be 1-16 of [a-z0-9-], starting with a letter")
     if rec.vtep_mac is not None and (
         not isinstance(rec.vtep_mac, str) or not _MAC_RE.match(rec.vtep_mac)
     ):

@@ -24,10 +24,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from meshd.config import Config
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
 from meshd.dataplane.netns import netns_path, run_in_netns
-from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord, vtep_mac_for
@@ -139,12 +138,11 @@ def record(h: Host, backend: str, **kw: Any) -> NodeRecord:
     )
 
 
-def config(tmp: Path, h: Host, backend: str, **kw: Any) -> Config:
-    base = Config(
-        name=f"h{h.index}", subnet=h.subnet, network="10.244.0.0/16", backend=backend, bridge="br",
-        iface="eth0", subnet_env=tmp / f"h{h.index}.env", resync_interval=30.0,
+def config(tmp: Path, h: Host, backend: str, **kw: Any) -> ReconcilerConfig:
+    return ReconcilerConfig(
+        network="10.244.0.0/16", backend=backend, bridge="br",
+        subnet_env=tmp / f"h{h.index}.env", resync_interval=30.0, **kw,
     )
-    return replace(base, **kw)
 
 
 def view(rec: NodeRecord, state: str = "alive", since: float | None = None) -> PeerView:
@@ -321,8 +319,7 @@ def test_left_removes_at_once_dead_is_reaped_after_reap_after(
 
     async def main() -> None:
         m = Mesh(tmp_path, topo, "vxlan")
-        cfg = config(tmp_path, h1, "vxlan")
-        cfg = replace(cfg, gossip=replace(cfg.gossip, reap_after=reap_after))
+        cfg = config(tmp_path, h1, "vxlan", reap_after=reap_after)
         ul = await discover_underlay(None, None, netns=h1.ns)  # via the default route
         assert (ul.ifname, ul.ip, ul.prefixlen, ul.mtu) == ("eth0", h1.underlay_ip, 24, 1500)
         rec = Reconciler(cfg, m.records[1], ul, netns=h1.ns)

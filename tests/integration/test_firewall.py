@@ -1,4 +1,4 @@
-"""meshd.firewall against the real kernel: nftables in lab namespaces, real VXLAN traffic.
+"""meshd.dataplane.firewall against the real kernel: nftables in lab namespaces, real VXLAN traffic.
 
 Hosts h1..h3 get static VXLAN plumbing (the vxlan backend's objects, made with iproute2, so this
 test depends on no daemon); h4 is on the same underlay with no tunnel at all: a non-member. The
@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import DataplaneError
-from meshd.firewall import Firewall
 from meshd.lab.topology import Host, Lab, ns_exec
 
 T = TypeVar("T")

@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 from pyroute2 import AsyncIPRoute
 
-from meshd.config import Config
 from meshd.dataplane import netlink as netlink_mod
 from meshd.dataplane import rtnl_wire as w
 from meshd.dataplane.model import PeerView
 from meshd.dataplane.netlink import Netlink, error_code
-from meshd.dataplane.reconciler import Reconciler
+from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.rtnl import Rtnl
 from meshd.dataplane.rtnl_wire import FdbEntry, NeighEntry, RouteEntry
 from meshd.dataplane.underlay import discover_underlay
@@ -371,8 +370,8 @@ def test_reconciler_resyncs_after_lost_acks(
 
     async def main() -> None:
         ul = await discover_underlay("eth0", None, netns=h.ns)
-        cfg = Config(name="h1", subnet=h.subnet, network="10.244.0.0/16", backend="host-gw",
-                     iface="eth0", subnet_env=tmp_path / "subnet.env")
+        cfg = ReconcilerConfig(network="10.244.0.0/16", backend="host-gw",
+                               subnet_env=tmp_path / "subnet.env")
         r = Reconciler(cfg, rec(1), ul, netns=h.ns)
         now = time.monotonic()
         r.set_peers([PeerView(rec(j), "alive", now) for j in range(2, 202)], True, now)

@@ -268,11 +268,67 @@ def test_dead_that_comes_back_churns_nothing() -> None:
 # --- restart: adopt, and hold removals until synced ----------------------------------------------
 
 
-def test_converged_kernel_gives_an_empty_plan() -> None:
-    for backend in ("vxlan", "ipip", "host-gw"):
-        d = desired([pv(rec(2, backend)), pv(rec(3, backend))], backend=backend)
-        plan = model.diff(d, converged(d))
-        assert plan.empty, (backend, plan)
+MAC2, MAC3 = vtep_mac_for(b"\x02" * 16), vtep_mac_for(b"\x03" * 16)
+KERNEL = {
+    # What each backend's kernel holds for peers n2 and n3, written out as `ip` would show it
+    # (not derived from the model), so the model is checked against the kernel's shape.
+    "vxlan": Observed(
+        devices={"meshd.1": ObservedDevice(
+            "meshd.1", 7, "vxlan", 1450, vtep_mac_for(b"\x01" * 16), True, ("10.244.1.0/32",),
+            {"vxlan_id": 1, "vxlan_local": "10.99.0.1", "vxlan_link": 2, "vxlan_port": 8472,
+             "vxlan_learning": 0})},
+        routes={"10.244.2.0/24": Route("10.244.2.0/24", "10.244.2.0", "meshd.1", True),
+                "10.244.3.0/24": Route("10.244.3.0/24", "10.244.3.0", "meshd.1", True)},
+        neighs={"10.244.2.0": Neigh("10.244.2.0", MAC2), "10.244.3.0": Neigh("10.244.3.0", MAC3)},
+        fdb=frozenset({Fdb(MAC2, "10.99.0.2"), Fdb(MAC3, "10.99.0.3")}),
+    ),
+    "ipip": Observed(
+        devices={"meshd.ipip": ObservedDevice(
+            "meshd.ipip", 8, "ipip", 1480, None, True, ("10.244.1.0/32",),
+            {"ipip_local": "10.99.0.1", "ipip_link": 2, "ipip_ttl": 64})},
+        routes={"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", True),
+                "10.244.3.0/24": Route("10.244.3.0/24", "10.99.0.3", "meshd.ipip", True)},
+        neighs={}, fdb=frozenset(),
+    ),
+    "host-gw": Observed(
+        devices={},
+        routes={"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "eth0"),
+                "10.244.3.0/24": Route("10.244.3.0/24", "10.99.0.3", "eth0")},
+        neighs={}, fdb=frozenset(),
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(KERNEL))
+def test_a_kernel_holding_exactly_the_entries_gives_an_empty_plan(backend: str) -> None:
+    d = desired([pv(rec(2, backend)), pv(rec(3, backend))], backend=backend)
+    plan = model.diff(d, KERNEL[backend])
+    assert plan.empty and not plan.problems and plan.removals_held == 0, (backend, plan)
+
+
+@pytest.mark.parametrize("backend", sorted(KERNEL))
+def test_a_kernel_with_known_differences_gives_exactly_those_changes(backend: str) -> None:
+    """n3 left, n4 joined; the kernel also holds a route nobody wants and a stale gateway."""
+    kernel = KERNEL[backend]
+    stale = replace(kernel.routes["10.244.2.0/24"], gateway="10.99.0.77")
+    orphan = Route("10.244.9.0/24", "10.99.0.9", "eth0")
+    routes = {**kernel.routes, "10.244.2.0/24": stale, orphan.dst: orphan}
+    d = desired([pv(rec(2, backend)), pv(rec(3, backend), "left"), pv(rec(4, backend))],
+                backend=backend)
+    plan = model.diff(d, replace(kernel, routes=routes))
+    want = d.routes
+    assert plan.route_add == (want["10.244.4.0/24"],)
+    assert plan.route_replace == (want["10.244.2.0/24"],)
+    assert plan.route_del == (kernel.routes["10.244.3.0/24"], orphan)
+    if backend == "vxlan":
+        mac4 = vtep_mac_for(b"\x04" * 16)
+        assert plan.neigh_set == (Neigh("10.244.4.0", mac4),)
+        assert plan.fdb_set == (Fdb(mac4, "10.99.0.4"),)
+        assert plan.neigh_del == (Neigh("10.244.3.0", MAC3),)
+        assert plan.fdb_del == (Fdb(MAC3, "10.99.0.3"),)
+    else:
+        assert not (plan.neigh_set or plan.fdb_set or plan.neigh_del or plan.fdb_del)
+    assert not plan.device_ops
 
 
 def test_restart_adopts_and_holds_removals_until_synced() -> None:

@@ -19,7 +19,8 @@ What meshd owns and creates (nothing else is read or touched)::
         }
     }
 
-With the ipip backend the match is ``ip protocol 4`` instead; host-gw encapsulates nothing, so
+The match is the backend's ``encapsulation`` (the registry in ``backends/``): ``udp dport
+<vxlan_port>`` for vxlan, ``ip protocol 4`` for ipip; host-gw encapsulates nothing, so
 the filter is inert there (``apply`` and ``remove`` do nothing, ``status`` says why). Every other
 packet falls through the chain untouched (policy accept). The input hook runs after IP
 reassembly (``ip_local_deliver``), so a fragmented outer packet is judged whole.
@@ -52,27 +53,29 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from meshd.dataplane import backends
 from meshd.errors import ConfigError, DataplaneError
 
 FAMILY = "inet"
 TABLE = "meshd"
 SET = "members"
 CHAIN = "input"
-IPIP_PROTO = 4
 NFT_TIMEOUT = 15.0
 """Seconds one nft run may take; it is milliseconds normally, this only bounds a hung one."""
-_BACKENDS = ("host-gw", "ipip", "vxlan")
 
 
 class Firewall:
     """Keeps ``table inet meshd`` in step with the members' public IPs (see the module doc)."""
 
     def __init__(self, backend: str, vxlan_port: int = 8472, netns: str | None = None) -> None:
-        if backend not in _BACKENDS:
-            raise ConfigError(f"backend: {backend!r} is not one of {', '.join(_BACKENDS)}")
+        try:
+            be = backends.get(backend)
+        except ValueError as exc:
+            raise ConfigError(f"backend: {exc}") from None
         if not 1 <= vxlan_port <= 65535:
             raise ConfigError(f"vxlan_port: {vxlan_port} is not a UDP port")
         self.backend = backend
+        self._encap = be.encapsulation(vxlan_port)
         self.vxlan_port = vxlan_port
         self.netns = netns
         self._applied: frozenset[str] | None = None
@@ -85,15 +88,16 @@ class Firewall:
 
     @property
     def active(self) -> bool:
-        """False for host-gw: there is no encapsulated traffic to filter."""
-        return self.backend != "host-gw"
+        """False for a backend that encapsulates nothing (host-gw): nothing to filter."""
+        return self._encap is not None
 
     @property
     def match(self) -> str:
         """The nft match selecting this backend's encapsulated packets."""
-        if self.backend == "vxlan":
-            return f"udp dport {self.vxlan_port}"
-        return f"ip protocol {IPIP_PROTO}"
+        if self._encap is None:
+            raise DataplaneError(f"filter: backend {self.backend} encapsulates nothing")
+        proto, number = self._encap
+        return f"udp dport {number}" if proto == "udp" else f"ip protocol {number}"
 
     def script(self, member_ips: Iterable[str], *, recreate: bool = False) -> str:
         """The one nft transaction that makes the table hold exactly ``member_ips``."""
@@ -182,7 +186,9 @@ class Firewall:
             "table": f"{FAMILY} {TABLE}",
             "backend": self.backend,
             "active": self.active,
-            "reason": None if self.active else "host-gw encapsulates nothing: nothing to filter",
+            "reason": None if self.active else (
+                f"{self.backend} encapsulates nothing: nothing to filter"
+            ),
             "match": self.match if self.active else None,
             "netns": self.netns,
             "members": sorted(self._applied or (), key=ipaddress.IPv4Address),

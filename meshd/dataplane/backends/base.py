@@ -1,0 +1,107 @@
+"""What a backend is: the interface every module of this package implements.
+
+A backend only *describes*; it never calls netlink. For one node it says which device the mesh
+needs (``device``), which kernel objects each programmed peer gets (``entries``) and in which order
+they are added (``peer_objects``; removed in the reverse order), which peers it cannot serve and
+why (``refuse``), how many bytes its encapsulation costs (``overhead``), what its packets look like
+on the underlay (``encapsulation``, for the firewall), and which kernel module it needs.
+
+``model.py`` turns that into a desired state and a plan; ``apply.py`` executes any plan, one step
+kind at a time in the plan's order, whatever the backend. So a new backend whose per-peer objects
+are routes, neighbours and FDB entries is one module here plus one line in ``__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route, Underlay
+from meshd.gossip.record import NodeRecord
+
+PEER_OBJECTS = ("neigh", "fdb", "route")
+"""The per-peer object kinds the model, the diff and ``apply.py`` know."""
+
+# Plan step kinds (``model.Plan`` fields) per object kind: (when added, when removed).
+_STEPS = {
+    "route": (("route_add", "route_replace"), ("route_del",)),
+    "neigh": (("neigh_set",), ("neigh_del",)),
+    "fdb": (("fdb_set",), ("fdb_del",)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """The node-local facts a backend decides with."""
+
+    local: NodeRecord
+    underlay: Underlay
+    onlink: tuple[tuple[int, int], ...] = ()  # prefixes on the underlay device, as prefix spans
+    vni: int = 1  # vxlan network identifier
+    port: int = 8472  # the backend's UDP port, if it has one (vxlan)
+
+
+class PeerEntries(NamedTuple):
+    """The kernel objects one programmed peer gets (the route always; the others per backend)."""
+
+    route: Route
+    neigh: Neigh | None = None
+    fdb: Fdb | None = None
+
+
+class Refusal(NamedTuple):
+    flag: str  # objects.FLAG_*
+    reason: str  # one line, for status and the log
+
+
+class Encapsulation(NamedTuple):
+    """What the backend's packets look like on the underlay, for the firewall."""
+
+    protocol: str  # "udp" (number = destination port) or "ip" (number = IP protocol)
+    number: int
+
+
+class Backend:
+    """Base of every backend: the defaults are host-gw's (no device, nothing to refuse)."""
+
+    name: ClassVar[str]
+    overhead: ClassVar[int] = 0
+    """Bytes the encapsulation adds to each packet: the mesh MTU is the underlay's minus this."""
+    kernel_module: ClassVar[str | None] = None
+    """The module the device needs; a kernel without it answers EOPNOTSUPP on create."""
+    peer_objects: ClassVar[tuple[str, ...]] = ("route",)
+    """Per-peer objects in the order they are added (removals run in the reverse order)."""
+
+    def device(self, site: Site) -> DeviceSpec | None:
+        """The mesh device this node needs, with everything fixed at creation."""
+        return None
+
+    def entries(self, peer: NodeRecord, site: Site, device: DeviceSpec | None) -> PeerEntries:
+        """The kernel objects for one programmed ``peer``."""
+        raise NotImplementedError
+
+    def refuse(self, peers: Sequence[NodeRecord], site: Site) -> dict[str, Refusal]:
+        """Peers (by name) this backend cannot serve from this node. ``peers`` passed every
+        backend-independent check, in the model's order; rules may depend on earlier peers
+        (vxlan refuses a second peer with the same MAC)."""
+        return {}
+
+    def encapsulation(self, port: int) -> Encapsulation | None:
+        """The underlay packets the firewall filters; ``port`` is the configured UDP port."""
+        return None
+
+    def vtep_mac(self, node_id: bytes) -> str | None:
+        """The MAC this node announces in its record, if the backend uses one."""
+        return None
+
+    def steps(self) -> tuple[str, ...]:
+        """Plan step kinds in the order ``apply.py`` runs them: removals first (a freed subnet
+        may be claimed again in the same plan), in the reverse of ``peer_objects``, then
+        additions in its order."""
+        dels = tuple(s for kind in reversed(self.peer_objects) for s in _STEPS[kind][1])
+        adds = tuple(s for kind in self.peer_objects for s in _STEPS[kind][0])
+        return dels + adds
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"

@@ -1,0 +1,421 @@
+"""The reconciler's logic on an explicit clock, against an in-memory kernel (fake_netlink.py).
+
+The event loop here runs on virtual time: whenever nothing is ready it jumps to the next timer,
+so the debounce, the retry backoff, the resync interval and reap deadlines cost no wall time and
+happen at exactly the instants the test names. The real-kernel behaviour is tested in
+tests/integration/test_dataplane_kernel.py; this file tests *when* the reconciler acts and what
+it asks the kernel for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_netlink import FakeNetlink  # tests/unit is on sys.path (pytest prepend import mode)
+
+from meshd.dataplane.apply import NetlinkAPI
+from meshd.dataplane.model import RTPROT_MESHD, PeerView, Underlay
+from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
+from meshd.errors import MissingKernelFeature
+from meshd.gossip.record import NodeRecord, vtep_mac_for
+
+UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
+START = 1000.0
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """``time()`` is virtual and jumps to the earliest timer whenever no callback is ready."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = START
+
+    def time(self) -> float:
+        return self._now
+
+    def _run_once(self) -> None:
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        if not self._ready and scheduled:  # type: ignore[attr-defined]
+            self._now = max(self._now, scheduled[0].when())
+        super()._run_once()  # type: ignore[misc]
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def run_virtual(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(_cancel_the_rest())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
+    node_id = bytes([i]) * 16
+    base = NodeRecord(
+        name=f"n{i}", node_id=node_id, public_ip=f"10.99.0.{i}", port=7950,
+        subnet=f"10.244.{i}.0/24", backend=backend,
+        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None, mtu=1500,
+    )
+    return replace(base, **kw)
+
+
+class Harness:
+    """One Reconciler on a FakeNetlink, its loop task, and the virtual clock."""
+
+    def __init__(self, tmp: Path, backend: str = "vxlan", fake: FakeNetlink | None = None,
+                 **cfg: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.fake = fake or FakeNetlink()
+        nl: NetlinkAPI = self.fake  # FakeNetlink satisfies the protocol (mypy checks this line)
+        self.local = rec(1, backend)
+        self.cfg = ReconcilerConfig(backend=backend, network="10.244.0.0/16",
+                                    subnet_env=tmp / "subnet.env", **cfg)
+        self.r = Reconciler(self.cfg, self.local, UL, clock=self.loop.time, nl=nl)
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def now(self) -> float:
+        return self.loop.time()
+
+    def peers(self, *views: PeerView, synced: bool = True) -> None:
+        self.r.set_peers(list(views), synced=synced, now=self.now)
+
+    async def start(self, *views: PeerView, synced: bool = True) -> None:
+        self.peers(*views, synced=synced)
+        await self.r.start()
+        self.task = asyncio.create_task(self.r.run())
+        await self.until(lambda: self.runs >= 2)  # start's pass, then one once the monitor listens
+        await asyncio.sleep(1.0)  # nothing else is pending: the tests start from a quiet loop
+
+    async def until(self, cond: Callable[[], bool], within: float = 60.0) -> None:
+        """Advance virtual time in 10 ms steps until ``cond``; fail after ``within`` seconds."""
+        end = self.now + within
+        while not cond():
+            assert self.now < end, "condition not met in time"
+            await asyncio.sleep(0.01)
+
+    async def at(self, t: float) -> None:
+        """Let virtual time run to ``START + t``."""
+        await asyncio.sleep(max(0.0, START + t - self.now))
+
+    async def close(self) -> None:
+        await self.r.close()
+
+    def routes(self) -> set[str]:
+        return set(self.fake.our_routes(RTPROT_MESHD))
+
+    @property
+    def runs(self) -> int:
+        return int(self.r.status()["runs"])
+
+
+def alive(r: NodeRecord, since: float = START) -> PeerView:
+    return PeerView(r, "alive", since)
+
+
+def scenario(tmp: Path, body: Callable[[Harness], Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        h = Harness(tmp, **kw)
+        try:
+            await body(h)
+        finally:
+            await h.close()
+
+    run_virtual(main)
+
+
+# --- the clock itself ----------------------------------------------------------------------------
+
+
+def test_virtual_loop_jumps_to_timers_without_wall_time() -> None:
+    seen: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(3600)
+        seen.append(loop.time())
+
+    run_virtual(main)
+    assert seen == [START + 3600]
+
+
+# --- debounce ------------------------------------------------------------------------------------
+
+
+def test_a_burst_of_changes_is_one_pass_after_the_debounce(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        before, t0 = h.runs, h.now
+        h.peers(alive(rec(2)), alive(rec(3)))
+        await asyncio.sleep(0.05)
+        h.peers(alive(rec(2)), alive(rec(3)), alive(rec(4)))
+        await asyncio.sleep(0.05)
+        h.peers(alive(rec(2)), alive(rec(3)), alive(rec(4)), alive(rec(5)))
+        await asyncio.sleep(0.149 - (h.now - t0))
+        assert h.runs == before, "a pass ran inside the debounce window"
+        await h.until(lambda: h.runs > before)
+        assert h.now - t0 == pytest.approx(0.15, abs=0.011)
+        assert h.routes() == {f"10.244.{i}.0/24" for i in (2, 3, 4, 5)}
+        await asyncio.sleep(5)
+        assert h.runs == before + 1, "the burst cost more than one pass"
+
+    scenario(tmp_path, body)
+
+
+def test_a_converged_mesh_writes_nothing_until_the_resync(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)), alive(rec(3)))
+        writes, runs = len(h.fake.writes), h.runs  # the last pass ran at START
+        await h.at(29.9)
+        assert h.runs == runs
+        await h.at(30.1)  # the resync (30 s after the last pass) ran, and wrote nothing
+        assert h.runs == runs + 1 and h.r.status()["last_run"]["reason"] == "resync"
+        assert len(h.fake.writes) == writes
+
+    scenario(tmp_path, body)
+
+
+# --- level-triggered repair ----------------------------------------------------------------------
+
+
+def test_a_route_deleted_by_hand_is_restored_after_the_event(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)), alive(rec(3)))
+        t0 = h.now
+        h.fake.hand_delete_route("10.244.2.0/24")
+        await h.until(lambda: "10.244.2.0/24" in h.routes())
+        assert h.now - t0 < 0.2
+        assert h.r.status()["applied_last"] == {"route_add": 1}
+
+    scenario(tmp_path, body)
+
+
+def test_a_silent_deletion_is_restored_by_the_resync(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        del h.fake.routes["10.244.2.0/24"]  # no notification: say the monitor overflowed
+        await h.at(29.9)  # the last pass ran at START
+        assert "10.244.2.0/24" not in h.routes()
+        await h.until(lambda: "10.244.2.0/24" in h.routes())
+        assert h.now - START == pytest.approx(30.0, abs=0.011)
+
+    scenario(tmp_path, body)
+
+
+def test_device_drift_is_repaired(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        h.fake.hand_set_mtu("meshd.1", 1400)
+        index = h.fake.index_of("meshd.1")
+        assert index is not None
+        await h.until(lambda: h.fake.links[index].mtu == 1450)
+
+    scenario(tmp_path, body)
+
+
+# --- restart: adopt, never delete before sync ----------------------------------------------------
+
+
+def test_restart_adopts_and_deletes_nothing_before_sync(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = Harness(tmp_path)
+        await first.start(alive(rec(2)), alive(rec(3)))
+        await first.close()
+        fake = first.fake
+        before = (dict(fake.routes), {k: dict(v) for k, v in fake.neighs.items()},
+                  {k: set(v) for k, v in fake.fdb.items()})
+        fake.writes.clear()
+
+        h = Harness(tmp_path, fake=fake)
+        try:
+            await h.start(alive(rec(2)), synced=False)  # restarted; knows only n2 so far
+            assert fake.writes == []  # adopted: the device and n2's entries are already right
+            assert (fake.routes, fake.neighs, fake.fdb) == before  # n3's entries are kept
+            assert h.r.status()["plan"]["removals_held"] == 3
+            h.peers(alive(rec(2)), synced=True)  # first full exchange: n3 is really gone
+            await h.until(lambda: "10.244.3.0/24" not in h.routes())
+            assert sorted(w.split()[0] + " " + w.split()[1] for w in fake.writes) == [
+                "fdb del", "neigh del", "route del"]
+        finally:
+            await h.close()
+
+    run_virtual(main)
+
+
+# --- conflicts -----------------------------------------------------------------------------------
+
+
+def test_someone_elses_route_is_reported_not_replaced(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.fake.hand_add_route("10.244.2.0/24", "10.99.0.254", 2, proto=3)  # "boot": not ours
+        await h.start(alive(rec(2)), alive(rec(3)))
+        st = h.r.status()
+        assert "does not own" in (st["last_error"] or "")
+        assert h.fake.routes["10.244.2.0/24"].proto == 3
+        assert h.fake.routes["10.244.2.0/24"].entry.gateway == "10.99.0.254"
+        assert h.routes() == {"10.244.3.0/24"}
+
+    scenario(tmp_path, body)
+
+
+def test_overlapping_claims_program_only_the_holder(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        old = rec(2, subnet="10.244.8.0/24", since=100)
+        new = rec(3, subnet="10.244.8.0/23", since=200)  # overlaps old's; claimed later
+        await h.start(alive(old), alive(new))
+        assert h.r.peer_flags() == {"n3": "conflicted"}
+        assert h.routes() == {"10.244.8.0/24"}
+        assert "held by n2" in h.r.status()["conflicts"]["n3"]
+
+    scenario(tmp_path, body)
+
+
+def test_a_peer_with_an_unknown_backend_is_incompatible(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)), alive(rec(3, "wireguard")))
+        assert h.r.peer_flags() == {"n3": "incompatible"}
+        assert h.routes() == {"10.244.2.0/24"}
+
+    scenario(tmp_path, body)
+
+
+# --- failure is not leave ------------------------------------------------------------------------
+
+
+def test_left_is_removed_at_once_failed_is_kept(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)), alive(rec(3)))
+        h.peers(PeerView(rec(2), "left", h.now), PeerView(rec(3), "dead", h.now))
+        t0 = h.now
+        await h.until(lambda: "10.244.2.0/24" not in h.routes())
+        assert h.now - t0 < 0.2
+        assert h.routes() == {"10.244.3.0/24"}  # dead: kept until reap_after
+        assert not h.r.peer_flags()
+
+    scenario(tmp_path, body)
+
+
+def test_a_dead_peer_is_reaped_at_its_deadline_without_a_trigger(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)), alive(rec(3)))
+        died = h.now
+        h.peers(alive(rec(2)), PeerView(rec(3), "dead", died))
+        await asyncio.sleep(59.0)  # reap_after is 60 s here
+        assert h.routes() == {"10.244.2.0/24", "10.244.3.0/24"}
+        assert h.r.status()["next_reap"] == pytest.approx(died + 60.0)
+        await h.until(lambda: "10.244.3.0/24" not in h.routes())
+        assert 60.0 <= h.now - died < 60.1
+        assert h.r.status()["last_run"]["reason"] == "reap"
+        assert h.r.peer_flags() == {"n3": "reaped"}
+
+    scenario(tmp_path, body, reap_after=60.0, resync_interval=1000.0)
+
+
+def test_a_dead_peer_that_comes_back_churns_nothing(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        writes = len(h.fake.writes)
+        h.peers(PeerView(rec(2), "dead", h.now))
+        await asyncio.sleep(1)
+        h.peers(alive(rec(2), since=h.now))
+        await asyncio.sleep(1)
+        assert len(h.fake.writes) == writes and h.routes() == {"10.244.2.0/24"}
+
+    scenario(tmp_path, body)
+
+
+# --- order and kernel features -------------------------------------------------------------------
+
+
+def test_vxlan_writes_device_then_neighbour_fdb_route(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        kinds = [w.split()[0] for w in h.fake.writes if not w.startswith("sysctl")]
+        assert kinds == ["create", "add", "set", "neigh", "fdb", "route"]
+        h.peers(synced=True)
+        await h.until(lambda: not h.routes())
+        kinds = [w.split()[0] for w in h.fake.writes[-3:]]
+        assert kinds == ["route", "fdb", "neigh"]  # removals in the reverse order
+
+    scenario(tmp_path, body)
+
+
+def test_host_gw_writes_only_routes_via_the_peer(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2, "host-gw")), alive(rec(3, "host-gw", public_ip="192.0.2.3")))
+        assert [w for w in h.fake.writes if not w.startswith("sysctl")] == [
+            "route add 10.244.2.0/24 via 10.99.0.2"]
+        assert h.fake.routes["10.244.2.0/24"].entry.oif == 2
+        assert h.r.peer_flags() == {"n3": "not-on-link"}
+
+    scenario(tmp_path, body, backend="host-gw")
+
+
+def test_missing_kernel_module_is_fatal_and_not_retried_before_the_resync(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path, backend="ipip", fake=FakeNetlink(missing_kinds=("ipip",)))
+        try:
+            h.peers(alive(rec(2, "ipip")))
+            with pytest.raises(MissingKernelFeature, match="module ipip"):
+                await h.r.start()
+            h.task = asyncio.create_task(h.r.run())
+            await asyncio.sleep(1.0)
+            assert h.runs == 2  # start's pass, and the one once the monitor listens
+            await asyncio.sleep(28.0)
+            assert h.runs == 2  # no retry loop: retrying cannot help
+            await asyncio.sleep(2.0)
+            assert h.runs == 3  # the resync tries again (a module may have been loaded)
+            assert "module ipip" in (h.r.status()["last_error"] or "")
+        finally:
+            await h.close()
+
+    run_virtual(main)
+
+
+def test_a_failed_pass_is_retried_with_backoff(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        # A foreign route makes every pass fail on n3 until it goes away.
+        h.fake.hand_add_route("10.244.3.0/24", "10.99.0.254", 2, proto=3)
+        h.peers(alive(rec(2)), alive(rec(3)))
+        await h.until(lambda: h.r.status()["last_error"] is not None)
+        times = []
+        for _ in range(4):
+            runs = h.runs
+            await h.until(lambda: h.runs > runs)  # noqa: B023 - evaluated inside the loop
+            times.append(h.now)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert gaps == pytest.approx([1.0, 2.0, 4.0], abs=0.011)
+        h.fake.hand_delete_route("10.244.3.0/24")
+        await h.until(lambda: "10.244.3.0/24" in h.routes())
+        assert h.r.status()["last_error"] is None
+        assert h.fake.routes["10.244.3.0/24"].proto == RTPROT_MESHD
+
+    scenario(tmp_path, body)
+
+
+def test_fake_answers_eexist_like_the_kernel() -> None:
+    async def main() -> None:
+        from meshd.dataplane.netlink import RouteEntry, error_code
+
+        fake = FakeNetlink()
+        e = RouteEntry("10.244.2.0/24", "10.99.0.2", 2, False)
+        assert await fake.routes_apply("add", [e], RTPROT_MESHD) == []
+        (fail,) = await fake.routes_apply("add", [e], RTPROT_MESHD)
+        assert error_code(fail.error) == errno.EEXIST
+
+    run_virtual(main)
