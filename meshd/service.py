@@ -120,7 +120,7 @@ class Service:
                 "public_ip": r.public_ip,
                 "subnet": r.subnet,
                 "backend": r.backend,
-                "vtep_mac": r.vtep_mac if r.backend == "vxlan" else None,
+                "vtep_mac": r.vtep_mac,
                 "state": str(m.state.value),
                 "incarnation": r.incarnation,
                 "last_seen": 0.0 if is_self else round(max(0.0, now - m.last_seen), 1),
