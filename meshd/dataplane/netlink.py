@@ -472,10 +472,20 @@ def _link_info(msg: Any) -> LinkInfo:
         name=str(msg.get("ifname") or ""),
         kind=str(msg.get(("linkinfo", "kind")) or ""),
         mtu=int(msg.get("mtu") or 0),
-        mac=msg.get("address"),
+        mac=_mac(msg),
         up=bool(msg["flags"] & IFF_UP),
         params=params,
     )
+
+
+def _mac(msg: Any) -> str | None:
+    """IFLA_ADDRESS as colon-separated hex. pyroute2 reads it as 6 bytes whatever its length;
+    a tunnel's is 4 (an IPv4 address), the rest belongs to the next attribute."""
+    mac = msg.get("address")
+    if mac is None:
+        return None
+    size = int(msg.nla("IFLA_ADDRESS").length) - 4
+    return str(mac) if size >= 6 else ":".join(str(mac).split(":")[:size])
 
 
 def _addr(msg: Any) -> tuple[int, str, int, bool]:
