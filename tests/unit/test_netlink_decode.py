@@ -28,7 +28,8 @@ def link_message(kind: int, index: int, name: str, address: bytes, mtu: int, up:
 
 
 def events(data: bytes) -> list[Event | None]:
-    return [netlink._event(k, data, off, end) for k, _, off, end in netlink.messages(data, len(data))]
+    return [netlink._event(k, data, off, end)
+            for k, _, off, end in netlink.messages(data, len(data))]
 
 
 def test_link_messages_read_as_link_info_and_events() -> None:
