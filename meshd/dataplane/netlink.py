@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.dataplane.netns import netns_path, run_in_netns
-from meshd.dataplane.rtnl import Monitor, Rtnl
+from meshd.dataplane.rtnl import NETLINK_ROUTE, Monitor, Rtnl, open_socket
 from meshd.dataplane.rtnl_wire import (
     AF_BRIDGE,
     GONE,
@@ -148,9 +148,8 @@ def _register_lean_package() -> None:
 
     def complete(name: str) -> Any:
         # A submodule (``from pyroute2 import config`` inside the library) is imported alone;
-        # any other name needs the package's own __init__, run once, in this module object.
-        if name.startswith("__"):
-            raise AttributeError(name)
+        # any other name (``__version__`` too) needs the package's own __init__, run once, in
+        # this module object.
         with contextlib.suppress(ModuleNotFoundError):
             return importlib.import_module(f"pyroute2.{name}")
         del pkg.__getattr__
@@ -215,22 +214,33 @@ class Netlink:
         self._rtnl.open()
         try:
             if self._ipr is None:
-                kw: dict[str, Any] = {"strict_check": True, "ext_ack": True}
-                if self.netns is not None:
-                    # flags=0: without it pyroute2 silently *creates* a mistyped namespace.
-                    # (It opens the socket in a forked helper, ~13 ms, once per Netlink.)
-                    kw.update(netns=self.netns, flags=0)
-                with _errors(f"open netlink socket{self._where()}"):
-                    ipr = _pyroute2().AsyncIPRoute(**kw)
-                    try:
-                        await ipr.setup_endpoint()
-                    except BaseException:
-                        ipr.close()
-                        raise
-                self._ipr = ipr
+                self._ipr = await self._open_iproute()
         except BaseException:
-            self._rtnl.close()
+            await self.close()
             raise
+
+    async def _open_iproute(self) -> Any:
+        kw: dict[str, Any] = {"strict_check": True, "ext_ack": True}
+        if self.netns is not None:
+            # The socket comes from a thread that joined the namespace, as rtnl's do: pyroute2's
+            # own netns= forks a helper process (and creates a mistyped namespace unless
+            # flags=0). pyroute2 owns it from here, and closes it.
+            kw["fileno"] = open_socket(self.netns, _iproute_socket).detach()
+        try:
+            with _errors(f"open netlink socket{self._where()}"):
+                ipr = _pyroute2().AsyncIPRoute(**kw)
+        except BaseException:
+            if "fileno" in kw:
+                os.close(kw["fileno"])
+            raise
+        try:
+            with _errors(f"open netlink socket{self._where()}"):
+                await ipr.setup_endpoint()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ipr.close()
+            raise
+        return ipr
 
     async def close(self) -> None:
         self._rtnl.close()
@@ -456,6 +466,11 @@ class Netlink:
         except OSError as exc:
             raise os_error(f"sysctl {name}", exc) from exc
 
+
+
+def _iproute_socket() -> socket.socket:
+    # SOCK_DGRAM (netlink treats it as SOCK_RAW): asyncio's datagram endpoint wants that type.
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
 # --- decoding: pyroute2's messages (devices, addresses), rtnl_wire's (the rest) ------------------

@@ -1,11 +1,11 @@
-"""meshd's NETLINK_ROUTE sockets, with messages from ``rtnl_wire`` (routes, neighbours, FDB:
-struct-packed, ~10 us each where pyroute2 spends ~0.5 ms) and ``rtnl_link`` (devices, addresses).
-netlink.py delegates to ``Rtnl`` and stays the only module the rest of meshd calls; ``Monitor``
-is the second socket its ``events()`` reads, subscribed to multicast groups.
+"""meshd's raw NETLINK_ROUTE sockets for the per-peer objects -- routes, neighbours, FDB entries,
+packed by ``rtnl_wire`` (~10 us each where pyroute2 spends ~0.5 ms) -- and ``Monitor``, the socket
+``netlink.Netlink.events()`` reads, subscribed to multicast groups. netlink.py delegates to
+``Rtnl`` and stays the only module the rest of meshd calls; devices and addresses go through
+pyroute2 there, not here.
 
-Single requests (``call``: a device, an address, a get) wait for their answer and ACK; an error
-becomes a one-line DataplaneError carrying the errno. Requests, dumps and batches on one ``Rtnl``
-take turns (a lock): answers are read back in order.
+Requests, dumps and batches on one ``Rtnl`` take turns (a lock): answers are read back in order.
+Every error becomes a one-line DataplaneError with its ``errno`` (``rtnl_wire.request_error``).
 
 Batches: up to ``window`` requests go out in one ``sendmsg``, each with NLM_F_ACK and its own
 sequence number. The kernel handles the whole datagram inside ``sendmsg`` and queues one ACK per

@@ -1,10 +1,13 @@
 """The rtnetlink wire format of meshd's hot messages: pure ``bytes`` in and out, no socket.
-Also the generic pieces ``rtnl_link`` (devices, addresses) builds on: ``rta`` packs an attribute,
-``attrs`` walks them, ``messages`` splits a datagram, ``frame`` adds the header.
+Also the generic pieces: ``rta`` packs an attribute, ``attrs`` walks them (the one walker every
+decoder here uses), ``messages`` splits a datagram, ``frame`` adds the header, and
+``request_error`` turns a kernel errno into the one-line DataplaneError every netlink error
+becomes.
 
 Routes, neighbours and FDB entries, one each per peer, are the only objects whose count grows with
 the mesh. pyroute2 spends ~0.5 ms of Python per message on them (~35x ``ip -batch``); packed here
-with ``struct`` they cost a few microseconds (../shared/notes/netlink.md). ``rtnl.py`` sends them.
+with ``struct`` they cost a few microseconds (docs/dataplane.md). ``rtnl.py`` sends them. Devices
+and addresses (a handful per pass) go through pyroute2 in netlink.py.
 
 Layout (linux/netlink.h, rtnetlink.h, neighbour.h; host byte order)::
 

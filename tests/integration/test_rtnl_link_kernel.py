@@ -274,6 +274,21 @@ def test_missing_namespace_is_refused_not_created() -> None:
     assert not os.path.exists("/run/netns/mdt-no-such-netns")
 
 
+def test_open_and_close_leave_no_socket_behind(host: Host) -> None:
+    async def cycle() -> None:
+        async with Netlink(host.ns) as nl:
+            assert await nl.link("lo") is not None
+
+    async def main() -> None:
+        await cycle()  # first use: pyroute2's imports, the loop's own descriptors
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            await cycle()
+        assert len(os.listdir("/proc/self/fd")) == before
+
+    run(main())
+
+
 # --- addresses -----------------------------------------------------------------------------------
 
 

@@ -22,7 +22,9 @@ LEAN = (
     "heavy = sorted(m for m in mods if (m.split('.') + [''])[1] in "
     "('ndb', 'ipdb', 'nftables', 'ipset', 'ipvs', 'iwutil', 'plan9', 'conntrack', 'wiset')); "
     "assert not heavy, heavy; "
-    "from pyroute2 import IPBatch, NDB; import pyroute2; assert pyroute2.__version__"
+    "import pyroute2; assert pyroute2.__version__ == __import__('importlib.metadata')"
+    ".metadata.version('pyroute2'), pyroute2.__version__; "
+    "from pyroute2 import IPBatch, NDB"
 )
 
 
