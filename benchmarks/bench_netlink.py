@@ -253,7 +253,7 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
     them with meshd's path and with pyroute2's."""
     from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-    from meshd.dataplane import netlink
+    from meshd.dataplane import netlink, rtnl_wire
     from meshd.dataplane.rtnl import Monitor
 
     ns = lab.hosts[0].ns
@@ -306,7 +306,7 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
             datagrams.append(data)
             seen_end = any(e is not None and e.kind == "route" and not e.new and e.dst == sentinel
                            for e in (netlink._event(k, data, o, z)
-                                     for k, _, o, z in netlink.messages(data, len(data))))
+                                     for k, _, o, z in rtnl_wire.messages(data, len(data))))
         await writer
     finally:
         mon.close()
@@ -315,7 +315,7 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
     def ours() -> int:
         count = 0
         for data in datagrams:
-            for kind, _, off, end in netlink.messages(data, len(data)):
+            for kind, _, off, end in rtnl_wire.messages(data, len(data)):
                 count += netlink._event(kind, data, off, end) is not None
         return count
 

@@ -129,9 +129,9 @@ def test_every_device_reads_as_iproute2_reads_it(host: Host) -> None:
                 mac = by_index.mac
                 if mac is not None and len(mac) == 11:  # 4 bytes: a tunnel's IPv4 address
                     mac = socket.inet_ntoa(bytes.fromhex(mac.replace(":", "")))
-                got = LinkInfo(by_index.index, by_index.name, by_index.kind, by_index.mtu, mac,
-                               by_index.up, {})
-                assert got == ref, ref.name
+                seen = LinkInfo(by_index.index, by_index.name, by_index.kind, by_index.mtu, mac,
+                                by_index.up, {})
+                assert seen == ref, ref.name
 
             vx = await nl.link("vx42")
             assert vx is not None and vx.index == index

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from meshd.dataplane import netlink
+from meshd.dataplane import netlink, rtnl_wire
 from meshd.dataplane.netlink import Event, LinkInfo
 
 
@@ -29,7 +29,7 @@ def link_message(kind: int, index: int, name: str, address: bytes, mtu: int, up:
 
 def events(data: bytes) -> list[Event | None]:
     return [netlink._event(k, data, off, end)
-            for k, _, off, end in netlink.messages(data, len(data))]
+            for k, _, off, end in rtnl_wire.messages(data, len(data))]
 
 
 def test_link_messages_read_as_link_info_and_events() -> None:
