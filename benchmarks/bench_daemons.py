@@ -530,8 +530,9 @@ IMPORT_STEPS = [
     ("cryptography", "from cryptography.hazmat.primitives.ciphers.aead import AESGCM"),
     ("asyncio_dgram", "import asyncio_dgram"),
     ("typer", "import typer"),
-    # No pyroute2: the daemon speaks rtnetlink itself (its import cost ~11 MiB, issue 7).
     ("meshd", "import meshd.cli, meshd.daemon, meshd.dataplane.reconciler"),
+    # Devices and addresses: pyroute2's AsyncIPRoute alone, not the package's __init__ (netlink.py).
+    ("pyroute2", "from meshd.dataplane import netlink; netlink._pyroute2()"),
 ]
 _IMPORT_PROBE = """
 import json, sys, time

@@ -22,8 +22,18 @@ gone), else the run stops. Prints one JSON line per measurement (``ratio`` = mes
      "ip_batch_s": 0.066, "ratio": 1.08, "objects": 3000, "reps": 3,
      "kernel_meshd": {"routes": 1000, "neighs": 1000, "fdb": 1000}, "kernel_ip_batch": {...}}
 
-Usage (root): ``.venv/bin/python benchmarks/bench_netlink.py [--n 1000 5000] [--reps 3]``;
-``--smoke`` runs N = 100 once (CI). Needs iproute2 only; nothing from ../shared.
+``--monitor`` measures instead what decoding the kernel's notifications costs: a raw socket
+subscribed to the groups ``Netlink.events()`` reads records every datagram while ``ip -batch`` /
+``bridge -batch`` add and then delete N vxlan peers (route + neighbour + FDB entry each); then
+those datagrams are decoded, ``--reps`` times, by meshd's path (``netlink._event``: rtnl_wire for
+routes and neighbours) and by pyroute2's (``MarshalRtnl.parse``, what its monitor runs, reduced to
+the same events)::
+
+    {"bench": "netlink", "op": "monitor", "n": 5000, "events": 30004, "datagrams": ...,
+     "meshd_s": 0.09, "pyroute2_s": 4.1, "ratio": 45.6, "reps": 3}
+
+Usage (root): ``.venv/bin/python benchmarks/bench_netlink.py [--n 1000 5000] [--reps 3]
+[--monitor]``; ``--smoke`` runs N = 100 once (CI). Needs iproute2 only; nothing from ../shared.
 """
 
 from __future__ import annotations
@@ -233,6 +243,120 @@ class Bench:
         return took
 
 
+# --- the monitor: decoding the notification flood -------------------------------------------------
+
+
+async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str, Any]:
+    """Record the notifications of adding and deleting ``n`` vxlan peers, then time decoding
+    them with meshd's path and with pyroute2's."""
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+    from meshd.dataplane import netlink, rtnl_wire
+    from meshd.dataplane.rtnl import Monitor
+
+    ns = lab.hosts[0].ns
+    dev = "bnlmon"
+    sh(["ip", "-n", ns, "link", "add", dev, "type", "vxlan", "id", "77", "dstport", "4777",
+        "nolearning"])
+    sh(["ip", "-n", ns, "link", "set", dev, "up"])
+    peers = [(f"10.{j >> 8}.{j & 255}.0", f"02:00:00:00:{j >> 8:02x}:{j & 255:02x}",
+              f"100.64.{j >> 8}.{j & 255}") for j in range(2, n + 2)]
+    fdb_add = "".join(f"fdb replace {m} dev {dev} dst {u} self permanent\n" for _, m, u in peers)
+    ip_add = "".join(f"neigh replace {g} lladdr {m} dev {dev} nud permanent\n"
+                     for g, m, _ in peers)
+    ip_add += "".join(f"route add {g}/24 via {g} dev {dev} onlink proto {RTPROT_MESHD}\n"
+                      for g, _, _ in peers)
+    ip_del = "".join(f"route del {g}/24 proto {RTPROT_MESHD}\nneigh del {g} dev {dev}\n"
+                     for g, _, _ in peers)
+    fdb_del = "".join(f"fdb del {m} dev {dev} dst {u} self\n" for _, m, u in peers)
+    files = {}
+    for name, text in (("fdb_add", fdb_add), ("ip_add", ip_add), ("ip_del", ip_del),
+                       ("fdb_del", fdb_del)):
+        files[name] = workdir / f"monitor.{name}"
+        files[name].write_text(text)
+    sentinel = "10.255.255.0/24"
+
+    mon = Monitor(ns, netlink.MONITOR_GROUPS)
+    mon.open()
+    datagrams: list[bytes] = []
+    overflows = 0
+    try:
+        async def program() -> None:
+            for tool, name in (("bridge", "fdb_add"), ("ip", "ip_add"), ("ip", "ip_del"),
+                               ("bridge", "fdb_del")):
+                proc = await asyncio.create_subprocess_exec(
+                    tool, "-n", ns, "-batch", str(files[name]))
+                if await proc.wait() != 0:
+                    raise SystemExit(f"monitor bench: {tool} -batch {name} failed")
+            for op in ("add", "del"):
+                proc = await asyncio.create_subprocess_exec(
+                    "ip", "-n", ns, "route", op, sentinel, "dev", dev)
+                await proc.wait()
+
+        writer = asyncio.create_task(program())
+        seen_end = False
+        while not seen_end:  # until the sentinel's deletion: the last notification asked for
+            try:
+                data = await asyncio.wait_for(mon.read(), 30)
+            except OSError:
+                overflows += 1
+                continue
+            datagrams.append(data)
+            seen_end = any(e is not None and e.kind == "route" and not e.new and e.dst == sentinel
+                           for e in (netlink._event(k, data, o, z)
+                                     for k, _, o, z in rtnl_wire.messages(data, len(data))))
+        await writer
+    finally:
+        mon.close()
+        sh(["ip", "-n", ns, "link", "del", dev])
+
+    def ours() -> int:
+        count = 0
+        for data in datagrams:
+            for kind, _, off, end in rtnl_wire.messages(data, len(data)):
+                count += netlink._event(kind, data, off, end) is not None
+        return count
+
+    marshal = MarshalRtnl()
+
+    def theirs() -> int:
+        # pyroute2's monitor: parse each datagram, then reduce each message as netlink.py did
+        # when it read its events through pyroute2 (before 28c2cbc).
+        count = 0
+        for data in datagrams:
+            for msg in marshal.parse(data):
+                ev = msg.get("event")
+                if ev in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                    count += msg["family"] == 2 and bool(
+                        (msg.get("oif"), msg.get("dst"), msg["dst_len"], msg["proto"]))
+                elif ev in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
+                    count += bool((msg["ifindex"], msg.get("dst"), msg.get("lladdr"),
+                                   msg["state"]))
+                elif ev in ("RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR", "RTM_DELADDR"):
+                    count += bool((msg["index"], msg.get("ifname"), msg.get("address")))
+        return count
+
+    t_ours: list[float] = []
+    t_theirs: list[float] = []
+    events = 0
+    for _ in range(reps):
+        t = time.perf_counter()
+        events = ours()
+        t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        parsed = theirs()
+        t_theirs.append(time.perf_counter() - t)
+        if parsed != events:
+            raise SystemExit(f"monitor bench: meshd decoded {events} events, pyroute2 {parsed}")
+    if events < 6 * n:
+        raise SystemExit(f"monitor bench: {events} events recorded, want >= {6 * n} "
+                         f"({overflows} overflows)")
+    m, p = statistics.median(t_ours), statistics.median(t_theirs)
+    return {"bench": "netlink", "op": "monitor", "n": n, "events": events,
+            "datagrams": len(datagrams), "overflows": overflows, "meshd_s": round(m, 5),
+            "pyroute2_s": round(p, 5), "ratio": round(p / m, 1), "reps": reps}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 5000], help="peer counts")
@@ -241,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     choices=["vxlan", "host-gw"])
     ap.add_argument("--smoke", action="store_true", help="n = 100, one repetition (CI)")
     ap.add_argument("--prefix", default=f"bnl{os.getpid() % 100000}", help="lab prefix")
+    ap.add_argument("--monitor", action="store_true",
+                    help="time decoding the notifications instead (meshd's path vs pyroute2's)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.n, args.reps = [100], 1
@@ -250,6 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-netlink-") as tmp, Lab(
         args.prefix, hosts=1, underlay=UNDERLAY, pod_network=NETWORK
     ) as lab:
+        if args.monitor:
+            for n in args.n:
+                row = asyncio.run(monitor_bench(lab, n, args.reps, Path(tmp)))
+                print(json.dumps(row), flush=True)
+            return 0
         for backend in args.backends:
             for n in args.n:
                 for row in asyncio.run(Bench(lab, backend, n, Path(tmp)).run(args.reps)):

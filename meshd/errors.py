@@ -39,7 +39,13 @@ class ControlError(MeshdError):
 
 
 class DataplaneError(MeshdError):
-    """A kernel (netlink) operation failed."""
+    """A kernel (netlink) operation failed. ``errno`` is the kernel's error number when there is
+    one (``errno.EEXIST`` for a route someone else holds), else None (input that could not be
+    packed, a device gone right after creation)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class MissingKernelFeature(DataplaneError):

@@ -1,77 +1,70 @@
-"""The only netlink module the rest of meshd calls; every netlink error becomes a one-line
-DataplaneError here or in ``rtnl`` (the errno kept as its ``__cause__``: ``error_code``).
+"""The only netlink module the rest of meshd calls, and the one place netlink errors become a
+``DataplaneError`` (one line, the kernel's errno as ``err.errno``; ``rtnl_wire.request_error``
+words every one of them, pyroute2's included).
 
-``Netlink`` opens, in the current network namespace or in a named one (so tests and the lab can
-drive a namespace from the same process), one ``rtnl.Rtnl`` socket for everything it asks:
+``Netlink`` works in the current network namespace or in a named one (so tests and the lab can
+drive a namespace from the same process), on two request sockets:
 
-* devices, IPv4 addresses and the default route, as ``rtnl_link`` packs them (a pass touches
-  one or two devices);
-* the hot path -- routes, neighbours and FDB entries, one per peer -- behind the batch-shaped
-  ``dump_*``/``*_apply`` methods, which take and return plain tuples. pyroute2 costs ~0.5 ms
-  per such object; the struct-packed messages of ``rtnl_wire`` cost ~10 us, sent hundreds per
-  sendmsg with every ACK checked;
+* pyroute2's ``AsyncIPRoute`` for devices and IPv4 addresses (create, set, read back): a pass
+  touches one or two devices, these are the most attribute-heavy messages (vxlan's linkinfo) and
+  where kernel quirks live, so a maintained codec is worth its memory (+2.7 MiB of RSS on top
+  of the daemon's other imports, imported the lean way: ``_pyroute2``);
+* ``rtnl.Rtnl`` for the hot path -- routes, neighbours and FDB entries, one per peer -- behind
+  the batch-shaped ``dump_*``/``*_apply`` methods, which take and return plain tuples. pyroute2
+  costs ~0.5 ms per such object (~35x ``ip -batch``); the struct-packed messages of
+  ``rtnl_wire`` cost ~10 us, sent hundreds per sendmsg with every ACK checked. Their dumps are
+  filtered by the kernel (NETLINK_GET_STRICT_CHK with the filter in the request), not in Python:
+  a host's main table may hold far more routes than meshd's. The default route is read there too.
 
-and, for ``events()``, a second socket (``rtnl.Monitor``) bound to the multicast groups.
-
-No pyroute2: importing it cost the daemon ~11 MiB of its ~47 (issue 7). The tests still use it,
-to check every message packed here against its codec and every answer against its reading of
-the kernel.
-
-Dumps are filtered by the kernel (NETLINK_GET_STRICT_CHK with the filter in the request:
-rtm_protocol + rtm_table for routes, NDA_IFINDEX / ndm_ifindex for neighbours and FDB,
-ifa_index for addresses), not in Python: a host's main table may hold far more routes than
-meshd's.
+``events()`` reads a third socket (``rtnl.Monitor``) bound to the multicast groups. Its flood is
+routes, neighbours and FDB entries (thousands when a peer set changes), decoded by ``rtnl_wire``;
+pyroute2 parses them ~12x slower (2.6 s for the 35,000 notifications of 5,000 vxlan peers added
+and removed; docs/dataplane.md, "The monitor"). Its few link and address messages go through
+pyroute2's parser, the same decode path as ``link()`` and ``addresses()``.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import importlib.util
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+import sys
+import types
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd.dataplane.netns import NETNS_DIR, run_in_netns
-from meshd.dataplane.rtnl import Monitor, Rtnl
-from meshd.dataplane.rtnl_link import (
-    IFA_F_SECONDARY,
-    IFF_UP,
-    RTM_DELADDR,
-    RTM_DELLINK,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_LINK,
-    RTMGRP_NEIGH,
-    LinkMsg,
-    addr_dump_request,
-    decode_addr,
-    decode_link,
-    encode_addr,
-    encode_link_create,
-    encode_link_delete,
-    encode_link_set,
-    link_get_request,
-)
+from meshd.dataplane.netns import netns_path, run_in_netns
+from meshd.dataplane.rtnl import NETLINK_ROUTE, Monitor, Rtnl, open_socket
 from meshd.dataplane.rtnl_wire import (
     AF_BRIDGE,
     GONE,
     MAIN_TABLE,
     NUD_PERMANENT,
+    RTM_DELADDR,
+    RTM_DELLINK,
     RTM_DELNEIGH,
     RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
     RTM_NEWNEIGH,
     RTM_NEWROUTE,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
     Failure,
     FdbEntry,
     NeighEntry,
-    Request,
     RouteEntry,
     decode_neigh,
     decode_route,
     messages,
+    os_error,
+    pack_cidr,
+    request_error,
     route_dump_request,
 )
 from meshd.errors import DataplaneError, MissingKernelFeature
@@ -80,6 +73,9 @@ __all__ = ["Event", "Failure", "FdbEntry", "LinkInfo", "NeighEntry", "Netlink", 
            "error_code"]
 
 MONITOR_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH
+IFF_UP = 0x1
+IFA_F_SECONDARY = 0x01
+SKIP_STATS = 1 << 3  # RTEXT_FILTER_SKIP_STATS: a link's counters, which meshd never reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,24 +105,98 @@ class Event:
     mtu: int = 0
 
 
-# --- errors --------------------------------------------------------------------------------------
+# --- pyroute2, imported the lean way ------------------------------------------------------------
+
+
+class _Pyroute2(types.SimpleNamespace):
+    AsyncIPRoute: Any
+    NetlinkError: type[Exception]
+    ifinfmsg: Any
+    ifaddrmsg: Any
+
+
+_PR2: _Pyroute2 | None = None
+
+
+def _pyroute2() -> _Pyroute2:
+    """The pieces of pyroute2 meshd uses. ``pyroute2/__init__.py`` imports every module of the
+    library (NDB, IPDB, nftables, wireless, ...): +8.5 MiB of RSS on top of meshd.daemon, where
+    these pieces take +2.7.
+    So unless something already imported the package, it is registered without running its
+    ``__init__``, and only ``pyroute2.iproute.linux`` is imported; a later ``import pyroute2``
+    that asks for a name the package would have defined gets the full package then."""
+    global _PR2
+    if _PR2 is None:
+        if "pyroute2" not in sys.modules:
+            _register_lean_package()
+        from pyroute2.iproute.linux import AsyncIPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        _PR2 = _Pyroute2(
+            AsyncIPRoute=AsyncIPRoute, NetlinkError=NetlinkError, ifinfmsg=ifinfmsg,
+            ifaddrmsg=ifaddrmsg,
+        )
+    return _PR2
+
+
+def _register_lean_package() -> None:
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None:
+        raise DataplaneError("pyroute2 is not installed (python3 -m pip install pyroute2)")
+    pkg = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(name: str) -> Any:
+        # A submodule (``from pyroute2 import config`` inside the library) is imported alone;
+        # any other name (``__version__`` too) needs the package's own __init__, run once, in
+        # this module object.
+        with contextlib.suppress(ModuleNotFoundError):
+            return importlib.import_module(f"pyroute2.{name}")
+        del pkg.__getattr__
+        loader.exec_module(pkg)
+        return getattr(pkg, name)
+
+    pkg.__getattr__ = complete  # type: ignore[method-assign]
+    sys.modules["pyroute2"] = pkg
+
+
+# --- errors: the one place ----------------------------------------------------------------------
 
 
 def error_code(err: BaseException) -> int | None:
-    """The errno behind a translated error (kept as its ``__cause__``), if any."""
-    cause = err.__cause__
-    return cause.errno if isinstance(cause, OSError) else None
+    """The kernel's errno behind a DataplaneError (``err.errno``), if any."""
+    return err.errno if isinstance(err, DataplaneError) else None
 
 
-def _encode(what: str, build: Callable[[], Request]) -> Request:
-    """A request, or a one-line DataplaneError for input that cannot be packed."""
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """pyroute2's and the OS's exceptions inside the block, as one-line DataplaneErrors."""
     try:
-        return build()
-    except ValueError as exc:
-        raise DataplaneError(f"{what}: {exc}") from exc
+        yield
+    except DataplaneError:
+        raise
+    except OSError as exc:
+        raise os_error(what, exc) from exc
+    except Exception as exc:
+        netlink_error = _pyroute2().NetlinkError
+        code = getattr(exc, "code", None)
+        if isinstance(exc, netlink_error) and isinstance(code, int) and code > 0:
+            detail = str(exc.args[1]) if len(exc.args) > 1 else ""
+            raise request_error(what, code, detail) from exc
+        if isinstance(exc, (ValueError, KeyError, TypeError, RuntimeError, netlink_error)):
+            raise DataplaneError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
-# --- the socket ----------------------------------------------------------------------------------
+def _done_if(codes: tuple[int, ...], exc: DataplaneError) -> None:
+    """Re-raise ``exc`` unless its errno is one of ``codes`` (it then counts as done)."""
+    if exc.errno not in codes:
+        raise exc
+
+
+# --- the sockets ---------------------------------------------------------------------------------
 
 
 class Netlink:
@@ -134,13 +204,52 @@ class Netlink:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self._ipr: Any = None
         self._rtnl = Rtnl(netns)
 
+    def _where(self) -> str:
+        return f" in netns {self.netns}" if self.netns else ""
+
     async def open(self) -> None:
+        if self.netns is not None and not os.path.exists(netns_path(self.netns)):
+            raise DataplaneError(f"network namespace {self.netns} does not exist")
         self._rtnl.open()
+        try:
+            if self._ipr is None:
+                self._ipr = await self._open_iproute()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open_iproute(self) -> Any:
+        kw: dict[str, Any] = {"strict_check": True, "ext_ack": True}
+        if self.netns is not None:
+            # The socket comes from a thread that joined the namespace, as rtnl's do: pyroute2's
+            # own netns= forks a helper process (and creates a mistyped namespace unless
+            # flags=0). pyroute2 owns it from here, and closes it.
+            kw["fileno"] = open_socket(self.netns, _iproute_socket).detach()
+        try:
+            with _errors(f"open netlink socket{self._where()}"):
+                ipr = _pyroute2().AsyncIPRoute(**kw)
+        except BaseException:
+            if "fileno" in kw:
+                os.close(kw["fileno"])
+            raise
+        try:
+            with _errors(f"open netlink socket{self._where()}"):
+                await ipr.setup_endpoint()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ipr.close()
+            raise
+        return ipr
 
     async def close(self) -> None:
         self._rtnl.close()
+        ipr, self._ipr = self._ipr, None
+        if ipr is not None:
+            with contextlib.suppress(Exception):
+                ipr.close()
 
     async def __aenter__(self) -> Netlink:
         await self.open()
@@ -149,19 +258,28 @@ class Netlink:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # --- links ---------------------------------------------------------------------------------
+    @property
+    def _ip(self) -> Any:
+        if self._ipr is None:
+            raise DataplaneError("netlink socket is not open")
+        return self._ipr
 
-    @staticmethod
-    def _link_info(m: LinkMsg) -> LinkInfo:
-        return LinkInfo(m.ifindex, m.name, m.kind, m.mtu, m.mac, bool(m.flags & IFF_UP), m.params)
+    # --- links (pyroute2) ----------------------------------------------------------------------
 
     async def link(self, name: str | None = None, index: int | None = None) -> LinkInfo | None:
         """The device called ``name`` (or with ``index``), or None if there is none."""
-        req = _encode(f"get link {name or index}", lambda: link_get_request(name, index))
-        msgs = await self._rtnl.call(
-            req._replace(ok=(errno.ENODEV, errno.ENOENT)), decode_link, RTM_NEWLINK
-        )
-        return self._link_info(msgs[0]) if msgs else None
+        if name is None and not index:
+            raise DataplaneError("get link: neither a name nor an index")
+        try:
+            with _errors(f"get link {name or index}"):
+                if name is not None:
+                    msgs = await self._ip.link("get", ifname=name, ext_mask=SKIP_STATS)
+                else:
+                    msgs = await self._ip.link("get", index=index, ext_mask=SKIP_STATS)
+        except DataplaneError as exc:
+            _done_if((errno.ENODEV, errno.ENOENT), exc)
+            return None
+        return _link_info(msgs[0]) if msgs else None
 
     async def create_link(
         self, name: str, kind: str, mtu: int | None, mac: str | None, params: Sequence[Any]
@@ -170,13 +288,18 @@ class Netlink:
         systemd's MACAddressPolicy could race us). Returns its ifindex. A kernel without the
         kind (EOPNOTSUPP, "Unknown device type") raises MissingKernelFeature."""
         what = f"create {kind} device {name}"
-        req = _encode(what, lambda: encode_link_create(name, kind, mtu, mac, params))
+        kw: dict[str, Any] = dict(params)
+        if mtu is not None:
+            kw["mtu"] = mtu
+        if mac is not None:
+            kw["address"] = mac
         try:
-            await self._rtnl.call(req)
+            with _errors(what):
+                await self._ip.link("add", ifname=name, kind=kind, **kw)
         except DataplaneError as exc:
-            if error_code(exc) == errno.EOPNOTSUPP:
+            if exc.errno == errno.EOPNOTSUPP:
                 raise MissingKernelFeature(
-                    f"kernel has no {kind} support (module {kind}): {exc}"
+                    f"kernel has no {kind} support (module {kind}): {exc}", exc.errno
                 ) from exc.__cause__
             raise
         info = await self.link(name)
@@ -186,13 +309,30 @@ class Netlink:
 
     async def delete_link(self, index: int) -> None:
         """Delete a device; one already gone counts as done."""
-        await self._rtnl.call(encode_link_delete(index))
+        try:
+            with _errors(f"delete link {index}"):
+                await self._ip.link("del", index=index)
+        except DataplaneError as exc:
+            _done_if(GONE, exc)
 
     async def set_link(
         self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
     ) -> None:
-        req = _encode(f"set link {index}", lambda: encode_link_set(index, mtu=mtu, mac=mac, up=up))
-        await self._rtnl.call(req)
+        """Set MTU, MAC and up/down in one message (the kernel sets the MAC before the flags:
+        ``mac=..., up=True`` brings the device up with the new MAC)."""
+        kw: dict[str, Any] = {}
+        what = [f"set link {index}"]
+        if mtu is not None:
+            kw["mtu"] = mtu
+            what.append(f"mtu {mtu}")
+        if mac is not None:
+            kw["address"] = mac
+            what.append(f"address {mac}")
+        if up is not None:
+            kw["state"] = "up" if up else "down"
+            what.append(kw["state"])
+        with _errors(" ".join(what)):
+            await self._ip.link("set", index=index, **kw)
 
     async def default_route_oif(self) -> int | None:
         """ifindex of the main table's IPv4 default route (lowest metric), if any."""
@@ -205,27 +345,43 @@ class Netlink:
                 best = cand if best is None or cand < best else best
         return best[1] if best else None
 
-    # --- addresses -----------------------------------------------------------------------------
+    # --- addresses (pyroute2) ------------------------------------------------------------------
 
     async def addresses(self, index: int | None = None) -> list[tuple[int, str, int, bool]]:
         """IPv4 addresses as (ifindex, ip, prefixlen, secondary), optionally of one device."""
-        return [
-            (a.ifindex, a.address, a.prefixlen, bool(a.flags & IFA_F_SECONDARY))
-            for a in await self._rtnl.dump(addr_dump_request(index), decode_addr, RTM_NEWADDR)
-            if a.family == socket.AF_INET and (index is None or a.ifindex == index)
-        ]
+        kw: dict[str, Any] = {"family": socket.AF_INET}
+        if index is not None:
+            kw["index"] = index
+        out: list[tuple[int, str, int, bool]] = []
+        with _errors("dump addresses" + (f" of link {index}" if index is not None else "")):
+            async for a in await self._ip.addr("dump", **kw):
+                if a["family"] == socket.AF_INET and (index is None or a["index"] == index):
+                    out.append(_addr(a))
+        return out
 
     async def add_address(self, index: int, cidr: str) -> None:
         """Add an IPv4 address; one already there counts as done."""
-        what = f"add address {cidr} to link {index}"
-        await self._rtnl.call(
-            _encode(what, lambda: encode_addr("add", index, cidr, ok=(errno.EEXIST,)))
-        )
+        await self._address("add", index, cidr, f"add address {cidr} to link {index}",
+                            (errno.EEXIST,))
 
     async def del_address(self, index: int, cidr: str) -> None:
         """Delete an IPv4 address; one already gone (or its device) counts as done."""
-        what = f"delete address {cidr} from link {index}"
-        await self._rtnl.call(_encode(what, lambda: encode_addr("del", index, cidr, ok=GONE)))
+        await self._address("del", index, cidr, f"delete address {cidr} from link {index}", GONE)
+
+    async def _address(
+        self, op: str, index: int, cidr: str, what: str, ok: tuple[int, ...]
+    ) -> None:
+        try:
+            ip, plen = pack_cidr(cidr)
+        except ValueError as exc:
+            raise DataplaneError(f"{what}: {exc}") from None
+        try:
+            with _errors(what):
+                await self._ip.addr(
+                    op, index=index, address=socket.inet_ntoa(ip), prefixlen=plen
+                )
+        except DataplaneError as exc:
+            _done_if(ok, exc)
 
     # --- hot path: routes, neighbours, FDB (rtnl.py: struct-packed, batched, kernel-filtered) -
 
@@ -262,8 +418,8 @@ class Netlink:
 
     async def events(self) -> AsyncIterator[Event]:
         """Kernel notifications for links, IPv4 addresses, routes and neighbours/FDB, on a
-        second socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")`` when
-        the socket lost messages (the caller resyncs)."""
+        separate socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")``
+        when the socket lost messages (the caller resyncs)."""
         mon = Monitor(self.netns, MONITOR_GROUPS)
         mon.open()
         try:
@@ -273,9 +429,7 @@ class Netlink:
                     data = await mon.read()
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
-                        raise DataplaneError(
-                            f"netlink monitor: {exc.strerror or exc}"
-                        ) from exc
+                        raise os_error("netlink monitor", exc) from exc
                     yield Event("overflow", True)
                     continue
                 for kind, _, off, end in messages(data, len(data)):
@@ -305,25 +459,73 @@ class Netlink:
             if self.netns is None:
                 return work()
             return await asyncio.get_running_loop().run_in_executor(
-                None, run_in_netns, os.path.join(NETNS_DIR, self.netns), work
+                None, run_in_netns, netns_path(self.netns), work
             )
         except FileNotFoundError as exc:
-            raise DataplaneError(f"sysctl {name}: not found: {exc.filename or exc}") from exc
+            raise DataplaneError(
+                f"sysctl {name}: not found: {exc.filename or exc}", exc.errno
+            ) from exc
         except OSError as exc:
-            raise DataplaneError(f"sysctl {name}: {exc.strerror or exc}") from exc
+            raise os_error(f"sysctl {name}", exc) from exc
+
+
+
+def _iproute_socket() -> socket.socket:
+    # SOCK_DGRAM (netlink treats it as SOCK_RAW): asyncio's datagram endpoint wants that type.
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+
+
+# --- decoding: pyroute2's messages (devices, addresses), rtnl_wire's (the rest) ------------------
+
+
+def _link_info(msg: Any) -> LinkInfo:
+    # get_attr with the attribute's own name: pyroute2's get("ifname") resolves the name and
+    # walks the message again on every call (~4x slower for the half dozen read here).
+    params: dict[str, Any] = {}
+    kind = ""
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is not None:
+        kind = str(info.get_attr("IFLA_INFO_KIND") or "")
+        data = info.get_attr("IFLA_INFO_DATA")
+        if data is not None and not isinstance(data, (bytes, str)):
+            for name, value in data["attrs"]:
+                if name.startswith("IFLA_") and name != "UNKNOWN":
+                    params[name[5:].lower()] = value
+    return LinkInfo(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME") or ""),
+        kind=kind,
+        mtu=int(msg.get_attr("IFLA_MTU") or 0),
+        mac=_mac(msg),
+        up=bool(msg["flags"] & IFF_UP),
+        params=params,
+    )
+
+
+def _mac(msg: Any) -> str | None:
+    """IFLA_ADDRESS as colon-separated hex. pyroute2 reads it as 6 bytes whatever its length;
+    a tunnel's is 4 (an IPv4 address), the rest belongs to the next attribute."""
+    mac = msg.get_attr("IFLA_ADDRESS")
+    if mac is None:
+        return None
+    size = int(msg.nla("IFLA_ADDRESS").length) - 4
+    return str(mac) if size >= 6 else ":".join(str(mac).split(":")[:size])
+
+
+def _addr(msg: Any) -> tuple[int, str, int, bool]:
+    ip = msg.get("address") or msg.get("local") or ""
+    return int(msg["index"]), str(ip), int(msg["prefixlen"]), bool(msg["flags"] & IFA_F_SECONDARY)
+
+
+def _parse(cls: Any, buf: bytes, off: int) -> Any:
+    """One pyroute2 message whose body starts at ``off`` (its header 16 bytes before)."""
+    msg = cls(buf, offset=off - 16)
+    msg.decode()
+    return msg
 
 
 def _event(kind: int, buf: bytes, off: int, end: int) -> Event | None:
     """The Event for one notification whose body spans ``off``..``end``, if meshd reads it."""
-    if kind in (RTM_NEWLINK, RTM_DELLINK):
-        ln = decode_link(buf, off, end)
-        return Event(
-            "link", kind == RTM_NEWLINK, index=ln.ifindex, name=ln.name,
-            up=bool(ln.flags & IFF_UP), mtu=ln.mtu, lladdr=ln.mac or "",
-        )
-    if kind in (RTM_NEWADDR, RTM_DELADDR):
-        a = decode_addr(buf, off, end)
-        return Event("addr", kind == RTM_NEWADDR, index=a.ifindex, dst=a.address)
     if kind in (RTM_NEWROUTE, RTM_DELROUTE):
         r = decode_route(buf, off, end)
         if r.family != socket.AF_INET:
@@ -337,4 +539,13 @@ def _event(kind: int, buf: bytes, off: int, end: int) -> Event | None:
             "fdb" if n.family == AF_BRIDGE else "neigh", kind == RTM_NEWNEIGH, index=n.ifindex,
             dst=n.dst, lladdr=n.lladdr, permanent=bool(n.state & NUD_PERMANENT),
         )
+    if kind in (RTM_NEWLINK, RTM_DELLINK):
+        ln = _link_info(_parse(_pyroute2().ifinfmsg, buf, off))
+        return Event(
+            "link", kind == RTM_NEWLINK, index=ln.index, name=ln.name, up=ln.up, mtu=ln.mtu,
+            lladdr=ln.mac or "",
+        )
+    if kind in (RTM_NEWADDR, RTM_DELADDR):
+        index, ip, _, _ = _addr(_parse(_pyroute2().ifaddrmsg, buf, off))
+        return Event("addr", kind == RTM_NEWADDR, index=index, dst=ip)
     return None

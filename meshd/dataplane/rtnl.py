@@ -1,11 +1,11 @@
-"""meshd's NETLINK_ROUTE sockets, with messages from ``rtnl_wire`` (routes, neighbours, FDB:
-struct-packed, ~10 us each where pyroute2 spends ~0.5 ms) and ``rtnl_link`` (devices, addresses).
-netlink.py delegates to ``Rtnl`` and stays the only module the rest of meshd calls; ``Monitor``
-is the second socket its ``events()`` reads, subscribed to multicast groups.
+"""meshd's raw NETLINK_ROUTE sockets for the per-peer objects -- routes, neighbours, FDB entries,
+packed by ``rtnl_wire`` (~10 us each where pyroute2 spends ~0.5 ms) -- and ``Monitor``, the socket
+``netlink.Netlink.events()`` reads, subscribed to multicast groups. netlink.py delegates to
+``Rtnl`` and stays the only module the rest of meshd calls; devices and addresses go through
+pyroute2 there, not here.
 
-Single requests (``call``: a device, an address, a get) wait for their answer and ACK; an error
-becomes a one-line DataplaneError carrying the errno. Requests, dumps and batches on one ``Rtnl``
-take turns (a lock): answers are read back in order.
+Requests, dumps and batches on one ``Rtnl`` take turns (a lock): answers are read back in order.
+Every error becomes a one-line DataplaneError with its ``errno`` (``rtnl_wire.request_error``).
 
 Batches: up to ``window`` requests go out in one ``sendmsg``, each with NLM_F_ACK and its own
 sequence number. The kernel handles the whole datagram inside ``sendmsg`` and queues one ACK per
@@ -59,6 +59,7 @@ from meshd.dataplane.rtnl_wire import (
     frame,
     neigh_dump_request,
     neigh_entry,
+    os_error,
     request_error,
     route_dump_request,
     route_entry,
@@ -67,7 +68,7 @@ from meshd.dataplane.rtnl_wire import (
 from meshd.errors import DataplaneError
 
 T = TypeVar("T")
-_HDR_LEN, _BODY_LEN = 16, 12
+_HDR_LEN = 16
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -205,7 +206,7 @@ class Rtnl:
             try:
                 self.sock.send(data)
             except OSError as exc:
-                raise DataplaneError(f"rtnetlink send: {exc.strerror or exc}") from exc
+                raise os_error("rtnetlink send", exc) from exc
             lost = await self._acks(chunk, seq0, fails)
             if lost:
                 self.lost_acks += lost
@@ -233,7 +234,7 @@ class Rtnl:
                 break
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
-                    raise DataplaneError(f"rtnetlink receive: {exc.strerror or exc}") from exc
+                    raise os_error("rtnetlink receive", exc) from exc
                 overrun = True
                 continue
             off = 0
@@ -279,8 +280,7 @@ class Rtnl:
                 async with self._lock:
                     out, intr = await self._exchange(req, decoder, msg_type)
             except DataplaneError as exc:
-                code = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else None
-                if code == errno.EINVAL and self.strict:
+                if exc.errno == errno.EINVAL and self.strict:
                     self.strict = False
                     with contextlib.suppress(OSError):
                         self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)
@@ -289,19 +289,6 @@ class Rtnl:
             attempt += 1
             if not intr or attempt >= DUMP_RETRIES:
                 return out
-
-    async def call(
-        self,
-        req: Request,
-        decoder: Callable[[bytearray, int, int], T] | None = None,
-        msg_type: int = 0,
-    ) -> list[T]:
-        """One request that is not a dump (it carries NLM_F_ACK): its ``msg_type`` answers,
-        decoded, once the kernel ACKed it. Raises the kernel's error as a one-line
-        DataplaneError, unless its errno is in ``req.ok`` (then the answer is empty)."""
-        async with self._lock:
-            out, _ = await self._exchange(req, decoder, msg_type)
-        return out
 
     async def _exchange(
         self,
@@ -314,7 +301,7 @@ class Rtnl:
         try:
             self.sock.send(frame(req, seq))
         except OSError as exc:
-            raise DataplaneError(f"{req.what}: {exc.strerror or exc}") from exc
+            raise os_error(req.what, exc) from exc
         out: list[T] = []
         intr = False
         filtered = False
@@ -325,7 +312,7 @@ class Rtnl:
             try:
                 size = await self._recv()
             except OSError as exc:
-                raise DataplaneError(f"{req.what}: {exc.strerror or exc}") from exc
+                raise os_error(req.what, exc) from exc
             parts += 1
             off = 0
             while off + _HDR_LEN <= size:
@@ -452,7 +439,7 @@ def open_socket(netns: str | None, make: Callable[[], socket.socket]) -> socket.
             raise DataplaneError(f"network namespace {netns} does not exist")
         return run_in_netns(path, make)
     except OSError as exc:
-        raise DataplaneError(f"open rtnetlink socket{where}: {exc.strerror or exc}") from exc
+        raise os_error(f"open rtnetlink socket{where}", exc) from exc
 
 
 # --- notifications -------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """The rtnetlink wire format of meshd's hot messages: pure ``bytes`` in and out, no socket.
-Also the generic pieces ``rtnl_link`` (devices, addresses) builds on: ``rta`` packs an attribute,
-``attrs`` walks them, ``messages`` splits a datagram, ``frame`` adds the header.
+Also the generic pieces: ``rta`` packs an attribute, ``attrs`` walks them (the one walker every
+decoder here uses), ``messages`` splits a datagram, ``frame`` adds the header, and
+``request_error`` turns a kernel errno into the one-line DataplaneError every netlink error
+becomes.
 
 Routes, neighbours and FDB entries, one each per peer, are the only objects whose count grows with
 the mesh. pyroute2 spends ~0.5 ms of Python per message on them (~35x ``ip -batch``); packed here
-with ``struct`` they cost a few microseconds (../shared/notes/netlink.md). ``rtnl.py`` sends them.
+with ``struct`` they cost a few microseconds (docs/dataplane.md). ``rtnl.py`` sends them. Devices
+and addresses (a handful per pass) go through pyroute2 in netlink.py.
 
 Layout (linux/netlink.h, rtnetlink.h, neighbour.h; host byte order)::
 
@@ -43,7 +46,10 @@ NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200  # flags of an NLMSG_ERROR
 NLMSGERR_ATTR_MSG = 1
-# linux/rtnetlink.h
+# linux/rtnetlink.h (links and addresses: only what the monitor needs to tell them apart)
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
@@ -139,15 +145,22 @@ def errno_name(code: int) -> str:
 
 
 def request_error(what: str, code: int, detail: str = "") -> DataplaneError:
-    """One line: ``<what>: <strerror> (<ENAME>)[: <kernel's extended ACK message>]``. The errno
-    travels as the ``__cause__`` (an OSError), where ``netlink.error_code`` finds it."""
+    """The one translation of a kernel errno into a DataplaneError (netlink.py sends pyroute2's
+    errors and rtnl.py its socket's through it too). One line: ``<what>: <strerror> (<ENAME>)``,
+    then the kernel's extended-ACK message when it says more; the errno as ``err.errno``."""
     text = f"{what}: {os.strerror(code)} ({errno_name(code)})"
     detail = " ".join(detail.split())
     if detail and detail.rstrip(".").lower() != os.strerror(code).lower():
         text += f": {detail}"
-    err = DataplaneError(text)
-    err.__cause__ = OSError(code, os.strerror(code))
-    return err
+    return DataplaneError(text, code)
+
+
+def os_error(what: str, exc: OSError) -> DataplaneError:
+    """A socket's OSError (send, receive, open) as a DataplaneError, through ``request_error``
+    when it carries an errno."""
+    if exc.errno:
+        return request_error(what, exc.errno)
+    return DataplaneError(f"{what}: {exc}")
 
 
 # --- encoding ------------------------------------------------------------------------------------
@@ -297,24 +310,17 @@ def decode_route(buf: bytes | bytearray, off: int, end: int) -> RouteMsg:
     family, plen, _, _, table, proto, scope, rtype, flags = RTMSG.unpack_from(buf, off)
     dst = gateway = ""
     oif = priority = 0
-    unpack_rta, unpack_u32, ntoa = RTA.unpack_from, U32.unpack_from, socket.inet_ntoa
-    a = off + _BODY_LEN
-    while a + 4 <= end:
-        alen, kind = unpack_rta(buf, a)
-        if alen < 4:
-            break
-        kind &= 0x3FFF  # drop NLA_F_NESTED / NLA_F_NET_BYTEORDER
-        if kind == RTA_DST and alen == 8:
-            dst = ntoa(buf[a + 4 : a + 8])
-        elif kind == RTA_GATEWAY and alen == 8:
-            gateway = ntoa(buf[a + 4 : a + 8])
-        elif kind == RTA_OIF:
-            oif = unpack_u32(buf, a + 4)[0]
-        elif kind == RTA_TABLE:
-            table = unpack_u32(buf, a + 4)[0]
-        elif kind == RTA_PRIORITY:
-            priority = unpack_u32(buf, a + 4)[0]
-        a += (alen + 3) & ~3
+    for kind, a, b in attrs(buf, off + _BODY_LEN, end):
+        if kind == RTA_DST and b - a == 4:
+            dst = socket.inet_ntoa(buf[a:b])
+        elif kind == RTA_GATEWAY and b - a == 4:
+            gateway = socket.inet_ntoa(buf[a:b])
+        elif kind == RTA_OIF and b - a == 4:
+            oif = U32.unpack_from(buf, a)[0]
+        elif kind == RTA_TABLE and b - a == 4:
+            table = U32.unpack_from(buf, a)[0]
+        elif kind == RTA_PRIORITY and b - a == 4:
+            priority = U32.unpack_from(buf, a)[0]
     return RouteMsg(
         family, f"{dst or '0.0.0.0'}/{plen}", gateway, oif, flags, proto, table, scope, rtype,
         priority,
@@ -347,19 +353,13 @@ def decode_neigh(buf: bytes | bytearray, off: int, end: int) -> NeighMsg:
     """The neighbour / FDB message whose body (ndmsg) starts at ``off`` and ends at ``end``."""
     family, _, _, ifindex, state, flags, _ = NDMSG.unpack_from(buf, off)
     dst = lladdr = ""
-    a = off + _BODY_LEN
-    while a + 4 <= end:
-        alen, kind = RTA.unpack_from(buf, a)
-        if alen < 4:
-            break
-        kind &= 0x3FFF
-        if kind == NDA_DST and alen == 8:
-            dst = socket.inet_ntoa(buf[a + 4 : a + 8])
-        elif kind == NDA_LLADDR and alen == 10:
-            lladdr = buf[a + 4 : a + 10].hex(":")
-        elif kind == NDA_IFINDEX and family == AF_BRIDGE and not ifindex:
-            ifindex = U32.unpack_from(buf, a + 4)[0]
-        a += (alen + 3) & ~3
+    for kind, a, b in attrs(buf, off + _BODY_LEN, end):
+        if kind == NDA_DST and b - a == 4:
+            dst = socket.inet_ntoa(buf[a:b])
+        elif kind == NDA_LLADDR and b - a == 6:
+            lladdr = buf[a:b].hex(":")
+        elif kind == NDA_IFINDEX and family == AF_BRIDGE and not ifindex and b - a == 4:
+            ifindex = U32.unpack_from(buf, a)[0]
     return NeighMsg(family, ifindex, state, flags, dst, lladdr)
 
 
@@ -380,14 +380,9 @@ def decode_error(buf: bytes | bytearray, off: int, end: int, flags: int) -> tupl
     if flags & NLM_F_ACK_TLVS:
         # After the error: the request's header, and its payload unless capped.
         a = off + 4 + (_HDR_LEN if flags & NLM_F_CAPPED else U32.unpack_from(buf, off + 4)[0])
-        a = (a + 3) & ~3
-        while a + 4 <= end:
-            alen, kind = RTA.unpack_from(buf, a)
-            if alen < 4:
-                break
+        for kind, x, y in attrs(buf, (a + 3) & ~3, end):
             if kind == NLMSGERR_ATTR_MSG:
-                detail = bytes(buf[a + 4 : a + alen]).rstrip(b"\0").decode(errors="replace")
-            a += (alen + 3) & ~3
+                detail = bytes(buf[x:y]).rstrip(b"\0").decode(errors="replace")
     return code, detail
 
 

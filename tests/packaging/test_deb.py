@@ -228,6 +228,17 @@ def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
     source = json.loads(run(sys.executable, "-c", IMPORT_ALL, REPO).stdout)
     assert set(installed) <= set(source), {m: installed[m] for m in set(installed) - set(source)}
 
+    # The daemon's devices and addresses go through the bundled pyroute2 (the pinned one, not
+    # Debian's older python3-pyroute2), imported the lean way netlink.py does.
+    pinned = re.search(r"^pyroute2==(\S+)", (REPO / "packaging/requirements.txt").read_text(),
+                       re.M)
+    assert pinned is not None
+    lean = ("import sys; sys.path.insert(0, '/usr/lib/meshd'); "
+            "from meshd.dataplane import netlink; netlink._pyroute2(); "
+            "import pyroute2; print(pyroute2.__version__, pyroute2.__file__)")
+    version_file = in_root(chroot, "python3", "-I", "-c", lean).stdout.split()
+    assert version_file == [pinned[1], "/usr/lib/meshd/pyroute2/__init__.py"], version_file
+
     # Files and maintainer-script effects.
     for path in ["usr/bin/meshd", "lib/systemd/system/meshd.service", "etc/meshd/meshd.toml",
                  "usr/share/man/man1/meshd.1.gz", "usr/share/doc/meshd/copyright"]:
