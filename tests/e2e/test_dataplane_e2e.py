@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lab import uml
+from meshd.lab import Host, Lab, ns_exec, uml
 from meshd.lab.runner import kernel_supports
-from meshd.lab.topology import Host, Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, states, wait_until
 

@@ -31,8 +31,7 @@ import pytest
 from meshd.config import GossipConfig, build, load_file
 from meshd.control.client import request
 from meshd.errors import ControlError
-from meshd.lab import faults
-from meshd.lab.topology import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
+from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, faults, ns_exec
 
 from .conftest import FAST_GOSSIP, all_alive, keygen, wait_until
 

@@ -42,7 +42,7 @@ from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import ControlError
 from meshd.gossip.messages import Ping, encode, pack_datagram
 from meshd.gossip.security import KEY_ID_LEN, Keyring, Sealer, key_id
-from meshd.lab.topology import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
+from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, wait_until
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lab.topology import leftover_namespaces
+from meshd.lab import leftover_namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks" / "bench_daemons.py"

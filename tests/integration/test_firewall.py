@@ -28,7 +28,7 @@ import pytest
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import DataplaneError
 from meshd.firewall import Firewall
-from meshd.lab.topology import Host, Lab, ns_exec
+from meshd.lab import Host, Lab, ns_exec
 
 T = TypeVar("T")
 VXLAN_PORT = 8472
