@@ -394,7 +394,9 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
         joined = {nm: tails[nm].first(lambda e: e.member == seed.name) for nm in names[1:]}
         if all(v is not None for v in full_at.values()) and n > 1:
             if not _peers_agree(lab, names):
-                log("warning: logs say converged but a `peers` table disagrees")
+                # The logs are the clock, the tables the truth: no convergence time without both.
+                log("  the logs say converged but a `peers` table disagrees")
+                return res
             last_join = max(v for v in joined.values() if v is not None)
             last_full = max(v for v in full_at.values() if v is not None)
             res["convergence_ms"] = (last_full - last_join) * 1000

@@ -15,6 +15,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 PROTO = "109"
 
 
-def ip_json(ns: str, *args: str) -> list[dict[str, object]]:
+def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
     out = ns_exec(None, ["ip", "-n", ns, "-j", *args]).stdout
     return json.loads(out) if out.strip() else []
 

@@ -249,7 +249,7 @@ def test_namespace_taken_during_build_is_not_deleted(
     import meshd.lab.topology as topo
 
     taken = f"{prefix}-h2"
-    real = topo.netns_exists
+    real = netns_exists
     monkeypatch.setattr(topo, "netns_exists", lambda n: False if n == taken else real(n))
     subprocess.run(["ip", "netns", "add", taken], check=True)
     try:
