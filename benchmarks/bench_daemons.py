@@ -4,7 +4,7 @@
         --out benchmarks/results/daemons.jsonl
 
 For each N and run: N `meshd join` daemons (host-gw backend, default = memberlist LAN gossip
-settings, AES-GCM) in a :class:`meshd.lab.topology.Lab`, then the anchor's netns mode (one
+settings, AES-GCM) in a :class:`meshd.lab.Lab`, then the anchor's netns mode (one
 ``mlnode`` per namespace) for the same N. Prints one JSON line per metric, medians over runs:
 
     {"bench": "daemons", "n": 30, "metric": "convergence_ms", "meshd": .., "memberlist": ..,
@@ -95,7 +95,7 @@ import memberlist_anchor  # noqa: E402
 import meshd  # noqa: E402
 from meshd.control.client import request  # noqa: E402
 from meshd.errors import MeshdError  # noqa: E402
-from meshd.lab.topology import Daemon, Lab, cleanup_on_signals  # noqa: E402
+from meshd.lab import Daemon, Lab, cleanup_on_signals  # noqa: E402
 
 BACKEND = "host-gw"
 UDP_IP_HEADER = 28
@@ -394,7 +394,9 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
         joined = {nm: tails[nm].first(lambda e: e.member == seed.name) for nm in names[1:]}
         if all(v is not None for v in full_at.values()) and n > 1:
             if not _peers_agree(lab, names):
-                log("warning: logs say converged but a `peers` table disagrees")
+                # The logs are the clock, the tables the truth: no convergence time without both.
+                log("  the logs say converged but a `peers` table disagrees")
+                return res
             last_join = max(v for v in joined.values() if v is not None)
             last_full = max(v for v in full_at.values() if v is not None)
             res["convergence_ms"] = (last_full - last_join) * 1000

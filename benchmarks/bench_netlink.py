@@ -56,7 +56,7 @@ from meshd.dataplane.model import RTPROT_MESHD, PeerView
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.gossip.record import NodeRecord, vtep_mac_for
-from meshd.lab.topology import Host, Lab
+from meshd.lab import Host, Lab
 
 UNDERLAY = "100.64.0.0/16"  # room for 65k peers on one L2 segment (host-gw needs them on-link)
 NETWORK = "10.0.0.0/8"  # /24 per host: 65k subnets

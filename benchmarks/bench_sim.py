@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_sim.py --out benchmarks/results/sim.jsonl   # ~5-10 min
     .venv/bin/python benchmarks/bench_sim.py --smoke                              # N = 50, seconds
 
-Runs ``meshd.sim`` (the real sans-IO `GossipNode` for every node, one virtual clock, an in-memory
-network with 0.5-2 ms latency and independent per-datagram loss) with the default `GossipConfig`
+Runs ``sim_scenarios.py`` on meshd/sim.py (the real sans-IO `GossipNode` for every node, one
+virtual clock, an in-memory network with 0.5-2 ms latency and independent per-datagram loss) with
+the default `GossipConfig`
 (memberlist's LAN profile: gossip to 3 nodes every 200 ms, probe every 1 s, suspicion mult 4,
 retransmit mult 4). Every node starts converged. By default N = 100 and 1,000 at 0, 10 and 20 %
 loss, and N = 10,000 at 0 % (``--nodes``, ``--loss``, ``--lossy-up-to``), plus the
@@ -68,11 +69,14 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-from meshd import sim
-from meshd.config import GossipConfig
+from meshd.gossip.config import GossipConfig
 from meshd.gossip.security import OVERHEAD as ENVELOPE_BYTES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sim_scenarios  # noqa: E402
 
 IP_UDP_BYTES = 28
 MODEL_RATE = 1.5
@@ -120,13 +124,13 @@ def timeline(n: int, smoke: bool) -> dict[str, int]:
 
 def simulate(n: int, loss: float, seed: int, t: dict[str, int],
              settings: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """One meshd.sim run; its result lines by phase."""
+    """One sim_scenarios run; its result lines by phase."""
     argv = ["--nodes", str(n), "--loss", str(loss), "--seed", str(seed), "--converged"]
     for key, value in t.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     for item in settings:
         argv += ["--set", item]
-    return {rec["phase"]: rec for rec in sim.run(sim.parser().parse_args(argv))}
+    return {rec["phase"]: rec for rec in sim_scenarios.run(sim_scenarios.scenario(argv))}
 
 
 def line(n: int, loss: float, metric: str, meshd: Any, model: Any, unit: str) -> dict[str, Any]:

@@ -32,7 +32,9 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from meshd.errors import LabError
-from meshd.lab.topology import DEFAULT_GOSSIP_PORT, Host, Lab, ns_exec
+from meshd.lab.daemons import DEFAULT_GOSSIP_PORT
+from meshd.lab.namespaces import ns_exec
+from meshd.lab.topology import Host, Topology
 
 TABLE_PREFIX = "meshd_fault_"
 Direction = Literal["in", "out", "both"]
@@ -209,7 +211,7 @@ def _has_table(ns: str, family: str, name: str) -> bool:
 # --------------------------------------------------------------------------- lab-level helpers
 
 
-def split(lab: Lab, *groups: Sequence[Host]) -> None:
+def split(lab: Topology, *groups: Sequence[Host]) -> None:
     """Partition the lab into ``groups``: every host drops its underlay IP and pod subnet
     traffic with every host of the other groups (e.g. ``split(lab, hosts[:2], hosts[2:])``)."""
     for i, group in enumerate(groups):
@@ -221,19 +223,19 @@ def split(lab: Lab, *groups: Sequence[Host]) -> None:
 
 
 def loss_everywhere(
-    lab: Lab, percent: float, proto: str = "udp", dport: int | None = DEFAULT_GOSSIP_PORT
+    lab: Topology, percent: float, proto: str = "udp", dport: int | None = DEFAULT_GOSSIP_PORT
 ) -> None:
     """The same inbound loss on every host of the lab (gossip port by default)."""
     for h in lab.hosts:
         loss(h.ns, percent, proto, dport, "in")
 
 
-def cut(lab: Lab, a: Host, b: Host) -> str:
+def cut(lab: Topology, a: Host, b: Host) -> str:
     """L2 cut between two hosts on the underlay switch."""
     return partition_l2(lab.ul_ns, a.port, b.port)
 
 
-def heal_all(lab: Lab) -> None:
+def heal_all(lab: Topology) -> None:
     """Remove every fault from every namespace of the lab."""
     for ns in [lab.ul_ns, *(h.ns for h in lab.hosts)]:
         heal(ns)

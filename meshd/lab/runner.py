@@ -18,7 +18,7 @@ from pathlib import Path
 from meshd.control import client
 from meshd.control import format as fmt
 from meshd.errors import ControlError, LabError
-from meshd.lab.topology import Lab, cleanup_on_signals, down, format_matrix
+from meshd.lab import Lab, cleanup_on_signals, down, format_matrix
 
 PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
 """Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""

@@ -25,7 +25,10 @@ parallel. ``teardown()`` removes everything this object created, also after a pa
 processes it spawned (and any other process left inside its namespaces), the namespaces (which takes
 every link, route and nft table inside with them) and its scratch directory.
 
-Only stdlib and the ``ip``/``ping`` commands are used, so the module also runs inside the UML guest.
+:class:`Topology` is the network and its lifecycle; the lab's checks (``probes``) and daemons
+(``daemons``) build on it, and :class:`meshd.lab.Lab` is all three.
+
+Only stdlib and the ``ip`` command are used, so the module also runs inside the UML guest.
 """
 
 from __future__ import annotations
@@ -35,37 +38,34 @@ import ipaddress
 import json
 import os
 import re
-import select
-import shlex
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any, Self
 
 from meshd.errors import LabError
+from meshd.lab.namespaces import (
+    Processes,
+    delete_namespaces,
+    kill_pids,
+    leftover_namespaces,
+    netns_exists,
+    netns_pids,
+    ns_exec,
+    start_time,
+)
 
-NETNS_DIR = Path("/run/netns")
 STATE_DIR = Path(os.environ.get("MESHD_LAB_STATE_DIR", "/run/meshd-lab"))
 """Where a kept lab (``keep=True`` / ``detach()``) records its namespaces, processes, workdir."""
-NETTOOL = Path(__file__).with_name("nettool.py")
-DEFAULT_GOSSIP_PORT = 7950
-"""Same as meshd.config.DEFAULT_PORT (not imported: the lab depends on nothing of the daemon)."""
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$|^[a-z]$")
-_PING_MANY_FROM = 10  # hosts; see Lab.ping_matrix
 _MAX_PARALLEL = 16  # concurrent ip/ping processes; beyond this, CPU (not latency) is the limit
-
-
-def _ns_pattern(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}-(ul|rt|h\d+|c\d+)$")
-
+# sh snippet: switch forwarding on, then read an ip batch from stdin (router namespace).
+_FORWARD_THEN_BATCH = "echo 1 > /proc/sys/net/ipv4/ip_forward && exec ip -batch -"
 
 @dataclass(frozen=True)
 class Host:
@@ -89,143 +89,11 @@ class Host:
         return f"{self.underlay_ip}/{self.underlay_prefixlen}"
 
 
-@dataclass
-class Daemon:
-    """A ``meshd join`` process started by :meth:`Lab.start_daemon`."""
 
-    host: Host
-    argv: list[str]
-    workdir: Path
-    log_path: Path
-    socket_path: Path
-    state_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-def netns_exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
-
-
-def ns_argv(ns: str | None, argv: Sequence[str]) -> list[str]:
-    """``argv`` run inside namespace ``ns`` (None: the caller's own namespace)."""
-    return [*argv] if ns is None else ["ip", "netns", "exec", ns, *argv]
-
-
-def ns_exec(
-    ns: str | None,
-    argv: Sequence[str],
-    *,
-    check: bool = True,
-    timeout: float | None = 60.0,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` in ``ns`` and wait; with ``check``, a failure raises LabError naming it."""
-    full = ns_argv(ns, argv)
-    try:
-        res = subprocess.run(
-            full, input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError as exc:
-        raise LabError(f"cannot run {full[0]}: not installed?") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"timed out after {timeout}s: {shlex.join(full)}") from exc
-    if check and res.returncode != 0:
-        err = (res.stderr or res.stdout).strip().splitlines()
-        raise LabError(
-            f"{shlex.join(full)} failed (rc={res.returncode}): {err[-1] if err else 'no output'}"
-        )
-    return res
-
-
-def leftover_namespaces(prefix: str) -> list[str]:
-    """Namespaces named like a lab with ``prefix`` would name them (to assert a clean teardown)."""
-    if not NETNS_DIR.is_dir():
-        return []
-    pat = _ns_pattern(prefix)
-    return sorted(n for n in os.listdir(NETNS_DIR) if pat.match(n))
-
-
-def netns_pids(ns: str) -> list[int]:
-    res = ns_exec(None, ["ip", "netns", "pids", ns], check=False, timeout=10)
-    return [int(x) for x in res.stdout.split() if x.isdigit()]
-
-
-def _kill_pids(pids: Iterable[int], grace: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL what is still there after ``grace`` seconds."""
-    pending = set(pids) - {os.getpid()}
-    for pid in pending:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pending and time.monotonic() < deadline:
-        time.sleep(0.05)
-        pending = {p for p in pending if _pid_alive(p)}
-    for pid in pending:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        # A zombie still "exists" for kill(0); it is dead for our purposes.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot: with the pid, identifies one process for good."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def delete_namespaces(names: Iterable[str]) -> None:
-    """Delete those of ``names`` that exist, in one ``ip -batch`` (``-force``: keep going)."""
-    present = [n for n in names if netns_exists(n)]
-    if present:
-        ns_exec(
-            None,
-            ["ip", "-force", "-batch", "-"],
-            input="".join(f"netns del {n}\n" for n in present),
-            check=False,
-        )
-
-
-def down(prefix: str) -> list[str]:
-    """Remove a lab left running (``keep=True``) or half-built by a crashed run; return the
-    namespaces removed. Only names this module would generate for ``prefix`` are touched, and
-    only processes recorded in its state file or living inside those namespaces are killed."""
-    state_file = STATE_DIR / f"{prefix}.json"
-    workdir: str | None = None
-    if state_file.exists():
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            state = {}
-        # A recorded pid counts only if it is still the same process (same start time).
-        recorded = [int(p) for p, t in state.get("pids", {}).items() if _start_time(int(p)) == t]
-        _kill_pids(recorded)
-        workdir = state.get("workdir")
-    names = leftover_namespaces(prefix)
-    for ns in names:
-        _kill_pids(netns_pids(ns))
-    delete_namespaces(names)
-    if workdir and Path(workdir).name.startswith(f"meshd-lab-{prefix}-"):
-        shutil.rmtree(workdir, ignore_errors=True)
-    state_file.unlink(missing_ok=True)
-    return names
-
-
-class Lab:
+class Topology(Processes):
     """N simulated hosts in network namespaces; a context manager that always cleans up.
 
-    ``with Lab("t1", hosts=3) as lab:`` builds on entry and tears down on exit (unless ``keep``
+    ``with Topology("t1", hosts=3) as t:`` builds on entry and tears down on exit (unless ``keep``
     and no exception: then the lab is detached and left running for ``down(prefix)``).
     """
 
@@ -297,18 +165,17 @@ class Lab:
                     router_ip=self.router_ips[seg - 1] if routed else None,
                 )
             )
+        super().__init__()
         self._own_workdir = workdir is None
         self._workdir: Path | None = Path(workdir) if workdir is not None else None
         self._created: list[str] = []  # namespaces this object may delete
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self.daemons: dict[str, Daemon] = {}
         self._detached = False
         self._port_seq = 0
         self.build_seconds: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self.build()
 
     def __exit__(
@@ -347,7 +214,7 @@ class Lab:
                 return h
         raise LabError(f"no host {name_or_index!r} in lab {self.prefix}")
 
-    def build(self) -> Lab:
+    def build(self) -> Self:
         """Create every namespace and link; on any failure, remove what was made and raise."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces)")
@@ -454,7 +321,7 @@ class Lab:
                 # Anything else living in our namespaces (a child a daemon forked, a tcpdump a
                 # test started through exec) would keep the namespace alive after "netns del".
                 with contextlib.suppress(LabError):
-                    _kill_pids(netns_pids(ns))
+                    kill_pids(netns_pids(ns))
         try:
             delete_namespaces(self._created)
         except LabError as exc:
@@ -470,7 +337,7 @@ class Lab:
     def detach(self) -> Path:
         """Leave the lab running for ``down(prefix)``: record it in a state file and forget it."""
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        pids = {str(p.pid): _start_time(p.pid) for p in self._procs if p.poll() is None}
+        pids = {str(p.pid): start_time(p.pid) for p in self.running()}
         state = {
             "prefix": self.prefix,
             "namespaces": self._created,
@@ -482,221 +349,7 @@ class Lab:
         self._detached = True
         return path
 
-    # ------------------------------------------------------------------ processes
-
-    def exec(
-        self,
-        ns: str | None,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = 60.0,
-        input: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside ``ns`` and wait for it (see :func:`ns_exec`)."""
-        return ns_exec(ns, argv, check=check, timeout=timeout, input=input)
-
-    def spawn(
-        self,
-        ns: str | None,
-        argv: Sequence[str],
-        *,
-        stdout: IO[Any] | int | None = subprocess.DEVNULL,
-        stderr: IO[Any] | int | None = subprocess.STDOUT,
-        env: Mapping[str, str] | None = None,
-        cwd: str | Path | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in ``ns`` in the background; it is killed on teardown.
-
-        ``ip netns exec`` execs the command, so the Popen's pid is the command itself; it leads its
-        own session, so teardown can signal the whole process group it creates.
-        """
-        proc = subprocess.Popen(
-            ns_argv(ns, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        self._procs.append(proc)
-        return proc
-
-    def stop(
-        self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0
-    ) -> int | None:
-        """Signal ``proc``'s process group, wait up to ``timeout`` (then SIGKILL); return its rc."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc in self._procs:
-            self._procs.remove(proc)
-        return proc.returncode
-
-    def stop_processes(self) -> None:
-        """Stop every process :meth:`spawn` started (SIGTERM, then SIGKILL after a grace)."""
-        procs, self._procs = self._procs, []
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for d in self.daemons.values():
-            d.proc = None
-
-    # ------------------------------------------------------------------ checks
-
-    def ping(self, src_ns: str, dst_ip: str, count: int = 1, timeout: float = 2.0) -> bool:
-        """True if ``dst_ip`` answers at least one of ``count`` pings from ``src_ns``."""
-        argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{timeout:g}", dst_ip]
-        res = ns_exec(src_ns, argv, check=False, timeout=count * (timeout + 0.2) + 10)
-        return res.returncode == 0
-
-    def ping_matrix(
-        self, count: int = 1, timeout: float = 2.0, hosts: Sequence[Host] | None = None
-    ) -> dict[tuple[str, str], bool]:
-        """Container-to-container reachability for every ordered pair: (src, dst) name -> ok.
-
-        Small labs run one ``ping`` per pair (~10 ms each here). From 10 hosts on, one
-        ``nettool ping-many`` per source container: N processes instead of N*(N-1), which
-        matters where every exec is slow (20 hosts in the UML guest: ~10 s instead of ~55 s)."""
-        hs = list(hosts or self.hosts)
-        pairs = [(a, b) for a in hs for b in hs if a is not b]
-        if len(hs) < _PING_MANY_FROM and shutil.which("ping") is not None:
-            results = self._parallel(
-                lambda ab: self.ping(ab[0].container_ns, ab[1].container_ip, count, timeout), pairs
-            )
-            return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results, strict=True)}
-
-        def from_host(src: Host) -> dict[str, bool]:
-            targets = [h.container_ip for h in hs if h is not src]
-            res = ns_exec(
-                src.container_ns,
-                _nettool("ping-many", "--targets", ",".join(targets), "--count", count,
-                         "--timeout", float(timeout)),
-                check=False,
-                timeout=count * timeout + 30,
-            )  # fmt: skip
-            try:
-                return {str(k): bool(v) for k, v in json.loads(res.stdout).items()}
-            except (ValueError, AttributeError):
-                return {}
-
-        replies = dict(zip((h.name for h in hs), self._parallel(from_host, hs), strict=True))
-        return {(a.name, b.name): replies[a.name].get(b.container_ip, False) for a, b in pairs}
-
-    def tcp_transfer(
-        self,
-        src_ns: str,
-        dst_ns: str,
-        dst_ip: str,
-        nbytes: int = 4 << 20,
-        *,
-        port: int | None = None,
-        timeout: float = 30.0,
-    ) -> bool:
-        """Send ``nbytes`` random bytes over TCP; True if the receiver's sha256 matches."""
-        port = port or self._next_port()
-        ready = self.workdir / f"tcp-{port}.ready"
-        ready.unlink(missing_ok=True)
-        sink = self.spawn(
-            dst_ns,
-            _nettool("tcp-sink", "--port", port, "--timeout", timeout, "--ready", ready),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            if not _wait_for(ready, 10.0, sink):
-                return False
-            sent = ns_exec(
-                src_ns,
-                _nettool(
-                    "tcp-send",
-                    "--host",
-                    dst_ip,
-                    "--port",
-                    port,
-                    "--bytes",
-                    nbytes,
-                    "--timeout",
-                    timeout,
-                ),
-                check=False,
-                timeout=timeout + 10,
-            )
-            out, _ = sink.communicate(timeout=timeout + 10)
-            got = out.decode().strip()
-            return sent.returncode == 0 and got != "" and got == sent.stdout.strip()
-        except (subprocess.TimeoutExpired, LabError):
-            return False
-        finally:
-            self.stop(sink, signal.SIGKILL)
-            ready.unlink(missing_ok=True)
-
-    def udp_count(
-        self,
-        src_ns: str,
-        dst_ns: str,
-        dst_ip: str,
-        port: int,
-        count: int,
-        *,
-        pps: float = 5000.0,
-        settle: float = 0.3,
-    ) -> int:
-        """Send ``count`` UDP datagrams from ``src_ns``; return how many the sink in ``dst_ns``
-        received (to measure injected loss and partitions). The sink is stopped ``settle``
-        seconds after the sender is done."""
-        tag = f"run{self._next_port()}-"
-        ready = self.workdir / f"udp-{tag}.ready"
-        sink = self.spawn(
-            dst_ns,
-            _nettool(
-                "udp-sink",
-                "--port",
-                port,
-                "--idle",
-                0,
-                "--first",
-                120,
-                "--ready",
-                ready,
-                "--tag",
-                tag,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            if not _wait_for(ready, 10.0, sink):
-                raise LabError(f"udp sink on {dst_ns}:{port} did not start")
-            ns_exec(
-                src_ns,
-                _nettool("udp-send", "--host", dst_ip, "--port", port, "--count", count,
-                         "--pps", pps, "--tag", tag),
-                timeout=count / pps + 30 if pps else 60,
-            )  # fmt: skip
-            time.sleep(settle)
-            sink.send_signal(signal.SIGTERM)
-            out, _ = sink.communicate(timeout=10)
-            return int(out.decode().strip() or 0)
-        finally:
-            self.stop(sink, signal.SIGKILL)
-            ready.unlink(missing_ok=True)
+    # ------------------------------------------------------------------ plumbing
 
     def set_rp_filter(self, mode: int) -> None:
         """Set rp_filter (0 off, 1 strict, 2 loose) on every host, for all/default and every
@@ -705,58 +358,6 @@ class Lab:
             raise LabError(f"rp_filter mode must be 0, 1 or 2, not {mode}")
         script = f"for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo {mode} > $f; done"
         self._parallel(lambda h: ns_exec(h.ns, ["sh", "-c", script]), self.hosts)
-
-    def link_counters(self, ns: str, ifname: str) -> dict[str, int]:
-        """rx_/tx_ bytes, packets, errors, dropped (and the rest of stats64) of one link."""
-        res = ns_exec(None, ["ip", "-n", ns, "-j", "-s", "link", "show", "dev", ifname])
-        stats = json.loads(res.stdout)[0].get("stats64", {})
-        return {
-            f"{direction}_{k}": int(v)
-            for direction in ("rx", "tx")
-            for k, v in stats.get(direction, {}).items()
-            if isinstance(v, int)
-        }
-
-    def capture(
-        self,
-        ns: str,
-        ifname: str,
-        bpf: str,
-        during: Callable[[], object] | None = None,
-        *,
-        count: int = 1,
-        timeout: float = 5.0,
-    ) -> list[str]:
-        """Up to ``count`` packets matching ``bpf`` on ``ifname`` in ``ns``, as tcpdump lines,
-        captured while ``during()`` runs (e.g. a ping): proof that traffic took a given path."""
-        if shutil.which("tcpdump") is None:
-            raise LabError("capturing needs tcpdump (apt-get install tcpdump)")
-        argv = ["tcpdump", "-l", "-n", "-c", str(count), "-i", ifname, *shlex.split(bpf)]
-        proc = self.spawn(ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            # tcpdump says "listening on ..." on stderr once the capture is armed.
-            assert proc.stderr is not None
-            # (after "verbose output suppressed"); raw reads, so a partial line cannot block us.
-            said, deadline = b"", time.monotonic() + timeout
-            while b"listening on" not in said:
-                left = deadline - time.monotonic()
-                ready, _, _ = select.select([proc.stderr], [], [], max(0.0, left))
-                chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
-                if not chunk:
-                    err = said.decode(errors="replace").strip()
-                    raise LabError(f"tcpdump on {ns}/{ifname} did not start: {err}")
-                said += chunk
-            if during is not None:
-                during()
-            try:
-                out, _ = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # Fewer packets than asked for: stop it and keep what it printed.
-                proc.send_signal(signal.SIGINT)
-                out, _ = proc.communicate(timeout=5)
-            return [line for line in out.decode(errors="replace").splitlines() if line]
-        finally:
-            self.stop(proc, signal.SIGKILL)
 
     def add_host_gw_routes(self) -> None:
         """Static host-gw plumbing (route to every peer subnet via its underlay IP, onlink):
@@ -769,101 +370,6 @@ class Lab:
             ]
             if routes:
                 ns_exec(h.ns, ["ip", "-batch", "-"], input=_lines(routes))
-
-    # ------------------------------------------------------------------ daemons
-
-    def daemon_argv(
-        self,
-        host: Host,
-        *,
-        key_file: str | Path,
-        backend: str,
-        seeds: Sequence[str] = (),
-        port: int = DEFAULT_GOSSIP_PORT,
-        workdir: str | Path | None = None,
-        extra_args: Sequence[str] = (),
-    ) -> list[str]:
-        """The ``python -m meshd join ...`` command line for ``host``; state dir and socket live
-        under ``<workdir>/<host name>/``."""
-        hdir = Path(workdir or self.workdir) / host.name
-        return [
-            sys.executable, "-m", "meshd", "join", *seeds,
-            "--name", host.name,
-            "--public-ip", host.underlay_ip,
-            "--iface", "eth0",
-            "--subnet", host.subnet,
-            "--backend", backend,
-            "--port", str(port),
-            "--key-file", str(key_file),
-            "--state-dir", str(hdir / "state"),
-            "--socket", str(hdir / "meshd.sock"),
-            # every host namespace shares the machine's /run: keep each host's file apart
-            "--subnet-env", str(hdir / "subnet.env"),
-            *extra_args,
-        ]  # fmt: skip
-
-    def seeds_for(self, host: Host, port: int = DEFAULT_GOSSIP_PORT) -> list[str]:
-        """The first host is the seed; every other host joins through it."""
-        seed = self.hosts[0]
-        return [] if host is seed else [f"{seed.underlay_ip}:{port}"]
-
-    def start_daemon(
-        self,
-        host: Host,
-        *,
-        key_file: str | Path,
-        backend: str,
-        port: int = DEFAULT_GOSSIP_PORT,
-        seeds: Sequence[str] | None = None,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> Daemon:
-        """Start (or restart, reusing its state dir) the daemon of ``host``; log to
-        ``<workdir>/<host>.log`` (appended, so a restart keeps the earlier run's lines)."""
-        hdir = self.workdir / host.name
-        (hdir / "state").mkdir(parents=True, exist_ok=True)
-        argv = self.daemon_argv(
-            host, key_file=key_file, backend=backend, port=port,
-            seeds=self.seeds_for(host, port) if seeds is None else seeds, extra_args=extra_args,
-        )  # fmt: skip
-        log_path = self.workdir / f"{host.name}.log"
-        penv = dict(os.environ if env is None else env)
-        # "python -m meshd" must find this very package, installed or not.
-        root = str(Path(__file__).resolve().parents[2])
-        penv["PYTHONPATH"] = os.pathsep.join(filter(None, [root, penv.get("PYTHONPATH")]))
-        penv.setdefault("PYTHONUNBUFFERED", "1")
-        with open(log_path, "ab") as log:
-            # cwd: "python -m" puts the working directory first on sys.path, so a caller sitting
-            # in another checkout (a benchmark of a frozen commit) would run that one instead.
-            proc = self.spawn(host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv,
-                              cwd=hdir)
-        d = Daemon(host, argv, hdir, log_path, hdir / "meshd.sock", hdir / "state", proc)
-        self.daemons[host.name] = d
-        return d
-
-    def start_daemons(
-        self,
-        *,
-        key_file: str | Path,
-        backend: str,
-        port: int = DEFAULT_GOSSIP_PORT,
-        extra_args: Sequence[str] = (),
-        hosts: Sequence[Host] | None = None,
-    ) -> list[Daemon]:
-        """One daemon per host (first = seed, the rest join through it)."""
-        return [
-            self.start_daemon(
-                h, key_file=key_file, backend=backend, port=port, extra_args=extra_args
-            )
-            for h in (hosts or self.hosts)
-        ]
-
-    def stop_daemon(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop one daemon (``sig=SIGKILL`` for a crash); ``start_daemon`` restarts it."""
-        d = self.daemons[name]
-        if d.proc is not None:
-            self.stop(d.proc, sig, timeout)
-            d.proc = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -879,75 +385,33 @@ class Lab:
             return list(pool.map(fn, items))
 
 
-# sh snippet: switch forwarding on, then read an ip batch from stdin (router namespace).
-_FORWARD_THEN_BATCH = "echo 1 > /proc/sys/net/ipv4/ip_forward && exec ip -batch -"
-
-
-def _nettool(*args: object) -> list[str]:
-    """nettool.py run by file path with this interpreter (works in the UML guest too)."""
-    # -S: no site import; nettool needs only the standard library (saves ~30 ms per start).
-    return [
-        sys.executable,
-        "-S",
-        str(NETTOOL),
-        *(f"{a:g}" if isinstance(a, float) else str(a) for a in args),
-    ]
+def down(prefix: str) -> list[str]:
+    """Remove a lab left running (``keep=True``) or half-built by a crashed run; return the
+    namespaces removed. Only names this module would generate for ``prefix`` are touched, and
+    only processes recorded in its state file or living inside those namespaces are killed."""
+    state_file = STATE_DIR / f"{prefix}.json"
+    workdir: str | None = None
+    if state_file.exists():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            state = {}
+        # A recorded pid counts only if it is still the same process (same start time).
+        recorded = [int(p) for p, t in state.get("pids", {}).items() if start_time(int(p)) == t]
+        kill_pids(recorded)
+        workdir = state.get("workdir")
+    names = leftover_namespaces(prefix)
+    for ns in names:
+        kill_pids(netns_pids(ns))
+    delete_namespaces(names)
+    if workdir and Path(workdir).name.startswith(f"meshd-lab-{prefix}-"):
+        shutil.rmtree(workdir, ignore_errors=True)
+    state_file.unlink(missing_ok=True)
+    return names
 
 
 def _lines(lines: Iterable[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def _wait_for(path: Path, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    return False
-
-
-@contextlib.contextmanager
-def cleanup_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Within this block SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C, so the
-    ``with Lab(...)`` inside it tears down instead of dying with namespaces left behind.
-    Main thread only (Python delivers signals there)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {s: signal.signal(s, interrupt) for s in signums}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def format_matrix(matrix: Mapping[tuple[str, str], bool], names: Sequence[str]) -> str:
-    """The ping matrix as a table: rows are sources, columns destinations."""
-    width = max(len(n) for n in names) + 1
-    out = [" " * width + "".join(n.rjust(width) for n in names)]
-    for a in names:
-        cells = ["-" if a == b else ("ok" if matrix.get((a, b)) else "FAIL") for b in names]
-        out.append(a.ljust(width) + "".join(c.rjust(width) for c in cells))
-    return "\n".join(out)
-
-
-__all__ = [
-    "DEFAULT_GOSSIP_PORT",
-    "Daemon",
-    "Host",
-    "Lab",
-    "cleanup_on_signals",
-    "delete_namespaces",
-    "down",
-    "format_matrix",
-    "leftover_namespaces",
-    "netns_exists",
-    "netns_pids",
-    "ns_argv",
-    "ns_exec",
-]
+__all__ = ["STATE_DIR", "Host", "Topology", "down"]

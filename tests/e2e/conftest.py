@@ -1,4 +1,4 @@
-"""Real `meshd join` daemons in network namespaces built by meshd.lab.topology (the same module
+"""Real `meshd join` daemons in network namespaces built by meshd.lab.Lab (the same class
 `meshd lab` uses). Every lab is torn down even when a test fails."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshd.lab.topology import Daemon, Lab
+from meshd.lab import Daemon, Lab
 
 # Fast but realistic timers: the protocol is identical, only the clock is scaled. reap_after
 # must exceed the time a killed daemon takes to come back (seconds inside the user-mode-linux

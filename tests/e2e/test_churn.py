@@ -39,7 +39,7 @@ import pytest
 from meshd.config import build, load_file
 from meshd.control.client import request
 from meshd.errors import ControlError
-from meshd.lab.topology import Daemon, Host, Lab, ns_exec
+from meshd.lab import Daemon, Host, Lab, ns_exec
 
 from .conftest import keygen
 

@@ -15,12 +15,12 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from meshd.lab import uml
+from meshd.lab import Host, Lab, ns_exec, uml
 from meshd.lab.runner import kernel_supports
-from meshd.lab.topology import Host, Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, states, wait_until
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 PROTO = "109"
 
 
-def ip_json(ns: str, *args: str) -> list[dict[str, object]]:
+def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
     out = ns_exec(None, ["ip", "-n", ns, "-j", *args]).stdout
     return json.loads(out) if out.strip() else []
 

@@ -31,8 +31,7 @@ import pytest
 from meshd.config import GossipConfig, build, load_file
 from meshd.control.client import request
 from meshd.errors import ControlError
-from meshd.lab import faults
-from meshd.lab.topology import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
+from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, faults, ns_exec
 
 from .conftest import FAST_GOSSIP, all_alive, keygen, wait_until
 
@@ -149,7 +148,7 @@ def test_crash_then_lossy_minute(make_lab: Callable[..., Lab], tmp_path: Path) -
             for name, row in rows.items():
                 seen[(d.host.name, name, row["state"])] += 1
         polls += 1
-        time.sleep(0.5)
+        time.sleep(0.5)  # the sampling period of a claim over the whole minute, not a deadline
     dropped = sum(faults.dropped(h.ns) for h in lab.hosts)
     faults.heal_all(lab)
     deaths = {k: v for k, v in seen.items() if k[2] in ("dead", "left")}
@@ -233,11 +232,12 @@ def test_send_error_keeps_daemon_alive(
     wait_until(all_alive(lab, names), 60, "3 daemons alive", lab)
     h1 = lab.hosts[0]
     faults.loss(h1.ns, 30, "udp", DEFAULT_GOSSIP_PORT, "out")
-    wait_until(lambda: faults.dropped(h1.ns) >= 1, 30, "one of h1's sends refused", lab)
-    time.sleep(10 * gossip_config(fast_config).probe_interval)  # more probes, more refusals
-    faults.heal_all(lab)
     d = lab.daemons["h1"]
+    # Many refusals, each counted as what it is, while the daemon keeps answering.
+    wait_until(lambda: counters(d).get("send_error", 0) >= 10, 30, "h1 to count 10 refused sends",
+               lab)
+    assert faults.dropped(h1.ns) >= 10
+    faults.heal_all(lab)
     assert table(d), "h1 stopped answering after refused sends: " + _why(d)
     assert d.alive()
-    assert counters(d).get("send_error", 0) > 0  # counted as what it is
     wait_until(all_alive(lab, names), 30, "everyone alive after the heal", lab)

@@ -5,7 +5,9 @@
   refusal), sent from a namespace outside the mesh, leave the daemon alive and every peers table
   as it was; ``status --json`` counts every drop reason;
 * replay: a genuine datagram sniffed off the wire (AF_PACKET) and re-sent, byte for byte with the
-  original sender's addresses, is rejected as a replay and changes nothing;
+  original sender's addresses, is rejected as a replay and changes nothing; sent to another
+  member it changes nothing either, but only the core refuses it there (the envelope does not
+  bind the recipient: issue 12, an expected failure until then);
 * subnet hijack: a newcomer claiming a live member's subnet loses on every node (the oldest
   claim holds, whatever the node ids: the newcomer's is pinned above and below the incumbent's),
   is flagged conflicted, gets no route, and traffic to the incumbent's container keeps working;
@@ -40,9 +42,9 @@ from meshd.control.client import request
 from meshd.control.server import ControlServer
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import ControlError
-from meshd.gossip.messages import Ping, encode, pack_datagram
-from meshd.gossip.security import KEY_ID_LEN, Keyring, Sealer, key_id
-from meshd.lab.topology import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
+from meshd.gossip.messages import DecodeError, Ping, decode, encode, pack_datagram
+from meshd.gossip.security import KEY_ID_LEN, Keyring, OpenError, Sealer, key_id
+from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, wait_until
 
@@ -247,8 +249,10 @@ def test_junk_leaves_daemon_and_table_unchanged(
 # ------------------------------------------------------------------------------- replay
 
 
-def sniff(ns: str, ifname: str, src_ip: str, dport: int, timeout: float = 15.0) -> bytes:
-    """The first IPv4/UDP frame from ``src_ip`` to ``dport`` seen on ``ifname`` in ``ns``."""
+def sniff(ns: str, ifname: str, src_ip: str, dport: int, want: Callable[[bytes], bool],
+          timeout: float = 15.0) -> bytes:
+    """The first IPv4/UDP frame from ``src_ip`` to ``dport`` seen on ``ifname`` in ``ns`` whose
+    UDP payload satisfies ``want``."""
 
     def run() -> bytes:
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)) as s:
@@ -263,17 +267,51 @@ def sniff(ns: str, ifname: str, src_ip: str, dport: int, timeout: float = 15.0) 
                 ihl = (ip[0] & 0x0F) * 4
                 if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != src_ip:
                     continue
-                if struct.unpack("!H", ip[ihl + 2: ihl + 4])[0] == dport:
+                if struct.unpack("!H", ip[ihl + 2: ihl + 4])[0] == dport and want(ip[ihl + 8:]):
                     return frame
         raise AssertionError(f"no datagram from {src_ip} to port {dport} on {ns}/{ifname}")
 
     return in_ns(ns, run)
 
 
+def ping_for(key_file: Path, target: str) -> Callable[[bytes], bool]:
+    """Whether a sealed datagram carries a ping for ``target``: a datagram with a known effect
+    on any other member (the core drops it there as ``drop.wrong_target``)."""
+    sealer = sealer_for(key_file)
+
+    def check(datagram: bytes) -> bool:
+        try:
+            msgs = decode(sealer.open(datagram, time.time()))
+        except (OpenError, DecodeError):
+            return False
+        return any(isinstance(x, Ping) and x.target == target for x in msgs)
+
+    return check
+
+
+def udp_payload(frame: bytes) -> bytes:
+    ihl = (frame[14] & 0x0F) * 4
+    return frame[14 + ihl + 8:]
+
+
+def drops(c: dict[str, int]) -> int:
+    return sum(v for k, v in c.items() if k.startswith("drop."))
+
+
+def send_from(ns: str, payload: bytes, dst: tuple[str, int]) -> None:
+    """One UDP datagram from namespace ``ns`` (an ephemeral port of the host's address)."""
+
+    def run() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(payload, dst)
+
+    in_ns(ns, run)
+
+
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total >> 16) + (total & 0xFFFF)
     return ~total & 0xFFFF
@@ -310,15 +348,14 @@ def test_sniffed_datagram_replayed_is_rejected(
     start_mesh(lab, key, steady_config, "host-gw", lab.hosts)
     h1, h2, h3 = lab.hosts
     d1, d3 = lab.daemons["h1"], lab.daemons["h3"]
-    frame = sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT)
+    frame = sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1"))
+    payload = udp_payload(frame)
     # The envelope opens with our key (it is genuine), and is still within the replay window.
-    ihl = (frame[14] & 0x0F) * 4
-    payload = frame[14 + ihl + 8:]
     assert sealer_for(key).open(payload, time.time())
-    time.sleep(2.0)  # "later": the original was long accepted
 
     before = {n: snapshot(lab.daemons[n]) for n in ("h1", "h2", "h3")}
     c0 = counters(d1)
+    # The copy queues behind the original in h1's socket: h1 always handles the original first.
     inject(h2.ns, "eth0", fix_udp_checksum(frame))  # h2's own MAC, IP and port, as on the wire
     wait_until(lambda: counters(d1).get("drop.replay", 0) > c0.get("drop.replay", 0), 10,
                "h1 to count the replay", lab)
@@ -326,21 +363,35 @@ def test_sniffed_datagram_replayed_is_rejected(
     assert c1.get("drop.replay", 0) - c0.get("drop.replay", 0) == 1
     assert c1.get("drop.stale", 0) == c0.get("drop.stale", 0)
     # The same bytes sent to another member: the nonce cache is per node, so only the timestamp
-    # bound and the incarnation rules stand between it and h3; it must change nothing there.
+    # bound and the core's own rules stand between it and h3 (the ping names h1, not h3); it
+    # must change nothing there. A steady mesh drops nothing else, so a new drop is this one.
     c3 = counters(d3)
-    def resend() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(payload, (h3.underlay_ip, DEFAULT_GOSSIP_PORT))
-
-    in_ns(h2.ns, resend)
-    wait_until(lambda: counters(d3).get("in", 0) > c3.get("in", 0), 10, "h3 to receive it", lab)
-    time.sleep(0.5)
+    send_from(h2.ns, payload, (h3.underlay_ip, DEFAULT_GOSSIP_PORT))
+    wait_until(lambda: drops(counters(d3)) > drops(c3), 10, "h3 to drop the copy", lab)
+    assert drops(counters(d3)) - drops(c3) == 1
     for n, snap in before.items():
         assert snapshot(lab.daemons[n]) == snap, f"{n}'s table changed after the replay"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12: envelope does not bind the recipient")
+def test_datagram_for_one_member_is_refused_by_the_envelope_of_another(
+    make_lab: Callable[..., Lab], tmp_path: Path, steady_config: Path
+) -> None:
+    lab = make_lab("hreplay2", 3)
+    key = keygen(tmp_path / "key")
+    start_mesh(lab, key, steady_config, "host-gw", lab.hosts)
+    h1, h2, h3 = lab.hosts
+    d3 = lab.daemons["h3"]
+    payload = udp_payload(sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT,
+                                ping_for(key, "h1")))
+    c3 = counters(d3)
+    send_from(h2.ns, payload, (h3.underlay_ip, DEFAULT_GOSSIP_PORT))
+    wait_until(lambda: drops(counters(d3)) > drops(c3), 10, "h3 to drop the copy", lab)
     c3b = counters(d3)
-    accepted = c3b.get("payload_in", 0) > c3.get("payload_in", 0) and (
-        c3b.get("drop.replay", 0) == c3.get("drop.replay", 0))
-    print(f"cross-member replay to h3: {'accepted by the envelope' if accepted else 'dropped'}")
+    assert drops(c3b) - drops(c3) == 1
+    # Sealed for h1, it must not open at h3: dropped by the envelope, never seen by the core
+    # (today the core sees it and drops the ping for naming h1: drop.wrong_target).
+    assert c3b.get("drop.wrong_target", 0) == c3.get("drop.wrong_target", 0), c3b
 
 
 # ------------------------------------------------------------------------------- hijack

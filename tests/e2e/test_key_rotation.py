@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshd.gossip.security import Keyring
-from meshd.lab.topology import Lab
+from meshd.lab import Lab
 
 from .conftest import all_alive, cli, keygen, states, wait_until
 

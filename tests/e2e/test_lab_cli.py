@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from meshd.lab import leftover_namespaces
 from meshd.lab.runner import kernel_supports
-from meshd.lab.topology import leftover_namespaces
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 PREFIX = f"tl{os.getpid() % 100000}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lab.topology import Lab, ns_exec
+from meshd.lab import Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, peers, states, wait_until
 

@@ -1,4 +1,4 @@
-"""Real-kernel fixtures for the integration tests: hosts come from ``meshd.lab.topology.Lab``,
+"""Real-kernel fixtures for the integration tests: hosts come from ``meshd.lab.Lab``,
 the project's one way to build a lab, and are torn down even when a test fails.
 
 ``lab(n)`` builds Lab's flat topology (see its docstring: ``<p>-ul`` with bridge ``ulbr``; host
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshd.lab.topology import Lab, leftover_namespaces
+from meshd.lab import Lab, leftover_namespaces
 
 UPSTREAM = "10.99.0.254"
 

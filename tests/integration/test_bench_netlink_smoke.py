@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lab.topology import leftover_namespaces
+from meshd.lab import leftover_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_netlink.py"

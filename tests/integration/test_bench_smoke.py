@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lab.topology import leftover_namespaces
+from meshd.lab import leftover_namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks" / "bench_daemons.py"
@@ -37,15 +37,24 @@ def test_bench_daemons_smoke(tmp_path: Path) -> None:
         assert rec["bench"] == "daemons"
         assert rec["memberlist"] is None and rec["ratio"] is None
     metrics = {r["metric"]: r for r in lines if r["n"] == 3}
-    for m in (*TIMED, "rss_mib", "idle_bytes_per_node_s", "idle_datagrams_per_node_s",
-              "idle_kernel_ip_bytes_per_node_s"):
-        # Convergence after the last join can be 0 at the logs' 1 ms resolution: the last joiner
-        # gets the whole table in the seed's answer, and eager gossip told the rest already.
-        low = 0.0 if m == "convergence_ms" else 1e-9
-        assert isinstance(metrics[m]["meshd"], float) and metrics[m]["meshd"] >= low, metrics[m]
+    for m in (*TIMED, "convergence_from_launch_ms", "rss_mib", "idle_bytes_per_node_s",
+              "idle_datagrams_per_node_s", "idle_kernel_ip_bytes_per_node_s", "idle_cpu_pct"):
+        assert isinstance(metrics[m]["meshd"], float), metrics[m]
         assert metrics[m]["memberlist_note"] == "skipped (--no-anchor)"
-    # A 3 s window of 10 ms clock ticks: an idle daemon may well show 0.
-    assert metrics["idle_cpu_pct"]["meshd"] >= 0
+    # The bench reports convergence only once every `peers` table holds all 3 (it checks each
+    # daemon's table after the logs say so): the converged state itself, not just the clock.
+    assert "converged" in res.stderr and "disagrees" not in res.stderr, res.stderr[-3000:]
+    # Convergence after the last join can be 0 at the logs' 1 ms resolution (the last joiner
+    # gets the whole table in the seed's answer); from the launch it takes at least the
+    # daemons' start-up, and at N = 3 on a LAN well under the 240 s timeout.
+    launch = metrics["convergence_from_launch_ms"]["meshd"]
+    assert 10 < launch < 60_000, launch
+    assert metrics["convergence_ms"]["meshd"] <= launch
+    for m in ("dissemination_ms", "failure_ms", "leave_ms"):
+        assert 0 < metrics[m]["meshd"] < 60_000, metrics[m]
+    # CPU from the scheduler's ns run time (not 10 ms ticks): an idle daemon probing once a
+    # second uses some, and far less than a core.
+    assert 0 < metrics["idle_cpu_pct"]["meshd"] < 50
     # Dissemination comes from the `update` command and concurrent `peers` polls.
     assert metrics["dissemination_first_ms"]["meshd"] <= metrics["dissemination_ms"]["meshd"]
     assert 0 < metrics["dissemination_resolution_ms"]["meshd"] < 1000

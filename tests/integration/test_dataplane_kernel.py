@@ -30,9 +30,8 @@ from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord, vtep_mac_for
-from meshd.lab import uml
+from meshd.lab import Host, Lab, uml
 from meshd.lab.runner import kernel_supports
-from meshd.lab.topology import Host, Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 T = TypeVar("T")

@@ -28,7 +28,7 @@ import pytest
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import DataplaneError
-from meshd.lab.topology import Host, Lab, ns_exec
+from meshd.lab import Host, Lab, ns_exec
 
 T = TypeVar("T")
 VXLAN_PORT = 8472
@@ -80,7 +80,7 @@ def _csum(data: bytes) -> int:
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s >> 16) + (s & 0xFFFF)
     s += s >> 16
-    return ~s & 0xFFFF
+    return int(~s & 0xFFFF)
 
 
 def vxlan_frame(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, dport: int,
@@ -181,7 +181,10 @@ def test_filter_drops_non_members(lab: Callable[[int], Lab]) -> None:
     assert not run(fw.apply([h3.underlay_ip, h2.underlay_ip]))
     assert run(fw.apply({h2.underlay_ip, h3.underlay_ip}, force=True))
     again = ns_exec(h1.ns, ["nft", "list", "table", "inet", "meshd"]).stdout
-    strip = lambda s: [ln for ln in s.splitlines() if "packets" not in ln]  # noqa: E731
+
+    def strip(s: str) -> list[str]:
+        return [ln for ln in s.splitlines() if "packets" not in ln]
+
     assert strip(again) == strip(listing)
     assert again.count("counter name") == 2  # no rule stacked up
 

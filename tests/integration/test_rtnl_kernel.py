@@ -30,7 +30,7 @@ from meshd.dataplane.rtnl_wire import FdbEntry, NeighEntry, RouteEntry
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import DataplaneError
 from meshd.gossip.record import NodeRecord
-from meshd.lab.topology import Lab
+from meshd.lab import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 PROTO = 109

@@ -37,8 +37,8 @@ from meshd.dataplane.rtnl import Monitor
 from meshd.dataplane.rtnl_wire import RouteEntry
 from meshd.errors import DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
+from meshd.lab import Host, Lab
 from meshd.lab.runner import kernel_supports
-from meshd.lab.topology import Host, Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 VXLAN = (("vxlan_id", 42), ("vxlan_local", "10.99.0.1"), ("vxlan_port", 4789),

@@ -11,22 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from meshd.errors import LabError
-from meshd.lab import faults
-from meshd.lab.topology import (
-    DEFAULT_GOSSIP_PORT,
-    Lab,
-    down,
-    format_matrix,
-    leftover_namespaces,
-    netns_exists,
-)
+from meshd.lab import DEFAULT_GOSSIP_PORT, Lab, down, faults, format_matrix, leftover_namespaces
+from meshd.lab.namespaces import netns_exists
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
@@ -257,7 +249,7 @@ def test_namespace_taken_during_build_is_not_deleted(
     import meshd.lab.topology as topo
 
     taken = f"{prefix}-h2"
-    real = topo.netns_exists
+    real = netns_exists
     monkeypatch.setattr(topo, "netns_exists", lambda n: False if n == taken else real(n))
     subprocess.run(["ip", "netns", "add", taken], check=True)
     try:
@@ -312,7 +304,7 @@ def test_start_daemons_spawns_and_teardown_stops(prefix: str) -> None:
         daemons = lab.start_daemons(key_file=key, backend="host-gw")
         assert [d.host.name for d in daemons] == ["h1", "h2"]
         assert daemons[1].argv[4] == f"{lab.hosts[0].underlay_ip}:{DEFAULT_GOSSIP_PORT}"
-        time.sleep(0.2)
+        # start_daemon opens the log before it spawns: no waiting needed.
         assert all(d.log_path.exists() for d in daemons)
         lab.stop_daemon("h2", signal.SIGKILL)
         assert lab.daemons["h2"].proc is None
@@ -342,11 +334,11 @@ def test_sigterm_tears_the_lab_down(prefix: str) -> None:
     # A separate process, as `meshd lab` would be, killed politely mid-run.
     code = f"""
 import sys, time
-from meshd.lab.topology import Lab, cleanup_on_signals
+from meshd.lab import Lab, cleanup_on_signals
 with cleanup_on_signals(), Lab({prefix!r}, hosts=2) as lab:
     lab.spawn(lab.hosts[0].ns, ["sleep", "300"])
     print("up", flush=True)
-    time.sleep(60)
+    time.sleep(60)  # parked: the test's SIGTERM ends this long before
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])  # fmt: skip

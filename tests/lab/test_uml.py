@@ -117,7 +117,7 @@ def test_two_host_ipip_lab_inside_guest() -> None:
     # The project's own topology module, run by this very interpreter inside the guest.
     code = textwrap.dedent(
         """
-        from meshd.lab.topology import Lab, format_matrix
+        from meshd.lab import Lab, format_matrix
         with Lab("uip", hosts=2) as lab:
             for h in lab.hosts:
                 net = h.subnet.split("/")[0]

@@ -38,6 +38,7 @@ def test_serves_metrics_over_http() -> None:
         srv = MetricsServer("127.0.0.1:0", lambda: [Family("up", "gauge", "Up.").add(1)])
         await srv.start()
         assert srv._server is not None
+        assert isinstance(srv._server, asyncio.Server)
         port = srv._server.sockets[0].getsockname()[1]
 
         async def get(path: str) -> bytes:

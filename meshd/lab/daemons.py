@@ -1,0 +1,146 @@
+"""meshd daemons inside a lab's hosts: their command line, start, restart and stop.
+
+The lab depends on nothing of the daemon: it runs ``python -m meshd join`` as a process, so a
+test sees exactly what an operator would run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from meshd.lab.topology import Host, Topology
+
+DEFAULT_GOSSIP_PORT = 7950
+"""Same as meshd.config.DEFAULT_PORT (not imported: the lab depends on nothing of the daemon)."""
+
+@dataclass
+class Daemon:
+    """A ``meshd join`` process started by :meth:`Lab.start_daemon`."""
+
+    host: Host
+    argv: list[str]
+    workdir: Path
+    log_path: Path
+    socket_path: Path
+    state_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Daemons(Topology):
+    """Starting and stopping one daemon per host (mixed into :class:`meshd.lab.Lab`)."""
+
+    @cached_property
+    def daemons(self) -> dict[str, Daemon]:
+        """Every daemon started so far, by host name (a stopped one keeps its entry)."""
+        return {}
+
+    def daemon_argv(
+        self,
+        host: Host,
+        *,
+        key_file: str | Path,
+        backend: str,
+        seeds: Sequence[str] = (),
+        port: int = DEFAULT_GOSSIP_PORT,
+        workdir: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> list[str]:
+        """The ``python -m meshd join ...`` command line for ``host``; state dir and socket live
+        under ``<workdir>/<host name>/``."""
+        hdir = Path(workdir or self.workdir) / host.name
+        return [
+            sys.executable, "-m", "meshd", "join", *seeds,
+            "--name", host.name,
+            "--public-ip", host.underlay_ip,
+            "--iface", "eth0",
+            "--subnet", host.subnet,
+            "--backend", backend,
+            "--port", str(port),
+            "--key-file", str(key_file),
+            "--state-dir", str(hdir / "state"),
+            "--socket", str(hdir / "meshd.sock"),
+            # every host namespace shares the machine's /run: keep each host's file apart
+            "--subnet-env", str(hdir / "subnet.env"),
+            *extra_args,
+        ]  # fmt: skip
+
+    def seeds_for(self, host: Host, port: int = DEFAULT_GOSSIP_PORT) -> list[str]:
+        """The first host is the seed; every other host joins through it."""
+        seed = self.hosts[0]
+        return [] if host is seed else [f"{seed.underlay_ip}:{port}"]
+
+    def start_daemon(
+        self,
+        host: Host,
+        *,
+        key_file: str | Path,
+        backend: str,
+        port: int = DEFAULT_GOSSIP_PORT,
+        seeds: Sequence[str] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Daemon:
+        """Start (or restart, reusing its state dir) the daemon of ``host``; log to
+        ``<workdir>/<host>.log`` (appended, so a restart keeps the earlier run's lines)."""
+        hdir = self.workdir / host.name
+        (hdir / "state").mkdir(parents=True, exist_ok=True)
+        argv = self.daemon_argv(
+            host, key_file=key_file, backend=backend, port=port,
+            seeds=self.seeds_for(host, port) if seeds is None else seeds, extra_args=extra_args,
+        )  # fmt: skip
+        log_path = self.workdir / f"{host.name}.log"
+        penv = dict(os.environ if env is None else env)
+        # "python -m meshd" must find this very package, installed or not.
+        root = str(Path(__file__).resolve().parents[2])
+        penv["PYTHONPATH"] = os.pathsep.join(filter(None, [root, penv.get("PYTHONPATH")]))
+        penv.setdefault("PYTHONUNBUFFERED", "1")
+        with open(log_path, "ab") as log:
+            # cwd: "python -m" puts the working directory first on sys.path, so a caller sitting
+            # in another checkout (a benchmark of a frozen commit) would run that one instead.
+            proc = self.spawn(host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv,
+                              cwd=hdir)
+        d = Daemon(host, argv, hdir, log_path, hdir / "meshd.sock", hdir / "state", proc)
+        self.daemons[host.name] = d
+        return d
+
+    def start_daemons(
+        self,
+        *,
+        key_file: str | Path,
+        backend: str,
+        port: int = DEFAULT_GOSSIP_PORT,
+        extra_args: Sequence[str] = (),
+        hosts: Sequence[Host] | None = None,
+    ) -> list[Daemon]:
+        """One daemon per host (first = seed, the rest join through it)."""
+        return [
+            self.start_daemon(
+                h, key_file=key_file, backend=backend, port=port, extra_args=extra_args
+            )
+            for h in (hosts or self.hosts)
+        ]
+
+    def stop_daemon(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop one daemon (``sig=SIGKILL`` for a crash); ``start_daemon`` restarts it."""
+        d = self.daemons[name]
+        if d.proc is not None:
+            self.stop(d.proc, sig, timeout)
+            d.proc = None
+
+    def stop_processes(self) -> None:
+        super().stop_processes()
+        for d in self.daemons.values():
+            d.proc = None
+
+
+__all__ = ["DEFAULT_GOSSIP_PORT", "Daemon", "Daemons"]
