@@ -100,18 +100,32 @@ from meshd.lab import Daemon, Lab, cleanup_on_signals  # noqa: E402
 BACKEND = "host-gw"
 UDP_IP_HEADER = 28
 UP = ("alive", "suspect")
-STATE_OF = {"join": "alive", "alive": "alive", "update": "alive", "suspect": "suspect",
-            "dead": "dead", "left": "left"}
+STATE_OF = {
+    "join": "alive",
+    "alive": "alive",
+    "update": "alive",
+    "suspect": "suspect",
+    "dead": "dead",
+    "left": "left",
+}
 # "2026-11-26 22:41:31,594 INFO meshd: member h1 (10.99.0.1 10.244.1.0/24): join"
 EVENT_RE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO meshd: member (\S+) \((\S+) (\S+)\): (\w+)$"
 )
 UNITS = {
-    "convergence_ms": "ms", "convergence_from_launch_ms": "ms", "dissemination_ms": "ms",
-    "dissemination_first_ms": "ms", "dissemination_resolution_ms": "ms",
-    "dissemination_poll_daemon_cores": "cores", "dissemination_poll_client_cores": "cores",
-    "failure_ms": "ms", "leave_ms": "ms", "idle_cpu_pct": "% of one core", "rss_mib": "MiB",
-    "idle_bytes_per_node_s": "B/node/s", "idle_datagrams_per_node_s": "datagrams/node/s",
+    "convergence_ms": "ms",
+    "convergence_from_launch_ms": "ms",
+    "dissemination_ms": "ms",
+    "dissemination_first_ms": "ms",
+    "dissemination_resolution_ms": "ms",
+    "dissemination_poll_daemon_cores": "cores",
+    "dissemination_poll_client_cores": "cores",
+    "failure_ms": "ms",
+    "leave_ms": "ms",
+    "idle_cpu_pct": "% of one core",
+    "rss_mib": "MiB",
+    "idle_bytes_per_node_s": "B/node/s",
+    "idle_datagrams_per_node_s": "datagrams/node/s",
     "idle_kernel_ip_bytes_per_node_s": "B/node/s",
     "idle_kernel_udp_datagrams_per_node_s": "datagrams/node/s",
 }
@@ -137,12 +151,16 @@ def source_info() -> dict[str, Any]:
     if note.exists():  # a frozen copy says what it is a copy of
         info["git"] = note.read_text().strip()
     elif (SRC / ".git").exists():
+
         def git(*a: str) -> str:
-            return subprocess.run(["git", "-C", str(SRC), *a], capture_output=True, text=True,
-                                  check=False).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(SRC), *a], capture_output=True, text=True, check=False
+            ).stdout.strip()
+
         dirty = git("status", "--porcelain", "--", "meshd")
-        info["git"] = git("rev-parse", "--short", "HEAD") + (" + uncommitted meshd/ changes"
-                                                             if dirty else "")
+        info["git"] = git("rev-parse", "--short", "HEAD") + (
+            " + uncommitted meshd/ changes" if dirty else ""
+        )
     return info
 
 
@@ -197,8 +215,12 @@ class LogTail:
         return None
 
 
-def wait_logs(tails: dict[str, LogTail], done: Callable[[LogTail], float | None],
-              timeout: float, period: float = 0.05) -> dict[str, float | None]:
+def wait_logs(
+    tails: dict[str, LogTail],
+    done: Callable[[LogTail], float | None],
+    timeout: float,
+    period: float = 0.05,
+) -> dict[str, float | None]:
     """Poll the logs until ``done`` gives a time for every node (or the timeout)."""
     deadline = time.monotonic() + timeout
     got: dict[str, float | None] = dict.fromkeys(tails)
@@ -260,11 +282,16 @@ def snapshot(d: Daemon) -> dict[str, Any]:
     assert d.proc is not None
     pid = d.proc.pid
     st = request(d.socket_path, "status", timeout=30)
-    snap: dict[str, Any] = {"t": time.monotonic(), "cpu": proc_cpu_s(pid),
-                            "rss": proc_rss_kib(pid), **net_counters(pid)}
+    snap: dict[str, Any] = {
+        "t": time.monotonic(),
+        "cpu": proc_cpu_s(pid),
+        "rss": proc_rss_kib(pid),
+        **net_counters(pid),
+    }
     c = st["counters"]
-    snap.update(out=c.get("out", 0), out_bytes=c.get("out_bytes", 0),
-                push_pull=c.get("msg.push_pull", 0))
+    snap.update(
+        out=c.get("out", 0), out_bytes=c.get("out_bytes", 0), push_pull=c.get("msg.push_pull", 0)
+    )
     return snap
 
 
@@ -316,8 +343,9 @@ class _Poller(threading.Thread):
         return None
 
 
-def measure_update(socks: dict[str, Path], member: str, period: float,
-                   timeout: float) -> tuple[float, dict[str, tuple[float, float] | None]]:
+def measure_update(
+    socks: dict[str, Path], member: str, period: float, timeout: float
+) -> tuple[float, dict[str, tuple[float, float] | None]]:
     """``update`` on ``member``; returns its "at" and, per other node, when it saw the new
     incarnation (estimate, ± uncertainty), from concurrent ``peers`` polls every ``period``."""
     deadline = time.time() + timeout
@@ -348,15 +376,28 @@ def _median(xs: Sequence[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: float,
-              prefix: str, poll: float = 0.015) -> dict[str, float | None]:
+def run_meshd(
+    n: int,
+    run: int,
+    idle: float,
+    settle: float | None,
+    timeout: float,
+    prefix: str,
+    poll: float = 0.015,
+) -> dict[str, float | None]:
     """One run of N daemons; returns this run's metrics (None where a phase failed)."""
     res: dict[str, float | None] = dict.fromkeys(UNITS)
     with Lab(prefix, hosts=n) as lab:
         log(f"meshd n={n} run={run}: lab built in {lab.build_seconds:.1f}s")
         key = lab.workdir / "key"
-        key.write_text(subprocess.run([sys.executable, "-m", "meshd", "keygen"],
-                                      capture_output=True, text=True, check=True).stdout)
+        key.write_text(
+            subprocess.run(
+                [sys.executable, "-m", "meshd", "keygen"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         key.chmod(0o600)
         conf = lab.workdir / "bench.toml"
         conf.write_text("# memberlist LAN defaults\n[gossip]\n")
@@ -364,8 +405,9 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET")}
 
         def start(h: Any, extra: Sequence[str] = ()) -> Daemon:
-            return lab.start_daemon(h, key_file=key, backend=BACKEND, env=env,
-                                    extra_args=[*args, *extra])
+            return lab.start_daemon(
+                h, key_file=key, backend=BACKEND, env=env, extra_args=[*args, *extra]
+            )
 
         seed = lab.hosts[0]
         d0 = start(seed)
@@ -401,8 +443,10 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
             last_full = max(v for v in full_at.values() if v is not None)
             res["convergence_ms"] = (last_full - last_join) * 1000
             res["convergence_from_launch_ms"] = (last_full - t_launch) * 1000
-            log(f"  converged {res['convergence_ms']:.0f} ms after the last join "
-                f"({res['convergence_from_launch_ms']:.0f} ms after launch)")
+            log(
+                f"  converged {res['convergence_ms']:.0f} ms after the last join "
+                f"({res['convergence_from_launch_ms']:.0f} ms after launch)"
+            )
         else:
             log(f"  did not converge within {timeout:g}s")
             return res
@@ -414,10 +458,12 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
         time.sleep(idle)
         b = [snapshot(d) for d in reversed(daemons)][::-1]
         res.update(_idle_metrics(a, b))
-        log(f"  idle: cpu {res['idle_cpu_pct']:.2f}% rss {res['rss_mib']:.1f} MiB "
+        log(
+            f"  idle: cpu {res['idle_cpu_pct']:.2f}% rss {res['rss_mib']:.1f} MiB "
             f"{res['idle_bytes_per_node_s']:.0f} B/node/s "
             f"{res['idle_datagrams_per_node_s']:.2f} dgram/node/s "
-            f"(kernel {res['idle_kernel_ip_bytes_per_node_s']:.0f} B/node/s)")
+            f"(kernel {res['idle_kernel_ip_bytes_per_node_s']:.0f} B/node/s)"
+        )
 
         # --- dissemination: `update` on the seed (memberlist: UpdateNode() on node 0)
         if n >= 2:
@@ -439,11 +485,13 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
                 res["dissemination_ms"] = (last[0] - at) * 1000
                 res["dissemination_first_ms"] = (min(t for t, _ in ts) - at) * 1000
                 res["dissemination_resolution_ms"] = max(u for _, u in ts) * 1000
-                log(f"  dissemination {res['dissemination_ms']:.0f} ms "
+                log(
+                    f"  dissemination {res['dissemination_ms']:.0f} ms "
                     f"(first {res['dissemination_first_ms']:.0f} ms, "
                     f"±{res['dissemination_resolution_ms']:.0f} ms; polling: daemons "
                     f"{res['dissemination_poll_daemon_cores']:.2f} cores, client "
-                    f"{res['dissemination_poll_client_cores']:.2f})")
+                    f"{res['dissemination_poll_client_cores']:.2f})"
+                )
             else:
                 log("  dissemination: not everyone saw the update")
 
@@ -453,9 +501,12 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
         if others:
             t0 = time.time()
             lab.stop_daemon(victim, signal.SIGKILL)
-            got = wait_logs(others, lambda t: t.first(
-                lambda e: e.member == victim and e.kind == "dead", t0), max(90.0, timeout),
-                period=0.1)
+            got = wait_logs(
+                others,
+                lambda t: t.first(lambda e: e.member == victim and e.kind == "dead", t0),
+                max(90.0, timeout),
+                period=0.1,
+            )
             if all(v is not None for v in got.values()):
                 res["failure_ms"] = (max(v for v in got.values() if v is not None) - t0) * 1000
                 log(f"  failure detection {res['failure_ms']:.0f} ms")
@@ -471,8 +522,11 @@ def run_meshd(n: int, run: int, idle: float, settle: float | None, timeout: floa
                 request(lab.daemons[leaver].socket_path, "leave", timeout=60)
             except MeshdError as exc:
                 log(f"  leave: {exc}")
-            got = wait_logs(others, lambda t: t.first(
-                lambda e: e.member == leaver and e.kind == "left", t0), max(60.0, timeout))
+            got = wait_logs(
+                others,
+                lambda t: t.first(lambda e: e.member == leaver and e.kind == "left", t0),
+                max(60.0, timeout),
+            )
             if all(v is not None for v in got.values()):
                 res["leave_ms"] = (max(v for v in got.values() if v is not None) - t0) * 1000
                 log(f"  leave {res['leave_ms']:.0f} ms")
@@ -513,7 +567,8 @@ def _idle_metrics(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str,
     dgrams = total("out")
     return {
         "idle_cpu_pct": statistics.median(
-            100 * (y["cpu"] - x["cpu"]) / s for x, y, s in zip(a, b, secs, strict=True)),
+            100 * (y["cpu"] - x["cpu"]) / s for x, y, s in zip(a, b, secs, strict=True)
+        ),
         "rss_mib": statistics.median(y["rss"] for y in b) / 1024,
         "idle_bytes_per_node_s": (total("out_bytes") + UDP_IP_HEADER * dgrams) / per,
         "idle_datagrams_per_node_s": dgrams / per,
@@ -552,10 +607,16 @@ print(json.dumps(out))
 
 def import_costs() -> list[dict[str, Any]]:
     """RSS added by each dependency, in the daemon's import order (cumulative) and alone."""
+
     def probe(steps: list[tuple[str, str]]) -> list[list[Any]]:
-        r = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(steps)],
-                           capture_output=True, text=True, check=True, cwd=SRC,
-                           env=dict(os.environ, PYTHONPATH=str(SRC)))
+        r = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE, json.dumps(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=SRC,
+            env=dict(os.environ, PYTHONPATH=str(SRC)),
+        )
         return list(json.loads(r.stdout))
 
     chain = probe(IMPORT_STEPS)
@@ -564,12 +625,20 @@ def import_costs() -> list[dict[str, Any]]:
     prev = base
     for (name, stmt), (_, rss, ms) in zip(IMPORT_STEPS, chain, strict=True):
         alone = base if not stmt else probe([IMPORT_STEPS[0], (name, stmt)])[1][1]
-        lines.append({
-            "bench": "daemons", "n": None, "metric": f"import_rss_kib:{name}",
-            "meshd": rss - prev if stmt else rss, "memberlist": None, "ratio": None,
-            "unit": "KiB", "cumulative_kib": rss, "alone_kib": alone - base if stmt else rss,
-            "import_ms": round(ms, 1),
-        })
+        lines.append(
+            {
+                "bench": "daemons",
+                "n": None,
+                "metric": f"import_rss_kib:{name}",
+                "meshd": rss - prev if stmt else rss,
+                "memberlist": None,
+                "ratio": None,
+                "unit": "KiB",
+                "cumulative_kib": rss,
+                "alone_kib": alone - base if stmt else rss,
+                "import_ms": round(ms, 1),
+            }
+        )
         prev = rss
     return lines
 
@@ -582,20 +651,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[10, 30], help="cluster sizes")
     ap.add_argument("--runs", type=int, default=3, help="runs per size (medians reported)")
     ap.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
-    ap.add_argument("--settle", type=float, default=None,
-                    help="pause between convergence and the idle window (default 3 s + 20 ms*N)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="pause between convergence and the idle window (default 3 s + 20 ms*N)",
+    )
     ap.add_argument("--timeout", type=float, default=120.0, help="convergence timeout, seconds")
-    ap.add_argument("--poll-ms", type=float, default=15.0,
-                    help="peers poll period while measuring dissemination (default 15 ms)")
-    ap.add_argument("--meshd-src", type=Path, default=REPO,
-                    help="directory holding the meshd package to run (default: this repository)")
+    ap.add_argument(
+        "--poll-ms",
+        type=float,
+        default=15.0,
+        help="peers poll period while measuring dissemination (default 15 ms)",
+    )
+    ap.add_argument(
+        "--meshd-src",
+        type=Path,
+        default=REPO,
+        help="directory holding the meshd package to run (default: this repository)",
+    )
     ap.add_argument("--no-anchor", action="store_true", help="skip the memberlist column")
-    ap.add_argument("--anchor-install", action="store_true",
-                    help="let the anchor's build.sh apt-get install Go and memberlist's source")
+    ap.add_argument(
+        "--anchor-install",
+        action="store_true",
+        help="let the anchor's build.sh apt-get install Go and memberlist's source",
+    )
     ap.add_argument("--no-imports", action="store_true", help="skip the import-cost lines")
     ap.add_argument("--out", type=Path, help="also write the JSON lines to this file")
-    ap.add_argument("--prefix", default=f"bd{os.getpid() % 10000}",
-                    help="lab namespace prefix (default bd<pid>)")
+    ap.add_argument(
+        "--prefix",
+        default=f"bd{os.getpid() % 10000}",
+        help="lab namespace prefix (default bd<pid>)",
+    )
     opts = ap.parse_args(argv)
     if os.geteuid() != 0:
         log("needs root (network namespaces)")
@@ -620,37 +707,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             ml_runs: list[dict[str, float | None]] = []
             for run in range(1, opts.runs + 1):
                 if tree_sha1() != src["tree_sha1"]:
-                    log(f"warning: {SRC}/meshd changed since the start; this run measures "
-                        "other code")
+                    log(
+                        f"warning: {SRC}/meshd changed since the start; this run measures "
+                        "other code"
+                    )
                     src["changed_during_run"] = True
                 loads[n].append(round(os.getloadavg()[0], 2))
                 log(f"n={n} run={run}: load average {loads[n][-1]} before the run")
                 t = time.monotonic()
-                mesh_runs.append(run_meshd(n, run, opts.idle, opts.settle, opts.timeout,
-                                           opts.prefix, opts.poll_ms / 1000))
+                mesh_runs.append(
+                    run_meshd(
+                        n,
+                        run,
+                        opts.idle,
+                        opts.settle,
+                        opts.timeout,
+                        opts.prefix,
+                        opts.poll_ms / 1000,
+                    )
+                )
                 log(f"meshd n={n} run={run} took {time.monotonic() - t:.0f}s")
                 if anchor_note is None:
                     t = time.monotonic()
                     try:
-                        ml_runs.append(memberlist_anchor.metrics(
-                            memberlist_anchor.run_netns(n, idle=opts.idle)))
+                        ml_runs.append(
+                            memberlist_anchor.metrics(
+                                memberlist_anchor.run_netns(n, idle=opts.idle)
+                            )
+                        )
                     except RuntimeError as exc:
                         log(f"anchor: {exc}")
                         ml_runs.append({})
-                    log(f"memberlist n={n} run={run} took {time.monotonic() - t:.0f}s: "
-                        + json.dumps({k: v and round(v, 2) for k, v in ml_runs[-1].items()}))
+                    log(
+                        f"memberlist n={n} run={run} took {time.monotonic() - t:.0f}s: "
+                        + json.dumps({k: v and round(v, 2) for k, v in ml_runs[-1].items()})
+                    )
             for metric, unit in UNITS.items():
                 m_vals = [r.get(metric) for r in mesh_runs]
                 a_vals = [r.get(metric) for r in ml_runs]
                 m, a = _median(m_vals), _median(a_vals)
                 line: dict[str, Any] = {
-                    "bench": "daemons", "n": n, "metric": metric,
-                    "meshd": _round(m), "memberlist": _round(a),
+                    "bench": "daemons",
+                    "n": n,
+                    "metric": metric,
+                    "meshd": _round(m),
+                    "memberlist": _round(a),
                     "ratio": _round(m / a, 3) if m is not None and a else None,
-                    "unit": unit, "runs": opts.runs,
+                    "unit": unit,
+                    "runs": opts.runs,
                     "meshd_runs": [_round(v) for v in m_vals],
                     "memberlist_runs": [_round(v) for v in a_vals],
-                    "meshd_src": src, "loadavg_before_runs": loads[n],
+                    "meshd_src": src,
+                    "loadavg_before_runs": loads[n],
                 }
                 if anchor_note:
                     line["memberlist_note"] = anchor_note
@@ -658,10 +766,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(line), flush=True)
             pp = _median([r.get("idle_push_pulls_per_node") for r in mesh_runs])
             if pp is not None:
-                line = {"bench": "daemons", "n": n, "metric": "idle_push_pulls_per_node",
-                        "meshd": _round(pp), "memberlist": None, "ratio": None,
-                        "unit": "push-pull messages received per node in the idle window",
-                        "runs": opts.runs, "meshd_src": src}
+                line = {
+                    "bench": "daemons",
+                    "n": n,
+                    "metric": "idle_push_pulls_per_node",
+                    "meshd": _round(pp),
+                    "memberlist": None,
+                    "ratio": None,
+                    "unit": "push-pull messages received per node in the idle window",
+                    "runs": opts.runs,
+                    "meshd_src": src,
+                }
                 lines.append(line)
                 print(json.dumps(line), flush=True)
     if not opts.no_imports:

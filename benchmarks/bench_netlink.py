@@ -104,12 +104,16 @@ class Bench:
 
     def kernel_counts(self) -> tuple[int, int, int]:
         """(routes, neighbours, FDB entries) meshd would own, as iproute2 sees them."""
-        routes = len(sh(["ip", "-n", self.ns, "route", "show", "proto", str(RTPROT_MESHD)])
-                     .splitlines())
+        routes = len(
+            sh(["ip", "-n", self.ns, "route", "show", "proto", str(RTPROT_MESHD)]).splitlines()
+        )
         if not self.vxlan:
             return routes, 0, 0
-        neighs = len(sh(["ip", "-n", self.ns, "neigh", "show", "dev", DEVICE, "nud", "permanent"])
-                     .splitlines())
+        neighs = len(
+            sh(
+                ["ip", "-n", self.ns, "neigh", "show", "dev", DEVICE, "nud", "permanent"]
+            ).splitlines()
+        )
         fdb = sh(["bridge", "-n", self.ns, "fdb", "show", "dev", DEVICE]).count(" dst ")
         return routes, neighs, fdb
 
@@ -119,8 +123,10 @@ class Bench:
         got = self.kernel_counts()
         self.seen[(op, who)] = dict(zip(("routes", "neighs", "fdb"), got, strict=True))
         if got != (want if present else (0, 0, 0)):
-            raise SystemExit(f"{who} {op}: kernel holds (routes, neighs, fdb) = {got}, want "
-                             f"{want if present else (0, 0, 0)}")
+            raise SystemExit(
+                f"{who} {op}: kernel holds (routes, neighs, fdb) = {got}, want "
+                f"{want if present else (0, 0, 0)}"
+            )
 
     # --- iproute2 -------------------------------------------------------------------------------
 
@@ -131,13 +137,17 @@ class Bench:
         fdb = sorted(desired.fdb)
 
         def route_add(r: model.Route) -> str:
-            return (f"route add {r.dst} via {r.gateway} dev {r.dev}"
-                    f"{' onlink' if r.onlink else ''} proto {RTPROT_MESHD}")
+            return (
+                f"route add {r.dst} via {r.gateway} dev {r.dev}"
+                f"{' onlink' if r.onlink else ''} proto {RTPROT_MESHD}"
+            )
 
-        add_ip = [f"neigh replace {x.dst} lladdr {x.lladdr} dev {DEVICE} nud permanent"
-                  for x in neighs] + [route_add(r) for r in routes]
+        add_ip = [
+            f"neigh replace {x.dst} lladdr {x.lladdr} dev {DEVICE} nud permanent" for x in neighs
+        ] + [route_add(r) for r in routes]
         del_ip = [f"route del {r.dst} proto {RTPROT_MESHD}" for r in routes] + [
-            f"neigh del {x.dst} dev {DEVICE}" for x in neighs]
+            f"neigh del {x.dst} dev {DEVICE}" for x in neighs
+        ]
         add_br = [f"fdb replace {f.lladdr} dev {DEVICE} dst {f.dst} self permanent" for f in fdb]
         del_br = [f"fdb del {f.lladdr} dev {DEVICE} dst {f.dst} self" for f in fdb]
         return {
@@ -168,7 +178,9 @@ class Bench:
     async def run(self, reps: int) -> list[dict[str, Any]]:
         ul = await discover_underlay("eth0", None, netns=self.ns)
         cfg = ReconcilerConfig(
-            network=NETWORK, backend=self.backend, subnet_env=self.workdir / "subnet.env",
+            network=NETWORK,
+            backend=self.backend,
+            subnet_env=self.workdir / "subnet.env",
         )
         rec = Reconciler(cfg, self.local, ul, netns=self.ns)
         rec.set_peers([], synced=True, now=time.monotonic())
@@ -179,13 +191,21 @@ class Bench:
         try:
             await rec.start()  # the device (vxlan), forwarding, subnet.env: not timed
             desired = model.desired_state(
-                backend=self.backend, local=self.local, underlay=ul, peers=self.views,
-                now=time.monotonic(), synced=True, reap_after=cfg.reap_after,
-                network=NETWORK, onlink=(f"{ul.ip}/{ul.prefixlen}",),
+                backend=self.backend,
+                local=self.local,
+                underlay=ul,
+                peers=self.views,
+                now=time.monotonic(),
+                synced=True,
+                reap_after=cfg.reap_after,
+                network=NETWORK,
+                onlink=(f"{ul.ip}/{ul.prefixlen}",),
             )
             if len(desired.routes) != self.n:
-                raise SystemExit(f"model programs {len(desired.routes)} of {self.n} peers: "
-                                 f"{dict(list(desired.reasons.items())[:3])}")
+                raise SystemExit(
+                    f"model programs {len(desired.routes)} of {self.n} peers: "
+                    f"{dict(list(desired.reasons.items())[:3])}"
+                )
             files: dict[str, tuple[Path, Path]] = {}
             for op, (br, ip) in self.batches(desired).items():
                 files[op] = (self.workdir / f"{op}.bridge", self.workdir / f"{op}.ip")
@@ -214,9 +234,15 @@ class Bench:
             m = statistics.median(times[op]["meshd"])
             i = statistics.median(times[op]["ip"])
             row = {
-                "bench": "netlink", "backend": self.backend, "n": self.n, "op": op,
-                "meshd_s": round(m, 5), "ip_batch_s": round(i, 5), "ratio": round(m / i, 3),
-                "objects": self.objects(), "reps": reps,
+                "bench": "netlink",
+                "backend": self.backend,
+                "n": self.n,
+                "op": op,
+                "meshd_s": round(m, 5),
+                "ip_batch_s": round(i, 5),
+                "ratio": round(m / i, 3),
+                "objects": self.objects(),
+                "reps": reps,
                 "kernel_meshd": self.seen[(op, "meshd")],
                 "kernel_ip_batch": self.seen[(op, "ip -batch")],
             }
@@ -256,22 +282,48 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
 
     ns = lab.hosts[0].ns
     dev = "bnlmon"
-    sh(["ip", "-n", ns, "link", "add", dev, "type", "vxlan", "id", "77", "dstport", "4777",
-        "nolearning"])
+    sh(
+        [
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "add",
+            dev,
+            "type",
+            "vxlan",
+            "id",
+            "77",
+            "dstport",
+            "4777",
+            "nolearning",
+        ]
+    )
     sh(["ip", "-n", ns, "link", "set", dev, "up"])
-    peers = [(f"10.{j >> 8}.{j & 255}.0", f"02:00:00:00:{j >> 8:02x}:{j & 255:02x}",
-              f"100.64.{j >> 8}.{j & 255}") for j in range(2, n + 2)]
+    peers = [
+        (
+            f"10.{j >> 8}.{j & 255}.0",
+            f"02:00:00:00:{j >> 8:02x}:{j & 255:02x}",
+            f"100.64.{j >> 8}.{j & 255}",
+        )
+        for j in range(2, n + 2)
+    ]
     fdb_add = "".join(f"fdb replace {m} dev {dev} dst {u} self permanent\n" for _, m, u in peers)
-    ip_add = "".join(f"neigh replace {g} lladdr {m} dev {dev} nud permanent\n"
-                     for g, m, _ in peers)
-    ip_add += "".join(f"route add {g}/24 via {g} dev {dev} onlink proto {RTPROT_MESHD}\n"
-                      for g, _, _ in peers)
-    ip_del = "".join(f"route del {g}/24 proto {RTPROT_MESHD}\nneigh del {g} dev {dev}\n"
-                     for g, _, _ in peers)
+    ip_add = "".join(f"neigh replace {g} lladdr {m} dev {dev} nud permanent\n" for g, m, _ in peers)
+    ip_add += "".join(
+        f"route add {g}/24 via {g} dev {dev} onlink proto {RTPROT_MESHD}\n" for g, _, _ in peers
+    )
+    ip_del = "".join(
+        f"route del {g}/24 proto {RTPROT_MESHD}\nneigh del {g} dev {dev}\n" for g, _, _ in peers
+    )
     fdb_del = "".join(f"fdb del {m} dev {dev} dst {u} self\n" for _, m, u in peers)
     files = {}
-    for name, text in (("fdb_add", fdb_add), ("ip_add", ip_add), ("ip_del", ip_del),
-                       ("fdb_del", fdb_del)):
+    for name, text in (
+        ("fdb_add", fdb_add),
+        ("ip_add", ip_add),
+        ("ip_del", ip_del),
+        ("fdb_del", fdb_del),
+    ):
         files[name] = workdir / f"monitor.{name}"
         files[name].write_text(text)
     sentinel = "10.255.255.0/24"
@@ -281,16 +333,23 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
     datagrams: list[bytes] = []
     overflows = 0
     try:
+
         async def program() -> None:
-            for tool, name in (("bridge", "fdb_add"), ("ip", "ip_add"), ("ip", "ip_del"),
-                               ("bridge", "fdb_del")):
+            for tool, name in (
+                ("bridge", "fdb_add"),
+                ("ip", "ip_add"),
+                ("ip", "ip_del"),
+                ("bridge", "fdb_del"),
+            ):
                 proc = await asyncio.create_subprocess_exec(
-                    tool, "-n", ns, "-batch", str(files[name]))
+                    tool, "-n", ns, "-batch", str(files[name])
+                )
                 if await proc.wait() != 0:
                     raise SystemExit(f"monitor bench: {tool} -batch {name} failed")
             for op in ("add", "del"):
                 proc = await asyncio.create_subprocess_exec(
-                    "ip", "-n", ns, "route", op, sentinel, "dev", dev)
+                    "ip", "-n", ns, "route", op, sentinel, "dev", dev
+                )
                 await proc.wait()
 
         writer = asyncio.create_task(program())
@@ -302,9 +361,13 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
                 overflows += 1
                 continue
             datagrams.append(data)
-            seen_end = any(e is not None and e.kind == "route" and not e.new and e.dst == sentinel
-                           for e in (netlink._event(k, data, o, z)
-                                     for k, _, o, z in rtnl_wire.messages(data, len(data))))
+            seen_end = any(
+                e is not None and e.kind == "route" and not e.new and e.dst == sentinel
+                for e in (
+                    netlink._event(k, data, o, z)
+                    for k, _, o, z in rtnl_wire.messages(data, len(data))
+                )
+            )
         await writer
     finally:
         mon.close()
@@ -328,10 +391,10 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
                 ev = msg.get("event")
                 if ev in ("RTM_NEWROUTE", "RTM_DELROUTE"):
                     count += msg["family"] == 2 and bool(
-                        (msg.get("oif"), msg.get("dst"), msg["dst_len"], msg["proto"]))
+                        (msg.get("oif"), msg.get("dst"), msg["dst_len"], msg["proto"])
+                    )
                 elif ev in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
-                    count += bool((msg["ifindex"], msg.get("dst"), msg.get("lladdr"),
-                                   msg["state"]))
+                    count += bool((msg["ifindex"], msg.get("dst"), msg.get("lladdr"), msg["state"]))
                 elif ev in ("RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR", "RTM_DELADDR"):
                     count += bool((msg["index"], msg.get("ifname"), msg.get("address")))
         return count
@@ -349,33 +412,48 @@ async def monitor_bench(lab: Lab, n: int, reps: int, workdir: Path) -> dict[str,
         if parsed != events:
             raise SystemExit(f"monitor bench: meshd decoded {events} events, pyroute2 {parsed}")
     if events < 6 * n:
-        raise SystemExit(f"monitor bench: {events} events recorded, want >= {6 * n} "
-                         f"({overflows} overflows)")
+        raise SystemExit(
+            f"monitor bench: {events} events recorded, want >= {6 * n} ({overflows} overflows)"
+        )
     m, p = statistics.median(t_ours), statistics.median(t_theirs)
-    return {"bench": "netlink", "op": "monitor", "n": n, "events": events,
-            "datagrams": len(datagrams), "overflows": overflows, "meshd_s": round(m, 5),
-            "pyroute2_s": round(p, 5), "ratio": round(p / m, 1), "reps": reps}
+    return {
+        "bench": "netlink",
+        "op": "monitor",
+        "n": n,
+        "events": events,
+        "datagrams": len(datagrams),
+        "overflows": overflows,
+        "meshd_s": round(m, 5),
+        "pyroute2_s": round(p, 5),
+        "ratio": round(p / m, 1),
+        "reps": reps,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 5000], help="peer counts")
     ap.add_argument("--reps", type=int, default=3, help="repetitions; the median is printed")
-    ap.add_argument("--backends", nargs="+", default=["vxlan", "host-gw"],
-                    choices=["vxlan", "host-gw"])
+    ap.add_argument(
+        "--backends", nargs="+", default=["vxlan", "host-gw"], choices=["vxlan", "host-gw"]
+    )
     ap.add_argument("--smoke", action="store_true", help="n = 100, one repetition (CI)")
     ap.add_argument("--prefix", default=f"bnl{os.getpid() % 100000}", help="lab prefix")
-    ap.add_argument("--monitor", action="store_true",
-                    help="time decoding the notifications instead (meshd's path vs pyroute2's)")
+    ap.add_argument(
+        "--monitor",
+        action="store_true",
+        help="time decoding the notifications instead (meshd's path vs pyroute2's)",
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.n, args.reps = [100], 1
     if os.geteuid() != 0:
         print("bench_netlink: needs root (network namespaces)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="bench-netlink-") as tmp, Lab(
-        args.prefix, hosts=1, underlay=UNDERLAY, pod_network=NETWORK
-    ) as lab:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-netlink-") as tmp,
+        Lab(args.prefix, hosts=1, underlay=UNDERLAY, pod_network=NETWORK) as lab,
+    ):
         if args.monitor:
             for n in args.n:
                 row = asyncio.run(monitor_bench(lab, n, args.reps, Path(tmp)))

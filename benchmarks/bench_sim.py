@@ -122,8 +122,9 @@ def timeline(n: int, smoke: bool) -> dict[str, int]:
     return {"warmup": 2, "update_at": 6, "updates": 2, "crash_at": 10, "duration": 36}
 
 
-def simulate(n: int, loss: float, seed: int, t: dict[str, int],
-             settings: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+def simulate(
+    n: int, loss: float, seed: int, t: dict[str, int], settings: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
     """One sim_scenarios run; its result lines by phase."""
     argv = ["--nodes", str(n), "--loss", str(loss), "--seed", str(seed), "--converged"]
     for key, value in t.items():
@@ -134,8 +135,15 @@ def simulate(n: int, loss: float, seed: int, t: dict[str, int],
 
 
 def line(n: int, loss: float, metric: str, meshd: Any, model: Any, unit: str) -> dict[str, Any]:
-    return {"bench": "sim", "n": n, "loss": loss, "metric": metric, "meshd": meshd,
-            "model": model, "unit": unit}
+    return {
+        "bench": "sim",
+        "n": n,
+        "loss": loss,
+        "metric": metric,
+        "meshd": meshd,
+        "model": model,
+        "unit": unit,
+    }
 
 
 def equal_bandwidth_mult(n: int) -> int:
@@ -152,8 +160,14 @@ def equal_bandwidth(n: int, seed: int, mult: int) -> Iterator[dict[str, Any]]:
     t = {"warmup": 2, "update_at": 4, "updates": updates, "crash_at": end, "duration": end}
     dis = simulate(n, 0.0, seed, t, [f"retransmit_mult={mult}"])["dissemination"]
     yield line(n, 0.0, "retransmit_mult_equal_bw", mult, None, "")
-    yield line(n, 0.0, "update_sends_per_node_equal_bw", round(dis["sends"] / n, 2),
-               round(model_sends_per_node(n), 2), "msgs/node")
+    yield line(
+        n,
+        0.0,
+        "update_sends_per_node_equal_bw",
+        round(dis["sends"] / n, 2),
+        round(model_sends_per_node(n), 2),
+        "msgs/node",
+    )
     yield line(n, 0.0, "update_reached_equal_bw", dis["reached"], None, "fraction")
     for key, frac in (("t50", 0.5), ("t99", 0.99), ("t999", 0.999)):
         yield line(n, 0.0, f"{key}_equal_bw", dis[key], round(model_time(n, frac), 3), "s")
@@ -172,11 +186,16 @@ def scenario(n: int, loss: float, seed: int, smoke: bool) -> Iterator[dict[str, 
     model_sends = model_sends_per_node(n)
     yield out("update_sends_per_node", round(sends, 2), round(model_sends, 2), "msgs/node")
     size = dis["message_bytes"]
-    yield out("update_bytes_per_node", round(sends * size, 1), round(model_sends * size, 1),
-              "B/node")
+    yield out(
+        "update_bytes_per_node", round(sends * size, 1), round(model_sends * size, 1), "B/node"
+    )
     window = model_time(n, 0.999)
-    yield out("update_bytes_per_node_s", round(sends * size / window, 1),
-              round(model_sends * size / window, 1), "B/node/s")
+    yield out(
+        "update_bytes_per_node_s",
+        round(sends * size / window, 1),
+        round(model_sends * size / window, 1),
+        "B/node/s",
+    )
     dgs = st["datagrams_per_node_s"]
     wire = st["bytes_per_node_s"] + dgs * (ENVELOPE_BYTES + IP_UDP_BYTES)
     yield out("datagrams_per_node_s", dgs, None, "datagrams/node/s")
@@ -186,8 +205,9 @@ def scenario(n: int, loss: float, seed: int, smoke: bool) -> Iterator[dict[str, 
     for key in ("first_suspect", "first_dead", "dead_all"):
         yield out(key, fail[key], None, "s")
     yield out("false_positive_rate", summ["false_death_rate"], None, "fraction of pairs")
-    yield out("false_suspicions_per_node_min", summ["false_suspicions_per_node_min"], None,
-              "1/node/min")
+    yield out(
+        "false_suspicions_per_node_min", summ["false_suspicions_per_node_min"], None, "1/node/min"
+    )
     yield out("wall_s", summ["wall_s"], None, "s")
     yield out("max_rss_mb", summ["max_rss_mb"], None, "MB")
 
@@ -196,12 +216,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     p = argparse.ArgumentParser(prog="bench_sim.py", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000, 10000])
     p.add_argument("--loss", type=float, nargs="+", default=[0.0, 0.1, 0.2])
-    p.add_argument("--lossy-up-to", type=int, default=1000,
-                   help="larger meshes run at the first --loss only (default 1000)")
+    p.add_argument(
+        "--lossy-up-to",
+        type=int,
+        default=1000,
+        help="larger meshes run at the first --loss only (default 1000)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="N = 50 only, short runs")
-    p.add_argument("--no-equal-bandwidth", action="store_true",
-                   help="skip the runs at the model's bandwidth")
+    p.add_argument(
+        "--no-equal-bandwidth", action="store_true", help="skip the runs at the model's bandwidth"
+    )
     p.add_argument("--out", help="also write the lines to this file")
     args = p.parse_args(argv)
     sizes = [50] if args.smoke else args.nodes

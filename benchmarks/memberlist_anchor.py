@@ -66,11 +66,23 @@ def run_netns(n: int, idle: float = 10.0, timeout: float = 600.0) -> dict[str, d
     anchor's JSON records by phase; raises RuntimeError if the script fails."""
     with tempfile.TemporaryDirectory(prefix="mlanchor-") as tmp:
         out = Path(tmp) / "netns.jsonl"
-        env = dict(os.environ, NS_LIST=str(n), RUNS="1", IDLE=f"{idle:g}", OUT=str(out),
-                   SOCKDIR=str(Path(tmp) / "sock"))
+        env = dict(
+            os.environ,
+            NS_LIST=str(n),
+            RUNS="1",
+            IDLE=f"{idle:g}",
+            OUT=str(out),
+            SOCKDIR=str(Path(tmp) / "sock"),
+        )
         try:
-            res = subprocess.run([str(WORK / "run_netns.sh")], env=env, capture_output=True,
-                                 text=True, timeout=timeout, check=False)
+            res = subprocess.run(
+                [str(WORK / "run_netns.sh")],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(f"anchor run_netns.sh n={n} timed out after {timeout:g}s") from exc
         records: dict[str, dict[str, Any]] = {}
@@ -93,21 +105,26 @@ def metrics(records: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "convergence_ms": conv.get("ms") if conv.get("ok") else None,
         "convergence_from_launch_ms": conv.get("from_launch_ms") if conv.get("ok") else None,
     }
-    for phase, metric in (("dissemination", "dissemination_ms"), ("failure", "failure_ms"),
-                          ("leave", "leave_ms")):
+    for phase, metric in (
+        ("dissemination", "dissemination_ms"),
+        ("failure", "failure_ms"),
+        ("leave", "leave_ms"),
+    ):
         rec = records.get(phase, {})
         out[metric] = rec.get("ms") if rec.get("ok") else None
         if metric == "dissemination_ms":
             out["dissemination_first_ms"] = rec.get("first_ms") if rec.get("ok") else None
     if idle:
         pkts = idle["udp_pkts_per_node_s"]
-        out.update({
-            "idle_cpu_pct": idle["cpu_pct_median"],
-            "rss_mib": idle["rss_kb_median"] / 1024,
-            # payload (UDP + TCP, after encryption) plus 28 B IPv4+UDP header per datagram
-            "idle_bytes_per_node_s": idle["bytes_per_node_s"] + 28 * pkts,
-            "idle_datagrams_per_node_s": pkts,
-            "idle_kernel_ip_bytes_per_node_s": idle["kernel_ip_out_octets_per_node_s"],
-            "idle_kernel_udp_datagrams_per_node_s": idle["kernel_udp_out_dgrams_per_node_s"],
-        })
+        out.update(
+            {
+                "idle_cpu_pct": idle["cpu_pct_median"],
+                "rss_mib": idle["rss_kb_median"] / 1024,
+                # payload (UDP + TCP, after encryption) plus 28 B IPv4+UDP header per datagram
+                "idle_bytes_per_node_s": idle["bytes_per_node_s"] + 28 * pkts,
+                "idle_datagrams_per_node_s": pkts,
+                "idle_kernel_ip_bytes_per_node_s": idle["kernel_ip_out_octets_per_node_s"],
+                "idle_kernel_udp_datagrams_per_node_s": idle["kernel_udp_out_dgrams_per_node_s"],
+            }
+        )
     return out

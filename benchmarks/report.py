@@ -61,8 +61,13 @@ LABELS = {
 }
 # metric -> target as in issue 7; "ml": at or under memberlist's
 TARGETS: dict[str, str] = {
-    "convergence_ms": "ml", "dissemination_ms": "ml", "failure_ms": "ml", "leave_ms": "ml",
-    "idle_cpu_pct": "ml", "idle_bytes_per_node_s": "ml", "idle_datagrams_per_node_s": "ml",
+    "convergence_ms": "ml",
+    "dissemination_ms": "ml",
+    "failure_ms": "ml",
+    "leave_ms": "ml",
+    "idle_cpu_pct": "ml",
+    "idle_bytes_per_node_s": "ml",
+    "idle_datagrams_per_node_s": "ml",
     "rss_mib": "rss",
 }
 TIMING = ["convergence_ms", "dissemination_ms", "leave_ms", "failure_ms"]
@@ -120,43 +125,65 @@ def daemons_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
     srcs = {json.dumps(r["meshd_src"], sort_keys=True) for r in recs if r.get("meshd_src")}
     for src in sorted(srcs):
         info = json.loads(src)
-        out += [f"> meshd code measured: {info.get('git', info.get('path'))} (sources hash "
-                f"{info.get('tree_sha1')})"
-                + ("; **the sources changed during the runs**"
-                   if info.get("changed_during_run") else ""), ""]
-    loads = {r["n"]: r["loadavg_before_runs"] for r in recs
-             if r.get("loadavg_before_runs") and r["metric"] == "convergence_ms"}
+        out += [
+            f"> meshd code measured: {info.get('git', info.get('path'))} (sources hash "
+            f"{info.get('tree_sha1')})"
+            + (
+                "; **the sources changed during the runs**"
+                if info.get("changed_during_run")
+                else ""
+            ),
+            "",
+        ]
+    loads = {
+        r["n"]: r["loadavg_before_runs"]
+        for r in recs
+        if r.get("loadavg_before_runs") and r["metric"] == "convergence_ms"
+    }
     if loads:
-        out += ["> 1-minute load average before each run (2 cores): "
-                + "; ".join(f"N = {n}: {fmt(v)}" for n, v in sorted(loads.items())), ""]
+        out += [
+            "> 1-minute load average before each run (2 cores): "
+            + "; ".join(f"N = {n}: {fmt(v)}" for n, v in sorted(loads.items())),
+            "",
+        ]
     for n in sizes:
         rows = [r for r in recs if r.get("n") == n]
         runs = rows[0].get("runs", "?")
-        out += [f"### N = {n} (median of {runs} run(s); per-run values in the last column)", "",
-                "| metric | unit | meshd | memberlist | ratio | target | verdict | meshd runs "
-                "/ memberlist runs |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"### N = {n} (median of {runs} run(s); per-run values in the last column)",
+            "",
+            "| metric | unit | meshd | memberlist | ratio | target | verdict | meshd runs "
+            "/ memberlist runs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             target, ok = verdict(r)
             per = fmt(r.get("meshd_runs"))
             if r.get("memberlist_runs"):
                 per += " / " + fmt(r.get("memberlist_runs"))
-            out.append(f"| {LABELS.get(r['metric'], r['metric'])} | {r['unit']} | "
-                       f"{fmt(r.get('meshd'))} | {fmt(r.get('memberlist'))} | "
-                       f"{fmt(r.get('ratio'))} | {target} | {ok} | {per} |")
+            out.append(
+                f"| {LABELS.get(r['metric'], r['metric'])} | {r['unit']} | "
+                f"{fmt(r.get('meshd'))} | {fmt(r.get('memberlist'))} | "
+                f"{fmt(r.get('ratio'))} | {target} | {ok} | {per} |"
+            )
         out.append("")
     imports = [r for r in recs if str(r["metric"]).startswith("import_rss_kib:")]
     if imports:
-        out += ["### Where the RSS goes: what each import costs", "",
-                "One fresh interpreter imports the daemon's dependencies in the daemon's order; "
-                "*added* is the VmRSS growth of that step, *alone* the growth when it is the only "
-                "import after the bare interpreter (shared pieces such as asyncio count again).",
-                "",
-                "| step | added KiB | cumulative KiB | alone KiB | import ms |",
-                "|---|---|---|---|---|"]
+        out += [
+            "### Where the RSS goes: what each import costs",
+            "",
+            "One fresh interpreter imports the daemon's dependencies in the daemon's order; "
+            "*added* is the VmRSS growth of that step, *alone* the growth when it is the only "
+            "import after the bare interpreter (shared pieces such as asyncio count again).",
+            "",
+            "| step | added KiB | cumulative KiB | alone KiB | import ms |",
+            "|---|---|---|---|---|",
+        ]
         for r in imports:
-            out.append(f"| {r['metric'].split(':', 1)[1]} | {r['meshd']:,} | "
-                       f"{r['cumulative_kib']:,} | {r['alone_kib']:,} | {r['import_ms']} |")
+            out.append(
+                f"| {r['metric'].split(':', 1)[1]} | {r['meshd']:,} | "
+                f"{r['cumulative_kib']:,} | {r['alone_kib']:,} | {r['import_ms']} |"
+            )
         out.append("")
     out += [f"![{p}](performance/{p})" for p in plots if p.startswith("daemons")]
     out.append("")
@@ -169,26 +196,42 @@ RAM_GIB = 24  # issue 7: 10,000 simulated nodes fit this 2-core, 24 GiB machine
 
 
 def netlink_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
-    out = ["## Data plane: the reconciler vs `ip -batch` (netlink)", "",
-           "One host namespace; each cell is the median of `reps` passes. *add*: a whole pass "
-           "(read back, diff, apply) for N new peers vs `bridge -batch` + `ip -batch` writing the "
-           "same objects; *noop*: a pass over a converged kernel (filtered dumps, nothing "
-           "written; steady state, the first pass after the add in the last column) vs the "
-           "iproute2 reads; *remove*: a pass after every peer left vs batch deletes. ratio = "
-           "meshd / ip.", "",
-           "| backend | N | op | objects | meshd s | ip -batch s | ratio | target | verdict "
-           "| first noop pass s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(recs, key=lambda r: (r.get("backend", ""), r.get("n", 0),
-                                         ["add", "noop", "remove"].index(r["op"])
-                                         if r.get("op") in ("add", "noop", "remove") else 9)):
+    out = [
+        "## Data plane: the reconciler vs `ip -batch` (netlink)",
+        "",
+        "One host namespace; each cell is the median of `reps` passes. *add*: a whole pass "
+        "(read back, diff, apply) for N new peers vs `bridge -batch` + `ip -batch` writing the "
+        "same objects; *noop*: a pass over a converged kernel (filtered dumps, nothing "
+        "written; steady state, the first pass after the add in the last column) vs the "
+        "iproute2 reads; *remove*: a pass after every peer left vs batch deletes. ratio = "
+        "meshd / ip.",
+        "",
+        "| backend | N | op | objects | meshd s | ip -batch s | ratio | target | verdict "
+        "| first noop pass s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        recs,
+        key=lambda r: (
+            r.get("backend", ""),
+            r.get("n", 0),
+            ["add", "noop", "remove"].index(r["op"])
+            if r.get("op") in ("add", "noop", "remove")
+            else 9,
+        ),
+    ):
         ratio = r.get("ratio")
-        ok = "—" if ratio is None else ("met" if ratio <= NETLINK_RATIO
-                                        else f"**missed** ({ratio:.2f}x)")
-        out.append(f"| {r.get('backend')} | {fmt(r.get('n'))} | {r.get('op')} | "
-                   f"{fmt(r.get('objects'))} | {fmt(r.get('meshd_s'))} | "
-                   f"{fmt(r.get('ip_batch_s'))} | {fmt(ratio)} | ≤ {NETLINK_RATIO}x | {ok} | "
-                   f"{fmt(r.get('meshd_first_s'))} |")
+        ok = (
+            "—"
+            if ratio is None
+            else ("met" if ratio <= NETLINK_RATIO else f"**missed** ({ratio:.2f}x)")
+        )
+        out.append(
+            f"| {r.get('backend')} | {fmt(r.get('n'))} | {r.get('op')} | "
+            f"{fmt(r.get('objects'))} | {fmt(r.get('meshd_s'))} | "
+            f"{fmt(r.get('ip_batch_s'))} | {fmt(ratio)} | ≤ {NETLINK_RATIO}x | {ok} | "
+            f"{fmt(r.get('meshd_first_s'))} |"
+        )
     out.append("")
     out += [f"![{p}](performance/{p})" for p in plots if p.startswith("netlink")]
     return [*out, ""]
@@ -196,21 +239,29 @@ def netlink_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
 
 SIM_SPREAD = ["t50", "t99", "t999"]
 SIM_STEADY = [
-    ("datagrams_per_node_s", "datagrams/node/s"), ("bytes_per_node_s", "B/node/s on the wire"),
-    ("largest_datagram", "largest payload B"), ("first_suspect", "first suspect s"),
-    ("first_dead", "first dead s"), ("dead_all", "dead at all s"),
+    ("datagrams_per_node_s", "datagrams/node/s"),
+    ("bytes_per_node_s", "B/node/s on the wire"),
+    ("largest_datagram", "largest payload B"),
+    ("first_suspect", "first suspect s"),
+    ("first_dead", "first dead s"),
+    ("dead_all", "dead at all s"),
     ("false_positive_rate", "false deaths (pairs)"),
     ("false_suspicions_per_node_min", "false suspicions /node/min"),
-    ("wall_s", "wall s"), ("max_rss_mb", "peak RSS MB"),
+    ("wall_s", "wall s"),
+    ("max_rss_mb", "peak RSS MB"),
 ]
 
 
 def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> list[str]:
     out = ["## Simulator: the gossip core at scale vs Serf's model", ""]
     if not present:
-        return [*out, "Not yet measured: `benchmarks/results/sim.jsonl` does not exist yet "
-                "(`.venv/bin/python benchmarks/bench_sim.py --out benchmarks/results/sim.jsonl`, "
-                "or `report.py --run`).", ""]
+        return [
+            *out,
+            "Not yet measured: `benchmarks/results/sim.jsonl` does not exist yet "
+            "(`.venv/bin/python benchmarks/bench_sim.py --out benchmarks/results/sim.jsonl`, "
+            "or `report.py --run`).",
+            "",
+        ]
     cells: dict[tuple[Any, Any], dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in recs:
         cells[(r.get("n"), r.get("loss"))][str(r.get("metric"))] = r
@@ -219,13 +270,16 @@ def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> 
     def val(k: tuple[Any, Any], metric: str, side: str = "meshd") -> Any:
         return cells[k].get(metric, {}).get(side)
 
-    out += ["Serf's model at equal parameters (fanout 3, 200 ms rounds): reached fraction "
-            "1/(1+(N+1)e^(-1.5 r)). Cells are *meshd / model*, seconds after the update. "
-            "Target: t99.9 at or under the model while spreading one update costs no more "
-            "bytes per node than the model's (equal bandwidth).", "",
-            "| N | loss | t50 s | t99 s | t99.9 s | t99.9 ratio | reached | update B/node "
-            "(meshd / model) | verdict |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += [
+        "Serf's model at equal parameters (fanout 3, 200 ms rounds): reached fraction "
+        "1/(1+(N+1)e^(-1.5 r)). Cells are *meshd / model*, seconds after the update. "
+        "Target: t99.9 at or under the model while spreading one update costs no more "
+        "bytes per node than the model's (equal bandwidth).",
+        "",
+        "| N | loss | t50 s | t99 s | t99.9 s | t99.9 ratio | reached | update B/node "
+        "(meshd / model) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for k in keys:
         ts = [f"{fmt(val(k, m))} / {fmt(val(k, m, 'model'))}" for m in SIM_SPREAD]
         m999, a999 = val(k, "t999"), val(k, "t999", "model")
@@ -235,16 +289,29 @@ def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> 
             ok = "—"
         else:
             fast, cheap = ratio <= 1, b is None or bm is None or b <= bm
-            ok = "met" if fast and cheap else "**missed** (" + ", ".join(
-                x for x, bad in (("slower", not fast), ("more bytes", not cheap)) if bad) + ")"
-        out.append(f"| {fmt(k[0])} | {pct(k[1])} | {' | '.join(ts)} | {fmt(ratio)} | "
-                   f"{fmt(val(k, 'update_reached'))} | {fmt(b)} / {fmt(bm)} | {ok} |")
-    out += ["", "Steady state before the update, failure detection of one crashed node, and "
-            f"what the run cost. Target: no datagram over {WIRE_LIMIT:,} B on the wire "
-            "(largest payload + 41 B envelope), 10,000 nodes fit in "
-            f"{RAM_GIB} GiB.", "",
-            "| N | loss | " + " | ".join(lbl for _, lbl in SIM_STEADY) + " | verdict |",
-            "|" + "---|" * (len(SIM_STEADY) + 3)]
+            ok = (
+                "met"
+                if fast and cheap
+                else "**missed** ("
+                + ", ".join(
+                    x for x, bad in (("slower", not fast), ("more bytes", not cheap)) if bad
+                )
+                + ")"
+            )
+        out.append(
+            f"| {fmt(k[0])} | {pct(k[1])} | {' | '.join(ts)} | {fmt(ratio)} | "
+            f"{fmt(val(k, 'update_reached'))} | {fmt(b)} / {fmt(bm)} | {ok} |"
+        )
+    out += [
+        "",
+        "Steady state before the update, failure detection of one crashed node, and "
+        f"what the run cost. Target: no datagram over {WIRE_LIMIT:,} B on the wire "
+        "(largest payload + 41 B envelope), 10,000 nodes fit in "
+        f"{RAM_GIB} GiB.",
+        "",
+        "| N | loss | " + " | ".join(lbl for _, lbl in SIM_STEADY) + " | verdict |",
+        "|" + "---|" * (len(SIM_STEADY) + 3),
+    ]
     for k in keys:
         big, rss = val(k, "largest_datagram"), val(k, "max_rss_mb")
         bad = []
@@ -252,10 +319,16 @@ def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> 
             bad.append(f"datagram {big + 41:,.0f} B")
         if isinstance(rss, (int, float)) and rss * 1e6 > RAM_GIB * 2**30:
             bad.append("RSS")
-        ok = "—" if big is None and rss is None else (
-            "met" if not bad else f"**missed** ({', '.join(bad)})")
-        out.append(f"| {fmt(k[0])} | {pct(k[1])} | "
-                   + " | ".join(fmt(val(k, m)) for m, _ in SIM_STEADY) + f" | {ok} |")
+        ok = (
+            "—"
+            if big is None and rss is None
+            else ("met" if not bad else f"**missed** ({', '.join(bad)})")
+        )
+        out.append(
+            f"| {fmt(k[0])} | {pct(k[1])} | "
+            + " | ".join(fmt(val(k, m)) for m, _ in SIM_STEADY)
+            + f" | {ok} |"
+        )
     out.append("")
     out += [f"![{p}](performance/{p})" for p in plots if p.startswith("sim")]
     return [*out, ""]
@@ -282,14 +355,27 @@ def make_plots(results: Path, outdir: Path) -> tuple[list[str], str]:
         for py in PLOT_PYTHONS:
             if not py or not os.access(py, os.X_OK):
                 continue
-            res = subprocess.run([py, __file__, "--plots-only", "--results", str(results),
-                                  "--plot-dir", str(outdir)],
-                                 capture_output=True, text=True, check=False)
+            res = subprocess.run(
+                [
+                    py,
+                    __file__,
+                    "--plots-only",
+                    "--results",
+                    str(results),
+                    "--plot-dir",
+                    str(outdir),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if res.returncode == 0:
                 return json.loads(res.stdout.strip().splitlines()[-1]), ""
-        return [], ("Plots skipped: matplotlib is not installed in this interpreter "
-                    "(it is not a meshd dependency; `pip install matplotlib`, or point "
-                    "MESHD_PLOT_PYTHON at an interpreter that has it, and rerun).")
+        return [], (
+            "Plots skipped: matplotlib is not installed in this interpreter "
+            "(it is not a meshd dependency; `pip install matplotlib`, or point "
+            "MESHD_PLOT_PYTHON at an interpreter that has it, and rerun)."
+        )
     return draw_plots(load(results), outdir), ""
 
 
@@ -302,8 +388,10 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
     outdir.mkdir(parents=True, exist_ok=True)
     made: list[str] = []
     recs = by_bench.get("daemons", [])
-    for fname, metrics, title in (("daemons-timing.png", TIMING, "Membership timings (ms)"),
-                                  ("daemons-idle.png", RESOURCES, "Idle cost per daemon")):
+    for fname, metrics, title in (
+        ("daemons-timing.png", TIMING, "Membership timings (ms)"),
+        ("daemons-idle.png", RESOURCES, "Idle cost per daemon"),
+    ):
         sizes = sorted({r["n"] for r in recs if r.get("n") is not None and r["metric"] in metrics})
         if not sizes:
             continue
@@ -311,8 +399,10 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
         for ax, metric in zip(axes, metrics, strict=True):
             vals = {r["n"]: r for r in recs if r["metric"] == metric and r.get("n") is not None}
             xs = range(len(sizes))
-            for off, impl, color in ((-0.2, "meshd", "tab:blue"),
-                                     (0.2, "memberlist", "tab:orange")):
+            for off, impl, color in (
+                (-0.2, "meshd", "tab:blue"),
+                (0.2, "memberlist", "tab:orange"),
+            ):
                 ys = [vals.get(n, {}).get(impl) or 0 for n in sizes]
                 ax.bar([x + off for x in xs], ys, width=0.4, label=impl, color=color)
             if metric == "rss_mib":
@@ -348,10 +438,14 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
         fig, ax = plt.subplots(figsize=(7, 3))
         rows = sorted(nl, key=lambda r: (r["backend"], r["n"], r["op"]))
         colors = {"add": "tab:blue", "noop": "tab:green", "remove": "tab:red"}
-        ax.bar(range(len(rows)), [r["ratio"] for r in rows],
-               color=[colors.get(r["op"], "gray") for r in rows])
-        ax.set_xticks(range(len(rows)),
-                      [f"{r['backend']}\n{r['n']}\n{r['op']}" for r in rows], fontsize=6)
+        ax.bar(
+            range(len(rows)),
+            [r["ratio"] for r in rows],
+            color=[colors.get(r["op"], "gray") for r in rows],
+        )
+        ax.set_xticks(
+            range(len(rows)), [f"{r['backend']}\n{r['n']}\n{r['op']}" for r in rows], fontsize=6
+        )
         ax.axhline(NETLINK_RATIO, color="gray", ls="--", lw=1)
         ax.axhline(1.0, color="black", lw=0.5)
         ax.set_ylabel("meshd / ip -batch (dashed: 1.5x target)", fontsize=8)
@@ -364,8 +458,11 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
     if sim_recs:
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for loss in sorted({r["loss"] for r in sim_recs}):
-            pts = sorted((r["n"], r["meshd"]) for r in sim_recs
-                         if r["loss"] == loss and r.get("meshd") is not None)
+            pts = sorted(
+                (r["n"], r["meshd"])
+                for r in sim_recs
+                if r["loss"] == loss and r.get("meshd") is not None
+            )
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=f"meshd, loss {loss:g}")
         model = sorted({(r["n"], r["model"]) for r in sim_recs if r.get("model") is not None})
@@ -390,8 +487,9 @@ number is measured: `benchmarks/README.md` in the repository.
 """
 
 
-def render(by_bench: dict[str, list[dict[str, Any]]], plots: list[str], plot_note: str,
-           analysis: str) -> str:
+def render(
+    by_bench: dict[str, list[dict[str, Any]]], plots: list[str], plot_note: str, analysis: str
+) -> str:
     out = [HEADER]
     if analysis:
         out += [analysis, ""]
@@ -414,9 +512,21 @@ def run_benchmarks(opts: argparse.Namespace) -> int:
     res_dir: Path = opts.results
     res_dir.mkdir(parents=True, exist_ok=True)
     steps: list[tuple[str, list[str], Path | None]] = [
-        ("daemons", [py, str(bench / "bench_daemons.py"), "--n", *map(str, opts.n),
-                     "--runs", str(opts.runs), "--out", str(res_dir / "daemons.jsonl"),
-                     *(["--meshd-src", str(opts.meshd_src)] if opts.meshd_src else [])], None),
+        (
+            "daemons",
+            [
+                py,
+                str(bench / "bench_daemons.py"),
+                "--n",
+                *map(str, opts.n),
+                "--runs",
+                str(opts.runs),
+                "--out",
+                str(res_dir / "daemons.jsonl"),
+                *(["--meshd-src", str(opts.meshd_src)] if opts.meshd_src else []),
+            ],
+            None,
+        ),
         ("netlink", [py, str(bench / "bench_netlink.py")], res_dir / "netlink.jsonl"),
         ("sim", [py, str(bench / "bench_sim.py"), "--out", str(res_dir / "sim.jsonl")], None),
     ]
@@ -426,8 +536,11 @@ def run_benchmarks(opts: argparse.Namespace) -> int:
         if not Path(cmd[1]).exists():
             print(f"report.py: {cmd[1]} does not exist; skipping {name}", file=sys.stderr)
             continue
-        print(f"report.py: {' '.join(cmd)}" + (f" > {stdout_to}" if stdout_to else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"report.py: {' '.join(cmd)}" + (f" > {stdout_to}" if stdout_to else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         tmp = stdout_to.with_suffix(".jsonl.tmp") if stdout_to else None
         with open(tmp, "w") if tmp else open(os.devnull, "w") as sink:
             rc = subprocess.run(cmd, stdout=sink, cwd=REPO, check=False).returncode
@@ -446,13 +559,23 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--doc", type=Path, default=DOC)
     ap.add_argument("--run", action="store_true", help="run the benchmarks first (root)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["daemons", "netlink", "sim"],
-                    help="with --run: benchmarks not to rerun")
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["daemons", "netlink", "sim"],
+        help="with --run: benchmarks not to rerun",
+    )
     ap.add_argument("--runs", type=int, default=3, help="with --run: bench_daemons.py --runs")
-    ap.add_argument("--n", type=int, nargs="+", default=[10, 30],
-                    help="with --run: bench_daemons.py --n")
-    ap.add_argument("--meshd-src", type=Path, default=None,
-                    help="with --run: bench_daemons.py --meshd-src (a frozen copy of meshd)")
+    ap.add_argument(
+        "--n", type=int, nargs="+", default=[10, 30], help="with --run: bench_daemons.py --n"
+    )
+    ap.add_argument(
+        "--meshd-src",
+        type=Path,
+        default=None,
+        help="with --run: bench_daemons.py --meshd-src (a frozen copy of meshd)",
+    )
     ap.add_argument("--plots-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--plot-dir", type=Path, default=None, help=argparse.SUPPRESS)
     opts = ap.parse_args(list(argv) if argv is not None else None)

@@ -191,8 +191,9 @@ def steady(net: Network, sc: Scenario) -> Line:
     }  # fmt: skip
 
 
-def spread_updates(net: Network, sc: Scenario, updaters: Sequence[int], obs: Observer,
-                   counter: NewsCounter) -> None:
+def spread_updates(
+    net: Network, sc: Scenario, updaters: Sequence[int], obs: Observer, counter: NewsCounter
+) -> None:
     """Each updater changes its record (its MTU), ``update_gap`` after the previous one."""
     for k, updater in enumerate(updaters):
         net.run_until(sc.update_at + k * sc.update_gap)
@@ -287,29 +288,53 @@ def run(sc: Scenario) -> Iterator[Line]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks/sim_scenarios.py",
-                                description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="benchmarks/sim_scenarios.py", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--loss", type=float, default=0.0, help="probability a datagram is lost")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
-    p.add_argument("--converged", action="store_true",
-                   help="start with every node knowing every other (no joins; for large N)")
-    p.add_argument("--join-spread", type=float, default=5.0,
-                   help="without --converged: seconds over which nodes join through node 0")
+    p.add_argument(
+        "--converged",
+        action="store_true",
+        help="start with every node knowing every other (no joins; for large N)",
+    )
+    p.add_argument(
+        "--join-spread",
+        type=float,
+        default=5.0,
+        help="without --converged: seconds over which nodes join through node 0",
+    )
     p.add_argument("--latency-ms", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
-    p.add_argument("--warmup", type=float,
-                   help="start of the steady-state window (default: 10%% of the duration)")
-    p.add_argument("--update-at", type=float,
-                   help="when one node changes its record (default: 30%% of the duration)")
-    p.add_argument("--updates", type=int, default=1,
-                   help="how many nodes change their record, one after the other (default 1)")
-    p.add_argument("--update-gap", type=float, default=2.0,
-                   help="seconds between those changes (default 2)")
-    p.add_argument("--crash-at", type=float,
-                   help="when one node crashes (default: 50%% of the duration)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a GossipConfig field, e.g. --set probe_interval=0.5")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help="start of the steady-state window (default: 10%% of the duration)",
+    )
+    p.add_argument(
+        "--update-at",
+        type=float,
+        help="when one node changes its record (default: 30%% of the duration)",
+    )
+    p.add_argument(
+        "--updates",
+        type=int,
+        default=1,
+        help="how many nodes change their record, one after the other (default 1)",
+    )
+    p.add_argument(
+        "--update-gap", type=float, default=2.0, help="seconds between those changes (default 2)"
+    )
+    p.add_argument(
+        "--crash-at", type=float, help="when one node crashes (default: 50%% of the duration)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a GossipConfig field, e.g. --set probe_interval=0.5",
+    )
     return p
 
 

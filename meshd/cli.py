@@ -108,12 +108,23 @@ def join(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run the daemon in the foreground and join the mesh (logs to stderr)."""
-    cfg = load_config(config, {
-        "seeds": tuple(seeds or ()), "name": name, "public_ip": public_ip, "iface": iface,
-        "subnet": subnet, "backend": backend, "port": port, "key_file": key_file,
-        "state_dir": state_dir, "socket": socket, "subnet_env": subnet_env,
-        "log_level": log_level,
-    })
+    cfg = load_config(
+        config,
+        {
+            "seeds": tuple(seeds or ()),
+            "name": name,
+            "public_ip": public_ip,
+            "iface": iface,
+            "subnet": subnet,
+            "backend": backend,
+            "port": port,
+            "key_file": key_file,
+            "state_dir": state_dir,
+            "socket": socket,
+            "subnet_env": subnet_env,
+            "log_level": log_level,
+        },
+    )
     import asyncio
 
     # Imported here: the daemon pulls in asyncio, cryptography and the data plane, which the
@@ -224,10 +235,10 @@ def lab(
     hosts: Annotated[int, typer.Option(help="Number of simulated hosts.")] = 3,
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "vxlan",
     routed: Annotated[bool, typer.Option(help="Two L2 segments joined by a router.")] = False,
-    keep: Annotated[bool, typer.Option(help="Leave the lab running (remove: meshd lab down).")]
-    = False,
-    uml: Annotated[bool, typer.Option(help="Run inside a user-mode-linux guest kernel.")]
-    = False,
+    keep: Annotated[
+        bool, typer.Option(help="Leave the lab running (remove: meshd lab down).")
+    ] = False,
+    uml: Annotated[bool, typer.Option(help="Run inside a user-mode-linux guest kernel.")] = False,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:

@@ -206,8 +206,10 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
             parse_seed(s)
         return tuple(value)
     if key == "name":
-        if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value) or (
-            len(value) > MAX_NAME_LEN
+        if (
+            not isinstance(value, str)
+            or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value)
+            or (len(value) > MAX_NAME_LEN)
         ):
             raise ConfigError(f"name: {value!r} must be 1-63 of [A-Za-z0-9._-]")
         return value

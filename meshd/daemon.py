@@ -90,13 +90,15 @@ class Daemon:
             mtu=underlay.mtu,
             incarnation=state.incarnation + 1,
             version=PROTOCOL_VERSION,
-            since=state.subnet_since if state.subnet == str(subnet) and state.subnet_since
+            since=state.subnet_since
+            if state.subnet == str(subnet) and state.subnet_since
             else int(time.time()),
         )
         known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
         try:
-            node = GossipNode(local, cfg.gossip, random.Random(os.urandom(16)), time.monotonic(),
-                              known=known)
+            node = GossipNode(
+                local, cfg.gossip, random.Random(os.urandom(16)), time.monotonic(), known=known
+            )
         except RecordError as exc:  # e.g. an underlay MTU no record can carry (lo: 65536)
             raise ConfigError(f"this node's record: {exc}") from None
         sealer = Sealer(keyring)
@@ -105,21 +107,44 @@ class Daemon:
         await self.transport.start()
         # The reconciler's own config: the Config fields it reads (docs/dataplane.md).
         rcfg = ReconcilerConfig(
-            backend=cfg.backend, network=cfg.network, vni=cfg.vni, vxlan_port=cfg.vxlan_port,
-            bridge=cfg.bridge, subnet_env=cfg.subnet_env, ipmasq=cfg.ipmasq,
-            resync_interval=cfg.resync_interval, reap_after=cfg.gossip.reap_after,
+            backend=cfg.backend,
+            network=cfg.network,
+            vni=cfg.vni,
+            vxlan_port=cfg.vxlan_port,
+            bridge=cfg.bridge,
+            subnet_env=cfg.subnet_env,
+            ipmasq=cfg.ipmasq,
+            resync_interval=cfg.resync_interval,
+            reap_after=cfg.gossip.reap_after,
         )
         self.reconciler = Reconciler(rcfg, local, underlay)
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
         self.service = Service(
-            node, self.transport, sealer,
-            {"ifname": underlay.ifname, "ip": underlay.ip, "prefixlen": underlay.prefixlen,
-             "mtu": underlay.mtu},
-            cfg.key_file, self._stop.set, self.reconciler, self.firewall, time.monotonic(),
+            node,
+            self.transport,
+            sealer,
+            {
+                "ifname": underlay.ifname,
+                "ip": underlay.ip,
+                "prefixlen": underlay.prefixlen,
+                "mtu": underlay.mtu,
+            },
+            cfg.key_file,
+            self._stop.set,
+            self.reconciler,
+            self.firewall,
+            time.monotonic(),
         )
-        self.membership = Membership(node, store, self.reconciler, self.firewall,
-                                     cfg.resync_interval, self.service.apply_key_ops, changed)
+        self.membership = Membership(
+            node,
+            store,
+            self.reconciler,
+            self.firewall,
+            cfg.resync_interval,
+            self.service.apply_key_ops,
+            changed,
+        )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)
         node.join(seeds, time.monotonic())
@@ -134,8 +159,9 @@ class Daemon:
                 await Firewall(cfg.backend, cfg.vxlan_port).remove()
         # Kept only once listening: closing a server that failed to start would unlink the
         # socket of the daemon that holds it.
-        control = ControlServer(cfg.socket, self.service.commands(),
-                                group=_group_id(cfg.control_group))
+        control = ControlServer(
+            cfg.socket, self.service.commands(), group=_group_id(cfg.control_group)
+        )
         await control.start()
         self.control = control
         if cfg.metrics:
@@ -144,8 +170,14 @@ class Daemon:
             self.metrics = metrics
         log.info(
             "meshd %s: %s (%s) subnet %s backend %s on %s, %d known member(s), %d seed(s)",
-            __version__, local.name, local.public_ip, local.subnet, local.backend,
-            underlay.ifname, len(known), len(seeds),
+            __version__,
+            local.name,
+            local.public_ip,
+            local.subnet,
+            local.backend,
+            underlay.ifname,
+            len(known),
+            len(seeds),
         )
 
     async def _resolve_seeds(self, local: NodeRecord) -> list[tuple[str, int]]:
@@ -154,8 +186,9 @@ class Daemon:
         for seed in self.cfg.seeds:
             host, port = parse_seed(seed, self.cfg.port)
             try:
-                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET,
-                                               type=socket.SOCK_DGRAM)
+                infos = await loop.getaddrinfo(
+                    host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+                )
             except OSError as exc:
                 log.warning("seed %s: cannot resolve (%s); skipping it", seed, exc)
                 continue
@@ -258,6 +291,3 @@ def setup_logging(level: str) -> None:
 
 async def serve(cfg: Config) -> int:
     return await Daemon(cfg).run()
-
-
-

@@ -95,8 +95,11 @@ class Membership:
         if self.firewall is None:
             return
         me = self.node.local.name
-        ips = {m.record.public_ip for m in self.node.members()
-               if m.record.name != me and str(m.state.value) != "left"}
+        ips = {
+            m.record.public_ip
+            for m in self.node.members()
+            if m.record.name != me and str(m.state.value) != "left"
+        }
         now = time.monotonic()
         force = now - self._fw_forced > self.resync_interval
         try:
@@ -128,8 +131,16 @@ class Membership:
             return
         self._saved_key, self._last_save = key, now
         me = self.node.local
-        self.store.save(State(
-            node_id=me.node_id, incarnation=me.incarnation, subnet=me.subnet, subnet_since=me.since,
-            members=[m.record for m in members
-                     if m.record.name != me.name and str(m.state.value) != "left"],
-        ))
+        self.store.save(
+            State(
+                node_id=me.node_id,
+                incarnation=me.incarnation,
+                subnet=me.subnet,
+                subnet_since=me.since,
+                members=[
+                    m.record
+                    for m in members
+                    if m.record.name != me.name and str(m.state.value) != "left"
+                ],
+            )
+        )

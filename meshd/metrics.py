@@ -85,7 +85,7 @@ class Snapshot:
 def _by_prefix(fam: Family, counters: Mapping[str, int], prefix: str, label: str) -> Family:
     for k, v in sorted(counters.items()):
         if k.startswith(prefix):
-            fam.add(v, {label: k[len(prefix):]})
+            fam.add(v, {label: k[len(prefix) :]})
     return fam
 
 
@@ -95,49 +95,83 @@ def families(s: Snapshot) -> list[Family]:
     fams = [
         Family("meshd_members", "gauge", "Members by state, this node included."),
         Family("meshd_datagrams_total", "counter", "UDP datagrams on the wire.")
-        .add(c.get("in", 0), {"direction": "in"}).add(c.get("out", 0), {"direction": "out"}),
+        .add(c.get("in", 0), {"direction": "in"})
+        .add(c.get("out", 0), {"direction": "out"}),
         Family("meshd_bytes_total", "counter", "UDP payload bytes on the wire (sealed).")
         .add(c.get("in_bytes", 0), {"direction": "in"})
         .add(c.get("out_bytes", 0), {"direction": "out"}),
-        _by_prefix(Family("meshd_messages_received_total", "counter", "Gossip messages by type."),
-                   c, "msg.", "type"),
-        _by_prefix(Family("meshd_dropped_total", "counter", "Datagrams dropped, by reason."),
-                   c, "drop.", "reason"),
-        _by_prefix(Family("meshd_probes_total", "counter", "Failure-detection probes by result."),
-                   c, "probe.", "result"),
+        _by_prefix(
+            Family("meshd_messages_received_total", "counter", "Gossip messages by type."),
+            c,
+            "msg.",
+            "type",
+        ),
+        _by_prefix(
+            Family("meshd_dropped_total", "counter", "Datagrams dropped, by reason."),
+            c,
+            "drop.",
+            "reason",
+        ),
+        _by_prefix(
+            Family("meshd_probes_total", "counter", "Failure-detection probes by result."),
+            c,
+            "probe.",
+            "result",
+        ),
     ]
     for st in MEMBER_STATES:
         fams[0].add(s.members.get(st, 0), {"state": st})
-    fam = Family("meshd_anti_entropy_total", "counter",
-                 "Anti-entropy digests: sent, and received ones whose view was the same, "
-                 "differed (a full push-pull followed) or changed before the answer (late).")
+    fam = Family(
+        "meshd_anti_entropy_total",
+        "counter",
+        "Anti-entropy digests: sent, and received ones whose view was the same, "
+        "differed (a full push-pull followed) or changed before the answer (late).",
+    )
     for result in ("sent", "same", "differ", "late"):
         fam.add(c.get(f"push_pull.digest_{result}", 0), {"result": result})
     fams.append(fam)
-    fams.append(Family("meshd_suspicions_total", "counter",
-                       "Members this node started suspecting.").add(c.get("suspect.raised", 0)))
+    fams.append(
+        Family("meshd_suspicions_total", "counter", "Members this node started suspecting.").add(
+            c.get("suspect.raised", 0)
+        )
+    )
     fam = Family("meshd_probe_rtt_seconds", "histogram", "Probe round-trip time.")
     for le, n in s.rtt_buckets:
         fam.add(n, {"le": "+Inf" if le == float("inf") else f"{le:g}"}, "_bucket")
     fams.append(fam.add(s.rtt_sum, None, "_sum").add(s.rtt_count, None, "_count"))
-    fams.append(Family("meshd_local_health", "gauge",
-                       "Lifeguard local health score (0 is healthy).").add(s.health))
+    fams.append(
+        Family("meshd_local_health", "gauge", "Lifeguard local health score (0 is healthy).").add(
+            s.health
+        )
+    )
     dp = s.dataplane
-    fams.append(Family("meshd_reconcile_runs_total", "counter",
-                       "Data-plane reconcile passes.").add(dp.get("runs", 0)))
+    fams.append(
+        Family("meshd_reconcile_runs_total", "counter", "Data-plane reconcile passes.").add(
+            dp.get("runs", 0)
+        )
+    )
     last = dp.get("last_run") or {}
-    fams.append(Family("meshd_reconcile_duration_seconds", "gauge",
-                       "Duration of the last reconcile pass.")
-                .add(last.get("duration_ms", 0) / 1000))
+    fams.append(
+        Family(
+            "meshd_reconcile_duration_seconds", "gauge", "Duration of the last reconcile pass."
+        ).add(last.get("duration_ms", 0) / 1000)
+    )
     fam = Family("meshd_reconcile_changes_total", "counter", "Kernel changes applied, by kind.")
     for kind, n in sorted((dp.get("applied") or {}).items()):
         fam.add(n, {"kind": kind})
     fams.append(fam)
-    fams.append(Family("meshd_reconcile_errors", "gauge",
-                       "Recent data-plane errors (bounded list in `meshd status`).")
-                .add(len(dp.get("errors") or [])))
-    fams.append(Family("meshd_info", "gauge", "Build and node information.").add(
-        1, {"version": s.version, "name": s.name, "backend": s.backend}))
+    fams.append(
+        Family(
+            "meshd_reconcile_errors",
+            "gauge",
+            "Recent data-plane errors (bounded list in `meshd status`).",
+        ).add(len(dp.get("errors") or []))
+    )
+    fams.append(
+        Family("meshd_info", "gauge", "Build and node information.").add(
+            1, {"version": s.version, "name": s.name, "backend": s.backend}
+        )
+    )
     return fams
 
 
@@ -160,8 +194,9 @@ class MetricsServer:
         try:
             self._server = await asyncio.start_server(self._serve, self.host, self.port)
         except OSError as exc:
-            raise ConfigError(f"metrics: cannot listen on {self.host}:{self.port}: "
-                              f"{exc.strerror}") from None
+            raise ConfigError(
+                f"metrics: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
 
     async def close(self) -> None:
         if self._server is not None:
@@ -182,7 +217,8 @@ class MetricsServer:
                 body, status = render(self.collect()).encode(), "200 OK"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
         except (TimeoutError, ConnectionError, OSError):

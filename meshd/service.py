@@ -101,8 +101,13 @@ class Service:
             return self.update()
 
         return {
-            "peers": peers, "status": status, "leave": leave, "update": update,
-            "keys.list": keys_list, "keys.install": keys_install, "keys.use": keys_use,
+            "peers": peers,
+            "status": status,
+            "leave": leave,
+            "update": update,
+            "keys.list": keys_list,
+            "keys.install": keys_install,
+            "keys.use": keys_use,
             "keys.remove": keys_remove,
         }
 
@@ -115,19 +120,21 @@ class Service:
         for m in sorted(self.node.members(), key=lambda m: m.record.name):
             r = m.record
             is_self = r.name == me
-            out.append({
-                "name": r.name,
-                "public_ip": r.public_ip,
-                "subnet": r.subnet,
-                "backend": r.backend,
-                "vtep_mac": r.vtep_mac,
-                "state": str(m.state.value),
-                "incarnation": r.incarnation,
-                "last_seen": 0.0 if is_self else round(max(0.0, now - m.last_seen), 1),
-                "self": is_self,
-                "node_id": r.node_id.hex(),
-                "flag": flags.get(r.name),
-            })
+            out.append(
+                {
+                    "name": r.name,
+                    "public_ip": r.public_ip,
+                    "subnet": r.subnet,
+                    "backend": r.backend,
+                    "vtep_mac": r.vtep_mac,
+                    "state": str(m.state.value),
+                    "incarnation": r.incarnation,
+                    "last_seen": 0.0 if is_self else round(max(0.0, now - m.last_seen), 1),
+                    "self": is_self,
+                    "node_id": r.node_id.hex(),
+                    "flag": flags.get(r.name),
+                }
+            )
         return out
 
     def members_by_state(self) -> dict[str, int]:
@@ -163,10 +170,16 @@ class Service:
         rtt = self.node.probe_rtt
         local = self.node.local
         return Snapshot(
-            counters=self.counters(), members=self.members_by_state(), rtt_buckets=rtt.buckets,
-            rtt_sum=rtt.sum, rtt_count=rtt.count, health=self.node.health,
+            counters=self.counters(),
+            members=self.members_by_state(),
+            rtt_buckets=rtt.buckets,
+            rtt_sum=rtt.sum,
+            rtt_count=rtt.count,
+            health=self.node.health,
             dataplane=self.reconciler.status() if self.reconciler else {},
-            version=__version__, name=local.name, backend=local.backend,
+            version=__version__,
+            name=local.name,
+            backend=local.backend,
         )
 
     def metric_families(self) -> list[Family]:

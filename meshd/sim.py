@@ -156,8 +156,15 @@ class Network:
         if events:
             for ev in events:
                 if self.log is not None:
-                    self.log.append((self.now, node.local.name, ev.kind, ev.member.record.name,
-                                     ev.member.record.incarnation))
+                    self.log.append(
+                        (
+                            self.now,
+                            node.local.name,
+                            ev.kind,
+                            ev.member.record.name,
+                            ev.member.record.incarnation,
+                        )
+                    )
                 if self.on_event is not None:
                     self.on_event(self.now, idx, ev)
         t = node.get_timer()

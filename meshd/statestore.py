@@ -57,8 +57,9 @@ class StateStore:
         subnet = raw.get("subnet") if isinstance(raw.get("subnet"), str) else None
         since = raw.get("subnet_since", 0)
         since = since if isinstance(since, int) and since >= 0 else 0
-        return State(node_id=node_id, incarnation=inc, members=members, subnet=subnet,
-                      subnet_since=since)
+        return State(
+            node_id=node_id, incarnation=inc, members=members, subnet=subnet, subnet_since=since
+        )
 
     def save(self, state: State) -> None:
         data = {

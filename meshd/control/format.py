@@ -13,7 +13,15 @@ from typing import Any
 from meshd.control.protocol import KeyList, LeaveReply, PeerRow, StatusReply
 
 PEER_COLUMNS = (
-    "NAME", "PUBLIC IP", "SUBNET", "BACKEND", "VTEP MAC", "STATE", "INC", "SEEN", "NOTE",
+    "NAME",
+    "PUBLIC IP",
+    "SUBNET",
+    "BACKEND",
+    "VTEP MAC",
+    "STATE",
+    "INC",
+    "SEEN",
+    "NOTE",
 )
 
 
@@ -37,11 +45,19 @@ def peers(rows: Sequence[PeerRow]) -> str:
     out: list[Sequence[str]] = [PEER_COLUMNS]
     for r in rows:
         me = r["self"]
-        out.append([
-            r["name"], r["public_ip"], r["subnet"], r["backend"], r["vtep_mac"] or "-",
-            r["state"], str(r["incarnation"]),
-            "-" if me else f"{r['last_seen']:.1f}s", "self" if me else (r["flag"] or ""),
-        ])
+        out.append(
+            [
+                r["name"],
+                r["public_ip"],
+                r["subnet"],
+                r["backend"],
+                r["vtep_mac"] or "-",
+                r["state"],
+                str(r["incarnation"]),
+                "-" if me else f"{r['last_seen']:.1f}s",
+                "self" if me else (r["flag"] or ""),
+            ]
+        )
     return table(out)
 
 
@@ -66,13 +82,17 @@ def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
     """A few readable lines out of the data-plane and filter status (the JSON has the plan)."""
     if not dp:
         return ["dataplane not started"]
-    out = [f"dataplane {dp.get('backend')} device {dp.get('device') or '-'} on "
-           f"{(dp.get('underlay') or {}).get('ifname')}, routes proto {dp.get('protocol')}, "
-           f"{len(dp.get('programmed') or [])} peer(s) programmed"]
+    out = [
+        f"dataplane {dp.get('backend')} device {dp.get('device') or '-'} on "
+        f"{(dp.get('underlay') or {}).get('ifname')}, routes proto {dp.get('protocol')}, "
+        f"{len(dp.get('programmed') or [])} peer(s) programmed"
+    ]
     last = dp.get("last_run") or {}
     if last:
-        out.append(f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
-                   f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all")
+        out.append(
+            f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
+            f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all"
+        )
     change = (dp.get("last_change") or {}).get("plan") or {}
     counts = {k: v for k, v in (change.get("counts") or {}).items() if v}
     if counts:
@@ -83,8 +103,10 @@ def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
     if dp.get("last_error"):
         out.append(f"          error: {dp['last_error']}")
     if fw.get("active"):
-        out.append(f"filter    {fw.get('table')}: {len(fw.get('members') or [])} member IPs"
-                   + (f", error: {fw['last_error']}" if fw.get("last_error") else ""))
+        out.append(
+            f"filter    {fw.get('table')}: {len(fw.get('members') or [])} member IPs"
+            + (f", error: {fw['last_error']}" if fw.get("last_error") else "")
+        )
     return out
 
 

@@ -151,7 +151,11 @@ async def _device_op(nl: NetlinkAPI, op: DeviceOp, spec: DeviceSpec, links: dict
 
 
 async def _routes(
-    nl: NetlinkAPI, op: str, routes: Sequence[Route], links: dict[str, int], proto: int,
+    nl: NetlinkAPI,
+    op: str,
+    routes: Sequence[Route],
+    links: dict[str, int],
+    proto: int,
     res: ApplyResult,
 ) -> None:
     if not routes:
@@ -170,8 +174,9 @@ async def _routes(
         _record(f"route_{op}", len(entries), await nl.routes_apply(op, entries, proto), res)
 
 
-def _mesh_index(kind: str, n: int, plan: Plan, links: dict[str, int], res: ApplyResult,
-                adding: bool) -> int | None:
+def _mesh_index(
+    kind: str, n: int, plan: Plan, links: dict[str, int], res: ApplyResult, adding: bool
+) -> int | None:
     """The mesh device's ifindex for neighbour/FDB steps; a missing device is one line when
     there was something to add (removals from a missing device have nothing left to remove)."""
     dev = plan.device
@@ -183,8 +188,9 @@ def _mesh_index(kind: str, n: int, plan: Plan, links: dict[str, int], res: Apply
     return index
 
 
-async def _neighs(nl: NetlinkAPI, op: str, plan: Plan, links: dict[str, int],
-                  res: ApplyResult) -> None:
+async def _neighs(
+    nl: NetlinkAPI, op: str, plan: Plan, links: dict[str, int], res: ApplyResult
+) -> None:
     items = plan.neigh_set if op == "replace" else plan.neigh_del
     if not items:
         return
@@ -195,8 +201,9 @@ async def _neighs(nl: NetlinkAPI, op: str, plan: Plan, links: dict[str, int],
         _record(kind, len(entries), await nl.neighs_apply(op, index, entries), res)
 
 
-async def _fdb(nl: NetlinkAPI, op: str, plan: Plan, links: dict[str, int],
-               res: ApplyResult) -> None:
+async def _fdb(
+    nl: NetlinkAPI, op: str, plan: Plan, links: dict[str, int], res: ApplyResult
+) -> None:
     items = plan.fdb_set if op == "replace" else plan.fdb_del
     if not items:
         return

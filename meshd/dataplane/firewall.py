@@ -186,9 +186,9 @@ class Firewall:
             "table": f"{FAMILY} {TABLE}",
             "backend": self.backend,
             "active": self.active,
-            "reason": None if self.active else (
-                f"{self.backend} encapsulates nothing: nothing to filter"
-            ),
+            "reason": None
+            if self.active
+            else (f"{self.backend} encapsulates nothing: nothing to filter"),
             "match": self.match if self.active else None,
             "netns": self.netns,
             "members": sorted(self._applied or (), key=ipaddress.IPv4Address),

@@ -44,10 +44,28 @@ from meshd.dataplane.objects import (
 from meshd.gossip.record import NodeRecord
 
 __all__ = [
-    "FLAG_CONFLICTED", "FLAG_INCOMPATIBLE", "FLAG_NOT_ON_LINK", "FLAG_REAPED", "FLAG_REFUSED",
-    "RTPROT_MESHD", "DeviceOp", "DeviceSpec", "Fdb", "Neigh", "ObservedDevice", "PeerView", "Plan",
-    "Route", "Underlay", "desired_state", "device_spec", "diff", "resolve_claims", "select_peers",
-    "subnet_env", "vxlan_device",
+    "FLAG_CONFLICTED",
+    "FLAG_INCOMPATIBLE",
+    "FLAG_NOT_ON_LINK",
+    "FLAG_REAPED",
+    "FLAG_REFUSED",
+    "RTPROT_MESHD",
+    "DeviceOp",
+    "DeviceSpec",
+    "Fdb",
+    "Neigh",
+    "ObservedDevice",
+    "PeerView",
+    "Plan",
+    "Route",
+    "Underlay",
+    "desired_state",
+    "device_spec",
+    "diff",
+    "resolve_claims",
+    "select_peers",
+    "subnet_env",
+    "vxlan_device",
 ]
 
 RTPROT_MESHD = 109
@@ -58,7 +76,13 @@ Ownership of routes is exactly "proto 109 in the main table": meshd never touche
 MAIN_TABLE = 254
 LIVE_STATES = ("alive", "suspect", "dead")
 ALL_STEPS = (
-    "route_del", "fdb_del", "neigh_del", "neigh_set", "fdb_set", "route_add", "route_replace",
+    "route_del",
+    "fdb_del",
+    "neigh_del",
+    "neigh_set",
+    "fdb_set",
+    "route_add",
+    "route_replace",
 )
 """Step order of a plan whose backend declared none (vxlan's: every kind)."""
 
@@ -300,9 +324,9 @@ def first_address(subnet: str) -> str:
     return f"{net.network_address + 1}/{net.prefixlen}"
 
 
-def device_spec(backend: str, local: NodeRecord, underlay: Underlay, vni: int, port: int) -> (
-    DeviceSpec | None
-):
+def device_spec(
+    backend: str, local: NodeRecord, underlay: Underlay, vni: int, port: int
+) -> DeviceSpec | None:
     """The mesh device ``backend`` needs on this node (None for host-gw)."""
     return backends.get(backend).device(Site(local, underlay, vni=vni, port=port))
 
@@ -340,8 +364,12 @@ def desired_state(
     br = None
     if bridge:
         br = DeviceSpec(
-            name=bridge, kind="bridge", mtu=None, mac=None,
-            addresses=(first_address(local.subnet),), owned=False,
+            name=bridge,
+            kind="bridge",
+            mtu=None,
+            mac=None,
+            addresses=(first_address(local.subnet),),
+            owned=False,
         )
     return Desired(
         backend=backend,
@@ -377,8 +405,9 @@ def diff_device(spec: DeviceSpec, obs: ObservedDevice | None) -> tuple[list[Devi
         if not spec.owned:
             return [], [f"{spec.name} exists as a {obs.kind or 'plain'} device, not a {spec.kind}"]
         return [DeviceOp("delete", spec.name, f"kind {obs.kind} != {spec.kind}"), *create], []
-    wrong = [f"{k} {obs.params.get(k)!r} != {v!r}" for k, v in spec.params
-             if obs.params.get(k) != v]
+    wrong = [
+        f"{k} {obs.params.get(k)!r} != {v!r}" for k, v in spec.params if obs.params.get(k) != v
+    ]
     if wrong and spec.owned:
         # These are fixed at creation; the kernel cannot change them in place.
         return [DeviceOp("delete", spec.name, "; ".join(wrong)), *create], []
@@ -444,7 +473,8 @@ def diff(desired: Desired, observed: Observed) -> Plan:
     dsts_per_mac = Counter(f.lladdr for f in obs_fdb)
     fdb_del = tuple(
         sorted(
-            f for f in obs_fdb - desired.fdb
+            f
+            for f in obs_fdb - desired.fdb
             if f.lladdr not in wanted_macs or dsts_per_mac[f.lladdr] > 1
         )
     )

@@ -22,6 +22,7 @@ pyroute2 parses them ~12x slower (2.6 s for the 35,000 notifications of 5,000 vx
 and removed; docs/dataplane.md, "The monitor"). Its few link and address messages go through
 pyroute2's parser, the same decode path as ``link()`` and ``addresses()``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,8 +70,16 @@ from meshd.dataplane.rtnl_wire import (
 )
 from meshd.errors import DataplaneError, MissingKernelFeature
 
-__all__ = ["Event", "Failure", "FdbEntry", "LinkInfo", "NeighEntry", "Netlink", "RouteEntry",
-           "error_code"]
+__all__ = [
+    "Event",
+    "Failure",
+    "FdbEntry",
+    "LinkInfo",
+    "NeighEntry",
+    "Netlink",
+    "RouteEntry",
+    "error_code",
+]
 
 MONITOR_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH
 IFF_UP = 0x1
@@ -135,7 +144,9 @@ def _pyroute2() -> _Pyroute2:
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         _PR2 = _Pyroute2(
-            AsyncIPRoute=AsyncIPRoute, NetlinkError=NetlinkError, ifinfmsg=ifinfmsg,
+            AsyncIPRoute=AsyncIPRoute,
+            NetlinkError=NetlinkError,
+            ifinfmsg=ifinfmsg,
             ifaddrmsg=ifaddrmsg,
         )
     return _PR2
@@ -339,8 +350,12 @@ class Netlink:
         req = route_dump_request(0, MAIN_TABLE)._replace(what="dump routes for the default route")
         best: tuple[int, int] | None = None
         for r in await self._rtnl.dump(req, decode_route, RTM_NEWROUTE):
-            if (r.family == socket.AF_INET and r.dst.endswith("/0") and r.table == MAIN_TABLE
-                    and r.oif):
+            if (
+                r.family == socket.AF_INET
+                and r.dst.endswith("/0")
+                and r.table == MAIN_TABLE
+                and r.oif
+            ):
                 cand = (r.priority, r.oif)
                 best = cand if best is None or cand < best else best
         return best[1] if best else None
@@ -361,8 +376,9 @@ class Netlink:
 
     async def add_address(self, index: int, cidr: str) -> None:
         """Add an IPv4 address; one already there counts as done."""
-        await self._address("add", index, cidr, f"add address {cidr} to link {index}",
-                            (errno.EEXIST,))
+        await self._address(
+            "add", index, cidr, f"add address {cidr} to link {index}", (errno.EEXIST,)
+        )
 
     async def del_address(self, index: int, cidr: str) -> None:
         """Delete an IPv4 address; one already gone (or its device) counts as done."""
@@ -377,9 +393,7 @@ class Netlink:
             raise DataplaneError(f"{what}: {exc}") from None
         try:
             with _errors(what):
-                await self._ip.addr(
-                    op, index=index, address=socket.inet_ntoa(ip), prefixlen=plen
-                )
+                await self._ip.addr(op, index=index, address=socket.inet_ntoa(ip), prefixlen=plen)
         except DataplaneError as exc:
             _done_if(ok, exc)
 
@@ -469,7 +483,6 @@ class Netlink:
             raise os_error(f"sysctl {name}", exc) from exc
 
 
-
 def _iproute_socket() -> socket.socket:
     # SOCK_DGRAM (netlink treats it as SOCK_RAW): asyncio's datagram endpoint wants that type.
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
@@ -536,13 +549,22 @@ def _event(kind: int, buf: bytes, off: int, end: int) -> Event | None:
         if n.family not in (socket.AF_INET, AF_BRIDGE):
             return None
         return Event(
-            "fdb" if n.family == AF_BRIDGE else "neigh", kind == RTM_NEWNEIGH, index=n.ifindex,
-            dst=n.dst, lladdr=n.lladdr, permanent=bool(n.state & NUD_PERMANENT),
+            "fdb" if n.family == AF_BRIDGE else "neigh",
+            kind == RTM_NEWNEIGH,
+            index=n.ifindex,
+            dst=n.dst,
+            lladdr=n.lladdr,
+            permanent=bool(n.state & NUD_PERMANENT),
         )
     if kind in (RTM_NEWLINK, RTM_DELLINK):
         ln = _link_info(_parse(_pyroute2().ifinfmsg, buf, off))
         return Event(
-            "link", kind == RTM_NEWLINK, index=ln.index, name=ln.name, up=ln.up, mtu=ln.mtu,
+            "link",
+            kind == RTM_NEWLINK,
+            index=ln.index,
+            name=ln.name,
+            up=ln.up,
+            mtu=ln.mtu,
             lladdr=ln.mac or "",
         )
     if kind in (RTM_NEWADDR, RTM_DELADDR):

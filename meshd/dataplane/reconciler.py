@@ -166,8 +166,14 @@ class Reconciler:
         self._offset = now - self._clock()
         # Flags are pure; recompute now so `meshd peers` does not lag the debounce.
         sel = model.select_peers(
-            self.cfg.backend, self.cfg.network, self.cfg.reap_after, self.local,
-            self.underlay, self._peers, now, self._onlink,
+            self.cfg.backend,
+            self.cfg.network,
+            self.cfg.reap_after,
+            self.local,
+            self.underlay,
+            self._peers,
+            now,
+            self._onlink,
         )
         self._flags, self._reasons = dict(sel.flags), dict(sel.reasons)
         self._trigger("peers")
@@ -232,7 +238,8 @@ class Reconciler:
             "plan": self._plan.to_dict(),
             "last_change": (
                 {"at": self._last_change[0], "plan": self._last_change[1].to_dict()}
-                if self._last_change else None
+                if self._last_change
+                else None
             ),
             "applied": dict(self._applied),
             "applied_last": dict(self._applied_last),
@@ -296,16 +303,26 @@ class Reconciler:
         # An unchanged table compares equal (element by element, or at once when it is the same).
         key = (self._peers, self._synced, ul, self._onlink, self.local, self.cfg)
         d = self._desired
-        if d is not None and key == self._desired_key and (
-            d.next_deadline is None or now < d.next_deadline
+        if (
+            d is not None
+            and key == self._desired_key
+            and (d.next_deadline is None or now < d.next_deadline)
         ):
             return d
         self._desired_key = key
         return model.desired_state(
-            backend=self.cfg.backend, local=self.local, underlay=ul, peers=self._peers,
-            now=now, synced=self._synced, reap_after=self.cfg.reap_after,
-            network=self.cfg.network, vni=self.cfg.vni, vxlan_port=self.cfg.vxlan_port,
-            bridge=self.cfg.bridge, onlink=self._onlink,
+            backend=self.cfg.backend,
+            local=self.local,
+            underlay=ul,
+            peers=self._peers,
+            now=now,
+            synced=self._synced,
+            reap_after=self.cfg.reap_after,
+            network=self.cfg.network,
+            vni=self.cfg.vni,
+            vxlan_port=self.cfg.vxlan_port,
+            bridge=self.cfg.bridge,
+            onlink=self._onlink,
         )
 
     def _finish(self, reason: str, t0: float, plan: Plan, res: ApplyResult) -> None:
@@ -326,8 +343,10 @@ class Reconciler:
         now = self._clock()
         self._next_resync = now + self.cfg.resync_interval
         if res.failures:
-            self._last_error = res.failures[0] if len(res.failures) == 1 else (
-                f"{res.failures[0]} (+{len(res.failures) - 1} more)"
+            self._last_error = (
+                res.failures[0]
+                if len(res.failures) == 1
+                else (f"{res.failures[0]} (+{len(res.failures) - 1} more)")
             )
             for f in new[:MAX_ERRORS]:
                 self._record_error(f, last=False)
@@ -378,15 +397,21 @@ class Reconciler:
             self._links[spec.name] = info.index
             addrs = tuple(f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(info.index))
             devices[spec.name] = ObservedDevice(
-                name=info.name, index=info.index, kind=info.kind, mtu=info.mtu,
-                mac=(info.mac or "").lower() or None, up=info.up, addresses=addrs,
+                name=info.name,
+                index=info.index,
+                kind=info.kind,
+                mtu=info.mtu,
+                mac=(info.mac or "").lower() or None,
+                up=info.up,
+                addresses=addrs,
                 params=info.params,
             )
         names = {i: n for n, i in self._links.items()}
         routes = {
             r.dst: r
             for r in self._as_model(
-                ("route", *sorted(names.items())), await self._nl.dump_routes(RTPROT_MESHD),
+                ("route", *sorted(names.items())),
+                await self._nl.dump_routes(RTPROT_MESHD),
                 lambda e: Route(e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink),
             )
         }
@@ -399,16 +424,23 @@ class Reconciler:
             if "neigh" in kinds:
                 neighs = {
                     n.dst: n
-                    for n in self._as_model(("neigh",), await self._nl.dump_neighs(index),
-                                            lambda e: Neigh(e.dst, e.lladdr))
+                    for n in self._as_model(
+                        ("neigh",),
+                        await self._nl.dump_neighs(index),
+                        lambda e: Neigh(e.dst, e.lladdr),
+                    )
                 }
             if "fdb" in kinds:
-                fdb = frozenset(self._as_model(("fdb",), await self._nl.dump_fdb(index),
-                                               lambda e: Fdb(e.lladdr, e.dst)))
+                fdb = frozenset(
+                    self._as_model(
+                        ("fdb",), await self._nl.dump_fdb(index), lambda e: Fdb(e.lladdr, e.dst)
+                    )
+                )
         return Observed(devices=devices, routes=routes, neighs=neighs, fdb=fdb)
 
-    def _as_model(self, kind: tuple[Any, ...], entries: Sequence[E], make: Callable[[E], V]
-                  ) -> list[V]:
+    def _as_model(
+        self, kind: tuple[Any, ...], entries: Sequence[E], make: Callable[[E], V]
+    ) -> list[V]:
         """Model values for netlink entries, each built once and then looked up: a converged
         kernel answers with the same entries every pass. ``kind`` carries what ``make``
         depends on besides the entry (the ifindex -> name map for routes)."""
@@ -497,8 +529,10 @@ class Reconciler:
                     if ev.kind == "ready":
                         self._monitor_ready.set()
                     elif self._relevant(ev):
-                        self._trigger(f"kernel: {ev.kind} {'new' if ev.new else 'del'} "
-                                      f"{ev.name or ev.dst or ev.index}")
+                        self._trigger(
+                            f"kernel: {ev.kind} {'new' if ev.new else 'del'} "
+                            f"{ev.name or ev.dst or ev.index}"
+                        )
                     delay = RETRY_MIN
             except DataplaneError as exc:
                 self._record_error(f"monitor: {exc}", last=False)

@@ -322,7 +322,15 @@ def decode_route(buf: bytes | bytearray, off: int, end: int) -> RouteMsg:
         elif kind == RTA_PRIORITY and b - a == 4:
             priority = U32.unpack_from(buf, a)[0]
     return RouteMsg(
-        family, f"{dst or '0.0.0.0'}/{plen}", gateway, oif, flags, proto, table, scope, rtype,
+        family,
+        f"{dst or '0.0.0.0'}/{plen}",
+        gateway,
+        oif,
+        flags,
+        proto,
+        table,
+        scope,
+        rtype,
         priority,
     )
 

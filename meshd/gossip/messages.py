@@ -185,8 +185,7 @@ class SyncDigest:
     digest: bytes
 
 
-Message = (Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp
-           | SyncDigest)
+Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp | SyncDigest
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -248,8 +247,9 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, SyncDigest):
         return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest]))
     entries = [encode_entry(e.record, e.state, e.incarnation) for e in msg.entries]
-    chunks = encode_push_pull(msg.sender, msg.sync_id, msg.reply, entries, 1 << 30,
-                              [encode(op) for op in msg.key_ops])
+    chunks = encode_push_pull(
+        msg.sender, msg.sync_id, msg.reply, entries, 1 << 30, [encode(op) for op in msg.key_ops]
+    )
     return chunks[0]
 
 
@@ -501,9 +501,14 @@ def _record(obj: Any) -> NodeRecord:
     except TypeError:  # a list or map among the fields: unhashable, and no record either
         raise DecodeError("record") from None
     if rec is not None:
-        if (type(head[3]) is int and type(head[5]) is int and type(head[7]) is int
-                and type(head[8]) is int and type(head[9]) is int
-                and (len(head) == 10 or type(head[10]) is int)):
+        if (
+            type(head[3]) is int
+            and type(head[5]) is int
+            and type(head[7]) is int
+            and type(head[8]) is int
+            and type(head[9]) is int
+            and (len(head) == 10 or type(head[10]) is int)
+        ):
             return rec
         raise DecodeError("record")
     if tuple(map(type, head[:10])) != _RECORD_TYPES or (

@@ -142,8 +142,16 @@ class GossipNode:
         self._riders: dict[Addr, list[bytes]] = {}
         """Answers that ride on the next datagram to that address (a digest reply on the ack);
         sent on their own if the datagram being handled leaves nothing to ride on."""
-        self._sync = Sync(self._state, self._keyops, config, rng, self.counters, self._emit,
-                          self._schedule, self._budget)
+        self._sync = Sync(
+            self._state,
+            self._keyops,
+            config,
+            rng,
+            self.counters,
+            self._emit,
+            self._schedule,
+            self._budget,
+        )
         self._gossip_armed = False
         self._gossiped = 0  # the queue's push count at the last gossip round
         self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
@@ -326,9 +334,7 @@ class GossipNode:
         """Lifeguard local health score (0 = healthy)."""
         return self._state.awareness.score
 
-    def bootstrap_members(
-        self, records: Iterable[NodeRecord] | ConvergedStart, now: float
-    ) -> None:
+    def bootstrap_members(self, records: Iterable[NodeRecord] | ConvergedStart, now: float) -> None:
         """Simulations only: start as if already converged with ``records`` (no events, no
         broadcasts) and consider the node synced. Nodes bootstrapped from one `ConvergedStart`
         share its entries until they change them, so 10,000 nodes fit in memory."""
@@ -363,8 +369,12 @@ class GossipNode:
 
     def _after(self, now: float) -> None:
         queue = self._queue
-        if (queue and self.config.eager_gossip and queue.pushes != self._gossiped
-                and self._refill(now) >= 1):
+        if (
+            queue
+            and self.config.eager_gossip
+            and queue.pushes != self._gossiped
+            and self._refill(now) >= 1
+        ):
             # News, and a round to spare: it goes now, not at the next tick.
             self._gossip_round(now)
         # Gossip rounds run only while there is something to gossip: an idle mesh of thousands of
@@ -459,8 +469,9 @@ class GossipNode:
         target = st.table.get(p.target)
         if target is None:
             return
-        msg = encode(IndirectPing(p.seq, p.target, target.record.addr, st.local.name,
-                                  st.local.addr, True))
+        msg = encode(
+            IndirectPing(p.seq, p.target, target.record.addr, st.local.name, st.local.addr, True)
+        )
         for peer in st.random_alive(self.config.indirect_checks, exclude=p.target):
             self._send([msg], peer.record.addr)
             p.relays.add(peer.record.addr)

@@ -60,8 +60,7 @@ def view_digest(state: Membership, keyops: KeyOps) -> bytes:
     exchanges forever; a member dead here but alive there still differs (it is up on one side)."""
     local = state.local
     up = [(local.name, local.node_id, local.incarnation)]
-    up += [(e.record.name, e.record.node_id, e.inc) for e in state.table.values()
-           if e.state in _UP]
+    up += [(e.record.name, e.record.node_id, e.inc) for e in state.table.values() if e.state in _UP]
     up.sort()
     h = hashlib.blake2b(digest_size=DIGEST_LEN)
     for name, node_id, inc in up:
@@ -186,8 +185,9 @@ class Sync:
         starts the full exchange itself."""
         mine = self.digest()
         if msg.reply:
-            self._counters["push_pull.digest_same" if msg.digest == mine
-                           else "push_pull.digest_late"] += 1
+            self._counters[
+                "push_pull.digest_same" if msg.digest == mine else "push_pull.digest_late"
+            ] += 1
             return None
         if msg.digest == mine:
             self._counters["push_pull.digest_same"] += 1
@@ -216,8 +216,9 @@ class Sync:
             entries = st.entries()
         sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
         ops = [encode(op) for op in self._keyops.log()]
-        for chunk in encode_push_pull(st.local, sync_id, reply_to is not None, entries,
-                                      self._budget, ops):
+        for chunk in encode_push_pull(
+            st.local, sync_id, reply_to is not None, entries, self._budget, ops
+        ):
             self._emit([chunk], addr)
 
     def _note_sync(self, msg: PushPull, now: float) -> None:

@@ -180,4 +180,3 @@ class Sealer:
             if seen >= horizon:
                 break
             del self._seen[nonce]
-

@@ -69,9 +69,7 @@ class Entry:
 
     __slots__ = ("record", "state", "since", "last_seen", "inc", "wire")
 
-    def __init__(
-        self, record: NodeRecord, state: MemberState, now: float, inc: int
-    ) -> None:
+    def __init__(self, record: NodeRecord, state: MemberState, now: float, inc: int) -> None:
         self.record = record
         self.state = state
         self.since = now
@@ -97,9 +95,14 @@ class SharedEntry(Entry):
     __slots__ = ()
 
     def __init__(self, record: NodeRecord, state: MemberState, now: float, inc: int) -> None:
-        for name, value in (("record", record), ("state", state), ("since", now),
-                            ("last_seen", now), ("inc", inc),
-                            ("wire", encode_entry(record, state, inc))):
+        for name, value in (
+            ("record", record),
+            ("state", state),
+            ("since", now),
+            ("last_seen", now),
+            ("inc", inc),
+            ("wire", encode_entry(record, state, inc)),
+        ):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -349,8 +352,10 @@ class Membership:
         if name == self.local.name:
             if rec.node_id != self.local.node_id:
                 self.counters["drop.name_conflict"] += 1
-            elif not self.leaving and rec.incarnation >= self.local.incarnation and (
-                rec != self.local
+            elif (
+                not self.leaving
+                and rec.incarnation >= self.local.incarnation
+                and (rec != self.local)
             ):
                 self.refute(rec.incarnation)  # an old or foreign version of our own record
             return
@@ -499,9 +504,14 @@ class Membership:
                 # The common case, a member we already know at this incarnation, skipped
                 # without two calls; the same test on_alive makes before doing anything.
                 e = table.get(rec.name)
-                if (e is not None and (rec.incarnation < e.inc or (
-                        rec.incarnation == e.inc and (not stale or rec.name not in stale)))
-                        and e.record.node_id == rec.node_id):
+                if (
+                    e is not None
+                    and (
+                        rec.incarnation < e.inc
+                        or (rec.incarnation == e.inc and (not stale or rec.name not in stale))
+                    )
+                    and e.record.node_id == rec.node_id
+                ):
                     continue
             self._merge_entry(entry, sender.name, now)
         return True

@@ -20,6 +20,7 @@ from meshd.lab.topology import Host, Topology
 DEFAULT_GOSSIP_PORT = 7950
 """Same as meshd.config.DEFAULT_PORT (not imported: the lab depends on nothing of the daemon)."""
 
+
 @dataclass
 class Daemon:
     """A ``meshd join`` process started by :meth:`Lab.start_daemon`."""
@@ -107,8 +108,9 @@ class Daemons(Topology):
         with open(log_path, "ab") as log:
             # cwd: "python -m" puts the working directory first on sys.path, so a caller sitting
             # in another checkout (a benchmark of a frozen commit) would run that one instead.
-            proc = self.spawn(host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv,
-                              cwd=hdir)
+            proc = self.spawn(
+                host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv, cwd=hdir
+            )
         d = Daemon(host, argv, hdir, log_path, hdir / "meshd.sock", hdir / "state", proc)
         self.daemons[host.name] = d
         return d

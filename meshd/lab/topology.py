@@ -67,6 +67,7 @@ _MAX_PARALLEL = 16  # concurrent ip/ping processes; beyond this, CPU (not latenc
 # sh snippet: switch forwarding on, then read an ip batch from stdin (router namespace).
 _FORWARD_THEN_BATCH = "echo 1 > /proc/sys/net/ipv4/ip_forward && exec ip -batch -"
 
+
 @dataclass(frozen=True)
 class Host:
     """One simulated host. Addresses are strings; ``subnet`` is a CIDR."""
@@ -87,7 +88,6 @@ class Host:
     @property
     def underlay_cidr(self) -> str:
         return f"{self.underlay_ip}/{self.underlay_prefixlen}"
-
 
 
 class Topology(Processes):

@@ -40,8 +40,9 @@ def _need_root() -> None:
 
 
 def keygen(path: Path) -> Path:
-    out = subprocess.run([sys.executable, "-m", "meshd", "keygen"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "meshd", "keygen"], capture_output=True, text=True, check=True
+    ).stdout
     path.write_text(out)
     path.chmod(0o600)
     return path
@@ -49,8 +50,12 @@ def keygen(path: Path) -> Path:
 
 def cli(d: Daemon, *args: str, check: bool = True) -> Any:
     """Run the real CLI against one daemon's control socket; parse --json output."""
-    r = subprocess.run([sys.executable, "-m", "meshd", *args, "--socket", str(d.socket_path)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", *args, "--socket", str(d.socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"meshd {' '.join(args)}: rc={r.returncode} {r.stderr.strip()}")
     return json.loads(r.stdout) if "--json" in args and r.returncode == 0 else r

@@ -81,9 +81,11 @@ def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
 def kernel(h: Host) -> tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]:
     """(routes proto 109, permanent neighbours (ip, mac), FDB entries (mac, dst)) of meshd."""
     routes = {str(r["dst"]) for r in ip_json(h.ns, "route", "show", "proto", "109")}
-    neigh = {(str(n["dst"]), str(n.get("lladdr")))
-             for n in ip_json(h.ns, "neigh", "show", "dev", "meshd.1")
-             if "PERMANENT" in (n.get("state") or [])}
+    neigh = {
+        (str(n["dst"]), str(n.get("lladdr")))
+        for n in ip_json(h.ns, "neigh", "show", "dev", "meshd.1")
+        if "PERMANENT" in (n.get("state") or [])
+    }
     out = ns_exec(None, ["bridge", "-n", h.ns, "-j", "fdb", "show", "dev", "meshd.1"]).stdout
     fdb = {(str(e["mac"]), str(e["dst"])) for e in json.loads(out or "[]") if e.get("dst")}
     return routes, neigh, fdb
@@ -113,7 +115,8 @@ def plan(seed: int, names: list[str]) -> list[tuple[float, str, str]]:
             action, n = rng.choice(options)
             steps.append((round(t, 1), action, n))
             state[n] = {"join": RUNNING, "restart": RUNNING, "leave": LEFT, "crash": CRASHED}[
-                action]
+                action
+            ]
             since[n] = t
         t += rng.uniform(0.8, 2.2)
     return steps
@@ -132,8 +135,9 @@ class Churn:
         if d is not None and d.proc is not None:
             # A leaver exits by itself once its broadcast spread (at most a few seconds).
             d.proc.wait(timeout=30)
-        self.lab.start_daemon(h, key_file=self.key, backend="vxlan",
-                              extra_args=["--config", str(self.cfg)])
+        self.lab.start_daemon(
+            h, key_file=self.key, backend="vxlan", extra_args=["--config", str(self.cfg)]
+        )
         self.state[h.name] = RUNNING
 
     def do(self, action: str, name: str) -> None:
@@ -187,8 +191,11 @@ def mismatch(churn: Churn) -> str | None:
         if h.index == 1:
             # The seed was up throughout and saw everyone join: it must know who left.
             want_here = {n: {"left"} if None in ok else ok for n, ok in want.items()}
-        diff = {n: (got.get(n), sorted(map(str, want_here.get(n, {None}))))
-                for n in set(got) | set(want_here) if got.get(n) not in want_here.get(n, {None})}
+        diff = {
+            n: (got.get(n), sorted(map(str, want_here.get(n, {None}))))
+            for n in set(got) | set(want_here)
+            if got.get(n) not in want_here.get(n, {None})
+        }
         if diff:
             return f"{h.name} sees (got, want): {diff}"
         views[h.name] = view
@@ -196,16 +203,22 @@ def mismatch(churn: Churn) -> str | None:
         view = views[h.name]
         others = [p for p in running if p is not h]
         want_routes = {p.subnet for p in others}
-        want_neigh = {(str(ipaddress.IPv4Network(p.subnet).network_address),
-                       view[p.name]["vtep_mac"]) for p in others}
+        want_neigh = {
+            (str(ipaddress.IPv4Network(p.subnet).network_address), view[p.name]["vtep_mac"])
+            for p in others
+        }
         want_fdb = {(view[p.name]["vtep_mac"], p.underlay_ip) for p in others}
         routes, neigh, fdb = kernel(h)
-        for what, got_k, want_k in (("routes", routes, want_routes),
-                                    ("neighbours", neigh, want_neigh),
-                                    ("fdb", fdb, want_fdb)):
+        for what, got_k, want_k in (
+            ("routes", routes, want_routes),
+            ("neighbours", neigh, want_neigh),
+            ("fdb", fdb, want_fdb),
+        ):
             if got_k != want_k:
-                return (f"{h.name} {what}: extra {sorted(got_k - want_k)}, "
-                        f"missing {sorted(want_k - got_k)}")
+                return (
+                    f"{h.name} {what}: extra {sorted(got_k - want_k)}, "
+                    f"missing {sorted(want_k - got_k)}"
+                )
     return None
 
 
@@ -219,7 +232,8 @@ def test_churn_ends_in_the_right_state(make_lab: Callable[..., Lab], tmp_path: P
     steps = plan(seed, [h.name for h in lab.hosts])
     actions = Counter(a for _, a, _ in steps)
     summary = f"seed {seed}: {dict(actions)}\n" + "\n".join(
-        f"{t:5.1f}s {a} {n}" for t, a, n in steps)
+        f"{t:5.1f}s {a} {n}" for t, a, n in steps
+    )
     print(summary)
     assert len(steps) >= 20 and set(actions) == {"join", "leave", "crash", "restart"}, summary
     churn = Churn(lab, key, cfg)

@@ -38,8 +38,11 @@ def routes(h: Host) -> set[str]:
 
 
 def neighbours(h: Host, dev: str) -> set[str]:
-    return {str(n["dst"]) for n in ip_json(h.ns, "neigh", "show", "dev", dev)
-            if "PERMANENT" in (n.get("state") or [])}
+    return {
+        str(n["dst"])
+        for n in ip_json(h.ns, "neigh", "show", "dev", dev)
+        if "PERMANENT" in (n.get("state") or [])
+    }
 
 
 def fdb(h: Host, dev: str) -> set[str]:
@@ -51,8 +54,14 @@ def ping_all(lab: Lab) -> Callable[[], bool]:
     return lambda: all(lab.ping_matrix(count=1, timeout=1).values())
 
 
-def start(lab: Lab, backend: str, key: Path, cfg: Path, host: Host | None = None,
-          seeds: list[str] | None = None) -> None:
+def start(
+    lab: Lab,
+    backend: str,
+    key: Path,
+    cfg: Path,
+    host: Host | None = None,
+    seeds: list[str] | None = None,
+) -> None:
     for h in [host] if host else lab.hosts:
         extra = ["--config", str(cfg)]
         lab.start_daemon(h, key_file=key, backend=backend, extra_args=extra, seeds=seeds)
@@ -63,8 +72,14 @@ def start(lab: Lab, backend: str, key: Path, cfg: Path, host: Host | None = None
     [("host-gw", False), ("vxlan", False), ("vxlan", True), ("ipip", False), ("ipip", True)],
     ids=["host-gw-flat", "vxlan-flat", "vxlan-routed", "ipip-flat", "ipip-routed"],
 )
-def test_dataplane(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path,
-                   backend: str, routed: bool, request: pytest.FixtureRequest) -> None:
+def test_dataplane(
+    make_lab: Callable[..., Lab],
+    tmp_path: Path,
+    fast_config: Path,
+    backend: str,
+    routed: bool,
+    request: pytest.FixtureRequest,
+) -> None:
     if not kernel_supports(backend):
         # This kernel lacks the module (ipip here): run this very test in a user-mode-linux
         # guest kernel that has it, on the same files and venv.
@@ -101,19 +116,30 @@ def test_dataplane(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Pa
         ns_exec(h1.ns, ["bridge", "fdb", "del", mac, "dev", dev, "dst", h2.underlay_ip])
         wait_until(lambda: entry in fdb(h1, dev), 10, "the deleted FDB entry", lab)
         ns_exec(h1.ns, ["ip", "link", "del", dev])
-        wait_until(lambda: routes(h1) == {h2.subnet, h3.subnet}
-                   and len(neighbours(h1, dev)) == 2, 15, "the deleted device", lab)
+        wait_until(
+            lambda: routes(h1) == {h2.subnet, h3.subnet} and len(neighbours(h1, dev)) == 2,
+            15,
+            "the deleted device",
+            lab,
+        )
     wait_until(ping_all(lab), 15, "pings after the repairs", lab)
 
     # kill -9 and restart of a daemon while pinging through its host loses nothing,
     # and the restarted daemon changes nothing in the kernel.
-    pinger = lab.spawn(h1.container_ns, ["ping", "-n", "-q", "-i", "0.05", "-c", "160",
-                                         "-W", "1", h2.container_ip],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pinger = lab.spawn(
+        h1.container_ns,
+        ["ping", "-n", "-q", "-i", "0.05", "-c", "160", "-W", "1", h2.container_ip],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lab.stop_daemon("h2", signal.SIGKILL)
     start(lab, backend, key, fast_config, host=h2, seeds=[])
-    wait_until(lambda: states(lab.daemons["h2"]) == dict.fromkeys(names, "alive"), 60,
-               "restarted h2 to rejoin", lab)
+    wait_until(
+        lambda: states(lab.daemons["h2"]) == dict.fromkeys(names, "alive"),
+        60,
+        "restarted h2 to rejoin",
+        lab,
+    )
     out, _ = pinger.communicate(timeout=60)
     m = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
     assert m is not None, out
@@ -125,8 +151,12 @@ def test_dataplane(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Pa
 
     # leave removes h3's entries everywhere at once
     assert "left the mesh" in cli(lab.daemons["h3"], "leave").stdout
-    wait_until(lambda: routes(h1) == {h2.subnet} and routes(h2) == {h1.subnet}, 15,
-               "h3's routes to go after leave", lab)
+    wait_until(
+        lambda: routes(h1) == {h2.subnet} and routes(h2) == {h1.subnet},
+        15,
+        "h3's routes to go after leave",
+        lab,
+    )
     if backend == "vxlan":
         assert len(neighbours(h1, dev)) == 1 and len(fdb(h1, dev)) == 1
 
@@ -135,7 +165,6 @@ def test_dataplane(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Pa
     wait_until(lambda: states(lab.daemons["h1"]).get("h2") == "dead", 30, "h2 dead", lab)
     assert h2.subnet in routes(h1)  # failure is not leave
     wait_until(lambda: routes(h1) == set(), 40, "h2's routes reaped", lab)
-
 
 
 def rerun_in_guest(nodeid: str) -> None:

@@ -114,8 +114,9 @@ def test_crash_then_lossy_minute(make_lab: Callable[..., Lab], tmp_path: Path) -
     lab.stop_daemon("h5", signal.SIGKILL)
     t0 = time.monotonic()
     deadline = t0 + margin * dead_by + 5
-    while time.monotonic() < deadline and not all((d.host.name, "dead") in first
-                                                   for d in survivors):
+    while time.monotonic() < deadline and not all(
+        (d.host.name, "dead") in first for d in survivors
+    ):
         for d in survivors:
             state = table(d).get("h5", {}).get("state")
             if state in ("suspect", "dead"):
@@ -156,8 +157,10 @@ def test_crash_then_lossy_minute(make_lab: Callable[..., Lab], tmp_path: Path) -
     assert polls >= LOSS_SECONDS / 1.0, f"only {polls} polls: the poller starved"
     assert dropped > 100, f"the loss rules dropped only {dropped} datagrams"
     assert not deaths, f"false deaths under {LOSS_PERCENT}% loss: {deaths}"
-    print(f"loss: {dropped} gossip datagrams dropped, {suspicions} suspect observations, "
-          f"0 deaths in {polls} polls; crash: {first}")
+    print(
+        f"loss: {dropped} gossip datagrams dropped, {suspicions} suspect observations, "
+        f"0 deaths in {polls} polls; crash: {first}"
+    )
     wait_until(all_alive(lab, names), 30, "everyone alive after the loss", lab)
     for d in lab.daemons.values():
         assert d.alive()
@@ -179,8 +182,11 @@ def test_partition_heals_by_itself(
     left, right = lab.hosts[:2], lab.hosts[2:]
 
     def states(observers: list[Host], others: list[Host]) -> set[str | None]:
-        return {table(lab.daemons[o.name]).get(x.name, {}).get("state")
-                for o in observers for x in others}
+        return {
+            table(lab.daemons[o.name]).get(x.name, {}).get("state")
+            for o in observers
+            for x in others
+        }
 
     if method == "cut":
         for a in left:
@@ -198,13 +204,22 @@ def test_partition_heals_by_itself(
             break
         time.sleep(0.1)
     else:
-        raise AssertionError(f"sides not dead to each other within {2 * dead_by + 10:.0f}s: "
-                             f"{states(left, right)} {states(right, left)}")
+        raise AssertionError(
+            f"sides not dead to each other within {2 * dead_by + 10:.0f}s: "
+            f"{states(left, right)} {states(right, left)}"
+        )
     assert own == {"alive"}, f"a member doubted its own side during the partition: {own}"
     # Dead for longer than reap_after: the other side's routes are gone on each side.
-    wait_until(lambda: all(routes(h) == {p.subnet for p in side if p is not h}
-                           for side in (left, right) for h in side),
-               g.reap_after + 15, "routes to the other side reaped", lab)
+    wait_until(
+        lambda: all(
+            routes(h) == {p.subnet for p in side if p is not h}
+            for side in (left, right)
+            for h in side
+        ),
+        g.reap_after + 15,
+        "routes to the other side reaped",
+        lab,
+    )
     assert not lab.ping(left[0].container_ns, right[0].container_ip, count=1, timeout=1)
 
     faults.heal_all(lab)
@@ -212,10 +227,18 @@ def test_partition_heals_by_itself(
     # push-pull answer back; allow many rounds of each.
     heal_by = 10 * g.dead_probe_interval + g.push_pull_interval + 20
     wait_until(all_alive(lab, names), heal_by, "everyone alive again after the heal", lab)
-    wait_until(lambda: all(routes(h) == {p.subnet for p in lab.hosts if p is not h}
-                           for h in lab.hosts), 20, "every route back", lab)
-    wait_until(lambda: all(lab.ping_matrix(count=1, timeout=1).values()), 30,
-               "every container to ping every other after the heal", lab)
+    wait_until(
+        lambda: all(routes(h) == {p.subnet for p in lab.hosts if p is not h} for h in lab.hosts),
+        20,
+        "every route back",
+        lab,
+    )
+    wait_until(
+        lambda: all(lab.ping_matrix(count=1, timeout=1).values()),
+        30,
+        "every container to ping every other after the heal",
+        lab,
+    )
     for d in lab.daemons.values():
         assert d.alive()
 
@@ -234,8 +257,9 @@ def test_send_error_keeps_daemon_alive(
     faults.loss(h1.ns, 30, "udp", DEFAULT_GOSSIP_PORT, "out")
     d = lab.daemons["h1"]
     # Many refusals, each counted as what it is, while the daemon keeps answering.
-    wait_until(lambda: counters(d).get("send_error", 0) >= 10, 30, "h1 to count 10 refused sends",
-               lab)
+    wait_until(
+        lambda: counters(d).get("send_error", 0) >= 10, 30, "h1 to count 10 refused sends", lab
+    )
     assert faults.dropped(h1.ns) >= 10
     faults.heal_all(lab)
     assert table(d), "h1 stopped answering after refused sends: " + _why(d)

@@ -63,8 +63,7 @@ dead_probe_interval = 2
 suspicion_mult = 4
 """
 ENVELOPE_REASONS = {"short", "version", "unknown_key", "auth", "stale", "replay"}
-PAYLOAD_REASONS = {"size", "decode", "malformed", "unknown_type", "range", "name", "addr",
-                   "record"}
+PAYLOAD_REASONS = {"size", "decode", "malformed", "unknown_type", "range", "name", "addr", "record"}
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -85,8 +84,10 @@ def in_ns(ns: str, fn: Callable[[], T]) -> T:
 def snapshot(d: Daemon) -> dict[str, tuple[Any, ...]]:
     """What must not change: every member's identity, state, incarnation and claim."""
     rows = request(d.socket_path, "peers", timeout=10)
-    return {r["name"]: (r["node_id"], r["state"], r["incarnation"], r["subnet"], r["public_ip"])
-            for r in rows}
+    return {
+        r["name"]: (r["node_id"], r["state"], r["incarnation"], r["subnet"], r["public_ip"])
+        for r in rows
+    }
 
 
 def status(d: Daemon) -> dict[str, Any]:
@@ -102,16 +103,16 @@ def sealer_for(key_file: Path) -> Sealer:
 
 
 def start_mesh(lab: Lab, key: Path, cfg: Path, backend: str, hosts: list[Host]) -> None:
-    lab.start_daemons(key_file=key, backend=backend, extra_args=["--config", str(cfg)],
-                      hosts=hosts)
+    lab.start_daemons(key_file=key, backend=backend, extra_args=["--config", str(cfg)], hosts=hosts)
     wait_until(all_alive(lab, [h.name for h in hosts]), 60, "members alive", lab)
 
 
 # ------------------------------------------------------------------------------- junk
 
 
-def junk(sealer: Sealer, other: Sealer, rng: random.Random, src: tuple[str, int]) -> dict[
-        str, list[bytes]]:
+def junk(
+    sealer: Sealer, other: Sealer, rng: random.Random, src: tuple[str, int]
+) -> dict[str, list[bytes]]:
     """Datagrams by the reason they must be dropped for ("replay": send each after its twin)."""
     now = time.time()
     our_kid = key_id(sealer.keyring.primary)
@@ -134,8 +135,10 @@ def junk(sealer: Sealer, other: Sealer, rng: random.Random, src: tuple[str, int]
 
     out: dict[str, list[bytes]] = {
         "short": [rnd(rng.randrange(0, 41)) for _ in range(500)],
-        "version": [bytes([rng.choice([0, *range(2, 256)])]) + rnd(rng.randrange(40, 1400))
-                    for _ in range(500)],
+        "version": [
+            bytes([rng.choice([0, *range(2, 256)])]) + rnd(rng.randrange(40, 1400))
+            for _ in range(500)
+        ],
         "unknown_key": [b"\x01" + other_kid() + rnd(rng.randrange(36, 1400)) for _ in range(500)]
         + [other.seal(ping, now) for _ in range(300)],
         # Right version and key id, but not sealed by the key: forged or corrupted.
@@ -145,8 +148,10 @@ def junk(sealer: Sealer, other: Sealer, rng: random.Random, src: tuple[str, int]
         "flipped_key_id": [flip(sealer.seal(ping, now), 1, 5) for _ in range(100)],
         "flipped_version": [flip(sealer.seal(ping, now), 0, 1) for _ in range(100)],
         # Sealed with the right key at a time far from ours.
-        "stale": [sealer.seal(ping, now + rng.choice([-1, 1]) * rng.uniform(120, 86400))
-                  for _ in range(100)],
+        "stale": [
+            sealer.seal(ping, now + rng.choice([-1, 1]) * rng.uniform(120, 86400))
+            for _ in range(100)
+        ],
         # Bigger than any datagram meshd sends; random, then validly sealed.
         "oversized": [rnd(rng.randrange(1401, 1473)) for _ in range(50)] + [rnd(65000)] * 5,
         "size": [sealed(rnd(2000)) for _ in range(20)] + [sealed(rnd(65000)) for _ in range(3)],
@@ -204,15 +209,17 @@ def test_junk_leaves_daemon_and_table_unchanged(
     rng = random.Random(5)
     kinds = junk(sealer_for(key), sealer_for(other), rng, (attacker.underlay_ip, 9))
     order = [k for k in kinds if k != "replay"] + ["replay"]  # the original before its copies
-    total = send_all(attacker.ns, (members[0].underlay_ip, DEFAULT_GOSSIP_PORT),
-                     [kinds[k] for k in order])
+    total = send_all(
+        attacker.ns, (members[0].underlay_ip, DEFAULT_GOSSIP_PORT), [kinds[k] for k in order]
+    )
     assert total > 3000
 
     def drops_in() -> bool:
         # Datagrams are handled in arrival order and the replays went last.
         c = counters(d1)
-        return (c.get("in", 0) - c0.get("in", 0) >= total
-                and c.get("drop.replay", 0) - c0.get("drop.replay", 0) >= len(kinds["replay"]))
+        return c.get("in", 0) - c0.get("in", 0) >= total and c.get("drop.replay", 0) - c0.get(
+            "drop.replay", 0
+        ) >= len(kinds["replay"])
 
     wait_until(drops_in, 30, "h1 to receive every junk datagram", lab)
     c1 = counters(d1)
@@ -227,7 +234,8 @@ def test_junk_leaves_daemon_and_table_unchanged(
     assert delta("auth") >= len(kinds["auth"])  # (plus the flipped key ids landing on ours: none)
     assert delta("unknown_key") >= len(kinds["unknown_key"]) + len(kinds["flipped_key_id"])
     assert delta("version") >= len(kinds["version"]) + len(kinds["flipped_version"]) + len(
-        kinds["payload_version"])
+        kinds["payload_version"]
+    )
     for reason in PAYLOAD_REASONS - {"size"}:
         assert delta(reason) == len(kinds[reason]), reason
     assert delta("size") == len(kinds["size"])
@@ -249,8 +257,14 @@ def test_junk_leaves_daemon_and_table_unchanged(
 # ------------------------------------------------------------------------------- replay
 
 
-def sniff(ns: str, ifname: str, src_ip: str, dport: int, want: Callable[[bytes], bool],
-          timeout: float = 15.0) -> bytes:
+def sniff(
+    ns: str,
+    ifname: str,
+    src_ip: str,
+    dport: int,
+    want: Callable[[bytes], bool],
+    timeout: float = 15.0,
+) -> bytes:
     """The first IPv4/UDP frame from ``src_ip`` to ``dport`` seen on ``ifname`` in ``ns`` whose
     UDP payload satisfies ``want``."""
 
@@ -267,7 +281,7 @@ def sniff(ns: str, ifname: str, src_ip: str, dport: int, want: Callable[[bytes],
                 ihl = (ip[0] & 0x0F) * 4
                 if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != src_ip:
                     continue
-                if struct.unpack("!H", ip[ihl + 2: ihl + 4])[0] == dport and want(ip[ihl + 8:]):
+                if struct.unpack("!H", ip[ihl + 2 : ihl + 4])[0] == dport and want(ip[ihl + 8 :]):
                     return frame
         raise AssertionError(f"no datagram from {src_ip} to port {dport} on {ns}/{ifname}")
 
@@ -291,7 +305,7 @@ def ping_for(key_file: Path, target: str) -> Callable[[bytes], bool]:
 
 def udp_payload(frame: bytes) -> bytes:
     ihl = (frame[14] & 0x0F) * 4
-    return frame[14 + ihl + 8:]
+    return frame[14 + ihl + 8 :]
 
 
 def drops(c: dict[str, int]) -> int:
@@ -322,11 +336,11 @@ def fix_udp_checksum(frame: bytes) -> bytes:
     trusted it on the way in). Recompute it, so the replay is what a wire would have carried."""
     ip = frame[14:]
     ihl = (ip[0] & 0x0F) * 4
-    udp = bytearray(ip[ihl:struct.unpack("!H", ip[2:4])[0]])
+    udp = bytearray(ip[ihl : struct.unpack("!H", ip[2:4])[0]])
     udp[6:8] = b"\0\0"
     pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(udp))
     udp[6:8] = struct.pack("!H", _csum(pseudo + bytes(udp)) or 0xFFFF)
-    return frame[:14 + ihl] + bytes(udp)
+    return frame[: 14 + ihl] + bytes(udp)
 
 
 def inject(ns: str, ifname: str, frame: bytes) -> None:
@@ -357,8 +371,12 @@ def test_sniffed_datagram_replayed_is_rejected(
     c0 = counters(d1)
     # The copy queues behind the original in h1's socket: h1 always handles the original first.
     inject(h2.ns, "eth0", fix_udp_checksum(frame))  # h2's own MAC, IP and port, as on the wire
-    wait_until(lambda: counters(d1).get("drop.replay", 0) > c0.get("drop.replay", 0), 10,
-               "h1 to count the replay", lab)
+    wait_until(
+        lambda: counters(d1).get("drop.replay", 0) > c0.get("drop.replay", 0),
+        10,
+        "h1 to count the replay",
+        lab,
+    )
     c1 = counters(d1)
     assert c1.get("drop.replay", 0) - c0.get("drop.replay", 0) == 1
     assert c1.get("drop.stale", 0) == c0.get("drop.stale", 0)
@@ -382,8 +400,9 @@ def test_datagram_for_one_member_is_refused_by_the_envelope_of_another(
     start_mesh(lab, key, steady_config, "host-gw", lab.hosts)
     h1, h2, h3 = lab.hosts
     d3 = lab.daemons["h3"]
-    payload = udp_payload(sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT,
-                                ping_for(key, "h1")))
+    payload = udp_payload(
+        sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1"))
+    )
     c3 = counters(d3)
     send_from(h2.ns, payload, (h3.underlay_ip, DEFAULT_GOSSIP_PORT))
     wait_until(lambda: drops(counters(d3)) > drops(c3), 10, "h3 to drop the copy", lab)
@@ -401,8 +420,9 @@ def pin_node_id(lab: Lab, host: Host, node_id: bytes) -> None:
     """Give ``host``'s daemon a chosen identity by writing its state dir before the start."""
     sdir = lab.workdir / host.name / "state"
     sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (sdir / "state.json").write_text(json.dumps({"node_id": node_id.hex(), "incarnation": 0,
-                                                 "members": []}))
+    (sdir / "state.json").write_text(
+        json.dumps({"node_id": node_id.hex(), "incarnation": 0, "members": []})
+    )
 
 
 def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
@@ -413,16 +433,19 @@ def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
 def vxlan_view(h: Host) -> tuple[set[str], dict[str, str], dict[str, str]]:
     """(meshd's routes, permanent neighbours ip -> mac, FDB mac -> dst) on ``h``."""
     routes = {str(r["dst"]) for r in ip_json(h.ns, "route", "show", "proto", "109")}
-    neigh = {str(n["dst"]): str(n.get("lladdr")) for n in ip_json(h.ns, "neigh", "show", "dev",
-                                                                  "meshd.1")
-             if "PERMANENT" in (n.get("state") or [])}
+    neigh = {
+        str(n["dst"]): str(n.get("lladdr"))
+        for n in ip_json(h.ns, "neigh", "show", "dev", "meshd.1")
+        if "PERMANENT" in (n.get("state") or [])
+    }
     out = ns_exec(None, ["bridge", "-n", h.ns, "-j", "fdb", "show", "dev", "meshd.1"]).stdout
     fdb = {str(e["mac"]): str(e["dst"]) for e in json.loads(out or "[]") if e.get("dst")}
     return routes, neigh, fdb
 
 
-def hijack(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path,
-           node_id: bytes, prefix: str) -> tuple[Lab, Host, Host]:
+def hijack(
+    make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path, node_id: bytes, prefix: str
+) -> tuple[Lab, Host, Host]:
     lab = make_lab(prefix, 4)
     key = keygen(tmp_path / "key")
     h1, h2, h3, h4 = lab.hosts
@@ -433,8 +456,12 @@ def hijack(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path,
     # id: start the newcomer in a later second than the incumbent, whose claim is older by then.
     time.sleep(1.05 - time.time() % 1)
     # The last --subnet wins: h4 claims h2's subnet.
-    lab.start_daemon(h4, key_file=key, backend="vxlan",
-                     extra_args=["--config", str(fast_config), "--subnet", h2.subnet])
+    lab.start_daemon(
+        h4,
+        key_file=key,
+        backend="vxlan",
+        extra_args=["--config", str(fast_config), "--subnet", h2.subnet],
+    )
     wait_until(all_alive(lab, [h.name for h in lab.hosts]), 60, "4 members alive", lab)
     return lab, h2, h4
 
@@ -442,8 +469,9 @@ def hijack(make_lab: Callable[..., Lab], tmp_path: Path, fast_config: Path,
 def check_holder(lab: Lab, holder: Host, loser: Host, timeout: float = 30) -> None:
     """On every node the same holder, the loser flagged, no kernel entry pointing at the loser,
     and traffic to the holder's container from the other members."""
-    holder_mac = {r["name"]: r["vtep_mac"] for r in
-                  request(lab.daemons["h1"].socket_path, "peers")}[holder.name]
+    holder_mac = {
+        r["name"]: r["vtep_mac"] for r in request(lab.daemons["h1"].socket_path, "peers")
+    }[holder.name]
     s0 = str(ipaddress.IPv4Network(holder.subnet).network_address)
 
     def settled() -> bool:
@@ -507,11 +535,19 @@ def open_workdir() -> Iterator[Path]:
 
 def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     root = str(Path(__file__).resolve().parents[2])
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": root,
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, *argv], capture_output=True, text=True, env=env,
-                          timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "PYTHONPATH": root,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def test_control_socket_refuses_non_root(open_workdir: Path, tmp_path: Path) -> None:
@@ -520,17 +556,23 @@ def test_control_socket_refuses_non_root(open_workdir: Path, tmp_path: Path) -> 
     key = keygen(tmp_path / "key")
     with Lab("hctl", hosts=1, workdir=open_workdir) as lab:
         d = lab.start_daemon(lab.hosts[0], key_file=key, backend="host-gw")
-        wait_until(lambda: d.socket_path.exists() and bool(cli(d, "peers", check=False)
-                                                            .returncode == 0), 30, "socket", lab)
+        wait_until(
+            lambda: d.socket_path.exists() and bool(cli(d, "peers", check=False).returncode == 0),
+            30,
+            "socket",
+            lab,
+        )
         st = os.stat(d.socket_path)
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
         sock = str(d.socket_path)
 
         # 1. The file mode: connect() itself fails for uid 65534 (the control client, as the
         # CLI uses it; the CLI itself stops earlier: test_cli_says_permission_denied).
-        probe = ("import sys\nfrom meshd.control.client import request\n"
-                 "try:\n    request(sys.argv[1], 'status')\nexcept Exception as e:\n"
-                 "    print(e)\nelse:\n    print('ANSWERED')\n")
+        probe = (
+            "import sys\nfrom meshd.control.client import request\n"
+            "try:\n    request(sys.argv[1], 'status')\nexcept Exception as e:\n"
+            "    print(e)\nelse:\n    print('ANSWERED')\n"
+        )
         r = as_nobody("-c", probe, sock)
         assert r.stdout.startswith("permission denied on "), r.stdout + r.stderr
 
@@ -588,9 +630,11 @@ def test_refusal_reaches_the_client(open_workdir: Path) -> None:
     try:
         assert started.wait(10)
         os.chmod(path, 0o666)
-        probe = ("import sys\nfrom meshd.control.client import request\n"
-                 "try:\n    request(sys.argv[1], 'peers')\nexcept Exception as e:\n"
-                 "    print(e)\n")
+        probe = (
+            "import sys\nfrom meshd.control.client import request\n"
+            "try:\n    request(sys.argv[1], 'peers')\nexcept Exception as e:\n"
+            "    print(e)\n"
+        )
         answers = {as_nobody("-c", probe, str(path)).stdout.strip() for _ in range(3)}
         assert answers == {"permission denied"}, answers
     finally:

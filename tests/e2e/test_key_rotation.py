@@ -32,27 +32,35 @@ def test_rotate_live_mesh(make_lab: Callable[..., Lab], tmp_path: Path, fast_con
     files = {}
     for h in lab.hosts:  # each host its own key file, like real hosts
         files[h.name] = shutil.copy(key, tmp_path / f"key.{h.name}")
-        lab.start_daemon(h, key_file=files[h.name], backend="vxlan",
-                         extra_args=["--config", str(fast_config)])
+        lab.start_daemon(
+            h, key_file=files[h.name], backend="vxlan", extra_args=["--config", str(fast_config)]
+        )
     wait_until(all_alive(lab, names), 60, "mesh up", lab)
     wait_until(lambda: all(lab.ping_matrix(count=1, timeout=1).values()), 30, "pings", lab)
     old = keys(lab, "h1")[0]
     seen_states: list[dict[str, str]] = []
 
     h1, h4 = lab.hosts[0], lab.hosts[3]
-    pinger = lab.spawn(h1.container_ns, ["ping", "-n", "-q", "-i", "0.1", "-w", "20", "-W", "1",
-                                         h4.container_ip],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pinger = lab.spawn(
+        h1.container_ns,
+        ["ping", "-n", "-q", "-i", "0.1", "-w", "20", "-W", "1", h4.container_ip],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
     def everywhere(pred: Callable[[list[str]], bool]) -> Callable[[], bool]:
         def check() -> bool:
             seen_states.append(states(lab.daemons["h2"]))
             return all(pred(keys(lab, n)) for n in names)
+
         return check
 
-    new_key = subprocess.run(["python3", "-c", "import base64,os;"
-                              "print(base64.b64encode(os.urandom(32)).decode())"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    new_key = subprocess.run(
+        ["python3", "-c", "import base64,os;print(base64.b64encode(os.urandom(32)).decode())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     out = cli(lab.daemons["h1"], "keys", "install", new_key).stdout
     new = next(k for k in re.findall(r"^([0-9a-f]{8})", out, re.M) if k != old)
     wait_until(everywhere(lambda ks: ks == [old, new]), 30, "new key installed everywhere", lab)

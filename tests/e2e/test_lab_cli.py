@@ -17,8 +17,13 @@ PREFIX = f"tl{os.getpid() % 100000}"
 
 def lab(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MESHD_LAB_PREFIX": PREFIX}
-    return subprocess.run([sys.executable, "-m", "meshd", "lab", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "meshd", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize(("backend", "routed"), [("host-gw", False), ("vxlan", True)])

@@ -25,9 +25,29 @@ def test_bench_daemons_smoke(tmp_path: Path) -> None:
     out = tmp_path / "daemons.jsonl"
     prefix = f"bds{secrets.token_hex(2)}"
     res = subprocess.run(
-        [sys.executable, str(BENCH), "--n", "3", "--runs", "1", "--no-anchor", "--idle", "3",
-         "--settle", "1", "--timeout", "240", "--out", str(out), "--prefix", prefix],
-        capture_output=True, text=True, timeout=900, check=False,
+        [
+            sys.executable,
+            str(BENCH),
+            "--n",
+            "3",
+            "--runs",
+            "1",
+            "--no-anchor",
+            "--idle",
+            "3",
+            "--settle",
+            "1",
+            "--timeout",
+            "240",
+            "--out",
+            str(out),
+            "--prefix",
+            prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.strip()]
@@ -37,8 +57,15 @@ def test_bench_daemons_smoke(tmp_path: Path) -> None:
         assert rec["bench"] == "daemons"
         assert rec["memberlist"] is None and rec["ratio"] is None
     metrics = {r["metric"]: r for r in lines if r["n"] == 3}
-    for m in (*TIMED, "convergence_from_launch_ms", "rss_mib", "idle_bytes_per_node_s",
-              "idle_datagrams_per_node_s", "idle_kernel_ip_bytes_per_node_s", "idle_cpu_pct"):
+    for m in (
+        *TIMED,
+        "convergence_from_launch_ms",
+        "rss_mib",
+        "idle_bytes_per_node_s",
+        "idle_datagrams_per_node_s",
+        "idle_kernel_ip_bytes_per_node_s",
+        "idle_cpu_pct",
+    ):
         assert isinstance(metrics[m]["meshd"], float), metrics[m]
         assert metrics[m]["memberlist_note"] == "skipped (--no-anchor)"
     # The bench reports convergence only once every `peers` table holds all 3 (it checks each

@@ -49,8 +49,9 @@ def in_ns(ns: str, fn: Callable[[], T]) -> T:
     return run_in_netns(netns_path(ns), fn)
 
 
-def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int = 64 * 1024,
-                 timeout: float = 3.0) -> bool:
+def tcp_transfer(
+    src_ns: str, dst_ns: str, dst_ip: str, size: int = 64 * 1024, timeout: float = 3.0
+) -> bool:
     """Send ``size`` bytes from src_ns to dst_ip (in dst_ns); True if the SHA-256 comes back."""
     srv = in_ns(dst_ns, lambda: socket.create_server(("0.0.0.0", 0)))
     srv.settimeout(timeout)
@@ -92,8 +93,9 @@ async def reachable(src: str, dst_ns: str, ip: str, size: int = 64 * 1024) -> bo
     return await asyncio.to_thread(tcp_transfer, src, dst_ns, ip, size)
 
 
-async def eventually(cond: Callable[[], Awaitable[bool] | bool], timeout: float = 3.0,
-                     what: str = "condition") -> float:
+async def eventually(
+    cond: Callable[[], Awaitable[bool] | bool], timeout: float = 3.0, what: str = "condition"
+) -> float:
     """Poll ``cond`` until true; returns the seconds it took."""
     t0 = time.monotonic()
     while True:
@@ -119,8 +121,11 @@ def our_routes(ns: str) -> dict[str, dict[str, Any]]:
 
 
 def neighs(ns: str, dev: str) -> dict[str, str]:
-    return {n["dst"]: n.get("lladdr", "") for n in ipj(ns, "neigh", "show", "dev", dev)
-            if "PERMANENT" in n.get("state", [])}
+    return {
+        n["dst"]: n.get("lladdr", "")
+        for n in ipj(ns, "neigh", "show", "dev", dev)
+        if "PERMANENT" in n.get("state", [])
+    }
 
 
 def fdb(ns: str, dev: str) -> set[tuple[str, str]]:
@@ -131,16 +136,26 @@ def fdb(ns: str, dev: str) -> set[tuple[str, str]]:
 def record(h: Host, backend: str, **kw: Any) -> NodeRecord:
     node_id = bytes([h.index]) * 16
     return NodeRecord(
-        name=f"h{h.index}", node_id=node_id, public_ip=h.underlay_ip, port=7950, subnet=h.subnet,
-        backend=backend, vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
-        mtu=1500, **kw,
+        name=f"h{h.index}",
+        node_id=node_id,
+        public_ip=h.underlay_ip,
+        port=7950,
+        subnet=h.subnet,
+        backend=backend,
+        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
+        mtu=1500,
+        **kw,
     )
 
 
 def config(tmp: Path, h: Host, backend: str, **kw: Any) -> ReconcilerConfig:
     return ReconcilerConfig(
-        network="10.244.0.0/16", backend=backend, bridge="br",
-        subnet_env=tmp / f"h{h.index}.env", resync_interval=30.0, **kw,
+        network="10.244.0.0/16",
+        backend=backend,
+        bridge="br",
+        subnet_env=tmp / f"h{h.index}.env",
+        resync_interval=30.0,
+        **kw,
     )
 
 
@@ -157,12 +172,14 @@ class Mesh:
         self.recs: dict[int, Reconciler] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
 
-    async def start(self, i: int, views: list[PeerView] | None = None, synced: bool = True,
-                    run: bool = True) -> Reconciler:
+    async def start(
+        self, i: int, views: list[PeerView] | None = None, synced: bool = True, run: bool = True
+    ) -> Reconciler:
         h = self.topo.hosts[i - 1]
         ul = await discover_underlay("eth0", None, netns=h.ns)
-        rec = Reconciler(config(self.tmp, h, self.backend, **self.cfg), self.records[i], ul,
-                         netns=h.ns)
+        rec = Reconciler(
+            config(self.tmp, h, self.backend, **self.cfg), self.records[i], ul, netns=h.ns
+        )
         if views is None:
             views = [view(r) for j, r in self.records.items() if j != i]
         rec.set_peers(views, synced=synced, now=time.monotonic())
@@ -214,25 +231,40 @@ def test_vxlan_converges_containers_talk_and_hand_deletions_are_repaired(
             link = ipj(h1.ns, "-d", "link", "show", "meshd.1")[0]
             info = link["linkinfo"]["info_data"]
             assert (info["id"], info["port"], info["learning"], info["local"], info["link"]) == (
-                1, 8472, False, h1.underlay_ip, "eth0")
+                1,
+                8472,
+                False,
+                h1.underlay_ip,
+                "eth0",
+            )
             assert link["mtu"] == 1450 and link["address"] == m.records[1].vtep_mac
             assert "UP" in link["flags"]
-            addrs = [a["local"] + "/" + str(a["prefixlen"]) for a in
-                     ipj(h1.ns, "addr", "show", "dev", "meshd.1")[0]["addr_info"]
-                     if a["family"] == "inet"]
+            addrs = [
+                a["local"] + "/" + str(a["prefixlen"])
+                for a in ipj(h1.ns, "addr", "show", "dev", "meshd.1")[0]["addr_info"]
+                if a["family"] == "inet"
+            ]
             assert addrs == ["10.244.1.0/32"]
             route = our_routes(h1.ns)["10.244.2.0/24"]
             assert (route["gateway"], route["dev"], route["flags"]) == (
-                "10.244.2.0", "meshd.1", ["onlink"])
+                "10.244.2.0",
+                "meshd.1",
+                ["onlink"],
+            )
             assert neighs(h1.ns, "meshd.1") == {"10.244.2.0": mac2}
             assert fdb(h1.ns, "meshd.1") == {(mac2, h2.underlay_ip)}
             br = ipj(h1.ns, "addr", "show", "dev", "br")[0]["addr_info"]
             assert any(a["local"] == "10.244.1.1" and a["prefixlen"] == 24 for a in br)
-            assert sh("ip", "netns", "exec", h1.ns, "cat", "/proc/sys/net/ipv4/ip_forward"
-                      ).stdout.strip() == "1"
+            assert (
+                sh(
+                    "ip", "netns", "exec", h1.ns, "cat", "/proc/sys/net/ipv4/ip_forward"
+                ).stdout.strip()
+                == "1"
+            )
             assert (tmp_path / "h1.env").read_text() == (
                 "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
-                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+            )
             st = r1.status()
             assert st["last_error"] is None and st["programmed"] == ["h2"], st
             json.dumps(st)
@@ -254,20 +286,36 @@ def test_vxlan_converges_containers_talk_and_hand_deletions_are_repaired(
             t = max(t, await eventually(lambda: bool(neighs(h1.ns, "meshd.1")), 2, "neigh back"))
             sh("bridge", "-n", h1.ns, "fdb", "del", mac2, "dev", "meshd.1", "dst", h2.underlay_ip)
             t = max(t, await eventually(lambda: bool(fdb(h1.ns, "meshd.1")), 2, "fdb back"))
-            sh("ip", "-n", h1.ns, "link", "set", "dev", "meshd.1", "mtu", "1400", "address",
-               "02:00:00:00:00:99")
+            sh(
+                "ip",
+                "-n",
+                h1.ns,
+                "link",
+                "set",
+                "dev",
+                "meshd.1",
+                "mtu",
+                "1400",
+                "address",
+                "02:00:00:00:00:99",
+            )
 
             def device_right() -> bool:
                 ln = ipj(h1.ns, "link", "show", "meshd.1")
                 return bool(ln) and (ln[0]["mtu"], ln[0]["address"]) == (
-                    1450, m.records[1].vtep_mac)
+                    1450,
+                    m.records[1].vtep_mac,
+                )
 
             t = max(t, await eventually(device_right, 2, "mtu and mac back"))
             sh("ip", "-n", h1.ns, "link", "del", "meshd.1")
 
             def whole() -> bool:
-                return (bool(neighs(h1.ns, "meshd.1")) and bool(fdb(h1.ns, "meshd.1"))
-                        and "10.244.2.0/24" in our_routes(h1.ns))
+                return (
+                    bool(neighs(h1.ns, "meshd.1"))
+                    and bool(fdb(h1.ns, "meshd.1"))
+                    and "10.244.2.0/24" in our_routes(h1.ns)
+                )
 
             t = max(t, await eventually(whole, 2, "device and entries back"))
             print(f"slowest repair {t:.2f}s")
@@ -371,16 +419,31 @@ def test_underlay_deleted_and_recreated_brings_the_vtep_back(
             await eventually(lambda: not ipj(h1.ns, "link", "show", "meshd.1"), 2, "vtep gone")
             # A pass racing the kernel's teardown may first fail on the vanishing VTEP (ENODEV);
             # its retry finds the underlay gone and says so.
-            await eventually(lambda: "eth0" in (r1.status()["last_error"] or ""), 3,
-                             "error names the underlay")
-            sh("ip", "-n", topo.ul_ns, "link", "add", "h1", "type", "veth", "peer", "name", "eth0",
-               "netns", h1.ns)
+            await eventually(
+                lambda: "eth0" in (r1.status()["last_error"] or ""), 3, "error names the underlay"
+            )
+            sh(
+                "ip",
+                "-n",
+                topo.ul_ns,
+                "link",
+                "add",
+                "h1",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                h1.ns,
+            )
             sh("ip", "-n", topo.ul_ns, "link", "set", "dev", "h1", "master", "ulbr", "up")
             sh("ip", "-n", h1.ns, "addr", "add", f"{h1.underlay_ip}/24", "dev", "eth0")
             sh("ip", "-n", h1.ns, "link", "set", "dev", "eth0", "up")
             await eventually(lambda: "10.244.2.0/24" in our_routes(h1.ns), 3, "vtep back")
-            await eventually(lambda: reachable(h1.container_ns, h2.container_ns, h2.container_ip),
-                             5, "traffic")
+            await eventually(
+                lambda: reachable(h1.container_ns, h2.container_ns, h2.container_ip), 5, "traffic"
+            )
 
     run(main())
 
@@ -396,14 +459,21 @@ def test_hostgw_converges_and_skips_peers_not_on_link(
 
     async def main() -> None:
         async with mesh(tmp_path, topo, "host-gw") as m:
-            far = replace(m.records[2], name="far", node_id=b"\x09" * 16, public_ip="192.0.2.9",
-                          subnet="10.244.9.0/24")
+            far = replace(
+                m.records[2],
+                name="far",
+                node_id=b"\x09" * 16,
+                public_ip="192.0.2.9",
+                subnet="10.244.9.0/24",
+            )
             r1 = await m.start(1, [view(m.records[2]), view(far)])
             await m.start(2)
             route = our_routes(h1.ns)
             assert set(route) == {"10.244.2.0/24"}
             assert (route["10.244.2.0/24"]["gateway"], route["10.244.2.0/24"]["dev"]) == (
-                h2.underlay_ip, "eth0")
+                h2.underlay_ip,
+                "eth0",
+            )
             assert r1.peer_flags() == {"far": "not-on-link"}
             assert "not on-link" in r1.status()["skipped"]["far"]
             assert not [ln for ln in ipj(h1.ns, "link") if ln["ifname"].startswith("meshd")]
@@ -484,10 +554,16 @@ def test_ipip_converges_where_the_kernel_has_it(
             link = ipj(h1.ns, "-d", "link", "show", "meshd.ipip")[0]
             info = link["linkinfo"]["info_data"]
             assert (link["mtu"], info["local"], info.get("remote", "any")) == (
-                1480, h1.underlay_ip, "any")
+                1480,
+                h1.underlay_ip,
+                "any",
+            )
             route = our_routes(h1.ns)["10.244.2.0/24"]
             assert (route["gateway"], route["dev"], route["flags"]) == (
-                h2.underlay_ip, "meshd.ipip", ["onlink"])
+                h2.underlay_ip,
+                "meshd.ipip",
+                ["onlink"],
+            )
             assert r1.status()["last_error"] is None
             assert await reachable(h1.container_ns, h2.container_ns, h2.container_ip)
             assert await reachable(h2.container_ns, h1.container_ns, h1.container_ip, size=1 << 20)

@@ -83,12 +83,24 @@ def _csum(data: bytes) -> int:
     return int(~s & 0xFFFF)
 
 
-def vxlan_frame(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, dport: int,
-                payload: bytes, vni: int = 1) -> bytes:
+def vxlan_frame(
+    dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, dport: int, payload: bytes, vni: int = 1
+) -> bytes:
     """A VXLAN payload carrying Ethernet / IPv4 / UDP(dport, payload), UDP checksum 0."""
     udp = struct.pack("!HHHH", 40000, dport, 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                      socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        1,
+        0,
+        64,
+        17,
+        0,
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
+    )
     hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
     eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
     eth += b"\x08\x00"
@@ -103,18 +115,36 @@ def injected(lab: Lab, attacker: Host, victim: Host, spoof: Host, count: int = 5
     tag = f"inj{os.getpid()}-{count}-".encode()
     ready = lab.workdir / f"sink-{port}.ready"
     ready.unlink(missing_ok=True)
-    sink = lab.spawn(victim.container_ns,
-                     [sys.executable, "-S", str(NETTOOL), "udp-sink", "--port", str(port),
-                      "--idle", "0", "--first", "60", "--ready", str(ready), "--tag", tag.decode()],
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sink = lab.spawn(
+        victim.container_ns,
+        [
+            sys.executable,
+            "-S",
+            str(NETTOOL),
+            "udp-sink",
+            "--port",
+            str(port),
+            "--idle",
+            "0",
+            "--first",
+            "60",
+            "--ready",
+            str(ready),
+            "--tag",
+            tag.decode(),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):
             if ready.exists():
                 break
             assert sink.poll() is None, "udp sink died"
             threading.Event().wait(0.05)
-        frame = vxlan_frame(mac(victim), mac(spoof), spoof.container_ip, victim.container_ip,
-                            port, tag + b"x" * 32)
+        frame = vxlan_frame(
+            mac(victim), mac(spoof), spoof.container_ip, victim.container_ip, port, tag + b"x" * 32
+        )
 
         def send() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -195,8 +225,14 @@ def test_filter_drops_non_members(lab: Callable[[int], Lab]) -> None:
     assert strip(ns_exec(h1.ns, ["nft", "list", "table", "inet", "meshd"]).stdout) == strip(listing)
 
     # An incompatible object of ours (the set re-created with another type) is rebuilt.
-    ns_exec(h1.ns, ["nft", "delete table inet meshd; add table inet meshd; "
-                           "add set inet meshd members { type ipv4_addr . inet_service; }"])
+    ns_exec(
+        h1.ns,
+        [
+            "nft",
+            "delete table inet meshd; add table inet meshd; "
+            "add set inet meshd members { type ipv4_addr . inet_service; }",
+        ],
+    )
     assert run(fw.apply({h2.underlay_ip, h3.underlay_ip}, force=True))
     assert fw.status()["recreated"] == 1
     assert run(fw.read())["members"] == sorted([h2.underlay_ip, h3.underlay_ip])

@@ -52,8 +52,25 @@ class Host:
         h = lab.hosts[0]
         self.ns = h.ns
         for name, vni in (("vx1", 1), ("vx2", 2)):
-            sh("ip", "-n", self.ns, "link", "add", name, "type", "vxlan", "id", str(vni), "local",
-               h.underlay_ip, "dev", "eth0", "dstport", str(8471 + vni), "nolearning")
+            sh(
+                "ip",
+                "-n",
+                self.ns,
+                "link",
+                "add",
+                name,
+                "type",
+                "vxlan",
+                "id",
+                str(vni),
+                "local",
+                h.underlay_ip,
+                "dev",
+                "eth0",
+                "dstport",
+                str(8471 + vni),
+                "nolearning",
+            )
             sh("ip", "-n", self.ns, "link", "set", "dev", name, "up")
         self.idx = {ln["ifname"]: ln["ifindex"] for ln in ipj(self.ns, "link", "show")}
 
@@ -61,8 +78,11 @@ class Host:
         return {r["dst"]: r for r in ipj(self.ns, "route", "show", "proto", str(PROTO))}
 
     def neighs(self, dev: str) -> dict[str, str]:
-        return {n["dst"]: n.get("lladdr", "") for n in ipj(self.ns, "neigh", "show", "dev", dev)
-                if "PERMANENT" in n.get("state", [])}
+        return {
+            n["dst"]: n.get("lladdr", "")
+            for n in ipj(self.ns, "neigh", "show", "dev", dev)
+            if "PERMANENT" in n.get("state", [])
+        }
 
     def fdb(self, dev: str) -> set[tuple[str, str]]:
         out = sh("bridge", "-n", self.ns, "-j", "fdb", "show", "dev", dev).stdout.strip()
@@ -104,33 +124,60 @@ def errors(fails: list[w.Failure]) -> list[str]:
 
 def test_routes_add_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> None:
     ns, eth0, vx1 = host.ns, host.idx["eth0"], host.idx["vx1"]
-    ours = [RouteEntry("10.244.2.0/24", "10.99.0.2", eth0, False),
-            RouteEntry("10.244.3.0/24", "10.244.3.0", vx1, True)]
+    ours = [
+        RouteEntry("10.244.2.0/24", "10.99.0.2", eth0, False),
+        RouteEntry("10.244.3.0/24", "10.244.3.0", vx1, True),
+    ]
     # Someone else's: a static route, and a proto-109 route in another table.
     sh("ip", "-n", ns, "route", "add", "10.244.9.0/24", "via", "10.99.0.9")
-    sh("ip", "-n", ns, "route", "add", "10.244.8.0/24", "via", "10.99.0.8", "table", "100",
-       "proto", str(PROTO))
+    sh(
+        "ip",
+        "-n",
+        ns,
+        "route",
+        "add",
+        "10.244.8.0/24",
+        "via",
+        "10.99.0.8",
+        "table",
+        "100",
+        "proto",
+        str(PROTO),
+    )
 
     async def main() -> None:
         assert await rt.routes_apply("add", ours, PROTO) == []
         got = host.routes()
         assert (got["10.244.2.0/24"]["gateway"], got["10.244.2.0/24"]["dev"]) == (
-            "10.99.0.2", "eth0")
+            "10.99.0.2",
+            "eth0",
+        )
         assert got["10.244.2.0/24"]["flags"] == []
-        assert (got["10.244.3.0/24"]["gateway"], got["10.244.3.0/24"]["dev"],
-                got["10.244.3.0/24"]["flags"]) == ("10.244.3.0", "vx1", ["onlink"])
+        assert (
+            got["10.244.3.0/24"]["gateway"],
+            got["10.244.3.0/24"]["dev"],
+            got["10.244.3.0/24"]["flags"],
+        ) == ("10.244.3.0", "vx1", ["onlink"])
         assert sorted(await rt.dump_routes(PROTO)) == sorted(ours)
         assert rt.filtered  # the kernel did the filtering (NLM_F_DUMP_FILTERED)
         assert await rt.dump_routes(PROTO, 100) == [
-            RouteEntry("10.244.8.0/24", "10.99.0.8", eth0, False)]
+            RouteEntry("10.244.8.0/24", "10.99.0.8", eth0, False)
+        ]
 
         # Decoded here vs by pyroute2, field by field, from the same kernel.
-        mine = sorted(await rt.dump(w.route_dump_request(PROTO), w.decode_route,
-                                    w.RTM_NEWROUTE))
+        mine = sorted(await rt.dump(w.route_dump_request(PROTO), w.decode_route, w.RTM_NEWROUTE))
         theirs = sorted(
-            w.RouteMsg(m["family"], f"{m.get('dst')}/{m['dst_len']}", m.get("gateway") or "",
-                       m.get("oif") or 0, m["flags"], m["proto"], m.get("table"), m["scope"],
-                       m["type"])
+            w.RouteMsg(
+                m["family"],
+                f"{m.get('dst')}/{m['dst_len']}",
+                m.get("gateway") or "",
+                m.get("oif") or 0,
+                m["flags"],
+                m["proto"],
+                m.get("table"),
+                m["scope"],
+                m["type"],
+            )
             for m in await pyroute2_dump(ns, "route", family=2)
             if m["proto"] == PROTO and m.get("table") == 254
         )
@@ -158,14 +205,18 @@ def test_routes_add_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> No
         assert len(await rt.dump_routes(PROTO)) == 2
 
         # ENODEV: no such output device (onlink: the kernel looks the device up first) ...
-        (fail,) = await rt.routes_apply("add", [RouteEntry("10.244.5.0/24", "10.99.0.5", 9999,
-                                                           True)], PROTO)
+        (fail,) = await rt.routes_apply(
+            "add", [RouteEntry("10.244.5.0/24", "10.99.0.5", 9999, True)], PROTO
+        )
         assert "(ENODEV)" in str(fail.error) and error_code(fail.error) == 19
         # ... and the kernel's own reason (extended ACK) in the same line.
-        (fail,) = await rt.routes_apply("add", [RouteEntry("10.244.5.0/24", "10.98.0.5", eth0,
-                                                           False)], PROTO)
-        assert str(fail.error) == ("route add 10.244.5.0/24 via 10.98.0.5: Network is "
-                                   "unreachable (ENETUNREACH): Nexthop has invalid gateway")
+        (fail,) = await rt.routes_apply(
+            "add", [RouteEntry("10.244.5.0/24", "10.98.0.5", eth0, False)], PROTO
+        )
+        assert str(fail.error) == (
+            "route add 10.244.5.0/24 via 10.98.0.5: Network is "
+            "unreachable (ENETUNREACH): Nexthop has invalid gateway"
+        )
 
         # del: ours go; again is not an error; someone else's route is never deleted.
         foreign = RouteEntry("10.244.9.0/24", "", 0, False)
@@ -183,13 +234,39 @@ def test_routes_add_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> No
 
 def test_neighbours_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> None:
     ns, vx1 = host.ns, host.idx["vx1"]
-    ours = [NeighEntry("10.244.2.0", "02:00:00:00:00:02"),
-            NeighEntry("10.244.3.0", "02:00:00:00:00:03")]
+    ours = [
+        NeighEntry("10.244.2.0", "02:00:00:00:00:02"),
+        NeighEntry("10.244.3.0", "02:00:00:00:00:03"),
+    ]
     # Not ours: the kernel's cache on vx1, a permanent entry on another device.
-    sh("ip", "-n", ns, "neigh", "add", "10.244.7.0", "lladdr", "02:00:00:00:00:07", "dev", "vx1",
-       "nud", "reachable")
-    sh("ip", "-n", ns, "neigh", "add", "10.244.8.0", "lladdr", "02:00:00:00:00:08", "dev", "vx2",
-       "nud", "permanent")
+    sh(
+        "ip",
+        "-n",
+        ns,
+        "neigh",
+        "add",
+        "10.244.7.0",
+        "lladdr",
+        "02:00:00:00:00:07",
+        "dev",
+        "vx1",
+        "nud",
+        "reachable",
+    )
+    sh(
+        "ip",
+        "-n",
+        ns,
+        "neigh",
+        "add",
+        "10.244.8.0",
+        "lladdr",
+        "02:00:00:00:00:08",
+        "dev",
+        "vx2",
+        "nud",
+        "permanent",
+    )
 
     async def main() -> None:
         assert await rt.neighs_apply("replace", vx1, ours) == []
@@ -199,8 +276,14 @@ def test_neighbours_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> No
 
         mine = sorted(await rt.dump(w.neigh_dump_request(vx1), w.decode_neigh, w.RTM_NEWNEIGH))
         theirs = sorted(
-            w.NeighMsg(m["family"], m["ifindex"], m["state"], m["flags"], m.get("dst") or "",
-                       m.get("lladdr") or "")
+            w.NeighMsg(
+                m["family"],
+                m["ifindex"],
+                m["state"],
+                m["flags"],
+                m.get("dst") or "",
+                m.get("lladdr") or "",
+            )
             for m in await pyroute2_dump(ns, "neigh", family=2)
             if m["ifindex"] == vx1
         )
@@ -240,8 +323,14 @@ def test_fdb_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> None:
 
         mine = sorted(await rt.dump(w.fdb_dump_request(vx1), w.decode_neigh, w.RTM_NEWNEIGH))
         theirs = sorted(
-            w.NeighMsg(m["family"], m["ifindex"], m["state"], m["flags"], m.get("dst") or "",
-                       m.get("lladdr") or "")
+            w.NeighMsg(
+                m["family"],
+                m["ifindex"],
+                m["state"],
+                m["flags"],
+                m.get("dst") or "",
+                m.get("lladdr") or "",
+            )
             for m in await pyroute2_dump(ns, "fdb")
             if m["ifindex"] == vx1
         )
@@ -276,10 +365,14 @@ def test_fdb_replace_delete_and_filtered_dump(host: Host, rt: Rtnl) -> None:
 def test_5000_entry_batches_of_each_kind(host: Host, rt: Rtnl) -> None:
     n = 5000
     vx1 = host.idx["vx1"]
-    routes = [RouteEntry(f"10.{100 + (i >> 8)}.{i & 255}.0/24", f"172.16.{i >> 8}.{i & 255}", vx1,
-                         True) for i in range(n)]
-    neighs = [NeighEntry(f"172.16.{i >> 8}.{i & 255}", f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}")
-              for i in range(n)]
+    routes = [
+        RouteEntry(f"10.{100 + (i >> 8)}.{i & 255}.0/24", f"172.16.{i >> 8}.{i & 255}", vx1, True)
+        for i in range(n)
+    ]
+    neighs = [
+        NeighEntry(f"172.16.{i >> 8}.{i & 255}", f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}")
+        for i in range(n)
+    ]
     fdb = [FdbEntry(e.lladdr, f"10.99.{1 + (i >> 8)}.{i & 255}") for i, e in enumerate(neighs)]
 
     async def main() -> dict[str, float]:
@@ -310,8 +403,10 @@ def test_5000_entry_batches_of_each_kind(host: Host, rt: Rtnl) -> None:
 
 def test_lost_acks_are_reported_and_a_resync_converges(host: Host) -> None:
     vx1 = host.idx["vx1"]
-    want = [RouteEntry(f"10.{100 + (i >> 8)}.{i & 255}.0/24", "172.16.0.1", vx1, True)
-            for i in range(2000)]
+    want = [
+        RouteEntry(f"10.{100 + (i >> 8)}.{i & 255}.0/24", "172.16.0.1", vx1, True)
+        for i in range(2000)
+    ]
 
     async def main() -> None:
         # A receive buffer far too small for the window: the kernel drops most ACKs.
@@ -364,14 +459,22 @@ def test_reconciler_resyncs_after_lost_acks(
     monkeypatch.setattr(netlink_mod, "Rtnl", functools.partial(Rtnl, rcvbuf=4096, window=64))
 
     def rec(j: int) -> NodeRecord:
-        return NodeRecord(name=f"h{j}", node_id=bytes([j]) * 16, public_ip=f"10.99.0.{j}",
-                          port=7950, subnet=f"10.244.{j}.0/24", backend="host-gw", vtep_mac=None,
-                          mtu=1500)
+        return NodeRecord(
+            name=f"h{j}",
+            node_id=bytes([j]) * 16,
+            public_ip=f"10.99.0.{j}",
+            port=7950,
+            subnet=f"10.244.{j}.0/24",
+            backend="host-gw",
+            vtep_mac=None,
+            mtu=1500,
+        )
 
     async def main() -> None:
         ul = await discover_underlay("eth0", None, netns=h.ns)
-        cfg = ReconcilerConfig(network="10.244.0.0/16", backend="host-gw",
-                               subnet_env=tmp_path / "subnet.env")
+        cfg = ReconcilerConfig(
+            network="10.244.0.0/16", backend="host-gw", subnet_env=tmp_path / "subnet.env"
+        )
         r = Reconciler(cfg, rec(1), ul, netns=h.ns)
         now = time.monotonic()
         r.set_peers([PeerView(rec(j), "alive", now) for j in range(2, 202)], True, now)

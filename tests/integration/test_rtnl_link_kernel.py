@@ -41,8 +41,12 @@ from meshd.lab import Host, Lab
 from meshd.lab.runner import kernel_supports
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
-VXLAN = (("vxlan_id", 42), ("vxlan_local", "10.99.0.1"), ("vxlan_port", 4789),
-         ("vxlan_learning", 0))
+VXLAN = (
+    ("vxlan_id", 42),
+    ("vxlan_local", "10.99.0.1"),
+    ("vxlan_port", 4789),
+    ("vxlan_learning", 0),
+)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -77,8 +81,9 @@ def ip_links(ns: str) -> dict[int, LinkInfo]:
     out: dict[int, LinkInfo] = {}
     for ln in ipj(ns, "-d", "link", "show"):
         kind = ln.get("linkinfo", {}).get("info_kind", "")
-        out[ln["ifindex"]] = LinkInfo(ln["ifindex"], ln["ifname"], kind, ln["mtu"],
-                                      ln.get("address"), "UP" in ln["flags"], {})
+        out[ln["ifindex"]] = LinkInfo(
+            ln["ifindex"], ln["ifname"], kind, ln["mtu"], ln.get("address"), "UP" in ln["flags"], {}
+        )
     return out
 
 
@@ -87,22 +92,39 @@ def pyroute2_event(msg: Any) -> Event | None:
     ev = str(msg.get("event") or "")
     new = ev.startswith("RTM_NEW")
     if ev in ("RTM_NEWLINK", "RTM_DELLINK"):
-        return Event("link", new, index=int(msg["index"]), name=str(msg.get("ifname") or ""),
-                     up=bool(msg["flags"] & 1), mtu=int(msg.get("mtu") or 0),
-                     lladdr=str(msg.get("address") or ""))
+        return Event(
+            "link",
+            new,
+            index=int(msg["index"]),
+            name=str(msg.get("ifname") or ""),
+            up=bool(msg["flags"] & 1),
+            mtu=int(msg.get("mtu") or 0),
+            lladdr=str(msg.get("address") or ""),
+        )
     if ev in ("RTM_NEWADDR", "RTM_DELADDR"):
         return Event("addr", new, index=int(msg["index"]), dst=str(msg.get("address") or ""))
     if ev in ("RTM_NEWROUTE", "RTM_DELROUTE"):
         if msg["family"] != 2:
             return None
-        return Event("route", new, index=int(msg.get("oif") or 0),
-                     dst=f"{msg.get('dst') or '0.0.0.0'}/{msg['dst_len']}", proto=int(msg["proto"]))
+        return Event(
+            "route",
+            new,
+            index=int(msg.get("oif") or 0),
+            dst=f"{msg.get('dst') or '0.0.0.0'}/{msg['dst_len']}",
+            proto=int(msg["proto"]),
+        )
     if ev in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
         kind = "fdb" if msg["family"] == 7 else "neigh"
         if kind == "neigh" and msg["family"] != 2:
             return None
-        return Event(kind, new, index=int(msg["ifindex"]), dst=str(msg.get("dst") or ""),
-                     lladdr=str(msg.get("lladdr") or ""), permanent=bool(msg["state"] & 0x80))
+        return Event(
+            kind,
+            new,
+            index=int(msg["ifindex"]),
+            dst=str(msg.get("dst") or ""),
+            lladdr=str(msg.get("lladdr") or ""),
+            permanent=bool(msg["state"] & 0x80),
+        )
     return None
 
 
@@ -116,8 +138,9 @@ def test_every_device_reads_as_iproute2_reads_it(host: Host) -> None:
         async with Netlink(ns) as nl:
             eth0 = await nl.link("eth0")
             assert eth0 is not None
-            index = await nl.create_link("vx42", "vxlan", 1400, "02:aa:bb:cc:dd:ee",
-                                         [*VXLAN, ("vxlan_link", eth0.index)])
+            index = await nl.create_link(
+                "vx42", "vxlan", 1400, "02:aa:bb:cc:dd:ee", [*VXLAN, ("vxlan_link", eth0.index)]
+            )
             theirs = ip_links(ns)
             assert {"lo", "eth0", "br", "vx42"} <= {i.name for i in theirs.values()}
             for idx, ref in theirs.items():
@@ -129,8 +152,9 @@ def test_every_device_reads_as_iproute2_reads_it(host: Host) -> None:
                 mac = by_index.mac
                 if mac is not None and len(mac) == 11:  # 4 bytes: a tunnel's IPv4 address
                     mac = socket.inet_ntoa(bytes.fromhex(mac.replace(":", "")))
-                seen = LinkInfo(by_index.index, by_index.name, by_index.kind, by_index.mtu, mac,
-                                by_index.up, {})
+                seen = LinkInfo(
+                    by_index.index, by_index.name, by_index.kind, by_index.mtu, mac, by_index.up, {}
+                )
                 assert seen == ref, ref.name
 
             vx = await nl.link("vx42")
@@ -140,24 +164,37 @@ def test_every_device_reads_as_iproute2_reads_it(host: Host) -> None:
             (ip,) = ipj(ns, "-d", "link", "show", "vx42")
             data = ip["linkinfo"]["info_data"]
             assert (data["id"], data["local"], data["port"], data["learning"], data["link"]) == (
-                42, "10.99.0.1", 4789, False, "eth0")
-            assert (ip["mtu"], ip["address"], ip["ifindex"]) == (1400, "02:aa:bb:cc:dd:ee",
-                                                                 index)
+                42,
+                "10.99.0.1",
+                4789,
+                False,
+                "eth0",
+            )
+            assert (ip["mtu"], ip["address"], ip["ifindex"]) == (1400, "02:aa:bb:cc:dd:ee", index)
 
             # The spec the reconciler compares is met by what we read back.
             spec = device_spec(
                 "vxlan",
-                NodeRecord(name="h1", node_id=b"\1" * 16, public_ip="10.99.0.1", port=7950,
-                           subnet="10.244.1.0/24", backend="vxlan",
-                           vtep_mac="02:aa:bb:cc:dd:ee", mtu=1500),
-                Underlay("eth0", eth0.index, "10.99.0.1", 24, 1500), 42, 4789)
+                NodeRecord(
+                    name="h1",
+                    node_id=b"\1" * 16,
+                    public_ip="10.99.0.1",
+                    port=7950,
+                    subnet="10.244.1.0/24",
+                    backend="vxlan",
+                    vtep_mac="02:aa:bb:cc:dd:ee",
+                    mtu=1500,
+                ),
+                Underlay("eth0", eth0.index, "10.99.0.1", 24, 1500),
+                42,
+                4789,
+            )
             assert spec is not None
             await nl.delete_link(index)
             index = await nl.create_link(spec.name, spec.kind, spec.mtu, spec.mac, spec.params)
             got = await nl.link(spec.name)
             assert got is not None and got.index == index
-            assert all(got.params.get(k) == v for k, v in spec.params), (got.params,
-                                                                         spec.params)
+            assert all(got.params.get(k) == v for k, v in spec.params), (got.params, spec.params)
 
             assert await nl.link("nosuchdev") is None
             assert await nl.link(index=999999) is None
@@ -174,8 +211,9 @@ def test_set_up_down_mtu_mac_and_delete(host: Host) -> None:
 
     async def main() -> None:
         async with Netlink(ns) as nl:
-            index = await nl.create_link("dm0", "vxlan", None, None,
-                                         [("vxlan_id", 9), ("vxlan_port", 4790)])
+            index = await nl.create_link(
+                "dm0", "vxlan", None, None, [("vxlan_id", 9), ("vxlan_port", 4790)]
+            )
             assert "UP" not in ip_link("dm0")["flags"]
             await nl.set_link(index, up=True)
             info = await nl.link("dm0")
@@ -189,22 +227,30 @@ def test_set_up_down_mtu_mac_and_delete(host: Host) -> None:
             await nl.set_link(index, mac="02:00:00:00:00:98", up=True, mtu=1300)
             ln = ip_link("dm0")
             assert (ln["address"], ln["mtu"], "UP" in ln["flags"]) == (
-                "02:00:00:00:00:98", 1300, True)
+                "02:00:00:00:00:98",
+                1300,
+                True,
+            )
             info = await nl.link(index=index)
             assert info is not None and (info.mac, info.mtu, info.up) == (
-                "02:00:00:00:00:98", 1300, True)
+                "02:00:00:00:00:98",
+                1300,
+                True,
+            )
 
             with pytest.raises(DataplaneError) as ei:
                 await nl.set_link(index, mtu=10)  # below the minimum
             assert error_code(ei.value) == errno.EINVAL and one_line(ei.value).startswith(
-                f"set link {index} mtu 10: Invalid argument (EINVAL)")
+                f"set link {index} mtu 10: Invalid argument (EINVAL)"
+            )
             with pytest.raises(DataplaneError) as ei:
                 await nl.set_link(999999, up=True)
             assert error_code(ei.value) == errno.ENODEV
 
             await nl.delete_link(index)
             assert ipj(ns, "link", "show") and not [
-                ln for ln in ipj(ns, "link", "show") if ln["ifname"] == "dm0"]
+                ln for ln in ipj(ns, "link", "show") if ln["ifname"] == "dm0"
+            ]
             await nl.delete_link(index)  # already gone: done
             assert await nl.link(index=index) is None
 
@@ -228,8 +274,9 @@ def test_create_errors_translate(host: Host) -> None:
             assert one_line(ei.value) == "create vxlan device vx42: File exists (EEXIST)"
             # A parameter the kernel refuses (an underlay that does not exist).
             with pytest.raises(DataplaneError) as ei:
-                await nl.create_link("vx43", "vxlan", None, None,
-                                     [*VXLAN[:1], ("vxlan_link", 999999)])
+                await nl.create_link(
+                    "vx43", "vxlan", None, None, [*VXLAN[:1], ("vxlan_link", 999999)]
+                )
             assert error_code(ei.value) == errno.ENODEV
             assert one_line(ei.value).startswith("create vxlan device vx43: No such device")
             # Input that cannot be packed never reaches the kernel.
@@ -254,8 +301,9 @@ def test_create_errors_translate(host: Host) -> None:
                 with pytest.raises(MissingKernelFeature) as mk:
                     await nl.create_link("meshd.ipip", "ipip", 1480, None, ipip)
                 msg = one_line(mk.value)
-                assert msg.startswith("kernel has no ipip support (module ipip): "
-                                      "create ipip device meshd.ipip: "), msg
+                assert msg.startswith(
+                    "kernel has no ipip support (module ipip): create ipip device meshd.ipip: "
+                ), msg
                 assert error_code(mk.value) == errno.EOPNOTSUPP
 
     run(main())
@@ -296,13 +344,18 @@ def test_addresses_add_dump_delete(host: Host) -> None:
     ns = host.ns
 
     def ip_addrs() -> set[tuple[int, str, int, bool]]:
-        return {(ln["ifindex"], a["local"], a["prefixlen"], bool(a.get("secondary")))
-                for ln in ipj(ns, "-4", "addr", "show") for a in ln["addr_info"]}
+        return {
+            (ln["ifindex"], a["local"], a["prefixlen"], bool(a.get("secondary")))
+            for ln in ipj(ns, "-4", "addr", "show")
+            for a in ln["addr_info"]
+        }
 
     async def pyroute2_addrs() -> set[tuple[int, str, int, bool]]:
         async with AsyncIPRoute(netns=ns, flags=0) as ipr:
-            return {(a["index"], a.get("address"), a["prefixlen"], bool(a["flags"] & 1))
-                    async for a in await ipr.addr("dump", family=2)}
+            return {
+                (a["index"], a.get("address"), a["prefixlen"], bool(a["flags"] & 1))
+                async for a in await ipr.addr("dump", family=2)
+            }
 
     async def main() -> None:
         async with Netlink(ns) as nl:
@@ -315,8 +368,11 @@ def test_addresses_add_dump_delete(host: Host) -> None:
             mine = await nl.addresses()
             assert len(mine) == len(set(mine))
             assert set(mine) == ip_addrs() == await pyroute2_addrs()
-            assert {(i, "10.98.0.1", 24, False), (i, "10.99.0.77", 24, True),
-                    (i, host.underlay_ip, 24, False)} <= set(mine)
+            assert {
+                (i, "10.98.0.1", 24, False),
+                (i, "10.99.0.77", 24, True),
+                (i, host.underlay_ip, 24, False),
+            } <= set(mine)
             assert set(await nl.addresses(i)) == {a for a in mine if a[0] == i}
             assert {a[0] for a in mine} > {i}  # lo and br hold addresses too
 
@@ -348,15 +404,51 @@ def test_default_route_oif_is_the_lowest_metric(host: Host) -> None:
             assert await nl.default_route_oif() == eth0.index
             assert ref["dev"] == "eth0" and "metric" not in ref  # metric 0
             # A worse default route in the main table, a default route in another table.
-            sh("ip", "-n", ns, "route", "add", "default", "via", "10.244.1.9", "dev", "br",
-               "metric", "50")
-            sh("ip", "-n", ns, "route", "add", "default", "via", "10.244.1.8", "dev", "br",
-               "table", "100")
+            sh(
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.244.1.9",
+                "dev",
+                "br",
+                "metric",
+                "50",
+            )
+            sh(
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.244.1.8",
+                "dev",
+                "br",
+                "table",
+                "100",
+            )
             assert await nl.default_route_oif() == eth0.index
             # Now eth0's is the worse one.
             sh("ip", "-n", ns, "route", "del", "default", "via", UPSTREAM, "dev", "eth0")
-            sh("ip", "-n", ns, "route", "add", "default", "via", UPSTREAM, "dev", "eth0",
-               "metric", "100")
+            sh(
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                UPSTREAM,
+                "dev",
+                "eth0",
+                "metric",
+                "100",
+            )
             assert await nl.default_route_oif() == br.index
             assert ipj(ns, "route", "show", "default")[0]["dev"] == "br"  # iproute2 agrees
             sh("ip", "-n", ns, "route", "del", "default", "dev", "br", "metric", "50")
@@ -461,14 +553,44 @@ route del 10.255.255.0/24
                 sh("ip", "-n", ns, "route", "del", "10.255.254.0/24")
                 await ours.until(is_start)
                 await theirs.until(is_start)
-                sh("ip", "-n", ns, "link", "add", "vxf", "type", "vxlan", "id", "8", "dstport",
-                   "4790", "nolearning")
-                sh("bridge", "-n", ns, "fdb", "add", mac, "dev", "vxf", "dst", peer, "self",
-                   "permanent")
+                sh(
+                    "ip",
+                    "-n",
+                    ns,
+                    "link",
+                    "add",
+                    "vxf",
+                    "type",
+                    "vxlan",
+                    "id",
+                    "8",
+                    "dstport",
+                    "4790",
+                    "nolearning",
+                )
+                sh(
+                    "bridge",
+                    "-n",
+                    ns,
+                    "fdb",
+                    "add",
+                    mac,
+                    "dev",
+                    "vxf",
+                    "dst",
+                    peer,
+                    "self",
+                    "permanent",
+                )
                 sh("bridge", "-n", ns, "fdb", "del", mac, "dev", "vxf", "dst", peer, "self")
                 sh("ip", "-n", ns, "link", "del", "vxf")
-                subprocess.run(["ip", "-n", ns, "-batch", "-"], input=script, text=True,
-                               check=True, capture_output=True)
+                subprocess.run(
+                    ["ip", "-n", ns, "-batch", "-"],
+                    input=script,
+                    text=True,
+                    check=True,
+                    capture_output=True,
+                )
                 got = await ours.until(is_sentinel)
                 want = await theirs.until(is_sentinel)
             finally:
@@ -479,8 +601,15 @@ route del 10.255.255.0/24
         idx = {e.name: e.index for e in got if e.kind == "link"}
         vxm, vxf = idx["vxm"], idx["vxf"]
         for expected in (
-            Event("link", True, index=vxm, name="vxm", up=True, mtu=1400,
-                  lladdr=next(e.lladdr for e in got if e.name == "vxm")),
+            Event(
+                "link",
+                True,
+                index=vxm,
+                name="vxm",
+                up=True,
+                mtu=1400,
+                lladdr=next(e.lladdr for e in got if e.name == "vxm"),
+            ),
             Event("addr", True, index=vxm, dst="10.250.0.1"),
             Event("addr", False, index=vxm, dst="10.250.0.1"),
             Event("neigh", True, index=vxm, dst="10.250.0.9", lladdr=mac, permanent=True),
@@ -508,8 +637,10 @@ def test_monitor_overflow_is_an_event_and_it_goes_on(
         async with Netlink(ns) as nl:
             eth0 = await nl.link("eth0")
             assert eth0 is not None
-            burst = [RouteEntry(f"10.{100 + (k >> 8)}.{k & 255}.0/24", "10.99.0.2", eth0.index,
-                                False) for k in range(1000)]
+            burst = [
+                RouteEntry(f"10.{100 + (k >> 8)}.{k & 255}.0/24", "10.99.0.2", eth0.index, False)
+                for k in range(1000)
+            ]
             events = Pump(nl.events())
             try:
                 assert await events.until(lambda e: True) == [Event("ready", True)]

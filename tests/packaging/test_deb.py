@@ -69,8 +69,11 @@ def run(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def apt_install(*pkgs: str) -> None:
-    missing = [p for p in pkgs if run("dpkg-query", "-W", "-f=${Status}", p, check=False)
-               .stdout != "install ok installed"]
+    missing = [
+        p
+        for p in pkgs
+        if run("dpkg-query", "-W", "-f=${Status}", p, check=False).stdout != "install ok installed"
+    ]
     if missing:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run("apt-get", "update", "-qq", env=env)
@@ -95,8 +98,11 @@ def host_debian_sources() -> list[str]:
                 for uri in fields.get("URIs", "").split():
                     for suite in fields.get("Suites", "").split():
                         entries.append((uri, suite, fields.get("Components", "main")))
-    lines = [f"deb {uri} {suite} {comps}" for uri, suite, comps in entries
-             if suite.split("-")[0].split("/")[0] == SUITE]
+    lines = [
+        f"deb {uri} {suite} {comps}"
+        for uri, suite, comps in entries
+        if suite.split("-")[0].split("/")[0] == SUITE
+    ]
     if not lines:
         pytest.skip(f"the host has no apt source for Debian {SUITE}")
     return lines
@@ -183,8 +189,10 @@ def mounted(root: Path) -> Iterator[None]:
     (archives / "partial").mkdir(parents=True, exist_ok=True)
     done: list[Path] = []
     try:
-        for target, args in [(root / "proc", ["-t", "proc", "proc"]),
-                             (root / "var/cache/apt/archives", ["--bind", str(archives)])]:
+        for target, args in [
+            (root / "proc", ["-t", "proc", "proc"]),
+            (root / "var/cache/apt/archives", ["--bind", str(archives)]),
+        ]:
             run("mount", *args, target)
             done.append(target)
         yield
@@ -199,8 +207,9 @@ def apt_install_deb(root: Path, deb: Path, timings: dict[str, float]) -> None:
     with mounted(root):
         in_root(root, "apt-get", "update", "-qq")
         t0 = time.monotonic()
-        in_root(root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-                f"/tmp/{deb.name}")
+        in_root(
+            root, "apt-get", "install", "-y", "-q", "--no-install-recommends", f"/tmp/{deb.name}"
+        )
         timings["apt_install"] = time.monotonic() - t0
 
 
@@ -211,8 +220,12 @@ def in_root(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedPr
     return out
 
 
-def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
-                           record_property: Callable[[str, object], None]) -> None:
+def test_install_run_purge(
+    deb: Path,
+    chroot: Path,
+    timings: dict[str, float],
+    record_property: Callable[[str, object], None],
+) -> None:
     version = re.match(r"meshd_(.+)_all\.deb", deb.name)[1]  # type: ignore[index]
     apt_install_deb(chroot, deb, timings)
 
@@ -224,24 +237,31 @@ def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
 
     # Every module the source tree can import, the installed package can import too.
     installed = json.loads(
-        in_root(chroot, "python3", "-I", "-c", IMPORT_ALL, "/usr/lib/meshd").stdout)
+        in_root(chroot, "python3", "-I", "-c", IMPORT_ALL, "/usr/lib/meshd").stdout
+    )
     source = json.loads(run(sys.executable, "-c", IMPORT_ALL, REPO).stdout)
     assert set(installed) <= set(source), {m: installed[m] for m in set(installed) - set(source)}
 
     # The daemon's devices and addresses go through the bundled pyroute2 (the pinned one, not
     # Debian's older python3-pyroute2), imported the lean way netlink.py does.
-    pinned = re.search(r"^pyroute2==(\S+)", (REPO / "packaging/requirements.txt").read_text(),
-                       re.M)
+    pinned = re.search(r"^pyroute2==(\S+)", (REPO / "packaging/requirements.txt").read_text(), re.M)
     assert pinned is not None
-    lean = ("import sys; sys.path.insert(0, '/usr/lib/meshd'); "
-            "from meshd.dataplane import netlink; netlink._pyroute2(); "
-            "import pyroute2; print(pyroute2.__version__, pyroute2.__file__)")
+    lean = (
+        "import sys; sys.path.insert(0, '/usr/lib/meshd'); "
+        "from meshd.dataplane import netlink; netlink._pyroute2(); "
+        "import pyroute2; print(pyroute2.__version__, pyroute2.__file__)"
+    )
     version_file = in_root(chroot, "python3", "-I", "-c", lean).stdout.split()
     assert version_file == [pinned[1], "/usr/lib/meshd/pyroute2/__init__.py"], version_file
 
     # Files and maintainer-script effects.
-    for path in ["usr/bin/meshd", "lib/systemd/system/meshd.service", "etc/meshd/meshd.toml",
-                 "usr/share/man/man1/meshd.1.gz", "usr/share/doc/meshd/copyright"]:
+    for path in [
+        "usr/bin/meshd",
+        "lib/systemd/system/meshd.service",
+        "etc/meshd/meshd.toml",
+        "usr/share/man/man1/meshd.1.gz",
+        "usr/share/doc/meshd/copyright",
+    ]:
         assert (chroot / path).is_file(), path
     assert (chroot / "var/lib/meshd").is_dir()
     conffiles = in_root(chroot, "dpkg-query", "-W", "-f=${Conffiles}", "meshd").stdout
@@ -263,12 +283,22 @@ def test_install_run_purge(deb: Path, chroot: Path, timings: dict[str, float],
     (chroot / "var/lib/meshd/state.json").write_text("{}")
     with mounted(chroot):
         in_root(chroot, "apt-get", "purge", "-y", "-q", "meshd")
-    assert in_root(chroot, "dpkg-query", "-W", "-f=${Status}", "meshd", check=False).stdout \
-        in ("", "unknown ok not-installed")
-    for path in ["etc/meshd", "var/lib/meshd", "usr/lib/meshd", "usr/bin/meshd",
-                 "lib/systemd/system/meshd.service", WANTS, DSH_STATE]:
-        assert not (chroot / path).is_symlink() and not (chroot / path).exists(), \
+    assert in_root(chroot, "dpkg-query", "-W", "-f=${Status}", "meshd", check=False).stdout in (
+        "",
+        "unknown ok not-installed",
+    )
+    for path in [
+        "etc/meshd",
+        "var/lib/meshd",
+        "usr/lib/meshd",
+        "usr/bin/meshd",
+        "lib/systemd/system/meshd.service",
+        WANTS,
+        DSH_STATE,
+    ]:
+        assert not (chroot / path).is_symlink() and not (chroot / path).exists(), (
             f"{path} survived the purge"
+        )
 
     for k, v in timings.items():
         record_property(f"seconds_{k}", round(v, 1))
@@ -287,9 +317,20 @@ class Container:
         t0 = time.monotonic()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
-                 "--private-network", "--quiet"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    "systemd-nspawn",
+                    "-D",
+                    str(self.root),
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--private-network",
+                    "--quiet",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         state = ""
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -302,15 +343,19 @@ class Container:
                 if state in ("running", "degraded"):
                     return
             time.sleep(0.5)
-        pytest.fail(f"container not up in {timeout}s (PID 1 {self.pid1}: {state!r}):\n"
-                    f"{self.log.read_text()[-1500:]}")
+        pytest.fail(
+            f"container not up in {timeout}s (PID 1 {self.pid1}: {state!r}):\n"
+            f"{self.log.read_text()[-1500:]}"
+        )
 
     def _systemd_child(self) -> int | None:
         assert self.proc is not None
         try:
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            return next((int(k) for k in kids
-                         if Path(f"/proc/{k}/comm").read_text().strip() == "systemd"), None)
+            return next(
+                (int(k) for k in kids if Path(f"/proc/{k}/comm").read_text().strip() == "systemd"),
+                None,
+            )
         except OSError:
             return None
 
@@ -332,13 +377,15 @@ class Container:
             self.proc.wait(timeout=10)
 
 
-def test_service_under_systemd(deb: Path, chroot: Path, timings: dict[str, float],
-                               tmp_path: Path) -> None:
+def test_service_under_systemd(
+    deb: Path, chroot: Path, timings: dict[str, float], tmp_path: Path
+) -> None:
     apt_install("systemd-container")
     apt_install_deb(chroot, deb, timings)
     conf = chroot / "etc/meshd/meshd.toml"
-    text, n = re.subn(r'^# subnet = ".*"$', 'subnet = "10.244.9.0/24"', conf.read_text(),
-                      flags=re.M)
+    text, n = re.subn(
+        r'^# subnet = ".*"$', 'subnet = "10.244.9.0/24"', conf.read_text(), flags=re.M
+    )
     assert n == 1, "conf/meshd.toml has no commented top-level `# subnet = ...` line any more"
     conf.write_text(text)
     shutil.copy(deb, chroot / "root" / deb.name)  # nspawn mounts a fresh /tmp
@@ -348,9 +395,11 @@ def test_service_under_systemd(deb: Path, chroot: Path, timings: dict[str, float
         t0 = time.monotonic()
         box.boot()
         timings["nspawn_boot"] = time.monotonic() - t0
-        box.sh("ip link add v0 type veth peer name v1 && ip addr add 10.99.0.2/24 dev v0"
-               " && ip link set v0 up && ip link set v1 up"
-               " && ip route add default via 10.99.0.1 dev v0 onlink")
+        box.sh(
+            "ip link add v0 type veth peer name v1 && ip addr add 10.99.0.2/24 dev v0"
+            " && ip link set v0 up && ip link set v1 up"
+            " && ip route add default via 10.99.0.1 dev v0 onlink"
+        )
 
         # No key: the service does not start, and the journal says how to make one.
         assert box.sh("systemctl start meshd", check=False).returncode != 0
@@ -359,8 +408,10 @@ def test_service_under_systemd(deb: Path, chroot: Path, timings: dict[str, float
         assert "meshd keygen > /etc/meshd/key" in journal, journal
 
         # With a key: Type=notify start returns once the daemon reported READY=1.
-        box.sh("meshd keygen > /etc/meshd/key && chmod 600 /etc/meshd/key"
-               " && systemctl reset-failed meshd")
+        box.sh(
+            "meshd keygen > /etc/meshd/key && chmod 600 /etc/meshd/key"
+            " && systemctl reset-failed meshd"
+        )
         t0 = time.monotonic()
         start = box.sh("systemctl start meshd", check=False)
         timings["service_start"] = time.monotonic() - t0

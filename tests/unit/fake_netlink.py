@@ -44,8 +44,9 @@ class Link:
     params: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> LinkInfo:
-        return LinkInfo(self.index, self.name, self.kind, self.mtu, self.mac, self.up,
-                        dict(self.params))
+        return LinkInfo(
+            self.index, self.name, self.kind, self.mtu, self.mac, self.up, dict(self.params)
+        )
 
 
 @dataclass
@@ -58,8 +59,11 @@ class Route:
 class FakeNetlink:
     """One network namespace's worth of kernel state (see the module docstring)."""
 
-    def __init__(self, underlay: tuple[str, str, int, int] = ("eth0", "10.99.0.1", 24, 1500),
-                 missing_kinds: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        underlay: tuple[str, str, int, int] = ("eth0", "10.99.0.1", 24, 1500),
+        missing_kinds: Sequence[str] = (),
+    ) -> None:
         name, ip, plen, mtu = underlay
         self.links: dict[int, Link] = {2: Link(2, name, "", mtu, "52:54:00:00:00:01", True)}
         self.addrs: dict[int, list[tuple[str, int]]] = {2: [(ip, plen)]}
@@ -95,8 +99,11 @@ class FakeNetlink:
     def hand_set_mtu(self, name: str, mtu: int) -> None:
         ln = self.links[self.index_of(name) or -1]
         ln.mtu = mtu
-        self.post(Event("link", True, index=ln.index, name=ln.name, up=ln.up, mtu=mtu,
-                        lladdr=ln.mac or ""))
+        self.post(
+            Event(
+                "link", True, index=ln.index, name=ln.name, up=ln.up, mtu=mtu, lladdr=ln.mac or ""
+            )
+        )
 
     # --- NetlinkAPI ------------------------------------------------------------------------------
 
@@ -111,12 +118,14 @@ class FakeNetlink:
         ln = self.links.get(i) if i is not None else None
         return ln.info() if ln is not None else None
 
-    async def create_link(self, name: str, kind: str, mtu: int | None, mac: str | None,
-                          params: Sequence[Any]) -> int:
+    async def create_link(
+        self, name: str, kind: str, mtu: int | None, mac: str | None, params: Sequence[Any]
+    ) -> int:
         what = f"create {kind} device {name}"
         if kind in self.missing_kinds:
-            raise MissingKernelFeature(f"kernel has no {kind} support (module {kind}): {what}: "
-                                       "Unknown device type")
+            raise MissingKernelFeature(
+                f"kernel has no {kind} support (module {kind}): {what}: Unknown device type"
+            )
         if self.index_of(name) is not None:
             raise kernel_error(what, errno.EEXIST)
         self.writes.append(what)
@@ -134,20 +143,27 @@ class FakeNetlink:
         self.fdb.pop(index, None)
         self.routes = {d: r for d, r in self.routes.items() if r.entry.oif != index}
 
-    async def set_link(self, index: int, *, mtu: int | None = None, mac: str | None = None,
-                       up: bool | None = None) -> None:
+    async def set_link(
+        self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
+    ) -> None:
         ln = self.links.get(index)
         if ln is None:
             raise kernel_error(f"set link {index}", errno.ENODEV)
         self.writes.append(f"set link {index} mtu={mtu} mac={mac} up={up}")
         self.links[index] = replace(
-            ln, mtu=ln.mtu if mtu is None else mtu, mac=ln.mac if mac is None else mac,
+            ln,
+            mtu=ln.mtu if mtu is None else mtu,
+            mac=ln.mac if mac is None else mac,
             up=ln.up if up is None else up,
         )
 
     async def addresses(self, index: int | None = None) -> list[tuple[int, str, int, bool]]:
-        return [(i, ip, plen, n > 0) for i, addrs in self.addrs.items()
-                if index is None or i == index for n, (ip, plen) in enumerate(addrs)]
+        return [
+            (i, ip, plen, n > 0)
+            for i, addrs in self.addrs.items()
+            if index is None or i == index
+            for n, (ip, plen) in enumerate(addrs)
+        ]
 
     async def add_address(self, index: int, cidr: str) -> None:
         ip, plen = cidr.split("/")
@@ -164,8 +180,9 @@ class FakeNetlink:
     async def dump_routes(self, proto: int, table: int = MAIN_TABLE) -> list[RouteEntry]:
         return [r.entry for r in self.routes.values() if r.proto == proto and r.table == table]
 
-    async def routes_apply(self, op: str, entries: Sequence[RouteEntry], proto: int,
-                           table: int = MAIN_TABLE) -> list[Failure]:
+    async def routes_apply(
+        self, op: str, entries: Sequence[RouteEntry], proto: int, table: int = MAIN_TABLE
+    ) -> list[Failure]:
         fails: list[Failure] = []
         for e in entries:
             what = f"route {op} {e.dst} via {e.gateway}"
@@ -186,8 +203,9 @@ class FakeNetlink:
     async def dump_neighs(self, ifindex: int) -> list[NeighEntry]:
         return [NeighEntry(d, m) for d, m in self.neighs.get(ifindex, {}).items()]
 
-    async def neighs_apply(self, op: str, ifindex: int,
-                           entries: Sequence[NeighEntry]) -> list[Failure]:
+    async def neighs_apply(
+        self, op: str, ifindex: int, entries: Sequence[NeighEntry]
+    ) -> list[Failure]:
         table = self.neighs.setdefault(ifindex, {})
         for e in entries:
             self.writes.append(f"neigh {op} {e.dst} lladdr {e.lladdr}")
@@ -200,8 +218,7 @@ class FakeNetlink:
     async def dump_fdb(self, ifindex: int) -> list[FdbEntry]:
         return [FdbEntry(m, d) for m, d in sorted(self.fdb.get(ifindex, set()))]
 
-    async def fdb_apply(self, op: str, ifindex: int,
-                        entries: Sequence[FdbEntry]) -> list[Failure]:
+    async def fdb_apply(self, op: str, ifindex: int, entries: Sequence[FdbEntry]) -> list[Failure]:
         table = self.fdb.setdefault(ifindex, set())
         for e in entries:
             self.writes.append(f"fdb {op} {e.lladdr} dst {e.dst}")

@@ -11,8 +11,17 @@ from meshd.statestore import State, StateStore
 
 
 def rec(name: str, node_id: int, subnet: str, since: int) -> NodeRecord:
-    return NodeRecord(name, node_id.to_bytes(16, "big"), f"10.0.0.{node_id % 250 + 1}", 7950,
-                      subnet, "vxlan", "02:00:00:00:00:01", 1500, since=since)
+    return NodeRecord(
+        name,
+        node_id.to_bytes(16, "big"),
+        f"10.0.0.{node_id % 250 + 1}",
+        7950,
+        subnet,
+        "vxlan",
+        "02:00:00:00:00:01",
+        1500,
+        since=since,
+    )
 
 
 def test_incumbent_beats_lower_node_id_newcomer() -> None:

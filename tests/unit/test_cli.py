@@ -10,8 +10,9 @@ import pytest
 
 
 def meshd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "meshd", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -43,8 +44,15 @@ def test_key_too_open(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text(meshd("keygen").stdout)
     key.chmod(0o644)
-    r = meshd("join", "--subnet", "10.1.0.0/24", "--key-file", str(key), "--state-dir",
-              str(tmp_path / "s"))
+    r = meshd(
+        "join",
+        "--subnet",
+        "10.1.0.0/24",
+        "--key-file",
+        str(key),
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
     assert r.returncode == 78 and "chmod 600" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -10,8 +10,10 @@ from meshd.errors import ConfigError
 
 def test_defaults_and_gossip_table(tmp_path: Path) -> None:
     p = tmp_path / "m.toml"
-    p.write_text('subnet = "10.244.1.0/24"\nbackend = "host-gw"\n[gossip]\nprobe_interval = 0.5\n'
-                 "probe_timeout = 0.2\nreap_after = 10\n")
+    p.write_text(
+        'subnet = "10.244.1.0/24"\nbackend = "host-gw"\n[gossip]\nprobe_interval = 0.5\n'
+        "probe_timeout = 0.2\nreap_after = 10\n"
+    )
     cfg = build(load_file(p))
     assert cfg.backend == "host-gw" and cfg.port == 7950
     assert cfg.gossip.probe_interval == 0.5 and cfg.gossip.reap_after == 10
@@ -22,9 +24,9 @@ def test_defaults_and_gossip_table(tmp_path: Path) -> None:
     ("text", "msg"),
     [
         ('subnet = "10.0.0.1/24"\n', "subnet.*host bits"),
-        ('port = 70000\n', "port.*line 1"),
+        ("port = 70000\n", "port.*line 1"),
         ('backend = "gre"\n', "backend.*line 1"),
-        ('\n\nbogus = 1\n', "unknown key bogus.*line 3"),
+        ("\n\nbogus = 1\n", "unknown key bogus.*line 3"),
         ('[gossip]\nprobe_interval = "fast"\n', "gossip.probe_interval.*line 2"),
         ("subnet = \n", "m.toml"),
         ('public_ip = "300.1.1.1"\n', "public_ip"),

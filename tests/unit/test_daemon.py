@@ -52,8 +52,16 @@ def test_failed_setup_closes_the_udp_socket(
     key.chmod(0o600)
     port = free_udp_port()
     sock = tmp_path / "meshd.sock"
-    cfg = build({"name": "h1", "subnet": "10.244.1.0/24", "port": port, "key_file": key,
-                 "state_dir": tmp_path / "state", "socket": sock})
+    cfg = build(
+        {
+            "name": "h1",
+            "subnet": "10.244.1.0/24",
+            "port": port,
+            "key_file": key,
+            "state_dir": tmp_path / "state",
+            "socket": sock,
+        }
+    )
 
     async def main() -> None:
         # Another daemon holds the control socket: setup fails after the UDP socket is bound.
@@ -72,9 +80,7 @@ def test_failed_setup_closes_the_udp_socket(
         s.bind(("0.0.0.0", port))  # EADDRINUSE if the daemon leaked its socket
 
 
-def test_unusable_record_is_a_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unusable_record_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def underlay(iface: str | None, public_ip: str | None) -> Underlay:
         return Underlay("lo", 1, "127.0.0.1", 8, 65536)  # loopback's MTU: no record carries it
 
@@ -82,7 +88,14 @@ def test_unusable_record_is_a_config_error(
     key = tmp_path / "key"
     key.write_text(generate_key() + "\n")
     key.chmod(0o600)
-    cfg = build({"name": "h1", "subnet": "10.244.1.0/24", "key_file": key,
-                 "state_dir": tmp_path / "state", "socket": tmp_path / "sock"})
+    cfg = build(
+        {
+            "name": "h1",
+            "subnet": "10.244.1.0/24",
+            "key_file": key,
+            "state_dir": tmp_path / "state",
+            "socket": tmp_path / "sock",
+        }
+    )
     with pytest.raises(ConfigError, match="mtu"):
         asyncio.run(Daemon(cfg).setup())

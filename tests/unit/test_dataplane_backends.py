@@ -24,9 +24,14 @@ UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
 def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
     node_id = bytes([i]) * 16
     base_rec = NodeRecord(
-        name=f"n{i}", node_id=node_id, public_ip=f"10.99.0.{i}", port=7950,
-        subnet=f"10.244.{i}.0/24", backend=backend,
-        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None, mtu=1500,
+        name=f"n{i}",
+        node_id=node_id,
+        public_ip=f"10.99.0.{i}",
+        port=7950,
+        subnet=f"10.244.{i}.0/24",
+        backend=backend,
+        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
+        mtu=1500,
     )
     return replace(base_rec, **kw)
 
@@ -80,13 +85,15 @@ def test_hostgw() -> None:
     assert be.device(site("host-gw")) is None
     assert be.encapsulation(8472) is None and be.vtep_mac(b"\x01" * 16) is None
     assert be.entries(rec(2, "host-gw"), site("host-gw"), None) == PeerEntries(
-        Route("10.244.2.0/24", "10.99.0.2", "eth0"))
+        Route("10.244.2.0/24", "10.99.0.2", "eth0")
+    )
     near, far = rec(2, "host-gw"), rec(3, "host-gw", public_ip="192.0.2.3")
     refused = be.refuse([near, far], site("host-gw"))
     assert list(refused) == ["n3"] and refused["n3"].flag == "not-on-link"
     assert "192.0.2.3 is not on-link on eth0" in refused["n3"].reason
     assert be.refuse([near], site("host-gw", onlink=())) == {
-        "n2": Refusal("not-on-link", "10.99.0.2 is not on-link on eth0; host-gw needs one L2")}
+        "n2": Refusal("not-on-link", "10.99.0.2 is not on-link on eth0; host-gw needs one L2")
+    }
 
 
 # --- ipip ----------------------------------------------------------------------------------------
@@ -97,11 +104,16 @@ def test_ipip() -> None:
     assert (be.overhead, be.kernel_module, be.peer_objects) == (20, "ipip", ("route",))
     dev = be.device(site("ipip"))
     assert dev == DeviceSpec(
-        "meshd.ipip", "ipip", 1480, None, ("10.244.1.0/32",),
+        "meshd.ipip",
+        "ipip",
+        1480,
+        None,
+        ("10.244.1.0/32",),
         (("ipip_local", "10.99.0.1"), ("ipip_link", 2), ("ipip_ttl", 64)),
     )
     assert be.entries(rec(2, "ipip"), site("ipip"), dev) == PeerEntries(
-        Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True))
+        Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True)
+    )
     assert be.refuse([rec(2, "ipip"), rec(3, "ipip", public_ip="192.0.2.3")], site("ipip")) == {}
     assert be.encapsulation(8472) == Encapsulation("ip", 4)
 
@@ -111,17 +123,36 @@ def test_ipip() -> None:
 
 def test_vxlan() -> None:
     be = backends.get("vxlan")
-    assert (be.overhead, be.kernel_module, be.peer_objects) == (50, "vxlan",
-                                                                 ("neigh", "fdb", "route"))
-    assert be.steps() == ("route_del", "fdb_del", "neigh_del", "neigh_set", "fdb_set",
-                          "route_add", "route_replace")
+    assert (be.overhead, be.kernel_module, be.peer_objects) == (
+        50,
+        "vxlan",
+        ("neigh", "fdb", "route"),
+    )
+    assert be.steps() == (
+        "route_del",
+        "fdb_del",
+        "neigh_del",
+        "neigh_set",
+        "fdb_set",
+        "route_add",
+        "route_replace",
+    )
     s = site("vxlan", vni=42, port=4789)
     dev = be.device(s)
     assert dev is not None
-    assert (dev.name, dev.kind, dev.mtu, dev.mac) == ("meshd.42", "vxlan", 1450,
-                                                      vtep_mac_for(b"\x01" * 16))
-    assert dict(dev.params) == {"vxlan_id": 42, "vxlan_local": "10.99.0.1", "vxlan_link": 2,
-                                "vxlan_port": 4789, "vxlan_learning": 0}
+    assert (dev.name, dev.kind, dev.mtu, dev.mac) == (
+        "meshd.42",
+        "vxlan",
+        1450,
+        vtep_mac_for(b"\x01" * 16),
+    )
+    assert dict(dev.params) == {
+        "vxlan_id": 42,
+        "vxlan_local": "10.99.0.1",
+        "vxlan_link": 2,
+        "vxlan_port": 4789,
+        "vxlan_learning": 0,
+    }
     p2 = rec(2)
     mac = vtep_mac_for(p2.node_id)
     assert be.entries(p2, s, dev) == PeerEntries(
@@ -151,7 +182,10 @@ def test_the_local_mac_comes_from_the_record_or_the_node_id() -> None:
     other = replace(own, local=replace(own.local, vtep_mac="02:00:00:00:00:07"))
     derived = replace(own, local=replace(own.local, vtep_mac=None))
     assert [d.mac for d in map(be.device, (own, other, derived)) if d] == [
-        own.local.vtep_mac, "02:00:00:00:00:07", vtep_mac_for(own.local.node_id)]
+        own.local.vtep_mac,
+        "02:00:00:00:00:07",
+        vtep_mac_for(own.local.node_id),
+    ]
 
 
 # --- one registry, read by config, CLI, firewall and the model -----------------------------------
@@ -165,8 +199,9 @@ class Tunnel(Backend):
     kernel_module = "tunnel"
 
     def device(self, site: Site) -> DeviceSpec:
-        return DeviceSpec("meshd.tun", "tunnel", site.underlay.mtu - self.overhead, None,
-                          ("10.244.1.0/32",))
+        return DeviceSpec(
+            "meshd.tun", "tunnel", site.underlay.mtu - self.overhead, None, ("10.244.1.0/32",)
+        )
 
     def entries(self, peer: NodeRecord, site: Site, device: DeviceSpec | None) -> PeerEntries:
         return PeerEntries(Route(peer.subnet, peer.public_ip, "meshd.tun", onlink=True))
@@ -191,11 +226,20 @@ def test_a_registered_backend_is_accepted_everywhere(tunnel: Backend, tmp_path: 
     assert build({"subnet": "10.244.1.0/24", "backend": "tunnel"}).backend == "tunnel"
     fw = Firewall("tunnel")
     assert fw.active and fw.match == "udp dport 51820"
-    peers = [model.PeerView(rec(2, "tunnel"), "alive", 0.0),
-             model.PeerView(rec(3, "tunnel", port=7951), "alive", 0.0),
-             model.PeerView(rec(4), "alive", 0.0)]
-    d = model.desired_state(backend="tunnel", local=rec(1, "tunnel"), underlay=UL, peers=peers,
-                            now=1.0, synced=True, reap_after=300.0)
+    peers = [
+        model.PeerView(rec(2, "tunnel"), "alive", 0.0),
+        model.PeerView(rec(3, "tunnel", port=7951), "alive", 0.0),
+        model.PeerView(rec(4), "alive", 0.0),
+    ]
+    d = model.desired_state(
+        backend="tunnel",
+        local=rec(1, "tunnel"),
+        underlay=UL,
+        peers=peers,
+        now=1.0,
+        synced=True,
+        reap_after=300.0,
+    )
     assert d.device is not None and d.mtu == 1440
     assert d.routes == {"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.tun", True)}
     assert d.flags == {"n3": "refused", "n4": "incompatible"}
@@ -228,8 +272,9 @@ def test_record_carries_another_backend_by_name() -> None:
     assert NodeRecord.from_dict(r.to_dict()) == r
 
 
-@pytest.mark.parametrize("bad", ["VXLAN", "", "9lives", "a" * 17, "wire guard", 3, -1, True,
-                                 None, b"vxlan"])
+@pytest.mark.parametrize(
+    "bad", ["VXLAN", "", "9lives", "a" * 17, "wire guard", 3, -1, True, None, b"vxlan"]
+)
 def test_record_rejects_a_malformed_backend(bad: object) -> None:
     wire = rec(2).to_wire()
     wire[5] = bad

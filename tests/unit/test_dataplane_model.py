@@ -31,9 +31,14 @@ UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
 def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
     node_id = bytes([i]) * 16
     base = NodeRecord(
-        name=f"n{i}", node_id=node_id, public_ip=f"10.99.0.{i}", port=7950,
-        subnet=f"10.244.{i}.0/24", backend=backend,
-        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None, mtu=1500,
+        name=f"n{i}",
+        node_id=node_id,
+        public_ip=f"10.99.0.{i}",
+        port=7950,
+        subnet=f"10.244.{i}.0/24",
+        backend=backend,
+        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
+        mtu=1500,
     )
     return replace(base, **kw)
 
@@ -45,24 +50,50 @@ def pv(r: NodeRecord, state: str = "alive", since: float = 0.0) -> PeerView:
     return PeerView(r, state, since)
 
 
-def desired(peers: list[PeerView], backend: str = "vxlan", now: float = 100.0,
-            synced: bool = True, local: NodeRecord | None = None, **kw: Any) -> Desired:
+def desired(
+    peers: list[PeerView],
+    backend: str = "vxlan",
+    now: float = 100.0,
+    synced: bool = True,
+    local: NodeRecord | None = None,
+    **kw: Any,
+) -> Desired:
     local = local or (LOCAL if backend == "vxlan" else rec(1, backend))
     kw.setdefault("onlink", ("10.99.0.0/24",))
-    return model.desired_state(backend=backend, local=local, underlay=UL, peers=peers, now=now,
-                               synced=synced, reap_after=300.0, **kw)
+    return model.desired_state(
+        backend=backend,
+        local=local,
+        underlay=UL,
+        peers=peers,
+        now=now,
+        synced=synced,
+        reap_after=300.0,
+        **kw,
+    )
 
 
 def device_of(d: Desired) -> ObservedDevice:
     """The observed twin of the desired device: as the kernel would report it."""
     assert d.device is not None
-    return ObservedDevice(d.device.name, 7, d.device.kind, d.device.mtu or 0, d.device.mac, True,
-                          d.device.addresses, dict(d.device.params))
+    return ObservedDevice(
+        d.device.name,
+        7,
+        d.device.kind,
+        d.device.mtu or 0,
+        d.device.mac,
+        True,
+        d.device.addresses,
+        dict(d.device.params),
+    )
 
 
 def converged(d: Desired) -> Observed:
-    return Observed(devices={d.device.name: device_of(d)} if d.device else {},
-                    routes=dict(d.routes), neighs=dict(d.neighs), fdb=d.fdb)
+    return Observed(
+        devices={d.device.name: device_of(d)} if d.device else {},
+        routes=dict(d.routes),
+        neighs=dict(d.neighs),
+        fdb=d.fdb,
+    )
 
 
 # --- per-backend desired state -------------------------------------------------------------------
@@ -73,10 +104,17 @@ def test_vxlan_per_peer_neighbour_fdb_and_onlink_route() -> None:
     d = desired([pv(p2)])
     assert d.device is not None
     assert (d.device.name, d.device.kind, d.device.mtu, d.device.mac) == (
-        "meshd.1", "vxlan", 1450, LOCAL.vtep_mac)
+        "meshd.1",
+        "vxlan",
+        1450,
+        LOCAL.vtep_mac,
+    )
     assert d.device.addresses == ("10.244.1.0/32",)
     assert dict(d.device.params) == {
-        "vxlan_id": 1, "vxlan_local": "10.99.0.1", "vxlan_link": 2, "vxlan_port": 8472,
+        "vxlan_id": 1,
+        "vxlan_local": "10.99.0.1",
+        "vxlan_link": 2,
+        "vxlan_port": 8472,
         "vxlan_learning": 0,
     }
     assert d.neighs == {"10.244.2.0": Neigh("10.244.2.0", p2.vtep_mac or "")}
@@ -95,10 +133,15 @@ def test_ipip_device_and_route_via_the_peer_underlay_ip() -> None:
     d = desired([pv(rec(2, "ipip"))], backend="ipip")
     assert d.device is not None
     assert (d.device.name, d.device.kind, d.device.mtu, d.device.mac) == (
-        "meshd.ipip", "ipip", 1480, None)
+        "meshd.ipip",
+        "ipip",
+        1480,
+        None,
+    )
     assert dict(d.device.params) == {"ipip_local": "10.99.0.1", "ipip_link": 2, "ipip_ttl": 64}
     assert d.routes == {
-        "10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True)}
+        "10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True)
+    }
     assert not d.neighs and not d.fdb
 
 
@@ -121,15 +164,21 @@ def test_bridge_holds_the_first_address() -> None:
     d = desired([], bridge="cbr0")
     assert d.bridge is not None
     assert (d.bridge.name, d.bridge.kind, d.bridge.addresses, d.bridge.owned) == (
-        "cbr0", "bridge", ("10.244.1.1/24",), False)
+        "cbr0",
+        "bridge",
+        ("10.244.1.1/24",),
+        False,
+    )
 
 
 def test_subnet_env_is_flannel_format() -> None:
     assert model.subnet_env(None, "10.244.1.0/24", 1450, True) == (
         "FLANNEL_NETWORK=10.244.1.0/24\nFLANNEL_SUBNET=10.244.1.1/24\n"
-        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
     assert model.subnet_env("10.244.0.0/16", "10.244.1.0/24", 1500, False).startswith(
-        "FLANNEL_NETWORK=10.244.0.0/16\n")
+        "FLANNEL_NETWORK=10.244.0.0/16\n"
+    )
 
 
 # --- refusals and the conflict rule --------------------------------------------------------------
@@ -194,8 +243,13 @@ def _greedy(claimants: list[NodeRecord]) -> set[bytes]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 63), st.integers(16, 26)),
-                min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 255), st.integers(0, 63), st.integers(16, 26)),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_resolve_claims_matches_the_greedy_rule(claims: list[tuple[int, int, int]]) -> None:
     rs = []
     for n, (i, third, plen) in enumerate(claims):
@@ -207,7 +261,8 @@ def test_resolve_claims_matches_the_greedy_rule(claims: list[tuple[int, int, int
     for loser, holder in losers.items():
         assert holder.node_id in granted
         assert ipaddress.IPv4Network(by_id[loser].subnet).overlaps(
-            ipaddress.IPv4Network(holder.subnet))
+            ipaddress.IPv4Network(holder.subnet)
+        )
 
 
 def test_this_node_losing_its_own_subnet_is_reported() -> None:
@@ -273,28 +328,59 @@ KERNEL = {
     # What each backend's kernel holds for peers n2 and n3, written out as `ip` would show it
     # (not derived from the model), so the model is checked against the kernel's shape.
     "vxlan": Observed(
-        devices={"meshd.1": ObservedDevice(
-            "meshd.1", 7, "vxlan", 1450, vtep_mac_for(b"\x01" * 16), True, ("10.244.1.0/32",),
-            {"vxlan_id": 1, "vxlan_local": "10.99.0.1", "vxlan_link": 2, "vxlan_port": 8472,
-             "vxlan_learning": 0})},
-        routes={"10.244.2.0/24": Route("10.244.2.0/24", "10.244.2.0", "meshd.1", True),
-                "10.244.3.0/24": Route("10.244.3.0/24", "10.244.3.0", "meshd.1", True)},
+        devices={
+            "meshd.1": ObservedDevice(
+                "meshd.1",
+                7,
+                "vxlan",
+                1450,
+                vtep_mac_for(b"\x01" * 16),
+                True,
+                ("10.244.1.0/32",),
+                {
+                    "vxlan_id": 1,
+                    "vxlan_local": "10.99.0.1",
+                    "vxlan_link": 2,
+                    "vxlan_port": 8472,
+                    "vxlan_learning": 0,
+                },
+            )
+        },
+        routes={
+            "10.244.2.0/24": Route("10.244.2.0/24", "10.244.2.0", "meshd.1", True),
+            "10.244.3.0/24": Route("10.244.3.0/24", "10.244.3.0", "meshd.1", True),
+        },
         neighs={"10.244.2.0": Neigh("10.244.2.0", MAC2), "10.244.3.0": Neigh("10.244.3.0", MAC3)},
         fdb=frozenset({Fdb(MAC2, "10.99.0.2"), Fdb(MAC3, "10.99.0.3")}),
     ),
     "ipip": Observed(
-        devices={"meshd.ipip": ObservedDevice(
-            "meshd.ipip", 8, "ipip", 1480, None, True, ("10.244.1.0/32",),
-            {"ipip_local": "10.99.0.1", "ipip_link": 2, "ipip_ttl": 64})},
-        routes={"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", True),
-                "10.244.3.0/24": Route("10.244.3.0/24", "10.99.0.3", "meshd.ipip", True)},
-        neighs={}, fdb=frozenset(),
+        devices={
+            "meshd.ipip": ObservedDevice(
+                "meshd.ipip",
+                8,
+                "ipip",
+                1480,
+                None,
+                True,
+                ("10.244.1.0/32",),
+                {"ipip_local": "10.99.0.1", "ipip_link": 2, "ipip_ttl": 64},
+            )
+        },
+        routes={
+            "10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", True),
+            "10.244.3.0/24": Route("10.244.3.0/24", "10.99.0.3", "meshd.ipip", True),
+        },
+        neighs={},
+        fdb=frozenset(),
     ),
     "host-gw": Observed(
         devices={},
-        routes={"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "eth0"),
-                "10.244.3.0/24": Route("10.244.3.0/24", "10.99.0.3", "eth0")},
-        neighs={}, fdb=frozenset(),
+        routes={
+            "10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "eth0"),
+            "10.244.3.0/24": Route("10.244.3.0/24", "10.99.0.3", "eth0"),
+        },
+        neighs={},
+        fdb=frozenset(),
     ),
 }
 
@@ -313,8 +399,9 @@ def test_a_kernel_with_known_differences_gives_exactly_those_changes(backend: st
     stale = replace(kernel.routes["10.244.2.0/24"], gateway="10.99.0.77")
     orphan = Route("10.244.9.0/24", "10.99.0.9", "eth0")
     routes = {**kernel.routes, "10.244.2.0/24": stale, orphan.dst: orphan}
-    d = desired([pv(rec(2, backend)), pv(rec(3, backend), "left"), pv(rec(4, backend))],
-                backend=backend)
+    d = desired(
+        [pv(rec(2, backend)), pv(rec(3, backend), "left"), pv(rec(4, backend))], backend=backend
+    )
     plan = model.diff(d, replace(kernel, routes=routes))
     want = d.routes
     assert plan.route_add == (want["10.244.4.0/24"],)
@@ -338,15 +425,22 @@ def test_restart_adopts_and_holds_removals_until_synced() -> None:
     early = model.diff(desired([pv(p2)], synced=False), obs)
     assert early.empty and early.removals_held == 3
     synced = model.diff(desired([pv(p2)], synced=True), obs)
-    assert synced.counts() == {**{k: 0 for k in model.Plan.KINDS},
-                               "route_del": 1, "neigh_del": 1, "fdb_del": 1}
+    assert synced.counts() == {
+        **{k: 0 for k in model.Plan.KINDS},
+        "route_del": 1,
+        "neigh_del": 1,
+        "fdb_del": 1,
+    }
 
 
 def test_fresh_node_creates_device_then_entries_in_order() -> None:
     d = desired([pv(rec(2))])
     plan = model.diff(d, EMPTY_OBSERVED)
     assert [str(o) for o in plan.device_ops] == [
-        "create meshd.1", "addr-add meshd.1 10.244.1.0/32", "set-up meshd.1"]
+        "create meshd.1",
+        "addr-add meshd.1 10.244.1.0/32",
+        "set-up meshd.1",
+    ]
     assert len(plan.neigh_set) == len(plan.fdb_set) == len(plan.route_add) == 1
     assert not plan.route_replace
     json.dumps(plan.to_dict())
@@ -367,12 +461,20 @@ def test_device_drift_is_fixed_in_place() -> None:
     d = desired([])
     obs = converged(d)
     dev = obs.devices["meshd.1"]
-    drift = replace(dev, mtu=1400, up=False, mac="02:00:00:00:00:99",
-                    addresses=("10.244.1.0/32", "192.0.2.1/32"))
+    drift = replace(
+        dev,
+        mtu=1400,
+        up=False,
+        mac="02:00:00:00:00:99",
+        addresses=("10.244.1.0/32", "192.0.2.1/32"),
+    )
     plan = model.diff(d, replace(obs, devices={"meshd.1": drift}))
     assert [str(o) for o in plan.device_ops] == [
-        "set-mtu meshd.1 1450", f"set-mac meshd.1 {LOCAL.vtep_mac}",
-        "addr-del meshd.1 192.0.2.1/32", "set-up meshd.1"]
+        "set-mtu meshd.1 1450",
+        f"set-mac meshd.1 {LOCAL.vtep_mac}",
+        "addr-del meshd.1 192.0.2.1/32",
+        "set-up meshd.1",
+    ]
 
 
 def test_bridge_is_only_ensured() -> None:
@@ -415,8 +517,9 @@ def test_foreign_route_device_is_replaced() -> None:
 
 @pytest.mark.parametrize("n", [1, 50])
 def test_plan_to_dict_limits_lists_but_not_counts(n: int) -> None:
-    peers = [pv(rec(i, subnet=f"10.245.{i}.0/24", public_ip=f"10.99.0.{i}"))
-             for i in range(2, 2 + n)]
+    peers = [
+        pv(rec(i, subnet=f"10.245.{i}.0/24", public_ip=f"10.99.0.{i}")) for i in range(2, 2 + n)
+    ]
     plan = model.diff(desired(peers), EMPTY_OBSERVED)
     out = plan.to_dict(limit=10)
     assert out["counts"]["route_add"] == n

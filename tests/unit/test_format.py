@@ -8,14 +8,30 @@ from meshd.control import format as fmt
 from meshd.control.protocol import KeyList, PeerRow, StatusReply
 
 H1: PeerRow = {
-    "name": "h1", "public_ip": "10.0.0.1", "subnet": "10.244.1.0/24", "backend": "vxlan",
-    "vtep_mac": "02:00:00:00:00:01", "state": "alive", "incarnation": 2, "last_seen": 0.0,
-    "self": True, "node_id": "00" * 16, "flag": None,
+    "name": "h1",
+    "public_ip": "10.0.0.1",
+    "subnet": "10.244.1.0/24",
+    "backend": "vxlan",
+    "vtep_mac": "02:00:00:00:00:01",
+    "state": "alive",
+    "incarnation": 2,
+    "last_seen": 0.0,
+    "self": True,
+    "node_id": "00" * 16,
+    "flag": None,
 }
 H2: PeerRow = {
-    "name": "h2", "public_ip": "10.0.0.2", "subnet": "10.244.2.0/24", "backend": "host-gw",
-    "vtep_mac": None, "state": "suspect", "incarnation": 1, "last_seen": 2.54,
-    "self": False, "node_id": "11" * 16, "flag": "conflicted",
+    "name": "h2",
+    "public_ip": "10.0.0.2",
+    "subnet": "10.244.2.0/24",
+    "backend": "host-gw",
+    "vtep_mac": None,
+    "state": "suspect",
+    "incarnation": 1,
+    "last_seen": 2.54,
+    "self": False,
+    "node_id": "11" * 16,
+    "flag": "conflicted",
 }
 
 
@@ -33,8 +49,19 @@ def test_peers_table_columns_line_up() -> None:
 
 
 def test_peers_table_empty_is_only_the_header() -> None:
-    assert fmt.peers([]).split() == ["NAME", "PUBLIC", "IP", "SUBNET", "BACKEND", "VTEP", "MAC",
-                                     "STATE", "INC", "SEEN", "NOTE"]
+    assert fmt.peers([]).split() == [
+        "NAME",
+        "PUBLIC",
+        "IP",
+        "SUBNET",
+        "BACKEND",
+        "VTEP",
+        "MAC",
+        "STATE",
+        "INC",
+        "SEEN",
+        "NOTE",
+    ]
 
 
 def test_json_is_the_reply_unchanged() -> None:
@@ -44,13 +71,22 @@ def test_json_is_the_reply_unchanged() -> None:
 def status_reply(**over: object) -> StatusReply:
     st: StatusReply = {
         "version": "0.1.0",
-        "node": {"name": "h1", "public_ip": "10.0.0.1", "subnet": "10.244.1.0/24",
-                 "backend": "vxlan", "incarnation": 3},
+        "node": {
+            "name": "h1",
+            "public_ip": "10.0.0.1",
+            "subnet": "10.244.1.0/24",
+            "backend": "vxlan",
+            "incarnation": 3,
+        },
         "underlay": {"ifname": "eth0", "ip": "10.0.0.1", "prefixlen": 24, "mtu": 1500},
-        "uptime": 12.5, "synced": True,
+        "uptime": 12.5,
+        "synced": True,
         "members": {"alive": 2, "suspect": 0, "dead": 1, "left": 0},
-        "counters": {"in": 40, "out": 41}, "dropped": {},
-        "keys": ["aabbccdd"], "dataplane": {}, "filter": {"enabled": False},
+        "counters": {"in": 40, "out": 41},
+        "dropped": {},
+        "keys": ["aabbccdd"],
+        "dataplane": {},
+        "filter": {"enabled": False},
     }
     st.update(over)  # type: ignore[typeddict-item]
     return st
@@ -58,8 +94,7 @@ def status_reply(**over: object) -> StatusReply:
 
 def test_status_summary() -> None:
     lines = fmt.status(status_reply())
-    assert lines[0] == ("node      h1 (10.0.0.1) subnet 10.244.1.0/24 backend vxlan "
-                        "incarnation 3")
+    assert lines[0] == ("node      h1 (10.0.0.1) subnet 10.244.1.0/24 backend vxlan incarnation 3")
     assert lines[2] == "members   alive 2, suspect 0, dead 1, left 0"
     assert lines[3] == "datagrams in 40, out 41"
     assert "dataplane not started" in lines
@@ -70,16 +105,24 @@ def test_status_summary() -> None:
 
 def test_dataplane_lines() -> None:
     dp = {
-        "backend": "vxlan", "device": "meshd.1", "underlay": {"ifname": "eth0"}, "protocol": 109,
-        "programmed": ["h2", "h3"], "runs": 7, "applied_total": 12,
+        "backend": "vxlan",
+        "device": "meshd.1",
+        "underlay": {"ifname": "eth0"},
+        "protocol": 109,
+        "programmed": ["h2", "h3"],
+        "runs": 7,
+        "applied_total": 12,
         "last_run": {"duration_ms": 3.2, "reason": "peers"},
         "last_change": {"plan": {"counts": {"route_add": 2, "route_del": 0}}},
-        "conflicts": {"h4": "subnet overlaps h2"}, "skipped": {}, "last_error": "EPERM",
+        "conflicts": {"h4": "subnet overlaps h2"},
+        "skipped": {},
+        "last_error": "EPERM",
     }
     fw = {"active": True, "table": "inet meshd", "members": ["10.0.0.2"], "last_error": None}
     lines = fmt.dataplane(dp, fw)
-    assert lines[0] == ("dataplane vxlan device meshd.1 on eth0, routes proto 109, "
-                        "2 peer(s) programmed")
+    assert lines[0] == (
+        "dataplane vxlan device meshd.1 on eth0, routes proto 109, 2 peer(s) programmed"
+    )
     assert "7 passes, last 3.2 ms (peers), 12 changes applied in all" in lines[1]
     assert lines[2].strip() == "last change: route_add 2"  # zero counts are left out
     assert lines[3].strip() == "conflicted h4: subnet overlaps h2"

@@ -105,7 +105,8 @@ def test_temporarily_unreachable_node_refutes_suspicion() -> None:
     net.isolate(6)
     assert net.run_until_true(
         lambda: any(k == "suspect" and n == "n6" for _, _, k, n, _ in net.log[start:]),  # type: ignore[index]
-        10, step=0.1,
+        10,
+        step=0.1,
     )
     net.run_for(0.5)
     net.heal()

@@ -36,9 +36,15 @@ VALID = [
         m.Suspect(0, "n1", "n2"),
         m.Alive(make_record(5)),
         m.Dead(0, "n1", "n2"),
-        m.PushPull(make_record(6), 1, False, 0, 1,
-                   (m.PushPullEntry(make_record(7), MemberState.DEAD, 0),),
-                   (m.KeyOp(b"o" * 16, "use", b"kid1", "n1", 3),)),
+        m.PushPull(
+            make_record(6),
+            1,
+            False,
+            0,
+            1,
+            (m.PushPullEntry(make_record(7), MemberState.DEAD, 0),),
+            (m.KeyOp(b"o" * 16, "use", b"kid1", "n1", 3),),
+        ),
         m.KeyOp(b"i" * 16, "install", b"k" * 32, "n2", 7),
     )
 ] + [m.pack_datagram([m.encode(m.Ack(9)), m.encode(m.Alive(make_record(8)))])]
@@ -46,8 +52,7 @@ VALID = [
 
 def snapshot(n: GossipNode) -> list[tuple[str, bytes, str, int]]:
     return sorted(
-        (x.record.name, x.record.node_id, x.state.value, x.record.incarnation)
-        for x in n.members()
+        (x.record.name, x.record.node_id, x.state.value, x.record.incarnation) for x in n.members()
     )
 
 
@@ -95,8 +100,12 @@ def test_truncated_valid_datagrams(base: bytes, cut: int) -> None:
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.just(1.5)
-    | st.text(max_size=70) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.just(1.5)
+    | st.text(max_size=70)
+    | st.binary(max_size=20),
     lambda children: st.lists(children, max_size=12),
     max_leaves=15,
 )
@@ -124,8 +133,9 @@ def test_datagram_with_a_bad_second_message_changes_nothing() -> None:
         n.pop_events()
         before = snapshot(n)
         news = make_record(9)
-        data = m.pack_datagram([m.encode(m.Alive(news)), bad, m.encode(m.Ping(4, "n0", "n1",
-                                                                              A.addr))])
+        data = m.pack_datagram(
+            [m.encode(m.Alive(news)), bad, m.encode(m.Ping(4, "n0", "n1", A.addr))]
+        )
         n.receive_datagram(data, A.addr, 1.0)
         assert n.counters[f"drop.{reason}"] == 1, (reason, dict(n.counters))
         assert snapshot(n) == before, reason
@@ -133,7 +143,10 @@ def test_datagram_with_a_bad_second_message_changes_nothing() -> None:
         assert n.pop_events() == [] and n.datagrams_to_send() == [], reason  # not even the ack
     # the same datagram without the bad message is applied whole
     n = fresh()
-    n.receive_datagram(m.pack_datagram([m.encode(m.Alive(news)),
-                                        m.encode(m.Ping(4, "n0", "n1", A.addr))]), A.addr, 1.0)
+    n.receive_datagram(
+        m.pack_datagram([m.encode(m.Alive(news)), m.encode(m.Ping(4, "n0", "n1", A.addr))]),
+        A.addr,
+        1.0,
+    )
     assert news.name in {x.record.name for x in n.members()}
     assert any(addr == A.addr for _, addr in n.datagrams_to_send())

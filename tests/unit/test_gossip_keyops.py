@@ -76,7 +76,8 @@ def bad(obj: object) -> str:
 def test_malformed_key_ops_are_rejected() -> None:
     good = [8, b"i" * 16, 0, K1, "n1", 3]
     assert m.decode(msgpack.packb([1, [good]], use_bin_type=True))[0] == m.KeyOp(
-        b"i" * 16, "install", K1, "n1", 3)
+        b"i" * 16, "install", K1, "n1", 3
+    )
     variants = [
         good[:5],  # missing ltime
         [8, b"i" * 15, 0, K1, "n1", 3],  # short id
@@ -188,8 +189,12 @@ def test_remove_refused_as_primary_is_repeated_after_the_next_use() -> None:
     feed(n, op("remove", ID0, 3))  # K0 may still be this node's primary: the daemon refuses
     feed(n, op("install", K1, 1))
     feed(n, op("use", ID1, 2))
-    assert popped(n) == [("remove", ID0, 3), ("install", K1, 1), ("use", ID1, 2),
-                         ("remove", ID0, 3)]
+    assert popped(n) == [
+        ("remove", ID0, 3),
+        ("install", K1, 1),
+        ("use", ID1, 2),
+        ("remove", ID0, 3),
+    ]
 
 
 def test_memory_is_bounded() -> None:
@@ -243,7 +248,8 @@ def test_partitioned_node_gets_the_op_through_push_pull_on_heal() -> None:
     op_id = net.broadcast_key_op(0, "install", K2)
     # Until the broadcast has run its course everywhere it could reach.
     assert net.run_until_true(
-        lambda: not any(f"keyop:{op_id.hex()}" in x._queue for x in net.nodes), 10, step=0.1)
+        lambda: not any(f"keyop:{op_id.hex()}" in x._queue for x in net.nodes), 10, step=0.1
+    )
     net.heal()
     got: dict[int, list[m.KeyOp]] = {}
 

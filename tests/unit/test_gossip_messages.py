@@ -50,7 +50,15 @@ def test_type_numbers_are_append_only() -> None:
     # On the wire: changing these breaks every deployed node.
     assert [t.value for t in m.MsgType] == list(range(10))
     assert [t.name for t in m.MsgType] == [
-        "PING", "INDIRECT_PING", "ACK", "NACK", "SUSPECT", "ALIVE", "DEAD", "PUSH_PULL", "KEY_OP",
+        "PING",
+        "INDIRECT_PING",
+        "ACK",
+        "NACK",
+        "SUSPECT",
+        "ALIVE",
+        "DEAD",
+        "PUSH_PULL",
+        "KEY_OP",
         "SYNC_DIGEST",
     ]
     assert m.KEY_OPS == ("install", "use", "remove")
@@ -123,7 +131,11 @@ def test_push_pull_is_cut_into_chunks_within_budget() -> None:
         (pp,) = m.decode(data)
         assert isinstance(pp, m.PushPull)
         assert (pp.sender, pp.sync_id, pp.reply, pp.index, pp.count) == (
-            REC, 42, False, i, len(chunks)
+            REC,
+            42,
+            False,
+            i,
+            len(chunks),
         )
         seen.extend(e.record for e in pp.entries)
     assert seen == [e.record for e in entries]

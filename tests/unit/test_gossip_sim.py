@@ -48,8 +48,21 @@ def test_sim_cli_reports_every_metric(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_sim_converged_start_with_loss_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ("--nodes", "30", "--loss", "0.1", "--seed", "5", "--duration", "30", "--converged",
-            "--set", "probe_interval=0.5", "--set", "probe_timeout=0.25")
+    argv = (
+        "--nodes",
+        "30",
+        "--loss",
+        "0.1",
+        "--seed",
+        "5",
+        "--duration",
+        "30",
+        "--converged",
+        "--set",
+        "probe_interval=0.5",
+        "--set",
+        "probe_timeout=0.25",
+    )
     a = run(capsys, *argv)
     b = run(capsys, *argv)
     for phase in ("steady", "dissemination", "failure"):
@@ -117,8 +130,7 @@ def test_bench_smoke_prints_every_metric_per_loss(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert dest.read_text() == out.getvalue()
     assert {(x["n"], x["loss"]) for x in lines} == {(50, 0.0), (50, 0.1), (50, 0.2)}
-    assert all(set(x) == {"bench", "n", "loss", "metric", "meshd", "model", "unit"}
-               for x in lines)
+    assert all(set(x) == {"bench", "n", "loss", "metric", "meshd", "model", "unit"} for x in lines)
     by = {(x["loss"], x["metric"]): x for x in lines}
     for loss in (0.0, 0.1, 0.2):
         for metric in ("t50", "update_sends_per_node", "update_bytes_per_node_s"):

@@ -34,8 +34,17 @@ def test_state_roundtrip(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s")
     fresh = store.load()
     assert len(fresh.node_id) == 16 and fresh.incarnation == 0
-    rec = NodeRecord("h2", os.urandom(16), "10.0.0.2", 7950, "10.244.2.0/24", "vxlan",
-                     "02:00:00:00:00:02", 1500, 3)
+    rec = NodeRecord(
+        "h2",
+        os.urandom(16),
+        "10.0.0.2",
+        7950,
+        "10.244.2.0/24",
+        "vxlan",
+        "02:00:00:00:00:02",
+        1500,
+        3,
+    )
     store.save(State(fresh.node_id, 7, [rec]))
     again = StateStore(tmp_path / "s").load()
     assert again.node_id == fresh.node_id and again.incarnation == 7 and again.members == [rec]

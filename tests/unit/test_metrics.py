@@ -12,10 +12,13 @@ from meshd.metrics import Family, MetricsServer, Snapshot, families, parse_addr,
 def test_render_exposition_format() -> None:
     fams = [
         Family("meshd_members", "gauge", "Members.")
-        .add(3, {"state": "alive"}).add(0, {"state": "dead"}),
+        .add(3, {"state": "alive"})
+        .add(0, {"state": "dead"}),
         Family("meshd_rtt_seconds", "histogram", "RTT.")
-        .add(1, {"le": "0.01"}, "_bucket").add(2, {"le": "+Inf"}, "_bucket")
-        .add(0.015, None, "_sum").add(2, None, "_count"),
+        .add(1, {"le": "0.01"}, "_bucket")
+        .add(2, {"le": "+Inf"}, "_bucket")
+        .add(0.015, None, "_sum")
+        .add(2, None, "_count"),
         Family("x", "gauge", "Escaping.").add(1, {"v": 'a"b\\c'}),
     ]
     text = render(fams)
@@ -59,14 +62,33 @@ def test_serves_metrics_over_http() -> None:
 
 def snapshot(**over: object) -> Snapshot:
     base: dict[str, object] = dict(
-        counters={"in": 10, "out": 12, "in_bytes": 1000, "out_bytes": 1200, "msg.ping": 4,
-                  "msg.alive": 2, "drop.auth": 3, "probe.ok": 5, "probe.failed": 1,
-                  "push_pull.digest_sent": 7, "suspect.raised": 1},
-        members={"alive": 3, "dead": 1}, rtt_buckets=[(0.001, 2), (0.01, 4), (math.inf, 5)],
-        rtt_sum=0.02, rtt_count=5, health=2,
-        dataplane={"runs": 4, "last_run": {"duration_ms": 2.5}, "applied": {"route": 3},
-                   "errors": ["x"]},
-        version="0.1.0", name="h1", backend="vxlan",
+        counters={
+            "in": 10,
+            "out": 12,
+            "in_bytes": 1000,
+            "out_bytes": 1200,
+            "msg.ping": 4,
+            "msg.alive": 2,
+            "drop.auth": 3,
+            "probe.ok": 5,
+            "probe.failed": 1,
+            "push_pull.digest_sent": 7,
+            "suspect.raised": 1,
+        },
+        members={"alive": 3, "dead": 1},
+        rtt_buckets=[(0.001, 2), (0.01, 4), (math.inf, 5)],
+        rtt_sum=0.02,
+        rtt_count=5,
+        health=2,
+        dataplane={
+            "runs": 4,
+            "last_run": {"duration_ms": 2.5},
+            "applied": {"route": 3},
+            "errors": ["x"],
+        },
+        version="0.1.0",
+        name="h1",
+        backend="vxlan",
     )
     base.update(over)
     return Snapshot(**base)  # type: ignore[arg-type]
@@ -75,17 +97,26 @@ def snapshot(**over: object) -> Snapshot:
 def test_families_from_a_snapshot() -> None:
     text = render(families(snapshot()))
     for line in (
-        'meshd_members{state="alive"} 3', 'meshd_members{state="suspect"} 0',
-        'meshd_members{state="dead"} 1', 'meshd_members{state="left"} 0',
-        'meshd_datagrams_total{direction="in"} 10', 'meshd_bytes_total{direction="out"} 1200',
+        'meshd_members{state="alive"} 3',
+        'meshd_members{state="suspect"} 0',
+        'meshd_members{state="dead"} 1',
+        'meshd_members{state="left"} 0',
+        'meshd_datagrams_total{direction="in"} 10',
+        'meshd_bytes_total{direction="out"} 1200',
         'meshd_messages_received_total{type="alive"} 2',
-        'meshd_messages_received_total{type="ping"} 4', 'meshd_dropped_total{reason="auth"} 3',
-        'meshd_probes_total{result="failed"} 1', 'meshd_anti_entropy_total{result="sent"} 7',
-        'meshd_anti_entropy_total{result="late"} 0', "meshd_suspicions_total 1",
+        'meshd_messages_received_total{type="ping"} 4',
+        'meshd_dropped_total{reason="auth"} 3',
+        'meshd_probes_total{result="failed"} 1',
+        'meshd_anti_entropy_total{result="sent"} 7',
+        'meshd_anti_entropy_total{result="late"} 0',
+        "meshd_suspicions_total 1",
         'meshd_probe_rtt_seconds_bucket{le="0.001"} 2',
-        'meshd_probe_rtt_seconds_bucket{le="+Inf"} 5', "meshd_probe_rtt_seconds_count 5",
-        "meshd_local_health 2", "meshd_reconcile_runs_total 4",
-        "meshd_reconcile_duration_seconds 0.0025", 'meshd_reconcile_changes_total{kind="route"} 3',
+        'meshd_probe_rtt_seconds_bucket{le="+Inf"} 5',
+        "meshd_probe_rtt_seconds_count 5",
+        "meshd_local_health 2",
+        "meshd_reconcile_runs_total 4",
+        "meshd_reconcile_duration_seconds 0.0025",
+        'meshd_reconcile_changes_total{kind="route"} 3',
         "meshd_reconcile_errors 1",
         'meshd_info{backend="vxlan",name="h1",version="0.1.0"} 1',
     ):

@@ -22,27 +22,30 @@ def message(kind: int, body: bytes) -> bytes:
 def link_message(kind: int, index: int, name: str, address: bytes, mtu: int, up: bool) -> bytes:
     body = struct.pack("=BxHiII", 0, 1, index, 1 if up else 0, 0)
     body += rta(3, name.encode() + b"\0") + rta(1, address) + rta(4, struct.pack("=I", mtu))
-    body += rta(18, rta(1, b"vxlan\0") + rta(2, rta(1, struct.pack("=I", 42))
-                                            + rta(15, struct.pack(">H", 4789))))
+    body += rta(
+        18,
+        rta(1, b"vxlan\0")
+        + rta(2, rta(1, struct.pack("=I", 42)) + rta(15, struct.pack(">H", 4789))),
+    )
     return message(kind, body)
 
 
 def events(data: bytes) -> list[Event | None]:
-    return [netlink._event(k, data, off, end)
-            for k, _, off, end in rtnl_wire.messages(data, len(data))]
+    return [
+        netlink._event(k, data, off, end) for k, _, off, end in rtnl_wire.messages(data, len(data))
+    ]
 
 
 def test_link_messages_read_as_link_info_and_events() -> None:
     data = link_message(16, 7, "meshd.1", bytes.fromhex("02aabbccddee"), 1450, True)
     info = netlink._link_info(netlink._parse(netlink._pyroute2().ifinfmsg, data, 16))
-    assert info == LinkInfo(7, "meshd.1", "vxlan", 1450, "02:aa:bb:cc:dd:ee", True,
-                            {"vxlan_id": 42, "vxlan_port": 4789})
+    assert info == LinkInfo(
+        7, "meshd.1", "vxlan", 1450, "02:aa:bb:cc:dd:ee", True, {"vxlan_id": 42, "vxlan_port": 4789}
+    )
     data += link_message(17, 8, "gone", bytes.fromhex("02aabbccddef"), 1500, False)
     assert events(data) == [
-        Event("link", True, index=7, name="meshd.1", up=True, mtu=1450,
-              lladdr="02:aa:bb:cc:dd:ee"),
-        Event("link", False, index=8, name="gone", up=False, mtu=1500,
-              lladdr="02:aa:bb:cc:dd:ef"),
+        Event("link", True, index=7, name="meshd.1", up=True, mtu=1450, lladdr="02:aa:bb:cc:dd:ee"),
+        Event("link", False, index=8, name="gone", up=False, mtu=1500, lladdr="02:aa:bb:cc:dd:ef"),
     ]
 
 
@@ -59,8 +62,11 @@ def test_address_messages_read_as_events() -> None:
         return message(kind, body + rta(2, socket.inet_aton(ip)) + rta(1, socket.inet_aton(ip)))
 
     data = addr(20, 3, "10.244.1.0", 32, 0) + addr(21, 3, "10.244.1.1", 24, 1)
-    assert events(data) == [Event("addr", True, index=3, dst="10.244.1.0"),
-                            Event("addr", False, index=3, dst="10.244.1.1")]
-    msg = netlink._parse(netlink._pyroute2().ifaddrmsg, data, len(addr(20, 3, "1.1.1.1", 1, 0))
-                         + 16)
+    assert events(data) == [
+        Event("addr", True, index=3, dst="10.244.1.0"),
+        Event("addr", False, index=3, dst="10.244.1.1"),
+    ]
+    msg = netlink._parse(
+        netlink._pyroute2().ifaddrmsg, data, len(addr(20, 3, "1.1.1.1", 1, 0)) + 16
+    )
     assert netlink._addr(msg) == (3, "10.244.1.1", 24, True)

@@ -66,9 +66,14 @@ def run_virtual(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
     node_id = bytes([i]) * 16
     base = NodeRecord(
-        name=f"n{i}", node_id=node_id, public_ip=f"10.99.0.{i}", port=7950,
-        subnet=f"10.244.{i}.0/24", backend=backend,
-        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None, mtu=1500,
+        name=f"n{i}",
+        node_id=node_id,
+        public_ip=f"10.99.0.{i}",
+        port=7950,
+        subnet=f"10.244.{i}.0/24",
+        backend=backend,
+        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
+        mtu=1500,
     )
     return replace(base, **kw)
 
@@ -76,14 +81,16 @@ def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
 class Harness:
     """One Reconciler on a FakeNetlink, its loop task, and the virtual clock."""
 
-    def __init__(self, tmp: Path, backend: str = "vxlan", fake: FakeNetlink | None = None,
-                 **cfg: Any) -> None:
+    def __init__(
+        self, tmp: Path, backend: str = "vxlan", fake: FakeNetlink | None = None, **cfg: Any
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.fake = fake or FakeNetlink()
         nl: NetlinkAPI = self.fake  # FakeNetlink satisfies the protocol (mypy checks this line)
         self.local = rec(1, backend)
-        self.cfg = ReconcilerConfig(backend=backend, network="10.244.0.0/16",
-                                    subnet_env=tmp / "subnet.env", **cfg)
+        self.cfg = ReconcilerConfig(
+            backend=backend, network="10.244.0.0/16", subnet_env=tmp / "subnet.env", **cfg
+        )
         self.r = Reconciler(self.cfg, self.local, UL, clock=self.loop.time, nl=nl)
         self.task: asyncio.Task[None] | None = None
 
@@ -236,8 +243,11 @@ def test_restart_adopts_and_deletes_nothing_before_sync(tmp_path: Path) -> None:
         await first.start(alive(rec(2)), alive(rec(3)))
         await first.close()
         fake = first.fake
-        before = (dict(fake.routes), {k: dict(v) for k, v in fake.neighs.items()},
-                  {k: set(v) for k, v in fake.fdb.items()})
+        before = (
+            dict(fake.routes),
+            {k: dict(v) for k, v in fake.neighs.items()},
+            {k: set(v) for k, v in fake.fdb.items()},
+        )
         fake.writes.clear()
 
         h = Harness(tmp_path, fake=fake)
@@ -249,7 +259,10 @@ def test_restart_adopts_and_deletes_nothing_before_sync(tmp_path: Path) -> None:
             h.peers(alive(rec(2)), synced=True)  # first full exchange: n3 is really gone
             await h.until(lambda: "10.244.3.0/24" not in h.routes())
             assert sorted(w.split()[0] + " " + w.split()[1] for w in fake.writes) == [
-                "fdb del", "neigh del", "route del"]
+                "fdb del",
+                "neigh del",
+                "route del",
+            ]
         finally:
             await h.close()
 
@@ -358,7 +371,8 @@ def test_host_gw_writes_only_routes_via_the_peer(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         await h.start(alive(rec(2, "host-gw")), alive(rec(3, "host-gw", public_ip="192.0.2.3")))
         assert [w for w in h.fake.writes if not w.startswith("sysctl")] == [
-            "route add 10.244.2.0/24 via 10.99.0.2"]
+            "route add 10.244.2.0/24 via 10.99.0.2"
+        ]
         assert h.fake.routes["10.244.2.0/24"].entry.oif == 2
         assert h.r.peer_flags() == {"n3": "not-on-link"}
 

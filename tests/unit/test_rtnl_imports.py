@@ -29,8 +29,9 @@ LEAN = (
 
 
 def run(code: str) -> None:
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stderr[-2000:]
 
 

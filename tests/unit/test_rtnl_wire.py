@@ -68,14 +68,23 @@ def test_route_new_decodes_in_pyroute2(
     flags |= w.NLM_F_EXCL if op == "add" else w.NLM_F_REPLACE
     assert msg["header"]["flags"] == flags
     assert (msg["family"], msg["dst_len"], msg["proto"], table_of(msg)) == (
-        socket.AF_INET, int(plen), proto, table)
+        socket.AF_INET,
+        int(plen),
+        proto,
+        table,
+    )
     assert (msg["scope"], msg["type"], msg["flags"]) == (0, w.RTN_UNICAST, 4 if onlink else 0)
     assert (a["RTA_DST"], a["RTA_GATEWAY"], a["RTA_OIF"]) == (ip, gw, oif)
     # ... and back through our own decoder
     back = w.decode(w.frame(req, 1))
     assert isinstance(back, w.RouteMsg)
     assert (back.dst, back.gateway, back.oif, back.proto, back.table) == (
-        dst, gw, oif, proto, table)
+        dst,
+        gw,
+        oif,
+        proto,
+        table,
+    )
 
 
 @given(prefixes, protos, tables)
@@ -106,7 +115,11 @@ def test_fdb_decodes_in_pyroute2(mac: str, dst: str, ifindex: int, op: str) -> N
     msg = parse(w.frame(w.encode_fdb(op, ifindex, w.FdbEntry(mac, dst)), 3))
     a = attrs(msg)
     assert (msg["family"], msg["ifindex"], msg["state"], msg["flags"]) == (
-        w.AF_BRIDGE, ifindex, w.NUD_PERMANENT | w.NUD_NOARP, w.NTF_SELF)
+        w.AF_BRIDGE,
+        ifindex,
+        w.NUD_PERMANENT | w.NUD_NOARP,
+        w.NTF_SELF,
+    )
     assert (a["NDA_LLADDR"], a["NDA_DST"]) == (mac, dst)
     assert msg["header"]["type"] == (w.RTM_DELNEIGH if op == "del" else w.RTM_NEWNEIGH)
 
@@ -114,8 +127,12 @@ def test_fdb_decodes_in_pyroute2(mac: str, dst: str, ifindex: int, op: str) -> N
 # --- the same operation through pyroute2's encoder means the same ---------------------------------
 
 
-def _same(ours: dict[str, Any], theirs: dict[str, Any], fields: tuple[str, ...],
-          skip_attrs: tuple[str, ...] = ()) -> None:
+def _same(
+    ours: dict[str, Any],
+    theirs: dict[str, Any],
+    fields: tuple[str, ...],
+    skip_attrs: tuple[str, ...] = (),
+) -> None:
     assert ours["header"]["type"] == theirs["header"]["type"]
     assert ours["header"]["flags"] == theirs["header"]["flags"]
     for f in fields:
@@ -130,16 +147,29 @@ def _same(ours: dict[str, Any], theirs: dict[str, Any], fields: tuple[str, ...],
 def test_route_means_what_pyroute2_means(op: str, onlink: bool) -> None:
     e = w.RouteEntry("10.244.2.0/24", "10.244.2.0", 5, onlink)
     ours = parse(w.frame(w.encode_route(op, e, 109), 1))
-    theirs = pyroute2_batch("route", op, dst=e.dst, gateway=e.gateway, oif=e.oif, proto=109,
-                            table=254, flags=4 if onlink else 0)
+    theirs = pyroute2_batch(
+        "route",
+        op,
+        dst=e.dst,
+        gateway=e.gateway,
+        oif=e.oif,
+        proto=109,
+        table=254,
+        flags=4 if onlink else 0,
+    )
     # pyroute2 repeats the table in RTA_TABLE; iproute2 (and we) only do so above 255.
-    _same(ours, theirs, ("family", "dst_len", "proto", "scope", "type", "flags", "table"),
-          ("RTA_TABLE",))
+    _same(
+        ours,
+        theirs,
+        ("family", "dst_len", "proto", "scope", "type", "flags", "table"),
+        ("RTA_TABLE",),
+    )
 
 
 def test_route_del_means_what_pyroute2_means() -> None:
-    ours = parse(w.frame(w.encode_route("del", w.RouteEntry("10.244.2.0/24", "", 0, False), 109),
-                         1))
+    ours = parse(
+        w.frame(w.encode_route("del", w.RouteEntry("10.244.2.0/24", "", 0, False), 109), 1)
+    )
     theirs = pyroute2_batch("route", "del", dst="10.244.2.0/24", proto=109, table=254)
     # Scope differs on purpose: NOWHERE (as `ip route del`) matches a route of any scope.
     _same(ours, theirs, ("family", "dst_len", "proto", "table"), ("RTA_TABLE",))
@@ -147,8 +177,7 @@ def test_route_del_means_what_pyroute2_means() -> None:
 
 @pytest.mark.parametrize("op", ["replace", "del"])
 def test_neigh_means_what_pyroute2_means(op: str) -> None:
-    ours = parse(w.frame(w.encode_neigh(op, 5, w.NeighEntry("10.244.2.0", "02:aa:bb:cc:dd:ee")),
-                         1))
+    ours = parse(w.frame(w.encode_neigh(op, 5, w.NeighEntry("10.244.2.0", "02:aa:bb:cc:dd:ee")), 1))
     kw: dict[str, Any] = {"ifindex": 5, "dst": "10.244.2.0"}
     if op != "del":
         kw.update(lladdr="02:aa:bb:cc:dd:ee", state=w.NUD_PERMANENT)
@@ -160,8 +189,15 @@ def test_neigh_means_what_pyroute2_means(op: str) -> None:
 def test_fdb_means_what_pyroute2_means(op: str) -> None:
     e = w.FdbEntry("02:aa:bb:cc:dd:ee", "10.99.0.2")
     ours = parse(w.frame(w.encode_fdb(op, 5, e), 1))
-    theirs = pyroute2_batch("fdb", op, ifindex=5, lladdr=e.lladdr, dst=e.dst,
-                            state=w.NUD_PERMANENT | w.NUD_NOARP, flags=w.NTF_SELF)
+    theirs = pyroute2_batch(
+        "fdb",
+        op,
+        ifindex=5,
+        lladdr=e.lladdr,
+        dst=e.dst,
+        state=w.NUD_PERMANENT | w.NUD_NOARP,
+        flags=w.NTF_SELF,
+    )
     _same(ours, theirs, ("family", "ifindex", "state", "flags"))
 
 
@@ -179,8 +215,15 @@ def test_dump_requests_carry_the_filter() -> None:
 # --- encode with pyroute2 (shaped like the kernel's answers), decode here -------------------------
 
 
-@given(prefixes, st.one_of(st.just(""), ips), st.integers(0, 2**31 - 1), st.integers(0, 255),
-       protos, tables, st.integers(0, 255))
+@given(
+    prefixes,
+    st.one_of(st.just(""), ips),
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 255),
+    protos,
+    tables,
+    st.integers(0, 255),
+)
 def test_route_dump_message_decodes_like_pyroute2(
     dst: str, gw: str, oif: int, flags: int, proto: int, table: int, scope: int
 ) -> None:
@@ -202,8 +245,14 @@ def test_route_dump_message_decodes_like_pyroute2(
     assert got == w.RouteMsg(2, dst, gw, oif, flags, proto, table, scope, 1, 100)
 
 
-@given(ips, macs, ifindexes, st.integers(0, 0xFFFF), st.integers(0, 255),
-       st.sampled_from([socket.AF_INET, w.AF_BRIDGE]))
+@given(
+    ips,
+    macs,
+    ifindexes,
+    st.integers(0, 0xFFFF),
+    st.integers(0, 255),
+    st.sampled_from([socket.AF_INET, w.AF_BRIDGE]),
+)
 def test_neigh_dump_message_decodes_like_pyroute2(
     dst: str, mac: str, ifindex: int, state: int, flags: int, family: int
 ) -> None:
@@ -244,7 +293,8 @@ def test_extended_ack_message_is_read(capped: bool) -> None:
 def test_request_error_is_one_line_with_the_errno_name() -> None:
     err = w.request_error("route add 10.244.2.0/24 via 10.244.2.0", errno.ENODEV, "Nexthop\ndev")
     assert str(err) == (
-        "route add 10.244.2.0/24 via 10.244.2.0: No such device (ENODEV): Nexthop dev")
+        "route add 10.244.2.0/24 via 10.244.2.0: No such device (ENODEV): Nexthop dev"
+    )
     assert err.errno == errno.ENODEV
     # A kernel message that only repeats strerror is not repeated.
     assert str(w.request_error("x", errno.EEXIST, "File exists")) == "x: File exists (EEXIST)"
@@ -269,8 +319,7 @@ def test_bad_input_is_a_value_error(bad: Any) -> None:
 
 def test_bad_entries_fail_alone_without_touching_a_socket() -> None:
     r = Rtnl()  # never opened: nothing valid is left to send
-    fails = asyncio.run(r.routes_apply("add", [w.RouteEntry("nonsense", "1.2.3.4", 1, False)],
-                                       109))
+    fails = asyncio.run(r.routes_apply("add", [w.RouteEntry("nonsense", "1.2.3.4", 1, False)], 109))
     assert [f.what for f in fails] == ["route add nonsense via 1.2.3.4"]
     assert isinstance(fails[0].error, DataplaneError) and "\n" not in str(fails[0].error)
 
@@ -288,8 +337,9 @@ def _route_msg(attrs: list[tuple[str, Any]], proto: int = 109, flags: int = 4) -
     return bytes(m.data)
 
 
-def _neigh_msg(attrs: list[tuple[str, Any]], family: int, ifindex: int = 7,
-               state: int = w.NUD_PERMANENT) -> bytes:
+def _neigh_msg(
+    attrs: list[tuple[str, Any]], family: int, ifindex: int = 7, state: int = w.NUD_PERMANENT
+) -> bytes:
     m = ndmsg()
     m["header"]["type"] = w.RTM_NEWNEIGH
     m["family"], m["ifindex"], m["state"], m["flags"] = family, ifindex, state, w.NTF_SELF
@@ -298,10 +348,19 @@ def _neigh_msg(attrs: list[tuple[str, Any]], family: int, ifindex: int = 7,
     return bytes(m.data)
 
 
-KERNEL_ROUTE = [("RTA_TABLE", 254), ("RTA_DST", "10.244.2.0"), ("RTA_GATEWAY", "10.244.2.0"),
-                ("RTA_OIF", 5)]
-OTHER_ROUTE = [("RTA_DST", "10.244.2.0"), ("RTA_PRIORITY", 7), ("RTA_OIF", 5),
-               ("RTA_GATEWAY", "10.244.2.0"), ("RTA_TABLE", 254)]
+KERNEL_ROUTE = [
+    ("RTA_TABLE", 254),
+    ("RTA_DST", "10.244.2.0"),
+    ("RTA_GATEWAY", "10.244.2.0"),
+    ("RTA_OIF", 5),
+]
+OTHER_ROUTE = [
+    ("RTA_DST", "10.244.2.0"),
+    ("RTA_PRIORITY", 7),
+    ("RTA_OIF", 5),
+    ("RTA_GATEWAY", "10.244.2.0"),
+    ("RTA_TABLE", 254),
+]
 ROUTE = w.RouteEntry("10.244.2.0/24", "10.244.2.0", 5, True)
 NEIGH_KERNEL = [("NDA_DST", "10.244.2.0"), ("NDA_LLADDR", "02:aa:bb:cc:dd:ee"), ("NDA_PROBES", 0)]
 NEIGH_OTHER = [("NDA_LLADDR", "02:aa:bb:cc:dd:ee"), ("NDA_DST", "10.244.2.0")]
@@ -333,9 +392,11 @@ def test_neigh_entry_fast_and_general_paths_agree(layout: list[tuple[str, Any]])
     msg = _neigh_msg(layout, socket.AF_INET)
     for _ in range(2):
         assert w.neigh_entry(msg, 16, len(msg), 7, memo) == want
-    for other in (_neigh_msg(layout, socket.AF_INET, ifindex=8),
-                  _neigh_msg(layout, socket.AF_INET, state=0x02),  # NUD_REACHABLE: a cache entry
-                  _neigh_msg(layout, w.AF_BRIDGE)):
+    for other in (
+        _neigh_msg(layout, socket.AF_INET, ifindex=8),
+        _neigh_msg(layout, socket.AF_INET, state=0x02),  # NUD_REACHABLE: a cache entry
+        _neigh_msg(layout, w.AF_BRIDGE),
+    ):
         assert w.neigh_entry(other, 16, len(other), 7, {}) is None
     bare = _neigh_msg([("NDA_DST", "10.244.2.0")], socket.AF_INET)  # no lladdr: not ours
     assert w.neigh_entry(bare, 16, len(bare), 7, memo) is None

@@ -49,9 +49,15 @@ def service(tmp_path: Path) -> tuple[Service, FakeTransport, Path]:
     save_keyring(key_file, ring)
     transport = FakeTransport()
     svc = Service(
-        node, transport, Sealer(ring),
+        node,
+        transport,
+        Sealer(ring),
         {"ifname": "eth0", "ip": ME.public_ip, "prefixlen": 16, "mtu": 1500},
-        key_file, lambda: None, FakeDataplane(), None, 0.0,
+        key_file,
+        lambda: None,
+        FakeDataplane(),
+        None,
+        0.0,
     )
     return svc, transport, key_file
 
