@@ -129,7 +129,8 @@ def join(
 
     # Imported here: the daemon pulls in asyncio, cryptography and the data plane, which the
     # other commands never need.
-    from meshd.daemon import serve, setup_logging
+    from meshd.daemon import serve
+    from meshd.systemd import setup_logging
 
     setup_logging(cfg.log_level)
     rc = asyncio.run(serve(cfg))

@@ -25,7 +25,7 @@ from typing import Any
 
 from meshd import __version__
 from meshd.config import Config, parse_seed
-from meshd.control.server import ControlServer
+from meshd.control.server import ControlServer, group_id
 from meshd.dataplane import backends
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
@@ -39,6 +39,7 @@ from meshd.membership import Membership
 from meshd.metrics import MetricsServer
 from meshd.service import Service
 from meshd.statestore import StateStore
+from meshd.systemd import sd_notify
 from meshd.transport import Transport
 
 log = logging.getLogger("meshd")
@@ -160,7 +161,7 @@ class Daemon:
         # Kept only once listening: closing a server that failed to start would unlink the
         # socket of the daemon that holds it.
         control = ControlServer(
-            cfg.socket, self.service.commands(), group=_group_id(cfg.control_group)
+            cfg.socket, self.service.commands(), group=group_id(cfg.control_group)
         )
         await control.start()
         self.control = control
@@ -203,7 +204,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        _sd_notify("READY=1")
+        sd_notify("READY=1")
         tasks = [
             asyncio.create_task(self.transport.run(), name="transport"),
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
@@ -219,7 +220,7 @@ class Daemon:
                 exc = t.exception()
                 log.error("%s stopped: %s", t.get_name(), exc, exc_info=exc)
                 rc = 1
-        _sd_notify("STOPPING=1")
+        sd_notify("STOPPING=1")
         await self.shutdown(tasks + [stop])
         return rc
 
@@ -243,50 +244,6 @@ class Daemon:
             await self.reconciler.close()
         if self.transport is not None:
             self.transport.close()
-
-
-def _group_id(name: str | None) -> int | None:
-    if name is None:
-        return None
-    import grp
-
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ConfigError(f"control_group: no group named {name!r}") from None
-
-
-def _sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(addr)
-        s.sendall(state.encode())
-
-
-_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-
-class _JournalFormatter(logging.Formatter):
-    """``<priority>logger: message``: journald reads the level from the prefix and adds the
-    timestamp itself (SyslogLevelPrefix=yes is systemd's default)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
-        return f"<{prio}>{record.name}: {super().format(record)}"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 async def serve(cfg: Config) -> int:

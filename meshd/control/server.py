@@ -128,3 +128,15 @@ class ControlServer:
     async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
         writer.write(json.dumps(obj).encode() + b"\n")
         await writer.drain()
+
+
+def group_id(name: str | None) -> int | None:
+    """The gid of the ``control_group`` setting (None: root only)."""
+    if name is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"control_group: no group named {name!r}") from None
