@@ -8,32 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from records import UL, rec  # tests/unit is on sys.path (pytest prepend import mode)
 
 from meshd.config import build
 from meshd.dataplane import apply, backends, model
 from meshd.dataplane.backends import base
 from meshd.dataplane.backends.base import Backend, Encapsulation, PeerEntries, Refusal, Site
 from meshd.dataplane.firewall import Firewall
-from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route, Underlay
+from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route
 from meshd.errors import ConfigError
 from meshd.gossip.record import NodeRecord, RecordError, vtep_mac_for
-
-UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
-
-
-def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
-    node_id = bytes([i]) * 16
-    base_rec = NodeRecord(
-        name=f"n{i}",
-        node_id=node_id,
-        public_ip=f"10.99.0.{i}",
-        port=7950,
-        subnet=f"10.244.{i}.0/24",
-        backend=backend,
-        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
-        mtu=1500,
-    )
-    return replace(base_rec, **kw)
 
 
 def site(backend: str = "vxlan", **kw: Any) -> Site:

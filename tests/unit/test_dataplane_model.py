@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from records import UL, rec  # tests/unit is on sys.path (pytest prepend import mode)
 
 from meshd.dataplane import model
 from meshd.dataplane.model import (
@@ -21,27 +22,8 @@ from meshd.dataplane.model import (
     ObservedDevice,
     PeerView,
     Route,
-    Underlay,
 )
 from meshd.gossip.record import NodeRecord, vtep_mac_for
-
-UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
-
-
-def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
-    node_id = bytes([i]) * 16
-    base = NodeRecord(
-        name=f"n{i}",
-        node_id=node_id,
-        public_ip=f"10.99.0.{i}",
-        port=7950,
-        subnet=f"10.244.{i}.0/24",
-        backend=backend,
-        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
-        mtu=1500,
-    )
-    return replace(base, **kw)
-
 
 LOCAL = rec(1)
 

@@ -12,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_netlink import FakeNetlink  # tests/unit is on sys.path (pytest prepend import mode)
+from records import UL, rec  # tests/unit is on sys.path (pytest prepend import mode)
 
 from meshd.dataplane.apply import NetlinkAPI
-from meshd.dataplane.model import RTPROT_MESHD, PeerView, Underlay
+from meshd.dataplane.model import RTPROT_MESHD, PeerView
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.errors import MissingKernelFeature
-from meshd.gossip.record import NodeRecord, vtep_mac_for
+from meshd.gossip.record import NodeRecord
 
-UL = Underlay("eth0", 2, "10.99.0.1", 24, 1500)
 START = 1000.0
 
 
@@ -61,21 +60,6 @@ def run_virtual(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         loop.run_until_complete(_cancel_the_rest())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
-
-def rec(i: int, backend: str = "vxlan", **kw: Any) -> NodeRecord:
-    node_id = bytes([i]) * 16
-    base = NodeRecord(
-        name=f"n{i}",
-        node_id=node_id,
-        public_ip=f"10.99.0.{i}",
-        port=7950,
-        subnet=f"10.244.{i}.0/24",
-        backend=backend,
-        vtep_mac=vtep_mac_for(node_id) if backend == "vxlan" else None,
-        mtu=1500,
-    )
-    return replace(base, **kw)
 
 
 class Harness:
