@@ -17,6 +17,7 @@ from pathlib import Path
 
 from meshd.control import client
 from meshd.control import format as fmt
+from meshd.dataplane import backends
 from meshd.errors import ControlError, LabError
 from meshd.lab import Lab, cleanup_on_signals, down, format_matrix
 
@@ -35,7 +36,7 @@ def tunnel_device(backend: str, vni: int = 1) -> str | None:
 def kernel_supports(kind: str) -> bool:
     """Can this kernel run backend or link ``kind``? Tried in a throwaway namespace; host-gw
     needs no device of its own."""
-    if kind == "host-gw":
+    if kind in backends.names() and backends.get(kind).kernel_module is None:
         return True
     ns = f"{PREFIX}-probe{os.getpid()}"
     try:
