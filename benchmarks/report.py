@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DOC = REPO / "docs" / "performance.md"
 KEEP_RE = re.compile(r"<!-- keep:analysis -->.*?<!-- /keep -->", re.S)
-RSS_LIMIT_MIB = 40e6 / 2**20  # "RSS under 40 MB": 38.1 MiB
+# Issue 11's budget with pyroute2 back in the daemon (issue 7 aimed at 40 MB without it).
+RSS_LIMIT_MIB = 50.0
 
 LABELS = {
     "convergence_ms": "convergence after the last join",
@@ -111,8 +112,8 @@ def verdict(rec: dict[str, Any]) -> tuple[str, str]:
         return "≤ memberlist", "met" if m <= a else f"**missed** ({rec['ratio']:.2f}x)"
     if kind == "rss":
         if m is None:
-            return "< 40 MB", "—"
-        return "< 40 MB (38.1 MiB)", "met" if m < RSS_LIMIT_MIB else "**missed**"
+            return "≤ 50 MiB", "—"
+        return "≤ 50 MiB", "met" if m <= RSS_LIMIT_MIB else "**missed**"
     return "", ""
 
 
