@@ -14,7 +14,7 @@ from meshd.statestore import State, StateStore
 
 def test_keyfile_modes(tmp_path: Path) -> None:
     p = tmp_path / "key"
-    with pytest.raises(KeyFileError, match="meshd keygen"):
+    with pytest.raises(KeyFileError, match="umask 077"):
         load_keyring(p)
     p.write_text(generate_key() + "\n")
     p.chmod(0o644)
@@ -28,6 +28,44 @@ def test_keyfile_modes(tmp_path: Path) -> None:
     p.write_text("garbage\n")
     with pytest.raises(KeyFileError, match="line 1"):
         load_keyring(p)
+
+
+def test_keyfile_symlink_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.write_text(generate_key() + "\n")
+    real.chmod(0o600)
+    link = tmp_path / "key"
+    link.symlink_to(real)
+    with pytest.raises(KeyFileError, match="symlink"):
+        load_keyring(link)
+    assert load_keyring(real).primary  # the file itself is fine
+
+
+@pytest.mark.root
+def test_keyfile_foreign_owner_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("needs root to give the file another owner (deselect with -m 'not root')")
+    p = tmp_path / "key"
+    p.write_text(generate_key() + "\n")
+    p.chmod(0o600)
+    os.chown(p, 4242, -1)
+    with pytest.raises(KeyFileError, match="owned by uid 4242"):
+        load_keyring(p)
+
+
+def test_keyfile_save_leaves_no_temporary_and_is_private(tmp_path: Path) -> None:
+    p = tmp_path / "key"
+    p.write_text(generate_key() + "\n")
+    p.chmod(0o600)
+    kr = load_keyring(p)
+    umask = os.umask(0o022)  # a permissive umask must not leak into the file's mode
+    try:
+        save_keyring(p, Keyring((os.urandom(32), *kr.keys)))
+    finally:
+        os.umask(umask)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["key"]
+    assert (p.stat().st_mode & 0o777) == 0o600
+    assert len(load_keyring(p).keys) == 2
 
 
 def test_state_roundtrip(tmp_path: Path) -> None:
