@@ -102,7 +102,7 @@ class Daemon:
             )
         except RecordError as exc:  # e.g. an underlay MTU no record can carry (lo: 65536)
             raise ConfigError(f"this node's record: {exc}") from None
-        sealer = Sealer(keyring)
+        sealer = Sealer(keyring, max_datagram=cfg.gossip.max_datagram)
         changed = asyncio.Event()
         self.transport = Transport(node, sealer, ("0.0.0.0", cfg.port), on_change=changed.set)
         await self.transport.start()

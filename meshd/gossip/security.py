@@ -129,8 +129,12 @@ class Sealer:
         keyring: Keyring,
         window: float = REPLAY_WINDOW,
         nonce_source: Callable[[int], bytes] = os.urandom,
+        max_datagram: int | None = None,
     ) -> None:
         self.window = window
+        # Nothing a member seals is larger (gossip's max_datagram): a bigger datagram is refused
+        # before any decryption work is spent on it.
+        self.max_datagram = max_datagram
         self._nonce = nonce_source
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self.set_keyring(keyring)
@@ -150,6 +154,8 @@ class Sealer:
         """Return the payload, or raise OpenError(reason). Never parses unauthenticated bytes."""
         if len(datagram) < OVERHEAD:
             raise OpenError("short")
+        if self.max_datagram is not None and len(datagram) > self.max_datagram:
+            raise OpenError("too_big")
         version, kid, nonce = _HEADER.unpack_from(datagram)
         if version != ENVELOPE_VERSION:
             raise OpenError("version")

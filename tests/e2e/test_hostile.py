@@ -62,7 +62,7 @@ push_pull_interval = 10
 dead_probe_interval = 2
 suspicion_mult = 4
 """
-ENVELOPE_REASONS = {"short", "version", "unknown_key", "auth", "stale", "replay"}
+ENVELOPE_REASONS = {"short", "too_big", "version", "unknown_key", "auth", "stale", "replay"}
 PAYLOAD_REASONS = {"size", "decode", "malformed", "unknown_type", "range", "name", "addr", "record"}
 
 
@@ -152,9 +152,12 @@ def junk(
             sealer.seal(ping, now + rng.choice([-1, 1]) * rng.uniform(120, 86400))
             for _ in range(100)
         ],
-        # Bigger than any datagram meshd sends; random, then validly sealed.
+        # Bigger than any datagram meshd sends (max_datagram 1,400): refused by size before any
+        # decryption, random or validly sealed.
         "oversized": [rnd(rng.randrange(1401, 1473)) for _ in range(50)] + [rnd(65000)] * 5,
-        "size": [sealed(rnd(2000)) for _ in range(20)] + [sealed(rnd(65000)) for _ in range(3)],
+        "too_big": [sealed(rnd(2000)) for _ in range(20)] + [sealed(rnd(65000)) for _ in range(3)],
+        # Sealed within 1,400 bytes, but a payload larger than the core takes (1,400 - 64).
+        "size": [sealed(rnd(1340)) for _ in range(20)],
         # Validly sealed payloads that the gossip core refuses, one reason each.
         "decode": [sealed(b"\xc1" + rnd(20)) for _ in range(20)],
         "malformed": [sealed({"a": 1}) for _ in range(10)] + [sealed([1]) for _ in range(10)],
@@ -239,6 +242,7 @@ def test_junk_leaves_daemon_and_table_unchanged(
     for reason in PAYLOAD_REASONS - {"size"}:
         assert delta(reason) == len(kinds[reason]), reason
     assert delta("size") == len(kinds["size"])
+    assert delta("too_big") == len(kinds["too_big"]) + len(kinds["oversized"])
     assert not any(k.startswith("error") for k in c1), c1
     # Only the genuine datagram reached the core and was acted on: one ping, one ack.
     assert c1.get("msg.ping", 0) - c0.get("msg.ping", 0) >= 1

@@ -97,3 +97,17 @@ def test_random_bytes_never_open(data: bytes) -> None:
     r = Sealer(ring(K1))
     with pytest.raises(OpenError):
         r.open(data, NOW)
+
+
+def test_oversized_datagram_refused_before_decryption() -> None:
+    big = Sealer(ring(K1)).seal(b"x" * 2000, NOW)
+    assert Sealer(ring(K1)).open(big, NOW) == b"x" * 2000  # authentic, and opens without a limit
+    with pytest.raises(OpenError) as exc:
+        Sealer(ring(K1), max_datagram=1400).open(big, NOW)
+    assert exc.value.reason == "too_big"
+    junk = big[:40] + bytes(len(big) - 40)  # garbage after a valid header: no decryption tried
+    with pytest.raises(OpenError) as exc:
+        Sealer(ring(K1), max_datagram=1400).open(junk, NOW)
+    assert exc.value.reason == "too_big"
+    fits = Sealer(ring(K1)).seal(b"y" * 1000, NOW)
+    assert Sealer(ring(K1), max_datagram=1400).open(fits, NOW) == b"y" * 1000
