@@ -477,8 +477,9 @@ def _addr(ip: Any, port: Any) -> Addr:
     return f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}", _int(port, 1, 65535)
 
 
-_RECORD_TYPES = (str, bytes, bytes, int, bytes, int, bytes, int, int, int)
-"""Exact msgpack types of the first 10 record fields (the 11th, ``since``, is an int too)."""
+_RECORD_TYPES = (str, bytes, bytes, int, bytes, (int, str), bytes, int, int, int)
+"""Exact msgpack types of the first 10 record fields (the 11th, ``since``, is an int too). The
+backend (index 5) is a protocol-1 code or, for a backend without one, its name."""
 
 
 _record_cache: dict[tuple[Any, ...], NodeRecord] = {}
@@ -488,8 +489,8 @@ def _record(obj: Any) -> NodeRecord:
     """NodeRecord.from_wire behind a cache: the same records arrive over and over (push-pull).
 
     A hit means the fields are equal to a validated record's. Equal str and bytes fields have the
-    same types, but ``True == 1`` and ``1.0 == 1``, so the five int fields are type-checked on a hit
-    too; a miss checks every type before validating.
+    same types, but ``True == 1`` and ``1.0 == 1``, so the int fields (and the backend, an int or
+    a str) are type-checked on a hit too; a miss checks every type before validating.
     """
     if type(obj) is not list or len(obj) < 10:
         raise DecodeError("record")
@@ -503,7 +504,7 @@ def _record(obj: Any) -> NodeRecord:
     if rec is not None:
         if (
             type(head[3]) is int
-            and type(head[5]) is int
+            and type(head[5]) in (int, str)
             and type(head[7]) is int
             and type(head[8]) is int
             and type(head[9]) is int
@@ -511,9 +512,10 @@ def _record(obj: Any) -> NodeRecord:
         ):
             return rec
         raise DecodeError("record")
-    if tuple(map(type, head[:10])) != _RECORD_TYPES or (
-        len(head) > 10 and type(head[10]) is not int
-    ):
+    if not all(
+        type(v) in want if isinstance(want, tuple) else type(v) is want
+        for v, want in zip(head, _RECORD_TYPES, strict=False)
+    ) or (len(head) > 10 and type(head[10]) is not int):
         raise DecodeError("record")
     try:
         rec = NodeRecord.from_wire(list(head))

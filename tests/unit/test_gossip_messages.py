@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 
@@ -158,3 +160,20 @@ def test_record_with_an_unhashable_field_is_a_record_error(junk: object) -> None
         with pytest.raises(m.DecodeError) as err:
             m.decode(data)
         assert err.value.reason == "record"
+
+
+def test_backend_travels_as_code_or_name() -> None:
+    # Protocol 1's backends keep their wire codes (older members read them); another travels as
+    # its name, and both decode the same way on a cache miss and on a hit.
+    assert make_record(4).to_wire()[5] == 2  # vxlan
+    named = dataclasses.replace(make_record(4), backend="wireguard", vtep_mac=None)
+    assert named.to_wire()[5] == "wireguard"
+    for _ in range(2):
+        assert roundtrip(m.Alive(named)) == m.Alive(named)
+    for bad in (2.0, True, b"vxlan"):
+        fields = named.to_wire()
+        fields[5] = bad
+        data = msgpack.packb([m.PROTOCOL_VERSION, [[int(m.MsgType.ALIVE), fields]]])
+        with pytest.raises(m.DecodeError) as err:
+            m.decode(data)
+        assert err.value.reason == "record", bad
