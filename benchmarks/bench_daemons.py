@@ -95,7 +95,7 @@ import memberlist_anchor  # noqa: E402
 import meshd  # noqa: E402
 from meshd.control.client import request  # noqa: E402
 from meshd.errors import MeshdError  # noqa: E402
-from meshd.lab import Daemon, Lab, cleanup_on_signals  # noqa: E402
+from meshd.lab import Daemon, Lab, cleanup_on_signals, write_key  # noqa: E402
 
 BACKEND = "host-gw"
 UDP_IP_HEADER = 28
@@ -389,16 +389,7 @@ def run_meshd(
     res: dict[str, float | None] = dict.fromkeys(UNITS)
     with Lab(prefix, hosts=n) as lab:
         log(f"meshd n={n} run={run}: lab built in {lab.build_seconds:.1f}s")
-        key = lab.workdir / "key"
-        key.write_text(
-            subprocess.run(
-                [sys.executable, "-m", "meshd", "keygen"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        key.chmod(0o600)
+        key = write_key(lab.workdir / "key")
         conf = lab.workdir / "bench.toml"
         conf.write_text("# memberlist LAN defaults\n[gossip]\n")
         args = ["--config", str(conf), "--log-level", "info"]

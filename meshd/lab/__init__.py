@@ -19,7 +19,7 @@ Only the standard library and system commands (``ip``, ``ping``, ``nft``) are us
 
 from __future__ import annotations
 
-from meshd.lab.daemons import DEFAULT_GOSSIP_PORT, Daemon, Daemons
+from meshd.lab.daemons import DEFAULT_GOSSIP_PORT, Daemon, Daemons, write_key
 from meshd.lab.namespaces import cleanup_on_signals, leftover_namespaces, ns_exec
 from meshd.lab.probes import Probes, format_matrix
 from meshd.lab.topology import Host, Topology, down
@@ -45,4 +45,5 @@ __all__ = [
     "format_matrix",
     "leftover_namespaces",
     "ns_exec",
+    "write_key",
 ]

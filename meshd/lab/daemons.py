@@ -21,6 +21,18 @@ DEFAULT_GOSSIP_PORT = 7950
 """Same as meshd.config.DEFAULT_PORT (not imported: the lab depends on nothing of the daemon)."""
 
 
+def write_key(path: Path) -> Path:
+    """A fresh cluster key from ``meshd keygen`` at ``path``, created 0600 (never readable by
+    others, not even for a moment), as an operator would make it."""
+    key = subprocess.run(
+        [sys.executable, "-m", "meshd", "keygen"], capture_output=True, text=True, check=True
+    ).stdout
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return path
+
+
 @dataclass
 class Daemon:
     """A ``meshd join`` process started by :meth:`Lab.start_daemon`."""

@@ -19,7 +19,7 @@ from meshd.control import client
 from meshd.control import format as fmt
 from meshd.dataplane import backends
 from meshd.errors import ControlError, LabError
-from meshd.lab import Lab, cleanup_on_signals, down, format_matrix
+from meshd.lab import Lab, cleanup_on_signals, down, format_matrix, write_key
 
 PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
 """Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""
@@ -81,16 +81,7 @@ def run_lab(
             f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}) "
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
         )
-        key = lab.workdir / "key"
-        key.write_text(
-            subprocess.run(
-                [sys.executable, "-m", "meshd", "keygen"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        key.chmod(0o600)
+        key = write_key(lab.workdir / "key")
         lab.start_daemons(key_file=key, backend=backend)
         say(f"started {hosts} meshd daemons ({backend}); h1 is the seed, the rest join through it")
         ok = _converge(lab, say)

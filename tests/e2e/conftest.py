@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshd.lab import Daemon, Lab
+from meshd.lab import Daemon, Lab, write_key
 
 # Fast but realistic timers: the protocol is identical, only the clock is scaled. reap_after
 # must exceed the time a killed daemon takes to come back (seconds inside the user-mode-linux
@@ -39,13 +39,7 @@ def _need_root() -> None:
         pytest.skip("needs root (network namespaces)")
 
 
-def keygen(path: Path) -> Path:
-    out = subprocess.run(
-        [sys.executable, "-m", "meshd", "keygen"], capture_output=True, text=True, check=True
-    ).stdout
-    path.write_text(out)
-    path.chmod(0o600)
-    return path
+keygen = write_key  # the tests' name for it
 
 
 def cli(d: Daemon, *args: str, check: bool = True) -> Any:
