@@ -579,7 +579,7 @@ IMPORT_STEPS = [
     ("asyncio_dgram", "import asyncio_dgram"),
     ("typer", "import typer"),
     ("meshd", "import meshd.cli, meshd.daemon, meshd.dataplane.reconciler"),
-    # Devices and addresses: pyroute2, loaded when the first Netlink opens (netlink.py).
+    # Devices and addresses: pyroute2's AsyncIPRoute alone, not the package's __init__ (netlink.py).
     ("pyroute2", "from meshd.dataplane import netlink; netlink._pyroute2()"),
 ]
 _IMPORT_PROBE = """

@@ -243,7 +243,7 @@ def test_install_run_purge(
     assert set(installed) <= set(source), {m: installed[m] for m in set(installed) - set(source)}
 
     # The daemon's devices and addresses go through the bundled pyroute2 (the pinned one, not
-    # Debian's older python3-pyroute2), as netlink.py imports it.
+    # Debian's older python3-pyroute2), imported the lean way netlink.py does.
     pinned = re.search(r"^pyroute2==(\S+)", (REPO / "packaging/requirements.txt").read_text(), re.M)
     assert pinned is not None
     lean = (
