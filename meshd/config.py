@@ -42,13 +42,21 @@ class Config:
     subnet: str | None = None
     """This node's container subnet, e.g. 10.244.1.0/24 (required)."""
     network: str | None = None
-    """Optional cluster network; member subnets outside it are refused."""
+    """Cluster network; member subnets outside it are refused. With certificates it comes from
+    the CA's grant (given here, it must equal it)."""
     backend: str = "vxlan"
     """host-gw, ipip or vxlan; one per mesh."""
     port: int = DEFAULT_PORT
     """Gossip UDP port."""
     key_file: Path = Path("/etc/meshd/key")
     """Keyring file (mode 0600): primary key first, further keys accepted on receipt."""
+    ca: Path | None = None
+    """The cluster CA's certificate (PEM; a bundle trusts each). Set: certificate mode, where
+    every record must be signed by a node the CA certified. Unset: shared-key mode."""
+    cert: Path | None = None
+    """This node's certificate (PEM), signed by the CA; required with ``ca``."""
+    cert_key: Path | None = None
+    """This node's private key (PEM, mode 0600; default: ``cert`` with the suffix ``.key``)."""
     state_dir: Path = Path("/var/lib/meshd")
     """Node id, incarnation and last known members live here."""
     socket: Path = Path("/run/meshd/meshd.sock")
@@ -78,7 +86,7 @@ class Config:
 
 _GOSSIP_KEYS = {f.name for f in fields(GossipConfig)}
 _TOP_KEYS = {f.name for f in fields(Config)} - {"gossip"}
-_PATH_KEYS = {"key_file", "state_dir", "socket", "subnet_env"}
+_PATH_KEYS = {"key_file", "state_dir", "socket", "subnet_env", "ca", "cert", "cert_key"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -134,6 +142,12 @@ def build(values: dict[str, Any]) -> Config:
     cfg = Config(**top)
     if gossip:
         cfg = replace(cfg, gossip=replace(cfg.gossip, **gossip))
+    if cfg.ca is None and (cfg.cert is not None or cfg.cert_key is not None):
+        raise ConfigError("cert: given without ca (the CA certificate that signed it)")
+    if cfg.ca is not None and cfg.cert is None:
+        raise ConfigError("ca: given without cert (this node's certificate)")
+    if cfg.cert is not None and cfg.cert_key is None:
+        cfg = replace(cfg, cert_key=cfg.cert.with_suffix(".key"))
     g = cfg.gossip
     if g.probe_timeout >= g.probe_interval:
         raise ConfigError("gossip.probe_timeout: must be shorter than probe_interval")
