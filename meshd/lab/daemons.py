@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from meshd.lab.certs import LabCA
 from meshd.lab.topology import Host, Topology
 
 DEFAULT_GOSSIP_PORT = 7950
@@ -52,10 +53,19 @@ class Daemon:
 class Daemons(Topology):
     """Starting and stopping one daemon per host (mixed into :class:`meshd.lab.Lab`)."""
 
+    certificates: bool = True
+    """Daemons run in certificate mode, with a throwaway CA in the work directory (``ca``);
+    False: shared-key mode (the mesh key alone)."""
+
     @cached_property
     def daemons(self) -> dict[str, Daemon]:
         """Every daemon started so far, by host name (a stopped one keeps its entry)."""
         return {}
+
+    @cached_property
+    def ca(self) -> LabCA:
+        """The lab's cluster CA (made on first use): the pod network is its grant."""
+        return LabCA(self.workdir / "ca", self.pod_network)
 
     def daemon_argv(
         self,
@@ -71,6 +81,7 @@ class Daemons(Topology):
         """The ``python -m meshd join ...`` command line for ``host``; state dir and socket live
         under ``<workdir>/<host name>/``."""
         hdir = Path(workdir or self.workdir) / host.name
+        trust = self.ca.args(host) if self.certificates and "--ca" not in extra_args else []
         return [
             sys.executable, "-m", "meshd", "join", *seeds,
             "--name", host.name,
@@ -84,6 +95,7 @@ class Daemons(Topology):
             "--socket", str(hdir / "meshd.sock"),
             # every host namespace shares the machine's /run: keep each host's file apart
             "--subnet-env", str(hdir / "subnet.env"),
+            *trust,
             *extra_args,
         ]  # fmt: skip
 

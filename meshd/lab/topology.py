@@ -134,6 +134,7 @@ class Topology(Processes):
         self.segments = nets
         self.router_ips = [str(n[-2]) for n in nets] if routed else []
         pods = ipaddress.IPv4Network(pod_network)
+        self.pod_network = str(pods)
         if subnet_prefixlen < pods.prefixlen or subnet_prefixlen > 30:
             raise LabError(f"subnet /{subnet_prefixlen} does not fit in {pods}")
         if hosts >= 2 ** (subnet_prefixlen - pods.prefixlen):
