@@ -1,0 +1,650 @@
+"""Cluster certificates: X.509 with Ed25519 keys, and the meshd grant extension.
+
+Pure: DER bytes in, data out. No file access and no clock: whoever verifies passes ``wall`` (Unix
+seconds). The issuing side (``build_*``) is here too, as pure functions of keys, names and times,
+so the simulator and the tests can mint certificates without touching files.
+
+What a certificate binds:
+
+- CA certificate: self-signed, CN = the CA's name, BasicConstraints CA:TRUE, the grant extension
+  with ``network=CIDR`` (the cluster network every node subnet must lie in).
+- Node certificate: CN = node name, one SAN IPAddress = its public (underlay) IP, the grant
+  extension with ``subnet=CIDR`` (a fixed subnet) or ``pool=CIDR;len=N`` (any /N inside the pool),
+  signed by a CA.
+
+The grant extension (non-critical, OID ``GRANT_OID``) holds a DER UTF8String of ``key=value``
+pairs joined by ``;``, so ``openssl x509 -text`` shows it readably. Unknown keys are ignored:
+keys are only ever added (``subnet6=``/``pool6=`` will come with dual-stack).
+
+Every refusal is a ``CertError`` whose ``reason`` is a counter suffix (``drop.cert_expired``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import NameOID
+
+GRANT_OID = x509.ObjectIdentifier("2.25.263617684951928479743350238095903845914")
+"""meshd's grant extension: a UUID OID (ITU-T X.667), which needs no registration."""
+
+MAX_CERT_DER = 4096  # ours are ~300 bytes; anything this big is not one of ours
+MAX_CRL_DER = 16384  # a CRL travels in one datagram
+
+# CertError reasons: each is the suffix of a drop counter (drop.cert_expired).
+MALFORMED = "cert_malformed"
+ISSUER = "cert_issuer"
+EXPIRED = "cert_expired"
+NOT_YET_VALID = "cert_not_yet_valid"
+GRANT = "cert_grant"
+CRL_MALFORMED = "crl_malformed"
+CRL_ISSUER = "crl_issuer"
+
+_IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+_GRANT_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class CertError(ValueError):
+    """A certificate or CRL is refused. ``str()`` is one line; ``reason`` a counter suffix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- the grant ------------------------------------------------------------------------------------
+
+
+def format_grant(pairs: Mapping[str, str | int]) -> str:
+    """``{"pool": "10.244.0.0/16", "len": 24}`` -> ``"pool=10.244.0.0/16;len=24"``."""
+    out = []
+    for key, value in pairs.items():
+        text = str(value)
+        if not _GRANT_KEY_RE.match(key) or any(c in text for c in ";=") or not text:
+            raise ValueError(f"grant: cannot encode {key}={text!r}")
+        out.append(f"{key}={text}")
+    return ";".join(out)
+
+
+def parse_grant_text(text: str) -> dict[str, str]:
+    """``"pool=10.244.0.0/16;len=24"`` -> ``{"pool": ..., "len": "24"}``; ValueError when a pair
+    is not ``key=value`` or a key repeats. Unknown keys are kept (the caller ignores them)."""
+    out: dict[str, str] = {}
+    for item in text.split(";"):
+        key, sep, value = item.partition("=")
+        if not sep or not _GRANT_KEY_RE.match(key) or not value:
+            raise ValueError(f"grant: {item!r} is not key=value")
+        if key in out:
+            raise ValueError(f"grant: {key} given twice")
+        out[key] = value
+    return out
+
+
+def encode_grant_value(text: str) -> bytes:
+    """The extension's value: a DER UTF8String."""
+    body = text.encode()
+    return b"\x0c" + _der_length(len(body)) + body
+
+
+def decode_grant_value(value: bytes) -> str:
+    """Inverse of ``encode_grant_value``; ValueError unless it is exactly one DER UTF8String."""
+    if len(value) < 2 or value[0] != 0x0C:
+        raise ValueError("grant: not a UTF8String")
+    first = value[1]
+    if first < 0x80:
+        length, start = first, 2
+    else:
+        nbytes = first & 0x7F
+        if not 1 <= nbytes <= 2 or len(value) < 2 + nbytes:
+            raise ValueError("grant: bad length")
+        length = int.from_bytes(value[2 : 2 + nbytes], "big")
+        start = 2 + nbytes
+        if length < 0x80 or (nbytes == 2 and length < 0x100):
+            raise ValueError("grant: length not in DER's shortest form")
+    if len(value) != start + length:
+        raise ValueError("grant: length does not match")
+    try:
+        return value[start:].decode()
+    except UnicodeDecodeError:
+        raise ValueError("grant: not UTF-8") from None
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    if n < 0x100:
+        return bytes([0x81, n])
+    if n < 0x10000:
+        return bytes([0x82]) + n.to_bytes(2, "big")
+    raise ValueError("grant: too long")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What subnet a node certificate lets its holder claim: exactly one ``subnet`` (fixed), or a
+    ``pool`` with ``pool_len`` (any /pool_len inside the pool)."""
+
+    subnet: str | None
+    pool: str | None
+    pool_len: int | None
+
+    def allows(self, subnet: str) -> bool:
+        """Whether the holder may claim ``subnet`` (a CIDR; anything unparsable: False)."""
+        try:
+            net = ipaddress.ip_network(subnet, strict=True)
+        except ValueError:
+            return False
+        if self.subnet is not None:
+            return net == ipaddress.ip_network(self.subnet)
+        if self.pool is None or self.pool_len is None:
+            return False
+        pool = ipaddress.ip_network(self.pool)
+        return (
+            net.version == pool.version and net.prefixlen == self.pool_len and net.subnet_of(pool)  # type: ignore[arg-type]
+        )
+
+    def text(self) -> str:
+        """The extension text (``subnet=...`` or ``pool=...;len=N``)."""
+        if self.subnet is not None:
+            return format_grant({"subnet": self.subnet})
+        assert self.pool is not None and self.pool_len is not None
+        return format_grant({"pool": self.pool, "len": self.pool_len})
+
+    def describe(self) -> str:
+        """For people: ``10.244.1.0/24`` or ``any /24 in 10.244.0.0/16``."""
+        if self.subnet is not None:
+            return self.subnet
+        return f"any /{self.pool_len} in {self.pool}"
+
+    @classmethod
+    def fixed(cls, subnet: str) -> Grant:
+        """A grant of one subnet; ValueError (one line) when it is not a network address."""
+        return cls(str(_network(subnet, "subnet")), None, None)
+
+    @classmethod
+    def from_pool(cls, pool: str, length: int) -> Grant:
+        """Any /length inside pool; ValueError (one line) when that cannot be."""
+        net = _network(pool, "pool")
+        if not net.prefixlen <= length <= net.max_prefixlen:
+            raise ValueError(
+                f"len {length}: must be between the pool's /{net.prefixlen} and"
+                f" /{net.max_prefixlen}"
+            )
+        return cls(None, str(net), length)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> Grant:
+        """From parsed extension text; ValueError unless exactly one of subnet, pool+len."""
+        has_subnet, has_pool = "subnet" in fields, "pool" in fields
+        if has_subnet == has_pool:
+            raise ValueError("grant: needs exactly one of subnet= and pool=")
+        if has_subnet:
+            if "len" in fields:
+                raise ValueError("grant: len= belongs with pool=")
+            return cls.fixed(fields["subnet"])
+        raw = fields.get("len", "")
+        if not raw.isdigit() or len(raw) > 3:
+            raise ValueError(f"grant: len={raw!r} is not a prefix length")
+        return cls.from_pool(fields["pool"], int(raw))
+
+    def inside(self, network: str) -> bool:
+        """Whether every subnet this grant allows lies in ``network``."""
+        outer = ipaddress.ip_network(network)
+        inner = ipaddress.ip_network(self.subnet if self.subnet is not None else str(self.pool))
+        return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
+def _network(text: str, what: str) -> _IPNet:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{what} {text!r}: {exc}") from None
+
+
+def unicast_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a node's public IP (None when it can): it must be a unicast address
+    a peer can send to."""
+    try:
+        addr: _IPAddr = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IP address"
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_reserved:
+        return f"{ip} is not a unicast address"
+    if addr.version == 4 and addr in ipaddress.ip_network("0.0.0.0/8"):
+        return f"{ip} is in 0.0.0.0/8 (this network)"
+    if addr.version == 6 and addr.is_link_local:
+        return f"{ip} is link-local (needs a scope)"
+    return None
+
+
+# -- parsed certificates and CRLs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A CA certificate, trusted because the operator configured it."""
+
+    der: bytes
+    name: str
+    network: str
+    public_key: Ed25519PublicKey
+    fingerprint: bytes
+    """SHA-256 of ``der``."""
+    not_before: float
+    not_after: float
+    subject: bytes = b""
+    """DER of the subject name: a certificate's issuer must be exactly this."""
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """A node certificate's contents (``parse_certificate``: structure checked; after
+    ``verify_certificate``: also issued by a trusted CA, valid now, grant inside its network)."""
+
+    der: bytes
+    name: str
+    public_ip: str
+    grant: Grant
+    serial: int
+    not_before: float
+    not_after: float
+    public_key: Ed25519PublicKey
+    fingerprint: bytes
+    """SHA-256 of ``der``."""
+    issuer: str = ""
+    """The issuer's common name (for display)."""
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """A verified CRL: the serials its CA revoked. ``number`` is the CRLNumber (monotonic: a
+    member keeps the highest it has seen)."""
+
+    number: int
+    serials: frozenset[int]
+    der: bytes
+    this_update: float
+    next_update: float | None
+    issuer: str = ""
+    """The issuing CA's common name."""
+
+
+def _load(der: bytes) -> x509.Certificate:
+    if not isinstance(der, bytes) or not der or len(der) > MAX_CERT_DER:
+        raise CertError(MALFORMED, "certificate: empty or too large")
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        # Some fields parse lazily; touch the ones we need so a malformed one fails here.
+        _ = cert.subject, cert.issuer, cert.extensions, cert.serial_number
+        _ = cert.signature, cert.tbs_certificate_bytes
+    except ValueError as exc:
+        raise CertError(MALFORMED, f"certificate: not DER X.509 ({_first_line(exc)})") from None
+    if cert.version != x509.Version.v3:
+        raise CertError(MALFORMED, "certificate: not X.509 v3")
+    return cert
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else type(exc).__name__
+
+
+def _ed25519_key(cert: x509.Certificate, what: str) -> Ed25519PublicKey:
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError) as exc:
+        raise CertError(MALFORMED, f"{what}: unreadable public key ({_first_line(exc)})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise CertError(MALFORMED, f"{what}: the key is not Ed25519")
+    return key
+
+
+def _common_name(name: x509.Name, what: str) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1 or not isinstance(attrs[0].value, str) or not attrs[0].value:
+        raise CertError(MALFORMED, f"{what}: needs exactly one common name (CN)")
+    return attrs[0].value
+
+
+def _grant_fields(cert: x509.Certificate, what: str) -> dict[str, str]:
+    try:
+        ext = cert.extensions.get_extension_for_oid(GRANT_OID)
+    except x509.ExtensionNotFound:
+        raise CertError(MALFORMED, f"{what}: no meshd grant extension") from None
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise CertError(MALFORMED, f"{what}: unreadable meshd grant extension")
+    try:
+        return parse_grant_text(decode_grant_value(value.value))
+    except ValueError as exc:
+        raise CertError(MALFORMED, f"{what}: {exc}") from None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return bc.value.ca
+
+
+def _times(cert: x509.Certificate) -> tuple[float, float]:
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
+def parse_authority(der: bytes) -> Authority:
+    """A CA certificate: Ed25519, self-signed, CA:TRUE, may sign certificates, with a
+    ``network=`` grant. CertError (reason ``cert_malformed``, or ``cert_issuer`` when the
+    self-signature does not verify) otherwise."""
+    cert = _load(der)
+    what = "CA certificate"
+    key = _ed25519_key(cert, what)
+    name = _common_name(cert.subject, what)
+    if not _is_ca(cert):
+        raise CertError(MALFORMED, f"{what} {name!r}: not a CA (BasicConstraints CA:TRUE missing)")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_cert_sign:
+            raise CertError(MALFORMED, f"{what} {name!r}: its key usage excludes keyCertSign")
+    except x509.ExtensionNotFound:
+        pass
+    fields = _grant_fields(cert, what)
+    if "network" not in fields:
+        raise CertError(MALFORMED, f"{what} {name!r}: its grant has no network=")
+    try:
+        network = _network(fields["network"], "network")
+    except ValueError as exc:
+        raise CertError(MALFORMED, f"{what} {name!r}: {exc}") from None
+    if cert.issuer != cert.subject or not _signed_by(cert, key):
+        raise CertError(ISSUER, f"{what} {name!r}: not self-signed")
+    not_before, not_after = _times(cert)
+    return Authority(
+        der=der,
+        name=name,
+        network=str(network),
+        public_key=key,
+        fingerprint=hashlib.sha256(der).digest(),
+        not_before=not_before,
+        not_after=not_after,
+        subject=cert.subject.public_bytes(),
+    )
+
+
+def _signed_by(cert: x509.Certificate, key: Ed25519PublicKey) -> bool:
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def parse_certificate(der: bytes) -> CertInfo:
+    """A node certificate's structure: Ed25519 key, one CN, exactly one SAN IP (unicast), not a
+    CA, a well-formed subnet or pool grant. Checks no signature and no time: see
+    ``verify_certificate``. CertError(``cert_malformed``) otherwise."""
+    cert = _load(der)
+    what = "certificate"
+    key = _ed25519_key(cert, what)
+    name = _common_name(cert.subject, what)
+    what = f"certificate {name!r}"
+    if _is_ca(cert):
+        raise CertError(MALFORMED, f"{what}: is a CA certificate, not a node's")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise CertError(MALFORMED, f"{what}: no subject alternative name (the public IP)") from None
+    ips = san.get_values_for_type(x509.IPAddress)
+    if len(ips) != 1:
+        raise CertError(MALFORMED, f"{what}: needs exactly one IP address, has {len(ips)}")
+    ip = ips[0]
+    if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise CertError(MALFORMED, f"{what}: its IP entry is a network, not an address")
+    problem = unicast_problem(str(ip))
+    if problem:
+        raise CertError(MALFORMED, f"{what}: public IP {problem}")
+    try:
+        grant = Grant.from_fields(_grant_fields(cert, what))
+    except ValueError as exc:
+        raise CertError(MALFORMED, f"{what}: {exc}") from None
+    not_before, not_after = _times(cert)
+    issuer_cn = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return CertInfo(
+        der=der,
+        name=name,
+        public_ip=str(ip),
+        grant=grant,
+        serial=cert.serial_number,
+        not_before=not_before,
+        not_after=not_after,
+        public_key=key,
+        fingerprint=hashlib.sha256(der).digest(),
+        issuer=str(issuer_cn[0].value) if issuer_cn else "",
+    )
+
+
+def verify_certificate(der: bytes, authorities: Sequence[Authority], wall: float) -> CertInfo:
+    """A node certificate we can believe at ``wall``: well-formed, signed by one of
+    ``authorities`` (which must itself be valid at ``wall``), inside its validity window, its grant
+    inside that authority's network. CertError with reason ``cert_malformed``, ``cert_issuer``,
+    ``cert_not_yet_valid``, ``cert_expired`` or ``cert_grant``."""
+    info = parse_certificate(der)
+    cert = x509.load_der_x509_certificate(der)  # cannot fail: parse_certificate loaded it
+    issuer = cert.issuer.public_bytes()
+    for auth in authorities:
+        if (not auth.subject or auth.subject == issuer) and _signed_by(cert, auth.public_key):
+            break
+    else:
+        raise CertError(
+            ISSUER,
+            f"certificate {info.name!r}: not signed by a trusted CA (issuer {info.issuer!r})",
+        )
+    for what, start, end in (
+        (f"certificate {info.name!r}", info.not_before, info.not_after),
+        (f"CA certificate {auth.name!r}", auth.not_before, auth.not_after),
+    ):
+        if wall < start:
+            raise CertError(NOT_YET_VALID, f"{what}: not valid before {_utc(start)}")
+        if wall > end:
+            raise CertError(EXPIRED, f"{what}: expired {_utc(end)}")
+    if not info.grant.inside(auth.network):
+        raise CertError(
+            GRANT,
+            f"certificate {info.name!r}: grant {info.grant.describe()} is outside the CA's"
+            f" network {auth.network}",
+        )
+    return info
+
+
+def parse_crl(der: bytes, authorities: Sequence[Authority]) -> Revocations:
+    """A CRL signed by one of ``authorities``, with a CRLNumber. CertError with reason
+    ``crl_malformed`` or ``crl_issuer`` otherwise. Times are not judged here."""
+    if not isinstance(der, bytes) or not der or len(der) > MAX_CRL_DER:
+        raise CertError(CRL_MALFORMED, "CRL: empty or too large")
+    try:
+        crl = x509.load_der_x509_crl(der)
+        number_ext = crl.extensions.get_extension_for_class(x509.CRLNumber)
+        serials = frozenset(entry.serial_number for entry in crl)
+        issuer = crl.issuer.public_bytes()
+        this_update = crl.last_update_utc.timestamp()
+        next_update = crl.next_update_utc
+    except x509.ExtensionNotFound:
+        raise CertError(CRL_MALFORMED, "CRL: no CRL number") from None
+    except ValueError as exc:
+        raise CertError(CRL_MALFORMED, f"CRL: not DER X.509 ({_first_line(exc)})") from None
+    for auth in authorities:
+        if (not auth.subject or auth.subject == issuer) and _crl_signed_by(crl, auth.public_key):
+            break
+    else:
+        raise CertError(CRL_ISSUER, "CRL: not signed by a trusted CA")
+    return Revocations(
+        number=number_ext.value.crl_number,
+        serials=serials,
+        der=der,
+        this_update=this_update,
+        next_update=next_update.timestamp() if next_update is not None else None,
+        issuer=auth.name,
+    )
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, key: Ed25519PublicKey) -> bool:
+    try:
+        key.verify(crl.signature, crl.tbs_certlist_bytes)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- PEM ------------------------------------------------------------------------------------------
+
+_PEM_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
+
+
+def pem_to_der_list(text: str, label: str = "CERTIFICATE") -> list[bytes]:
+    """Every ``label`` block of a PEM bundle as DER (other blocks skipped). ValueError when a block
+    is not base64 or there is none."""
+    out = []
+    for found, body in _PEM_RE.findall(text):
+        if found != label:
+            continue
+        try:
+            out.append(base64.b64decode("".join(body.split()), validate=True))
+        except (binascii.Error, ValueError):
+            raise ValueError(f"PEM: a {label} block is not base64") from None
+    if not out:
+        raise ValueError(f"PEM: no {label} block")
+    return out
+
+
+def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> str:
+    body = base64.b64encode(der).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
+
+
+# -- issuing (pure: keys, names and times in, DER out) --------------------------------------------
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def build_authority(
+    key: Ed25519PrivateKey,
+    name: str,
+    network: str,
+    not_before: float,
+    not_after: float,
+    serial: int,
+) -> bytes:
+    """A self-signed CA certificate granting ``network``."""
+    net = _network(network, "network")
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    pub = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(pub)
+        .serial_number(serial)
+        .not_valid_before(_dt(not_before))
+        .not_valid_after(_dt(not_after))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(_grant_ext(format_grant({"network": str(net)})), critical=False)
+        .sign(key, None)
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def build_certificate(
+    ca_key: Ed25519PrivateKey,
+    ca_der: bytes,
+    public_key: Ed25519PublicKey,
+    name: str,
+    public_ip: str,
+    grant: Grant,
+    not_before: float,
+    not_after: float,
+    serial: int,
+) -> bytes:
+    """A node certificate for ``public_key`` signed by the CA (its certificate and key)."""
+    ca = x509.load_der_x509_certificate(ca_der)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(_dt(not_before))
+        .not_valid_after(_dt(not_after))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(public_ip))]),
+            critical=False,
+        )
+        .add_extension(_grant_ext(grant.text()), critical=False)
+        .sign(ca_key, None)
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def build_crl(
+    ca_key: Ed25519PrivateKey,
+    ca_der: bytes,
+    number: int,
+    revoked: Mapping[int, float],
+    this_update: float,
+    next_update: float,
+) -> bytes:
+    """A CRL signed by the CA: ``revoked`` maps serial -> revocation time."""
+    ca = x509.load_der_x509_certificate(ca_der)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(_dt(this_update))
+        .next_update(_dt(next_update))
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for serial, when in sorted(revoked.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(_dt(when))
+            .build()
+        )
+    return builder.sign(ca_key, None).public_bytes(serialization.Encoding.DER)
+
+
+def _grant_ext(text: str) -> x509.UnrecognizedExtension:
+    return x509.UnrecognizedExtension(GRANT_OID, encode_grant_value(text))
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
