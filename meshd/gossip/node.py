@@ -47,13 +47,13 @@ from meshd.gossip.events import PROBE_RTT_BUCKETS, Histogram, Member, MemberEven
 from meshd.gossip.keyops import KeyOps
 from meshd.gossip.messages import (
     DATAGRAM_OVERHEAD,
-    Crl,
     ENVELOPE_RESERVE,
     KEY_OP_ID_LEN,
     MAX_SEQ,
     Ack,
     Addr,
     Alive,
+    Crl,
     Dead,
     DecodeError,
     IndirectPing,

@@ -27,12 +27,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.gossip.certificate import (
     EXPIRED,
+    MALFORMED,
     NOT_YET_VALID,
     Authority,
     CertError,
@@ -53,6 +54,11 @@ CERT_NAME = "cert_name"
 CERT_IP = "cert_ip"
 CERT_GRANT = "cert_grant"
 REVOKED = "revoked"
+
+
+_CRYPTO_ERRORS = (UnsupportedAlgorithm, ValueError, TypeError)
+"""What `cryptography` may raise past certificate.py on hostile DER (an unknown key algorithm
+raises UnsupportedAlgorithm): a malformed certificate, never an exception out of the core."""
 
 
 class TrustError(ValueError):
@@ -81,6 +87,8 @@ class Signer:
             info = parse_certificate(cert)
         except CertError as exc:
             raise TrustError(exc.reason, str(exc)) from None
+        except _CRYPTO_ERRORS:
+            raise TrustError(MALFORMED, "certificate: unreadable") from None
         if _raw(key.public_key()) != _raw(info.public_key):
             raise TrustError(
                 "cert_key", f"certificate {info.name!r}: the key does not match the certificate"
@@ -163,6 +171,8 @@ class Trust:
                 info = parse_certificate(rec.cert)
             except CertError as exc:
                 return exc.reason
+            except _CRYPTO_ERRORS:
+                return MALFORMED
         return self._status(info, wall)
 
     def expiry(self, rec: NodeRecord) -> float:
@@ -173,7 +183,7 @@ class Trust:
         if not isinstance(info, CertInfo):
             try:
                 info = parse_certificate(rec.cert)
-            except CertError:
+            except (CertError, *_CRYPTO_ERRORS):
                 return float("inf")
         return min(info.not_after, self._ca_until)
 
@@ -213,6 +223,8 @@ class Trust:
             if exc.reason in (EXPIRED, NOT_YET_VALID):
                 return exc.reason  # moves with time: not cached
             info = exc.reason
+        except _CRYPTO_ERRORS:  # hostile DER that `cryptography` refuses in its own way
+            info = MALFORMED
         if len(certs) >= CACHE_MAX:
             certs.clear()
         certs[der] = info
