@@ -10,6 +10,8 @@
 #   procps         sysctl and ps, for looking around a kept lab
 #   kmod           depmod for the UML cache, modprobe in the guest (busybox insmod: fallback)
 #   busybox-static "busybox poweroff -f": a synchronous power-off for the UML guest
+#   openssl        the CLI tests check that `openssl x509 -text`/`openssl crl -text` read meshd's
+#                  certificates and CRLs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod)
+pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod openssl)
 # Any busybox will do (the dynamic one runs in the guest too, the root is shared); installing
 # busybox-static over an existing busybox would replace it.
 command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)

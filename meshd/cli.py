@@ -225,6 +225,170 @@ def keys_remove(
     typer.echo(fmt.keys(client.keys(socket, "remove", key_id=key_id)))
 
 
+# -- certificates: `meshd ca`, `meshd cert`, `meshd crl` (meshd/pki.py does the work) -------------
+# pki (and with it cryptography) is imported inside each command: `meshd peers` never needs it.
+
+ca_app = typer.Typer(help="The cluster CA: create it, sign node certificates, revoke them.")
+app.add_typer(ca_app, name="ca")
+cert_app = typer.Typer(help="Node certificates: request one, show what one binds.")
+app.add_typer(cert_app, name="cert")
+crl_app = typer.Typer(help="Revocation lists: show one, spread one over the mesh.")
+app.add_typer(crl_app, name="crl")
+
+CaDirArg = Annotated[Path, typer.Argument(help="The CA directory (ca.crt, ca.key, issued/, crl).")]
+DaysOpt = Annotated[int | None, typer.Option(help="Validity in days.", show_default=False)]
+
+
+@ca_app.command("init")
+@friendly
+def ca_init(
+    directory: CaDirArg,
+    network: Annotated[str, typer.Option(help="The cluster network every subnet lies in.")],
+    name: Annotated[str, typer.Option(help="The CA's common name.")] = "meshd CA",
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 3650,
+) -> None:
+    """Create DIR/ca.crt and DIR/ca.key (0600); refuses to overwrite an existing CA."""
+    from meshd import pki
+
+    auth = pki.init_ca(directory, network, name, days)
+    typer.echo(f"CA {auth.name!r} for {auth.network}: {directory / pki.CA_CERT}")
+    typer.echo(f"key (keep it here, 0600): {directory / pki.CA_KEY}")
+    typer.echo(f"fingerprint SHA256:{auth.fingerprint.hex()}")
+
+
+@ca_app.command("sign")
+@friendly
+def ca_sign(
+    directory: CaDirArg,
+    out: Annotated[Path, typer.Option(help="Write PREFIX.crt (and PREFIX.key without --csr).")],
+    name: Annotated[str | None, typer.Option(help="Node name (default: the request's).")] = None,
+    public_ip: Annotated[
+        str | None, typer.Option(help="Node's underlay IP (default: the request's).")
+    ] = None,
+    subnet: Annotated[str | None, typer.Option(help="Grant this one subnet.")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="Grant any /--subnet-len inside this pool.")
+    ] = None,
+    subnet_len: Annotated[
+        int | None, typer.Option(help="With --network: the node's prefix length (24).")
+    ] = None,
+    csr: Annotated[
+        Path | None, typer.Option(help="Sign this request (`meshd cert request`) instead.")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+) -> None:
+    """Sign a node certificate: a fresh key and certificate, or a node's request (--csr)."""
+    from meshd import pki
+
+    grant = pki.grant_from_flags(subnet, network, subnet_len)
+    if csr is not None:
+        issued = pki.sign_request(directory, csr, grant, out, days, name, public_ip)
+    else:
+        if name is None or public_ip is None:
+            fail("--name and --public-ip are needed (or --csr FILE from `meshd cert request`)")
+        assert name is not None and public_ip is not None
+        issued = pki.sign(directory, name, public_ip, grant, out, days)
+    info = issued.info
+    typer.echo(
+        f"{info.name}: {info.public_ip}, subnet {info.grant.describe()}, serial {info.serial:x},"
+        f" valid until {pki.describe_certificate(issued.crt)['not_after']}"
+    )
+    typer.echo(f"certificate: {issued.crt}")
+    if issued.key is not None:
+        typer.echo(f"key (0600; move it to the node, then delete it here): {issued.key}")
+
+
+@ca_app.command("revoke")
+@friendly
+def ca_revoke(
+    directory: CaDirArg,
+    name: Annotated[str, typer.Argument(help="The node whose certificates to revoke.")],
+    days: Annotated[int, typer.Option(help="The CRL's validity (next update) in days.")] = 365,
+) -> None:
+    """Revoke every unexpired certificate issued to NAME: writes DIR/crl."""
+    from meshd import pki
+
+    done = pki.revoke(directory, name, days)
+    for info in done.certificates:
+        typer.echo(f"revoked {info.name}: serial {info.serial:x} ({info.public_ip})")
+    typer.echo(
+        f"{done.crl}: CRL number {done.revocations.number},"
+        f" {len(done.revocations.serials)} serial(s) revoked in all"
+    )
+    typer.echo(f"spread it: meshd crl install {done.crl}  (on any one member)")
+
+
+@cert_app.command("request")
+@friendly
+def cert_request(
+    name: Annotated[str, typer.Option(help="This node's name.")],
+    public_ip: Annotated[str, typer.Option(help="This node's underlay IP.")],
+    out: Annotated[Path, typer.Option(help="Write PREFIX.key (0600) and PREFIX.csr.")],
+) -> None:
+    """Make a key (it stays on this node) and a request for the CA: `meshd ca sign --csr`."""
+    from meshd import pki
+
+    key, csr = pki.make_request(name, public_ip, out)
+    typer.echo(f"key (0600, stays here): {key}")
+    typer.echo(f"request for the CA: {csr}")
+
+
+def _show(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(fmt.to_json(data))
+        return
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = (
+                ", ".join(
+                    " ".join(str(v) for v in item.values()) if isinstance(item, dict) else str(item)
+                    for item in value
+                )
+                or "none"
+            )
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        typer.echo(f"{key.replace('_', ' ') + ':':<{width + 2}}{value}")
+
+
+@cert_app.command("show")
+@friendly
+def cert_show(
+    file: Annotated[Path, typer.Argument(help="A node or CA certificate (PEM or DER).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What a certificate binds (name, IP, subnet or network), its validity, its fingerprint."""
+    from meshd import pki
+
+    _show(pki.describe_certificate(file), as_json)
+
+
+@crl_app.command("show")
+@friendly
+def crl_show(
+    file: Annotated[Path, typer.Argument(help="A CRL (DIR/crl from `meshd ca revoke`).")],
+    ca: Annotated[Path | None, typer.Option(help="Check its signature against this CA.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A CRL's number, revoked serials and validity."""
+    from meshd import pki
+
+    _show(pki.describe_crl(file, ca), as_json)
+
+
+@crl_app.command("install")
+@friendly
+def crl_install(
+    file: Annotated[Path, typer.Argument(help="A CRL (DIR/crl from `meshd ca revoke`).")],
+    socket: SocketOpt = DEFAULT_SOCKET,
+) -> None:
+    """Hand a CRL to the local daemon, which spreads it to every member over gossip."""
+    from meshd import pki
+
+    typer.echo(fmt.crl_install(client.crl_install(socket, pki.read_crl_pem(file))))
+
+
 lab_app = typer.Typer(help="The built-in lab: N simulated hosts in network namespaces.")
 app.add_typer(lab_app, name="lab")
 

@@ -3,7 +3,9 @@
     MeshdError                  raised on purpose; str() is one line for users, and the CLI
     │                           prints it as ``meshd: error: ...`` (exit 78 for the first two)
     ├── ConfigError             bad flag, TOML key or value (names the key, and the line when
-    │                           known); also a port or socket the daemon cannot listen on
+    │   │                       known); also a port or socket the daemon cannot listen on
+    │   └── CertificateError    a CA, certificate, request, CRL or certificate key file is
+    │                           missing, malformed, too open or refused; an issuance refused
     ├── KeyFileError            missing, unreadable, malformed or too-open key file
     ├── ControlError            the control socket is unreachable, a request is malformed, or
     │                           the daemon answered with an error
@@ -16,7 +18,8 @@ Outside the tree, on purpose: the gossip core's exceptions are caught where they
 reach a user as such. ``DecodeError`` and ``OpenError`` (a datagram that is malformed or fails
 authentication) become ``drop.<reason>`` counters; ``RecordError`` (a node record) and
 ``KeyFormatError`` (a key) are turned into ConfigError, KeyFileError or ControlError by whoever
-took the value from a user.
+took the value from a user. ``CertError`` (gossip/certificate.py) carries a ``reason``: a
+``drop.<reason>`` counter in the core, a CertificateError where a user gave the file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ class MeshdError(Exception):
 
 class ConfigError(MeshdError):
     """A flag, a TOML key or a value is invalid."""
+
+
+class CertificateError(ConfigError):
+    """A certificate, CA, request, CRL or certificate key file is missing, unreadable, malformed,
+    too open or not trusted, or the CA refuses to issue what was asked (``meshd ca``)."""
 
 
 class KeyFileError(MeshdError):

@@ -11,6 +11,7 @@ daemon's side is meshd/service.py):
 - ``update``: re-announce this node with a higher incarnation; ``{"incarnation", "at"}``
 - ``keys.list``, ``keys.install`` (``key``: base64), ``keys.use`` (``key_id``: 8 hex digits),
   ``keys.remove`` (``key_id``): the cluster keyring, spread over gossip
+- ``crl.install`` (``crl``: PEM text): a CA's revocation list, spread over gossip
 
 Only root, the daemon's own uid, or members of ``control_group`` may connect (SO_PEERCRED).
 """

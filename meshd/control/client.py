@@ -8,7 +8,15 @@ import socket
 from pathlib import Path
 from typing import Any, cast
 
-from meshd.control.protocol import KeyList, LeaveReply, PeerRow, StatusReply, UpdateReply
+from meshd.control.protocol import (
+    CRL_INSTALL,
+    CrlReply,
+    KeyList,
+    LeaveReply,
+    PeerRow,
+    StatusReply,
+    UpdateReply,
+)
 from meshd.errors import ControlError
 
 
@@ -74,3 +82,8 @@ def update(path: Path, timeout: float = 30.0) -> UpdateReply:
 def keys(path: Path, cmd: str = "list", timeout: float = 30.0, **args: str) -> KeyList:
     """``keys.<cmd>``: list, install (``key=``), use or remove (``key_id=``)."""
     return cast(KeyList, request(path, f"keys.{cmd}", timeout, **args))
+
+
+def crl_install(path: Path, pem: str, timeout: float = 30.0) -> CrlReply:
+    """``crl.install``: hand a CRL (PEM text) to the daemon, which spreads it over gossip."""
+    return cast(CrlReply, request(path, CRL_INSTALL, timeout, crl=pem))

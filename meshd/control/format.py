@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshd.control.protocol import KeyList, LeaveReply, PeerRow, StatusReply
+from meshd.control.protocol import CrlReply, KeyList, LeaveReply, PeerRow, StatusReply
 
 PEER_COLUMNS = (
     "NAME",
@@ -119,3 +119,10 @@ def keys(ring: KeyList) -> str:
 
 def leave(reply: LeaveReply) -> str:
     return "left the mesh" + ("" if reply["spread"] else " (not confirmed by all peers)")
+
+
+def crl_install(reply: CrlReply) -> str:
+    """`meshd crl install`: what is in force now."""
+    what = "installed" if reply["installed"] else "already in force (this one or a newer one)"
+    serials = ", ".join(reply["revoked"]) or "none"
+    return f"CRL {reply['number']} from {reply['issuer']!r} {what}; revoked serials: {serials}"

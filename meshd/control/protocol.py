@@ -112,3 +112,39 @@ class KeyRef:
         if len(kid) * 2 != KEY_ID_HEX:
             raise ControlError(f"key id {raw!r}: expected 8 hex digits (see `meshd keys list`)")
         return cls(kid)
+
+
+CRL_INSTALL = "crl.install"
+"""The command `meshd crl install` sends (named like ``keys.install``)."""
+MAX_CRL_PEM = 32 * 1024
+"""A CRL travels in one datagram (certificate.MAX_CRL_DER is 16 KiB of DER); its PEM is ~4/3."""
+
+
+@dataclass(frozen=True, slots=True)
+class CrlInstall:
+    """``crl.install``: ``crl``, a CRL as PEM text (`meshd ca revoke` writes DIR/crl). Only its
+    shape is checked here; the daemon checks the signature against its CA and the number."""
+
+    crl: str
+
+    @classmethod
+    def parse(cls, req: dict[str, Any]) -> CrlInstall:
+        pem = req.get("crl")
+        if not isinstance(pem, str) or "-----BEGIN X509 CRL-----" not in pem:
+            raise ControlError("crl: expected a PEM CRL (-----BEGIN X509 CRL-----)")
+        if len(pem) > MAX_CRL_PEM:
+            raise ControlError(f"crl: {len(pem)} characters, more than {MAX_CRL_PEM}")
+        return cls(pem)
+
+
+class CrlReply(TypedDict):
+    """``crl.install``: the CRL in force on this member after the request."""
+
+    number: int
+    """Its CRL number."""
+    issuer: str
+    """The CA that signed it (its common name)."""
+    revoked: list[str]
+    """The serials it revokes (hex)."""
+    installed: bool
+    """False when this member already had this CRL or a newer one (nothing changed)."""

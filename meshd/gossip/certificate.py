@@ -394,6 +394,10 @@ def parse_certificate(der: bytes) -> CertInfo:
     """A node certificate's structure: Ed25519 key, one CN, exactly one SAN IP (unicast), not a
     CA, a well-formed subnet or pool grant. Checks no signature and no time: see
     ``verify_certificate``. CertError(``cert_malformed``) otherwise."""
+    return _parse_node(der)[0]
+
+
+def _parse_node(der: bytes) -> tuple[CertInfo, x509.Certificate]:
     cert = _load(der)
     what = "certificate"
     key = _ed25519_key(cert, what)
@@ -420,7 +424,7 @@ def parse_certificate(der: bytes) -> CertInfo:
         raise CertError(MALFORMED, f"{what}: {exc}") from None
     not_before, not_after = _times(cert)
     issuer_cn = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return CertInfo(
+    info = CertInfo(
         der=der,
         name=name,
         public_ip=str(ip),
@@ -432,6 +436,7 @@ def parse_certificate(der: bytes) -> CertInfo:
         fingerprint=hashlib.sha256(der).digest(),
         issuer=str(issuer_cn[0].value) if issuer_cn else "",
     )
+    return info, cert
 
 
 def verify_certificate(der: bytes, authorities: Sequence[Authority], wall: float) -> CertInfo:
@@ -439,8 +444,7 @@ def verify_certificate(der: bytes, authorities: Sequence[Authority], wall: float
     ``authorities`` (which must itself be valid at ``wall``), inside its validity window, its grant
     inside that authority's network. CertError with reason ``cert_malformed``, ``cert_issuer``,
     ``cert_not_yet_valid``, ``cert_expired`` or ``cert_grant``."""
-    info = parse_certificate(der)
-    cert = x509.load_der_x509_certificate(der)  # cannot fail: parse_certificate loaded it
+    info, cert = _parse_node(der)
     issuer = cert.issuer.public_bytes()
     for auth in authorities:
         if (not auth.subject or auth.subject == issuer) and _signed_by(cert, auth.public_key):
