@@ -57,6 +57,7 @@ class Scenario:
     latency: tuple[float, float] = (0.0005, 0.002)
     updates: int = 1
     update_gap: float = 2.0
+    signed: bool = False
     config: GossipConfig = field(default_factory=GossipConfig)
 
     def __post_init__(self) -> None:
@@ -80,7 +81,8 @@ class Scenario:
             warmup=args.warmup if args.warmup is not None else min(0.1 * duration, update_at),
             converged=args.converged, join_spread=args.join_spread,
             latency=(args.latency_ms[0] / 1000, args.latency_ms[1] / 1000),
-            updates=args.updates, update_gap=args.update_gap, config=gossip_config(args.set or []),
+            updates=args.updates, update_gap=args.update_gap, signed=args.signed,
+            config=gossip_config(args.set or []),
         )  # fmt: skip
 
     def cast(self) -> tuple[list[int], int | None]:
@@ -165,7 +167,14 @@ def frozen_heap() -> Iterator[None]:
 
 def build(sc: Scenario) -> tuple[Network, list[NodeRecord]]:
     """The mesh at time 0 (converged) or once every node has joined through node 0."""
-    net = Network(sc.config, seed=sc.seed, loss=sc.loss, latency=sc.latency, record_events=False)
+    net = Network(
+        sc.config,
+        seed=sc.seed,
+        loss=sc.loss,
+        latency=sc.latency,
+        record_events=False,
+        signed=sc.signed,
+    )
     records = [make_record(i) for i in range(sc.nodes)]
     if sc.converged:
         net.converged(records)
@@ -201,6 +210,8 @@ def spread_updates(
         obs.updates[old.name] = (net.now, old.incarnation + 1, [])
         # Known before the update, so the updater's own first (eager) round is counted too.
         new = replace(old, mtu=old.mtu - 1, incarnation=old.incarnation + 1)
+        if net.pki is not None:
+            new = net.pki.signed(new)
         counter.news.append(encode(Alive(new)))
         net.update_local(updater, replace(old, mtu=old.mtu - 1))
         if net.nodes[updater].local != new:
@@ -270,7 +281,7 @@ def run(sc: Scenario) -> Iterator[Line]:
         net.on_event = obs.on_event
         yield {
             "phase": "config", "nodes": sc.nodes, "loss": sc.loss, "seed": sc.seed,
-            "duration": sc.duration, "converged": sc.converged,
+            "duration": sc.duration, "converged": sc.converged, "signed": sc.signed,
             "setup_wall_s": round(time.monotonic() - wall0, 2),
         }  # fmt: skip
         yield steady(net, sc)
@@ -305,6 +316,11 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="without --converged: seconds over which nodes join through node 0",
+    )
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="certificate mode: every record signed and verified (a throwaway CA)",
     )
     p.add_argument("--latency-ms", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
     p.add_argument(

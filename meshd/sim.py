@@ -9,23 +9,114 @@ traffic, how fast an update spreads, how fast a crash is noticed, false positive
 benchmarks::
 
     python benchmarks/sim_scenarios.py --nodes 1000 --loss 0.01 --seed 1 --duration 60 --converged
+
+``Network(signed=True)`` runs certificate mode: a throwaway CA (`SimPKI`, keys derived from the
+seed, so runs replay exactly), one certificate per node, every record signed and verified. The
+nodes share one verification cache (`Trust.fork`), as if each record version were checked once
+for the whole mesh; each node still pays for signing its own records. Wall time is
+``SIM_WALL + now``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshd.gossip.certificate import (
+    Grant,
+    build_authority,
+    build_certificate,
+    build_crl,
+    parse_authority,
+)
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberEvent, MemberState
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import NodeRecord, vtep_mac_for
 from meshd.gossip.state import ConvergedStart
+from meshd.gossip.trust import Signer, Trust
 
 Addr = tuple[str, int]
 EventHook = Callable[[float, int, MemberEvent], None]
 DatagramHook = Callable[[int, bytes, Addr], None]
+
+
+SIM_WALL = 1_800_000_000.0
+"""The simulated wall clock at ``now = 0`` (Unix seconds)."""
+DAY = 86400.0
+
+
+def _sim_key(*parts: object) -> Ed25519PrivateKey:
+    seed = hashlib.sha256(repr(parts).encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+class SimPKI:
+    """A throwaway cluster CA and the certificates it issues; deterministic given ``seed``."""
+
+    def __init__(self, seed: int = 0, network: str = "10.0.0.0/8") -> None:
+        self.seed = seed
+        self.key = _sim_key("ca", seed)
+        self.ca = build_authority(
+            self.key, "meshd sim CA", network, SIM_WALL - DAY, SIM_WALL + 3650 * DAY, 1
+        )
+        self.authority = parse_authority(self.ca)
+        self.trust = Trust([self.authority])
+        """A template: every node gets a `Trust.fork` of it (shared caches, own revocations)."""
+        self._signers: dict[str, Signer] = {}
+        self._serial = 1
+
+    def issue(
+        self,
+        rec: NodeRecord,
+        grant: Grant | None = None,
+        not_before: float = SIM_WALL - DAY,
+        not_after: float = SIM_WALL + 365 * DAY,
+        key: Ed25519PrivateKey | None = None,
+        name: str | None = None,
+        public_ip: str | None = None,
+    ) -> Signer:
+        """A fresh certificate for ``rec`` (its name, public IP and fixed subnet unless told
+        otherwise) and its key."""
+        self._serial += 1
+        key = key or _sim_key("node", self.seed, rec.name, self._serial)
+        der = build_certificate(
+            self.key,
+            self.ca,
+            key.public_key(),
+            name or rec.name,
+            public_ip or rec.public_ip,
+            grant or Grant.fixed(rec.subnet),
+            not_before,
+            not_after,
+            self._serial,
+        )
+        return Signer(key, der)
+
+    def signer(self, rec: NodeRecord) -> Signer:
+        """The certificate of ``rec``'s node, issued on first use."""
+        got = self._signers.get(rec.name)
+        if got is None:
+            got = self._signers[rec.name] = self.issue(rec)
+        return got
+
+    def signed(self, rec: NodeRecord) -> NodeRecord:
+        """``rec`` as its node would announce it (signed, certificate attached, claim rank)."""
+        return self.signer(rec).sign(rec)
+
+    def crl(self, serials: Iterable[int], number: int) -> bytes:
+        return build_crl(
+            self.key,
+            self.ca,
+            number,
+            dict.fromkeys(serials, SIM_WALL),
+            SIM_WALL - DAY,
+            SIM_WALL + 30 * DAY,
+        )
 
 
 def make_record(i: int, port: int = 7950) -> NodeRecord:
@@ -53,8 +144,10 @@ class Network:
         loss: float = 0.0,
         latency: tuple[float, float] = (0.0005, 0.002),
         record_events: bool = True,
+        signed: bool = False,
     ) -> None:
         self.config = config or GossipConfig()
+        self.pki = SimPKI(seed) if signed else None
         self.seed = seed
         self.loss = loss
         self.latency = latency
@@ -87,9 +180,21 @@ class Network:
     ) -> int:
         """Start a node now; ``seeds=None`` creates it without calling join (see `converge`)."""
         idx = len(self.nodes)
-        node = GossipNode(
-            record, self.config, random.Random(self.seed * 1_000_003 + idx), self.now, known
-        )
+        rng = random.Random(self.seed * 1_000_003 + idx)
+        pki = self.pki
+        if pki is None:
+            node = GossipNode(record, self.config, rng, self.now, known)
+        else:
+            node = GossipNode(
+                record,
+                self.config,
+                rng,
+                self.now,
+                known,
+                trust=pki.trust.fork(),
+                signer=pki.signer(record),
+                wall=SIM_WALL + self.now,
+            )
         self.nodes.append(node)
         self.addrs.append(record.addr)
         self._by_addr[record.addr] = idx
@@ -103,6 +208,10 @@ class Network:
 
     def converged(self, records: Sequence[NodeRecord]) -> None:
         """Create one node per record, each already knowing all the others (no joins)."""
+        pki = self.pki
+        if pki is not None:
+            wall = SIM_WALL + self.now
+            records = [pki.trust.verify(pki.signed(r), wall)[0] or r for r in records]
         start = ConvergedStart(records, self.now)
         for rec in records:
             idx = self.add_node(rec, seeds=None)
@@ -188,11 +297,14 @@ class Network:
 
     def run_until(self, t_end: float) -> None:
         heap, nodes = self._heap, self.nodes
+        signed = self.pki is not None
         while heap and heap[0][0] <= t_end:
             when, _, idx, data, src = heapq.heappop(heap)
             if self.down[idx]:
                 continue
             self.now = when
+            if signed:
+                nodes[idx].advance_wall(SIM_WALL + when)
             if data is None:
                 if self._sched[idx] != when:
                     continue  # superseded by an earlier timer

@@ -190,17 +190,23 @@ class Selection:
     next_deadline: float | None
 
 
-def claim_order(rec: NodeRecord) -> tuple[int, bytes, str]:
-    """Earliest claim first; node id breaks ties (two claims in the same second)."""
-    return (rec.since or 2**40, rec.node_id, rec.name)
+def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
+    """Certified claims first, by their certificate's rank (``claim_rank``: a fixed-subnet grant
+    before a pool grant, then the older certificate), so no self-asserted time decides between
+    certified claimants; unverified claims (shared-key mode) after them, earliest ``since``
+    first. The node id breaks ties (two claims in the same second)."""
+    rank = rec.claim_rank
+    if rank is not None:
+        return (0, rank[0], rank[1], rec.node_id, rec.name)
+    return (1, rec.since or 2**40, 0.0, rec.node_id, rec.name)
 
 
 def resolve_claims(
     claimants: Iterable[NodeRecord],
 ) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
-    """The conflict rule. Claimants are taken oldest claim first, ``(since, node_id, name)``
-    ascending (``since`` 0, unknown, counts as newest), so an incumbent keeps its subnet and a
-    newcomer claiming it is refused; each is granted its subnet unless it overlaps a subnet
+    """The conflict rule. Claimants are taken in `claim_order` (certified by rank, then the
+    oldest ``since``; ``since`` 0, unknown, counts as newest), so an incumbent keeps its subnet and
+    a newcomer claiming it is refused; each is granted its subnet unless it overlaps a subnet
     already granted. Returns the node_ids granted,
     and for each loser the holder that beat it. Inputs must be the cluster-wide facts only (record
     contents and membership), so every node reaches the same answer from the same table."""

@@ -45,5 +45,9 @@ class GossipConfig:
     """Lifeguard local health: probe timeout/interval are scaled by up to this (memberlist: 8)."""
     reap_after: float = 300.0
     """Seconds a dead member's routes are kept before the data plane removes them."""
+    max_members: int = 20_000
+    """Members (tombstones included) the table holds; news of more is refused and counted
+    (``drop.max_members``), so no peer can grow our memory without bound. Twice the largest mesh
+    the simulator measures (meshd)."""
     max_datagram: int = 1400
     """Largest datagram on the wire in bytes, envelope included (hard protocol limit)."""

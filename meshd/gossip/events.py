@@ -9,6 +9,9 @@ Event kinds, each emitted by ``state.Membership`` at the moment the transition h
     alive    a suspected member refuted the suspicion
     dead     the suspicion timed out (or we heard someone else's verdict)
     left     the member announced a graceful leave
+    evicted  the member's certificate was revoked or expired: it is gone from the table at once
+             (its routes, neighbours, FDB and firewall entry go with it) and its records are
+             refused from now on
 
 The core never emits events about itself.
 
@@ -37,7 +40,7 @@ class MemberState(StrEnum):
     LEFT = "left"
 
 
-EventKind = Literal["join", "update", "suspect", "alive", "dead", "left"]
+EventKind = Literal["join", "update", "suspect", "alive", "dead", "left", "evicted"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ MAX_KEY_OP_LOG = 32
 """Most key ops a push-pull may carry (we send keyops.LOG_SIZE); more rejects the datagram."""
 DIGEST_LEN = 16
 """A SyncDigest's hash of the sender's view (pushpull.view_digest)."""
+MAX_CRL_LEN = 1200
+"""Largest revocation list (DER) a Crl message carries: it must fit one datagram."""
 
 
 class MsgType(IntEnum):
@@ -60,6 +62,7 @@ class MsgType(IntEnum):
     PUSH_PULL = 7
     KEY_OP = 8
     SYNC_DIGEST = 9
+    CRL = 10
 
 
 # Member states in push-pull entries; the index is the wire code (append-only too).
@@ -185,7 +188,17 @@ class SyncDigest:
     digest: bytes
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp | SyncDigest
+@dataclass(frozen=True, slots=True)
+class Crl:
+    """The cluster CA's revocation list (X.509 CRL, DER), spread like a broadcast and sent beside
+    every full-state push-pull; the highest CRL number wins (trust.py)."""
+
+    der: bytes
+
+
+Message = (
+    Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp | SyncDigest | Crl
+)
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -246,6 +259,8 @@ def encode(msg: Message) -> bytes:
         )
     if isinstance(msg, SyncDigest):
         return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest]))
+    if isinstance(msg, Crl):
+        return bytes(_packb([MsgType.CRL, msg.der]))
     entries = [encode_entry(e.record, e.state, e.incarnation) for e in msg.entries]
     chunks = encode_push_pull(
         msg.sender, msg.sync_id, msg.reply, entries, 1 << 30, [encode(op) for op in msg.key_ops]
@@ -376,6 +391,12 @@ def _decode_one(m: Any) -> Message:
         if type(digest) is not bytes or len(digest) != DIGEST_LEN:
             raise DecodeError("malformed")
         return SyncDigest(_seq(m[1]), _bool(m[2]), digest)
+    if t == MsgType.CRL:
+        _need(m, 2)
+        der = m[1]
+        if type(der) is not bytes or not 0 < len(der) <= MAX_CRL_LEN:
+            raise DecodeError("crl")
+        return Crl(der)
     raise DecodeError("unknown_type")
 
 
@@ -472,14 +493,19 @@ def _name(v: Any) -> str:
 
 
 def _addr(ip: Any, port: Any) -> Addr:
-    if type(ip) is not bytes or len(ip) != 4 or ip == b"\0\0\0\0" or 224 <= ip[0] <= 239:
+    # record.unicast_ip4's rule: where an ack or a relayed ping goes is a member's address.
+    if type(ip) is not bytes or len(ip) != 4 or ip[0] in (0, 127) or ip[0] >= 224:
         raise DecodeError("addr")
     return f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}", _int(port, 1, 65535)
 
 
-_RECORD_TYPES = (str, bytes, bytes, int, bytes, (int, str), bytes, int, int, int)
-"""Exact msgpack types of the first 10 record fields (the 11th, ``since``, is an int too). The
-backend (index 5) is a protocol-1 code or, for a backend without one, its name."""
+_RECORD_TYPES = (
+    str, bytes, bytes, int, bytes, (int, str), bytes, int, int, int,
+    int, int, bytes, bytes, bytes, bytes,
+)  # fmt: skip
+"""Exact msgpack types of the record fields (record.py draws the layout). The backend (index 5)
+is a protocol-1 code or, for a backend without one, its name."""
+_RECORD_FIELDS = len(_RECORD_TYPES)
 
 
 _record_cache: dict[tuple[Any, ...], NodeRecord] = {}
@@ -494,28 +520,30 @@ def _record(obj: Any) -> NodeRecord:
     """
     if type(obj) is not list or len(obj) < 10:
         raise DecodeError("record")
-    # Record fields are append-only: 10 from the first protocol, the 11th (``since``) optional;
-    # anything after what we know is ignored.
-    head = tuple(obj[:11])
+    # Record fields are append-only: 10 from the first protocol, the rest optional (trailing
+    # defaults are not sent); anything after what we know is ignored.
+    head = tuple(obj[:_RECORD_FIELDS])
     try:
         rec = _record_cache.get(head)
     except TypeError:  # a list or map among the fields: unhashable, and no record either
         raise DecodeError("record") from None
     if rec is not None:
+        n = len(head)
         if (
             type(head[3]) is int
             and type(head[5]) in (int, str)
             and type(head[7]) is int
             and type(head[8]) is int
             and type(head[9]) is int
-            and (len(head) == 10 or type(head[10]) is int)
+            and (n < 11 or type(head[10]) is int)
+            and (n < 12 or type(head[11]) is int)
         ):
             return rec
         raise DecodeError("record")
     if not all(
         type(v) in want if isinstance(want, tuple) else type(v) is want
         for v, want in zip(head, _RECORD_TYPES, strict=False)
-    ) or (len(head) > 10 and type(head[10]) is not int):
+    ):
         raise DecodeError("record")
     try:
         rec = NodeRecord.from_wire(list(head))

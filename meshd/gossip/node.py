@@ -25,6 +25,12 @@ What happens on which timer:
     push_pull, dead_probe, join    full state exchanges (pushpull.py)
     suspect, reap    suspicion timeouts and tombstone expiry (state.py)
 
+Certificate mode (``trust`` and ``signer`` given; trust.py): every record we announce is signed,
+every record we hear is verified, and the driver feeds the wall time the certificates are judged
+at through `advance_wall` (the core reads no clock). Revocation lists arrive through
+`install_crl` or as Crl messages; every EXPIRY_CHECK seconds (on any timer) members whose
+certificate expired are evicted.
+
 Everything is deterministic given the RNG and the sequence of calls.
 """
 
@@ -47,6 +53,7 @@ from meshd.gossip.messages import (
     Ack,
     Addr,
     Alive,
+    Crl,
     Dead,
     DecodeError,
     IndirectPing,
@@ -66,6 +73,7 @@ from meshd.gossip.pushpull import Sync
 from meshd.gossip.queue import BroadcastQueue
 from meshd.gossip.record import NodeRecord, validate
 from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
+from meshd.gossip.trust import REVOKED, Signer, Trust
 
 ROUND_BURST = 10
 """Gossip rounds a node may run back to back when news arrives in a quiet mesh (eager_gossip);
@@ -74,6 +82,10 @@ refilled at one per gossip_interval, the ticker's own rate."""
 MAX_FORWARDS = 256
 """Indirect pings relayed at once; beyond this they are dropped (``drop.busy``), so a flood of
 ping requests cannot grow memory."""
+
+EXPIRY_CHECK = 5.0
+"""Seconds (driver clock) between checks for expired certificates: an expired member is evicted
+within this of its not_after (the check itself is one comparison until something expires)."""
 
 _MSG_COUNTER = {
     Ping: "msg.ping",
@@ -86,10 +98,15 @@ _MSG_COUNTER = {
     PushPull: "msg.push_pull",
     KeyOp: "msg.key_op",
     SyncDigest: "msg.sync_digest",
+    Crl: "msg.crl",
 }
 
 
 _PROBE_MESSAGES = (Ping, IndirectPing, Ack, Nack)
+
+
+def _unsigned(rec: NodeRecord) -> NodeRecord:
+    return rec
 
 
 def _key_op_key(op: KeyOp) -> str:
@@ -121,8 +138,26 @@ class GossipNode:
         rng: random.Random,
         now: float,
         known: Iterable[NodeRecord] = (),
+        *,
+        trust: Trust | None = None,
+        signer: Signer | None = None,
+        wall: float = 0.0,
     ) -> None:
+        """``trust`` and ``signer`` together switch certificate mode on; ``wall`` is the Unix
+        time to judge certificates at until `advance_wall`. TrustError (one line) when our own
+        certificate, key or record would not be believed; ValueError for an invalid record."""
         validate(local)
+        if (trust is None) != (signer is None):
+            raise ValueError("trust and signer come together (certificate mode) or not at all")
+        self._trust = trust
+        self._signer = signer
+        self._wall = wall
+        self._expiry_at = now + EXPIRY_CHECK
+        self.local_revoked = ""
+        """Certificate mode: why every member now refuses our records (``revoked``,
+        ``cert_expired``), or "". The daemon logs it and stops announcing."""
+        if trust is not None and signer is not None:
+            local = trust.check_own(local, signer, wall)
         self.config = config
         self.counters: Counter[str] = Counter()
         self.probe_rtt = Histogram(PROBE_RTT_BUCKETS)
@@ -131,7 +166,16 @@ class GossipNode:
         self._timers: list[tuple[float, int, str, str | int]] = []
         self._tseq = 0
         self._queue = BroadcastQueue(config.retransmit_mult)
-        self._state = Membership(local, config, rng, self._queue, self.counters, self._schedule)
+        self._state = Membership(
+            local,
+            config,
+            rng,
+            self._queue,
+            self.counters,
+            self._schedule,
+            verify=None if trust is None else self._verify,
+            sign=signer.sign if signer is not None else _unsigned,
+        )
         self._keyops = KeyOps(self.counters)
         self._limit = config.max_datagram - ENVELOPE_RESERVE
         self._budget = self._limit - DATAGRAM_OVERHEAD
@@ -179,6 +223,35 @@ class GossipNode:
         self._now = now
         self._sync.join(seeds, now)
         self._after(now)
+
+    def advance_wall(self, wall: float) -> None:
+        """The driver's wall clock (Unix seconds), called before every receive and timer in
+        certificate mode: certificates are judged at this time. Harmless in shared-key mode."""
+        self._wall = wall
+
+    @property
+    def crl_der(self) -> bytes | None:
+        """The revocation list in force (DER), to persist; None without one."""
+        revs = self._trust.revocations if self._trust is not None else None
+        return revs.der if revs is not None else None
+
+    def install_crl(self, der: bytes, now: float) -> bool:
+        """Take a revocation list (from the operator, the state dir, or a peer) if its CA is ours
+        and its CRL number is higher than the one in force: members it revokes are evicted at
+        once and it is spread to the mesh. False (counted) otherwise; never raises on bad input."""
+        self._now = now
+        trust = self._trust
+        if trust is None:
+            self.counters["drop.crl_unauthenticated"] += 1
+            return False
+        if not trust.install_crl(der, self.counters):
+            return False
+        msg = encode(Crl(der))
+        self._queue.push("crl:", msg)  # one key: a newer list replaces an older one in the queue
+        self._sync.crl = msg
+        self._check_certificates(revoked_only=True)
+        self._after(now)
+        return True
 
     @property
     def synced(self) -> bool:
@@ -256,6 +329,11 @@ class GossipNode:
 
     def handle_timer(self, now: float) -> None:
         self._now = now
+        trust = self._trust
+        if trust is not None and now >= self._expiry_at:
+            self._expiry_at = now + EXPIRY_CHECK
+            if self._wall >= trust.earliest_expiry:
+                self._check_certificates()
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, key = heapq.heappop(timers)
@@ -280,6 +358,8 @@ class GossipNode:
         if record.name != local.name or record.node_id != local.node_id:
             raise ValueError("update_local: name and node_id cannot change")
         validate(record)
+        if self._trust is not None and self._signer is not None:
+            self._trust.check_own(record, self._signer, self._wall)  # TrustError: one line
         self._state.update_local(record)
         self._after(now)
 
@@ -342,6 +422,29 @@ class GossipNode:
             records = ConvergedStart(records, now)
         self._state.bootstrap(records)
         self._sync.bootstrapped(now)
+
+    # --- trust --------------------------------------------------------------------------------
+
+    def _verify(self, rec: NodeRecord) -> NodeRecord | None:
+        got, reason = self._trust.verify(rec, self._wall)  # type: ignore[union-attr]
+        if got is None:
+            self.counters[f"drop.{reason}"] += 1
+        return got
+
+    def _check_certificates(self, revoked_only: bool = False) -> None:
+        """Evict every member whose certificate is revoked (or expired), and note whether ours
+        is. Recomputes the earliest expiry, so the timer check stays one comparison."""
+        trust, st, wall = self._trust, self._state, self._wall
+        assert trust is not None
+        earliest = trust.expiry(st.local)
+        for name, e in list(st.table.items()):
+            reason = trust.status(e.record, wall)
+            if reason and (reason == REVOKED or not revoked_only):
+                st.evict(name, self._now)
+            else:
+                earliest = min(earliest, trust.expiry(e.record))
+        trust.earliest_expiry = earliest
+        self.local_revoked = trust.status(st.local, wall)
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -531,6 +634,8 @@ class GossipNode:
             reply = self._sync.receive_digest(msg, addr)
             if reply is not None:
                 self._riders.setdefault(addr, []).append(reply)
+        elif isinstance(msg, Crl):
+            self.install_crl(msg.der, now)
 
     def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
         """Its sender suspects us at an incarnation we already refuted: it missed our alive, and

@@ -12,7 +12,9 @@ Timers this module owns (the node dispatches them here):
                  it is considered dead; if it is reachable again it refutes and answers
     join         until synced: push-pull to the seeds again, with exponential backoff
 
-Every push-pull also carries the recent key ops (keyops.py) in its first chunk.
+Every push-pull also carries the recent key ops (keyops.py) in its first chunk, and a full state
+goes with the revocation list in force (certificate mode) as a Crl message in a datagram of its
+own, sent first: joiners and healed partitions learn it before they merge the state.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ class Sync:
         self._seeds: list[Addr] = []
         self._join_delay = 0.0
         self._push_pull_at = 0.0
+        self.crl: bytes | None = None
+        """The encoded Crl message in force (node.py sets it), sent beside every full state."""
 
     def start(self, now: float) -> None:
         """Random phases, so that nodes started together do not sync in lockstep."""
@@ -214,6 +218,8 @@ class Sync:
             entries = [one] if one is not None else []
         else:
             entries = st.entries()
+            if self.crl is not None:
+                self._emit([self.crl], addr)
         sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
         ops = [encode(op) for op in self._keyops.log()]
         for chunk in encode_push_pull(

@@ -1,14 +1,29 @@
-"""The node record: what every member announces about itself, and its validation.
+"""The node record: what every member announces about itself, its signature, and its validation.
 
-Kept small on purpose: it travels in every alive broadcast and in every push-pull.
+Kept small on purpose: it travels in every alive broadcast and in every push-pull. The wire form
+is a positional msgpack list, append-only (docs/protocol.md, "Node record")::
+
+    0 name  1 node_id  2 ip4 (4 B)  3 port  4 subnet4 (5 B)  5 backend  6 vtep_mac (0|6 B)  7 mtu
+    8 incarnation  9 version  10 since  11 flags (bit 0: left)  12 ip6 (0|16 B)
+    13 subnet6 (0|17 B)  14 cert (X.509 DER or b"")  15 sig (Ed25519, 64 B or b"")
+
+Fields 0..9 are protocol 1's, 10 came next; older members read only those. Trailing fields at
+their defaults are not sent, so a shared-key record is byte for byte what older members send. The
+signature covers ``SIGNING_PREFIX + msgpack(fields 0..13)`` -- everything but the certificate
+(which binds the key) and the signature itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PROTOCOL_VERSION = 1
 WIRE_BACKEND_CODES = ("host-gw", "ipip", "vxlan")
@@ -20,6 +35,18 @@ NODE_ID_LEN = 16
 MAX_NAME_LEN = 63
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+SIGNING_PREFIX = b"meshd record v1\0"
+"""Domain separation: a record signature can never be mistaken for a signature of anything else."""
+SIG_LEN = 64
+MAX_CERT_LEN = 1024
+"""Largest certificate a record may carry (a meshd node certificate is ~350 bytes): a record
+must fit a datagram beside a push-pull header."""
+FLAG_LEFT = 1
+_WIRE_FIELDS = 16
+_MIN_WIRE_FIELDS = 11
+ClaimRank = tuple[int, float]
+"""How strong a certified claim on a subnet is: (0 fixed-subnet grant | 1 pool grant, the
+certificate's not_before). Lower is stronger; see dataplane/model.py ``claim_order``."""
 
 
 class RecordError(ValueError):
@@ -46,7 +73,21 @@ class NodeRecord:
     since: int = 0
     """Unix time (s) this node began claiming ``subnet``, kept across restarts: the conflict
     rule gives an overlapping subnet to the earliest claim, so an incumbent is never displaced
-    by a newcomer. 0 = unknown (sorts last)."""
+    by a newcomer. 0 = unknown (sorts last). Self-asserted: with certificates ``claim_rank``
+    decides instead."""
+    left: bool = False
+    """The member left gracefully; only its own signed record can say so (cert mode)."""
+    public_ip6: str | None = None
+    """IPv6 underlay address (dual-stack, not yet used; validated if present)."""
+    subnet6: str | None = None
+    """IPv6 container subnet (dual-stack, not yet used; validated if present)."""
+    cert: bytes = b""
+    """The node's X.509 certificate (DER); empty in shared-key mode."""
+    sig: bytes = b""
+    """Ed25519 signature of `signing_bytes` by the certificate's key; empty in shared-key mode."""
+    claim_rank: ClaimRank | None = field(default=None, compare=False, repr=False)
+    """Not on the wire: set by the trust check from the verified certificate (None when
+    unverified), and used instead of ``since`` to decide between claimants."""
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -56,7 +97,25 @@ class NodeRecord:
         return replace(self, incarnation=incarnation)
 
     def to_wire(self) -> list[Any]:
-        """Compact positional form for msgpack (field order is part of the protocol)."""
+        """Compact positional form for msgpack (field order is part of the protocol); trailing
+        fields at their defaults are left out (at least the 11 older members know are sent)."""
+        wire = self._signed_fields()
+        wire += (self.cert, self.sig)
+        n = len(wire)
+        while n > _MIN_WIRE_FIELDS and wire[n - 1] in (b"", 0):
+            n -= 1
+        del wire[n:]
+        return wire
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: fields 0..13, always all of them."""
+        return SIGNING_PREFIX + bytes(msgpack.packb(self._signed_fields(), use_bin_type=True))
+
+    def sign(self, private_key: Ed25519PrivateKey) -> NodeRecord:
+        """This record signed with ``private_key`` (``cert`` must already be the key's)."""
+        return replace(self, sig=private_key.sign(self.signing_bytes()))
+
+    def _signed_fields(self) -> list[Any]:
         return [
             self.name,
             self.node_id,
@@ -69,6 +128,9 @@ class NodeRecord:
             self.incarnation,
             self.version,
             self.since,
+            FLAG_LEFT if self.left else 0,
+            ipaddress.IPv6Address(self.public_ip6).packed if self.public_ip6 else b"",
+            _pack_subnet6(self.subnet6) if self.subnet6 else b"",
         ]
 
     @classmethod
@@ -78,7 +140,13 @@ class NodeRecord:
             raise RecordError("record: not a 10-field list")
         name, node_id, ip, port, subnet, backend, mac, mtu, inc, ver = obj[:10]
         # Fields are only ever appended; an older peer sends 10, a newer one may send more.
-        since = obj[10] if len(obj) > 10 else 0
+        n = len(obj)
+        since = obj[10] if n > 10 else 0
+        flags = obj[11] if n > 11 else 0
+        ip6 = obj[12] if n > 12 else b""
+        subnet6 = obj[13] if n > 13 else b""
+        cert = obj[14] if n > 14 else b""
+        sig = obj[15] if n > 15 else b""
         if not isinstance(ip, bytes) or len(ip) != 4:
             raise RecordError("public_ip: not 4 bytes")
         if not isinstance(subnet, bytes) or len(subnet) != 5:
@@ -91,6 +159,12 @@ class NodeRecord:
             raise RecordError("backend: not a code or a name")
         if not isinstance(mac, bytes) or len(mac) not in (0, 6):
             raise RecordError("vtep_mac: not 0 or 6 bytes")
+        if not _is_int(flags) or flags not in (0, FLAG_LEFT):
+            raise RecordError("flags: unknown bits")
+        if not isinstance(ip6, bytes) or len(ip6) not in (0, 16):
+            raise RecordError("public_ip6: not 0 or 16 bytes")
+        if not isinstance(subnet6, bytes) or len(subnet6) not in (0, 17):
+            raise RecordError("subnet6: not 0 or 17 bytes")
         rec = cls(
             name=name,
             node_id=node_id,
@@ -103,6 +177,11 @@ class NodeRecord:
             incarnation=inc,
             version=ver,
             since=since,
+            left=flags == FLAG_LEFT,
+            public_ip6=str(ipaddress.IPv6Address(ip6)) if ip6 else None,
+            subnet6=_unpack_subnet6(subnet6) if subnet6 else None,
+            cert=cert,
+            sig=sig,
         )
         validate(rec)
         return rec
@@ -120,6 +199,11 @@ class NodeRecord:
             "incarnation": self.incarnation,
             "version": self.version,
             "since": self.since,
+            **({"left": True} if self.left else {}),
+            **({"public_ip6": self.public_ip6} if self.public_ip6 else {}),
+            **({"subnet6": self.subnet6} if self.subnet6 else {}),
+            **({"cert": self.cert.hex()} if self.cert else {}),
+            **({"sig": self.sig.hex()} if self.sig else {}),
         }
 
     @classmethod
@@ -137,8 +221,13 @@ class NodeRecord:
                 incarnation=d.get("incarnation", 0),
                 version=d.get("version", PROTOCOL_VERSION),
                 since=d.get("since", 0),
+                left=d.get("left", False),
+                public_ip6=d.get("public_ip6"),
+                subnet6=d.get("subnet6"),
+                cert=bytes.fromhex(d.get("cert", "")),
+                sig=bytes.fromhex(d.get("sig", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RecordError(f"record: {exc}") from exc
         validate(rec)
         return rec
@@ -166,18 +255,39 @@ def _unpack_subnet(raw: bytes) -> str:
         raise RecordError("subnet: host bits set") from exc
 
 
-def validate(rec: NodeRecord) -> None:
+def _pack_subnet6(cidr: str) -> bytes:
+    net = ipaddress.IPv6Network(cidr)
+    return net.network_address.packed + bytes([net.prefixlen])
+
+
+def _unpack_subnet6(raw: bytes) -> str:
+    if raw[16] > 128:
+        raise RecordError("subnet6: prefix length > 128")
+    try:
+        return str(ipaddress.IPv6Network((raw[:16], raw[16]), strict=True))
+    except ValueError as exc:
+        raise RecordError("subnet6: host bits set") from exc
+
+
+def unicast_ip4(ip: str) -> bool:
+    """A public (underlay) address a peer may announce: not 0/8, 127/8, multicast (224/4),
+    240/4 or the broadcast address."""
+    try:
+        ipaddress.IPv4Address(ip)
+        first = int(ip.split(".", 1)[0])
+    except ValueError:
+        return False
+    return first not in (0, 127) and first < 224
+
+
+def validate(rec: NodeRecord) -> None:  # noqa: C901 - one check per field reads best as a list
     """Raise RecordError naming the first invalid field of ``rec``."""
     if not isinstance(rec.name, str) or not _NAME_RE.match(rec.name):
         raise RecordError("name: must be 1-63 of [A-Za-z0-9._-], starting alphanumeric")
     if not isinstance(rec.node_id, bytes) or len(rec.node_id) != NODE_ID_LEN:
         raise RecordError(f"node_id: must be {NODE_ID_LEN} bytes")
-    try:
-        ip = ipaddress.IPv4Address(rec.public_ip)
-    except ValueError as exc:
-        raise RecordError(f"public_ip: {exc}") from exc
-    if ip.is_unspecified or ip.is_multicast:
-        raise RecordError("public_ip: unspecified or multicast")
+    if not isinstance(rec.public_ip, str) or not unicast_ip4(rec.public_ip):
+        raise RecordError("public_ip: not a unicast IPv4 address")
     if not _is_int(rec.port) or not 1 <= rec.port <= 65535:
         raise RecordError("port: must be 1-65535")
     validate_subnet(rec.subnet)
@@ -187,6 +297,10 @@ def validate(rec: NodeRecord) -> None:
         not isinstance(rec.vtep_mac, str) or not _MAC_RE.match(rec.vtep_mac)
     ):
         raise RecordError("vtep_mac: not a lower-case MAC")
+    if rec.vtep_mac is not None and (
+        int(rec.vtep_mac[:2], 16) & 1 or rec.vtep_mac == "00:00:00:00:00:00"
+    ):
+        raise RecordError("vtep_mac: not a unicast MAC")
     if not _is_int(rec.mtu) or not 576 <= rec.mtu <= 65535:
         raise RecordError("mtu: must be 576-65535")
     if not _is_int(rec.incarnation) or not 0 <= rec.incarnation < 2**63:
@@ -195,6 +309,40 @@ def validate(rec: NodeRecord) -> None:
         raise RecordError("version: must be 1-255")
     if not _is_int(rec.since) or not 0 <= rec.since < 2**40:
         raise RecordError("since: must be a non-negative unix time")
+    if type(rec.left) is not bool:
+        raise RecordError("left: not a bool")
+    if rec.public_ip6 is not None:
+        _validate_ip6(rec.public_ip6)
+    if rec.subnet6 is not None:
+        validate_subnet6(rec.subnet6)
+    if not isinstance(rec.cert, bytes) or len(rec.cert) > MAX_CERT_LEN:
+        raise RecordError(f"cert: not bytes of at most {MAX_CERT_LEN}")
+    if not isinstance(rec.sig, bytes) or len(rec.sig) not in (0, SIG_LEN):
+        raise RecordError(f"sig: not 0 or {SIG_LEN} bytes")
+
+
+def _validate_ip6(ip: object) -> None:
+    if not isinstance(ip, str):
+        raise RecordError("public_ip6: not a string")
+    try:
+        addr = ipaddress.IPv6Address(ip)
+    except ValueError as exc:
+        raise RecordError(f"public_ip6: {exc}") from exc
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.ipv4_mapped:
+        raise RecordError("public_ip6: not a unicast IPv6 address")
+
+
+def validate_subnet6(cidr: object) -> ipaddress.IPv6Network:
+    """An IPv6 container subnet: strict CIDR, prefix /1 to /124."""
+    if not isinstance(cidr, str):
+        raise RecordError("subnet6: not a string")
+    try:
+        net = ipaddress.IPv6Network(cidr, strict=True)
+    except ValueError as exc:
+        raise RecordError(f"subnet6: {exc}") from exc
+    if not 1 <= net.prefixlen <= 124:
+        raise RecordError("subnet6: prefix must be /1 to /124")
+    return net
 
 
 def validate_subnet(cidr: object) -> ipaddress.IPv4Network:

@@ -9,7 +9,15 @@ The rules are memberlist's (state.go), keyed by member name:
   dir (``stale``) also accept the same incarnation, since we never actually saw them alive.
 * ``suspect(inc)`` turns an alive member suspect at incarnation ``inc`` or above and starts a
   Lifeguard suspicion; further suspects from other members confirm it (shortening the timeout).
-* ``dead(inc)`` ends alive or suspect; sent by the member itself it means ``left``.
+* ``dead(inc)`` ends alive or suspect. A record with ``left`` set means the member left; in
+  certificate mode only that (signed by the member) does, while in shared-key mode a dead sent
+  by the member itself still means ``left`` (older members announce it that way).
+* Suspect and dead messages carry only an incarnation, never a record, so they cannot change a
+  member's identity, address or subnet; their incarnation may exceed ours for the member by at
+  most MAX_INCARNATION_JUMP (so a forged one cannot pin a member, or us, at the maximum). In
+  shared-key mode the bound applies to alive records about up members too (signed records need
+  none: only their owner can write them).
+* In certificate mode every record is verified (trust.py) before any rule looks at it.
 * Messages about ourselves are ignored except to refute: a suspect, dead or outdated alive about us
   makes us raise our incarnation above it and broadcast alive (not while leaving).
 * One name, one node id: an alive record with another node id for a name that is alive or suspect
@@ -23,7 +31,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import fields
+from dataclasses import fields, replace
 from operator import attrgetter
 
 from meshd.gossip.config import GossipConfig
@@ -50,14 +58,29 @@ ALIVE, SUSPECT, DEAD, LEFT = (
 )
 _UP = (ALIVE, SUSPECT)
 
-_record_data = attrgetter(*(f.name for f in fields(NodeRecord) if f.name != "incarnation"))
-"""What an ``update`` is about: every record field but the incarnation."""
+_record_data = attrgetter(
+    *(f.name for f in fields(NodeRecord) if f.name not in ("incarnation", "sig", "claim_rank"))
+)
+"""What an ``update`` is about: every record field but the incarnation and the signature (a new
+certificate is an update: it may change the claim rank)."""
+
+MAX_INCARNATION_JUMP = 1024
+"""How far above what we know a suspect or dead message (and, in shared-key mode, an alive about
+an up member) may put a member's incarnation. A member raises its own by one per refutation, so
+honest messages stay far below; a forged 2^63 - 2 no longer drives anyone to the maximum."""
 
 SUSPICION_TIMER = "suspect"
 REAP_TIMER = "reap"
 
 Schedule = Callable[[float, str, str], None]
 """``schedule(when, kind, member_name)``: ask the node to call back at ``when``."""
+Verify = Callable[[NodeRecord], "NodeRecord | None"]
+"""Certificate mode: the record as verified (claim rank set), or None (dropped and counted)."""
+Sign = Callable[[NodeRecord], NodeRecord]
+
+
+def _unsigned(rec: NodeRecord) -> NodeRecord:
+    return rec
 
 
 class Entry:
@@ -137,8 +160,13 @@ class Membership:
         queue: BroadcastQueue,
         counters: Counter[str],
         schedule: Schedule,
+        verify: Verify | None = None,
+        sign: Sign = _unsigned,
     ) -> None:
         self.local = local
+        self.verify = verify
+        """None: shared-key mode, records believed as they come."""
+        self.sign = sign
         self.leaving = False
         self.cfg = config
         self.rng = rng
@@ -168,6 +196,13 @@ class Membership:
     def load_known(self, records: Iterable[NodeRecord], now: float) -> None:
         """Members remembered from a previous run: dead tombstones until heard from again."""
         for rec in records:
+            if self.verify is not None:
+                got = self.verify(rec)
+                if got is None:
+                    continue
+                rec = got
+            if len(self.table) >= self.cfg.max_members:
+                break
             if rec.name != self.local.name and rec.name not in self.table:
                 self._add(rec, DEAD, rec.incarnation, now, quiet=True)
                 self._stale.add(rec.name)
@@ -324,30 +359,56 @@ class Membership:
         """New data for ourselves: a higher incarnation than ever announced, broadcast alive."""
         if self.leaving:
             return
-        self.local = rec.with_incarnation(max(rec.incarnation, self.local.incarnation) + 1)
+        inc = max(rec.incarnation, self.local.incarnation) + 1
+        self.local = self.sign(rec.with_incarnation(inc))
         self._broadcast(self.local.name, encode(Alive(self.local)))
 
     def leave(self) -> None:
-        """Announce a graceful leave: a dead message about ourselves at a higher incarnation, so
-        it beats every alive of ours in flight. From now on we refute nothing."""
+        """Announce a graceful leave at a higher incarnation, so it beats every alive of ours in
+        flight: our own record with ``left`` set (signed: the only leave certificate mode
+        believes) or, in shared-key mode, a dead message about ourselves, which older members
+        understand. From now on we refute nothing."""
         if self.leaving:
             return
         self.leaving = True
-        self.local = self.local.with_incarnation(self.local.incarnation + 1)
-        name = self.local.name
-        self._broadcast(name, encode(Dead(self.local.incarnation, name, name)))
+        local = self.local
+        self.local = self.sign(replace(local, incarnation=local.incarnation + 1, left=True))
+        name = local.name
+        if self.verify is not None:
+            self._broadcast(name, encode(Alive(self.local)))
+        else:
+            self._broadcast(name, encode(Dead(self.local.incarnation, name, name)))
 
     def refute(self, incarnation: int) -> None:
         """Raise our incarnation above ``incarnation`` and broadcast alive."""
         if incarnation >= MAX_INCARNATION:  # cannot go higher; a hostile peer, ignore
             return
-        self.local = self.local.with_incarnation(max(incarnation, self.local.incarnation) + 1)
+        inc = max(incarnation, self.local.incarnation) + 1
+        self.local = self.sign(self.local.with_incarnation(inc))
         self._broadcast(self.local.name, encode(Alive(self.local)))
         # Being suspected hints that we are the slow one (Lifeguard), as memberlist does.
         self.awareness.apply(1)
         self.counters["refute"] += 1
 
+    def _jump(self, inc: int, known: int) -> bool:
+        """``inc`` is further above ``known`` than anyone honest gets (counted)."""
+        if inc - known > MAX_INCARNATION_JUMP:
+            self.counters["drop.incarnation_jump"] += 1
+            return True
+        return False
+
+    def _full(self) -> bool:
+        if len(self.table) >= self.cfg.max_members:
+            self.counters["drop.max_members"] += 1
+            return True
+        return False
+
     def on_alive(self, rec: NodeRecord, now: float) -> None:
+        if self.verify is not None:
+            got = self.verify(rec)
+            if got is None:
+                return
+            rec = got
         name = rec.name
         if name == self.local.name:
             if rec.node_id != self.local.node_id:
@@ -356,11 +417,17 @@ class Membership:
                 not self.leaving
                 and rec.incarnation >= self.local.incarnation
                 and (rec != self.local)
+                and not self._jump(rec.incarnation, self.local.incarnation)
             ):
                 self.refute(rec.incarnation)  # an old or foreign version of our own record
             return
         e = self.table.get(name)
+        if rec.left:
+            self._on_left(rec, e, now)
+            return
         if e is None:
+            if self._full():
+                return
             e = self._add(rec, ALIVE, rec.incarnation, now)
             self._emit("join", e)
             self._broadcast(name, encode(Alive(rec)))
@@ -379,6 +446,8 @@ class Membership:
             return
         if rec.incarnation < e.inc or (rec.incarnation == e.inc and name not in self._stale):
             return
+        if self.verify is None and e.state in _UP and self._jump(rec.incarnation, e.inc):
+            return
         self._stale.discard(name)
         old_state, old_rec = e.state, e.record
         e = self._writable(e)
@@ -395,8 +464,42 @@ class Membership:
             self._emit("update", e)
         self._broadcast(name, encode(Alive(rec)))
 
+    def _on_left(self, rec: NodeRecord, e: Entry | None, now: float) -> None:
+        """The member's own record says it left (signed, in certificate mode)."""
+        name = rec.name
+        if e is None or e.state == LEFT or rec.incarnation < e.inc:
+            return
+        if rec.node_id != e.record.node_id:
+            if e.state in _UP:
+                self.counters["drop.name_conflict"] += 1
+            return
+        if self.verify is None and e.state in _UP and self._jump(rec.incarnation, e.inc):
+            return
+        self._stale.discard(name)
+        e = self._writable(e)
+        e.record, e.inc, e.last_seen = rec, rec.incarnation, now
+        self._set_state(e, LEFT, now)
+        self._emit("left", e)
+        self._broadcast(name, encode(Alive(rec)))
+
+    def evict(self, name: str, now: float) -> None:
+        """Forget a member whose certificate was revoked or expired, at once and without a
+        tombstone (its records are refused from now on): an ``evicted`` event, then gone."""
+        e = self.table.get(name)
+        if e is None:
+            return
+        if e.state in _UP:
+            _remove(self.alive, name)
+        elif e.state == DEAD:
+            _remove(self.dead, name)
+        self.suspicions.pop(name, None)
+        self._stale.discard(name)
+        del self.table[name]
+        self.events.append(MemberEvent("evicted", e.snapshot()))
+        self.counters["evicted"] += 1
+
     def _about_self(self, inc: int) -> None:
-        if self.leaving:
+        if self.leaving or self._jump(inc, self.local.incarnation):
             return
         if inc >= self.local.incarnation:
             self.refute(inc)
@@ -412,7 +515,7 @@ class Membership:
             self._about_self(inc)
             return
         e = self.table.get(name)
-        if e is None or inc < e.inc:
+        if e is None or inc < e.inc or self._jump(inc, e.inc):
             return
         if e.state != ALIVE:
             s = self.suspicions.get(name)
@@ -451,9 +554,13 @@ class Membership:
             self._about_self(inc)
             return
         e = self.table.get(name)
-        if e is None or inc < e.inc:
+        if e is None or inc < e.inc or self._jump(inc, e.inc):
             return
         left = sender == name
+        if left and self.verify is not None:
+            # Anyone can write a dead message; only the member's signed record says it left.
+            self.counters["drop.unsigned_leave"] += 1
+            return
         if e.state == LEFT or (e.state == DEAD and not left):
             return
         self._stale.discard(name)
@@ -489,8 +596,15 @@ class Membership:
         return None if e is None else e.encoded()
 
     def merge(self, pp: PushPull, now: float) -> bool:
-        """Merge one push-pull chunk; False if the sender is refused (name conflict)."""
+        """Merge one push-pull chunk; False if the sender is refused (name conflict, or in
+        certificate mode not verified). An entry that does not verify is skipped alone: an honest
+        relay can carry a record whose certificate just expired."""
         sender = pp.sender
+        if self.verify is not None:
+            got = self.verify(sender)
+            if got is None:
+                return False
+            sender = got
         e = self.table.get(sender.name)
         if e is not None and e.record.node_id != sender.node_id and e.state in _UP:
             self.counters["drop.name_conflict"] += 1
@@ -518,17 +632,28 @@ class Membership:
 
     def _merge_entry(self, en: PushPullEntry, sender: str, now: float) -> None:
         rec, state, name = en.record, en.state, en.record.name
-        if state == ALIVE:
-            self.on_alive(rec, now)
+        if state == ALIVE or rec.left:
+            self.on_alive(rec, now)  # a left record speaks for itself, whatever the state says
             return
+        if self.verify is not None:
+            got = self.verify(rec)
+            if got is None:
+                return  # skip the entry; the rest of the chunk stands
+            rec = got
         e = self.table.get(name)
         if e is not None and e.record.node_id != rec.node_id:
             return  # a verdict about another identity of that name says nothing about this one
         if state == LEFT:
-            self.on_dead(en.incarnation, name, name, now)
-            return
+            if self.verify is None:
+                self.on_dead(en.incarnation, name, name, now)
+                return
+            # Not self-signed: at most a verdict of death, which a remote one never is here.
+            self.counters["drop.unsigned_leave"] += 1
+            state = DEAD
         if e is None and name != self.local.name:
             if state == DEAD:
+                if self._jump(en.incarnation, rec.incarnation) or self._full():
+                    return
                 # Learn the tombstone quietly: dead probes then find a healed partition.
                 self._add(rec, DEAD, en.incarnation, now, quiet=True)
                 return

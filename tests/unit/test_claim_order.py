@@ -3,10 +3,14 @@ their node ids; the age survives restarts through the state dir."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from meshd.dataplane.model import resolve_claims
+from meshd.gossip.certificate import Grant
 from meshd.gossip.record import NodeRecord
+from meshd.gossip.trust import Signer
+from meshd.sim import DAY, SIM_WALL, SimPKI, make_record
 from meshd.statestore import State, StateStore
 
 
@@ -46,3 +50,32 @@ def test_claim_age_persists(tmp_path: Path) -> None:
     store.save(State(st.node_id, 3, [], subnet="10.244.1.0/24", subnet_since=1_700_000_000))
     again = StateStore(tmp_path).load()
     assert (again.subnet, again.subnet_since) == ("10.244.1.0/24", 1_700_000_000)
+
+
+def test_certified_claims_are_ranked_by_certificate_not_by_since() -> None:
+    pki = SimPKI(seed=5)
+    trust = pki.trust.fork()
+    pool = Grant.from_pool("10.0.0.0/16", 24)
+    a, b, c = make_record(1), make_record(2), make_record(3)
+
+    def verified(r: NodeRecord, signer: Signer) -> NodeRecord:
+        got = trust.verify(signer.sign(r), SIM_WALL)[0]
+        assert got is not None
+        return got
+
+    incumbent = verified(replace(a, since=1_700_000_000), pki.signer(a))
+    # The holder of a pool certificate claims n1's (fixed, certified) subnet with since = 1.
+    thief = verified(replace(c, subnet=a.subnet, since=1), pki.issue(c, grant=pool))
+    assert resolve_claims([thief, incumbent])[0] == {incumbent.node_id}
+    # Between two pool certificates the older one wins, whatever since says.
+    old = verified(
+        replace(b, subnet="10.0.7.0/24", since=1_700_000_000),
+        pki.issue(b, grant=pool, not_before=SIM_WALL - 9 * DAY),
+    )
+    new = verified(
+        replace(c, subnet="10.0.7.0/24", since=1),
+        pki.issue(c, grant=pool, not_before=SIM_WALL - 2 * DAY),
+    )
+    assert resolve_claims([new, old])[0] == {old.node_id}
+    # A certified claim beats an unverified one (a record from the state dir), since = 1 or not.
+    assert resolve_claims([replace(a, subnet="10.0.7.0/24", since=1), new])[0] == {new.node_id}

@@ -50,7 +50,7 @@ def test_compound_header_of_16_and_more_messages() -> None:
 
 def test_type_numbers_are_append_only() -> None:
     # On the wire: changing these breaks every deployed node.
-    assert [t.value for t in m.MsgType] == list(range(10))
+    assert [t.value for t in m.MsgType] == list(range(11))
     assert [t.name for t in m.MsgType] == [
         "PING",
         "INDIRECT_PING",
@@ -62,6 +62,7 @@ def test_type_numbers_are_append_only() -> None:
         "PUSH_PULL",
         "KEY_OP",
         "SYNC_DIGEST",
+        "CRL",
     ]
     assert m.KEY_OPS == ("install", "use", "remove")
 
