@@ -188,6 +188,7 @@ _GOSSIP_INTS = {
     "retransmit_mult": (1, 32),
     "awareness_max": (1, 64),
     "max_datagram": (512, 1400),
+    "max_members": (16, 10**6),
 }
 
 
