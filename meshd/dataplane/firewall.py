@@ -137,8 +137,8 @@ class Firewall:
         Raises DataplaneError (one line) if nft is missing or refuses the change."""
         wanted, refused = unicast_only(member_ips)
         if refused.keys() != self._refused.keys():
-            for ip, why in sorted(refused.items()):
-                log.warning("filter: not allowing %s", why)
+            for why in sorted(refused.values()):
+                log.warning("filter: not allowing a member's public IP: %s", why)
         self._refused = refused
         ips = frozenset(_validate(wanted))
         if not self.active or (ips == self._applied and not force):
