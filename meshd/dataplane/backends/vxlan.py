@@ -67,15 +67,14 @@ class Vxlan(Backend):
         out: dict[str, Refusal] = {}
         seen: dict[str, str] = {}  # MAC -> the peer that has it
         for p in peers:
-            problem = prefix.mac_problem(p.vtep_mac)
+            mac = p.vtep_mac or ""
+            problem = prefix.mac_problem(mac)
             if problem is not None:
                 out[p.name] = Refusal(FLAG_REFUSED, problem)
-            elif p.vtep_mac in seen:
-                out[p.name] = Refusal(
-                    FLAG_REFUSED, f"VTEP MAC {p.vtep_mac} is also {seen[p.vtep_mac]}'s"
-                )
+            elif mac in seen:
+                out[p.name] = Refusal(FLAG_REFUSED, f"VTEP MAC {mac} is also {seen[mac]}'s")
             else:
-                seen[p.vtep_mac] = p.name
+                seen[mac] = p.name
         return out
 
     def encapsulation(self, port: int) -> Encapsulation:
