@@ -1,4 +1,5 @@
-"""IPv4 prefixes and addresses as integers, each distinct string parsed once.
+"""IPv4 prefixes and addresses as integers, each distinct string parsed once; and the address
+policy (special-purpose ranges, unicast public IPs and VTEP MACs, an overlap index).
 
 The model checks every peer's subnet and address on every pass. ``ipaddress`` objects cost
 ~10 us each to build and compare, which at thousands of peers made the pure model the slowest
