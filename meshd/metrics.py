@@ -182,12 +182,37 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class MetricsServer:
-    """Serves ``render(collect())`` on ``GET /metrics``; anything else is a 404."""
+HEADER_TIMEOUT = 5.0
+"""Seconds a client has to send its whole request (line and headers): one trickling header lines
+is cut off at this deadline, however steadily it sends."""
+MAX_CONNECTIONS = 16
+"""Scrapes served at once. Prometheus scrapes one at a time; past this, connections are closed
+at once, unread, so idle or slow clients cannot exhaust the daemon's descriptors."""
+MAX_HEADER_BYTES = 16 * 1024
+"""Request line plus headers; a scrape sends a few hundred bytes."""
+RESULTS = ("ok", "not_found", "timeout", "too_large", "busy", "error")
 
-    def __init__(self, addr: str, collect: Callable[[], list[Family]]) -> None:
+
+class MetricsServer:
+    """Serves ``render(collect())`` on ``GET /metrics``; anything else is a 404. Each request
+    must arrive whole within ``header_timeout``; at most ``max_connections`` are served at once.
+    What became of each connection is counted (``results``) and exported as
+    ``meshd_metrics_requests_total``."""
+
+    def __init__(
+        self,
+        addr: str,
+        collect: Callable[[], list[Family]],
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.host, self.port = parse_addr(addr)
         self.collect = collect
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.results: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        self._active = 0
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -204,28 +229,71 @@ class MetricsServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
+    def own_families(self) -> list[Family]:
+        fam = Family(
+            "meshd_metrics_requests_total",
+            "counter",
+            "Connections to this endpoint by outcome (timeout: request not whole within the "
+            "deadline; busy: over the connection cap, closed at once).",
+        )
+        for result in RESULTS:
+            fam.add(self.results[result], {"result": result})
+        return [fam]
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The request line; the headers are read (and ignored) up to the blank line."""
+        request = await reader.readline()
+        size = len(request)
+        while True:
+            line = await reader.readline()
+            size += len(line)
+            if size > MAX_HEADER_BYTES:
+                raise _TooLarge
+            if line in (b"\r\n", b"\n", b""):
+                return request
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._active += 1
+        result = "error"
         try:
-            request = await asyncio.wait_for(reader.readline(), timeout=5)
-            # Drain the headers; we need none of them.
-            while await asyncio.wait_for(reader.readline(), timeout=5) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.split()
-            if len(parts) < 2 or parts[0] != b"GET" or parts[1].split(b"?")[0] != b"/metrics":
-                body, status = b"not found: try /metrics\n", "404 Not Found"
+            if self._active > self.max_connections:
+                result = "busy"
+                return
+            try:
+                # One deadline for the whole request, not one per line.
+                request = await asyncio.wait_for(self._read_request(reader), self.header_timeout)
+            except TimeoutError:
+                result = "timeout"
+                return
+            except (_TooLarge, ValueError):  # ValueError: a line past the reader's limit
+                result = "too_large"
+                body, status = b"request too large\n", "431 Request Header Fields Too Large"
             else:
-                body, status = render(self.collect()).encode(), "200 OK"
+                parts = request.split()
+                if len(parts) < 2 or parts[0] != b"GET" or parts[1].split(b"?")[0] != b"/metrics":
+                    result = "not_found"
+                    body, status = b"not found: try /metrics\n", "404 Not Found"
+                else:
+                    result = "ok"
+                    families = [*self.collect(), *self.own_families()]
+                    body, status = render(families).encode(), "200 OK"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
             await writer.drain()
-        except (TimeoutError, ConnectionError, OSError):
+        except (ConnectionError, OSError):
             pass
         except Exception:  # never let a scrape kill the daemon
             log.exception("metrics request failed")
         finally:
+            self._active -= 1
+            self.results[result] += 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+class _TooLarge(Exception):
+    pass

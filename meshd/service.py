@@ -34,7 +34,7 @@ from meshd.gossip.keyops import KeyringOutcome, apply_to_keyring
 from meshd.gossip.messages import KeyOp
 from meshd.gossip.node import GossipNode
 from meshd.gossip.security import KeyFormatError, Sealer, decode_key, key_id
-from meshd.keyfile import save_keyring
+from meshd.keyfile import load_keyring, save_keyring
 from meshd.metrics import Family, Snapshot, families
 
 log = logging.getLogger("meshd")
@@ -223,6 +223,29 @@ class Service:
                 save_keyring(self.key_file, change.keyring)
             except MeshdError as exc:
                 log.error("keyring: %s (the change holds until restart)", exc)
+
+    def reload_key_file(self) -> bool:
+        """Re-read ``key_file`` and make its ring the sealer's (SIGHUP). A file that does not
+        load leaves the current ring in place: one error line, and False. Keys the mesh
+        installed over gossip were saved to this same file, so reloading keeps them."""
+        try:
+            keyring = load_keyring(self.key_file)
+        except MeshdError as exc:
+            log.error("reload: %s; keeping the current keyring", exc)
+            return False
+        before = self.sealer.keyring.ids()
+        self.sealer.set_keyring(keyring)
+        after = keyring.ids()
+        if after == before:
+            log.info("reload: keyring unchanged (%d key(s))", len(after))
+        else:
+            log.info(
+                "reload: keyring from %s: primary %s, %d key(s)",
+                self.key_file,
+                after[0],
+                len(after),
+            )
+        return True
 
     def key_list(self) -> KeyList:
         ids = self.sealer.keyring.ids()

@@ -13,7 +13,9 @@ daemon's side is meshd/service.py):
   ``keys.remove`` (``key_id``): the cluster keyring, spread over gossip
 - ``crl.install`` (``crl``: PEM text): a CA's revocation list, spread over gossip
 
-Only root, the daemon's own uid, or members of ``control_group`` may connect (SO_PEERCRED).
+Callers are identified by their peer credentials (SO_PEERCRED, SO_PEERGROUPS): root and the
+daemon's own uid may run every command; members of ``control_group`` only the read-only ones
+(``protocol.READ_ONLY``: peers, status, keys.list); anyone else nothing (server.py).
 """
 
 MAX_REQUEST = 64 * 1024

@@ -13,6 +13,11 @@ from typing import Any, TypedDict
 
 from meshd.errors import ControlError
 
+READ_ONLY = frozenset({"peers", "status", "keys.list"})
+"""Commands that change nothing, which members of ``control_group`` may run. Every other
+command -- leave, update, keys.install/use/remove, crl.install and any added later -- needs root:
+a new command is root-only until it is listed here."""
+
 KEY_ID_HEX = 8
 """A key id on the control socket: 4 bytes as 8 hex digits (`meshd keys list`)."""
 

@@ -48,18 +48,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from meshd.dataplane import backends
+from meshd.dataplane import backends, prefix
 from meshd.errors import ConfigError, DataplaneError
 
 FAMILY = "inet"
 TABLE = "meshd"
 SET = "members"
 CHAIN = "input"
+log = logging.getLogger("meshd.dataplane")
 NFT_TIMEOUT = 15.0
 """Seconds one nft run may take; it is milliseconds normally, this only bounds a hung one."""
 
@@ -83,6 +85,7 @@ class Firewall:
         self._last_apply: float | None = None
         self._last_error: str | None = None
         self._recreated = 0
+        self._refused: dict[str, str] = {}  # members' IPs kept out of the set, and why
 
     # ------------------------------------------------------------------ pure
 
@@ -126,12 +129,18 @@ class Firewall:
     # ------------------------------------------------------------------ kernel
 
     async def apply(self, member_ips: Iterable[str], *, force: bool = False) -> bool:
-        """Make the set hold exactly ``member_ips`` (creating table, chain and rules if missing).
+        """Make the set hold exactly ``member_ips`` (creating table, chain and rules if missing),
+        less those that are not unicast (``unicast_only``; listed in ``status()["refused"]``).
 
         Skips the nft run when the same set was applied last, unless ``force`` (use it on a
         periodic resync, so a table deleted by hand comes back). Returns True if nft ran.
         Raises DataplaneError (one line) if nft is missing or refuses the change."""
-        ips = frozenset(_validate(member_ips))
+        wanted, refused = unicast_only(member_ips)
+        if refused.keys() != self._refused.keys():
+            for why in sorted(refused.values()):
+                log.warning("filter: not allowing a member's public IP: %s", why)
+        self._refused = refused
+        ips = frozenset(_validate(wanted))
         if not self.active or (ips == self._applied and not force):
             return False
         try:
@@ -196,6 +205,7 @@ class Firewall:
             "recreated": self._recreated,
             "last_apply": self._last_apply,
             "last_error": self._last_error,
+            "refused": dict(sorted(self._refused.items())),
         }
 
     async def _nft(self, args: list[str], stdin: str | None) -> str:
@@ -242,6 +252,22 @@ def _validate(ips: Iterable[str]) -> list[str]:
         except ValueError:
             raise DataplaneError(f"filter: {ip!r} is not an IPv4 address") from None
     return [str(a) for a in sorted(out)]
+
+
+def unicast_only(ips: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The members' IPs the allow-set may hold, and the others with why not. A peer's public IP
+    that is not unicast (0/8, loopback, multicast, 240/4, broadcast) would open the filter to
+    packets nobody can be held to (127.0.0.1 lets any local process in); such an address is left
+    out, not an error that would stop the filter for everyone else."""
+    ok: list[str] = []
+    refused: dict[str, str] = {}
+    for ip in ips:
+        problem = prefix.unicast_problem(ip)
+        if problem is None:
+            ok.append(ip)
+        else:
+            refused[ip] = problem
+    return ok, refused
 
 
 def _elements(elems: list[Any]) -> list[str]:

@@ -22,6 +22,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from meshd.dataplane import backends, prefix
@@ -65,6 +66,7 @@ __all__ = [
     "resolve_claims",
     "select_peers",
     "subnet_env",
+    "subnet_problem",
     "vxlan_device",
 ]
 
@@ -232,6 +234,63 @@ def resolve_claims(
     return granted, losers
 
 
+def subnet_problem(subnet: str, network: str | None) -> str | None:
+    """Why ``subnet`` may not be a container subnet (one line), or None. The policy every
+    member applies to every claim, this node's own ``--subnet`` included: a strict IPv4 prefix,
+    clear of every special-purpose range (``prefix.SPECIAL``: any overlap), and, when the cluster
+    network is set, inside it and smaller than it (a claim on the whole network would overlap
+    every member)."""
+    # Prefixes as (first, last) ints, parsed once per distinct string (prefix.py): at
+    # thousands of peers ipaddress objects made this the slowest part of a converged pass.
+    net = prefix.span(subnet)
+    if net is None:
+        return f"subnet {subnet} is not a valid container subnet"
+    special = prefix.special_range(net)
+    if special is not None:
+        return f"subnet {subnet} overlaps {special}"
+    if network:
+        cluster = prefix.span(network)
+        if cluster is not None and net == cluster:
+            return f"subnet {subnet} is the whole cluster network"
+        if cluster is not None and not prefix.within(net, cluster):
+            return f"subnet {subnet} is outside network {network}"
+    return None
+
+
+def _ip_problem(ip: str) -> str | None:
+    problem = prefix.unicast_problem(ip)
+    return None if problem is None else f"public IP {problem}"
+
+
+@lru_cache(maxsize=4)
+def foreign_routes(foreign: tuple[str, ...], network: str | None) -> prefix.Spans:
+    """The routes a peer's subnet must not overlap: every destination in ``foreign`` but the
+    default route and, when the cluster network is set, routes covering all of it (say a
+    blackhole for 10.244.0.0/16 so unrouted container traffic never leaks upstream, or a VPN's
+    10.0.0.0/8): both are less specific than every subnet meshd routes, which only refines them
+    inside the network the operator gave to the mesh."""
+    cluster = prefix.span(network) if network else None
+    items = []
+    for dst in foreign:
+        s = prefix.span(dst, strict=False)
+        if s is None or s == (0, prefix.ALL) or (cluster is not None and prefix.within(cluster, s)):
+            continue
+        items.append((s, dst))
+    return prefix.Spans(items)
+
+
+def touches_peers(dst: str, peers: Sequence[PeerView]) -> bool:
+    """Does a route to ``dst`` overlap any peer's subnet (so the model may decide otherwise)?"""
+    net = prefix.span(dst, strict=False)
+    if net is None:
+        return False
+    for pv in peers:
+        s = prefix.span(pv.record.subnet)
+        if s is not None and prefix.overlaps(s, net):
+            return True
+    return False
+
+
 def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     backend: str,
     network: str | None,
@@ -241,16 +300,17 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     peers: Sequence[PeerView],
     now: float,
     onlink: Sequence[str] = (),
+    foreign: Sequence[str] = (),
 ) -> Selection:
     """Which peers get entries. ``onlink``: CIDRs reachable directly on the underlay (host-gw).
-    A peer announcing another backend, or one this build does not know, is ``incompatible``."""
+    ``foreign``: destinations of the main table's routes meshd does not own (any protocol but
+    ``RTPROT_MESHD``). A peer announcing another backend, or one this build does not know, is
+    ``incompatible``; one breaking the prefix and address policy (``subnet_problem``,
+    ``prefix.unicast_problem``, a foreign route) is ``refused``."""
     be = backends.get(backend)
     flags: dict[str, str] = {}
     reasons: dict[str, str] = {}
     next_deadline: float | None = None
-    # Prefixes as (first, last) ints, parsed once per distinct string (prefix.py): at
-    # thousands of peers ipaddress objects made this the slowest part of a converged pass.
-    cluster = prefix.span(network) if network else None
 
     def refuse(p: NodeRecord, flag: str, why: str) -> None:
         flags[p.name] = flag
@@ -273,12 +333,9 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         if p.backend != backend:
             refuse(p, FLAG_INCOMPATIBLE, f"announces backend {p.backend}, this mesh uses {backend}")
             continue
-        net = prefix.span(p.subnet)
-        if net is None or net == (0, prefix.ALL):
-            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} is not a valid container subnet")
-            continue
-        if cluster is not None and not prefix.within(net, cluster):
-            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} is outside network {network}")
+        problem = subnet_problem(p.subnet, network) or _ip_problem(p.public_ip)
+        if problem is not None:
+            refuse(p, FLAG_REFUSED, problem)
             continue
         claimants.append(p)
 
@@ -295,6 +352,7 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
     onlink_nets = tuple(n for n in (prefix.span(c, strict=False) for c in onlink) if n is not None)
     ul_net = prefix.span(f"{underlay.ip}/{underlay.prefixlen}", strict=False) or (1, 0)
+    routes = foreign_routes(tuple(foreign), network)
     candidates: list[NodeRecord] = []
     for p in claimants:
         net = prefix.span(p.subnet) or (1, 0)  # claimants' subnets are valid
@@ -310,6 +368,10 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
             continue
         if p.public_ip == underlay.ip:
             refuse(p, FLAG_REFUSED, f"announces this node's own address {p.public_ip}")
+            continue
+        route = routes.overlapping(net)
+        if route is not None:
+            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps route {route}, not meshd's")
             continue
         candidates.append(p)
 
@@ -351,10 +413,11 @@ def desired_state(
     vxlan_port: int = 8472,
     bridge: str | None = None,
     onlink: Sequence[str] = (),
+    foreign: Sequence[str] = (),
 ) -> Desired:
     """Everything this node should have in its kernel for ``peers`` at time ``now``."""
     be: Backend = backends.get(backend)
-    sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink)
+    sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink, foreign)
     site = Site(local, underlay, vni=vni, port=vxlan_port)
     dev = be.device(site)
     routes: dict[str, Route] = {}

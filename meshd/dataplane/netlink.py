@@ -109,6 +109,7 @@ class Event:
     dst: str = ""  # route CIDR, neighbour IP, FDB dst
     lladdr: str = ""
     proto: int = 0
+    table: int = 0  # routes: the routing table (254 = main)
     permanent: bool = False
     up: bool = False
     mtu: int = 0
@@ -403,6 +404,10 @@ class Netlink:
         """IPv4 routes with ``proto`` in ``table``."""
         return await self._rtnl.dump_routes(proto, table)
 
+    async def dump_route_owners(self, table: int = MAIN_TABLE) -> list[tuple[str, int]]:
+        """(destination, protocol) of every IPv4 route in ``table``, meshd's and others'."""
+        return await self._rtnl.dump_route_owners(table)
+
     async def routes_apply(
         self, op: str, entries: Sequence[RouteEntry], proto: int, table: int = MAIN_TABLE
     ) -> list[Failure]:
@@ -543,7 +548,9 @@ def _event(kind: int, buf: bytes, off: int, end: int) -> Event | None:
         r = decode_route(buf, off, end)
         if r.family != socket.AF_INET:
             return None
-        return Event("route", kind == RTM_NEWROUTE, index=r.oif, dst=r.dst, proto=r.proto)
+        return Event(
+            "route", kind == RTM_NEWROUTE, index=r.oif, dst=r.dst, proto=r.proto, table=r.table
+        )
     if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
         n = decode_neigh(buf, off, end)
         if n.family not in (socket.AF_INET, AF_BRIDGE):

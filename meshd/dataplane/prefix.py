@@ -1,4 +1,5 @@
-"""IPv4 prefixes and addresses as integers, each distinct string parsed once.
+"""IPv4 prefixes and addresses as integers, each distinct string parsed once; and the address
+policy (special-purpose ranges, unicast public IPs and VTEP MACs, an overlap index).
 
 The model checks every peer's subnet and address on every pass. ``ipaddress`` objects cost
 ~10 us each to build and compare, which at thousands of peers made the pure model the slowest
@@ -10,8 +11,10 @@ parsed once (``lru_cache``) into plain ints; canonical dotted quads take a fast 
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
+from collections.abc import Iterable
 from functools import lru_cache
 
 CACHE = 1 << 16  # distinct strings remembered: a mesh's subnets and addresses, many times over
@@ -73,3 +76,103 @@ def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 def within(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
     return outer[0] <= inner[0] and inner[1] <= outer[1]
+
+
+# --- address policy ------------------------------------------------------------------------------
+# What a peer may announce, whatever the gossip layer let through: the data plane must be safe on
+# its own (a record that passed every check upstream still never puts these into the kernel).
+
+SPECIAL: tuple[tuple[str, tuple[int, int]], ...] = tuple(
+    (name, s)
+    for name, c in (
+        ("this-network 0.0.0.0/8", "0.0.0.0/8"),
+        ("loopback 127.0.0.0/8", "127.0.0.0/8"),
+        ("link-local 169.254.0.0/16", "169.254.0.0/16"),  # cloud metadata services live here
+        ("multicast 224.0.0.0/4", "224.0.0.0/4"),
+        ("reserved 240.0.0.0/4", "240.0.0.0/4"),  # holds the limited broadcast 255.255.255.255
+    )
+    if (s := span(c)) is not None
+)
+"""IANA special-purpose IPv4 ranges no container subnet may touch (RFC 6890): any overlap counts,
+so a /1 claim that merely contains one of them is refused too."""
+
+NOT_UNICAST: tuple[tuple[str, tuple[int, int]], ...] = tuple(
+    (name, s) for name, s in SPECIAL if not name.startswith("link-local")
+)
+"""Where a public (underlay) IP cannot be: it is a route gateway, an FDB destination and an
+nftables allow-set element. Link-local addresses are unicast and may be a real underlay."""
+
+
+def special_range(net: tuple[int, int]) -> str | None:
+    """The special-purpose range ``net`` overlaps (its name), or None."""
+    for name, s in SPECIAL:
+        if overlaps(net, s):
+            return name
+    return None
+
+
+@lru_cache(maxsize=CACHE)
+def unicast_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a peer's public IP (one line), or None when it is a unicast IPv4
+    address: not the unspecified address, not in 0/8, loopback, multicast, 240/4 or broadcast."""
+    value = address(ip)
+    if value is None:
+        return f"{ip!r} is not an IPv4 address"
+    if value == 0:
+        return f"{ip} is the unspecified address"
+    if value == ALL:
+        return f"{ip} is the broadcast address"
+    for name, (first, last) in NOT_UNICAST:
+        if first <= value <= last:
+            return f"{ip} is in {name}"
+    return None
+
+
+def mac_problem(mac: str | None) -> str | None:
+    """Why ``mac`` cannot be a peer's VTEP MAC (one line), or None: it must be six octets,
+    unicast (the first octet's low bit clear: that bit marks multicast, broadcast included) and
+    not all zero."""
+    if not mac:
+        return "announces no VTEP MAC"
+    try:
+        raw = bytes.fromhex(mac.replace(":", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 6 or len(mac) != 17:
+        return f"VTEP MAC {mac!r} is not a MAC address"
+    if raw == bytes(6):
+        return f"VTEP MAC {mac} is all zero"
+    if raw == b"\xff" * 6:
+        return f"VTEP MAC {mac} is the broadcast address"
+    if raw[0] & 1:
+        return f"VTEP MAC {mac} is a multicast address"
+    return None
+
+
+class Spans:
+    """A fixed set of prefixes (possibly nested or overlapping) that answers "does this span
+    overlap any of them, and which" in O(log n): a host may carry thousands of routes."""
+
+    def __init__(self, items: Iterable[tuple[tuple[int, int], str]]) -> None:
+        ordered = sorted(items)
+        self._starts = [s[0] for s, _ in ordered]
+        self._items = ordered
+        # _reach[i]: the index among items[:i+1] whose span ends last.
+        self._reach: list[int] = []
+        best = -1
+        for i, (s, _) in enumerate(ordered):
+            if best < 0 or s[1] > ordered[best][0][1]:
+                best = i
+            self._reach.append(best)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def overlapping(self, net: tuple[int, int]) -> str | None:
+        """The label of one item overlapping ``net``, or None."""
+        i = bisect.bisect_right(self._starts, net[1]) - 1
+        if i < 0:
+            return None
+        j = self._reach[i]
+        s, label = self._items[j]
+        return label if s[1] >= net[0] else None

@@ -44,7 +44,7 @@ from meshd.dataplane.model import (
     Underlay,
 )
 from meshd.dataplane.netlink import Event, Netlink
-from meshd.errors import DataplaneError, MissingKernelFeature
+from meshd.errors import ConfigError, DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
 
 log = logging.getLogger("meshd.dataplane")
@@ -96,6 +96,9 @@ class Reconciler:
     ) -> None:
         if not local.subnet:
             raise DataplaneError("dataplane: this node has no subnet")
+        problem = model.subnet_problem(local.subnet, cfg.network)
+        if problem is not None:  # the policy this node applies to peers applies to it first
+            raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
         self.cfg = cfg
         self.local = local
         self.underlay = underlay
@@ -120,6 +123,11 @@ class Reconciler:
         self._monitor_ready = asyncio.Event()
         # What the last pass saw and decided.
         self._onlink: tuple[str, ...] = (f"{underlay.ip}/{underlay.prefixlen}",)
+        # Destinations of main-table routes meshd does not own (any protocol but ours), which
+        # peers' subnets must not overlap. Read at start and whenever the monitor reports such
+        # a route changing (or may have missed one), not on every pass.
+        self._foreign: tuple[str, ...] = ()
+        self._foreign_stale = True
         self._desired: Desired | None = None
         self._links: dict[str, int] = {underlay.ifname: underlay.ifindex}
         self._retry_at: float | None = None
@@ -174,6 +182,7 @@ class Reconciler:
             self._peers,
             now,
             self._onlink,
+            self._foreign,
         )
         self._flags, self._reasons = dict(sel.flags), dict(sel.reasons)
         self._trigger("peers")
@@ -198,6 +207,7 @@ class Reconciler:
             # the monitor listens.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._monitor_ready.wait(), 5)
+            self._foreign_stale = True
             self._trigger("monitor ready", debounce=False)
             while not self._closed:
                 await self._wait()
@@ -278,6 +288,8 @@ class Reconciler:
             self._onlink = tuple(
                 f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(ul.ifindex)
             ) or (f"{ul.ip}/{ul.prefixlen}",)
+            if self._foreign_stale:
+                await self._read_foreign()
             desired = self._desired_state(ul, self._clock() + self._offset)
             self._note_flags(desired)
             self._desired = desired
@@ -301,7 +313,7 @@ class Reconciler:
         passed (time enters only through those): a pass over a converged mesh of thousands of
         peers then costs its filtered dumps and the diff, not the model's work."""
         # An unchanged table compares equal (element by element, or at once when it is the same).
-        key = (self._peers, self._synced, ul, self._onlink, self.local, self.cfg)
+        key = (self._peers, self._synced, ul, self._onlink, self._foreign, self.local, self.cfg)
         d = self._desired
         if (
             d is not None
@@ -323,7 +335,21 @@ class Reconciler:
             vxlan_port=self.cfg.vxlan_port,
             bridge=self.cfg.bridge,
             onlink=self._onlink,
+            foreign=self._foreign,
         )
+
+    async def _read_foreign(self) -> None:
+        """The main table's routes that are not meshd's, for the model's overlap rule."""
+        self._foreign_stale = False  # an event during the dump marks it stale again
+        try:
+            owners = await self._nl.dump_route_owners(model.MAIN_TABLE)
+        except BaseException:
+            self._foreign_stale = True
+            raise
+        foreign = tuple(sorted({dst for dst, proto in owners if proto != RTPROT_MESHD}))
+        if foreign != self._foreign:
+            log.debug("main table: %d route(s) not meshd's", len(foreign))
+        self._foreign = foreign
 
     def _finish(self, reason: str, t0: float, plan: Plan, res: ApplyResult) -> None:
         dur = time.monotonic() - t0
@@ -538,6 +564,7 @@ class Reconciler:
                 self._record_error(f"monitor: {exc}", last=False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+            self._foreign_stale = True
             self._trigger("monitor restarted")  # events may have been lost meanwhile
 
     async def _stop_monitor(self) -> None:
@@ -552,7 +579,10 @@ class Reconciler:
         as events too; those that match the desired state are ignored, so a pass does not
         trigger another one."""
         d = self._desired
-        if ev.kind == "overflow" or d is None:
+        if ev.kind == "overflow":
+            self._foreign_stale = True  # a foreign route may have come or gone unseen
+            return True
+        if d is None:
             return True
         mesh = d.device
         names = {self.underlay.ifname} | {s.name for s in (mesh, d.bridge) if s is not None}
@@ -569,7 +599,11 @@ class Reconciler:
             if ev.proto == RTPROT_MESHD:
                 # Ours: deleted while wanted, or present while unwanted.
                 return (ev.dst in d.routes) != ev.new
-            return ev.dst in d.routes  # someone else's route for a subnet we program
+            if ev.table != model.MAIN_TABLE:
+                return False
+            # Someone else's route: the model refuses peers whose subnet it overlaps.
+            self._foreign_stale = True
+            return ev.dst in d.routes or model.touches_peers(ev.dst, self._peers)
         mesh_index = self._links.get(mesh.name) if mesh is not None else None
         if ev.index != mesh_index:
             return False

@@ -51,6 +51,7 @@ from meshd.dataplane.rtnl_wire import (
     Request,
     RouteEntry,
     decode_error,
+    decode_route,
     encode_fdb,
     encode_neigh,
     encode_route,
@@ -385,6 +386,18 @@ class Rtnl:
             RTM_NEWROUTE,
         )
         return self._kept(memo, got)
+
+    async def dump_route_owners(self, table: int = MAIN_TABLE) -> list[tuple[str, int]]:
+        """(destination, protocol) of every IPv4 route in ``table``, whoever owns it: what the
+        model checks peers' subnets against. Only read when the table changed (the reconciler
+        follows the monitor), so the general decoder is fast enough."""
+
+        def owner(b: bytearray, o: int, e: int) -> tuple[str, int] | None:
+            m = decode_route(b, o, e)
+            return (m.dst, m.proto) if m.family == socket.AF_INET and m.table == table else None
+
+        got = await self.dump(route_dump_request(0, table), owner, RTM_NEWROUTE)
+        return [x for x in got if x is not None]
 
     async def dump_neighs(self, ifindex: int) -> list[NeighEntry]:
         """Permanent IPv4 neighbours of one device (others are the kernel's own cache)."""

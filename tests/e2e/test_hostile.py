@@ -640,7 +640,9 @@ def test_refusal_reaches_the_client(open_workdir: Path) -> None:
             "    print(e)\n"
         )
         answers = {as_nobody("-c", probe, str(path)).stdout.strip() for _ in range(3)}
-        assert answers == {"permission denied"}, answers
+        assert answers == {
+            "permission denied: uid 65534 is neither root nor in the control group (control_group)"
+        }, answers
     finally:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

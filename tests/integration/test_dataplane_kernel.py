@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
+from meshd.dataplane.netlink import Netlink
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
@@ -498,12 +499,76 @@ def test_foreign_routes_are_never_touched(lab: Callable[[int], Lab], tmp_path: P
         async with mesh(tmp_path, topo, "host-gw") as m:
             r1 = await m.start(1, [view(m.records[2]), view(m.records[3])], run=False)
             assert set(our_routes(h1.ns)) == {"10.244.2.0/24"}
-            assert "not own" in r1.status()["last_error"]
+            st = r1.status()
+            assert st["last_error"] is None  # refused by the policy: nothing even attempted
+            assert st["peer_flags"] == {"h3": "refused"}
+            assert "overlaps route 10.244.3.0/24, not meshd's" in st["skipped"]["h3"]
             r1.set_peers([], synced=True, now=time.monotonic())
             await r1.reconcile_now()
             assert our_routes(h1.ns) == {}
             after = {r["dst"]: r for r in ipj(h1.ns, "route") if r.get("protocol") != "kernel"}
             assert after == before
+
+    run(main())
+
+
+def test_foreign_routes_refuse_overlapping_peers_as_they_come_and_go(
+    lab: Callable[[int], Lab], tmp_path: Path
+) -> None:
+    """The policy's node-local rule on the real main table, followed through the monitor: a
+    route meshd does not own that overlaps a peer's subnet withdraws that peer's entries and
+    leaves the route alone; once it is gone the peer is programmed again. The default route
+    (conftest.py adds one), a route covering the whole cluster network, and routes in other
+    tables refuse nobody."""
+    topo = lab(3)
+    h1 = topo.hosts[0]
+
+    async def main() -> None:
+        sh("ip", "-n", h1.ns, "route", "add", "blackhole", "10.244.0.0/16", "proto", "static")
+        sh("ip", "-n", h1.ns, "route", "add", "10.244.3.0/24", "via", "10.99.0.200", "table", "100")
+        async with mesh(tmp_path, topo, "vxlan") as m:
+            r1 = await m.start(1)
+            await m.start(2)
+            await m.start(3)
+            h2, h3 = topo.hosts[1], topo.hosts[2]
+            assert set(our_routes(h1.ns)) == {"10.244.2.0/24", "10.244.3.0/24"}
+            assert r1.peer_flags() == {}
+            assert await reachable(h1.container_ns, h2.container_ns, h2.container_ip)
+            # What the reconciler reads is the main table as iproute2 lists it, every protocol.
+            nl = Netlink(h1.ns)
+            await nl.open()
+            try:
+                owners = await nl.dump_route_owners()
+            finally:
+                await nl.close()
+            listed = {
+                "0.0.0.0/0"
+                if r["dst"] == "default"
+                else r["dst"] + ("" if "/" in r["dst"] else "/32")
+                for r in ipj(h1.ns, "route", "show", "table", "main")
+            }
+            assert {d for d, _ in owners} == listed
+            assert {d for d, p in owners if p == RTPROT_MESHD} == set(our_routes(h1.ns))
+            assert ("10.244.0.0/16", 4) in owners  # the blackhole, proto static (4)
+
+            # A more specific route inside h2's subnet, another protocol's (static): h2 is
+            # refused and its route, neighbour and FDB entry go; the foreign route stays.
+            sh("ip", "-n", h1.ns, "route", "add", "10.244.2.128/25", "via", "10.99.0.200",
+               "proto", "static")  # fmt: skip
+            await eventually(lambda: "10.244.2.0/24" not in our_routes(h1.ns), 3, "h2 withdrawn")
+            assert r1.peer_flags() == {"h2": "refused"}
+            assert "overlaps route 10.244.2.128/25" in r1.status()["skipped"]["h2"]
+            fdb = sh("bridge", "-n", h1.ns, "fdb", "show", "dev", "meshd.1").stdout
+            assert h2.underlay_ip not in fdb and h3.underlay_ip in fdb
+            static = ipj(h1.ns, "route", "show", "10.244.2.128/25")
+            assert static and static[0]["gateway"] == "10.99.0.200"
+            assert await reachable(h1.container_ns, h3.container_ns, h3.container_ip)
+
+            # Gone: h2 is programmed again at the monitor's event (no resync within 30 s).
+            sh("ip", "-n", h1.ns, "route", "del", "10.244.2.128/25")
+            await eventually(lambda: "10.244.2.0/24" in our_routes(h1.ns), 3, "h2 back")
+            assert r1.peer_flags() == {}
+            assert await reachable(h1.container_ns, h2.container_ns, h2.container_ip)
 
     run(main())
 

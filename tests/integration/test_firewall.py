@@ -238,6 +238,15 @@ def test_filter_drops_non_members(lab: Callable[[int], Lab]) -> None:
     assert run(fw.read())["members"] == sorted([h2.underlay_ip, h3.underlay_ip])
     assert pings(h1, h2)
 
+    # Members announcing non-unicast public IPs are kept out of the set (127.0.0.1 would let any
+    # local process in), listed with why, and do not stop the filter for the others.
+    bad = ["127.0.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "240.0.0.1"]
+    assert run(fw.apply({h2.underlay_ip, h3.underlay_ip, *bad}, force=True))
+    assert run(fw.read())["members"] == sorted([h2.underlay_ip, h3.underlay_ip])
+    assert sorted(fw.status()["refused"]) == sorted(bad)
+    assert "loopback" in fw.status()["refused"]["127.0.0.1"]
+    assert fw.status()["last_error"] is None
+
     # The non-member admitted: its frame is decapsulated again (so the drop above was the filter).
     run(fw.apply({h2.underlay_ip, h3.underlay_ip, h4.underlay_ip}))
     assert injected(lb, h4, h1, spoof=h2) > 0

@@ -112,6 +112,7 @@ def pyroute2_event(msg: Any) -> Event | None:
             index=int(msg.get("oif") or 0),
             dst=f"{msg.get('dst') or '0.0.0.0'}/{msg['dst_len']}",
             proto=int(msg["proto"]),
+            table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
         )
     if ev in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
         kind = "fdb" if msg["family"] == 7 else "neigh"
@@ -613,8 +614,8 @@ route del 10.255.255.0/24
             Event("addr", True, index=vxm, dst="10.250.0.1"),
             Event("addr", False, index=vxm, dst="10.250.0.1"),
             Event("neigh", True, index=vxm, dst="10.250.0.9", lladdr=mac, permanent=True),
-            Event("route", True, index=vxm, dst="10.251.0.0/24", proto=109),
-            Event("route", False, index=vxm, dst="10.251.0.0/24", proto=109),
+            Event("route", True, index=vxm, dst="10.251.0.0/24", proto=109, table=254),
+            Event("route", False, index=vxm, dst="10.251.0.0/24", proto=109, table=254),
             Event("fdb", True, index=vxf, dst=peer, lladdr=mac, permanent=True),
             Event("fdb", False, index=vxf, dst=peer, lladdr=mac, permanent=True),
         ):
@@ -653,6 +654,9 @@ def test_monitor_overflow_is_an_event_and_it_goes_on(
                 after = await events.until(is_sentinel)
             finally:
                 await events.close()
-        assert Event("route", True, index=eth0.index, dst="10.255.255.0/24", proto=3) in after
+        assert (
+            Event("route", True, index=eth0.index, dst="10.255.255.0/24", proto=3, table=254)
+            in after
+        )
 
     run(main())

@@ -431,6 +431,48 @@ def test_service_under_systemd(
         assert st["node"]["subnet"] == "10.244.9.0/24"
         box.sh("test -s /var/lib/meshd/state.json || ls /var/lib/meshd | grep -q .")
 
+        # The unit's resource limits and umask, as systemd applied them; under UMask=0077 what
+        # others must read still is (subnet.env for CNI), and the state is private.
+        props = box.sh("systemctl show -p MemoryMax -p TasksMax -p LimitNOFILE -p UMask meshd")
+        shown = dict(ln.split("=", 1) for ln in props.stdout.split())
+        assert shown == {
+            "MemoryMax": str(256 << 20),
+            "TasksMax": "64",
+            "LimitNOFILE": "1024",
+            "UMask": "0077",
+        }, shown
+        assert box.sh("stat -c %a /run/meshd/subnet.env").stdout.strip() == "644"
+        assert box.sh("stat -c %a /run/meshd/meshd.sock").stdout.strip() == "600"
+        main_pid = box.sh("systemctl show -p MainPID --value meshd").stdout.strip()
+        timings["daemon_tasks"] = float(box.sh(f"ls /proc/{main_pid}/task | wc -l").stdout)
+        timings["daemon_fds"] = float(box.sh(f"ls /proc/{main_pid}/fd | wc -l").stdout)
+
+        # `systemctl reload` is SIGHUP: the key file is read again, the daemon runs on.
+        box.sh("systemctl reload meshd")
+        box.sh("journalctl -u meshd --no-pager -o cat | grep -q 'reload: keyring unchanged'")
+        assert box.sh("systemctl show -p MainPID --value meshd").stdout.strip() == main_pid
+
+        # control_group under this unit (no CAP_CHOWN): members read, only root changes things,
+        # others get nothing. Each refusal is one line from the CLI.
+        text, n = re.subn(
+            r'^# control_group = ".*"$', 'control_group = "meshdctl"', conf.read_text(), flags=re.M
+        )
+        assert n == 1, "conf/meshd.toml has no commented `# control_group = ...` line any more"
+        conf.write_text(text)
+        box.sh("groupadd meshdctl && systemctl restart meshd")
+        assert box.sh("stat -c %a /run/meshd/meshd.sock").stdout.strip() == "666"
+        member = "runuser -u nobody -g nogroup -G meshdctl -- "
+        outsider = "runuser -u nobody -g nogroup -- "
+        assert json.loads(box.sh(member + "meshd peers --json").stdout)[0]["self"]
+        box.sh(member + "meshd status")
+        refused = box.sh(member + "meshd leave", check=False)
+        assert refused.returncode != 0, refused.stdout
+        assert "permission denied: leave needs root" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        nobody = box.sh(outsider + "meshd status", check=False)
+        assert nobody.returncode != 0 and "neither root nor in the control group" in nobody.stderr
+        assert box.sh("systemctl is-active meshd").stdout.strip() == "active"  # nobody left
+
         # A stop is quiet: the kernel state and subnet.env (for CNI plugins) stay.
         box.sh("systemctl stop meshd")
         box.sh("ip link show meshd.1 && test -f /run/meshd/subnet.env")

@@ -73,6 +73,7 @@ class FakeNetlink:
         self.sysctls = {"net.ipv4.ip_forward": "0"}
         self.missing_kinds = set(missing_kinds)
         self.writes: list[str] = []
+        self.refuse_routes: set[str] = set()  # route adds the "kernel" refuses (EPERM)
         self.opened = False
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._next_index = 10
@@ -90,11 +91,11 @@ class FakeNetlink:
 
     def hand_delete_route(self, dst: str) -> None:
         r = self.routes.pop(dst)
-        self.post(Event("route", False, index=r.entry.oif, dst=dst, proto=r.proto))
+        self.post(Event("route", False, index=r.entry.oif, dst=dst, proto=r.proto, table=r.table))
 
     def hand_add_route(self, dst: str, gateway: str, oif: int, proto: int) -> None:
         self.routes[dst] = Route(RouteEntry(dst, gateway, oif, False), proto)
-        self.post(Event("route", True, index=oif, dst=dst, proto=proto))
+        self.post(Event("route", True, index=oif, dst=dst, proto=proto, table=MAIN_TABLE))
 
     def hand_set_mtu(self, name: str, mtu: int) -> None:
         ln = self.links[self.index_of(name) or -1]
@@ -180,6 +181,9 @@ class FakeNetlink:
     async def dump_routes(self, proto: int, table: int = MAIN_TABLE) -> list[RouteEntry]:
         return [r.entry for r in self.routes.values() if r.proto == proto and r.table == table]
 
+    async def dump_route_owners(self, table: int = MAIN_TABLE) -> list[tuple[str, int]]:
+        return [(d, r.proto) for d, r in self.routes.items() if r.table == table]
+
     async def routes_apply(
         self, op: str, entries: Sequence[RouteEntry], proto: int, table: int = MAIN_TABLE
     ) -> list[Failure]:
@@ -187,6 +191,9 @@ class FakeNetlink:
         for e in entries:
             what = f"route {op} {e.dst} via {e.gateway}"
             have = self.routes.get(e.dst)
+            if op in ("add", "replace") and e.dst in self.refuse_routes:
+                fails.append(Failure(what, kernel_error(what, errno.EPERM)))
+                continue
             if op == "add" and have is not None:
                 fails.append(Failure(what, kernel_error(what, errno.EEXIST)))
                 continue

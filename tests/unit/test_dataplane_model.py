@@ -185,6 +185,201 @@ def test_default_route_subnet_is_refused_even_if_a_record_carried_it() -> None:
     assert d.flags == {"n2": "refused"} and not d.routes
 
 
+# --- the prefix and address policy (docs/dataplane.md "Refused peers") ---------------------------
+
+SPECIAL_CLAIMS = [
+    ("0.0.0.0/8", "this-network"),
+    ("0.0.0.0/24", "this-network"),
+    ("127.0.0.0/8", "loopback"),
+    ("127.0.0.0/30", "loopback"),
+    ("169.254.169.252/30", "link-local"),  # the cloud metadata service
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("239.1.2.0/24", "multicast"),
+    ("240.0.0.0/4", "reserved"),
+    ("255.255.255.255/32", "reserved"),  # the limited broadcast
+    ("128.0.0.0/1", "link-local"),  # contains 169.254/16, 224/4, 240/4: any overlap counts
+    ("0.0.0.0/1", "this-network"),
+]
+
+
+@pytest.mark.parametrize(("subnet", "range_name"), SPECIAL_CLAIMS)
+def test_special_purpose_subnets_are_refused_without_a_network(
+    subnet: str, range_name: str
+) -> None:
+    d = desired([pv(rec(2, subnet=subnet)), pv(rec(3))])
+    assert d.flags == {"n2": "refused"}
+    assert range_name in d.reasons["n2"] and subnet in d.reasons["n2"]
+    assert set(d.routes) == {"10.244.3.0/24"}
+
+
+@pytest.mark.parametrize(("subnet", "range_name"), SPECIAL_CLAIMS)
+def test_special_claims_do_not_take_a_subnet_from_anyone(subnet: str, range_name: str) -> None:
+    # Refused before the conflict rule: an early `since` on 128.0.0.0/1 would otherwise make
+    # every member below it conflicted.
+    d = desired([pv(rec(2, subnet=subnet, since=1)), pv(rec(3, subnet="200.1.0.0/24"))])
+    assert d.flags == {"n2": "refused"}
+    assert set(d.routes) == {"200.1.0.0/24"}
+
+
+def test_ordinary_subnets_next_to_the_special_ranges_are_accepted() -> None:
+    ok = ["1.0.0.0/24", "126.255.255.0/24", "128.0.0.0/24", "169.253.0.0/16", "223.255.255.0/24"]
+    d = desired([pv(rec(i + 2, subnet=s)) for i, s in enumerate(ok)])
+    assert d.flags == {}
+    assert set(d.routes) == set(ok)
+
+
+def test_the_whole_cluster_network_and_more_are_refused() -> None:
+    peers = [
+        pv(rec(2, subnet="10.244.0.0/16", since=1)),  # the network itself, claimed first
+        pv(rec(3, subnet="10.0.0.0/8", since=1)),  # contains it
+        pv(rec(4, subnet="10.245.0.0/24")),  # outside it
+        pv(rec(5)),
+    ]
+    d = desired(peers, network="10.244.0.0/16")
+    assert d.flags == {"n2": "refused", "n3": "refused", "n4": "refused"}
+    assert "whole cluster network" in d.reasons["n2"]
+    assert "outside network 10.244.0.0/16" in d.reasons["n3"]
+    assert "outside network" in d.reasons["n4"]
+    assert set(d.routes) == {"10.244.5.0/24"}  # nobody lost its subnet to the claims
+
+
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("0.0.0.0", "unspecified"),
+        ("0.1.2.3", "this-network"),
+        ("127.0.0.1", "loopback"),
+        ("127.1.1.1", "loopback"),
+        ("224.0.0.1", "multicast"),
+        ("239.255.255.250", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "broadcast"),
+        ("10.0.0.300", "not an IPv4 address"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "ipip"])
+def test_a_non_unicast_public_ip_never_reaches_routes_or_fdb(
+    ip: str, why: str, backend: str
+) -> None:
+    d = desired([pv(rec(2, backend, public_ip=ip)), pv(rec(3, backend))], backend=backend)
+    assert d.flags == {"n2": "refused"}
+    assert why in d.reasons["n2"] and "public IP" in d.reasons["n2"]
+    gateways = {r.gateway for r in d.routes.values()} | {f.dst for f in d.fdb}
+    assert ip not in gateways
+    assert set(d.routes) == {"10.244.3.0/24"}
+
+
+def test_a_link_local_public_ip_is_unicast_and_accepted() -> None:
+    d = desired([pv(rec(2, public_ip="169.254.7.8"))], onlink=("169.254.0.0/16",))
+    assert d.flags == {} and d.programmed == ("n2",)
+
+
+@pytest.mark.parametrize(
+    ("mac", "why"),
+    [
+        ("00:00:00:00:00:00", "all zero"),
+        ("ff:ff:ff:ff:ff:ff", "broadcast"),
+        ("01:00:5e:00:00:01", "multicast"),  # IPv4 multicast MAC
+        ("33:33:00:00:00:01", "multicast"),  # IPv6 multicast MAC
+        ("03:00:00:00:00:00", "multicast"),  # just the low bit of the first octet
+        ("00:11:22:33:44", "not a MAC"),
+        ("zz:11:22:33:44:55", "not a MAC"),
+        (None, "no VTEP MAC"),
+    ],
+)
+def test_bad_vtep_macs_are_refused(mac: str | None, why: str) -> None:
+    d = desired([pv(rec(2, vtep_mac=mac)), pv(rec(3))])
+    assert d.flags == {"n2": "refused"}
+    assert why in d.reasons["n2"]
+    assert {f.lladdr for f in d.fdb} == {rec(3).vtep_mac}
+    assert {n.lladdr for n in d.neighs.values()} == {rec(3).vtep_mac}
+
+
+def test_a_locally_administered_unicast_mac_is_accepted() -> None:
+    d = desired(
+        [pv(rec(2, vtep_mac="02:00:00:00:00:01")), pv(rec(3, vtep_mac="00:00:00:00:00:01"))]
+    )
+    assert d.flags == {} and d.programmed == ("n2", "n3")
+
+
+FOREIGN = (
+    "10.244.2.0/24",  # the same prefix as n2's
+    "10.244.3.128/25",  # inside n3's
+    "10.244.4.0/23",  # contains n4's (and n5's)
+    "192.168.7.0/24",  # elsewhere: touches nobody
+    "10.244.9.9/32",  # a host route inside n9's
+)
+
+
+def test_foreign_routes_refuse_the_peers_they_overlap() -> None:
+    peers = [pv(rec(i)) for i in (2, 3, 4, 5, 6, 8, 9)]
+    d = desired(peers, foreign=FOREIGN)
+    assert d.flags == {n: "refused" for n in ("n2", "n3", "n4", "n5", "n9")}
+    assert d.reasons["n2"] == "subnet 10.244.2.0/24 overlaps route 10.244.2.0/24, not meshd's"
+    assert "route 10.244.3.128/25" in d.reasons["n3"]
+    assert "route 10.244.4.0/23" in d.reasons["n5"]
+    assert "route 10.244.9.9/32" in d.reasons["n9"]
+    assert set(d.routes) == {"10.244.6.0/24", "10.244.8.0/24"}
+
+
+def test_default_route_and_routes_covering_the_network_are_not_foreign_claims() -> None:
+    peers = [pv(rec(2)), pv(rec(3))]
+    d = desired(
+        peers, network="10.244.0.0/16", foreign=("0.0.0.0/0", "10.244.0.0/16", "10.0.0.0/8")
+    )
+    assert d.flags == {} and set(d.routes) == {"10.244.2.0/24", "10.244.3.0/24"}
+    # Without a network only the default route is exempt: 10.0.0.0/8 is someone's.
+    d = desired(peers, foreign=("0.0.0.0/0", "10.0.0.0/8"))
+    assert d.flags == {"n2": "refused", "n3": "refused"} and not d.routes
+
+
+def test_foreign_routes_are_node_local_and_do_not_change_who_holds_a_subnet() -> None:
+    # n2 holds 10.244.2.0/24 everywhere; here a foreign route refuses it, but n3's later claim
+    # on an overlapping prefix stays conflicted (the rule runs on cluster-wide facts only).
+    holder = rec(2, since=100)
+    late = rec(3, subnet="10.244.2.0/23", since=200)
+    d = desired([pv(holder), pv(late)], foreign=("10.244.2.0/24",))
+    assert d.flags == {"n2": "refused", "n3": "conflicted"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 32)).map(
+            lambda t: str(ipaddress.IPv4Network((t[0], t[1]), strict=False))
+        ),
+        max_size=12,
+    ),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(
+        lambda t: str(ipaddress.IPv4Network((t[0], t[1]), strict=False))
+    ),
+)
+def test_foreign_route_index_agrees_with_a_linear_scan(routes: list[str], subnet: str) -> None:
+    idx = model.foreign_routes(tuple(routes), None)
+    net = ipaddress.IPv4Network(subnet)
+    expected = {r for r in routes if ipaddress.IPv4Network(r).overlaps(net)}
+    got = idx.overlapping((int(net.network_address), int(net.broadcast_address)))
+    assert (got is None) == (not expected)
+    assert got is None or got in expected
+
+
+@pytest.mark.parametrize(
+    ("subnet", "network", "why"),
+    [
+        ("10.244.1.0/24", None, None),
+        ("10.244.1.0/24", "10.244.0.0/16", None),
+        ("127.0.0.0/24", None, "overlaps loopback 127.0.0.0/8"),
+        ("10.244.0.0/16", "10.244.0.0/16", "is the whole cluster network"),
+        ("10.0.0.0/8", "10.244.0.0/16", "is outside network 10.244.0.0/16"),
+        ("10.244.1.1/24", None, "is not a valid container subnet"),
+    ],
+)
+def test_subnet_problem(subnet: str, network: str | None, why: str | None) -> None:
+    got = model.subnet_problem(subnet, network)
+    assert got == (None if why is None else f"subnet {subnet} {why}")
+
+
 def test_conflict_rule_lowest_node_id_wins_and_is_the_same_everywhere() -> None:
     a = rec(5, subnet="10.244.50.0/24")
     b = rec(3, subnet="10.244.50.0/23")  # overlaps a; lower node_id, so b holds it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -64,3 +65,117 @@ def test_network_address_and_overlaps(ip: int, plen: int) -> None:
     assert a is not None and b is not None
     assert prefix.overlaps(a, b) == net.overlaps(other)
     assert prefix.within(b, a) == other.subnet_of(net)
+
+
+# --- the address policy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cidr", "name"),
+    [
+        ("0.0.0.0/8", "this-network"),
+        ("0.255.255.255/32", "this-network"),
+        ("127.0.0.0/8", "loopback"),
+        ("127.255.0.0/16", "loopback"),
+        ("169.254.169.254/32", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("239.255.255.255/32", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("255.255.255.255/32", "reserved"),
+        ("0.0.0.0/0", "this-network"),
+        ("160.0.0.0/3", "link-local"),  # contains 169.254/16
+        ("1.0.0.0/24", None),
+        ("126.255.255.255/32", None),
+        ("128.0.0.0/8", None),
+        ("169.255.0.0/16", None),
+        ("223.255.255.255/32", None),
+    ],
+)
+def test_special_range(cidr: str, name: str | None) -> None:
+    s = prefix.span(cidr)
+    assert s is not None
+    got = prefix.special_range(s)
+    assert (got is None) if name is None else (got is not None and got.startswith(name))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_special_range_agrees_with_ipaddress(addr: int, plen: int) -> None:
+    net = ipaddress.IPv4Network((addr, plen), strict=False)
+    ranges = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"]
+    expected = any(net.overlaps(ipaddress.IPv4Network(r)) for r in ranges)
+    s = (int(net.network_address), int(net.broadcast_address))
+    assert (prefix.special_range(s) is not None) == expected
+
+
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("10.1.2.3", None),
+        ("1.1.1.1", None),
+        ("169.254.1.1", None),  # link-local is unicast
+        ("223.255.255.254", None),
+        ("0.0.0.0", "unspecified"),
+        ("0.0.0.1", "this-network"),
+        ("127.0.0.1", "loopback"),
+        ("224.0.0.251", "multicast"),
+        ("239.0.0.1", "multicast"),
+        ("240.1.1.1", "reserved"),
+        ("255.255.255.254", "reserved"),
+        ("255.255.255.255", "broadcast"),
+        ("10.0.0.256", "not an IPv4 address"),
+        ("", "not an IPv4 address"),
+        ("::1", "not an IPv4 address"),
+    ],
+)
+def test_unicast_problem(ip: str, why: str | None) -> None:
+    got = prefix.unicast_problem(ip)
+    assert got is None if why is None else (got is not None and why in got)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_unicast_agrees_with_ipaddress(value: int) -> None:
+    a = ipaddress.IPv4Address(value)
+    bad = a.is_unspecified or a.is_loopback or a.is_multicast or a.is_reserved
+    bad = bad or a in ipaddress.IPv4Network("0.0.0.0/8")  # ipaddress: "this network"
+    assert (prefix.unicast_problem(str(a)) is not None) == bad
+
+
+@pytest.mark.parametrize(
+    ("mac", "why"),
+    [
+        ("02:00:00:00:00:01", None),
+        ("00:00:00:00:00:01", None),
+        ("fe:ff:ff:ff:ff:ff", None),
+        ("00:00:00:00:00:00", "all zero"),
+        ("ff:ff:ff:ff:ff:ff", "broadcast"),
+        ("01:00:5e:7f:ff:fa", "multicast"),
+        ("33:33:00:00:00:fb", "multicast"),
+        ("ff:00:00:00:00:00", "multicast"),
+        ("00:00:00:00:00", "not a MAC"),
+        ("00:00:00:00:00:00:00", "not a MAC"),
+        ("0000.0000.0001", "not a MAC"),
+        ("g0:00:00:00:00:01", "not a MAC"),
+        ("", "no VTEP MAC"),
+        (None, "no VTEP MAC"),
+    ],
+)
+def test_mac_problem(mac: str | None, why: str | None) -> None:
+    got = prefix.mac_problem(mac)
+    assert got is None if why is None else (got is not None and why in got)
+
+
+def test_spans_nested_and_disjoint() -> None:
+    items = ["10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/24", "192.168.0.128/25", "172.16.0.0/30"]
+    spans = prefix.Spans((prefix.span(c) or (1, 0), c) for c in items)
+    assert len(spans) == 5
+
+    def hit(c: str) -> str | None:
+        return spans.overlapping(prefix.span(c) or (1, 0))
+
+    assert hit("10.200.0.0/24") == "10.0.0.0/8"  # inside the /8 only, after the /16 ended
+    assert hit("10.1.2.0/24") in ("10.0.0.0/8", "10.1.0.0/16")
+    assert hit("192.168.0.0/23") in ("192.168.0.0/24", "192.168.0.128/25")
+    assert hit("172.16.0.4/30") is None
+    assert hit("11.0.0.0/8") is None
+    assert hit("0.0.0.0/0") is not None
+    assert prefix.Spans([]).overlapping((0, prefix.ALL)) is None

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -56,8 +59,104 @@ def test_serves_metrics_over_http() -> None:
         return ok, missing
 
     ok, missing = asyncio.run(main())
-    assert ok.startswith(b"HTTP/1.1 200") and ok.endswith(b"up 1\n")
+    assert ok.startswith(b"HTTP/1.1 200") and b"\nup 1\n" in ok
+    assert b'meshd_metrics_requests_total{result="ok"} 0\n' in ok  # counted after it is served
     assert missing.startswith(b"HTTP/1.1 404")
+
+
+async def _server(**kw: Any) -> tuple[MetricsServer, int]:
+    srv = MetricsServer("127.0.0.1:0", lambda: [Family("up", "gauge", "Up.").add(1)], **kw)
+    await srv.start()
+    assert isinstance(srv._server, asyncio.Server)
+    return srv, srv._server.sockets[0].getsockname()[1]
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    for _ in range(2000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met")
+
+
+async def _closed(r: asyncio.StreamReader) -> bytes:
+    """Everything until the server closes (a reset counts as closed)."""
+    try:
+        return await asyncio.wait_for(r.read(), 30)
+    except ConnectionResetError:
+        return b""
+
+
+def test_a_client_trickling_header_lines_is_cut_at_the_request_deadline() -> None:
+    async def main() -> None:
+        srv, port = await _server(header_timeout=0.3)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /metrics HTTP/1.1\r\n")
+        sent = 0
+
+        async def trickle() -> None:
+            nonlocal sent
+            with contextlib.suppress(ConnectionError):
+                while True:  # a header line well inside any per-line timeout, forever
+                    w.write(f"X-Slow-{sent}: 1\r\n".encode())
+                    await w.drain()
+                    sent += 1
+                    await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(trickle())
+        got = await _closed(r)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        w.close()
+        assert got == b""  # cut without an answer
+        assert sent >= 2  # it did keep sending: only the total deadline stopped it
+        await _until(lambda: srv.results["timeout"] == 1)
+        assert srv.results["ok"] == 0
+        await srv.close()
+
+    asyncio.run(main())
+
+
+def test_oversized_headers_are_refused() -> None:
+    async def main() -> None:
+        srv, port = await _server()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /metrics HTTP/1.1\r\n" + b"X-Big: " + b"a" * 1000 + b"\r\n")
+        for _ in range(20):
+            w.write(b"X-More: " + b"b" * 1000 + b"\r\n")
+        await w.drain()
+        got = await _closed(r)
+        w.close()
+        assert got.startswith(b"HTTP/1.1 431")
+        assert srv.results["too_large"] == 1
+        await srv.close()
+
+    asyncio.run(main())
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_counted() -> None:
+    async def main() -> None:
+        srv, port = await _server(max_connections=2, header_timeout=60)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await _until(lambda: srv._active == 2)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert await _closed(r) == b""  # long before the 60 s deadline of the held ones
+        w.close()
+        assert srv.results["busy"] == 1
+        for _, hw in held:
+            hw.close()
+        await _until(lambda: srv._active == 0)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+        got = await _closed(r)
+        w.close()
+        assert got.startswith(b"HTTP/1.1 200")
+        assert b'meshd_metrics_requests_total{result="busy"} 1\n' in got
+        await srv.close()
+
+    asyncio.run(main())
 
 
 def snapshot(**over: object) -> Snapshot:

@@ -256,15 +256,44 @@ def test_restart_adopts_and_deletes_nothing_before_sync(tmp_path: Path) -> None:
 # --- conflicts -----------------------------------------------------------------------------------
 
 
-def test_someone_elses_route_is_reported_not_replaced(tmp_path: Path) -> None:
+def test_someone_elses_route_refuses_the_peer_and_is_never_replaced(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         h.fake.hand_add_route("10.244.2.0/24", "10.99.0.254", 2, proto=3)  # "boot": not ours
         await h.start(alive(rec(2)), alive(rec(3)))
         st = h.r.status()
-        assert "does not own" in (st["last_error"] or "")
+        assert st["last_error"] is None  # refused by the model, not a failed write
+        assert st["peer_flags"] == {"n2": "refused"}
+        assert "overlaps route 10.244.2.0/24, not meshd's" in st["skipped"]["n2"]
         assert h.fake.routes["10.244.2.0/24"].proto == 3
         assert h.fake.routes["10.244.2.0/24"].entry.gateway == "10.99.0.254"
         assert h.routes() == {"10.244.3.0/24"}
+        # A more specific foreign route appearing later inside a programmed subnet: n3 is
+        # withdrawn at the monitor's event, without waiting for a resync.
+        runs = h.runs
+        h.fake.hand_add_route("10.244.3.128/25", "10.99.0.254", 2, proto=4)
+        await h.until(lambda: h.runs > runs)
+        assert h.r.peer_flags() == {"n2": "refused", "n3": "refused"}
+        assert h.routes() == set()
+        # Both gone: both programmed, again at the events.
+        h.fake.hand_delete_route("10.244.2.0/24")
+        h.fake.hand_delete_route("10.244.3.128/25")
+        await h.until(lambda: h.routes() == {"10.244.2.0/24", "10.244.3.0/24"})
+        assert h.r.peer_flags() == {}
+        assert h.now < START + 60  # well before the 30 s resync after the last event
+
+    scenario(tmp_path, body)
+
+
+def test_routes_covering_the_whole_network_and_the_default_route_refuse_nobody(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        h.fake.hand_add_route("0.0.0.0/0", "10.99.0.254", 2, proto=3)
+        h.fake.hand_add_route("10.244.0.0/16", "10.99.0.254", 2, proto=3)  # e.g. a blackhole
+        h.fake.hand_add_route("10.0.0.0/8", "10.99.0.254", 2, proto=4)  # e.g. a VPN
+        await h.start(alive(rec(2)), alive(rec(3)))
+        assert h.r.peer_flags() == {}
+        assert h.routes() == {"10.244.2.0/24", "10.244.3.0/24"}
 
     scenario(tmp_path, body)
 
@@ -387,8 +416,8 @@ def test_missing_kernel_module_is_fatal_and_not_retried_before_the_resync(tmp_pa
 def test_a_failed_pass_is_retried_with_backoff(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         await h.start(alive(rec(2)))
-        # A foreign route makes every pass fail on n3 until it goes away.
-        h.fake.hand_add_route("10.244.3.0/24", "10.99.0.254", 2, proto=3)
+        # The kernel refuses n3's route: every pass fails on it until it takes it.
+        h.fake.refuse_routes.add("10.244.3.0/24")
         h.peers(alive(rec(2)), alive(rec(3)))
         await h.until(lambda: h.r.status()["last_error"] is not None)
         times = []
@@ -398,7 +427,7 @@ def test_a_failed_pass_is_retried_with_backoff(tmp_path: Path) -> None:
             times.append(h.now)
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert gaps == pytest.approx([1.0, 2.0, 4.0], abs=0.011)
-        h.fake.hand_delete_route("10.244.3.0/24")
+        h.fake.refuse_routes.clear()
         await h.until(lambda: "10.244.3.0/24" in h.routes())
         assert h.r.status()["last_error"] is None
         assert h.fake.routes["10.244.3.0/24"].proto == RTPROT_MESHD

@@ -130,3 +130,27 @@ def test_metric_families_come_from_the_node(tmp_path: Path) -> None:
     members = {labels["state"]: v for _, labels, v in fams["meshd_members"].samples}
     assert members == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
     assert fams["meshd_reconcile_runs_total"].samples[0][2] == 2
+
+
+def test_reload_key_file_swaps_the_ring_and_keeps_it_on_a_bad_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc, _, key_file = service(tmp_path)
+    old = svc.sealer.keyring
+    new = Keyring((decode_key(generate_key()), old.primary))  # another primary, the old kept
+    save_keyring(key_file, new)
+    assert svc.reload_key_file()
+    assert svc.sealer.keyring.ids() == new.ids() != old.ids()
+    assert svc.sealer.keyring.primary == new.primary != old.primary
+
+    caplog.clear()
+    key_file.write_text("not a key file\n")
+    assert not svc.reload_key_file()
+    assert svc.sealer.keyring.ids() == new.ids()  # unchanged
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "keeping the current keyring" in errors[0].getMessage()
+    assert "\n" not in errors[0].getMessage()
+
+    key_file.unlink()
+    assert not svc.reload_key_file()
+    assert svc.sealer.keyring.ids() == new.ids()

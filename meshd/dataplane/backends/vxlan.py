@@ -11,7 +11,8 @@ Per peer, in this order (flannel's; the route last, or the kernel ARPs for the g
 Removed in the reverse order. Neighbours and FDB entries are meshd's because the device is;
 routes carry proto 109. Deleting the underlay device makes the kernel delete the VTEP: the
 reconciler recreates it.
-Refuses: a peer announcing no VTEP MAC, or the MAC of a peer already programmed (``refused``).
+Refuses: a peer announcing no VTEP MAC, an all-zero, broadcast or multicast one
+(``prefix.mac_problem``), or the MAC of a peer already programmed (``refused``).
 MTU overhead: 50 (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14). Kernel module: ``vxlan``.
 Firewall: UDP to the configured port.
 """
@@ -66,14 +67,14 @@ class Vxlan(Backend):
         out: dict[str, Refusal] = {}
         seen: dict[str, str] = {}  # MAC -> the peer that has it
         for p in peers:
-            if not p.vtep_mac:
-                out[p.name] = Refusal(FLAG_REFUSED, "announces no VTEP MAC")
-            elif p.vtep_mac in seen:
-                out[p.name] = Refusal(
-                    FLAG_REFUSED, f"VTEP MAC {p.vtep_mac} is also {seen[p.vtep_mac]}'s"
-                )
+            mac = p.vtep_mac or ""
+            problem = prefix.mac_problem(mac)
+            if problem is not None:
+                out[p.name] = Refusal(FLAG_REFUSED, problem)
+            elif mac in seen:
+                out[p.name] = Refusal(FLAG_REFUSED, f"VTEP MAC {mac} is also {seen[mac]}'s")
             else:
-                seen[p.vtep_mac] = p.name
+                seen[mac] = p.name
         return out
 
     def encapsulation(self, port: int) -> Encapsulation:
