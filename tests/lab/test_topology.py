@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd import pki
 from meshd.errors import LabError
 from meshd.lab import DEFAULT_GOSSIP_PORT, Lab, down, faults, format_matrix, leftover_namespaces
 from meshd.lab.namespaces import netns_exists
@@ -94,8 +95,8 @@ def test_bad_parameters(kwargs: dict[str, object], message: str) -> None:
         Lab(**kwargs)  # type: ignore[arg-type]
 
 
-def test_daemon_argv() -> None:
-    lab = Lab("argv", hosts=2, workdir="/var/tmp/lab-argv")
+def test_daemon_argv(tmp_path: Path) -> None:
+    lab = Lab("argv", hosts=2, workdir=tmp_path)
     h2 = lab.hosts[1]
     argv = lab.daemon_argv(h2, key_file="/k", backend="vxlan", seeds=lab.seeds_for(h2), port=7950)
     assert argv[:4] == [sys.executable, "-m", "meshd", "join"]
@@ -109,11 +110,19 @@ def test_daemon_argv() -> None:
         "--backend": "vxlan",
         "--port": "7950",
         "--key-file": "/k",
-        "--state-dir": "/var/tmp/lab-argv/h2/state",
-        "--socket": "/var/tmp/lab-argv/h2/meshd.sock",
-        "--subnet-env": "/var/tmp/lab-argv/h2/subnet.env",
+        "--state-dir": f"{tmp_path}/h2/state",
+        "--socket": f"{tmp_path}/h2/meshd.sock",
+        "--subnet-env": f"{tmp_path}/h2/subnet.env",
+        # certificate mode by default: the lab's throwaway CA certified h2
+        "--ca": f"{tmp_path}/ca/ca.crt",
+        "--cert": f"{tmp_path}/ca/h2.crt",
     }
     assert lab.seeds_for(lab.hosts[0]) == []
+    cert = pki.load_certificate(tmp_path / "ca" / "h2.crt")
+    assert (cert.name, cert.public_ip, cert.grant.subnet) == ("h2", "10.99.0.2", "10.244.2.0/24")
+    assert (tmp_path / "ca" / "h2.key").stat().st_mode & 0o777 == 0o600
+    lab.certificates = False
+    assert "--ca" not in lab.daemon_argv(h2, key_file="/k", backend="vxlan")
 
 
 def test_default_port_matches_config() -> None:
