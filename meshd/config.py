@@ -73,6 +73,11 @@ class Config:
     """nftables rules accepting ipip/vxlan only from members' public IPs (table inet meshd)."""
     control_group: str | None = None
     """Group (name) that may use the control socket besides root; socket mode 0660 then."""
+    source_rate_limit: float = 1000.0
+    """Gossip datagrams per second accepted from one source IP, with bursts of 5 seconds' worth;
+    more are dropped before decryption (``drop.rate``); 0 = no limit. A 10,000-member push-pull
+    (~800 datagrams, ~4,000 with certificates) fits one burst; a steady member sends a few per
+    second."""
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
@@ -163,6 +168,7 @@ _GOSSIP_RANGES: dict[str, tuple[float, float]] = {
     "suspicion_max_timeout_mult": (1, 100),
     "gossip_interval": (0.01, 10),
     "push_pull_interval": (0.1, 3600),
+    "push_pull_min_interval": (0, 3600),
     "gossip_to_the_dead": (0, 86400),
     "dead_probe_interval": (0.1, 3600),
     "tombstone_ttl": (1, 10**7),
@@ -244,6 +250,8 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         return value
     if key == "resync_interval":
         return _num(key, value, 1, 86400)
+    if key == "source_rate_limit":
+        return _num(key, value, 0, 10**6)
     if key == "metrics":
         if value is True:
             return "127.0.0.1:9950"

@@ -13,8 +13,9 @@ from typing import Any, TypedDict
 
 from meshd.errors import ControlError
 
-KEY_ID_HEX = 8
-"""A key id on the control socket: 4 bytes as 8 hex digits (`meshd keys list`)."""
+KEY_ID_HEX = 32
+"""A key id on the control socket: 16 bytes (security.KEY_ID_LEN) as 32 hex digits
+(`meshd keys list`)."""
 
 
 class PeerRow(TypedDict):
@@ -98,7 +99,7 @@ class KeyInstall:
 
 @dataclass(frozen=True, slots=True)
 class KeyRef:
-    """``keys.use`` and ``keys.remove``: a key id (``key_id``, 8 hex digits)."""
+    """``keys.use`` and ``keys.remove``: a key id (``key_id``, 32 hex digits)."""
 
     key_id: bytes
 
@@ -110,5 +111,7 @@ class KeyRef:
         except ValueError:
             kid = b""
         if len(kid) * 2 != KEY_ID_HEX:
-            raise ControlError(f"key id {raw!r}: expected 8 hex digits (see `meshd keys list`)")
+            raise ControlError(
+                f"key id {raw!r}: expected {KEY_ID_HEX} hex digits (see `meshd keys list`)"
+            )
         return cls(kid)

@@ -122,7 +122,7 @@ def test_own_op_is_handed_back_and_gossiped() -> None:
     while not any(isinstance(x, m.KeyOp) for x in out) and t < 5:
         t = n.get_timer() or t
         n.handle_timer(t)
-        out += [x for d, _ in n.datagrams_to_send() for x in m.decode(d)]
+        out += [x for d, _, _ in n.datagrams_to_send() for x in m.decode(d)]
     assert mine in out
     assert n.pop_key_ops() == []
 
