@@ -130,3 +130,13 @@ def test_metric_families_come_from_the_node(tmp_path: Path) -> None:
     members = {labels["state"]: v for _, labels, v in fams["meshd_members"].samples}
     assert members == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
     assert fams["meshd_reconcile_runs_total"].samples[0][2] == 2
+
+
+def test_install_into_a_full_keyring_is_refused_at_the_origin(tmp_path: Path) -> None:
+    svc, _, _ = service(tmp_path)
+    for _ in range(3):
+        call(svc, "keys.install", key=generate_key())
+    assert len(svc.sealer.keyring.keys) == 4
+    with pytest.raises(ControlError, match=r"keyring is full \(4 keys\)"):
+        call(svc, "keys.install", key=generate_key())
+    assert len(svc.sealer.keyring.keys) == 4
