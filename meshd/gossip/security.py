@@ -62,7 +62,7 @@ REPLAY_WINDOW = 60.0
 """Seconds of clock skew tolerated between members; nonces are cached for twice this."""
 NONCE_CACHE_MAX = 65_536
 """Upper bound on remembered nonces, so a flood cannot grow memory without bound. Measured at
-~175 bytes per entry (an OrderedDict of 12-byte nonces; benchmarks/bench_envelope.py): ~11 MiB
+150-175 bytes per entry (an OrderedDict of 12-byte nonces; benchmarks/bench_envelope.py): 10-11 MiB
 when full, enough for 546 datagrams/s sustained over the 120 s a nonce is kept -- over ten times
 what a member of a 10,000-node mesh receives. Beyond it the window shrinks (module docstring)."""
 

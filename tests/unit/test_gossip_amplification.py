@@ -59,7 +59,7 @@ def replay(net: Network, src: int, data: bytes, to: bytes, dst: int) -> tuple[in
 def test_every_datagram_names_the_member_it_goes_to() -> None:
     net = mesh(6)
     got = capture(net, 30)
-    ids = {rec.addr: n.local.node_id for n, rec in zip(net.nodes, (n.local for n in net.nodes))}
+    ids = {n.local.addr: n.local.node_id for n in net.nodes}
     assert got
     for _, _, addr, to in got:
         assert to == ids[addr]  # converged: nobody is addressed as "any"
@@ -94,7 +94,7 @@ def test_the_join_sent_to_any_is_answered_within_its_size_then_addressed() -> No
     assert net.run_until_true(net.fully_converged, 30)
     net.on_datagram = None
     first = [(d, to) for s, d, a, to in got if s == j and kind(d) == "push_pull_request"]
-    (hello, to_any), (again, to_seed) = first[0], first[1]
+    (hello, to_any), (_, to_seed) = first[0], first[1]
     # Its first contact went to "any", padded to a full datagram; the second, to the seed's id.
     assert to_any == b"" and len(hello) + OVERHEAD == GossipConfig().max_datagram - 2
     assert to_seed == net.nodes[0].local.node_id
