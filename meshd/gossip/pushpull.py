@@ -128,6 +128,7 @@ class Sync:
         self._any: OrderedDict[int, None] = OrderedDict()
         self._full_at: OrderedDict[bytes, float] = OrderedDict()
         self._join_delay = 0.0
+        self._join_rounds = 0
         self._push_pull_at = 0.0
 
     def start(self, now: float) -> None:
@@ -269,8 +270,11 @@ class Sync:
     # --- internals ----------------------------------------------------------------------------
 
     def _join_round(self, now: float) -> None:
+        # A member we knew is asked by its node id first; if that went unanswered, through
+        # "any" from then on: it may have come back under a new node id (a wiped state dir).
+        first, self._join_rounds = self._join_rounds == 0, self._join_rounds + 1
         for addr, node_id in self._seeds:
-            if node_id:
+            if node_id and first:
                 self._send_to(addr, node_id)
             else:
                 sync_id = self._rng.getrandbits(32)

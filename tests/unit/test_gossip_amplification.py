@@ -172,3 +172,18 @@ def test_full_states_go_to_members_at_most_once_per_interval() -> None:
     stranger = make_record(40).node_id
     net.deliver(0, digest, VICTIM, stranger, n0.local.node_id)
     assert n0.counters["drop.unknown_source"] >= 1
+
+
+def test_a_seed_back_under_a_new_node_id_is_reached_through_any() -> None:
+    net = mesh(3)
+    old = net.nodes[1].local
+    net.crash(1)
+    # Node 1's host comes back with a wiped state dir: same address, a new node id. Node 2
+    # restarts knowing only the old one.
+    reborn = replace(old, node_id=make_record(50).node_id)
+    net.addrs[1] = ("0.0.0.0", 1)  # the crashed node no longer owns the address
+    net._by_addr.pop(old.addr)
+    b = net.add_node(reborn, seeds=[])
+    c = net.add_node(make_record(60), known=[old], seeds=[])
+    assert net.run_until_true(lambda: net.nodes[c].synced, 30)
+    assert net.nodes[b].counters["push_pull.any_request"] >= 1
