@@ -147,7 +147,7 @@ class NewsCounter:
         self.news: list[bytes] = []
         self.sends = 0
 
-    def on_datagram(self, src: int, data: bytes, addr: Addr) -> None:
+    def on_datagram(self, src: int, data: bytes, addr: Addr, to: bytes) -> None:
         for msg in self.news:
             if msg in data:
                 self.sends += 1

@@ -208,10 +208,33 @@ def keys_list(socket: SocketOpt = DEFAULT_SOCKET) -> None:
 @keys_app.command("install")
 @friendly
 def keys_install(
-    key: Annotated[str, typer.Argument(help="A key from `meshd keygen` (base64).")],
+    source: Annotated[
+        str | None, typer.Argument(help="`-`: read the key from stdin (`meshd keygen | ...`).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Read the key from this file.")
+    ] = None,
     socket: SocketOpt = DEFAULT_SOCKET,
 ) -> None:
-    """Add a key to every member's ring (accepted on receipt, not yet used to seal)."""
+    """Add a key to every member's ring (accepted on receipt, not yet used to seal).
+
+    The key is read from stdin (`meshd keygen | meshd keys install -`) or from a file (`--file`),
+    never from the command line, where shell history and `ps` would keep it."""
+    if (source is None) == (file is None) or source not in (None, "-"):
+        fail(
+            "keys install reads the key from stdin or a file, never from the command line: "
+            "`meshd keygen | meshd keys install -` or `meshd keys install --file FILE`"
+        )
+    if file is not None:
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}")
+    else:
+        text = sys.stdin.read()
+    key = text.strip()
+    if not key or "\n" in key:
+        fail("keys install: expected one base64 key (from `meshd keygen`)")
     typer.echo(fmt.keys(client.keys(socket, "install", key=key)))
 
 

@@ -82,6 +82,11 @@ class Config:
     control_group: str | None = None
     """Group (name) whose members may run the control socket's read-only commands (peers,
     status, keys list); root may run every command. Checked per request (SO_PEERCRED)."""
+    source_rate_limit: float = 1000.0
+    """Gossip datagrams per second accepted from one source IP, with bursts of 5 seconds' worth;
+    more are dropped before decryption (``drop.rate``); 0 = no limit. A 10,000-member push-pull
+    (~800 datagrams, ~4,000 with certificates) fits one burst; a steady member sends a few per
+    second."""
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
@@ -178,6 +183,7 @@ _GOSSIP_RANGES: dict[str, tuple[float, float]] = {
     "suspicion_max_timeout_mult": (1, 100),
     "gossip_interval": (0.01, 10),
     "push_pull_interval": (0.1, 3600),
+    "push_pull_min_interval": (0, 3600),
     "gossip_to_the_dead": (0, 86400),
     "dead_probe_interval": (0.1, 3600),
     "tombstone_ttl": (1, 10**7),
@@ -260,6 +266,8 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         return value
     if key == "resync_interval":
         return _num(key, value, 1, 86400)
+    if key == "source_rate_limit":
+        return _num(key, value, 0, 10**6)
     if key == "metrics":
         if value is True:
             return "127.0.0.1:9950"

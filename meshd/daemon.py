@@ -102,9 +102,17 @@ class Daemon:
             )
         except RecordError as exc:  # e.g. an underlay MTU no record can carry (lo: 65536)
             raise ConfigError(f"this node's record: {exc}") from None
-        sealer = Sealer(keyring, max_datagram=cfg.gossip.max_datagram)
+        sealer = Sealer(keyring, state.node_id, max_datagram=cfg.gossip.max_datagram)
         changed = asyncio.Event()
-        self.transport = Transport(node, sealer, ("0.0.0.0", cfg.port), on_change=changed.set)
+        # Bound to the underlay address only (always one of this host's: discover_underlay
+        # checks), so the gossip port is not open on every other interface.
+        self.transport = Transport(
+            node,
+            sealer,
+            (underlay.ip, cfg.port),
+            on_change=changed.set,
+            source_rate=cfg.source_rate_limit,
+        )
         await self.transport.start()
         # The reconciler's own config: the Config fields it reads (docs/dataplane.md).
         rcfg = ReconcilerConfig(

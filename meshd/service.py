@@ -33,7 +33,7 @@ from meshd.errors import ControlError, MeshdError
 from meshd.gossip.keyops import KeyringOutcome, apply_to_keyring
 from meshd.gossip.messages import KeyOp
 from meshd.gossip.node import GossipNode
-from meshd.gossip.security import KeyFormatError, Sealer, decode_key, key_id
+from meshd.gossip.security import MAX_KEYS, KeyFormatError, Sealer, decode_key, key_id
 from meshd.keyfile import load_keyring, save_keyring
 from meshd.metrics import Family, Snapshot, families
 
@@ -217,6 +217,8 @@ class Service:
         change = apply_to_keyring(self.sealer.keyring, ops)
         for op, outcome in change.outcomes:
             _log_key_op(op, outcome)
+            if outcome == "full":
+                self.node.counters["keyring.full"] += 1
         if change.changed:
             self.sealer.set_keyring(change.keyring)
             try:
@@ -267,6 +269,11 @@ class Service:
             key = decode_key(req.key)
         except KeyFormatError as exc:
             raise ControlError(f"key: {exc}") from None
+        ring = self.sealer.keyring
+        if key not in ring.keys and len(ring.keys) >= MAX_KEYS:
+            raise ControlError(
+                f"keyring is full ({MAX_KEYS} keys): `meshd keys remove` an old one first"
+            )
         return await self._key_op("install", key)
 
     async def keys_use(self, req: KeyRef) -> KeyList:
@@ -291,3 +298,5 @@ def _log_key_op(op: KeyOp, outcome: KeyringOutcome) -> None:
         log.warning("keyring: cannot use unknown key %s (yet)", kid)
     elif outcome == "refused":
         log.warning("keyring: refusing to remove the primary key %s", kid)
+    elif outcome == "full":
+        log.warning("keyring: no room for key %s (%d keys at most)", kid, MAX_KEYS)

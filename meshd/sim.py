@@ -4,6 +4,11 @@
 loss, latency, partitions and crashes. It always jumps straight to the next event, so a minute of a
 thousand-node mesh costs only the work the nodes actually do.
 
+It models the envelope's addressing (security.py) without its cryptography: every datagram carries
+its sender's node id and the node id it is for, and a node drops one that is for another member
+(``misaddressed``) or from itself, as the envelope does; `deliver` hands a node a datagram from
+anywhere (a replay, a spoofed source) through the same checks.
+
 The unit tests drive it directly; the scenarios that measure the protocol at scale (steady-state
 traffic, how fast an update spreads, how fast a crash is noticed, false positives) live beside the
 benchmarks::
@@ -42,7 +47,8 @@ from meshd.gossip.trust import Signer, Trust
 
 Addr = tuple[str, int]
 EventHook = Callable[[float, int, MemberEvent], None]
-DatagramHook = Callable[[int, bytes, Addr], None]
+DatagramHook = Callable[[int, bytes, Addr, bytes], None]
+"""(sender index, payload, destination, recipient node id or b"" for any)."""
 
 
 SIM_WALL = 1_800_000_000.0
@@ -165,8 +171,9 @@ class Network:
         self.largest = 0
         self.lost = 0
         self.blocked = 0
+        self.misaddressed = 0
         self._by_addr: dict[Addr, int] = {}
-        self._heap: list[tuple[float, int, int, bytes | None, int]] = []
+        self._heap: list[tuple[float, int, int, bytes | None, int, bytes]] = []
         self._hseq = 0
         self._sched: list[float | None] = []
 
@@ -253,14 +260,14 @@ class Network:
 
     # --- running ------------------------------------------------------------------------------
 
-    def _push(self, when: float, idx: int, data: bytes | None, src: int) -> None:
+    def _push(self, when: float, idx: int, data: bytes | None, src: int, to: bytes = b"") -> None:
         self._hseq += 1
-        heapq.heappush(self._heap, (when, self._hseq, idx, data, src))
+        heapq.heappush(self._heap, (when, self._hseq, idx, data, src, to))
 
     def _after(self, idx: int) -> None:
         node = self.nodes[idx]
-        for data, addr in node.datagrams_to_send():
-            self._route(idx, data, addr)
+        for data, addr, to in node.datagrams_to_send():
+            self._route(idx, data, addr, to)
         events = node.pop_events()
         if events:
             for ev in events:
@@ -281,25 +288,42 @@ class Network:
             self._sched[idx] = t
             self._push(t, idx, None, idx)
 
-    def _route(self, src: int, data: bytes, addr: Addr) -> None:
+    def _route(self, src: int, data: bytes, addr: Addr, to: bytes) -> None:
         self.sent += 1
         self.sent_bytes += len(data)
         self.largest = max(self.largest, len(data))
         if self.on_datagram is not None:
-            self.on_datagram(src, data, addr)
+            self.on_datagram(src, data, addr, to)
         dst = self._by_addr.get(addr)
         if dst is None:
             return
         if self.loss and self.rng.random() < self.loss:
             self.lost += 1
             return
-        self._push(self.now + self.rng.uniform(*self.latency), dst, data, src)
+        self._push(self.now + self.rng.uniform(*self.latency), dst, data, src, to)
+
+    def _opens(self, dst: int, sender: bytes, to: bytes) -> bool:
+        """The envelope's addressing checks (security.Sealer.open)."""
+        me = self.nodes[dst].local.node_id
+        if (to and to != me) or sender == me:
+            self.misaddressed += 1
+            return False
+        return True
+
+    def deliver(self, dst: int, data: bytes, from_addr: Addr, sender: bytes, to: bytes) -> None:
+        """Hand node ``dst`` a datagram now, as if it came from ``from_addr`` sealed by
+        ``sender`` for ``to`` (b"": any): a replay or a spoofed source, through the envelope's
+        checks. What the node sends in answer goes out as usual."""
+        if self.down[dst] or not self._opens(dst, sender, to):
+            return
+        self.nodes[dst].receive_datagram(data, from_addr, self.now, sender, not to)
+        self._after(dst)
 
     def run_until(self, t_end: float) -> None:
         heap, nodes = self._heap, self.nodes
         signed = self.pki is not None
         while heap and heap[0][0] <= t_end:
-            when, _, idx, data, src = heapq.heappop(heap)
+            when, _, idx, data, src, to = heapq.heappop(heap)
             if self.down[idx]:
                 continue
             self.now = when
@@ -314,7 +338,10 @@ class Network:
                 if self.group[src] != self.group[idx] or self.down[src]:
                     self.blocked += 1
                     continue
-                nodes[idx].receive_datagram(data, self.addrs[src], when)
+                sender = nodes[src].local.node_id
+                if not self._opens(idx, sender, to):
+                    continue
+                nodes[idx].receive_datagram(data, self.addrs[src], when, sender, not to)
             self._after(idx)
         self.now = max(self.now, t_end)
 

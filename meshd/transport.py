@@ -2,7 +2,11 @@
 
 Two loops share one GossipNode: the receiver feeds every authenticated datagram to the core, the
 timer loop sleeps until the core's next deadline. After either, whatever the core wants to send
-is sealed and sent at once. Datagrams that fail to open are counted by reason and never parsed.
+is sealed for the member it is for and sent at once. Datagrams that fail to open are counted by
+reason and never parsed.
+
+Before any decryption, each source IP is held to a token bucket (`SourceLimiter`): a flood from
+one address is dropped (``drop.rate``) at the cost of a dict lookup.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import math
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 import asyncio_dgram
@@ -24,6 +28,35 @@ from meshd.gossip.security import OpenError, Sealer
 log = logging.getLogger(__name__)
 RCVBUF = 4 * 1024 * 1024
 """Ask for a large receive buffer: gossip bursts (push-pull chunks) arrive back to back."""
+SOURCES_MAX = 4096
+"""Source IPs with a token bucket; the least recently seen is forgotten (a fresh, full bucket if
+it comes back): memory stays bounded whatever the sources."""
+BURST_SECONDS = 5.0
+"""A source's bucket holds this many seconds' worth of its rate."""
+
+
+class SourceLimiter:
+    """A token bucket per source IP: ``rate`` datagrams per second, ``rate * BURST_SECONDS`` at
+    once; ``rate`` 0 lets everything through."""
+
+    def __init__(self, rate: float, max_sources: int = SOURCES_MAX) -> None:
+        self.rate = rate
+        self.burst = rate * BURST_SECONDS
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """ip -> (tokens, when they were counted), least recently seen first."""
+
+    def allow(self, ip: str, now: float) -> bool:
+        if not self.rate:
+            return True
+        buckets = self._buckets
+        got = buckets.pop(ip, None)
+        tokens = self.burst if got is None else min(self.burst, got[0] + (now - got[1]) * self.rate)
+        ok = tokens >= 1.0
+        buckets[ip] = (tokens - 1.0 if ok else tokens, now)
+        if len(buckets) > self.max_sources:
+            buckets.popitem(last=False)
+        return ok
 
 
 class Transport:
@@ -35,9 +68,11 @@ class Transport:
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        source_rate: float = 0.0,
     ) -> None:
         self.node = node
         self.sealer = sealer
+        self.limiter = SourceLimiter(source_rate)
         self.bind = bind
         self.on_change = on_change
         self.clock = clock
@@ -91,14 +126,23 @@ class Transport:
                 continue
             self.counters["in"] += 1
             self.counters["in_bytes"] += len(data)
+            host, port = addr[0], addr[1]  # type: ignore[index]  # AF_INET: (str, int)
+            if not self.limiter.allow(str(host), self.clock()):
+                self.counters["drop.rate"] += 1
+                continue
             try:
-                payload = self.sealer.open(data, self.wall())
+                opened = self.sealer.open(data, self.wall())
             except OpenError as exc:
                 self.counters[f"drop.{exc.reason}"] += 1
                 continue
-            host, port = addr[0], addr[1]  # type: ignore[index]  # AF_INET: (str, int)
             try:
-                self.node.receive_datagram(payload, (str(host), int(port)), self.clock())
+                self.node.receive_datagram(
+                    opened.payload,
+                    (str(host), int(port)),
+                    self.clock(),
+                    opened.sender,
+                    opened.to_any,
+                )
             except Exception:  # a bug in the core: one authenticated datagram must not stop us
                 self.counters["error.internal"] += 1
                 log.exception("gossip core failed on a datagram from %s:%s", host, port)
@@ -149,8 +193,8 @@ class Transport:
 
     async def _flush(self) -> None:
         assert self._stream is not None
-        for payload, addr in self.node.datagrams_to_send():
-            data = self.sealer.seal(payload, self.wall())
+        for payload, addr, recipient in self.node.datagrams_to_send():
+            data = self.sealer.seal(payload, self.wall(), recipient)
             self._drain_errors()
             try:
                 await self._stream.send(data, addr)

@@ -9,7 +9,7 @@ daemon's side is meshd/service.py):
 - ``status``: this node, counters, drops by reason, data plane, filter
 - ``leave``: broadcast ``left``, wait (bounded) until it spread, then the daemon exits
 - ``update``: re-announce this node with a higher incarnation; ``{"incarnation", "at"}``
-- ``keys.list``, ``keys.install`` (``key``: base64), ``keys.use`` (``key_id``: 8 hex digits),
+- ``keys.list``, ``keys.install`` (``key``: base64), ``keys.use`` (``key_id``: 32 hex digits),
   ``keys.remove`` (``key_id``): the cluster keyring, spread over gossip
 - ``crl.install`` (``crl``: PEM text): a CA's revocation list, spread over gossip
 

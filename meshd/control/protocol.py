@@ -18,8 +18,9 @@ READ_ONLY = frozenset({"peers", "status", "keys.list"})
 command -- leave, update, keys.install/use/remove, crl.install and any added later -- needs root:
 a new command is root-only until it is listed here."""
 
-KEY_ID_HEX = 8
-"""A key id on the control socket: 4 bytes as 8 hex digits (`meshd keys list`)."""
+KEY_ID_HEX = 32
+"""A key id on the control socket: 16 bytes (security.KEY_ID_LEN) as 32 hex digits
+(`meshd keys list`)."""
 
 
 class PeerRow(TypedDict):
@@ -103,7 +104,7 @@ class KeyInstall:
 
 @dataclass(frozen=True, slots=True)
 class KeyRef:
-    """``keys.use`` and ``keys.remove``: a key id (``key_id``, 8 hex digits)."""
+    """``keys.use`` and ``keys.remove``: a key id (``key_id``, 32 hex digits)."""
 
     key_id: bytes
 
@@ -115,7 +116,9 @@ class KeyRef:
         except ValueError:
             kid = b""
         if len(kid) * 2 != KEY_ID_HEX:
-            raise ControlError(f"key id {raw!r}: expected 8 hex digits (see `meshd keys list`)")
+            raise ControlError(
+                f"key id {raw!r}: expected {KEY_ID_HEX} hex digits (see `meshd keys list`)"
+            )
         return cls(kid)
 
 

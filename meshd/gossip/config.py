@@ -35,6 +35,12 @@ class GossipConfig:
     """Each broadcast is sent retransmit_mult * ceil(log10(N+1)) times (memberlist: 4)."""
     push_pull_interval: float = 30.0
     """Seconds between full state exchanges with one random peer (memberlist: 30 s)."""
+    push_pull_min_interval: float = 0.5
+    """Seconds between two full states sent to one peer (replies to its requests, exchanges its
+    digest starts); more are dropped (``drop.push_pull_rate``), so forged or replayed requests
+    cannot turn a member into a firehose (meshd). Honest peers ask far less often: the closest
+    two full states to one peer come is a join and the joiner's first digest round,
+    JOIN_SETTLE = 2 probe intervals apart."""
     gossip_to_the_dead: float = 30.0
     """Dead members keep receiving gossip for this long, so they learn they were declared dead."""
     dead_probe_interval: float = 10.0

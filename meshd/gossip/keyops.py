@@ -27,6 +27,22 @@ End state, whatever the arrival order: the primary is the key of the latest ``us
 is installed), and every other key an op touched is present exactly when its latest
 ``install``/``remove`` is an install. Keys no op ever named are left as the key file has them.
 
+Bounds against a hostile key holder:
+
+* Lamport jumps: an op stamped more than MAX_LTIME_JUMP above our clock is dropped
+  (``drop.key_op_ltime``), so nobody can stamp a ``use`` at the maximum Lamport time and pin the
+  primary forever: the clock only ever moves up by a bounded step per accepted op, and an
+  operator's next op outranks the jump. One exception: a node that has accepted no op yet (just
+  started: the clock is not persisted) takes the first push-pull log it gets as it is, or it could
+  never catch up with a mesh whose clock went past MAX_LTIME_JUMP.
+* Ring size: `apply_to_keyring` refuses an install into a ring of security.MAX_KEYS keys
+  (``full``); the same ops applied to the same ring refuse alike on every node, and an install
+  refused for want of room is handed out again, in stamp order, after the next remove. So when a
+  remove frees the room, arrival order does not decide whether a node gets the key; only two
+  installs racing for the last free place, concurrently with that remove, can end differently on
+  different nodes (the control socket refuses an install into a full ring at its origin, so an
+  operator never causes that).
+
 Memory is bounded: ``SEEN_IDS`` op ids for deduplication, ``KEY_REGISTERS`` key ids, and the
 ``LOG_SIZE`` latest ops, which every push-pull carries so a node that missed a broadcast (down or
 partitioned at the time) still gets it. The state is not persisted: a restarted node replays the
@@ -50,7 +66,7 @@ from meshd.gossip.messages import (
     KeyOpKind,
 )
 from meshd.gossip.record import _NAME_RE
-from meshd.gossip.security import Keyring, key_id
+from meshd.gossip.security import MAX_KEYS, Keyring, key_id
 
 LOG_SIZE = 8
 """Latest ops carried in every push-pull (~75 bytes each)."""
@@ -58,6 +74,9 @@ SEEN_IDS = 1024
 """Op ids remembered for deduplication; far more than LOG_SIZE, so a logged op is always known."""
 KEY_REGISTERS = 256
 """Key ids whose latest install/remove is remembered (least recently touched forgotten first)."""
+MAX_LTIME_JUMP = 1024
+"""Most an accepted op's Lamport time may exceed our clock by (see the module docstring); far
+more ops than an operator issues between two push-pulls."""
 
 Stamp = tuple[int, str, bytes]
 
@@ -102,10 +121,15 @@ class KeyOps:
         and for the node to gossip on). ``logged``: from a push-pull log, where repeats are the
         norm and not counted as duplicates."""
         fresh: list[KeyOp] = []
+        first_log = logged and not self._seen
         for op in sorted(ops, key=stamp):
             if op.id in self._seen:
                 if not logged:
                     self._counters["keyop.duplicate"] += 1
+                continue
+            if op.ltime > self.clock + MAX_LTIME_JUMP and not first_log:
+                # Not remembered as seen: once our clock gets near it (honestly), it may count.
+                self._counters["drop.key_op_ltime"] += 1
                 continue
             self._seen[op.id] = None
             if len(self._seen) > SEEN_IDS:
@@ -157,6 +181,11 @@ class KeyOps:
             # The use of this key arrived first and could not be applied; now it can.
             self._redeliver(self._use)
             self._remove_again(kid)
+        elif op.op == "remove":
+            # An install refused for want of room (the ring was full) may fit now.
+            installs = [last for other, last in self._keys.items() if last.op == "install"]
+            for last in sorted(installs, key=stamp):
+                self._redeliver(last)
 
     def _remove_again(self, primary: bytes) -> None:
         for kid, last in self._keys.items():
@@ -176,9 +205,12 @@ class KeyOps:
         del log[:-LOG_SIZE]
 
 
-KeyringOutcome = Literal["installed", "primary", "removed", "unknown", "refused", "unchanged"]
+KeyringOutcome = Literal[
+    "installed", "primary", "removed", "unknown", "refused", "full", "unchanged"
+]
 """What one op did to a keyring: ``unknown`` is a use of a key not (yet) installed, ``refused``
-a removal of the primary; ``unchanged`` covers the idempotent repeats."""
+a removal of the primary, ``full`` an install into a ring of MAX_KEYS keys; ``unchanged`` covers
+the idempotent repeats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,16 +228,20 @@ class KeyringChange:
 def apply_to_keyring(keyring: Keyring, ops: Iterable[KeyOp]) -> KeyringChange:
     """Apply ops, in the order given (`KeyOps.pop`'s), to a keyring; pure and idempotent.
 
-    install adds a key at the end (accepted on receipt, not used to seal); use moves a key to the
-    front (the primary seals); remove drops a key, but never the primary: a ring must keep a key
-    every member can open, and `KeyOps` hands the remove out again after the next use."""
+    install adds a key at the end (accepted on receipt, not used to seal), unless the ring holds
+    MAX_KEYS already (``full``: `KeyOps` hands it out again after the next remove); use moves a
+    key to the front (the primary seals); remove drops a key, but never the primary: a ring must
+    keep a key every member can open, and `KeyOps` hands the remove out again after the next
+    use."""
     ring = list(keyring.keys)
     outcomes: list[tuple[KeyOp, KeyringOutcome]] = []
     for op in ops:
         ids = [key_id(k) for k in ring]
         outcome: KeyringOutcome = "unchanged"
         if op.op == "install":
-            if op.key not in ring:
+            if op.key not in ring and len(ring) >= MAX_KEYS:
+                outcome = "full"
+            elif op.key not in ring:
                 ring.append(op.key)
                 outcome = "installed"
         elif op.key not in ids:

@@ -24,8 +24,9 @@ from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError
 PROTOCOL_VERSION = 1
 """Version of the datagram layout; a receiver drops datagrams of any other version."""
 
-ENVELOPE_RESERVE = 64
-"""Bytes the transport adds around a payload (version, key id, nonce, AEAD tag, timestamp)."""
+ENVELOPE_RESERVE = 85
+"""Bytes the transport adds around a payload: security.OVERHEAD (version 1, key id 16, nonce 12,
+sender and recipient node ids 16 + 16, timestamp 8, AEAD tag 16)."""
 
 DATAGRAM_OVERHEAD = 5
 """Bytes of compound framing around the messages: fixarray(2) + version + array16 header."""
@@ -37,8 +38,8 @@ MAX_LTIME = 2**63 - 1
 KEY_OP_ID_LEN = 16
 KEY_LEN = 32
 """An AES-256 key (security.KEY_LEN)."""
-KEY_ID_LEN = 4
-"""security.key_id(key): the first 4 bytes of SHA-256(key)."""
+KEY_ID_LEN = 16
+"""security.key_id(key): the first 16 bytes of SHA-256(key)."""
 RECORD_CACHE_MAX = 1 << 16
 """Validated records and names remembered by the decoder (cleared when full)."""
 MAX_KEY_OP_LOG = 32
@@ -147,7 +148,7 @@ class KeyOp:
     """16 bytes from the originating node's RNG; duplicates are recognised by it."""
     op: KeyOpKind
     key: bytes
-    """``install``: the 32-byte key. ``use``, ``remove``: the key's 4-byte id."""
+    """``install``: the 32-byte key. ``use``, ``remove``: the key's 16-byte id."""
     origin: str
     """Name of the node that issued it."""
     ltime: int
@@ -186,6 +187,9 @@ class SyncDigest:
     sync_id: int
     reply: bool
     digest: bytes
+    sender: str = ""
+    """The sender's name (a fifth element, appended): the answer goes to that member's record
+    address, never to the datagram's source. Empty from a node predating it: not answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +262,8 @@ def encode(msg: Message) -> bytes:
             _packb([MsgType.KEY_OP, msg.id, _KEY_OP_CODE[msg.op], msg.key, msg.origin, msg.ltime])
         )
     if isinstance(msg, SyncDigest):
-        return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest]))
+        named = [msg.sender] if msg.sender else []
+        return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest, *named]))
     if isinstance(msg, Crl):
         return bytes(_packb([MsgType.CRL, msg.der]))
     entries = [encode_entry(e.record, e.state, e.incarnation) for e in msg.entries]
@@ -335,6 +340,27 @@ def encode_push_pull(
     return out
 
 
+def pad_push_pull(chunk: bytes, size: int) -> bytes:
+    """A push-pull message from `encode_push_pull` grown to ``size`` bytes (when it is smaller)
+    by a trailing padding element, which decoders ignore (a ninth element; an empty key-op list
+    takes the eighth place if it was absent). A joiner pads what it sends to "any", so that a
+    seed's answer, bounded by the request's size, has room for the seed's record."""
+    if chunk[0] == 0x97:  # no key ops: an empty list keeps the positions
+        head, rest = 0x99, chunk[1:] + b"\x90"
+    elif chunk[0] == 0x98:
+        head, rest = 0x99, chunk[1:]
+    else:
+        raise ValueError("not an encode_push_pull message")
+    room = size - 1 - len(rest)
+    if room < 2:
+        return chunk
+    if room - 2 < 256:
+        pad = b"\xc4" + bytes([room - 2]) + bytes(room - 2)  # bin8
+    else:
+        pad = b"\xc5" + (room - 3).to_bytes(2, "big") + bytes(room - 3)  # bin16
+    return bytes([head]) + rest + pad
+
+
 # --- decoding -------------------------------------------------------------------------------
 
 
@@ -390,7 +416,8 @@ def _decode_one(m: Any) -> Message:
         digest = m[3]
         if type(digest) is not bytes or len(digest) != DIGEST_LEN:
             raise DecodeError("malformed")
-        return SyncDigest(_seq(m[1]), _bool(m[2]), digest)
+        sender = _name(m[4]) if len(m) > 4 else ""
+        return SyncDigest(_seq(m[1]), _bool(m[2]), digest, sender)
     if t == MsgType.CRL:
         _need(m, 2)
         der = m[1]

@@ -5,9 +5,15 @@ The driver loop (see transport.py, sim.py)::
     node = GossipNode(local, config, random.Random(seed), now, known)
     node.join(seeds, now)
     loop:
-        feed node.receive_datagram(data, addr, now) for every datagram
+        feed node.receive_datagram(data, addr, now, sender, to_any) for every datagram
         call node.handle_timer(now) when now >= node.get_timer()
         send everything in node.datagrams_to_send(); drain node.pop_events()
+
+Every datagram goes to one member: `datagrams_to_send` names its node id, which the envelope
+binds (security.py), so only that member accepts it. Only a joiner's first push-pull to a seed
+whose node id it does not know goes to "any" (b""); what a node sends in answer to an
+any-addressed datagram totals at most that datagram's size (pushpull.py: the seed answers with
+its own record, and the joiner asks again, addressed).
 
 What happens on which timer:
 
@@ -179,11 +185,12 @@ class GossipNode:
         self._keyops = KeyOps(self.counters)
         self._limit = config.max_datagram - ENVELOPE_RESERVE
         self._budget = self._limit - DATAGRAM_OVERHEAD
-        self._outbox: list[tuple[bytes, Addr]] = []
+        self._outbox: list[tuple[bytes, Addr, bytes]] = []
         self._seq = 0
         self._probe: _Probe | None = None
-        self._forwards: dict[int, tuple[int, Addr, bool]] = {}
-        self._riders: dict[Addr, list[bytes]] = {}
+        self._forwards: dict[int, tuple[int, Addr, bool, bytes]] = {}
+        """Relayed pings: our seq -> (their seq, their address, nack wanted, their node id)."""
+        self._riders: dict[tuple[Addr, bytes], list[bytes]] = {}
         """Answers that ride on the next datagram to that address (a digest reply on the ack);
         sent on their own if the datagram being handled leaves nothing to ride on."""
         self._sync = Sync(
@@ -196,6 +203,9 @@ class GossipNode:
             self._schedule,
             self._budget,
         )
+        self._sender = b""
+        """The envelope's sender of the datagram being handled (see receive_datagram)."""
+        self._to_any = False
         self._gossip_armed = False
         self._gossiped = 0  # the queue's push count at the last gossip round
         self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
@@ -258,11 +268,23 @@ class GossipNode:
         """First full state exchange done (or nothing to sync with)."""
         return self._sync.synced
 
-    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+    def receive_datagram(
+        self,
+        data: bytes,
+        addr: tuple[str, int],
+        now: float,
+        sender: bytes = b"",
+        to_any: bool = False,
+    ) -> None:
         """Apply one datagram payload, all or nothing: every message is decoded and validated
         before any is applied, and a datagram with one bad message is counted (``drop.<reason>``)
-        and dropped without any state change. Bad input never raises; only a bug would."""
+        and dropped without any state change. Bad input never raises; only a bug would.
+
+        ``sender``: the node id the envelope names as the sender (b"": unknown; nothing that
+        answers with state is sent then). ``to_any``: the envelope was addressed to any member,
+        not to us: what we send in answer totals at most ``len(data)`` bytes."""
         self._now = now
+        self._sender, self._to_any = sender, to_any
         self.counters["in"] += 1
         if len(data) > self._limit:
             self.counters["drop.size"] += 1
@@ -292,18 +314,22 @@ class GossipNode:
         # applied whole. An exception here is a bug, and it propagates (the driver logs it).
         if key_ops:
             self._on_key_ops(key_ops)
+        mark = len(self._outbox)
         for msg in news:
             self._dispatch(msg, addr, now)
         for msg in probes:
             self._dispatch(msg, addr, now)
         if self._riders:
             riders, self._riders = self._riders, {}
-            for to, parts in riders.items():
-                self._emit(parts, to)
+            for (dst, node_id), parts in riders.items():
+                self._emit(parts, dst, node_id)
+        if to_any:
+            self._cap_answers(mark, len(data))
         self._after(now)
 
-    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
-        """Payloads (plaintext, at most max_datagram - ENVELOPE_RESERVE bytes) with destinations."""
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int], bytes]]:
+        """Payloads (plaintext, at most max_datagram - ENVELOPE_RESERVE bytes) with their
+        destination address and the node id of the member they are for (b"": any member)."""
         out, self._outbox = self._outbox, []
         return out
 
@@ -460,7 +486,7 @@ class GossipNode:
         elif kind == "forward":
             fwd = self._forwards.pop(int(key), None)
             if fwd is not None and fwd[2]:
-                self._send([encode(Nack(fwd[0]))], fwd[1])
+                self._send([encode(Nack(fwd[0]))], fwd[1], fwd[3])
         elif kind == "gossip":
             self._gossip(now)
         elif kind == SUSPICION_TIMER:
@@ -499,18 +525,32 @@ class GossipNode:
         self._seq = (self._seq + 1) & MAX_SEQ
         return self._seq
 
-    def _emit(self, parts: Sequence[bytes], addr: Addr) -> None:
+    def _emit(self, parts: Sequence[bytes], addr: Addr, to: bytes) -> None:
         data = pack_datagram(parts)
-        self._outbox.append((data, addr))
+        self._outbox.append((data, addr, to))
         self.counters["out"] += 1
 
-    def _send(self, parts: list[bytes], addr: Addr) -> None:
-        """Send ``parts`` (and any answer waiting to ride to ``addr``) with as many queued
-        broadcasts piggybacked as fit."""
+    def _send(self, parts: list[bytes], addr: Addr, to: bytes) -> None:
+        """Send ``parts`` (and any answer waiting to ride to ``addr``) to the member ``to`` (its
+        node id) with as many queued broadcasts piggybacked as fit."""
         if self._riders:
-            parts = parts + self._riders.pop(addr, [])
+            parts = parts + self._riders.pop((addr, to), [])
         room = self._budget - sum(len(p) for p in parts)
-        self._emit(parts + self._queue.take(room, self._state.num_nodes), addr)
+        self._emit(parts + self._queue.take(room, self._state.num_nodes), addr, to)
+
+    def _cap_answers(self, mark: int, size: int) -> None:
+        """What handling an any-addressed datagram of ``size`` bytes queued (from ``mark`` on)
+        totals at most ``size``: whoever can replay one to many members gains nothing by it.
+        Honest any-addressed datagrams (a joiner's padded push-pull) always fit."""
+        room, kept = size, []
+        for item in self._outbox[mark:]:
+            if len(item[0]) <= room:
+                room -= len(item[0])
+                kept.append(item)
+            else:
+                self.counters["drop.answer_size"] += 1
+                self.counters["out"] -= 1
+        self._outbox[mark:] = kept
 
     def _gossip(self, now: float) -> None:
         if not self._queue:
@@ -539,7 +579,7 @@ class GossipNode:
             parts = self._queue.take(self._budget, n)
             if not parts:
                 break
-            self._emit(parts, e.record.addr)
+            self._emit(parts, e.record.addr, e.record.node_id)
 
     # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
 
@@ -561,7 +601,7 @@ class GossipNode:
         if target.state == MemberState.SUSPECT:
             # Lifeguard's buddy system: tell a suspect directly, so it can refute at once.
             parts.append(encode(Suspect(target.inc, name, st.local.name)))
-        self._send(parts, target.record.addr)
+        self._send(parts, target.record.addr, target.record.node_id)
         self._schedule(now + st.awareness.scale(self.config.probe_timeout), "probe_timeout", seq)
 
     def _probe_indirect(self, seq: str | int, now: float) -> None:
@@ -576,7 +616,7 @@ class GossipNode:
             IndirectPing(p.seq, p.target, target.record.addr, st.local.name, st.local.addr, True)
         )
         for peer in st.random_alive(self.config.indirect_checks, exclude=p.target):
-            self._send([msg], peer.record.addr)
+            self._send([msg], peer.record.addr, peer.record.node_id)
             p.relays.add(peer.record.addr)
             p.expected_nacks += 1
 
@@ -611,7 +651,7 @@ class GossipNode:
                 # The buddy system in reverse: a member we suspect is talking to us; tell it, so
                 # it refutes (or re-announces a refutation we missed).
                 parts.append(encode(Suspect(src.inc, msg.source, st.local.name)))
-            self._send(parts, msg.source_addr)
+            self._send(parts, msg.source_addr, self._sender)
         elif isinstance(msg, Ack):
             self._on_ack(msg.seq, addr, now)
         elif isinstance(msg, Nack):
@@ -629,11 +669,12 @@ class GossipNode:
             self._correct_stale_claim(msg)
             st.on_dead(msg.incarnation, msg.node, msg.sender, now)
         elif isinstance(msg, PushPull):
-            self._sync.receive(msg, now)
+            self._sync.receive(msg, now, self._sender, self._to_any)
         elif isinstance(msg, SyncDigest):
-            reply = self._sync.receive_digest(msg, addr)
-            if reply is not None:
-                self._riders.setdefault(addr, []).append(reply)
+            answer = self._sync.receive_digest(msg, self._sender, now)
+            if answer is not None:
+                reply, member = answer
+                self._riders.setdefault((member.addr, member.node_id), []).append(reply)
         elif isinstance(msg, Crl):
             self.install_crl(msg.der, now)
 
@@ -645,7 +686,7 @@ class GossipNode:
             return
         e = st.table.get(msg.sender)
         if e is not None and e.state in (MemberState.ALIVE, MemberState.SUSPECT):
-            self._send([encode(Alive(st.local))], e.record.addr)
+            self._send([encode(Alive(st.local))], e.record.addr, e.record.node_id)
 
     def _on_ack(self, seq: int, addr: Addr, now: float) -> None:
         p = self._probe
@@ -664,21 +705,27 @@ class GossipNode:
             return
         fwd = self._forwards.pop(seq, None)
         if fwd is not None:
-            self._send([encode(Ack(fwd[0]))], fwd[1])
+            self._send([encode(Ack(fwd[0]))], fwd[1], fwd[3])
         else:
             self.counters["ack.unmatched"] += 1  # late: the probe was already concluded
 
     def _on_indirect_ping(self, msg: IndirectPing, now: float) -> None:
         st = self._state
         if msg.target == st.local.name:
-            self._send([encode(Ack(msg.seq))], msg.source_addr)
+            self._send([encode(Ack(msg.seq))], msg.source_addr, self._sender)
+            return
+        target = st.table.get(msg.target)
+        if target is None:
+            # We cannot name the member the ping is for, so we do not send it.
+            self.counters["drop.unknown_target"] += 1
             return
         if len(self._forwards) >= MAX_FORWARDS:
             self.counters["drop.busy"] += 1
             return
         seq = self._next_seq()
-        self._forwards[seq] = (msg.seq, msg.source_addr, msg.nack)
-        self._send([encode(Ping(seq, msg.target, st.local.name, st.local.addr))], msg.target_addr)
+        self._forwards[seq] = (msg.seq, msg.source_addr, msg.nack, self._sender)
+        ping = encode(Ping(seq, msg.target, st.local.name, st.local.addr))
+        self._send([ping], msg.target_addr, target.record.node_id)
         self._schedule(now + self.config.probe_timeout, "forward", seq)
 
     def _on_key_ops(self, ops: list[KeyOp]) -> None:

@@ -15,6 +15,19 @@ Timers this module owns (the node dispatches them here):
 Every push-pull also carries the recent key ops (keyops.py) in its first chunk, and a full state
 goes with the revocation list in force (certificate mode) as a Crl message in a datagram of its
 own, sent first: joiners and healed partitions learn it before they merge the state.
+
+Who gets a full state (amplification stays at most 1, docs/security.md):
+
+* A joiner that knows a seed only by address sends it a push-pull addressed to "any", padded to a
+  full datagram. The seed answers with its own record only (no entries, no key ops), which fits
+  in the request's size; the joiner then asks again, addressed to the seed's node id, and that
+  request is answered with the seed's whole state. Replaying the first request to other members
+  gets each one answer no larger than the replay.
+* Full states go to a member's record address: the push-pull's sender record (its envelope
+  sender must be that record's node id), or for a digest, the member the digest names (whose
+  node id must be the envelope's sender) -- never to the datagram's source; a digest from no
+  member we know is dropped (``drop.unknown_source``).
+* At most one full state per peer per ``push_pull_min_interval`` (``drop.push_pull_rate``).
 """
 
 from __future__ import annotations
@@ -28,7 +41,16 @@ from collections.abc import Callable, Sequence
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.keyops import KeyOps
-from meshd.gossip.messages import DIGEST_LEN, Addr, PushPull, SyncDigest, encode, encode_push_pull
+from meshd.gossip.messages import (
+    DIGEST_LEN,
+    Addr,
+    PushPull,
+    SyncDigest,
+    encode,
+    encode_push_pull,
+    pad_push_pull,
+)
+from meshd.gossip.record import NodeRecord
 from meshd.gossip.state import Membership
 
 ANSWERED_MEMORY = 256
@@ -36,10 +58,15 @@ ANSWERED_MEMORY = 256
 
 TIMERS = ("push_pull", "dead_probe", "join")
 
+FULL_STATE_MEMORY = 4096
+"""Peers whose last full state from us is remembered (for push_pull_min_interval)."""
+ANY_MEMORY = 64
+"""Sync ids of our requests to "any" awaiting a seed's short answer."""
+
 JOIN_SETTLE = 2.0
 """Probe intervals from the first full sync to the first anti-entropy round (see _note_sync)."""
 
-Emit = Callable[[Sequence[bytes], Addr], None]
+Emit = Callable[[Sequence[bytes], Addr, bytes], None]
 Schedule = Callable[[float, str], None]
 
 
@@ -99,8 +126,11 @@ class Sync:
         self._budget = budget
         self._answered: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._progress: dict[str, tuple[int, set[int]]] = {}
-        self._seeds: list[Addr] = []
+        self._seeds: list[tuple[Addr, bytes]] = []
+        self._any: OrderedDict[int, None] = OrderedDict()
+        self._full_at: OrderedDict[bytes, float] = OrderedDict()
         self._join_delay = 0.0
+        self._join_rounds = 0
         self._push_pull_at = 0.0
         self.crl: bytes | None = None
         """The encoded Crl message in force (node.py sets it), sent beside every full state."""
@@ -113,10 +143,13 @@ class Sync:
 
     def join(self, seeds: Sequence[Addr], now: float) -> None:
         own = self._state.local.addr
-        targets: list[Addr] = []
+        # A seed that is a member we know (from a previous run) is asked by its node id; only
+        # the others are asked through "any".
+        ids = {e.record.addr: e.record.node_id for e in self._state.table.values()}
+        targets: list[tuple[Addr, bytes]] = []
         for addr in [*seeds, *self._state.stale_addrs()]:
-            if addr != own and addr not in targets:
-                targets.append(addr)
+            if addr != own and all(addr != t for t, _ in targets):
+                targets.append((addr, ids.get(addr, b"")))
         self._seeds = targets
         if not targets:
             self.synced = True
@@ -143,12 +176,14 @@ class Sync:
         elif kind == "dead_probe":
             e = self._state.random_dead()
             if e is not None:
-                self._send(e.record.addr, only=e.record.name)
+                self._send(e.record, only=e.record.name)
             self._schedule(now + self._cfg.dead_probe_interval, "dead_probe")
         elif kind == "join" and not self.synced:
             self._join_round(now)
 
-    def receive(self, msg: PushPull, now: float) -> None:
+    def receive(self, msg: PushPull, now: float, sender: bytes, to_any: bool) -> None:
+        """One push-pull chunk; ``sender``/``to_any`` as the envelope says (see the module
+        docstring)."""
         st = self._state
         if msg.sender.name == st.local.name:
             if msg.sender.node_id == st.local.node_id and not msg.reply:
@@ -158,21 +193,46 @@ class Sync:
             else:
                 self._counters["drop.name_conflict"] += 1
             return
+        if sender and sender != msg.sender.node_id:
+            self._counters["drop.sender_mismatch"] += 1
+            return
         if not st.merge(msg, now):
             return
         if msg.key_ops:
             # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
             self._keyops.accept(msg.key_ops, logged=True)
         if msg.reply:
+            if msg.sync_id in self._any:
+                # A seed's short answer to our request to "any": now we know its node id, ask
+                # again, addressed, for its state (once per request, and only while joining).
+                del self._any[msg.sync_id]
+                if not self.synced:
+                    self._counters["push_pull.any_answered"] += 1
+                    self._send(msg.sender)
+                return
             self._note_sync(msg, now)
+            return
+        if to_any:
+            # A joiner that does not know our node id: our record only, within its request's
+            # size (it padded it), once per request.
+            if msg.index == 0:
+                self._counters["push_pull.any_request"] += 1
+                short = encode_push_pull(st.local, msg.sync_id, True, [], self._budget)
+                self._emit(short, msg.sender.addr, msg.sender.node_id)
             return
         key = (msg.sender.name, msg.sync_id)
         if key in self._answered:
             return
+        e = st.table.get(msg.sender.name)
+        if e is None or e.record.node_id != msg.sender.node_id:
+            self._counters["drop.unknown_source"] += 1
+            return
+        if not self._may_push(e.record.node_id, now):
+            return
         self._answered[key] = None
         if len(self._answered) > ANSWERED_MEMORY:
             self._answered.popitem(last=False)
-        self._send(msg.sender.addr, reply_to=msg.sync_id)
+        self._send(e.record, reply_to=msg.sync_id)
 
     def digest(self) -> bytes:
         return view_digest(self._state, self._keyops)
@@ -181,36 +241,79 @@ class Sync:
         """The encoded digest that opens a due anti-entropy round (see `fire`)."""
         self.digest_due = False
         self._counters["push_pull.digest_sent"] += 1
-        return encode(SyncDigest(self._rng.getrandbits(32), False, self.digest()))
+        name = self._state.local.name
+        return encode(SyncDigest(self._rng.getrandbits(32), False, self.digest(), name))
 
-    def receive_digest(self, msg: SyncDigest, addr: Addr) -> bytes | None:
+    def receive_digest(
+        self, msg: SyncDigest, sender: bytes, now: float
+    ) -> tuple[bytes, NodeRecord] | None:
         """A peer's anti-entropy opening (or our opening's answer, ``reply``). Returns the answer
-        when the views hash the same, for the node to piggyback on its ack; when they differ,
-        starts the full exchange itself."""
+        and the member it is for when the views hash the same, for the node to piggyback on its
+        ack; when they differ, starts the full exchange itself. Answered only when the digest
+        names a member whose node id is ``sender`` (the envelope's): its record address gets
+        the answer, never the datagram's source."""
         mine = self.digest()
         if msg.reply:
             self._counters[
                 "push_pull.digest_same" if msg.digest == mine else "push_pull.digest_late"
             ] += 1
             return None
+        e = self._state.table.get(msg.sender) if msg.sender else None
+        if e is None or not sender or e.record.node_id != sender:
+            self._counters["drop.unknown_source"] += 1
+            return None
         if msg.digest == mine:
             self._counters["push_pull.digest_same"] += 1
-            return encode(SyncDigest(msg.sync_id, True, mine))
+            return encode(SyncDigest(msg.sync_id, True, mine, self._state.local.name)), e.record
         # Views differ: a full exchange, which we start (the sender answers with its state).
         self._counters["push_pull.digest_differ"] += 1
-        self._send(addr)
+        if self._may_push(e.record.node_id, now):
+            self._send(e.record)
         return None
 
     # --- internals ----------------------------------------------------------------------------
 
     def _join_round(self, now: float) -> None:
-        for addr in self._seeds:
-            self._send(addr)
+        # A member we knew is asked by its node id first; if that went unanswered, through
+        # "any" from then on: it may have come back under a new node id (a wiped state dir).
+        first, self._join_rounds = self._join_rounds == 0, self._join_rounds + 1
+        for addr, node_id in self._seeds:
+            if node_id and first:
+                self._send_to(addr, node_id)
+            else:
+                sync_id = self._rng.getrandbits(32)
+                self._any[sync_id] = None
+                if len(self._any) > ANY_MEMORY:
+                    self._any.popitem(last=False)
+                self._send_to(addr, b"", sync_id=sync_id)
         self._schedule(now + self._join_delay, "join")
         self._join_delay = min(2 * self._join_delay, self._cfg.push_pull_interval)
 
-    def _send(self, addr: Addr, reply_to: int | None = None, only: str | None = None) -> None:
-        """Our state to ``addr``, cut into datagrams. ``reply_to``: the request's sync id.
+    def _may_push(self, node_id: bytes, now: float) -> bool:
+        """Whether a full state may go to that peer now (push_pull_min_interval); notes it."""
+        last = self._full_at.get(node_id)
+        if last is not None and now - last < self._cfg.push_pull_min_interval:
+            self._counters["drop.push_pull_rate"] += 1
+            return False
+        self._full_at[node_id] = now
+        self._full_at.move_to_end(node_id)
+        if len(self._full_at) > FULL_STATE_MEMORY:
+            self._full_at.popitem(last=False)
+        return True
+
+    def _send(self, to: NodeRecord, reply_to: int | None = None, only: str | None = None) -> None:
+        self._send_to(to.addr, to.node_id, reply_to, only)
+
+    def _send_to(
+        self,
+        addr: Addr,
+        node_id: bytes,
+        reply_to: int | None = None,
+        only: str | None = None,
+        sync_id: int | None = None,
+    ) -> None:
+        """Our state to ``addr``, the member ``node_id`` (b"": any, padded to full datagrams;
+        see the module docstring), cut into datagrams. ``reply_to``: the request's sync id.
         ``only``: send just that member's entry (a dead probe), not the whole table."""
         st = self._state
         if only is not None:
@@ -218,14 +321,19 @@ class Sync:
             entries = [one] if one is not None else []
         else:
             entries = st.entries()
-            if self.crl is not None:
-                self._emit([self.crl], addr)
-        sync_id = self._rng.getrandbits(32) if reply_to is None else reply_to
+            if self.crl is not None and node_id:
+                self._emit([self.crl], addr, node_id)
+        if reply_to is not None:
+            sync_id = reply_to
+        elif sync_id is None:
+            sync_id = self._rng.getrandbits(32)
         ops = [encode(op) for op in self._keyops.log()]
         for chunk in encode_push_pull(
             st.local, sync_id, reply_to is not None, entries, self._budget, ops
         ):
-            self._emit([chunk], addr)
+            if not node_id:
+                chunk = pad_push_pull(chunk, self._budget)
+            self._emit([chunk], addr, node_id)
 
     def _note_sync(self, msg: PushPull, now: float) -> None:
         """Synced once every chunk of an answer has been merged. Chunks of answers to retries add

@@ -1,20 +1,32 @@
 """Keyring and AEAD framing of every datagram (bytes -> bytes; the caller passes ``now``).
 
-Envelope (all integers big-endian)::
+Envelope version 2 (all integers big-endian)::
 
-    +---------+-----------+-----------+---------------------------------------------+
-    | version | key id    | nonce     | AES-256-GCM( timestamp_ms u64 | payload )   |
-    | 1 byte  | 4 bytes   | 12 bytes  | ciphertext + 16-byte tag                    |
-    +---------+-----------+-----------+---------------------------------------------+
+    +---------+--------+--------+-----------+--------------+-------------------------------------+
+    | version | key id | nonce  | sender id | recipient id | AES-256-GCM( timestamp_ms u64 |     |
+    | 1 B = 2 | 16 B   | 12 B   | 16 B      | 16 B         |   payload ) + 16-byte tag           |
+    +---------+--------+--------+-----------+--------------+-------------------------------------+
 
-The first 17 bytes are the associated data, so the version and key id are authenticated too.
-The key id is the first 4 bytes of SHA-256(key): it selects the key without trial decryption.
-Overhead: 1 + 4 + 12 + 8 + 16 = 41 bytes.
+The clear header (61 bytes) is the associated data: version, key id, nonce, and the node ids of
+the sender and the recipient are all authenticated. A recipient of all zeros means "any": only a
+joiner's first contact with a seed whose node id it does not know is sealed so. A datagram is
+therefore accepted only by its addressee: re-sent to another member, it is dropped before any
+decryption (``misaddressed``), so a captured datagram cannot be replayed across members. The key
+id is the first 16 bytes of SHA-256(key): it selects the key without trial decryption, and no two
+keys of a ring may share one. Overhead: 61 + 8 + 16 = 85 bytes (messages.ENVELOPE_RESERVE).
+
+Checks, in order, the cheap ones first (each failure is ``OpenError(reason)``, the counter
+``drop.<reason>``): ``short``, ``too_big`` (larger than anything a member seals: refused before any
+decryption), ``version``, ``misaddressed`` (recipient neither us nor any), ``self`` (our own node id
+as sender: our datagram reflected back), ``unknown_key``, ``auth``, ``stale``, ``replay``.
 
 Replay protection: a datagram whose sealed timestamp is further than ``window`` seconds from
 ``now`` is rejected (``stale``); within the window every nonce is remembered, and a nonce seen
 before is rejected (``replay``). Nonces are 96 random bits, so a collision between honest senders
-is negligible. Nothing is parsed before authentication succeeds.
+is negligible. The nonce cache is bounded (NONCE_CACHE_MAX); when it is full the oldest nonce is
+forgotten and the accepted window shrinks behind it (nothing sealed at or before a forgotten
+nonce's timestamp is accepted), so overload costs freshness, never replay protection. Nothing is
+parsed before authentication succeeds.
 """
 
 from __future__ import annotations
@@ -31,22 +43,32 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
 KEY_LEN = 32
-KEY_ID_LEN = 4
+KEY_ID_LEN = 16
 NONCE_LEN = 12
+NODE_ID_LEN = 16
 TAG_LEN = 16
-_HEADER = struct.Struct("!B4s12s")
+ANY = bytes(NODE_ID_LEN)
+"""The recipient id of a datagram any member may open (a joiner's first contact with a seed)."""
+MAX_KEYS = 4
+"""Keys a ring may hold: the primary, the next one during a rotation, and room for a rotation
+that overlaps another. Every key costs a cipher and is a key an attacker may hold."""
+_HEADER = struct.Struct("!B16s12s16s16s")
 _TS = struct.Struct("!Q")
+HEADER_LEN = _HEADER.size
 OVERHEAD = _HEADER.size + _TS.size + TAG_LEN
 REPLAY_WINDOW = 60.0
 """Seconds of clock skew tolerated between members; nonces are cached for twice this."""
-NONCE_CACHE_MAX = 200_000
-"""Upper bound on remembered nonces (~10 MB) so a flood cannot grow memory without bound."""
+NONCE_CACHE_MAX = 65_536
+"""Upper bound on remembered nonces, so a flood cannot grow memory without bound. Measured at
+150-175 bytes per entry (an OrderedDict of 12-byte nonces; benchmarks/bench_envelope.py): 10-11 MiB
+when full, enough for 546 datagrams/s sustained over the 120 s a nonce is kept -- over ten times
+what a member of a 10,000-node mesh receives. Beyond it the window shrinks (module docstring)."""
 
 
 class KeyFormatError(ValueError):
-    """A key is malformed (not 32 bytes of base64)."""
+    """A key or keyring is malformed (not 32 bytes of base64, too many keys, an id collision)."""
 
 
 class OpenError(Exception):
@@ -55,6 +77,16 @@ class OpenError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An authenticated datagram: its payload, its sender's node id, and whether it was
+    addressed to any member rather than to us by node id."""
+
+    payload: bytes
+    sender: bytes
+    to_any: bool
 
 
 def key_id(key: bytes) -> bytes:
@@ -78,16 +110,27 @@ def decode_key(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Keyring:
-    """The primary key seals; every key in ``keys`` opens. ``keys[0]`` is the primary."""
+    """The primary key seals; every key in ``keys`` opens. ``keys[0]`` is the primary.
+
+    At most MAX_KEYS keys, and no two with the same key id (KeyFormatError otherwise)."""
 
     keys: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
         if not self.keys:
             raise KeyFormatError("keyring is empty")
+        if len(self.keys) > MAX_KEYS:
+            raise KeyFormatError(
+                f"keyring holds at most {MAX_KEYS} keys, got {len(self.keys)}: remove old keys"
+            )
+        ids: set[bytes] = set()
         for k in self.keys:
             if len(k) != KEY_LEN:
                 raise KeyFormatError(f"key must be {KEY_LEN} bytes")
+            kid = key_id(k)
+            if kid in ids:
+                raise KeyFormatError(f"two keys share the key id {kid.hex()}")
+            ids.add(kid)
 
     @property
     def primary(self) -> bytes:
@@ -122,21 +165,29 @@ class Keyring:
 
 
 class Sealer:
-    """Seals and opens datagrams under a keyring, with a replay window."""
+    """Seals and opens datagrams under a keyring, for one node (``local_id``), with a replay
+    window."""
 
     def __init__(
         self,
         keyring: Keyring,
+        local_id: bytes,
         window: float = REPLAY_WINDOW,
         nonce_source: Callable[[int], bytes] = os.urandom,
         max_datagram: int | None = None,
     ) -> None:
+        if len(local_id) != NODE_ID_LEN or local_id == ANY:
+            raise ValueError(f"local_id must be {NODE_ID_LEN} bytes, not all zero")
+        self.local_id = local_id
         self.window = window
         # Nothing a member seals is larger (gossip's max_datagram): a bigger datagram is refused
         # before any decryption work is spent on it.
         self.max_datagram = max_datagram
         self._nonce = nonce_source
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        """nonce -> its sealed timestamp, in arrival order."""
+        self._floor = -1.0
+        """Sealed timestamps at or below this are refused: a nonce that old was forgotten."""
         self.set_keyring(keyring)
 
     def set_keyring(self, keyring: Keyring) -> None:
@@ -144,45 +195,61 @@ class Sealer:
         self._aead = {key_id(k): AESGCM(k) for k in keyring.keys}
         self._primary_id = key_id(keyring.primary)
 
-    def seal(self, payload: bytes, now: float) -> bytes:
+    def seal(self, payload: bytes, now: float, recipient: bytes) -> bytes:
+        """Seal ``payload`` for the member ``recipient`` (its node id; ANY or b"" for any)."""
+        if not recipient:
+            recipient = ANY
+        if len(recipient) != NODE_ID_LEN:
+            raise ValueError(f"recipient must be {NODE_ID_LEN} bytes")
         nonce = self._nonce(NONCE_LEN)
-        header = _HEADER.pack(ENVELOPE_VERSION, self._primary_id, nonce)
+        header = _HEADER.pack(ENVELOPE_VERSION, self._primary_id, nonce, self.local_id, recipient)
         plain = _TS.pack(int(now * 1000)) + payload
         return header + self._aead[self._primary_id].encrypt(nonce, plain, header)
 
-    def open(self, datagram: bytes, now: float) -> bytes:
-        """Return the payload, or raise OpenError(reason). Never parses unauthenticated bytes."""
+    def open(self, datagram: bytes, now: float) -> Opened:
+        """Return the payload and who sent it, or raise OpenError(reason). Never parses
+        unauthenticated bytes beyond the fixed-size header."""
         if len(datagram) < OVERHEAD:
             raise OpenError("short")
         if self.max_datagram is not None and len(datagram) > self.max_datagram:
             raise OpenError("too_big")
-        version, kid, nonce = _HEADER.unpack_from(datagram)
+        version, kid, nonce, sender, recipient = _HEADER.unpack_from(datagram)
         if version != ENVELOPE_VERSION:
             raise OpenError("version")
+        to_any = recipient == ANY
+        if not to_any and recipient != self.local_id:
+            raise OpenError("misaddressed")
+        if sender == self.local_id:
+            raise OpenError("self")
         aead = self._aead.get(kid)
         if aead is None:
             raise OpenError("unknown_key")
-        header = datagram[: _HEADER.size]
+        header = datagram[:HEADER_LEN]
         try:
-            plain = aead.decrypt(nonce, datagram[_HEADER.size :], header)
+            plain = aead.decrypt(nonce, datagram[HEADER_LEN:], header)
         except InvalidTag:
             raise OpenError("auth") from None
         (ts_ms,) = _TS.unpack_from(plain)
-        if abs(ts_ms / 1000 - now) > self.window:
+        ts = ts_ms / 1000
+        if abs(ts - now) > self.window or ts <= self._floor:
             raise OpenError("stale")
         self._expire(now)
         if nonce in self._seen:
             raise OpenError("replay")
-        self._seen[nonce] = now
+        self._seen[nonce] = ts
         if len(self._seen) > NONCE_CACHE_MAX:
-            self._seen.popitem(last=False)
-        return plain[_TS.size :]
+            _, forgotten = self._seen.popitem(last=False)
+            self._floor = max(self._floor, forgotten)
+        return Opened(plain[_TS.size :], sender, to_any)
 
     def _expire(self, now: float) -> None:
-        # Entries are inserted in arrival order, so the oldest are at the front.
-        horizon = now - 2 * self.window
-        while self._seen:
-            nonce, seen = next(iter(self._seen.items()))
-            if seen >= horizon:
+        # A nonce sealed before now - window could only come back stale: forget it. Entries are
+        # in arrival order, and each was sealed within a window of its arrival, so none stays
+        # longer than 2 * window behind the front.
+        horizon = now - self.window
+        seen = self._seen
+        while seen:
+            nonce, ts = next(iter(seen.items()))
+            if ts >= horizon:
                 break
-            del self._seen[nonce]
+            del seen[nonce]

@@ -42,13 +42,15 @@ def _need_root() -> None:
 keygen = write_key  # the tests' name for it
 
 
-def cli(d: Daemon, *args: str, check: bool = True) -> Any:
-    """Run the real CLI against one daemon's control socket; parse --json output."""
+def cli(d: Daemon, *args: str, check: bool = True, input: str | None = None) -> Any:
+    """Run the real CLI against one daemon's control socket (``input`` on its stdin); parse
+    --json output."""
     r = subprocess.run(
         [sys.executable, "-m", "meshd", *args, "--socket", str(d.socket_path)],
         capture_output=True,
         text=True,
         timeout=30,
+        input=input,
     )
     if check and r.returncode != 0:
         raise AssertionError(f"meshd {' '.join(args)}: rc={r.returncode} {r.stderr.strip()}")

@@ -1,13 +1,13 @@
 """Hostile input against real daemons in namespaces.
 
 * junk: thousands of random, truncated, oversized (1,401..1,472 and 65,000 bytes), bit-flipped,
-  wrong-key, stale and replayed datagrams, plus validly sealed garbage payloads (each decode-level
-  refusal), sent from a namespace outside the mesh, leave the daemon alive and every peers table
-  as it was; ``status --json`` counts every drop reason;
+  wrong-key, misaddressed, self-sent, stale and replayed datagrams, plus validly sealed garbage
+  payloads (each decode-level refusal), sent from a namespace outside the mesh, leave the daemon
+  alive and every peers table as it was; ``status --json`` counts every drop reason;
 * replay: a genuine datagram sniffed off the wire (AF_PACKET) and re-sent, byte for byte with the
   original sender's addresses, is rejected as a replay and changes nothing; sent to another
-  member it changes nothing either, but only the core refuses it there (the envelope does not
-  bind the recipient: issue 12, an expected failure until then);
+  member it is refused by that member's envelope check (``misaddressed``: the recipient's node id
+  is in the associated data), before any decryption, and never reaches its core;
 * subnet hijack: a newcomer claiming a live member's subnet loses on every node (the oldest
   claim holds, whatever the node ids: the newcomer's is pinned above and below the incumbent's),
   is flagged conflicted, gets no route, and traffic to the incumbent's container keeps working;
@@ -43,7 +43,15 @@ from meshd.control.server import ControlServer
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import ControlError
 from meshd.gossip.messages import DecodeError, Ping, decode, encode, pack_datagram
-from meshd.gossip.security import KEY_ID_LEN, Keyring, OpenError, Sealer, key_id
+from meshd.gossip.security import (
+    HEADER_LEN,
+    KEY_ID_LEN,
+    OVERHEAD,
+    Keyring,
+    OpenError,
+    Sealer,
+    key_id,
+)
 from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, wait_until
@@ -62,8 +70,21 @@ push_pull_interval = 10
 dead_probe_interval = 2
 suspicion_mult = 4
 """
-ENVELOPE_REASONS = {"short", "too_big", "version", "unknown_key", "auth", "stale", "replay"}
-PAYLOAD_REASONS = {"size", "decode", "malformed", "unknown_type", "range", "name", "addr", "record"}
+ENVELOPE_REASONS = {
+    "short",
+    "too_big",
+    "version",
+    "misaddressed",
+    "self",
+    "unknown_key",
+    "auth",
+    "stale",
+    "replay",
+}
+# (The core's own size check, drop.size, cannot be reached through the envelope any more: the
+# envelope's overhead is exactly ENVELOPE_RESERVE, so what is larger is refused as too_big.)
+PAYLOAD_REASONS = {"decode", "malformed", "unknown_type", "range", "name", "addr", "record"}
+ATTACKER_ID = b"\xa7" * 16
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -98,8 +119,18 @@ def counters(d: Daemon) -> dict[str, int]:
     return status(d)["counters"]  # type: ignore[no-any-return]
 
 
-def sealer_for(key_file: Path) -> Sealer:
-    return Sealer(Keyring.parse(key_file.read_text()))
+def sealer_for(key_file: Path, node_id: bytes = ATTACKER_ID) -> Sealer:
+    return Sealer(Keyring.parse(key_file.read_text()), node_id)
+
+
+def node_id_of(d: Daemon, name: str) -> bytes:
+    rows = request(d.socket_path, "peers", timeout=10)
+    return bytes.fromhex(next(r["node_id"] for r in rows if r["name"] == name))
+
+
+def opener(key_file: Path, datagram: bytes) -> Sealer:
+    """A sealer that opens ``datagram`` as its recipient would (its id is in the header)."""
+    return sealer_for(key_file, datagram[45:HEADER_LEN])
 
 
 def start_mesh(lab: Lab, key: Path, cfg: Path, backend: str, hosts: list[Host]) -> None:
@@ -111,12 +142,19 @@ def start_mesh(lab: Lab, key: Path, cfg: Path, backend: str, hosts: list[Host]) 
 
 
 def junk(
-    sealer: Sealer, other: Sealer, rng: random.Random, src: tuple[str, int]
+    sealer: Sealer,
+    other: Sealer,
+    rng: random.Random,
+    src: tuple[str, int],
+    to: bytes,
+    impostor: Sealer,
 ) -> dict[str, list[bytes]]:
-    """Datagrams by the reason they must be dropped for ("replay": send each after its twin)."""
+    """Datagrams by the reason they must be dropped for ("replay": send each after its twin).
+    ``to``: the target's node id; ``impostor`` seals with the target's own id as sender."""
     now = time.time()
     our_kid = key_id(sealer.keyring.primary)
     rnd = rng.randbytes
+    head = ATTACKER_ID + to  # sender, recipient: what passes the addressing checks
     ping = pack_datagram([encode(Ping(7, "h1", "probe", src))])
 
     def flip(data: bytes, lo: int, hi: int) -> bytes:
@@ -126,38 +164,45 @@ def junk(
         return bytes(b)
 
     def sealed(obj: Any) -> bytes:
-        return sealer.seal(msgpack.packb(obj) if not isinstance(obj, bytes) else obj, time.time())
+        data = msgpack.packb(obj) if not isinstance(obj, bytes) else obj
+        return sealer.seal(data, time.time(), to)
 
     def other_kid() -> bytes:
         while (k := rnd(KEY_ID_LEN)) == our_kid:
             pass
         return k
 
+    def tail(lo: int) -> bytes:
+        return rnd(rng.randrange(lo, 1400 - HEADER_LEN))
+
     out: dict[str, list[bytes]] = {
-        "short": [rnd(rng.randrange(0, 41)) for _ in range(500)],
+        "short": [rnd(rng.randrange(0, OVERHEAD)) for _ in range(500)],
         "version": [
-            bytes([rng.choice([0, *range(2, 256)])]) + rnd(rng.randrange(40, 1400))
+            bytes([rng.choice([0, 1, *range(3, 256)])]) + rnd(rng.randrange(OVERHEAD, 1400))
             for _ in range(500)
         ],
-        "unknown_key": [b"\x01" + other_kid() + rnd(rng.randrange(36, 1400)) for _ in range(500)]
-        + [other.seal(ping, now) for _ in range(300)],
+        "unknown_key": [b"\x02" + other_kid() + rnd(12) + head + tail(24) for _ in range(500)]
+        + [other.seal(ping, now, to) for _ in range(300)],
         # Right version and key id, but not sealed by the key: forged or corrupted.
-        "auth": [b"\x01" + our_kid + rnd(rng.randrange(36, 1400)) for _ in range(300)]
-        # Genuine datagrams with one bit flipped in the nonce, ciphertext or tag.
-        + [flip(sealer.seal(ping, now), 5, 41 + len(ping)) for _ in range(300)],
-        "flipped_key_id": [flip(sealer.seal(ping, now), 1, 5) for _ in range(100)],
-        "flipped_version": [flip(sealer.seal(ping, now), 0, 1) for _ in range(100)],
+        "auth": [b"\x02" + our_kid + rnd(12) + head + tail(24) for _ in range(300)]
+        # Genuine datagrams with one bit flipped in the nonce, the sender, the ciphertext or tag.
+        + [flip(sealer.seal(ping, now, to), 17, 45) for _ in range(150)]
+        + [flip(sealer.seal(ping, now, to), HEADER_LEN, OVERHEAD + len(ping)) for _ in range(150)],
+        "flipped_key_id": [flip(sealer.seal(ping, now, to), 1, 17) for _ in range(100)],
+        "flipped_version": [flip(sealer.seal(ping, now, to), 0, 1) for _ in range(100)],
+        # Genuine, but for another member (or replayed to us from one): refused unopened.
+        "misaddressed": [sealer.seal(ping, now, rnd(16)) for _ in range(100)],
+        # Claiming to come from the target itself (a reflection of its own datagram).
+        "self": [impostor.seal(ping, now, b"") for _ in range(50)],
         # Sealed with the right key at a time far from ours.
         "stale": [
-            sealer.seal(ping, now + rng.choice([-1, 1]) * rng.uniform(120, 86400))
+            sealer.seal(ping, now + rng.choice([-1, 1]) * rng.uniform(120, 86400), to)
             for _ in range(100)
         ],
         # Bigger than any datagram meshd sends (max_datagram 1,400): refused by size before any
         # decryption, random or validly sealed.
         "oversized": [rnd(rng.randrange(1401, 1473)) for _ in range(50)] + [rnd(65000)] * 5,
         "too_big": [sealed(rnd(2000)) for _ in range(20)] + [sealed(rnd(65000)) for _ in range(3)],
-        # Sealed within 1,400 bytes, but a payload larger than the core takes (1,400 - 64).
-        "size": [sealed(rnd(1340)) for _ in range(20)],
         # Validly sealed payloads that the gossip core refuses, one reason each.
         "decode": [sealed(b"\xc1" + rnd(20)) for _ in range(20)],
         "malformed": [sealed({"a": 1}) for _ in range(10)] + [sealed([1]) for _ in range(10)],
@@ -169,7 +214,7 @@ def junk(
         "record": [sealed([1, [[5, [1, 2, 3]]]]) for _ in range(20)],
     }
     # One genuine, valid datagram (a ping for h1 from nobody it knows) and 200 copies of it.
-    genuine = sealer.seal(ping, now)
+    genuine = sealer.seal(ping, now, to)
     out["genuine"] = [genuine]
     out["replay"] = [genuine] * 200
     return out
@@ -210,7 +255,15 @@ def test_junk_leaves_daemon_and_table_unchanged(
     c0 = counters(d1)
 
     rng = random.Random(5)
-    kinds = junk(sealer_for(key), sealer_for(other), rng, (attacker.underlay_ip, 9))
+    h1_id = node_id_of(d1, "h1")
+    kinds = junk(
+        sealer_for(key),
+        sealer_for(other),
+        rng,
+        (attacker.underlay_ip, 9),
+        h1_id,
+        sealer_for(key, h1_id),
+    )
     order = [k for k in kinds if k != "replay"] + ["replay"]  # the original before its copies
     total = send_all(
         attacker.ns, (members[0].underlay_ip, DEFAULT_GOSSIP_PORT), [kinds[k] for k in order]
@@ -239,9 +292,10 @@ def test_junk_leaves_daemon_and_table_unchanged(
     assert delta("version") >= len(kinds["version"]) + len(kinds["flipped_version"]) + len(
         kinds["payload_version"]
     )
-    for reason in PAYLOAD_REASONS - {"size"}:
+    for reason in PAYLOAD_REASONS:
         assert delta(reason) == len(kinds[reason]), reason
-    assert delta("size") == len(kinds["size"])
+    assert delta("misaddressed") == len(kinds["misaddressed"])
+    assert delta("self") == len(kinds["self"])
     assert delta("too_big") == len(kinds["too_big"]) + len(kinds["oversized"])
     assert not any(k.startswith("error") for k in c1), c1
     # Only the genuine datagram reached the core and was acted on: one ping, one ack.
@@ -295,11 +349,10 @@ def sniff(
 def ping_for(key_file: Path, target: str) -> Callable[[bytes], bool]:
     """Whether a sealed datagram carries a ping for ``target``: a datagram with a known effect
     on any other member (the core drops it there as ``drop.wrong_target``)."""
-    sealer = sealer_for(key_file)
 
     def check(datagram: bytes) -> bool:
         try:
-            msgs = decode(sealer.open(datagram, time.time()))
+            msgs = decode(opener(key_file, datagram).open(datagram, time.time()).payload)
         except (OpenError, DecodeError):
             return False
         return any(isinstance(x, Ping) and x.target == target for x in msgs)
@@ -369,7 +422,7 @@ def test_sniffed_datagram_replayed_is_rejected(
     frame = sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1"))
     payload = udp_payload(frame)
     # The envelope opens with our key (it is genuine), and is still within the replay window.
-    assert sealer_for(key).open(payload, time.time())
+    assert opener(key, payload).open(payload, time.time()).payload
 
     before = {n: snapshot(lab.daemons[n]) for n in ("h1", "h2", "h3")}
     c0 = counters(d1)
@@ -384,9 +437,8 @@ def test_sniffed_datagram_replayed_is_rejected(
     c1 = counters(d1)
     assert c1.get("drop.replay", 0) - c0.get("drop.replay", 0) == 1
     assert c1.get("drop.stale", 0) == c0.get("drop.stale", 0)
-    # The same bytes sent to another member: the nonce cache is per node, so only the timestamp
-    # bound and the core's own rules stand between it and h3 (the ping names h1, not h3); it
-    # must change nothing there. A steady mesh drops nothing else, so a new drop is this one.
+    # The same bytes sent to another member: sealed for h1, refused by h3's envelope check. A
+    # steady mesh drops nothing else, so a new drop is this one.
     c3 = counters(d3)
     send_from(h2.ns, payload, (h3.underlay_ip, DEFAULT_GOSSIP_PORT))
     wait_until(lambda: drops(counters(d3)) > drops(c3), 10, "h3 to drop the copy", lab)
@@ -395,7 +447,6 @@ def test_sniffed_datagram_replayed_is_rejected(
         assert snapshot(lab.daemons[n]) == snap, f"{n}'s table changed after the replay"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: envelope does not bind the recipient")
 def test_datagram_for_one_member_is_refused_by_the_envelope_of_another(
     make_lab: Callable[..., Lab], tmp_path: Path, steady_config: Path
 ) -> None:
@@ -413,7 +464,8 @@ def test_datagram_for_one_member_is_refused_by_the_envelope_of_another(
     c3b = counters(d3)
     assert drops(c3b) - drops(c3) == 1
     # Sealed for h1, it must not open at h3: dropped by the envelope, never seen by the core
-    # (today the core sees it and drops the ping for naming h1: drop.wrong_target).
+    # (before issue 12 the core saw it and dropped the ping for naming h1: drop.wrong_target).
+    assert c3b.get("drop.misaddressed", 0) - c3.get("drop.misaddressed", 0) == 1, c3b
     assert c3b.get("drop.wrong_target", 0) == c3.get("drop.wrong_target", 0), c3b
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,14 +56,13 @@ def test_rotate_live_mesh(make_lab: Callable[..., Lab], tmp_path: Path, fast_con
 
         return check
 
+    # `meshd keygen | meshd keys install -`: the key never appears on a command line.
     new_key = subprocess.run(
-        ["python3", "-c", "import base64,os;print(base64.b64encode(os.urandom(32)).decode())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    out = cli(lab.daemons["h1"], "keys", "install", new_key).stdout
-    new = next(k for k in re.findall(r"^([0-9a-f]{8})", out, re.M) if k != old)
+        [sys.executable, "-m", "meshd", "keygen"], capture_output=True, text=True, check=True
+    ).stdout
+    out = cli(lab.daemons["h1"], "keys", "install", "-", input=new_key).stdout
+    new = next(k for k in re.findall(r"^([0-9a-f]{32})", out, re.M) if k != old)
+    assert len(new) == 32  # 16-byte key ids
     wait_until(everywhere(lambda ks: ks == [old, new]), 30, "new key installed everywhere", lab)
     cli(lab.daemons["h2"], "keys", "use", new)
     wait_until(everywhere(lambda ks: ks == [new, old]), 30, "new key primary everywhere", lab)

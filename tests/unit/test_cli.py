@@ -60,3 +60,29 @@ def test_version_and_keygen() -> None:
     assert meshd("--version").stdout.startswith("meshd ")
     k1, k2 = meshd("keygen").stdout.strip(), meshd("keygen").stdout.strip()
     assert len(k1) == 44 and k1 != k2
+
+
+def test_keys_install_never_takes_the_key_from_argv(tmp_path: Path) -> None:
+    key = meshd("keygen").stdout.strip()
+    sock = str(tmp_path / "none.sock")
+    for args in (["keys", "install", key], ["keys", "install"]):
+        r = meshd(*args, "--socket", sock)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert "meshd keygen | meshd keys install -" in lines[0] and "--file" in lines[0]
+        assert key not in r.stderr
+    # From stdin or a file, the key gets as far as the (absent) daemon.
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", "keys", "install", "-", "--socket", sock],
+        input=key + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "no meshd running" in r.stderr, r.stderr
+    f = tmp_path / "new.key"
+    f.write_text(key + "\n")
+    r = meshd("keys", "install", "--file", str(f), "--socket", sock)
+    assert r.returncode == 1 and "no meshd running" in r.stderr, r.stderr
+    r = meshd("keys", "install", "--file", str(tmp_path / "missing"), "--socket", sock)
+    assert r.returncode == 1 and "cannot read" in r.stderr and "Traceback" not in r.stderr

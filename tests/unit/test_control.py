@@ -59,9 +59,11 @@ def test_typed_client_calls_through_service_commands(tmp_path: Path) -> None:
         srv = ControlServer(path, {"keys.use": keys_use})
         await srv.start()
         loop = asyncio.get_running_loop()
-        ring = await loop.run_in_executor(None, lambda: client.keys(path, "use", key_id="0a0b0c0d"))
-        assert ring == {"primary": "0a0b0c0d", "keys": ["0a0b0c0d"]}
-        with pytest.raises(ControlError, match="expected 8 hex digits"):
+        ring = await loop.run_in_executor(
+            None, lambda: client.keys(path, "use", key_id="0a0b0c0d" * 4)
+        )
+        assert ring == {"primary": "0a0b0c0d" * 4, "keys": ["0a0b0c0d" * 4]}
+        with pytest.raises(ControlError, match="expected 32 hex digits"):
             await loop.run_in_executor(None, lambda: client.keys(path, "use", key_id="0a"))
         await srv.close()
 

@@ -35,7 +35,7 @@ def joined(n: int, seed: int = 1, loss: float = 0.0) -> Network:
 
 def check_sizes(net: Network) -> list[int]:
     sizes: list[int] = []
-    net.on_datagram = lambda src, data, addr: sizes.append(len(data))
+    net.on_datagram = lambda src, data, addr, to: sizes.append(len(data))
     return sizes
 
 

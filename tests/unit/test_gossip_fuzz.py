@@ -68,7 +68,7 @@ def check(data: bytes) -> None:
         assert sum(v for k, v in n.counters.items() if k.startswith("drop.")) == drops_before + 1
     # Whatever happened, the node still works.
     n.handle_timer(n.get_timer() or 1.0)
-    for out, _ in n.datagrams_to_send():
+    for out, _, _ in n.datagrams_to_send():
         assert len(out) <= GossipConfig().max_datagram - m.ENVELOPE_RESERVE
 
 
@@ -149,4 +149,4 @@ def test_datagram_with_a_bad_second_message_changes_nothing() -> None:
         1.0,
     )
     assert news.name in {x.record.name for x in n.members()}
-    assert any(addr == A.addr for _, addr in n.datagrams_to_send())
+    assert any(addr == A.addr for _, addr, _ in n.datagrams_to_send())

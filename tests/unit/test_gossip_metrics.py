@@ -37,7 +37,7 @@ def next_ping(n: GossipNode) -> tuple[float, m.Ping, tuple[str, int]]:
         t = n.get_timer()
         assert t is not None
         n.handle_timer(t)
-        for data, addr in n.datagrams_to_send():
+        for data, addr, _ in n.datagrams_to_send():
             msg = m.decode(data)[0]
             if isinstance(msg, m.Ping):
                 return t, msg, addr
@@ -48,7 +48,7 @@ def sent_to(n: GossipNode, until: float) -> list[tuple[list[m.Message], tuple[st
     out = []
     while (t := n.get_timer()) is not None and t <= until:
         n.handle_timer(t)
-        out += [(m.decode(d), a) for d, a in n.datagrams_to_send()]
+        out += [(m.decode(d), a) for d, a, _ in n.datagrams_to_send()]
     return out
 
 

@@ -38,7 +38,7 @@ def kinds(n: GossipNode) -> list[tuple[str, str]]:
 
 
 def sent(n: GossipNode) -> list[tuple[list[m.Message], tuple[str, int]]]:
-    return [(m.decode(d), a) for d, a in n.datagrams_to_send()]
+    return [(m.decode(d), a) for d, a, _ in n.datagrams_to_send()]
 
 
 def test_new_node_alone_is_synced_and_lists_itself() -> None:
@@ -193,12 +193,18 @@ def test_ping_for_someone_else_is_not_acked() -> None:
 
 def test_indirect_ping_is_relayed_and_nacked_on_timeout() -> None:
     n = node()
+    feed(n, m.IndirectPing(5, "n2", B.addr, "n1", A.addr, True), now=0.5)
+    # A target we do not know has no node id to address the ping to: not relayed.
+    assert sent(n) == [] and n.counters["drop.unknown_target"] == 1
+    feed(n, m.Alive(B), now=0.5)
+    n.datagrams_to_send()
     feed(n, m.IndirectPing(5, "n2", B.addr, "n1", A.addr, True), now=1.0)
     ((msgs, addr),) = sent(n)
     assert addr == B.addr and isinstance(msgs[0], m.Ping) and msgs[0].target == "n2"
     relay_seq = msgs[0].seq
     n.handle_timer(1.0 + GossipConfig().probe_timeout)
-    assert [(msgs[0], a) for msgs, a in sent(n)] == [(m.Nack(5), A.addr)]
+    nacks = [(x[0], a) for x, a in sent(n) if isinstance(x[0], m.Nack)]
+    assert nacks == [(m.Nack(5), A.addr)]
     # Acked in time instead: the ack is forwarded with the requester's sequence number.
     feed(n, m.IndirectPing(6, "n2", B.addr, "n1", A.addr, True), now=2.0)
     relay_seq = sent(n)[0][0][0].seq  # type: ignore[union-attr]
@@ -212,7 +218,7 @@ def test_known_members_are_tombstones_revived_at_the_same_incarnation() -> None:
     n.join([], 0.0)
     assert not n.synced
     # They are asked for their state straight away.
-    assert {a for _, a in n.datagrams_to_send()} == {A.addr, B.addr}
+    assert {a for _, a, _ in n.datagrams_to_send()} == {A.addr, B.addr}
     feed(n, m.Alive(A.with_incarnation(4)))
     assert state(n, "n1") == MemberState.ALIVE
     assert kinds(n) == [("join", "n1")]
@@ -226,6 +232,14 @@ def test_push_pull_reply_merges_and_syncs() -> None:
     pp = req[0][0]
     assert isinstance(pp, m.PushPull) and not pp.reply and pp.sender == ME
     assert not n.synced
+    # The seed was asked through "any" (its node id unknown): it answers with its record only,
+    # and the joiner asks again, addressed to it.
+    feed(n, m.PushPull(A, pp.sync_id, True, 0, 1, ()))
+    assert not n.synced and n.counters["push_pull.any_answered"] == 1
+    (again,) = [d for d in n.datagrams_to_send() if isinstance(m.decode(d[0])[0], m.PushPull)]
+    assert again[1:] == (A.addr, A.node_id)
+    pp = m.decode(again[0])[0]
+    assert isinstance(pp, m.PushPull) and not pp.reply
     entries = (m.PushPullEntry(B, MemberState.ALIVE, 0),)
     feed(n, m.PushPull(A, pp.sync_id, True, 0, 1, entries))
     assert n.synced
@@ -435,10 +449,19 @@ def test_digest_that_differs_starts_a_full_push_pull() -> None:
     n = node()
     feed(n, m.Alive(A))
     n.datagrams_to_send()
-    feed(n, m.SyncDigest(7, False, b"\0" * m.DIGEST_LEN))
+    digest = m.pack_datagram([m.encode(m.SyncDigest(7, False, b"\0" * m.DIGEST_LEN, "n1"))])
+    # From a source that is no member (no envelope sender, or not the member the digest names,
+    # or a digest naming nobody): no answer at all.
+    n.receive_datagram(digest, SRC, 1.0)
+    n.receive_datagram(digest, SRC, 1.0, B.node_id)
+    anonymous = m.pack_datagram([m.encode(m.SyncDigest(7, False, b"\0" * m.DIGEST_LEN))])
+    n.receive_datagram(anonymous, SRC, 1.0, A.node_id)
+    assert n.counters["drop.unknown_source"] == 3 and sent(n) == []
+    n.receive_datagram(digest, SRC, 1.0, A.node_id)
     assert n.counters["push_pull.digest_differ"] == 1
     pps = [(msgs[0], addr) for msgs, addr in sent(n) if isinstance(msgs[0], m.PushPull)]
-    assert pps and all(not pp.reply and addr == SRC for pp, addr in pps)
+    # The full exchange goes to the member's record address, not to the datagram's source.
+    assert pps and all(not pp.reply and addr == A.addr for pp, addr in pps)
 
 
 def test_equal_views_exchange_digests_only() -> None:
@@ -453,10 +476,11 @@ def test_equal_views_exchange_digests_only() -> None:
         while moved:
             moved = False
             for src in (x, y):
-                for data, addr in src.datagrams_to_send():
+                for data, addr, to in src.datagrams_to_send():
                     dst, from_addr = peer[addr]
+                    assert to in (b"", dst.local.node_id)  # addressed to the member it reaches
                     seen.extend((src.local.name, d) for d in m.decode(data))
-                    dst.receive_datagram(data, from_addr, now)
+                    dst.receive_datagram(data, from_addr, now, src.local.node_id, not to)
                     moved = True
 
     now = 0.0

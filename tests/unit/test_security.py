@@ -1,16 +1,26 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import tracemalloc
+from unittest import mock
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshd.gossip import messages
+from meshd.gossip import security as sec
 from meshd.gossip.security import (
+    ANY,
+    HEADER_LEN,
+    MAX_KEYS,
     OVERHEAD,
     KeyFormatError,
     Keyring,
+    Opened,
     OpenError,
     Sealer,
     decode_key,
@@ -19,62 +29,129 @@ from meshd.gossip.security import (
 )
 
 NOW = 1_800_000_000.0
+ME, PEER, OTHER = (bytes([i]) * 16 for i in (1, 2, 3))
 
 
 def ring(*keys: bytes) -> Keyring:
     return Keyring(tuple(keys))
 
 
+def sealer(*keys: bytes, me: bytes = ME, **kw: float) -> Sealer:
+    return Sealer(ring(*keys), me, **kw)  # type: ignore[arg-type]
+
+
 K1, K2 = os.urandom(32), os.urandom(32)
 
 
-def test_roundtrip_and_overhead() -> None:
-    s = Sealer(ring(K1))
-    d = s.seal(b"payload", NOW)
+def reason(s: Sealer, data: bytes, now: float = NOW) -> str:
+    with pytest.raises(OpenError) as exc:
+        s.open(data, now)
+    return exc.value.reason
+
+
+def test_roundtrip_overhead_and_header() -> None:
+    d = sealer(K1, me=PEER).seal(b"payload", NOW, ME)
     assert len(d) == len(b"payload") + OVERHEAD
-    assert d[0] == 1 and d[1:5] == key_id(K1)
-    assert Sealer(ring(K1)).open(d, NOW + 1) == b"payload"
+    assert OVERHEAD == messages.ENVELOPE_RESERVE == 85 and HEADER_LEN == 61
+    # version 2 | key id 16 | nonce 12 | sender 16 | recipient 16
+    assert d[0] == 2 and d[1:17] == key_id(K1) == hashlib.sha256(K1).digest()[:16]
+    assert d[29:45] == PEER and d[45:61] == ME
+    assert sealer(K1).open(d, NOW + 1) == Opened(b"payload", PEER, False)
+    assert messages.KEY_ID_LEN == sec.KEY_ID_LEN == 16
+
+
+def test_recipient_is_bound_any_is_anyone_and_self_is_dropped() -> None:
+    d = sealer(K1, me=PEER).seal(b"for me", NOW, ME)
+    # Addressed to ME: another member, holding the same key, drops it before any decryption.
+    assert reason(sealer(K1, me=OTHER), d) == "misaddressed"
+    with mock.patch.object(AESGCM, "decrypt", side_effect=AssertionError("decrypted")):
+        assert reason(sealer(K1, me=OTHER), d) == "misaddressed"
+    anyone = sealer(K1, me=PEER).seal(b"hello", NOW, b"")
+    assert anyone[45:61] == ANY == bytes(16)
+    assert sealer(K1, me=OTHER).open(anyone, NOW) == Opened(b"hello", PEER, True)
+    assert sealer(K1).open(anyone, NOW).to_any
+    # Our own datagram coming back (a reflected "any", or our id forged): dropped.
+    assert reason(sealer(K1, me=PEER), anyone) == "self"
+
+
+def test_sender_and_recipient_are_authenticated() -> None:
+    d = bytearray(sealer(K1, me=PEER).seal(b"x", NOW, ME))
+    forged_sender = bytes(d[:29] + OTHER + d[45:])
+    assert reason(sealer(K1), forged_sender) == "auth"
+    # Readdressing to "any" (so anyone would take it) breaks the tag as well.
+    to_any = bytes(d[:45] + ANY + d[61:])
+    assert reason(sealer(K1, me=OTHER), to_any) == "auth"
+
+
+def test_seal_refuses_a_bad_recipient_and_sealer_a_bad_id() -> None:
+    with pytest.raises(ValueError):
+        sealer(K1).seal(b"x", NOW, b"short")
+    with pytest.raises(ValueError):
+        Sealer(ring(K1), ANY)
+    with pytest.raises(ValueError):
+        Sealer(ring(K1), b"\x01" * 4)
 
 
 def test_wrong_key_is_unknown_and_tamper_fails_auth() -> None:
-    d = Sealer(ring(K1)).seal(b"x" * 40, NOW)
-    with pytest.raises(OpenError) as e:
-        Sealer(ring(K2)).open(d, NOW)
-    assert e.value.reason == "unknown_key"
-    for i in (0, 3, 10, 20, len(d) - 1):
+    d = sealer(K1, me=PEER).seal(b"x" * 40, NOW, ME)
+    assert reason(sealer(K2), d) == "unknown_key"
+    for i in (0, 3, 10, 20, 30, 50, 70, len(d) - 1):
         bad = bytearray(d)
         bad[i] ^= 0x01
-        with pytest.raises(OpenError) as e:
-            Sealer(ring(K1)).open(bytes(bad), NOW)
-        assert e.value.reason in ("auth", "version", "unknown_key")
+        assert reason(sealer(K1), bytes(bad)) in ("auth", "version", "unknown_key", "misaddressed")
 
 
 def test_replay_and_stale_rejected() -> None:
-    s = Sealer(ring(K1))
-    d = s.seal(b"hi", NOW)
-    r = Sealer(ring(K1), window=60)
-    assert r.open(d, NOW) == b"hi"
-    with pytest.raises(OpenError, match="replay"):
-        r.open(d, NOW + 5)
-    with pytest.raises(OpenError, match="stale"):
-        Sealer(ring(K1), window=60).open(d, NOW + 61)
-    with pytest.raises(OpenError, match="stale"):
-        Sealer(ring(K1), window=60).open(d, NOW - 61)
+    d = sealer(K1, me=PEER).seal(b"hi", NOW, ME)
+    r = sealer(K1, window=60)
+    assert r.open(d, NOW).payload == b"hi"
+    assert reason(r, d, NOW + 5) == "replay"
+    assert reason(sealer(K1, window=60), d, NOW + 61) == "stale"
+    assert reason(sealer(K1, window=60), d, NOW - 61) == "stale"
 
 
 def test_nonce_cache_expires_but_stale_bound_still_protects() -> None:
-    r = Sealer(ring(K1), window=10)
-    d = Sealer(ring(K1)).seal(b"a", NOW)
+    r = sealer(K1, window=10)
+    d = sealer(K1, me=PEER).seal(b"a", NOW, ME)
     r.open(d, NOW)
-    r.open(Sealer(ring(K1)).seal(b"b", NOW + 25), NOW + 25)  # expires the first nonce
-    with pytest.raises(OpenError, match="stale"):
-        r.open(d, NOW + 25)
+    r.open(sealer(K1, me=PEER).seal(b"b", NOW + 25, ME), NOW + 25)  # expires the first nonce
+    assert reason(r, d, NOW + 25) == "stale"
+
+
+def test_full_nonce_cache_shrinks_the_window_instead_of_forgetting_replays() -> None:
+    peer = sealer(K1, me=PEER)
+    r = sealer(K1)
+    with mock.patch.object(sec, "NONCE_CACHE_MAX", 3):
+        first = peer.seal(b"0", NOW, ME)
+        r.open(first, NOW)
+        for i in range(1, 4):
+            r.open(peer.seal(b"%d" % i, NOW + i, ME), NOW + i)
+        assert len(r._seen) == 3  # the first nonce was forgotten...
+        assert reason(r, first, NOW + 4) == "stale"  # ...and cannot come back
+        # Sealed no later than the forgotten one: refused too, although never seen.
+        assert reason(r, peer.seal(b"late", NOW - 1, ME), NOW + 4) == "stale"
+        assert r.open(peer.seal(b"new", NOW + 4, ME), NOW + 4).payload == b"new"
+
+
+def test_nonce_cache_memory_is_what_the_docstring_says() -> None:
+    # The documented ~11 MiB at NONCE_CACHE_MAX: measure a tenth of it and scale.
+    r = sealer(K1)
+    n = sec.NONCE_CACHE_MAX // 10
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        r._seen[os.urandom(sec.NONCE_LEN)] = NOW + i / 1000
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    per_entry = used / n
+    assert 120 < per_entry < 230, per_entry  # docstring: 150-175 bytes
+    assert per_entry * sec.NONCE_CACHE_MAX < 16 * 2**20
 
 
 def test_rotation_secondary_key_opens_primary_seals() -> None:
-    old, new = ring(K1), ring(K2, K1)
-    assert Sealer(new).open(Sealer(old).seal(b"a", NOW), NOW) == b"a"
-    assert Sealer(new).seal(b"b", NOW)[1:5] == key_id(K2)
+    old, new = Sealer(ring(K1), PEER), Sealer(ring(K2, K1), ME)
+    assert new.open(old.seal(b"a", NOW, ME), NOW).payload == b"a"
+    assert new.seal(b"b", NOW, PEER)[1:17] == key_id(K2)
 
 
 def test_keyring_parse() -> None:
@@ -91,23 +168,41 @@ def test_keyring_parse() -> None:
     assert len(decode_key(generate_key())) == 32
 
 
+def test_keyring_holds_at_most_max_keys() -> None:
+    keys = [os.urandom(32) for _ in range(MAX_KEYS + 1)]
+    assert len(Keyring(tuple(keys[:MAX_KEYS])).keys) == MAX_KEYS == 4
+    with pytest.raises(KeyFormatError, match="at most 4 keys, got 5") as exc:
+        Keyring(tuple(keys))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(KeyFormatError, match="at most 4"):
+        Keyring.parse("\n".join(base64.b64encode(k).decode() for k in keys))
+
+
+def test_keyring_refuses_two_keys_with_one_id() -> None:
+    # A real collision of 128-bit ids cannot be produced; make key_id collide.
+    with (
+        mock.patch.object(sec, "key_id", lambda k: b"\0" * 16),
+        pytest.raises(KeyFormatError, match="share the key id"),
+    ):
+        Keyring((K1, K2))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=1500))
 def test_random_bytes_never_open(data: bytes) -> None:
-    r = Sealer(ring(K1))
+    r = sealer(K1)
     with pytest.raises(OpenError):
         r.open(data, NOW)
 
 
 def test_oversized_datagram_refused_before_decryption() -> None:
-    big = Sealer(ring(K1)).seal(b"x" * 2000, NOW)
-    assert Sealer(ring(K1)).open(big, NOW) == b"x" * 2000  # authentic, and opens without a limit
-    with pytest.raises(OpenError) as exc:
-        Sealer(ring(K1), max_datagram=1400).open(big, NOW)
-    assert exc.value.reason == "too_big"
-    junk = big[:40] + bytes(len(big) - 40)  # garbage after a valid header: no decryption tried
-    with pytest.raises(OpenError) as exc:
-        Sealer(ring(K1), max_datagram=1400).open(junk, NOW)
-    assert exc.value.reason == "too_big"
-    fits = Sealer(ring(K1)).seal(b"y" * 1000, NOW)
-    assert Sealer(ring(K1), max_datagram=1400).open(fits, NOW) == b"y" * 1000
+    peer = sealer(K1, me=PEER)
+    big = peer.seal(b"x" * 2000, NOW, ME)
+    assert sealer(K1).open(big, NOW).payload == b"x" * 2000  # authentic; no limit set
+    assert reason(sealer(K1, max_datagram=1400), big) == "too_big"
+    junk = big[:HEADER_LEN] + bytes(len(big) - HEADER_LEN)  # garbage after a valid header
+    with mock.patch.object(AESGCM, "decrypt", side_effect=AssertionError("decrypted")):
+        assert reason(sealer(K1, max_datagram=1400), junk) == "too_big"
+        assert reason(sealer(K1, max_datagram=1400), bytes(65000)) == "too_big"
+    fits = peer.seal(b"y" * 1000, NOW, ME)
+    assert sealer(K1, max_datagram=1400).open(fits, NOW).payload == b"y" * 1000

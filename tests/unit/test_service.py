@@ -51,7 +51,7 @@ def service(tmp_path: Path) -> tuple[Service, FakeTransport, Path]:
     svc = Service(
         node,
         transport,
-        Sealer(ring),
+        Sealer(ring, ME.node_id),
         {"ifname": "eth0", "ip": ME.public_ip, "prefixlen": 16, "mtu": 1500},
         key_file,
         lambda: None,
@@ -105,10 +105,10 @@ def test_key_rotation_through_commands_persists_the_ring(tmp_path: Path) -> None
 def test_key_commands_refuse_bad_arguments(tmp_path: Path) -> None:
     svc, _, _ = service(tmp_path)
     primary = key_id(svc.sealer.keyring.primary).hex()
-    with pytest.raises(ControlError, match="8 hex digits"):
+    with pytest.raises(ControlError, match="32 hex digits"):
         call(svc, "keys.use", key_id="xyz")
     with pytest.raises(ControlError, match="not in this node's keyring"):
-        call(svc, "keys.use", key_id="00000000")
+        call(svc, "keys.use", key_id="00" * 16)
     with pytest.raises(ControlError, match="is the primary"):
         call(svc, "keys.remove", key_id=primary)
     with pytest.raises(ControlError, match="key:"):
@@ -117,9 +117,9 @@ def test_key_commands_refuse_bad_arguments(tmp_path: Path) -> None:
         call(svc, "keys.install")
 
 
-def test_key_ref_parses_exactly_eight_hex_digits() -> None:
-    assert KeyRef.parse({"key_id": "0a0b0c0d"}).key_id == bytes.fromhex("0a0b0c0d")
-    for bad in ("0a0b0c", "0a0b0c0d0e", 12345678, None):
+def test_key_ref_parses_exactly_32_hex_digits() -> None:
+    assert KeyRef.parse({"key_id": "0a0b0c0d" * 4}).key_id == bytes.fromhex("0a0b0c0d" * 4)
+    for bad in ("0a0b0c0d", "0a0b0c0d" * 4 + "0e", 12345678, None):
         with pytest.raises(ControlError):
             KeyRef.parse({"key_id": bad})
 
@@ -154,3 +154,13 @@ def test_reload_key_file_swaps_the_ring_and_keeps_it_on_a_bad_file(
     key_file.unlink()
     assert not svc.reload_key_file()
     assert svc.sealer.keyring.ids() == new.ids()
+
+
+def test_install_into_a_full_keyring_is_refused_at_the_origin(tmp_path: Path) -> None:
+    svc, _, _ = service(tmp_path)
+    for _ in range(3):
+        call(svc, "keys.install", key=generate_key())
+    assert len(svc.sealer.keyring.keys) == 4
+    with pytest.raises(ControlError, match=r"keyring is full \(4 keys\)"):
+        call(svc, "keys.install", key=generate_key())
+    assert len(svc.sealer.keyring.keys) == 4
