@@ -45,7 +45,14 @@ def test_failed_setup_closes_the_udp_socket(
         # Not 127.0.0.1: a loopback public IP is refused (record.unicast_ip4).
         return Underlay("lo", 1, "192.0.2.1", 24, 1500)
 
+    class LoopbackTransport(meshd.daemon.Transport):  # type: ignore[misc]
+        def __init__(self, node: Any, sealer: Any, bind: tuple[str, int], **kw: Any) -> None:
+            # The daemon binds the underlay IP; 192.0.2.1 is not on this machine.
+            assert bind == ("192.0.2.1", port)
+            super().__init__(node, sealer, ("127.0.0.1", bind[1]), **kw)
+
     monkeypatch.setattr(meshd.daemon, "discover_underlay", underlay)
+    monkeypatch.setattr(meshd.daemon, "Transport", LoopbackTransport)
     monkeypatch.setattr(meshd.daemon, "Reconciler", FakeReconciler)
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no nft cleanup
     key = tmp_path / "key"

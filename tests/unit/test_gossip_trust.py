@@ -69,7 +69,7 @@ def view(n: GossipNode) -> dict[str, tuple[MemberState, NodeRecord]]:
 
 
 def sent_messages(n: GossipNode) -> list[m.Message]:
-    return [msg for data, _ in n.datagrams_to_send() for msg in m.decode(data)]
+    return [msg for data, _, _ in n.datagrams_to_send() for msg in m.decode(data)]
 
 
 def run_timers(n: GossipNode, until: float) -> None:
