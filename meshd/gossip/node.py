@@ -289,6 +289,9 @@ class GossipNode:
         if len(data) > self._limit:
             self.counters["drop.size"] += 1
             return
+        if sender and sender in self._state.evicted:
+            self.counters["drop.evicted"] += 1
+            return
         try:
             msgs = decode(data)
         except DecodeError as exc:

@@ -69,6 +69,9 @@ MAX_INCARNATION_JUMP = 1024
 an up member) may put a member's incarnation. A member raises its own by one per refutation, so
 honest messages stay far below; a forged 2^63 - 2 no longer drives anyone to the maximum."""
 
+MAX_EVICTED = 4096
+"""Evicted node ids remembered to drop their datagrams; a CRL lists fewer than this."""
+
 SUSPICION_TIMER = "suspect"
 REAP_TIMER = "reap"
 
@@ -181,6 +184,8 @@ class Membership:
         self._recent_dead: list[tuple[float, str]] = []
         self._stale: set[str] = set()
         self.suspicions: dict[str, Suspicion] = {}
+        self.evicted: dict[bytes, None] = {}
+        """Node ids of evicted members (insertion-ordered set), whose datagrams are dropped."""
         self.events: list[MemberEvent] = []
         self.awareness = Awareness(config.awareness_max)
         self._order: list[str] = []
@@ -234,6 +239,7 @@ class Membership:
     ) -> Entry:
         e = Entry(rec, state, now, inc)
         self.table[rec.name] = e
+        self.evicted.pop(rec.node_id, None)  # admitted again (a newer CRL, a new certificate)
         if state in _UP:
             self._up(rec.name)
         elif state == DEAD:
@@ -495,6 +501,11 @@ class Membership:
         self.suspicions.pop(name, None)
         self._stale.discard(name)
         del self.table[name]
+        # Its datagrams are dropped from now on (the envelope names the sender's node id): an
+        # evicted member gets no acks, no digests, nothing. Bounded: oldest forgotten first.
+        self.evicted[e.record.node_id] = None
+        if len(self.evicted) > MAX_EVICTED:
+            del self.evicted[next(iter(self.evicted))]
         self.events.append(MemberEvent("evicted", e.snapshot()))
         self.counters["evicted"] += 1
 

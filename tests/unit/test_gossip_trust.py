@@ -347,6 +347,10 @@ def test_revocation_evicts_at_once_and_drops_later_records(pki: SimPKI) -> None:
     assert any(isinstance(x, m.Crl) and x.der == crl for x in sent_messages(n))  # spread
     feed(n, m.Alive(pki.signed(replace(A, incarnation=9))))
     assert n.counters["drop.revoked"] == 1 and "n1" not in view(n)
+    # Its datagrams are dropped unread (the envelope names the sender): not even a ping is acked.
+    ping = m.pack_datagram([m.encode(m.Ping(7, ME.name, A.name, A.addr))])
+    n.receive_datagram(ping, SRC, 2.5, sender=A.node_id)
+    assert n.counters["drop.evicted"] == 1 and not n.datagrams_to_send()
     # Not newer, or not our CA's: ignored and counted.
     assert not n.install_crl(pki.crl([], number=5), 3.0)
     assert not n.install_crl(SimPKI(seed=99).crl([], number=9), 3.0)
@@ -357,6 +361,8 @@ def test_revocation_evicts_at_once_and_drops_later_records(pki: SimPKI) -> None:
     assert n.install_crl(pki.crl([], number=6), 4.0)
     feed(n, m.Alive(pki.signed(replace(A, incarnation=10))))
     assert view(n)["n1"][0] == MemberState.ALIVE
+    n.receive_datagram(ping, SRC, 4.5, sender=A.node_id)
+    assert n.counters["drop.evicted"] == 1 and n.counters["msg.ping"] == 1
 
 
 def test_our_own_revocation_is_exposed(pki: SimPKI) -> None:
