@@ -23,22 +23,24 @@ import socket
 import time
 from typing import Any
 
-from meshd import __version__
+from meshd import __version__, identity
 from meshd.config import Config, parse_seed
 from meshd.control.server import ControlServer, group_id
 from meshd.dataplane import backends
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
-from meshd.errors import ConfigError, DataplaneError
+from meshd.errors import ConfigError, DataplaneError, MeshdError
+from meshd.gossip.messages import MAX_INCARNATION
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError
 from meshd.gossip.security import Sealer
+from meshd.gossip.trust import Signer, Trust, TrustError
 from meshd.keyfile import load_keyring
 from meshd.membership import Membership
 from meshd.metrics import MetricsServer
 from meshd.service import Service
-from meshd.statestore import StateStore
+from meshd.statestore import CrlStore, StateStore
 from meshd.systemd import sd_notify
 from meshd.transport import Transport
 
@@ -67,19 +69,32 @@ class Daemon:
 
     async def _setup(self) -> None:
         cfg = self.cfg
-        if cfg.subnet is None:
+        wall = time.time()
+        cred = None
+        network = cfg.network
+        subnet_s = cfg.subnet
+        if cfg.ca is not None:
+            assert cfg.cert is not None and cfg.cert_key is not None  # config.build ensures it
+            cred = identity.load(cfg.ca, cfg.cert, cfg.cert_key, wall)
+            identity.check_name(cred, cfg.name)
+            subnet_s = identity.subnet_for(cred, cfg.subnet)
+            network = identity.cluster_network(cred, cfg.network)
+        if subnet_s is None:
             raise ConfigError("subnet: required, e.g. --subnet 10.244.1.0/24")
         keyring = load_keyring(cfg.key_file)
         store = StateStore(cfg.state_dir)
         state = store.load()
         underlay = await discover_underlay(cfg.iface, cfg.public_ip)
-        subnet = ipaddress.IPv4Network(cfg.subnet)
+        if cred is not None:
+            identity.check_public_ip(cred, underlay.ip)
+        subnet = ipaddress.IPv4Network(subnet_s)
         ul_net = ipaddress.IPv4Network(f"{underlay.ip}/{underlay.prefixlen}", strict=False)
         if subnet.overlaps(ul_net):
             raise ConfigError(f"subnet: {subnet} overlaps the underlay network {ul_net}")
-        if cfg.network and not subnet.subnet_of(ipaddress.IPv4Network(cfg.network)):
-            raise ConfigError(f"subnet: {subnet} is outside network {cfg.network}")
-        # A restart announces a higher incarnation so it overrides any suspicion about us.
+        if network and not subnet.subnet_of(ipaddress.IPv4Network(network)):
+            raise ConfigError(f"subnet: {subnet} is outside network {network}")
+        # A restart announces a higher incarnation so it overrides any suspicion about us (at
+        # the ceiling, an older release's state file: stay there rather than fail to start).
         local = NodeRecord(
             name=cfg.name,
             node_id=state.node_id,
@@ -89,19 +104,38 @@ class Daemon:
             backend=cfg.backend,
             vtep_mac=backends.get(cfg.backend).vtep_mac(state.node_id),
             mtu=underlay.mtu,
-            incarnation=state.incarnation + 1,
+            incarnation=min(state.incarnation + 1, MAX_INCARNATION),
             version=PROTOCOL_VERSION,
             since=state.subnet_since
             if state.subnet == str(subnet) and state.subnet_since
-            else int(time.time()),
+            else int(wall),
+            cert=cred.cert.der if cred is not None else b"",
         )
         known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
+        trust = signer = None
+        if cred is not None:
+            trust = Trust(cred.authorities)
+            signer = Signer(cred.key, cred.cert.der)
         try:
             node = GossipNode(
-                local, cfg.gossip, random.Random(os.urandom(16)), time.monotonic(), known=known
+                local,
+                cfg.gossip,
+                random.Random(os.urandom(16)),
+                time.monotonic(),
+                known=known,
+                trust=trust,
+                signer=signer,
+                wall=wall,
             )
-        except RecordError as exc:  # e.g. an underlay MTU no record can carry (lo: 65536)
+        except (RecordError, TrustError) as exc:  # e.g. an MTU no record can carry (lo: 65536)
             raise ConfigError(f"this node's record: {exc}") from None
+        self.crl_store = CrlStore(cfg.state_dir)
+        if trust is not None:
+            saved = self.crl_store.load()
+            if saved is not None and not node.install_crl(saved, time.monotonic()):
+                log.warning(
+                    "state: the saved revocation list was not taken (stale or not our CA's)"
+                )
         sealer = Sealer(keyring, state.node_id, max_datagram=cfg.gossip.max_datagram)
         changed = asyncio.Event()
         # Bound to the underlay address only (always one of this host's: discover_underlay
@@ -117,7 +151,7 @@ class Daemon:
         # The reconciler's own config: the Config fields it reads (docs/dataplane.md).
         rcfg = ReconcilerConfig(
             backend=cfg.backend,
-            network=cfg.network,
+            network=network,
             vni=cfg.vni,
             vxlan_port=cfg.vxlan_port,
             bridge=cfg.bridge,
@@ -153,6 +187,7 @@ class Daemon:
             cfg.resync_interval,
             self.service.apply_key_ops,
             changed,
+            self.crl_store,
         )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)
@@ -238,8 +273,33 @@ class Daemon:
         Each part validates its file before replacing anything and keeps the current state on
         error (one log line). True when every part reloaded."""
         ok = self.service.reload_key_file()
-        # Certificates (CA, node certificate and key, CRL) reload here, the same way.
+        if self.cfg.ca is not None:
+            ok = self.reload_certificates() and ok
         return ok
+
+    def reload_certificates(self) -> bool:
+        """Re-read the CA bundle, this node's certificate and key (a renewal, a CA rotation):
+        checked like at start, then our record is announced under them. On any error the
+        current ones stay (one log line)."""
+        cfg = self.cfg
+        assert cfg.ca is not None and cfg.cert is not None and cfg.cert_key is not None
+        node = self.service.node
+        try:
+            cred = identity.load(cfg.ca, cfg.cert, cfg.cert_key, time.time())
+            identity.check_name(cred, cfg.name)
+            signer = Signer(cred.key, cred.cert.der)
+            node.renew_credentials(cred.authorities, signer, time.monotonic())
+        except (MeshdError, TrustError) as exc:
+            log.error("reload: certificates: %s; keeping the current ones", exc)
+            return False
+        self.service.transport.kick()
+        log.info(
+            "reload: certificate serial %x (expires %s) announced at incarnation %d",
+            cred.cert.serial,
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cred.cert.not_after)),
+            node.local.incarnation,
+        )
+        return True
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Quiet stop: save state, close sockets; never touch kernel state."""

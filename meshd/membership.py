@@ -16,7 +16,7 @@ from typing import Protocol
 from meshd.dataplane.model import PeerView
 from meshd.errors import DataplaneError
 from meshd.gossip.node import GossipNode
-from meshd.statestore import State, StateStore
+from meshd.statestore import CrlStore, State, StateStore
 
 log = logging.getLogger("meshd")
 SAVE_EVERY = 2.0
@@ -47,8 +47,12 @@ class Membership:
         resync_interval: float,
         apply_key_ops: Callable[[], None],
         changed: asyncio.Event,
+        crl_store: CrlStore | None = None,
     ) -> None:
         self.node = node
+        self.crl_store = crl_store
+        self._crl_saved = node.crl_der
+        self._revoked_logged = ""
         self.store = store
         self.reconciler = reconciler
         self.firewall = firewall
@@ -82,7 +86,28 @@ class Membership:
             elif incarnation != self.node.local.incarnation:
                 self.save(force=True)
             incarnation = self.node.local.incarnation
+            self.check_trust()
             await asyncio.sleep(BATCH)
+
+    def check_trust(self) -> None:
+        """Certificate mode: keep the revocation list in force in the state dir, and say once
+        when our own certificate stops holding (members then refuse our records)."""
+        crl = self.node.crl_der
+        if crl is not None and crl != self._crl_saved and self.crl_store is not None:
+            self.crl_store.save(crl)
+            self._crl_saved = crl
+            log.info(
+                "revocation list installed (%d bytes), saved to %s", len(crl), self.crl_store.path
+            )
+        reason = self.node.local_revoked
+        if reason != self._revoked_logged:
+            self._revoked_logged = reason
+            if reason:
+                log.error(
+                    "this node's certificate is %s: members refuse its records; "
+                    "issue a new certificate (meshd ca sign) and reload (SIGHUP)",
+                    "revoked" if reason == "revoked" else "expired",
+                )
 
     async def firewall_loop(self) -> None:
         while True:

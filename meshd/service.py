@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 from meshd import __version__
 from meshd.control.protocol import (
+    CRL_INSTALL,
+    CrlInstall,
+    CrlReply,
     KeyInstall,
     KeyList,
     KeyRef,
@@ -30,6 +33,7 @@ from meshd.control.protocol import (
 )
 from meshd.control.server import Handler
 from meshd.errors import ControlError, MeshdError
+from meshd.gossip.certificate import CertError, parse_certificate, parse_crl, pem_to_der_list
 from meshd.gossip.keyops import KeyringOutcome, apply_to_keyring
 from meshd.gossip.messages import KeyOp
 from meshd.gossip.node import GossipNode
@@ -100,6 +104,9 @@ class Service:
         async def update(req: dict[str, Any]) -> UpdateReply:
             return self.update()
 
+        async def crl_install(req: dict[str, Any]) -> CrlReply:
+            return await self.crl_install(CrlInstall.parse(req))
+
         return {
             "peers": peers,
             "status": status,
@@ -109,6 +116,7 @@ class Service:
             "keys.install": keys_install,
             "keys.use": keys_use,
             "keys.remove": keys_remove,
+            CRL_INSTALL: crl_install,
         }
 
     # ---------------------------------------------------------------- reading
@@ -116,6 +124,7 @@ class Service:
         now = time.monotonic()
         flags = self.reconciler.peer_flags() if self.reconciler else {}
         me = self.node.local.name
+        trust = "shared-key" if self.node.trust is None else "certificate"
         out: list[PeerRow] = []
         for m in sorted(self.node.members(), key=lambda m: m.record.name):
             r = m.record
@@ -133,6 +142,7 @@ class Service:
                     "self": is_self,
                     "node_id": r.node_id.hex(),
                     "flag": flags.get(r.name),
+                    "trust": trust,
                 }
             )
         return out
@@ -154,7 +164,10 @@ class Service:
         counters = self.counters()
         return {
             "version": __version__,
-            "node": self.node.local.to_dict(),
+            # The certificate and signature are in `trust` (readable); not 800 hex digits here.
+            "node": {
+                k: v for k, v in self.node.local.to_dict().items() if k not in ("cert", "sig")
+            },
             "underlay": self.underlay,
             "uptime": round(time.monotonic() - self.started, 1),
             "synced": self.node.synced,
@@ -162,8 +175,73 @@ class Service:
             "counters": dict(sorted(counters.items())),
             "dropped": {k[5:]: v for k, v in sorted(counters.items()) if k.startswith("drop.")},
             "keys": self.sealer.keyring.ids(),
+            "trust": self.trust_status(),
             "dataplane": self.reconciler.status() if self.reconciler else {},
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
+        }
+
+    def trust_status(self) -> dict[str, Any]:
+        trust = self.node.trust
+        if trust is None:
+            return {
+                "mode": "shared-key",
+                "authenticated": False,
+                "warning": "unauthenticated mesh: any holder of the mesh key is believed about "
+                "every member (docs/security.md); use certificates (--ca, --cert)",
+            }
+        local = self.node.local
+        out: dict[str, Any] = {
+            "mode": "certificates",
+            "authenticated": True,
+            "ca": [
+                {"name": a.name, "network": a.network, "fingerprint": a.fingerprint.hex()}
+                for a in trust.authorities
+            ],
+            "local": self.node.local_revoked,
+        }
+        try:
+            info = parse_certificate(local.cert)
+        except CertError:  # pragma: no cover - our own certificate was checked at start
+            info = None
+        if info is not None:
+            out["cert"] = {
+                "name": info.name,
+                "serial": f"{info.serial:x}",
+                "fingerprint": info.fingerprint.hex(),
+                "not_after": info.not_after,
+                "grant": info.grant.describe(),
+            }
+        revs = trust.revocations
+        out["crl"] = (
+            None
+            if revs is None
+            else {"number": revs.number, "revoked": len(revs.serials), "issuer": revs.issuer}
+        )
+        return out
+
+    async def crl_install(self, req: CrlInstall) -> CrlReply:
+        """Install a revocation list on this member; it spreads from here over gossip."""
+        trust = self.node.trust
+        if trust is None:
+            raise ControlError("crl: this mesh runs in shared-key mode (no ca): nothing to revoke")
+        ders = pem_to_der_list(req.crl, "X509 CRL")
+        if len(ders) != 1:
+            raise ControlError("crl: expected exactly one PEM CRL")
+        try:
+            revs = parse_crl(ders[0], trust.authorities)
+        except CertError as exc:
+            raise ControlError(f"crl: {exc}") from None
+        installed = self.node.install_crl(ders[0], time.monotonic())
+        self.transport.kick()
+        current = trust.revocations
+        if not installed and (current is None or current.number < revs.number):
+            raise ControlError("crl: refused by the gossip core (see status counters)")
+        assert current is not None
+        return {
+            "number": current.number,
+            "issuer": current.issuer,
+            "revoked": sorted(f"{s:x}" for s in current.serials),
+            "installed": installed,
         }
 
     def snapshot(self) -> Snapshot:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from meshd.errors import ConfigError
 from meshd.gossip.record import NODE_ID_LEN, NodeRecord, RecordError
+from meshd.securefile import write_file
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -78,3 +79,32 @@ class StateStore:
             os.replace(tmp, self.path)
         except OSError as exc:
             log.error("cannot save state to %s: %s", self.path, exc.strerror)
+
+
+CRL_FILE = "crl.der"
+MAX_CRL_FILE = 64 * 1024
+
+
+class CrlStore:
+    """The revocation list in force (certificate mode), kept in the state dir so a restarted
+    daemon refuses revoked members before it hears from anyone. Its signature is checked again
+    when it is installed; this only stores bytes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / CRL_FILE
+
+    def load(self) -> bytes | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read %s: %s", self.path, exc.strerror)
+            return None
+        return data if 0 < len(data) <= MAX_CRL_FILE else None
+
+    def save(self, der: bytes) -> None:
+        try:
+            write_file(self.path, der, "revocation list", ConfigError, mode=0o644)
+        except ConfigError as exc:
+            log.error("%s", exc)

@@ -130,12 +130,14 @@ class Transport:
             if not self.limiter.allow(str(host), self.clock()):
                 self.counters["drop.rate"] += 1
                 continue
+            wall = self.wall()
             try:
-                opened = self.sealer.open(data, self.wall())
+                opened = self.sealer.open(data, wall)
             except OpenError as exc:
                 self.counters[f"drop.{exc.reason}"] += 1
                 continue
             try:
+                self.node.advance_wall(wall)
                 self.node.receive_datagram(
                     opened.payload,
                     (str(host), int(port)),
@@ -174,6 +176,7 @@ class Transport:
                 handle.cancel()
                 self._sleeping_until = -math.inf
             wake.clear()
+            self.node.advance_wall(self.wall())
             self.node.handle_timer(self.clock())
             await self._flush()
             self._after()

@@ -7,6 +7,7 @@ runner prints the same peers table as `meshd peers`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,7 +59,33 @@ def peers(rows: Sequence[PeerRow]) -> str:
                 "self" if me else (r["flag"] or ""),
             ]
         )
-    return table(out)
+    text = table(out)
+    if any(r.get("trust") == "shared-key" for r in rows):
+        text += "\n" + UNAUTHENTICATED
+    return text
+
+
+UNAUTHENTICATED = (
+    "mesh: UNAUTHENTICATED (shared-key mode): any holder of the mesh key is believed about "
+    "every member; use certificates (docs/security.md)"
+)
+
+
+def trust(t: Mapping[str, Any]) -> str:
+    """One line: the mesh's trust mode, and in certificate mode the CA, our certificate's expiry
+    and the revocation list in force."""
+    if not t or t.get("mode") != "certificates":
+        return "trust     " + UNAUTHENTICATED.removeprefix("mesh: ")
+    cas = ", ".join(f"{a['name']} ({a['network']})" for a in t.get("ca", []))
+    cert = t.get("cert") or {}
+    expires = cert.get("not_after")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires)) if expires is not None else "?"
+    crl = t.get("crl")
+    line = f"trust     certificates, CA {cas}; this node's certificate expires {when}"
+    line += f"; CRL #{crl['number']} ({crl['revoked']} revoked)" if crl else "; no CRL"
+    if t.get("local"):
+        line += f"; THIS NODE'S CERTIFICATE IS {str(t['local']).upper()}"
+    return line
 
 
 def status(st: StatusReply) -> list[str]:
@@ -67,6 +94,7 @@ def status(st: StatusReply) -> list[str]:
     out = [
         f"node      {n['name']} ({n['public_ip']}) subnet {n['subnet']} "
         f"backend {n['backend']} incarnation {n['incarnation']}",
+        trust(st.get("trust") or {}),
         f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}",
         "members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()),
         f"datagrams in {st['counters'].get('in', 0)}, out {st['counters'].get('out', 0)}",

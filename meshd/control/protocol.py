@@ -40,6 +40,10 @@ class PeerRow(TypedDict):
     node_id: str
     flag: str | None
     """Why the data plane does not program it as usual (conflicted, refused, ...), if so."""
+    trust: str
+    """``certificate``: its record is signed and its certificate checked against the CA;
+    ``shared-key``: the mesh is unauthenticated, the record is believed as any key holder sent
+    it."""
 
 
 class UnderlayInfo(TypedDict):
@@ -64,6 +68,10 @@ class StatusReply(TypedDict):
     dropped: dict[str, int]
     """Dropped datagrams by reason (the ``drop.*`` counters without their prefix)."""
     keys: list[str]
+    trust: dict[str, Any]
+    """``mode`` (certificates or shared-key), ``authenticated``, and in certificate mode the CA,
+    this node's certificate (name, serial, fingerprint, expiry), the revocation list in force
+    and ``local`` (why our own certificate no longer holds, or empty)."""
     dataplane: dict[str, Any]
     """The reconciler's status (dataplane/reconciler.py), ``{}`` before it started."""
     filter: dict[str, Any]

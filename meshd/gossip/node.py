@@ -48,6 +48,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from meshd.gossip.certificate import Authority
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import PROBE_RTT_BUCKETS, Histogram, Member, MemberEvent, MemberState
 from meshd.gossip.keyops import KeyOps
@@ -210,7 +211,7 @@ class GossipNode:
         self._gossiped = 0  # the queue's push count at the last gossip round
         self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
         self._tokens_at = now
-        self._news_mark: tuple[bool, int] | None = None
+        self._news_mark: tuple[bool, int, bytes | None, str] | None = None
         self._start = now
         self._now = now
         self._state.load_known(known, now)
@@ -225,6 +226,11 @@ class GossipNode:
     def local(self) -> NodeRecord:
         """Our current record, incarnation included."""
         return self._state.local
+
+    @property
+    def trust(self) -> Trust | None:
+        """Certificate mode's authorities and revocations; None in shared-key mode."""
+        return self._trust
 
     def join(self, seeds: Sequence[tuple[str, int]], now: float) -> None:
         """Start a full state exchange with every seed and every member known from a previous run;
@@ -392,6 +398,24 @@ class GossipNode:
         self._state.update_local(record)
         self._after(now)
 
+    def renew_credentials(
+        self, authorities: Sequence[Authority], signer: Signer, now: float
+    ) -> None:
+        """Take a renewed certificate or a changed CA bundle (the daemon's SIGHUP) and announce
+        our record under it at a higher incarnation. TrustError (one line) when members would
+        refuse our record under them: nothing changes then. Certificate mode only."""
+        self._now = now
+        old = self._trust
+        if old is None:
+            raise ValueError("renew_credentials: shared-key mode has no credentials")
+        trust = Trust(authorities, old.revocations)
+        local = trust.check_own(self._state.local, signer, self._wall)
+        self._trust, self._signer = trust, signer
+        self._state.sign = signer.sign
+        self._state.update_local(local)
+        self._check_certificates()
+        self._after(now)
+
     def members(self) -> list[Member]:
         """Every member we know, ourselves first."""
         st = self._state
@@ -405,18 +429,19 @@ class GossipNode:
 
     def pop_events(self) -> list[MemberEvent]:
         events, self._state.events = self._state.events, []
-        self._news_mark = (self.synced, self._state.local.incarnation)
+        self._news_mark = self._mark()
         return events
+
+    def _mark(self) -> tuple[bool, int, bytes | None, str]:
+        # What the driver acts on besides events: the first sync, our incarnation (persisted),
+        # the revocation list in force (persisted) and whether our own certificate still holds.
+        return (self.synced, self._state.local.incarnation, self.crl_der, self.local_revoked)
 
     def has_news(self) -> bool:
         """Something for the driver since the last `pop_events`: member events, key ops to
         apply, the first sync done, or a new local incarnation (to persist). Lets the daemon
         skip its membership step after the many datagrams that change nothing (probes)."""
-        return bool(
-            self._state.events
-            or self._keyops.pending
-            or self._news_mark != (self.synced, self._state.local.incarnation)
-        )
+        return bool(self._state.events or self._keyops.pending or self._news_mark != self._mark())
 
     def broadcast_key_op(self, op: str, arg: bytes, now: float) -> bytes:
         """Spread a keyring operation to the whole mesh; returns its 16-byte id.

@@ -17,6 +17,7 @@ from meshd.daemon import Daemon
 from meshd.dataplane.model import Underlay
 from meshd.errors import ConfigError
 from meshd.gossip.security import generate_key
+from meshd.transport import Transport
 
 
 class FakeReconciler:
@@ -45,7 +46,7 @@ def test_failed_setup_closes_the_udp_socket(
         # Not 127.0.0.1: a loopback public IP is refused (record.unicast_ip4).
         return Underlay("lo", 1, "192.0.2.1", 24, 1500)
 
-    class LoopbackTransport(meshd.daemon.Transport):  # type: ignore[misc]
+    class LoopbackTransport(Transport):
         def __init__(self, node: Any, sealer: Any, bind: tuple[str, int], **kw: Any) -> None:
             # The daemon binds the underlay IP; 192.0.2.1 is not on this machine.
             assert bind == ("192.0.2.1", port)

@@ -19,6 +19,7 @@ H1: PeerRow = {
     "self": True,
     "node_id": "00" * 16,
     "flag": None,
+    "trust": "certificate",
 }
 H2: PeerRow = {
     "name": "h2",
@@ -32,6 +33,7 @@ H2: PeerRow = {
     "self": False,
     "node_id": "11" * 16,
     "flag": "conflicted",
+    "trust": "certificate",
 }
 
 
@@ -85,6 +87,7 @@ def status_reply(**over: object) -> StatusReply:
         "counters": {"in": 40, "out": 41},
         "dropped": {},
         "keys": ["aabbccdd"],
+        "trust": {"mode": "shared-key", "authenticated": False},
         "dataplane": {},
         "filter": {"enabled": False},
     }
@@ -95,12 +98,40 @@ def status_reply(**over: object) -> StatusReply:
 def test_status_summary() -> None:
     lines = fmt.status(status_reply())
     assert lines[0] == ("node      h1 (10.0.0.1) subnet 10.244.1.0/24 backend vxlan incarnation 3")
-    assert lines[2] == "members   alive 2, suspect 0, dead 1, left 0"
-    assert lines[3] == "datagrams in 40, out 41"
+    assert lines[1].startswith("trust     UNAUTHENTICATED (shared-key mode)")
+    assert lines[3] == "members   alive 2, suspect 0, dead 1, left 0"
+    assert lines[4] == "datagrams in 40, out 41"
     assert "dataplane not started" in lines
     assert not any(line.startswith("dropped") for line in lines)
     dropped = fmt.status(status_reply(dropped={"auth": 3, "version": 1}))
     assert "dropped   auth 3, version 1" in dropped
+
+
+def test_trust_line_in_certificate_mode() -> None:
+    t = {
+        "mode": "certificates",
+        "authenticated": True,
+        "ca": [{"name": "meshd CA", "network": "10.244.0.0/16", "fingerprint": "ab" * 32}],
+        "cert": {"name": "h1", "not_after": 1_800_000_000.0},
+        "crl": {"number": 4, "revoked": 2, "issuer": "meshd CA"},
+        "local": "",
+    }
+    assert fmt.trust(t) == (
+        "trust     certificates, CA meshd CA (10.244.0.0/16); this node's certificate expires "
+        "2027-01-15 08:00 UTC; CRL #4 (2 revoked)"
+    )
+    assert fmt.trust({**t, "crl": None, "local": "revoked"}).endswith(
+        "; no CRL; THIS NODE'S CERTIFICATE IS REVOKED"
+    )
+
+
+def test_peers_table_says_when_the_mesh_is_unauthenticated() -> None:
+    plain: list[PeerRow] = [H1.copy(), H2.copy()]
+    for row in plain:
+        row["trust"] = "shared-key"
+    out = fmt.peers(plain).splitlines()
+    assert len(out) == 4 and out[-1].startswith("mesh: UNAUTHENTICATED (shared-key mode)")
+    assert "UNAUTHENTICATED" not in fmt.peers([H1, H2])
 
 
 def test_dataplane_lines() -> None:
