@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 GRANT_OID = x509.ObjectIdentifier("2.25.263617684951928479743350238095903845914")
 """meshd's grant extension: a UUID OID (ITU-T X.667), which needs no registration."""
@@ -293,6 +293,10 @@ def _load(der: bytes) -> x509.Certificate:
         raise CertError(MALFORMED, f"certificate: not DER X.509 ({_first_line(exc)})") from None
     if cert.version != x509.Version.v3:
         raise CertError(MALFORMED, "certificate: not X.509 v3")
+    # The outer algorithm is outside the signed part: pinning it to Ed25519 leaves one DER per
+    # certificate (no re-labelled copy verifies, so caches keyed by DER cannot be split).
+    if cert.signature_algorithm_oid != SignatureAlgorithmOID.ED25519:
+        raise CertError(MALFORMED, "certificate: not signed with Ed25519")
     return cert
 
 
@@ -304,7 +308,7 @@ def _first_line(exc: Exception) -> str:
 def _ed25519_key(cert: x509.Certificate, what: str) -> Ed25519PublicKey:
     try:
         key = cert.public_key()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertError(MALFORMED, f"{what}: unreadable public key ({_first_line(exc)})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise CertError(MALFORMED, f"{what}: the key is not Ed25519")

@@ -430,3 +430,17 @@ def test_pem_bundle() -> None:
         c.pem_to_der_list("nothing here")
     with pytest.raises(ValueError, match="base64"):
         c.pem_to_der_list("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
+
+
+def test_relabelled_outer_algorithm_is_refused() -> None:
+    """The outer signatureAlgorithm is not signed: a copy with it changed must not verify as a
+    second DER of the same certificate (caches are keyed by DER)."""
+    key, ca_der = ca()
+    der = node(key, ca_der)
+    ed25519 = bytes.fromhex("06032b6570")  # OID 1.3.101.112
+    outer = der.rindex(ed25519)  # the last one is outside the signed part
+    forged = der[:outer] + bytes.fromhex("06032c6570") + der[outer + len(ed25519) :]
+    assert forged != der
+    auth = c.parse_authority(ca_der)
+    assert reason(lambda: c.verify_certificate(forged, [auth], NOW)) == c.MALFORMED
+    assert c.verify_certificate(der, [auth], NOW).der == der
