@@ -437,6 +437,9 @@ def lab(
         bool, typer.Option(help="Leave the lab running (remove: meshd lab down).")
     ] = False,
     uml: Annotated[bool, typer.Option(help="Run inside a user-mode-linux guest kernel.")] = False,
+    shared_key: Annotated[
+        bool, typer.Option(help="No CA: the mesh key alone (default: a throwaway CA).")
+    ] = False,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
@@ -451,8 +454,9 @@ def lab(
         if keep:
             fail("--keep and --uml: the guest powers off at the end; run without --keep")
         argv = ["--hosts", str(hosts), "--backend", backend, *(["--routed"] if routed else [])]
+        argv += ["--shared-key"] if shared_key else []
         raise typer.Exit(run_in_guest(argv, say=typer.echo))
-    raise typer.Exit(run_lab(hosts, backend, routed, keep, say=typer.echo))
+    raise typer.Exit(run_lab(hosts, backend, routed, keep, say=typer.echo, shared_key=shared_key))
 
 
 @lab_app.command("down")

@@ -66,7 +66,12 @@ def preflight(backend: str) -> None:
 
 
 def run_lab(
-    hosts: int, backend: str, routed: bool, keep: bool, say: Callable[[str], None] = print
+    hosts: int,
+    backend: str,
+    routed: bool,
+    keep: bool,
+    say: Callable[[str], None] = print,
+    shared_key: bool = False,
 ) -> int:
     """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings)."""
     if hosts < 2:
@@ -82,6 +87,14 @@ def run_lab(
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
         )
         key = write_key(lab.workdir / "key")
+        lab.certificates = not shared_key
+        if shared_key:
+            say("trust: shared-key mode (--shared-key): the mesh key alone, unauthenticated")
+        else:
+            say(
+                f"trust: certificates from a throwaway CA ({lab.ca.ca_cert}) binding each host's "
+                "name, underlay IP and subnet"
+            )
         lab.start_daemons(key_file=key, backend=backend)
         say(f"started {hosts} meshd daemons ({backend}); h1 is the seed, the rest join through it")
         ok = _converge(lab, say)

@@ -26,12 +26,23 @@ def lab(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize(("backend", "routed"), [("host-gw", False), ("vxlan", True)])
-def test_lab_runs_and_cleans_up(backend: str, routed: bool) -> None:
-    r = lab("--hosts", "3", "--backend", backend, *(["--routed"] if routed else []))
+@pytest.mark.parametrize(
+    ("backend", "routed", "shared_key"), [("host-gw", False, True), ("vxlan", True, False)]
+)
+def test_lab_runs_and_cleans_up(backend: str, routed: bool, shared_key: bool) -> None:
+    r = lab(
+        "--hosts", "3", "--backend", backend,
+        *(["--routed"] if routed else []), *(["--shared-key"] if shared_key else []),
+    )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: all 6 container pairs ping" in r.stdout
     assert "h1    10.99." in r.stdout  # the peers table
+    if shared_key:
+        assert "trust: shared-key mode" in r.stdout
+        assert "mesh: UNAUTHENTICATED (shared-key mode)" in r.stdout  # said under `peers`
+    else:
+        assert "trust: certificates from a throwaway CA" in r.stdout
+        assert "UNAUTHENTICATED" not in r.stdout
     if backend == "vxlan":
         assert "tunnel meshd.1" in r.stdout
         assert "tx +0" not in r.stdout
