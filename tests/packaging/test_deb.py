@@ -202,15 +202,17 @@ def mounted(root: Path) -> Iterator[None]:
                 run("umount", "-l", target, check=False)
 
 
-def apt_install_deb(root: Path, deb: Path, timings: dict[str, float]) -> None:
+def apt_install_deb(root: Path, deb: Path, timings: dict[str, float]) -> str:
+    """Install ``deb`` with apt in ``root``; returns what apt printed."""
     shutil.copy(deb, root / "tmp" / deb.name)
     with mounted(root):
         in_root(root, "apt-get", "update", "-qq")
         t0 = time.monotonic()
-        in_root(
+        out = in_root(
             root, "apt-get", "install", "-y", "-q", "--no-install-recommends", f"/tmp/{deb.name}"
         )
         timings["apt_install"] = time.monotonic() - t0
+    return out.stdout + out.stderr
 
 
 def in_root(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -227,7 +229,10 @@ def test_install_run_purge(
     record_property: Callable[[str, object], None],
 ) -> None:
     version = re.match(r"meshd_(.+)_all\.deb", deb.name)[1]  # type: ignore[index]
-    apt_install_deb(chroot, deb, timings)
+    printed = apt_install_deb(chroot, deb, timings)
+    # A fresh install says what comes next, certificates first (docs/install.md).
+    assert "meshd ca init" in printed and "meshd keygen" in printed, printed[-2000:]
+    assert printed.index("meshd ca init") < printed.index("meshd keygen")
 
     # The command works, with Debian's python3, cryptography and msgpack and nothing from PyPI.
     assert in_root(chroot, "meshd", "--version").stdout.strip() == f"meshd {version}"
