@@ -284,7 +284,7 @@ def revoke(directory: Path, name: str, days: int = CRL_DAYS, wall: float | None 
     if crl_path.exists():
         previous = load_crl(crl_path, [auth])
         number = previous.number + 1
-        dates = {e.serial_number: e.revocation_date_utc.timestamp() for e in _crl(previous.der)}
+        dates = {e.serial_number: _ts(e, "revocation_date") for e in _crl(previous.der)}
         for serial in previous.serials:
             known = issued.get(serial)
             # Unknown serials stay listed: nothing here proves they expired.
@@ -322,7 +322,7 @@ def _open_ca(directory: Path) -> tuple[Ed25519PrivateKey, Authority]:
         raise CertificateError(f"no CA in {directory}: create one with `meshd ca init {directory}`")
     auths = load_authorities(directory / CA_CERT)
     key = load_private_key(directory / CA_KEY, "CA key")
-    if key.public_key().public_bytes_raw() != auths[0].public_key.public_bytes_raw():
+    if cert.raw_public_key(key.public_key()) != cert.raw_public_key(auths[0].public_key):
         raise CertificateError(f"{directory / CA_KEY} is not the key of {directory / CA_CERT}")
     return key, auths[0]
 
@@ -458,6 +458,12 @@ def read_crl_pem(path: Path) -> str:
 # -- showing --------------------------------------------------------------------------------------
 
 
+def _ts(obj: object, field: str) -> float:
+    when = cert.utc_field(obj, field)
+    assert when is not None  # revocation dates and last updates are mandatory
+    return when.timestamp()
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -496,7 +502,7 @@ def describe_certificate(path: Path, wall: float | None = None) -> dict[str, Any
         expired=now > info.not_after,
         not_yet_valid=now < info.not_before,
         fingerprint=_fingerprint(info.fingerprint),
-        public_key=info.public_key.public_bytes_raw().hex(),
+        public_key=cert.raw_public_key(info.public_key).hex(),
     )
     return out
 
@@ -519,13 +525,13 @@ def crl_info(der: bytes, path: Path) -> dict[str, Any]:
         entries = [
             {
                 "serial": f"{e.serial_number:x}",
-                "revoked_at": _iso(e.revocation_date_utc.timestamp()),
+                "revoked_at": _iso(_ts(e, "revocation_date")),
             }
             for e in crl
         ]
         issuer = crl.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-        this_update = crl.last_update_utc.timestamp()
-        next_update = crl.next_update_utc
+        this_update = _ts(crl, "last_update")
+        next_update = cert.utc_field(crl, "next_update")
     except x509.ExtensionNotFound:
         raise CertificateError(f"CRL {path}: no CRL number") from None
     except ValueError as exc:
@@ -547,14 +553,14 @@ def describe_crl(path: Path, ca: Path | None = None, wall: float | None = None) 
     if ca is not None:
         load_crl(path, load_authorities(ca))  # raises unless one of them signed it
     out["verified"] = ca is not None
-    nu = x509.load_der_x509_crl(der).next_update_utc
+    nu = cert.utc_field(x509.load_der_x509_crl(der), "next_update")
     out["expired"] = nu is not None and now > nu.timestamp()
     return out
 
 
 def private_key_matches(key: Ed25519PrivateKey, info: CertInfo) -> bool:
     """Whether ``key`` is the key ``info`` certifies (the daemon refuses to start otherwise)."""
-    return key.public_key().public_bytes_raw() == info.public_key.public_bytes_raw()
+    return cert.raw_public_key(key.public_key()) == cert.raw_public_key(info.public_key)
 
 
 def default_key_path(cert_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Cluster certificates: X.509 with Ed25519 keys, and the meshd grant extension.
+"""Cluster certificates: X.509 with Ed25519 keys, and the meshd grant.
 
 Pure: DER bytes in, data out. No file access and no clock: whoever verifies passes ``wall`` (Unix
 seconds). The issuing side (``build_*``) is here too, as pure functions of keys, names and times,
@@ -6,15 +6,17 @@ so the simulator and the tests can mint certificates without touching files.
 
 What a certificate binds:
 
-- CA certificate: self-signed, CN = the CA's name, BasicConstraints CA:TRUE, the grant extension
-  with ``network=CIDR`` (the cluster network every node subnet must lie in).
+- CA certificate: self-signed, CN = the CA's name, BasicConstraints CA:TRUE, the grant
+  ``network=CIDR`` (the cluster network every node subnet must lie in).
 - Node certificate: CN = node name, one SAN IPAddress = its public (underlay) IP, the grant
-  extension with ``subnet=CIDR`` (a fixed subnet) or ``pool=CIDR;len=N`` (any /N inside the pool),
-  signed by a CA.
+  ``subnet=CIDR`` (a fixed subnet) or ``pool=CIDR;len=N`` (any /N inside the pool), signed by a CA.
 
-The grant extension (non-critical, OID ``GRANT_OID``) holds a DER UTF8String of ``key=value``
-pairs joined by ``;``, so ``openssl x509 -text`` shows it readably. Unknown keys are ignored:
-keys are only ever added (``subnet6=``/``pool6=`` will come with dual-stack).
+The grant is a subject alternative name of type URI, ``meshd:`` followed by ``key=value`` pairs
+joined by ``;`` (``URI:meshd:subnet=10.244.1.0/24`` in ``openssl x509 -text``). A standard
+extension rather than a private one: a private extension needs an OID, and the one a project can
+mint without registering (``2.25.<UUID>``) has an arc too large for the ASN.1 parser of the
+``cryptography`` that Debian 12 ships (38.0: arcs up to 2^32). Unknown keys are ignored: keys are
+only ever added (``subnet6=``/``pool6=`` will come with dual-stack).
 
 Every refusal is a ``CertError`` whose ``reason`` is a counter suffix (``drop.cert_expired``).
 """
@@ -27,7 +29,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -36,7 +38,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-GRANT_OID = x509.ObjectIdentifier("2.25.263617684951928479743350238095903845914")
+GRANT_URI_PREFIX = "meshd:"
+"""The grant's SAN URI starts with this; the rest is the grant text."""
 """meshd's grant extension: a UUID OID (ITU-T X.667), which needs no registration."""
 
 MAX_CERT_DER = 4096  # ours are ~300 bytes; anything this big is not one of ours
@@ -92,43 +95,9 @@ def parse_grant_text(text: str) -> dict[str, str]:
     return out
 
 
-def encode_grant_value(text: str) -> bytes:
-    """The extension's value: a DER UTF8String."""
-    body = text.encode()
-    return b"\x0c" + _der_length(len(body)) + body
-
-
-def decode_grant_value(value: bytes) -> str:
-    """Inverse of ``encode_grant_value``; ValueError unless it is exactly one DER UTF8String."""
-    if len(value) < 2 or value[0] != 0x0C:
-        raise ValueError("grant: not a UTF8String")
-    first = value[1]
-    if first < 0x80:
-        length, start = first, 2
-    else:
-        nbytes = first & 0x7F
-        if not 1 <= nbytes <= 2 or len(value) < 2 + nbytes:
-            raise ValueError("grant: bad length")
-        length = int.from_bytes(value[2 : 2 + nbytes], "big")
-        start = 2 + nbytes
-        if length < 0x80 or (nbytes == 2 and length < 0x100):
-            raise ValueError("grant: length not in DER's shortest form")
-    if len(value) != start + length:
-        raise ValueError("grant: length does not match")
-    try:
-        return value[start:].decode()
-    except UnicodeDecodeError:
-        raise ValueError("grant: not UTF-8") from None
-
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    if n < 0x100:
-        return bytes([0x81, n])
-    if n < 0x10000:
-        return bytes([0x82]) + n.to_bytes(2, "big")
-    raise ValueError("grant: too long")
+def grant_name(text: str) -> x509.UniformResourceIdentifier:
+    """The SAN entry carrying a grant: ``meshd:`` + the grant text."""
+    return x509.UniformResourceIdentifier(GRANT_URI_PREFIX + text)
 
 
 @dataclass(frozen=True)
@@ -239,7 +208,7 @@ class Authority:
     der: bytes
     name: str
     network: str
-    public_key: Ed25519PublicKey
+    public_key: Ed25519PublicKey = field(compare=False)
     fingerprint: bytes
     """SHA-256 of ``der``."""
     not_before: float
@@ -260,7 +229,7 @@ class CertInfo:
     serial: int
     not_before: float
     not_after: float
-    public_key: Ed25519PublicKey
+    public_key: Ed25519PublicKey = field(compare=False)
     fingerprint: bytes
     """SHA-256 of ``der``."""
     issuer: str = ""
@@ -300,6 +269,22 @@ def _load(der: bytes) -> x509.Certificate:
     return cert
 
 
+def raw_public_key(key: Ed25519PublicKey) -> bytes:
+    """The key's 32 bytes (``public_bytes_raw`` is newer than Debian 12's ``cryptography``)."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def utc_field(obj: object, field: str) -> datetime | None:
+    """A time field of a certificate, CRL or revoked entry as an aware UTC datetime.
+    ``cryptography`` 42 and later have ``<field>_utc``; the 38.0 Debian 12 ships has only the
+    naive ``<field>`` (in UTC), which the newer ones deprecate."""
+    if hasattr(type(obj), field + "_utc") or hasattr(obj, field + "_utc"):
+        value = getattr(obj, field + "_utc")
+        return value if isinstance(value, datetime) else None
+    naive = getattr(obj, field)
+    return naive.replace(tzinfo=UTC) if isinstance(naive, datetime) else None
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:120] if text else type(exc).__name__
@@ -324,14 +309,15 @@ def _common_name(name: x509.Name, what: str) -> str:
 
 def _grant_fields(cert: x509.Certificate, what: str) -> dict[str, str]:
     try:
-        ext = cert.extensions.get_extension_for_oid(GRANT_OID)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise CertError(MALFORMED, f"{what}: no meshd grant extension") from None
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise CertError(MALFORMED, f"{what}: unreadable meshd grant extension")
+        raise CertError(MALFORMED, f"{what}: no meshd grant (URI:meshd:...)") from None
+    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    grants = [u for u in uris if u.startswith(GRANT_URI_PREFIX)]
+    if len(grants) != 1:
+        raise CertError(MALFORMED, f"{what}: needs exactly one meshd grant (URI:meshd:...)")
     try:
-        return parse_grant_text(decode_grant_value(value.value))
+        return parse_grant_text(grants[0][len(GRANT_URI_PREFIX) :])
     except ValueError as exc:
         raise CertError(MALFORMED, f"{what}: {exc}") from None
 
@@ -345,7 +331,9 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 def _times(cert: x509.Certificate) -> tuple[float, float]:
-    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    start, end = utc_field(cert, "not_valid_before"), utc_field(cert, "not_valid_after")
+    assert start is not None and end is not None  # a certificate always has both
+    return start.timestamp(), end.timestamp()
 
 
 def parse_authority(der: bytes) -> Authority:
@@ -485,8 +473,10 @@ def parse_crl(der: bytes, authorities: Sequence[Authority]) -> Revocations:
         number_ext = crl.extensions.get_extension_for_class(x509.CRLNumber)
         serials = frozenset(entry.serial_number for entry in crl)
         issuer = crl.issuer.public_bytes()
-        this_update = crl.last_update_utc.timestamp()
-        next_update = crl.next_update_utc
+        last = utc_field(crl, "last_update")
+        assert last is not None  # a CRL always has one
+        this_update = last.timestamp()
+        next_update = utc_field(crl, "next_update")
     except x509.ExtensionNotFound:
         raise CertError(CRL_MALFORMED, "CRL: no CRL number") from None
     except ValueError as exc:
@@ -575,7 +565,10 @@ def build_authority(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .add_extension(_grant_ext(format_grant({"network": str(net)})), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([grant_name(format_grant({"network": str(net)}))]),
+            critical=False,
+        )
         .sign(key, None)
     )
     return cert.public_bytes(serialization.Encoding.DER)
@@ -604,10 +597,11 @@ def build_certificate(
         .not_valid_after(_dt(not_after))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(public_ip))]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(public_ip)), grant_name(grant.text())]
+            ),
             critical=False,
         )
-        .add_extension(_grant_ext(grant.text()), critical=False)
         .sign(ca_key, None)
     )
     return cert.public_bytes(serialization.Encoding.DER)
@@ -638,10 +632,6 @@ def build_crl(
             .build()
         )
     return builder.sign(ca_key, None).public_bytes(serialization.Encoding.DER)
-
-
-def _grant_ext(text: str) -> x509.UnrecognizedExtension:
-    return x509.UnrecognizedExtension(GRANT_OID, encode_grant_value(text))
 
 
 def _ca_usage() -> x509.KeyUsage:

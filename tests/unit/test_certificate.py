@@ -66,8 +66,22 @@ def san(*ips: str) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in ips])
 
 
-def grant_ext(text: str) -> x509.UnrecognizedExtension:
-    return x509.UnrecognizedExtension(c.GRANT_OID, c.encode_grant_value(text))
+def grant_ext(text: str) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName([c.grant_name(text)])
+
+
+def merged(exts: list[x509.ExtensionType]) -> list[x509.ExtensionType]:
+    """One SubjectAlternativeName holding every SAN entry given (an IP and a grant are two
+    entries of one extension), the other extensions as they are."""
+    names = [n for e in exts if isinstance(e, x509.SubjectAlternativeName) for n in e]
+    rest = [e for e in exts if not isinstance(e, x509.SubjectAlternativeName)]
+    return ([x509.SubjectAlternativeName(names)] if names else []) + rest
+
+
+def with_san(b: x509.CertificateBuilder, *exts: x509.ExtensionType) -> x509.CertificateBuilder:
+    for e in merged(list(exts)):
+        b = b.add_extension(e, critical=False)
+    return b
 
 
 def reason(fn: Callable[[], object]) -> str:
@@ -183,9 +197,7 @@ def test_non_ed25519_node_key() -> None:
     ca_key, _ = ca()
     ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key()
     der = custom(
-        lambda b: b.add_extension(san("192.0.2.1"), False).add_extension(
-            grant_ext("subnet=10.244.1.0/24"), False
-        ),
+        lambda b: with_san(b, san("192.0.2.1"), grant_ext("subnet=10.244.1.0/24")),
         ca_key,
         public_key=ec_pub,
     )
@@ -233,9 +245,9 @@ GOOD_GRANT = "subnet=10.244.1.0/24"
         ("pool without len", None, [san("192.0.2.1"), grant_ext(f"pool={NET}")]),
         ("pool len too short", None, [san("192.0.2.1"), grant_ext(f"pool={NET};len=8")]),
         (
-            "grant not UTF8String",
+            "two grants",
             None,
-            [san("192.0.2.1"), x509.UnrecognizedExtension(c.GRANT_OID, b"\x04\x02ab")],
+            [san("192.0.2.1"), grant_ext(GOOD_GRANT), grant_ext("subnet=10.244.2.0/24")],
         ),
         (
             "a CA",
@@ -253,21 +265,14 @@ def test_malformed_node_certificates(
 ) -> None:
     ca_key, ca_der = ca()
 
-    def edit(b: x509.CertificateBuilder) -> x509.CertificateBuilder:
-        for e in exts:
-            b = b.add_extension(e, critical=False)
-        return b
-
-    der = custom(edit, ca_key, subject=subject)
+    der = custom(lambda b: with_san(b, *exts), ca_key, subject=subject)
     assert reason(lambda: c.parse_certificate(der)) == "cert_malformed", label
 
 
 def test_unknown_grant_keys_are_ignored() -> None:
     ca_key, ca_der = ca()
     der = custom(
-        lambda b: b.add_extension(san("192.0.2.1"), False).add_extension(
-            grant_ext(f"{GOOD_GRANT};subnet6=fd00:1::/64"), False
-        ),
+        lambda b: with_san(b, san("192.0.2.1"), grant_ext(f"{GOOD_GRANT};subnet6=fd00:1::/64")),
         ca_key,
     )
     assert (
@@ -350,17 +355,6 @@ def test_grant_text_round_trip() -> None:
         c.format_grant({"a": "x;y"})
     with pytest.raises(ValueError, match="between"):
         Grant.from_pool(NET, 33)
-
-
-def test_grant_value_der() -> None:
-    for n in (0, 5, 127, 128, 255, 256, 1000):
-        text = "x" * n
-        value = c.encode_grant_value(text)
-        assert c.decode_grant_value(value) == text
-    assert c.encode_grant_value("ab") == b"\x0c\x02ab"
-    for bad in (b"", b"\x0c", b"\x0c\x03ab", b"\x0c\x81\x02ab", b"\x13\x02ab", b"\x0c\x02\xff\xfe"):
-        with pytest.raises(ValueError):
-            c.decode_grant_value(bad)
 
 
 def test_unicast_problem() -> None:
