@@ -32,9 +32,12 @@ Bounds against a hostile key holder:
 * Lamport jumps: an op stamped more than MAX_LTIME_JUMP above our clock is dropped
   (``drop.key_op_ltime``), so nobody can stamp a ``use`` at the maximum Lamport time and pin the
   primary forever: the clock only ever moves up by a bounded step per accepted op, and an
-  operator's next op outranks the jump. One exception: a node that has accepted no op yet (just
-  started: the clock is not persisted) takes the first push-pull log it gets as it is, or it could
-  never catch up with a mesh whose clock went past MAX_LTIME_JUMP.
+  operator's next op outranks the jump. One exception: a node that is joining (just started: the
+  clock is not persisted) and has accepted no op yet takes the first push-pull log it gets as it
+  is, or it could never catch up with a mesh whose clock went past MAX_LTIME_JUMP. Only while
+  joining: a mesh that never saw a key op has every member at "no op yet", and a key holder's
+  push-pull log carrying a ``use`` at the maximum would otherwise pin the primary on all of them
+  (tests/e2e/test_rogue.py). A joiner can still be raced by a key holder; a seed answers first.
 * Ring size: `apply_to_keyring` refuses an install into a ring of security.MAX_KEYS keys
   (``full``); the same ops applied to the same ring refuse alike on every node, and an install
   refused for want of room is handed out again, in stamp order, after the next remove. So when a
@@ -116,12 +119,15 @@ class KeyOps:
         # name and id break the tie (ordered, but no longer causal). A key holder can do worse.
         return KeyOp(op_id, cast(KeyOpKind, kind), arg, origin, min(self.clock + 1, MAX_LTIME))
 
-    def accept(self, ops: Iterable[KeyOp], logged: bool = False) -> list[KeyOp]:
+    def accept(
+        self, ops: Iterable[KeyOp], logged: bool = False, joining: bool = False
+    ) -> list[KeyOp]:
         """Take ops that arrived together; returns the new, non-stale ones (handed to the daemon,
         and for the node to gossip on). ``logged``: from a push-pull log, where repeats are the
-        norm and not counted as duplicates."""
+        norm and not counted as duplicates. ``joining``: the node has not synced yet (the one
+        case where a first log is taken whatever its Lamport times)."""
         fresh: list[KeyOp] = []
-        first_log = logged and not self._seen
+        first_log = logged and joining and not self._seen
         for op in sorted(ops, key=stamp):
             if op.id in self._seen:
                 if not logged:

@@ -200,7 +200,7 @@ class Sync:
             return
         if msg.key_ops:
             # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
-            self._keyops.accept(msg.key_ops, logged=True)
+            self._keyops.accept(msg.key_ops, logged=True, joining=not self.synced)
         if msg.reply:
             if msg.sync_id in self._any:
                 # A seed's short answer to our request to "any": now we know its node id, ask

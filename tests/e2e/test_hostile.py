@@ -25,7 +25,6 @@ import random
 import shutil
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,31 +32,45 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 import pytest
 
 from meshd.control.client import request
 from meshd.control.server import ControlServer
-from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.errors import ControlError
 from meshd.gossip.messages import DecodeError, Ping, decode, encode, pack_datagram
 from meshd.gossip.security import (
     HEADER_LEN,
     KEY_ID_LEN,
     OVERHEAD,
-    Keyring,
     OpenError,
     Sealer,
     key_id,
 )
-from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, ns_exec
+from meshd.lab import DEFAULT_GOSSIP_PORT, Host, Lab
 
 from .conftest import all_alive, cli, keygen, wait_until
+from .wire import (
+    ATTACKER_ID,
+    counters,
+    drops,
+    fix_udp_checksum,
+    in_ns,
+    inject,
+    node_id_of,
+    opener,
+    sealer_for,
+    send_from,
+    snapshot,
+    sniff,
+    status,
+    udp_payload,
+    vxlan_view,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-T = TypeVar("T")
 
 # Relaxed timers: a flood on 2 cores must not cause a (legitimate) false suspicion, which would
 # change an incarnation and blur "the table is unchanged".
@@ -84,7 +97,6 @@ ENVELOPE_REASONS = {
 # (The core's own size check, drop.size, cannot be reached through the envelope any more: the
 # envelope's overhead is exactly ENVELOPE_RESERVE, so what is larger is refused as too_big.)
 PAYLOAD_REASONS = {"decode", "malformed", "unknown_type", "range", "name", "addr", "record"}
-ATTACKER_ID = b"\xa7" * 16
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -95,42 +107,6 @@ def steady_config(tmp_path: Path) -> Path:
     p = tmp_path / "steady.toml"
     p.write_text(STEADY_GOSSIP)
     return p
-
-
-def in_ns(ns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that joined netns ``ns`` (its sockets live there)."""
-    return run_in_netns(netns_path(ns), fn)
-
-
-def snapshot(d: Daemon) -> dict[str, tuple[Any, ...]]:
-    """What must not change: every member's identity, state, incarnation and claim."""
-    rows = request(d.socket_path, "peers", timeout=10)
-    return {
-        r["name"]: (r["node_id"], r["state"], r["incarnation"], r["subnet"], r["public_ip"])
-        for r in rows
-    }
-
-
-def status(d: Daemon) -> dict[str, Any]:
-    return request(d.socket_path, "status", timeout=10)  # type: ignore[no-any-return]
-
-
-def counters(d: Daemon) -> dict[str, int]:
-    return status(d)["counters"]  # type: ignore[no-any-return]
-
-
-def sealer_for(key_file: Path, node_id: bytes = ATTACKER_ID) -> Sealer:
-    return Sealer(Keyring.parse(key_file.read_text()), node_id)
-
-
-def node_id_of(d: Daemon, name: str) -> bytes:
-    rows = request(d.socket_path, "peers", timeout=10)
-    return bytes.fromhex(next(r["node_id"] for r in rows if r["name"] == name))
-
-
-def opener(key_file: Path, datagram: bytes) -> Sealer:
-    """A sealer that opens ``datagram`` as its recipient would (its id is in the header)."""
-    return sealer_for(key_file, datagram[45:HEADER_LEN])
 
 
 def start_mesh(lab: Lab, key: Path, cfg: Path, backend: str, hosts: list[Host]) -> None:
@@ -315,37 +291,6 @@ def test_junk_leaves_daemon_and_table_unchanged(
 # ------------------------------------------------------------------------------- replay
 
 
-def sniff(
-    ns: str,
-    ifname: str,
-    src_ip: str,
-    dport: int,
-    want: Callable[[bytes], bool],
-    timeout: float = 15.0,
-) -> bytes:
-    """The first IPv4/UDP frame from ``src_ip`` to ``dport`` seen on ``ifname`` in ``ns`` whose
-    UDP payload satisfies ``want``."""
-
-    def run() -> bytes:
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800)) as s:
-            s.bind((ifname, 0x0800))
-            s.settimeout(timeout)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                frame, meta = s.recvfrom(65535)
-                if meta[2] == socket.PACKET_OUTGOING:
-                    continue
-                ip = frame[14:]
-                ihl = (ip[0] & 0x0F) * 4
-                if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != src_ip:
-                    continue
-                if struct.unpack("!H", ip[ihl + 2 : ihl + 4])[0] == dport and want(ip[ihl + 8 :]):
-                    return frame
-        raise AssertionError(f"no datagram from {src_ip} to port {dport} on {ns}/{ifname}")
-
-    return in_ns(ns, run)
-
-
 def ping_for(key_file: Path, target: str) -> Callable[[bytes], bool]:
     """Whether a sealed datagram carries a ping for ``target``: a datagram with a known effect
     on any other member (the core drops it there as ``drop.wrong_target``)."""
@@ -358,57 +303,6 @@ def ping_for(key_file: Path, target: str) -> Callable[[bytes], bool]:
         return any(isinstance(x, Ping) and x.target == target for x in msgs)
 
     return check
-
-
-def udp_payload(frame: bytes) -> bytes:
-    ihl = (frame[14] & 0x0F) * 4
-    return frame[14 + ihl + 8 :]
-
-
-def drops(c: dict[str, int]) -> int:
-    return sum(v for k, v in c.items() if k.startswith("drop."))
-
-
-def send_from(ns: str, payload: bytes, dst: tuple[str, int]) -> None:
-    """One UDP datagram from namespace ``ns`` (an ephemeral port of the host's address)."""
-
-    def run() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(payload, dst)
-
-    in_ns(ns, run)
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total >> 16) + (total & 0xFFFF)
-    return ~total & 0xFFFF
-
-
-def fix_udp_checksum(frame: bytes) -> bytes:
-    """veth offloads checksums: a sniffed frame may carry only the pseudo-header sum (the kernel
-    trusted it on the way in). Recompute it, so the replay is what a wire would have carried."""
-    ip = frame[14:]
-    ihl = (ip[0] & 0x0F) * 4
-    udp = bytearray(ip[ihl : struct.unpack("!H", ip[2:4])[0]])
-    udp[6:8] = b"\0\0"
-    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(udp))
-    udp[6:8] = struct.pack("!H", _csum(pseudo + bytes(udp)) or 0xFFFF)
-    return frame[: 14 + ihl] + bytes(udp)
-
-
-def inject(ns: str, ifname: str, frame: bytes) -> None:
-    """Transmit ``frame`` unchanged (addresses and all) out of ``ifname`` in ``ns``."""
-
-    def run() -> None:
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-            s.bind((ifname, 0))
-            s.send(frame)
-
-    in_ns(ns, run)
 
 
 def test_sniffed_datagram_replayed_is_rejected(
@@ -479,24 +373,6 @@ def pin_node_id(lab: Lab, host: Host, node_id: bytes) -> None:
     (sdir / "state.json").write_text(
         json.dumps({"node_id": node_id.hex(), "incarnation": 0, "members": []})
     )
-
-
-def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
-    out = ns_exec(None, ["ip", "-n", ns, "-j", *args]).stdout
-    return json.loads(out) if out.strip() else []
-
-
-def vxlan_view(h: Host) -> tuple[set[str], dict[str, str], dict[str, str]]:
-    """(meshd's routes, permanent neighbours ip -> mac, FDB mac -> dst) on ``h``."""
-    routes = {str(r["dst"]) for r in ip_json(h.ns, "route", "show", "proto", "109")}
-    neigh = {
-        str(n["dst"]): str(n.get("lladdr"))
-        for n in ip_json(h.ns, "neigh", "show", "dev", "meshd.1")
-        if "PERMANENT" in (n.get("state") or [])
-    }
-    out = ns_exec(None, ["bridge", "-n", h.ns, "-j", "fdb", "show", "dev", "meshd.1"]).stdout
-    fdb = {str(e["mac"]): str(e["dst"]) for e in json.loads(out or "[]") if e.get("dst")}
-    return routes, neigh, fdb
 
 
 def hijack(

@@ -201,9 +201,26 @@ def test_a_fresh_node_takes_its_first_push_pull_log_whatever_the_clock() -> None
     # The clock is not persisted: a restarted node must catch up with an old mesh.
     ops = keyops.KeyOps(Counter())
     far = 10 * keyops.MAX_LTIME_JUMP
-    assert [o.ltime for o in ops.accept([op("install", K1, far), op("use", ID1, far + 1)], True)]
+    first = [op("install", K1, far), op("use", ID1, far + 1)]
+    assert [o.ltime for o in ops.accept(first, logged=True, joining=True)]
     assert ops.clock == far + 1
     assert ops.accept([op("use", ID2, far + 2 + keyops.MAX_LTIME_JUMP)], logged=True) == []
+
+
+def test_a_synced_node_without_ops_bounds_a_push_pull_log() -> None:
+    # A mesh that never saw a key op: every member is at "no op yet". A key holder's push-pull
+    # log with a use at the maximum must not pin the primary there (only a joiner catches up).
+    n = node()  # synced: no seeds
+    pin = op("use", ID1, m.MAX_LTIME, origin="zz")
+    n.receive_datagram(
+        m.pack_datagram([m.encode(m.PushPull(A, 1, True, 0, 1, (), (pin,)))]),
+        A.addr,
+        1.0,
+        A.node_id,
+    )
+    assert n.counters["drop.key_op_ltime"] == 1 and n._keyops.clock == 0
+    feed(n, op("install", K2, 1), op("use", ID2, 2))
+    assert popped(n) == [("install", K2, 1), ("use", ID2, 2)]
 
 
 def test_install_into_a_full_ring_is_refused_and_retried_after_a_remove() -> None:
