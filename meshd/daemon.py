@@ -33,7 +33,7 @@ from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import ConfigError, DataplaneError, MeshdError
 from meshd.gossip.messages import MAX_INCARNATION
 from meshd.gossip.node import GossipNode
-from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError
+from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError, certified_vtep_seed
 from meshd.gossip.security import Sealer
 from meshd.gossip.trust import Signer, Trust, TrustError
 from meshd.keyfile import load_keyring
@@ -102,7 +102,10 @@ class Daemon:
             port=cfg.port,
             subnet=str(subnet),
             backend=cfg.backend,
-            vtep_mac=backends.get(cfg.backend).vtep_mac(state.node_id),
+            # Certificate mode derives the MAC from the certified name, which members check.
+            vtep_mac=backends.get(cfg.backend).vtep_mac(
+                state.node_id if cred is None else certified_vtep_seed(cfg.name)
+            ),
             mtu=underlay.mtu,
             incarnation=min(state.incarnation + 1, MAX_INCARNATION),
             version=PROTOCOL_VERSION,

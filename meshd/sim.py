@@ -41,7 +41,7 @@ from meshd.gossip.certificate import (
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberEvent, MemberState
 from meshd.gossip.node import GossipNode
-from meshd.gossip.record import NodeRecord, vtep_mac_for
+from meshd.gossip.record import NodeRecord, certified_vtep_seed, vtep_mac_for
 from meshd.gossip.state import ConvergedStart
 from meshd.gossip.trust import Signer, Trust
 
@@ -135,7 +135,8 @@ def make_record(i: int, port: int = 7950) -> NodeRecord:
         port=port,
         subnet=f"10.{i >> 8}.{i & 255}.0/24",
         backend="vxlan",
-        vtep_mac=vtep_mac_for(node_id),
+        # From the name, as certificate mode derives it (either mode accepts it).
+        vtep_mac=vtep_mac_for(certified_vtep_seed(f"n{i}")),
         mtu=1500,
     )
 

@@ -15,6 +15,7 @@ signature covers ``SIGNING_PREFIX + msgpack(fields 0..13)`` -- everything but th
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
@@ -358,6 +359,13 @@ def validate_subnet(cidr: object) -> ipaddress.IPv4Network:
     if net.prefixlen > 30:
         raise RecordError("subnet: prefix longer than /30 leaves no room for containers")
     return net
+
+
+def certified_vtep_seed(name: str) -> bytes:
+    """Certificate mode: what the VTEP MAC derives from (instead of the self-chosen node id):
+    the certified name, unique under a CA and kept across renewals, so that no member can
+    announce another's MAC (trust.py checks it)."""
+    return hashlib.sha256(b"meshd vtep\0" + name.encode()).digest()[:NODE_ID_LEN]
 
 
 def vtep_mac_for(node_id: bytes) -> str:

@@ -43,7 +43,7 @@ from meshd.gossip.certificate import (
     parse_crl,
     verify_certificate,
 )
-from meshd.gossip.record import ClaimRank, NodeRecord
+from meshd.gossip.record import ClaimRank, NodeRecord, certified_vtep_seed, vtep_mac_for
 
 CACHE_MAX = 1 << 16
 """Verified records (and certificates) remembered; cleared when full, like the decoder's cache."""
@@ -53,6 +53,8 @@ BAD_SIGNATURE = "bad_signature"
 CERT_NAME = "cert_name"
 CERT_IP = "cert_ip"
 CERT_GRANT = "cert_grant"
+CERT_MAC = "cert_mac"
+"""A VTEP MAC other than the one derived from the certified name (record.certified_vtep_seed)."""
 REVOKED = "revoked"
 
 
@@ -206,6 +208,8 @@ class Trust:
             return CERT_IP
         if not info.grant.allows(rec.subnet):
             return CERT_GRANT
+        if rec.vtep_mac is not None and rec.vtep_mac != vtep_mac_for(certified_vtep_seed(rec.name)):
+            return CERT_MAC  # another member's MAC would take its FDB entry
         try:
             info.public_key.verify(rec.sig, rec.signing_bytes())
         except InvalidSignature:

@@ -140,7 +140,7 @@ def test_forged_alive_for_another_node_at_the_top_incarnation_is_dropped(pki: Si
     n = signed_node(pki)
     before = view(n)["n1"]
     evil = replace(A, public_ip="172.16.66.66", incarnation=TOP)
-    hijack = replace(A, vtep_mac="02:66:66:66:66:66", incarnation=TOP)  # n1's IP and subnet
+    hijack = replace(A, mtu=1280, incarnation=TOP)  # n1's IP and subnet
     attacker = pki.signer(B)
     a_cert = pki.signer(A).cert
     forgeries = [
@@ -153,6 +153,9 @@ def test_forged_alive_for_another_node_at_the_top_incarnation_is_dropped(pki: Si
         ("bad_signature", replace(hijack, cert=a_cert, sig=attacker.sign(hijack).sig)),
         # n1's certificate and a signature n1 made earlier, over other fields.
         ("bad_signature", replace(hijack, cert=a_cert, sig=pki.signed(A).sig)),
+        # the attacker's own record, validly signed, with n1's VTEP MAC (would take n1's FDB
+        # entry): the MAC derives from the certified name.
+        ("cert_mac", attacker.sign(replace(B, vtep_mac=A.vtep_mac, incarnation=TOP))),
     ]
     for reason, rec in forgeries:
         drops = n.counters[f"drop.{reason}"]
