@@ -82,8 +82,11 @@ from meshd.gossip.record import NodeRecord, validate
 from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
 from meshd.gossip.trust import REVOKED, Signer, Trust
 
-ROUND_BURST = 10
+ROUND_BURST = 30
 """Gossip rounds a node may run back to back when news arrives in a quiet mesh (eager_gossip);
+30 rather than 10 since records are signed: a signed record is ~420 bytes, so a datagram carries
+three joins instead of twenty, and a 30-node join storm took 2.3 s instead of 0.25 s to spread in
+the simulator with a bucket of 10 (0.05 s with 30; the average round rate is unchanged);
 refilled at one per gossip_interval, the ticker's own rate."""
 
 MAX_FORWARDS = 256
