@@ -24,9 +24,10 @@ from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError
 PROTOCOL_VERSION = 1
 """Version of the datagram layout; a receiver drops datagrams of any other version."""
 
-ENVELOPE_RESERVE = 85
-"""Bytes the transport adds around a payload: security.OVERHEAD (version 1, key id 16, nonce 12,
-sender and recipient node ids 16 + 16, timestamp 8, AEAD tag 16)."""
+ENVELOPE_RESERVE = 53
+"""Bytes the transport adds around a payload: security.OVERHEAD (version 1, key hint 2, nonce 12,
+sender node id 16, recipient hint 2, timestamp 4, AEAD tag 16; the full key id and recipient id
+are authenticated without being sent)."""
 
 DATAGRAM_OVERHEAD = 5
 """Bytes of compound framing around the messages: fixarray(2) + version + array16 header."""

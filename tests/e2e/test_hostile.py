@@ -43,7 +43,7 @@ from meshd.errors import ControlError
 from meshd.gossip.messages import DecodeError, Ping, decode, encode, pack_datagram
 from meshd.gossip.security import (
     HEADER_LEN,
-    KEY_ID_LEN,
+    HINT_LEN,
     OVERHEAD,
     OpenError,
     Sealer,
@@ -54,6 +54,7 @@ from meshd.lab import DEFAULT_GOSSIP_PORT, Host, Lab
 from .conftest import all_alive, cli, keygen, wait_until
 from .wire import (
     ATTACKER_ID,
+    all_node_ids,
     counters,
     drops,
     fix_udp_checksum,
@@ -128,9 +129,9 @@ def junk(
     """Datagrams by the reason they must be dropped for ("replay": send each after its twin).
     ``to``: the target's node id; ``impostor`` seals with the target's own id as sender."""
     now = time.time()
-    our_kid = key_id(sealer.keyring.primary)
+    our_kid = key_id(sealer.keyring.primary)[:HINT_LEN]  # the key hint on the wire
     rnd = rng.randbytes
-    head = ATTACKER_ID + to  # sender, recipient: what passes the addressing checks
+    head = ATTACKER_ID + to[:HINT_LEN]  # sender, recipient hint: what passes the addressing checks
     ping = pack_datagram([encode(Ping(7, "h1", "probe", src))])
 
     def flip(data: bytes, lo: int, hi: int) -> bytes:
@@ -144,7 +145,7 @@ def junk(
         return sealer.seal(data, time.time(), to)
 
     def other_kid() -> bytes:
-        while (k := rnd(KEY_ID_LEN)) == our_kid:
+        while (k := rnd(HINT_LEN)) == our_kid:
             pass
         return k
 
@@ -154,7 +155,9 @@ def junk(
     out: dict[str, list[bytes]] = {
         "short": [rnd(rng.randrange(0, OVERHEAD)) for _ in range(500)],
         "version": [
-            bytes([rng.choice([0, 1, *range(3, 256)])]) + rnd(rng.randrange(OVERHEAD, 1400))
+            # anything but 2 (addressed) and 0x82 (to any)
+            bytes([rng.choice([0, 1, *range(3, 0x82), *range(0x83, 256)])])
+            + rnd(rng.randrange(OVERHEAD, 1400))
             for _ in range(500)
         ],
         "unknown_key": [b"\x02" + other_kid() + rnd(12) + head + tail(24) for _ in range(500)]
@@ -162,9 +165,9 @@ def junk(
         # Right version and key id, but not sealed by the key: forged or corrupted.
         "auth": [b"\x02" + our_kid + rnd(12) + head + tail(24) for _ in range(300)]
         # Genuine datagrams with one bit flipped in the nonce, the sender, the ciphertext or tag.
-        + [flip(sealer.seal(ping, now, to), 17, 45) for _ in range(150)]
+        + [flip(sealer.seal(ping, now, to), 3, HEADER_LEN - HINT_LEN) for _ in range(150)]
         + [flip(sealer.seal(ping, now, to), HEADER_LEN, OVERHEAD + len(ping)) for _ in range(150)],
-        "flipped_key_id": [flip(sealer.seal(ping, now, to), 1, 17) for _ in range(100)],
+        "flipped_key_id": [flip(sealer.seal(ping, now, to), 1, 1 + HINT_LEN) for _ in range(100)],
         "flipped_version": [flip(sealer.seal(ping, now, to), 0, 1) for _ in range(100)],
         # Genuine, but for another member (or replayed to us from one): refused unopened.
         "misaddressed": [sealer.seal(ping, now, rnd(16)) for _ in range(100)],
@@ -291,13 +294,13 @@ def test_junk_leaves_daemon_and_table_unchanged(
 # ------------------------------------------------------------------------------- replay
 
 
-def ping_for(key_file: Path, target: str) -> Callable[[bytes], bool]:
+def ping_for(key_file: Path, target: str, ids: list[bytes]) -> Callable[[bytes], bool]:
     """Whether a sealed datagram carries a ping for ``target``: a datagram with a known effect
     on any other member (the core drops it there as ``drop.wrong_target``)."""
 
     def check(datagram: bytes) -> bool:
         try:
-            msgs = decode(opener(key_file, datagram).open(datagram, time.time()).payload)
+            msgs = decode(opener(key_file, datagram, ids).open(datagram, time.time()).payload)
         except (OpenError, DecodeError):
             return False
         return any(isinstance(x, Ping) and x.target == target for x in msgs)
@@ -313,10 +316,11 @@ def test_sniffed_datagram_replayed_is_rejected(
     start_mesh(lab, key, steady_config, "host-gw", lab.hosts)
     h1, h2, h3 = lab.hosts
     d1, d3 = lab.daemons["h1"], lab.daemons["h3"]
-    frame = sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1"))
+    ids = all_node_ids(d1)
+    frame = sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1", ids))
     payload = udp_payload(frame)
     # The envelope opens with our key (it is genuine), and is still within the replay window.
-    assert opener(key, payload).open(payload, time.time()).payload
+    assert opener(key, payload, ids).open(payload, time.time()).payload
 
     before = {n: snapshot(lab.daemons[n]) for n in ("h1", "h2", "h3")}
     c0 = counters(d1)
@@ -349,8 +353,9 @@ def test_datagram_for_one_member_is_refused_by_the_envelope_of_another(
     start_mesh(lab, key, steady_config, "host-gw", lab.hosts)
     h1, h2, h3 = lab.hosts
     d3 = lab.daemons["h3"]
+    ids = all_node_ids(d3)
     payload = udp_payload(
-        sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1"))
+        sniff(h1.ns, "eth0", h2.underlay_ip, DEFAULT_GOSSIP_PORT, ping_for(key, "h1", ids))
     )
     c3 = counters(d3)
     send_from(h2.ns, payload, (h3.underlay_ip, DEFAULT_GOSSIP_PORT))

@@ -3,7 +3,6 @@ file keeps what the daemon has, with one error line in its log."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

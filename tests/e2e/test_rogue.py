@@ -110,6 +110,10 @@ class Rogue:
     def node_id(self, name: str) -> bytes:
         return self.rec(name).node_id
 
+    def ids(self) -> list[bytes]:
+        """Every member's node id (to open sniffed datagrams as their recipient would)."""
+        return [self.node_id(h.name) for h in self.lab.hosts]
+
     def own(self, **changes: Any) -> NodeRecord:
         """The rogue's own record with ``changes``, at a higher incarnation, signed by it."""
         changes.setdefault("incarnation", self.rec(self.host.name).incarnation + 1)
@@ -348,12 +352,14 @@ def test_stolen_certificate_without_its_key(rogue: Rogue) -> None:
 # ------------------------------------------------------------------------------- 6. replay
 
 
-def any_from(key: Path, want: Callable[[list[Any]], bool]) -> Callable[[bytes], bool]:
+def any_from(
+    key: Path, want: Callable[[list[Any]], bool], ids: list[bytes]
+) -> Callable[[bytes], bool]:
     """Whether a sealed datagram opens with ``key`` and its messages satisfy ``want``."""
 
     def check(datagram: bytes) -> bool:
         try:
-            return want(decode(opener(key, datagram).open(datagram, time.time()).payload))
+            return want(decode(opener(key, datagram, ids).open(datagram, time.time()).payload))
         except (OpenError, DecodeError):
             return False
 
@@ -364,7 +370,7 @@ def test_cross_member_replay_misaddressed(rogue: Rogue) -> None:
     """A datagram h2 sent h3 (sniffed on h3's wire), re-sent by the rogue to h4: ``misaddressed``
     at h4, before any decryption. (h2 and h3 are not sent anything.)"""
     h2, h3, h4 = rogue.victims
-    frame = sniff(h3.ns, "eth0", h2.underlay_ip, PORT, any_from(rogue.key_file, bool))
+    frame = sniff(h3.ns, "eth0", h2.underlay_ip, PORT, any_from(rogue.key_file, bool, rogue.ids()))
     payload = udp_payload(frame)
 
     def replay(r: Rogue, h: Host) -> int:
@@ -413,9 +419,11 @@ class Capture:
         return self.frames
 
 
-def push_pull_bytes(key: Path, frames: list[tuple[str, bytes]], sources: set[str]) -> int:
+def push_pull_bytes(
+    key: Path, frames: list[tuple[str, bytes]], sources: set[str], ids: list[bytes]
+) -> int:
     """Bytes of the datagrams from ``sources`` that carry a push-pull (a full state)."""
-    pp = any_from(key, lambda ms: any(isinstance(m, PushPull) for m in ms))
+    pp = any_from(key, lambda ms: any(isinstance(m, PushPull) for m in ms), ids)
     return sum(len(d) for src, d in frames if src in sources and pp(d))
 
 
@@ -430,7 +438,8 @@ def test_spoofed_source_digest_replay_amplifies_nothing(rogue: Rogue) -> None:
     src = dst = ""
     for h in r.victims:  # a digest from a victim to a victim, where one comes soonest
         try:
-            frame = sniff(h.ns, "eth0", None, PORT, any_from(r.key_file, is_digest), timeout=25)
+            digest = any_from(r.key_file, is_digest, r.ids())
+            frame = sniff(h.ns, "eth0", None, PORT, digest, timeout=25)
         except AssertionError:
             continue
         ip = frame[14:]
@@ -464,7 +473,7 @@ def test_spoofed_source_digest_replay_amplifies_nothing(rogue: Rogue) -> None:
         )
     finally:
         t.join()
-    out = push_pull_bytes(r.key_file, cap.frames, victim_ips - {src})
+    out = push_pull_bytes(r.key_file, cap.frames, victim_ips - {src}, r.ids())
     assert sent["n"] == len(r.victims) - 1
     assert out / sent["bytes"] <= 1, (out, sent)
     assert out == 0, f"{out} bytes of full state answered {sent['bytes']} bytes of replay"

@@ -7,13 +7,13 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from meshd.control.client import request
 from meshd.dataplane.netns import netns_path, run_in_netns
-from meshd.gossip.security import HEADER_LEN, Keyring, Sealer
+from meshd.gossip.security import HEADER_LEN, HINT_LEN, TO_ANY, Keyring, Sealer
 from meshd.lab import Daemon, Host, ns_exec
 
 T = TypeVar("T")
@@ -60,9 +60,18 @@ def sealer_for(key_file: Path, node_id: bytes = ATTACKER_ID) -> Sealer:
     return Sealer(Keyring.parse(key_file.read_text()), node_id)
 
 
-def opener(key_file: Path, datagram: bytes) -> Sealer:
-    """A sealer that opens ``datagram`` as its recipient would (its id is in the header)."""
-    return sealer_for(key_file, datagram[45:HEADER_LEN])
+def opener(key_file: Path, datagram: bytes, ids: Iterable[bytes]) -> Sealer:
+    """A sealer that opens ``datagram`` as its recipient would: the member of ``ids`` whose node
+    id starts with the envelope's recipient hint (the full id is authenticated, not sent)."""
+    if datagram[0] & TO_ANY:
+        return sealer_for(key_file)
+    hint = datagram[HEADER_LEN - HINT_LEN : HEADER_LEN]
+    return sealer_for(key_file, next((i for i in ids if i[:HINT_LEN] == hint), ATTACKER_ID))
+
+
+def all_node_ids(d: Daemon) -> list[bytes]:
+    """Every member's node id, from one daemon's peers table."""
+    return [bytes.fromhex(r["node_id"]) for r in request(d.socket_path, "peers", timeout=10)]
 
 
 # ------------------------------------------------------------------------------- the kernel

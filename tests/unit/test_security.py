@@ -52,10 +52,11 @@ def reason(s: Sealer, data: bytes, now: float = NOW) -> str:
 def test_roundtrip_overhead_and_header() -> None:
     d = sealer(K1, me=PEER).seal(b"payload", NOW, ME)
     assert len(d) == len(b"payload") + OVERHEAD
-    assert OVERHEAD == messages.ENVELOPE_RESERVE == 85 and HEADER_LEN == 61
-    # version 2 | key id 16 | nonce 12 | sender 16 | recipient 16
-    assert d[0] == 2 and d[1:17] == key_id(K1) == hashlib.sha256(K1).digest()[:16]
-    assert d[29:45] == PEER and d[45:61] == ME
+    assert OVERHEAD == messages.ENVELOPE_RESERVE == 53 and HEADER_LEN == 33
+    # version 2 | key hint 2 | nonce 12 | sender 16 | recipient hint 2 (the full key id and
+    # recipient id are in the associated data, not on the wire)
+    assert d[0] == 2 and d[1:3] == key_id(K1)[:2] == hashlib.sha256(K1).digest()[:2]
+    assert d[15:31] == PEER and d[31:33] == ME[:2]
     assert sealer(K1).open(d, NOW + 1) == Opened(b"payload", PEER, False)
     assert messages.KEY_ID_LEN == sec.KEY_ID_LEN == 16
 
@@ -67,7 +68,7 @@ def test_recipient_is_bound_any_is_anyone_and_self_is_dropped() -> None:
     with mock.patch.object(AESGCM, "decrypt", side_effect=AssertionError("decrypted")):
         assert reason(sealer(K1, me=OTHER), d) == "misaddressed"
     anyone = sealer(K1, me=PEER).seal(b"hello", NOW, b"")
-    assert anyone[45:61] == ANY == bytes(16)
+    assert anyone[0] == 0x82 and anyone[31:33] == ANY[:2] == bytes(2)
     assert sealer(K1, me=OTHER).open(anyone, NOW) == Opened(b"hello", PEER, True)
     assert sealer(K1).open(anyone, NOW).to_any
     # Our own datagram coming back (a reflected "any", or our id forged): dropped.
@@ -76,11 +77,15 @@ def test_recipient_is_bound_any_is_anyone_and_self_is_dropped() -> None:
 
 def test_sender_and_recipient_are_authenticated() -> None:
     d = bytearray(sealer(K1, me=PEER).seal(b"x", NOW, ME))
-    forged_sender = bytes(d[:29] + OTHER + d[45:])
+    forged_sender = bytes(d[:15] + OTHER + d[31:])
     assert reason(sealer(K1), forged_sender) == "auth"
     # Readdressing to "any" (so anyone would take it) breaks the tag as well.
-    to_any = bytes(d[:45] + ANY + d[61:])
+    to_any = bytes([d[0] | 0x80]) + bytes(d[1:31]) + ANY[:2] + bytes(d[33:])
     assert reason(sealer(K1, me=OTHER), to_any) == "auth"
+    # A member whose id shares our hint gets past the hint, not past the tag: the full
+    # recipient id is authenticated.
+    twin = ME[:2] + bytes(14)
+    assert reason(sealer(K1, me=twin), bytes(d)) == "auth"
 
 
 def test_seal_refuses_a_bad_recipient_and_sealer_a_bad_id() -> None:
@@ -151,7 +156,7 @@ def test_nonce_cache_memory_is_what_the_docstring_says() -> None:
 def test_rotation_secondary_key_opens_primary_seals() -> None:
     old, new = Sealer(ring(K1), PEER), Sealer(ring(K2, K1), ME)
     assert new.open(old.seal(b"a", NOW, ME), NOW).payload == b"a"
-    assert new.seal(b"b", NOW, PEER)[1:17] == key_id(K2)
+    assert new.seal(b"b", NOW, PEER)[1:3] == key_id(K2)[:2]
 
 
 def test_keyring_parse() -> None:
@@ -183,6 +188,15 @@ def test_keyring_refuses_two_keys_with_one_id() -> None:
     with (
         mock.patch.object(sec, "key_id", lambda k: b"\0" * 16),
         pytest.raises(KeyFormatError, match="share the key id"),
+    ):
+        Keyring((K1, K2))
+
+
+def test_keyring_refuses_two_keys_with_one_hint() -> None:
+    # Datagrams name their key by its id's first two bytes: two such keys cannot share a ring.
+    with (
+        mock.patch.object(sec, "key_id", lambda k: b"\xab\xcd" + k[:14]),
+        pytest.raises(KeyFormatError, match="starts like another key's \\(abcd\\)"),
     ):
         Keyring((K1, K2))
 
