@@ -127,7 +127,8 @@ class SimPKI:
 
 def make_record(i: int, port: int = 7950) -> NodeRecord:
     """A distinct, valid record for simulated node ``i`` (0 <= i < 65536)."""
-    node_id = (i + 1).to_bytes(16, "big")
+    # Distinct from the first byte on, like random ids: the envelope sends 2 bytes of each.
+    node_id = (i + 1).to_bytes(16, "little")
     return NodeRecord(
         name=f"n{i}",
         node_id=node_id,
