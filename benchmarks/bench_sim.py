@@ -43,9 +43,11 @@ update_bytes_per_node, update_bytes_per_node_s
     (``retransmit_mult_equal_bw``): the issue's "at or under the model at equal bandwidth".
 datagrams_per_node_s, bytes_per_node_s, payload_bytes_per_node_s
     Steady state before the update: everything nodes send (probes, acks, push-pull), per node
-    per second. bytes = payload + the envelope (security.OVERHEAD, 53 B) + 28 B IPv4/UDP per datagram.
+    per second. bytes = payload + the envelope (security.OVERHEAD, 53 B) + 28 B IPv4/UDP per
+    datagram.
 largest_datagram
-    Largest payload of the whole run (the envelope adds security.OVERHEAD; the limit is 1,400 B on the wire).
+    Largest payload of the whole run (the envelope adds security.OVERHEAD; the limit is 1,400 B
+    on the wire).
 first_suspect, first_dead, dead_all
     Another node crashes; seconds until the first node suspects it, the first declares it dead,
     and every live node has it dead.

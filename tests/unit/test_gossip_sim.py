@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from meshd.gossip.messages import ENVELOPE_RESERVE
-
 from meshd.sim import Network
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
