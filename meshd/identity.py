@@ -10,7 +10,6 @@ that started anyway would only be ignored by everyone.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,19 +45,14 @@ def load(ca: Path, cert: Path, cert_key: Path, wall: float) -> Credentials:
 
 
 def cluster_network(cred: Credentials, configured: str | None) -> str:
-    """The cluster network: the CA's. A configured one must be the same."""
-    networks = {a.network for a in cred.authorities}
-    if configured is not None:
-        if configured not in networks:
-            raise ConfigError(
-                f"network: {configured} is not the CA's network ({', '.join(sorted(networks))})"
-            )
-        return configured
-    for auth in cred.authorities:
-        net = ipaddress.IPv4Network(auth.network)
-        if cred.cert.grant.inside(str(net)):
-            return str(net)
-    return sorted(networks)[0]  # pragma: no cover - verify_certificate checked the grant
+    """The cluster network: that of the CA whose network holds our grant (verify_certificate
+    checked there is one). A configured one must be such a network."""
+    networks = sorted({a.network for a in cred.authorities if cred.cert.grant.inside(a.network)})
+    if configured is None:
+        return networks[0]
+    if configured not in networks:
+        raise ConfigError(f"network: {configured} is not the CA's network ({', '.join(networks)})")
+    return configured
 
 
 def check_name(cred: Credentials, name: str) -> None:

@@ -54,6 +54,7 @@ from meshd.lab import DEFAULT_GOSSIP_PORT, Host, Lab
 from .conftest import all_alive, cli, keygen, wait_until
 from .wire import (
     ATTACKER_ID,
+    STEADY_GOSSIP,
     all_node_ids,
     counters,
     drops,
@@ -73,17 +74,6 @@ from .wire import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
-# Relaxed timers: a flood on 2 cores must not cause a (legitimate) false suspicion, which would
-# change an incarnation and blur "the table is unchanged".
-STEADY_GOSSIP = """
-[gossip]
-probe_interval = 1.0
-probe_timeout = 0.5
-gossip_interval = 0.2
-push_pull_interval = 10
-dead_probe_interval = 2
-suspicion_mult = 4
-"""
 ENVELOPE_REASONS = {
     "short",
     "too_big",

@@ -57,6 +57,7 @@ from meshd.lab import DEFAULT_GOSSIP_PORT, Host, Lab, ns_exec
 
 from .conftest import all_alive, cli, keygen, wait_until
 from .wire import (
+    STEADY_GOSSIP,
     counters,
     in_ns,
     opener,
@@ -73,17 +74,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 # Steady timers (a false suspicion would change an incarnation and blur "unchanged"), and the
 # data-plane filter on, so the allow-set is part of what must not change.
-ROGUE_CONFIG = """
-filter = true
-
-[gossip]
-probe_interval = 1.0
-probe_timeout = 0.5
-gossip_interval = 0.2
-push_pull_interval = 10
-dead_probe_interval = 2
-suspicion_mult = 4
-"""
+ROGUE_CONFIG = "filter = true\n" + STEADY_GOSSIP
 PORT = DEFAULT_GOSSIP_PORT
 
 

@@ -21,6 +21,18 @@ ATTACKER_ID = b"\xa7" * 16
 RTPROT_MESHD = "109"
 """meshd's route protocol (docs/dataplane.md, "Routes")."""
 
+# Relaxed timers: a flood on 2 cores must not cause a (legitimate) false suspicion, which would
+# change an incarnation and blur "the table is unchanged".
+STEADY_GOSSIP = """
+[gossip]
+probe_interval = 1.0
+probe_timeout = 0.5
+gossip_interval = 0.2
+push_pull_interval = 10
+dead_probe_interval = 2
+suspicion_mult = 4
+"""
+
 
 def in_ns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread that joined netns ``ns`` (its sockets live there)."""
