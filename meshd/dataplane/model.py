@@ -63,6 +63,7 @@ __all__ = [
     "desired_state",
     "device_spec",
     "diff",
+    "claimants",
     "resolve_claims",
     "select_peers",
     "subnet_env",
@@ -195,11 +196,12 @@ class Selection:
 def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
     """Certified claims first, by their certificate's rank (``claim_rank``: a fixed-subnet grant
     before a pool grant, then the older certificate), so no self-asserted time decides between
-    certified claimants; unverified claims (shared-key mode) after them, earliest ``since``
-    first. The node id breaks ties (two claims in the same second)."""
+    certified claimants, and the certified name breaks their ties; unverified claims (shared-key
+    mode) after them, earliest ``since`` first, the node id breaking ties (two claims in the same
+    second)."""
     rank = rec.claim_rank
     if rank is not None:
-        return (0, rank[0], rank[1], rec.node_id, rec.name)
+        return (0, rank[0], rank[1], rec.name.encode(), "")
     return (1, rec.since or 2**40, 0.0, rec.node_id, rec.name)
 
 
@@ -291,6 +293,55 @@ def touches_peers(dst: str, peers: Sequence[PeerView]) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Claimants:
+    records: list[NodeRecord]  # the peers whose claims the conflict rule weighs, by name
+    refused: dict[str, tuple[str, str]]  # peer name -> (FLAG_*, reason)
+    next_deadline: float | None  # earliest time a dead claimant stops counting
+
+
+def claimants(
+    backend: str,
+    network: str | None,
+    grace: float,
+    local: NodeRecord,
+    peers: Sequence[PeerView],
+    now: float,
+) -> Claimants:
+    """The peers that claim a subnet, from cluster-wide facts only (record contents and
+    membership), so every node weighs the same claims: not left, not dead for ``grace`` seconds
+    or more (the data plane's reap_after; allocation's subnet_lease), announcing this mesh's
+    backend and a subnet and address the policy allows (``subnet_problem``,
+    ``prefix.unicast_problem``). ``local`` is never one of them."""
+    records: list[NodeRecord] = []
+    refused: dict[str, tuple[str, str]] = {}
+    next_deadline: float | None = None
+    for pv in sorted(peers, key=lambda v: v.record.name):
+        p = pv.record
+        if p.node_id == local.node_id or p.name == local.name:
+            continue
+        if pv.state == "left" or pv.state not in LIVE_STATES:
+            continue  # gone: its entries are removed at once (once synced)
+        if pv.state == "dead":
+            deadline = pv.state_since + grace
+            if deadline <= now:
+                refused[p.name] = (FLAG_REAPED, f"dead since {pv.state_since:.1f}, reaped")
+                continue
+            next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        if p.backend != backend:
+            refused[p.name] = (
+                FLAG_INCOMPATIBLE,
+                f"announces backend {p.backend}, this mesh uses {backend}",
+            )
+            continue
+        problem = subnet_problem(p.subnet, network) or _ip_problem(p.public_ip)
+        if problem is not None:
+            refused[p.name] = (FLAG_REFUSED, problem)
+            continue
+        records.append(p)
+    return Claimants(records, refused, next_deadline)
+
+
 def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     backend: str,
     network: str | None,
@@ -317,30 +368,14 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         reasons[p.name] = why
 
     # 1. Cluster-wide facts only: these decide who may claim a subnet.
-    claimants: list[NodeRecord] = []
-    for pv in sorted(peers, key=lambda v: v.record.name):
-        p = pv.record
-        if p.node_id == local.node_id or p.name == local.name:
-            continue
-        if pv.state == "left" or pv.state not in LIVE_STATES:
-            continue  # gone: its entries are removed at once (once synced)
-        if pv.state == "dead":
-            deadline = pv.state_since + reap_after
-            if deadline <= now:
-                refuse(p, FLAG_REAPED, f"dead since {pv.state_since:.1f}, reaped")
-                continue
-            next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
-        if p.backend != backend:
-            refuse(p, FLAG_INCOMPATIBLE, f"announces backend {p.backend}, this mesh uses {backend}")
-            continue
-        problem = subnet_problem(p.subnet, network) or _ip_problem(p.public_ip)
-        if problem is not None:
-            refuse(p, FLAG_REFUSED, problem)
-            continue
-        claimants.append(p)
+    found = claimants(backend, network, reap_after, local, peers, now)
+    for name, (flag, why) in found.refused.items():
+        flags[name], reasons[name] = flag, why
+    next_deadline = found.next_deadline
+    claimants_ = found.records
 
     local_net = prefix.span(local.subnet)
-    granted, losers = resolve_claims(claimants + ([local] if local_net else []))
+    granted, losers = resolve_claims([*claimants_, *([local] if local_net else [])])
     local_conflict: str | None = None
     if local.node_id in losers:
         holder = losers[local.node_id]
@@ -354,7 +389,7 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     ul_net = prefix.span(f"{underlay.ip}/{underlay.prefixlen}", strict=False) or (1, 0)
     routes = foreign_routes(tuple(foreign), network)
     candidates: list[NodeRecord] = []
-    for p in claimants:
+    for p in claimants_:
         net = prefix.span(p.subnet) or (1, 0)  # claimants' subnets are valid
         if p.node_id not in granted:
             h = losers[p.node_id]
