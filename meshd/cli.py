@@ -95,8 +95,15 @@ def join(
     name: Annotated[str | None, typer.Option(help="Node name (default hostname).")] = None,
     public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: iface's).")] = None,
     iface: Annotated[str | None, typer.Option(help="Underlay device (default route's).")] = None,
-    subnet: Annotated[str | None, typer.Option(help="This node's container subnet.")] = None,
-    network: Annotated[str | None, typer.Option(help="Cluster network (the CA's).")] = None,
+    subnet: Annotated[
+        str | None, typer.Option(help="This node's container subnet (unset: allocated).")
+    ] = None,
+    network: Annotated[
+        str | None, typer.Option(help="Cluster network; without --subnet, allocate from it.")
+    ] = None,
+    subnet_len: Annotated[
+        int | None, typer.Option(help="Length of an allocated subnet (24).")
+    ] = None,
     backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     port: Annotated[int | None, typer.Option(help="Gossip UDP port (7950).")] = None,
     key_file: Annotated[Path | None, typer.Option(help="Keyring file (/etc/meshd/key).")] = None,
@@ -123,6 +130,7 @@ def join(
             "iface": iface,
             "subnet": subnet,
             "network": network,
+            "subnet_len": subnet_len,
             "backend": backend,
             "port": port,
             "key_file": key_file,

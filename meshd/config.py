@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from meshd.dataplane import backends
+from meshd.dataplane import allocation, backends
 from meshd.errors import ConfigError
 from meshd.gossip.config import GossipConfig as GossipConfig
 from meshd.gossip.record import MAX_NAME_LEN, RecordError, validate_subnet
@@ -40,10 +40,17 @@ class Config:
     iface: str | None = None
     """Underlay device (default: the one holding the default route)."""
     subnet: str | None = None
-    """This node's container subnet, e.g. 10.244.1.0/24 (required)."""
+    """This node's container subnet, e.g. 10.244.1.0/24. Unset with ``network`` set: the node
+    takes a free one of ``subnet_len`` from the network (with certificates: from its pool grant)
+    and keeps it across restarts (docs/allocation.md)."""
     network: str | None = None
     """Cluster network; member subnets outside it are refused. With certificates it comes from
     the CA's grant (given here, it must equal it)."""
+    subnet_len: int | None = None
+    """Prefix length of an allocated subnet (default 24; with a pool grant, the grant's)."""
+    subnet_lease: float = 86400.0
+    """Seconds a dead member's subnet stays its own before another node may take it (a left
+    member's is free at once). At least gossip.reap_after, at most gossip.tombstone_ttl."""
     backend: str = "vxlan"
     """host-gw, ipip or vxlan; one per mesh."""
     port: int = DEFAULT_PORT
@@ -155,6 +162,20 @@ def build(values: dict[str, Any]) -> Config:
     if cfg.cert is not None and cfg.cert_key is None:
         cfg = replace(cfg, cert_key=cfg.cert.with_suffix(".key"))
     g = cfg.gossip
+    if cfg.subnet_lease < g.reap_after:
+        raise ConfigError(
+            f"subnet_lease: {cfg.subnet_lease:g} s is shorter than gossip.reap_after "
+            f"({g.reap_after:g} s): a subnet still routed to a dead member could be taken"
+        )
+    if cfg.subnet_lease > g.tombstone_ttl:
+        raise ConfigError(
+            f"subnet_lease: {cfg.subnet_lease:g} s is longer than gossip.tombstone_ttl "
+            f"({g.tombstone_ttl:g} s), how long members remember a dead node"
+        )
+    if cfg.subnet is None and cfg.network is not None and cfg.ca is None:
+        problem = allocation.pool_problem(cfg.network, cfg.subnet_len or allocation.DEFAULT_LEN)
+        if problem is not None:
+            raise ConfigError(f"subnet_len: {problem}")
     if g.probe_timeout >= g.probe_interval:
         raise ConfigError("gossip.probe_timeout: must be shorter than probe_interval")
     return cfg
@@ -266,6 +287,10 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         return value
     if key == "resync_interval":
         return _num(key, value, 1, 86400)
+    if key == "subnet_len":
+        return _int(key, value, allocation.MIN_LEN, allocation.MAX_LEN)
+    if key == "subnet_lease":
+        return _num(key, value, 0, 10**7)
     if key == "source_rate_limit":
         return _num(key, value, 0, 10**6)
     if key == "metrics":

@@ -24,9 +24,11 @@ import time
 from typing import Any
 
 from meshd import __version__, identity
+from meshd.allocator import Allocator
 from meshd.config import Config, parse_seed
 from meshd.control.server import ControlServer, group_id
-from meshd.dataplane import backends
+from meshd.dataplane import allocation, backends
+from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
@@ -73,26 +75,55 @@ class Daemon:
         cred = None
         network = cfg.network
         subnet_s = cfg.subnet
+        pool: Pool | None = None
         if cfg.ca is not None:
             assert cfg.cert is not None and cfg.cert_key is not None  # config.build ensures it
             cred = identity.load(cfg.ca, cfg.cert, cfg.cert_key, wall)
             identity.check_name(cred, cfg.name)
             subnet_s = identity.subnet_for(cred, cfg.subnet)
             network = identity.cluster_network(cred, cfg.network)
-        if subnet_s is None:
-            raise ConfigError("subnet: required, e.g. --subnet 10.244.1.0/24")
+            if subnet_s is None:
+                pool = identity.pool_for(cred, cfg.subnet_len)
+        elif subnet_s is None and network is not None:
+            pool = Pool(network, cfg.subnet_len or allocation.DEFAULT_LEN)  # config.build checked
+        if subnet_s is None and pool is None:
+            raise ConfigError(
+                "subnet: required, e.g. --subnet 10.244.1.0/24, or --network to allocate one"
+            )
         keyring = load_keyring(cfg.key_file)
         store = StateStore(cfg.state_dir)
         state = store.load()
         underlay = await discover_underlay(cfg.iface, cfg.public_ip)
         if cred is not None:
             identity.check_public_ip(cred, underlay.ip)
-        subnet = ipaddress.IPv4Network(subnet_s)
         ul_net = ipaddress.IPv4Network(f"{underlay.ip}/{underlay.prefixlen}", strict=False)
+        self.allocator: Allocator | None = None
+        since = 0
+        if pool is not None:
+            self.allocator = Allocator(
+                pool,
+                cfg.subnet_lease,
+                cfg.backend,
+                network,
+                [str(ul_net)],
+                random.Random(os.urandom(16)),
+            )
+            known_now = [m for m in state.members if m.node_id != state.node_id]
+            subnet_s, since = self.allocator.first(
+                state.subnet, state.subnet_since, state.saved_at, known_now, wall
+            )
+        assert subnet_s is not None
+        subnet = ipaddress.IPv4Network(subnet_s)
         if subnet.overlaps(ul_net):
             raise ConfigError(f"subnet: {subnet} overlaps the underlay network {ul_net}")
         if network and not subnet.subnet_of(ipaddress.IPv4Network(network)):
             raise ConfigError(f"subnet: {subnet} is outside network {network}")
+        if not since:
+            since = (
+                state.subnet_since
+                if state.subnet == str(subnet) and state.subnet_since
+                else int(wall)
+            )
         # A restart announces a higher incarnation so it overrides any suspicion about us (at
         # the ceiling, an older release's state file: stay there rather than fail to start).
         local = NodeRecord(
@@ -109,9 +140,7 @@ class Daemon:
             mtu=underlay.mtu,
             incarnation=min(state.incarnation + 1, MAX_INCARNATION),
             version=PROTOCOL_VERSION,
-            since=state.subnet_since
-            if state.subnet == str(subnet) and state.subnet_since
-            else int(wall),
+            since=since,
             cert=cred.cert.der if cred is not None else b"",
         )
         known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
@@ -163,7 +192,9 @@ class Daemon:
             resync_interval=cfg.resync_interval,
             reap_after=cfg.gossip.reap_after,
         )
-        self.reconciler = Reconciler(rcfg, local, underlay)
+        # An allocated subnet may still move until the first full state exchange says no member
+        # holds it: subnet.env waits for that (the membership loop settles it).
+        self.reconciler = Reconciler(rcfg, local, underlay, settled=self.allocator is None)
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
         self.service = Service(
@@ -181,6 +212,7 @@ class Daemon:
             self.reconciler,
             self.firewall,
             time.monotonic(),
+            self.allocator,
         )
         self.membership = Membership(
             node,
@@ -191,6 +223,7 @@ class Daemon:
             self.service.apply_key_ops,
             changed,
             self.crl_store,
+            self.allocator,
         )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)
@@ -259,16 +292,24 @@ class Daemon:
         ]
         if self.firewall is not None:
             tasks.append(asyncio.create_task(self.membership.firewall_loop(), name="filter"))
+        if self.allocator is not None:
+            tasks.append(asyncio.create_task(self.membership.heartbeat_loop(), name="heartbeat"))
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         rc = 0
+        fatal: MeshdError | None = None
         for t in done:
             if t is not stop and t.exception() is not None:
                 exc = t.exception()
-                log.error("%s stopped: %s", t.get_name(), exc, exc_info=exc)
+                if isinstance(exc, MeshdError):  # said on purpose, in one line: the CLI prints it
+                    fatal = exc
+                else:
+                    log.error("%s stopped: %s", t.get_name(), exc, exc_info=exc)
                 rc = 1
         sd_notify("STOPPING=1")
         await self.shutdown(tasks + [stop])
+        if fatal is not None:
+            raise fatal
         return rc
 
     def reload(self) -> bool:

@@ -12,6 +12,7 @@
     ├── DataplaneError          the kernel refused something (netlink, nft); third-party and
     │   │                       OS errors become this where the data plane calls out
     │   └── MissingKernelFeature   the running kernel lacks a module a backend needs (ipip)
+    ├── AllocationError         no free subnet in the network this node allocates from
     └── LabError                the lab could not be built, or the mesh did not converge in it
 
 Outside the tree, on purpose: the gossip core's exceptions are caught where they arise and never
@@ -58,6 +59,10 @@ class DataplaneError(MeshdError):
 
 class MissingKernelFeature(DataplaneError):
     """The running kernel lacks a module meshd needs (e.g. ipip)."""
+
+
+class AllocationError(MeshdError):
+    """Every subnet of the network this node allocates from is held by a member."""
 
 
 class LabError(MeshdError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshd import pki
+from meshd.dataplane.allocation import Pool
 from meshd.errors import ConfigError
 from meshd.gossip.certificate import Authority, CertError, CertInfo, verify_certificate
 
@@ -63,22 +64,33 @@ def check_name(cred: Credentials, name: str) -> None:
         )
 
 
-def subnet_for(cred: Credentials, configured: str | None) -> str:
+def subnet_for(cred: Credentials, configured: str | None) -> str | None:
     """This node's subnet: the configured one if the certificate grants it, else the one subnet
-    the certificate grants."""
+    the certificate grants; None for a pool grant with none configured (allocate from it)."""
     grant = cred.cert.grant
     if configured is None:
-        if grant.subnet is None:
-            raise ConfigError(
-                f"subnet: required: {cred.cert_path} grants the pool {grant.describe()}, "
-                "pick a subnet in it with --subnet"
-            )
         return grant.subnet
     if not grant.allows(configured):
         raise ConfigError(
             f"subnet: {configured} is not granted by {cred.cert_path} ({grant.describe()})"
         )
     return configured
+
+
+def pool_for(cred: Credentials, subnet_len: int | None) -> Pool:
+    """The pool a pool grant lets this node allocate from (``subnet_len``, if set, must be the
+    grant's length)."""
+    grant = cred.cert.grant
+    assert grant.pool is not None and grant.pool_len is not None  # subnet_for returned None
+    if subnet_len is not None and subnet_len != grant.pool_len:
+        raise ConfigError(
+            f"subnet_len: {subnet_len} is not the length {cred.cert_path} grants "
+            f"({grant.describe()})"
+        )
+    try:
+        return Pool(grant.pool, grant.pool_len)
+    except ValueError as exc:
+        raise ConfigError(f"cert: {cred.cert_path}: {exc}") from None
 
 
 def check_public_ip(cred: Credentials, public_ip: str) -> None:

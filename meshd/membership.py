@@ -11,11 +11,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
+from meshd.allocator import Allocator
+from meshd.dataplane import allocation
 from meshd.dataplane.model import PeerView
-from meshd.errors import DataplaneError
+from meshd.errors import AllocationError, DataplaneError
 from meshd.gossip.node import GossipNode
+from meshd.gossip.record import NodeRecord
 from meshd.statestore import CrlStore, State, StateStore
 
 log = logging.getLogger("meshd")
@@ -23,12 +27,17 @@ SAVE_EVERY = 2.0
 """Seconds between state-dir writes while membership changes (a crash loses at most this)."""
 BATCH = 0.01
 """Membership news arrives in bursts: batch it (briefly: the data plane waits on it)."""
+SAVE_HEARTBEAT = 60.0
+"""Seconds between state-dir writes of an allocating node with no news: the file's ``saved_at``
+is then when the node was last alive, which decides whether its subnet outlived the lease."""
 
 
 class PeerSink(Protocol):
     """The reconciler as this loop sees it."""
 
     def set_peers(self, peers: Sequence[PeerView], synced: bool, now: float) -> None: ...
+
+    def set_local(self, local: NodeRecord, settled: bool = True) -> None: ...
 
 
 class Filter(Protocol):
@@ -48,8 +57,10 @@ class Membership:
         apply_key_ops: Callable[[], None],
         changed: asyncio.Event,
         crl_store: CrlStore | None = None,
+        allocator: Allocator | None = None,
     ) -> None:
         self.node = node
+        self.allocator = allocator
         self.crl_store = crl_store
         self._crl_saved = node.crl_der
         self._revoked_logged = ""
@@ -70,6 +81,8 @@ class Membership:
         (a refutation must survive a crash)."""
         synced: bool | None = None
         incarnation = -1
+        if self.allocator is not None:
+            self.reallocate(self.allocator, self.peer_views())
         while True:
             await self.changed.wait()
             self.changed.clear()
@@ -80,7 +93,10 @@ class Membership:
                 log.info("member %s (%s %s): %s", r.name, r.public_ip, r.subnet, ev.kind)
             if events or synced != self.node.synced:
                 synced = self.node.synced
-                self.reconciler.set_peers(self.peer_views(), synced, time.monotonic())
+                views = self.peer_views()
+                if self.allocator is not None:
+                    self.reallocate(self.allocator, views)
+                self.reconciler.set_peers(views, synced, time.monotonic())
                 await self.update_firewall()
                 self.save(force=True)
             elif incarnation != self.node.local.incarnation:
@@ -88,6 +104,46 @@ class Membership:
             incarnation = self.node.local.incarnation
             self.check_trust()
             await asyncio.sleep(BATCH)
+
+    def reallocate(self, allocator: Allocator, views: Sequence[PeerView]) -> None:
+        """Allocating: move when a member holds our subnet by the conflict rule, and say when the
+        subnet settles. AllocationError (one line; the daemon exits) when, with a full view of
+        the mesh, no subnet is left."""
+        now = time.monotonic()
+        move = allocator.review(self.node.local, views, now)
+        if move is None:
+            if self.node.synced and not allocator.settled:
+                allocator.settled = True
+                self.reconciler.set_local(self.node.local, settled=True)
+                log.info("subnet %s settled (%s)", self.node.local.subnet, allocator.origin)
+            return
+        if move.new is None:
+            if self.node.synced:
+                raise AllocationError(
+                    f"subnet {move.old} is held by {move.holder.name}, and "
+                    + allocation.full_message(allocator.pool)
+                )
+            return  # keep the tentative claim until we know the whole mesh
+        allocator.moved(move)
+        log.warning(
+            "subnet %s is held by %s (%s), which the conflict rule keeps; took %s",
+            move.old,
+            move.holder.name,
+            move.holder.public_ip,
+            move.new,
+        )
+        self.node.update_local(
+            replace(self.node.local, subnet=move.new, since=int(time.time())), now
+        )
+        allocator.settled = self.node.synced
+        self.reconciler.set_local(self.node.local, settled=allocator.settled)
+        self.save(force=True)
+
+    async def heartbeat_loop(self) -> None:
+        """Allocating: keep the state dir's ``saved_at`` fresh (see SAVE_HEARTBEAT)."""
+        while True:
+            await asyncio.sleep(SAVE_HEARTBEAT)
+            self.save(force=True, heartbeat=True)
 
     def check_trust(self) -> None:
         """Certificate mode: keep the revocation list in force in the state dir, and say once
@@ -146,13 +202,16 @@ class Membership:
             if m.record.name != me
         ]
 
-    def save(self, force: bool = False) -> None:
+    def save(self, force: bool = False, heartbeat: bool = False) -> None:
         """Persist identity, incarnation and the members worth rejoining through; skipped when
-        nothing changed, and at most every SAVE_EVERY seconds unless ``force``."""
+        nothing changed (unless ``heartbeat``), and at most every SAVE_EVERY seconds unless
+        ``force``."""
         now = time.monotonic()
         members = self.node.members()
         key = tuple((m.record.name, m.record.incarnation, str(m.state.value)) for m in members)
-        if key == self._saved_key or (not force and now - self._last_save < SAVE_EVERY):
+        if (key == self._saved_key and not heartbeat) or (
+            not force and now - self._last_save < SAVE_EVERY
+        ):
             return
         self._saved_key, self._last_save = key, now
         me = self.node.local
@@ -162,6 +221,7 @@ class Membership:
                 incarnation=me.incarnation,
                 subnet=me.subnet,
                 subnet_since=me.since,
+                saved_at=time.time(),
                 members=[
                     m.record
                     for m in members

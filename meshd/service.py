@@ -76,6 +76,8 @@ class Service:
     reconciler: DataplaneView | None = None
     firewall: HasStatus | None = None
     started: float = 0.0
+    allocator: HasStatus | None = None
+    """Set when this node allocates its subnet (meshd/allocator.py)."""
 
     def commands(self) -> dict[str, Handler]:
         """The control socket's command table: raw JSON request -> typed call."""
@@ -178,6 +180,7 @@ class Service:
             "trust": self.trust_status(),
             "dataplane": self.reconciler.status() if self.reconciler else {},
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
+            "allocation": self.allocator.status() if self.allocator else {},
         }
 
     def trust_status(self) -> dict[str, Any]:

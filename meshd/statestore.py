@@ -26,6 +26,10 @@ class State:
     """The subnet this node claimed, and since when (unix s): an unchanged subnet keeps its
     age across restarts, which is what the conflict rule orders claims by."""
     subnet_since: int = 0
+    saved_at: float = 0.0
+    """Unix time of the save (0: unknown). A running daemon saves at least every
+    ``SAVE_HEARTBEAT`` seconds, so this is when it was last known alive: a node that was down
+    longer than the subnet lease may find its allocated subnet taken, and claims it anew."""
 
 
 class StateStore:
@@ -58,8 +62,15 @@ class StateStore:
         subnet = raw.get("subnet") if isinstance(raw.get("subnet"), str) else None
         since = raw.get("subnet_since", 0)
         since = since if isinstance(since, int) and since >= 0 else 0
+        saved_at = raw.get("saved_at", 0.0)
+        saved_at = float(saved_at) if isinstance(saved_at, int | float) and saved_at > 0 else 0.0
         return State(
-            node_id=node_id, incarnation=inc, members=members, subnet=subnet, subnet_since=since
+            node_id=node_id,
+            incarnation=inc,
+            members=members,
+            subnet=subnet,
+            subnet_since=since,
+            saved_at=saved_at,
         )
 
     def save(self, state: State) -> None:
@@ -69,6 +80,7 @@ class StateStore:
             "members": [m.to_dict() for m in state.members],
             "subnet": state.subnet,
             "subnet_since": state.subnet_since,
+            "saved_at": state.saved_at,
         }
         tmp = self.path.with_name(f".{STATE_FILE}.tmp")
         try:

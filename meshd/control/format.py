@@ -88,6 +88,20 @@ def trust(t: Mapping[str, Any]) -> str:
     return line
 
 
+def allocation(a: Mapping[str, Any]) -> list[str]:
+    """One line when this node allocates its subnet: from what, how, and whether it settled."""
+    if not a:
+        return []
+    line = (
+        f"subnet    allocated from {a.get('network')} (/{a.get('subnet_len')}, "
+        f"{a.get('size')} subnets; lease {a.get('lease', 0):g} s), {a.get('origin')}, "
+        + ("settled" if a.get("settled") else "NOT SETTLED (waiting for the mesh's state)")
+    )
+    if a.get("moves"):
+        line += f"; moved {a['moves']}x, last: {a.get('last_move')}"
+    return [line]
+
+
 def status(st: StatusReply) -> list[str]:
     """The `meshd status` summary (``--json`` shows everything, including the last plan)."""
     n = st["node"]
@@ -95,6 +109,7 @@ def status(st: StatusReply) -> list[str]:
         f"node      {n['name']} ({n['public_ip']}) subnet {n['subnet']} "
         f"backend {n['backend']} incarnation {n['incarnation']}",
         trust(st.get("trust") or {}),
+        *allocation(st.get("allocation") or {}),
         f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}",
         "members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()),
         f"datagrams in {st['counters'].get('in', 0)}, out {st['counters'].get('out', 0)}",

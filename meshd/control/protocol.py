@@ -75,6 +75,10 @@ class StatusReply(TypedDict):
     dataplane: dict[str, Any]
     """The reconciler's status (dataplane/reconciler.py), ``{}`` before it started."""
     filter: dict[str, Any]
+    allocation: dict[str, Any]
+    """Allocating nodes (no fixed subnet): the pool (network, subnet_len, size), the lease, how
+    the subnet was had (``origin``: kept, reclaimed, picked), ``settled``, the moves; else
+    ``{}``."""
 
 
 class KeyList(TypedDict):

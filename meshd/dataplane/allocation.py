@@ -27,6 +27,8 @@ from meshd.gossip.record import NodeRecord
 
 MIN_LEN, MAX_LEN = 8, 30
 """Subnet lengths allocation hands out: a /30 still has two usable addresses."""
+DEFAULT_LEN = 24
+"""flannel's SubnetLen default."""
 
 
 @dataclass(frozen=True, slots=True)

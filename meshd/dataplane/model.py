@@ -523,7 +523,9 @@ def diff_device(spec: DeviceSpec, obs: ObservedDevice | None) -> tuple[list[Devi
     ops += [DeviceOp("addr-add", spec.name, a) for a in spec.addresses if a not in have]
     if spec.owned:
         extra = [a for a in obs.addresses if a not in spec.addresses]
-        ops += [DeviceOp("addr-del", spec.name, a) for a in extra]
+    else:
+        extra = [a for a in obs.addresses if a in spec.retired and a not in spec.addresses]
+    ops += [DeviceOp("addr-del", spec.name, a) for a in extra]
     if not obs.up:
         ops.append(DeviceOp("set-up", spec.name))
     return ops, []

@@ -84,6 +84,7 @@ class DeviceSpec:
     addresses: tuple[str, ...]
     params: tuple[tuple[str, Any], ...] = ()  # pyroute2 linkinfo names, fixed at creation
     owned: bool = True
+    retired: tuple[str, ...] = ()  # addresses meshd put there and gave up (a moved subnet's)
 
 
 @dataclass(frozen=True, slots=True)

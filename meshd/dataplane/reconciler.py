@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,6 +93,7 @@ class Reconciler:
         debounce: float = 0.15,
         clock: Callable[[], float] = time.monotonic,
         nl: NetlinkAPI | None = None,
+        settled: bool = True,
     ) -> None:
         if not local.subnet:
             raise DataplaneError("dataplane: this node has no subnet")
@@ -101,6 +102,8 @@ class Reconciler:
             raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
         self.cfg = cfg
         self.local = local
+        self._settled = settled
+        self._retired: set[str] = set()  # a bridge's addresses of subnets this node gave up
         self.underlay = underlay
         self.netns = netns
         self.debounce = debounce
@@ -165,6 +168,21 @@ class Reconciler:
         await self.reconcile_now("start")
         if self._fatal is not None:
             raise self._fatal
+
+    def set_local(self, local: NodeRecord, settled: bool = True) -> None:
+        """This node's record changed (an allocated subnet moved, or settled). ``settled``:
+        subnet.env may be written (until then CNI must not hand out addresses in a subnet that
+        may still move). The device's address follows the subnet on the next pass; a bridge
+        gives up the old subnet's first address."""
+        problem = model.subnet_problem(local.subnet, self.cfg.network)
+        if problem is not None:
+            raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
+        if local.subnet != self.local.subnet and self.cfg.bridge:
+            self._retired.add(model.first_address(self.local.subnet))
+        self._retired.discard(model.first_address(local.subnet))
+        self.local = local
+        self._settled = settled
+        self._trigger("subnet", debounce=False)
 
     def set_peers(self, peers: Sequence[PeerView], synced: bool, now: float) -> None:
         """The full peer table (every member except self). ``synced``: the first full state
@@ -299,7 +317,8 @@ class Reconciler:
             if not plan.empty:
                 res = await apply(self._nl, plan, self._links, RTPROT_MESHD)
                 res.failures += list(plan.problems)
-            self._write_subnet_env(desired.mtu)
+            if self._settled:
+                self._write_subnet_env(desired.mtu)
         except MissingKernelFeature as exc:
             res.fatal = exc
             res.failures.append(str(exc))
@@ -322,7 +341,7 @@ class Reconciler:
         ):
             return d
         self._desired_key = key
-        return model.desired_state(
+        d = model.desired_state(
             backend=self.cfg.backend,
             local=self.local,
             underlay=ul,
@@ -337,6 +356,9 @@ class Reconciler:
             onlink=self._onlink,
             foreign=self._foreign,
         )
+        if d.bridge is not None and self._retired:
+            d = replace(d, bridge=replace(d.bridge, retired=tuple(sorted(self._retired))))
+        return d
 
     async def _read_foreign(self) -> None:
         """The main table's routes that are not meshd's, for the model's overlap rule."""

@@ -23,7 +23,7 @@ from meshd.transport import Transport
 class FakeReconciler:
     closed = 0
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     async def start(self) -> None:

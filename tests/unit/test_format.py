@@ -90,6 +90,7 @@ def status_reply(**over: object) -> StatusReply:
         "trust": {"mode": "shared-key", "authenticated": False},
         "dataplane": {},
         "filter": {"enabled": False},
+        "allocation": {},
     }
     st.update(over)  # type: ignore[typeddict-item]
     return st
@@ -169,3 +170,27 @@ def test_keys_marks_the_primary() -> None:
 def test_leave() -> None:
     assert fmt.leave({"left": True, "spread": True}) == "left the mesh"
     assert fmt.leave({"left": True, "spread": False}).endswith("(not confirmed by all peers)")
+
+
+def test_allocation_line() -> None:
+    a = {
+        "network": "10.244.0.0/16",
+        "subnet_len": 24,
+        "size": 256,
+        "lease": 86400.0,
+        "origin": "picked",
+        "settled": False,
+        "moves": 0,
+        "last_move": None,
+    }
+    lines = fmt.status(status_reply(allocation=a))
+    assert lines[2] == (
+        "subnet    allocated from 10.244.0.0/16 (/24, 256 subnets; lease 86400 s), picked, "
+        "NOT SETTLED (waiting for the mesh's state)"
+    )
+    moved = {**a, "settled": True, "moves": 1, "last_move": "10.244.3.0/24 held by h2, took x"}
+    assert fmt.allocation(moved) == [
+        "subnet    allocated from 10.244.0.0/16 (/24, 256 subnets; lease 86400 s), picked, "
+        "settled; moved 1x, last: 10.244.3.0/24 held by h2, took x"
+    ]
+    assert fmt.allocation({}) == []

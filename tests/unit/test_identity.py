@@ -64,11 +64,18 @@ def test_every_contradiction_is_one_line(ca: Path) -> None:
     assert one_line(e) == "network: 10.0.0.0/8 is not the CA's network (10.244.0.0/16)"
 
 
-def test_a_pool_grant_needs_a_subnet_in_it(ca: Path) -> None:
+def test_a_pool_grant_allocates_from_its_pool(ca: Path) -> None:
     cred = load(ca, issue(ca, grant=Grant.from_pool(NET, 24)))
-    with pytest.raises(ConfigError, match=r"^subnet: required: .* grants the pool"):
-        identity.subnet_for(cred, None)
+    assert identity.subnet_for(cred, None) is None  # allocate
+    pool = identity.pool_for(cred, None)
+    assert (pool.network, pool.length, pool.size) == (NET, 24, 256)
+    assert identity.pool_for(cred, 24) == pool
+    with pytest.raises(ConfigError) as e:
+        identity.pool_for(cred, 26)
+    assert one_line(e).startswith("subnet_len: 26 is not the length")
     assert identity.subnet_for(cred, "10.244.7.0/24") == "10.244.7.0/24"
+    with pytest.raises(ConfigError):
+        identity.subnet_for(cred, "10.244.7.0/25")
 
 
 def test_wrong_key_other_ca_and_expiry_are_refused(ca: Path, tmp_path: Path) -> None:
