@@ -448,6 +448,9 @@ def lab(
     shared_key: Annotated[
         bool, typer.Option(help="No CA: the mesh key alone (default: a throwaway CA).")
     ] = False,
+    allocate: Annotated[
+        bool, typer.Option(help="Start every daemon at once with --network, no --subnet.")
+    ] = False,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
@@ -463,8 +466,13 @@ def lab(
             fail("--keep and --uml: the guest powers off at the end; run without --keep")
         argv = ["--hosts", str(hosts), "--backend", backend, *(["--routed"] if routed else [])]
         argv += ["--shared-key"] if shared_key else []
+        argv += ["--allocate"] if allocate else []
         raise typer.Exit(run_in_guest(argv, say=typer.echo))
-    raise typer.Exit(run_lab(hosts, backend, routed, keep, say=typer.echo, shared_key=shared_key))
+    raise typer.Exit(
+        run_lab(
+            hosts, backend, routed, keep, say=typer.echo, shared_key=shared_key, allocate=allocate
+        )
+    )
 
 
 @lab_app.command("down")

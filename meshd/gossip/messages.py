@@ -156,12 +156,20 @@ class KeyOp:
     """Lamport time of the issuing node when it issued the op."""
 
 
+MAX_AGE = 2**32 - 1
+"""Largest tombstone age on the wire (seconds)."""
+
+
 class PushPullEntry(NamedTuple):
     # A tuple rather than a dataclass: a 10,000-member push-pull decodes 10,000 of these.
     record: NodeRecord
     state: MemberState
     incarnation: int
     """The sender's incarnation for this member; above ``record.incarnation`` after a leave."""
+    age: int = 0
+    """Seconds the sender has known a dead member dead (a fourth element, appended; 0 for
+    other states and from older nodes): a joiner dates a tombstone it learns by it, so a dead
+    member's subnet lease runs on the mesh's clock, not from whenever a node joined."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +275,12 @@ def encode(msg: Message) -> bytes:
         return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest, *named]))
     if isinstance(msg, Crl):
         return bytes(_packb([MsgType.CRL, msg.der]))
-    entries = [encode_entry(e.record, e.state, e.incarnation) for e in msg.entries]
+    entries = [
+        encode_entry(
+            e.record, e.state, e.incarnation, e.age if e.state is MemberState.DEAD else None
+        )
+        for e in msg.entries
+    ]
     chunks = encode_push_pull(
         msg.sender, msg.sync_id, msg.reply, entries, 1 << 30, [encode(op) for op in msg.key_ops]
     )
@@ -279,10 +292,16 @@ def pack_datagram(parts: Sequence[bytes]) -> bytes:
     return b"\x92" + bytes([PROTOCOL_VERSION]) + _array_header(len(parts)) + b"".join(parts)
 
 
-def encode_entry(record: NodeRecord, state: MemberState, incarnation: int) -> bytes:
-    """One push-pull entry, ``[record, state, incarnation]``."""
+def encode_entry(
+    record: NodeRecord, state: MemberState, incarnation: int, age: int | None = None
+) -> bytes:
+    """One push-pull entry, ``[record, state, incarnation]``, or with ``age`` (dead members)
+    ``[record, state, incarnation, age]``."""
     inc = bytes(_packb(incarnation))
-    return b"\x93" + encode_record(record) + bytes([_STATE_CODE[state]]) + inc
+    body = encode_record(record) + bytes([_STATE_CODE[state]]) + inc
+    if age is None:
+        return b"\x93" + body
+    return b"\x94" + body + bytes(_packb(min(max(int(age), 0), MAX_AGE)))
 
 
 def encode_push_pull(
@@ -467,7 +486,10 @@ def _decode_push_pull(m: list[Any]) -> PushPull:
             raise DecodeError("range")
         if type(inc) is not int or not 0 <= inc <= MAX_INCARNATION:
             raise DecodeError("range")
-        entries.append(new(entry, (record(rec), states[state], inc)))
+        age = e[3] if len(e) > 3 else 0
+        if type(age) is not int or not 0 <= age <= MAX_AGE:
+            raise DecodeError("range")
+        entries.append(new(entry, (record(rec), states[state], inc, age)))
     ops: tuple[KeyOp, ...] = ()
     if len(m) > 7:
         raw_ops = m[7]

@@ -117,6 +117,7 @@ class Sync:
         self.digest_due = False
         """An anti-entropy round is due: the next probe carries its `opening`."""
         self._state = state
+        self._now = 0.0  # the latest time we were called with: dead entries carry their age
         self._keyops = keyops
         self._cfg = config
         self._rng = rng
@@ -137,11 +138,13 @@ class Sync:
 
     def start(self, now: float) -> None:
         """Random phases, so that nodes started together do not sync in lockstep."""
+        self._now = now
         self._push_pull_at = now + self._rng.uniform(0, self._cfg.push_pull_interval)
         self._schedule(self._push_pull_at, "push_pull")
         self._schedule(now + self._rng.uniform(0, self._cfg.dead_probe_interval), "dead_probe")
 
     def join(self, seeds: Sequence[Addr], now: float) -> None:
+        self._now = now
         own = self._state.local.addr
         # A seed that is a member we know (from a previous run) is asked by its node id; only
         # the others are asked through "any".
@@ -160,12 +163,14 @@ class Sync:
     def bootstrapped(self, now: float) -> None:
         """A converged simulation start: synced, and the first push-pull re-phased over the
         interval a mesh of this size uses."""
+        self._now = now
         self.synced = True
         interval = push_pull_interval(self._cfg.push_pull_interval, self._state.num_nodes)
         self._push_pull_at = now + self._rng.uniform(0, interval)
         self._schedule(self._push_pull_at, "push_pull")
 
     def fire(self, kind: str, now: float) -> None:
+        self._now = now
         if kind == "push_pull" and now >= self._push_pull_at:
             # The opening rides on the next probe's ping (node.py takes it with `opening`), to
             # whichever member that probes: random enough, and no datagram of its own.
@@ -184,6 +189,7 @@ class Sync:
     def receive(self, msg: PushPull, now: float, sender: bytes, to_any: bool) -> None:
         """One push-pull chunk; ``sender``/``to_any`` as the envelope says (see the module
         docstring)."""
+        self._now = now
         st = self._state
         if msg.sender.name == st.local.name:
             if msg.sender.node_id == st.local.node_id and not msg.reply:
@@ -320,7 +326,7 @@ class Sync:
             one = st.entry(only)
             entries = [one] if one is not None else []
         else:
-            entries = st.entries()
+            entries = st.entries(self._now)
             if self.crl is not None and node_id:
                 self._emit([self.crl], addr, node_id)
         if reply_to is not None:

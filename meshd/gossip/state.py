@@ -595,12 +595,20 @@ class Membership:
 
     # --- push-pull ----------------------------------------------------------------------------
 
-    def entries(self) -> list[bytes]:
-        """Our state for a push-pull, encoded (ourselves excluded: the sender record says it)."""
+    def entries(self, now: float) -> list[bytes]:
+        """Our state for a push-pull, encoded (ourselves excluded: the sender record says it).
+        A dead member's entry carries how long it has been dead (not cached: it ages)."""
         stale = self._stale
-        if not stale:
-            return [e.wire or e.encoded() for e in self.table.values()]
-        return [e.encoded() for name, e in self.table.items() if name not in stale]
+        out = [
+            e.wire or e.encoded()
+            for name, e in self.table.items()
+            if e.state != DEAD and (not stale or name not in stale)
+        ]
+        for name in self.dead:
+            e = self.table[name]
+            if name not in stale:
+                out.append(encode_entry(e.record, DEAD, e.inc, int(now - e.since)))
+        return out
 
     def entry(self, name: str) -> bytes | None:
         e = self.table.get(name)
@@ -665,8 +673,12 @@ class Membership:
             if state == DEAD:
                 if self._jump(en.incarnation, rec.incarnation) or self._full():
                     return
-                # Learn the tombstone quietly: dead probes then find a healed partition.
-                self._add(rec, DEAD, en.incarnation, now, quiet=True)
+                if en.age >= self.cfg.tombstone_ttl:
+                    return  # the sender keeps it longer than we would: forgotten here
+                # Learn the tombstone quietly (dead probes then find a healed partition), dated
+                # by the sender's knowledge of the death: the data plane's reap and a subnet
+                # lease run from the death, not from our join.
+                self._add(rec, DEAD, en.incarnation, now - en.age, quiet=True)
                 return
             self.on_alive(rec, now)
         self.on_suspect(en.incarnation, name, sender, now)

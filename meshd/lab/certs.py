@@ -29,16 +29,21 @@ class LabCA:
     def ca_cert(self) -> Path:
         return self.directory / pki.CA_CERT
 
-    def issue(self, host: Host, days: int = 30) -> Path:
-        """``host``'s certificate (and its key beside it, ``.key``); made once, then reused."""
+    def issue(self, host: Host, days: int = 30, pool_len: int | None = None) -> Path:
+        """``host``'s certificate (and its key beside it, ``.key``); made once, then reused.
+        It grants the host's planned subnet, or with ``pool_len`` any /pool_len of the network
+        (the host allocates one)."""
         prefix = self.directory / host.name
         crt = prefix.with_name(prefix.name + ".crt")
         if not crt.exists():
-            pki.sign(
-                self.directory, host.name, host.underlay_ip, Grant.fixed(host.subnet), prefix, days
+            grant = (
+                Grant.fixed(host.subnet)
+                if pool_len is None
+                else Grant.from_pool(self.network, pool_len)
             )
+            pki.sign(self.directory, host.name, host.underlay_ip, grant, prefix, days)
         return crt
 
-    def args(self, host: Host) -> list[str]:
+    def args(self, host: Host, pool_len: int | None = None) -> list[str]:
         """The ``meshd join`` flags that put ``host`` in certificate mode."""
-        return ["--ca", str(self.ca_cert), "--cert", str(self.issue(host))]
+        return ["--ca", str(self.ca_cert), "--cert", str(self.issue(host, pool_len=pool_len))]

@@ -6,6 +6,7 @@ test sees exactly what an operator would run.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -56,6 +57,9 @@ class Daemons(Topology):
     certificates: bool = True
     """Daemons run in certificate mode, with a throwaway CA in the work directory (``ca``);
     False: shared-key mode (the mesh key alone)."""
+    allocate: bool = False
+    """Daemons get ``--network`` and no ``--subnet``: each allocates its own (with certificates,
+    a pool grant of the pod network); `adopt_subnets` then moves each host's pod side there."""
 
     @cached_property
     def daemons(self) -> dict[str, Daemon]:
@@ -81,13 +85,23 @@ class Daemons(Topology):
         """The ``python -m meshd join ...`` command line for ``host``; state dir and socket live
         under ``<workdir>/<host name>/``."""
         hdir = Path(workdir or self.workdir) / host.name
-        trust = self.ca.args(host) if self.certificates and "--ca" not in extra_args else []
+        plen = int(host.subnet.rpartition("/")[2])
+        trust = (
+            self.ca.args(host, pool_len=plen if self.allocate else None)
+            if self.certificates and "--ca" not in extra_args
+            else []
+        )
+        where = (
+            ["--network", self.pod_network, "--subnet-len", str(plen)]
+            if self.allocate
+            else ["--subnet", host.subnet]
+        )
         return [
             sys.executable, "-m", "meshd", "join", *seeds,
             "--name", host.name,
             "--public-ip", host.underlay_ip,
             "--iface", "eth0",
-            "--subnet", host.subnet,
+            *where,
             "--backend", backend,
             "--port", str(port),
             "--key-file", str(key_file),
@@ -155,6 +169,33 @@ class Daemons(Topology):
             )
             for h in (hosts or self.hosts)
         ]
+
+    def allocated_subnet(self, host: Host) -> str | None:
+        """The subnet ``host``'s daemon settled on, from the subnet.env it writes once the
+        subnet settled (as a CNI plugin would read it); None before."""
+        try:
+            text = (self.workdir / host.name / "subnet.env").read_text()
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key == "FLANNEL_SUBNET" and value:
+                return str(ipaddress.IPv4Network(value, strict=False))
+        return None
+
+    def adopt_subnets(self) -> dict[str, str]:
+        """Allocating: move each host's pod side (bridge, container) to the subnet its daemon
+        settled on, where that changed; returns the hosts moved and their subnet."""
+        moved = {}
+        for h in list(self.hosts):
+            subnet = self.allocated_subnet(h)
+            if subnet is not None and subnet != h.subnet:
+                new = self.readdress(h, subnet)
+                moved[new.name] = subnet
+                d = self.daemons.get(new.name)
+                if d is not None:
+                    d.host = new
+        return moved
 
     def stop_daemon(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop one daemon (``sig=SIGKILL`` for a crash); ``start_daemon`` restarts it."""

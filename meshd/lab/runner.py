@@ -72,6 +72,7 @@ def run_lab(
     keep: bool,
     say: Callable[[str], None] = print,
     shared_key: bool = False,
+    allocate: bool = False,
 ) -> int:
     """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings)."""
     if hosts < 2:
@@ -95,9 +96,27 @@ def run_lab(
                 f"trust: certificates from a throwaway CA ({lab.ca.ca_cert}) binding each host's "
                 "name, underlay IP and subnet"
             )
-        lab.start_daemons(key_file=key, backend=backend)
-        say(f"started {hosts} meshd daemons ({backend}); h1 is the seed, the rest join through it")
+        lab.allocate = allocate
+        if allocate:
+            # Every daemon at once, each picking its own subnet of the pod network.
+            lab.start_daemons(key_file=key, backend=backend)
+            say(
+                f"started {hosts} meshd daemons ({backend}) at once with --network "
+                f"{lab.pod_network} and no --subnet: each allocates its own"
+            )
+        else:
+            lab.start_daemons(key_file=key, backend=backend)
+            say(
+                f"started {hosts} meshd daemons ({backend}); h1 is the seed, "
+                "the rest join through it"
+            )
         ok = _converge(lab, say)
+        if allocate:
+            subnets = {h.name: h.subnet for h in lab.hosts}
+            say("\nallocated subnets: " + ", ".join(f"{n} {s}" for n, s in subnets.items()))
+            if len(set(subnets.values())) != len(subnets):
+                say("FAILED: two hosts hold the same subnet")
+                ok = False
         first = lab.daemons["h1"]
         say("\n$ meshd peers   # on h1\n" + fmt.peers(client.peers(first.socket_path)))
         dev = tunnel_device(backend)
@@ -142,6 +161,9 @@ def _converge(lab: Lab, say: Callable[[str], None]) -> bool:
     all_alive_at: float | None = None
     while time.monotonic() < deadline:
         seen = []
+        if lab.allocate:
+            for name, subnet in lab.adopt_subnets().items():
+                say(f"  {time.monotonic() - t0:5.1f}s {name} settled on {subnet}")
         for d in lab.daemons.values():
             if not d.alive():
                 raise LabError(f"meshd on {d.host.name} exited; see {d.log_path}")

@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -351,6 +351,25 @@ class Topology(Processes):
         return path
 
     # ------------------------------------------------------------------ plumbing
+
+    def readdress(self, host: Host, subnet: str) -> Host:
+        """Move ``host``'s pod side to ``subnet`` (one its daemon allocated): the bridge takes
+        the first address, the container the second and its default route via the bridge.
+        Returns the updated host, which replaces ``host`` in ``hosts``."""
+        net = ipaddress.IPv4Network(subnet)
+        new = replace(host, subnet=str(net), gateway=str(net[1]), container_ip=str(net[2]))
+        if new == host:
+            return host
+        hcmds = ["addr flush dev br", f"addr add {new.gateway}/{net.prefixlen} dev br"]
+        ccmds = [
+            "addr flush dev eth0",
+            f"addr add {new.container_ip}/{net.prefixlen} dev eth0",
+            f"route replace default via {new.gateway}",
+        ]
+        ns_exec(host.ns, ["ip", "-batch", "-"], input=_lines(hcmds))
+        ns_exec(host.container_ns, ["ip", "-batch", "-"], input=_lines(ccmds))
+        self.hosts[self.hosts.index(host)] = new
+        return new
 
     def set_rp_filter(self, mode: int) -> None:
         """Set rp_filter (0 off, 1 strict, 2 loose) on every host, for all/default and every

@@ -507,3 +507,37 @@ def test_digest_of_the_wrong_length_is_dropped() -> None:
     bad = m.pack_datagram([bytes([0x94, 9, 1, 0xC2, 0xC4, 3, 1, 2, 3])])
     n.receive_datagram(bad, SRC, 1.0)
     assert n.counters["drop.malformed"] == 1 and sent(n) == []
+
+
+def test_a_learned_tombstone_is_dated_by_the_senders_age_and_ages_on() -> None:
+    n = node()
+    dead = m.PushPullEntry(B, MemberState.DEAD, B.incarnation, 100)
+    feed(n, m.PushPull(A, 7, True, 0, 1, (dead,)), now=500.0)
+    b = {x.record.name: x for x in n.members()}[B.name]
+    assert b.state == MemberState.DEAD and b.state_since == 400.0
+    # What we tell the next joiner: dead for 100 s plus the time since.
+    sent_entries = [e for e in entries_of(n._state.entries(530.0)) if e.record.name == B.name]
+    assert [(e.state, e.age) for e in sent_entries] == [(MemberState.DEAD, 130)]
+    # A tombstone older than we would keep one is not learned at all.
+    fresh = node()
+    old = m.PushPullEntry(B, MemberState.DEAD, B.incarnation, int(GossipConfig().tombstone_ttl))
+    feed(fresh, m.PushPull(A, 8, True, 0, 1, (old,)), now=500.0)
+    assert state(fresh, B.name) is None
+
+
+def test_push_pull_entries_without_an_age_are_read_as_age_zero() -> None:
+    three = m.encode_entry(B, MemberState.DEAD, 3)
+    four = m.encode_entry(B, MemberState.DEAD, 3, 42)
+    assert three[0] == 0x93 and four[0] == 0x94
+    assert [e.age for e in entries_of([three])] == [0]
+    assert [e.age for e in entries_of([four])] == [42]
+
+
+def entries_of(raw: list[bytes]) -> list[m.PushPullEntry]:
+    """Encoded push-pull entries as a receiver decodes them."""
+    out: list[m.PushPullEntry] = []
+    for chunk in m.encode_push_pull(A, 1, True, raw, 1 << 30, []):
+        for msg in m.decode(m.pack_datagram([chunk])):
+            assert isinstance(msg, m.PushPull)
+            out += msg.entries
+    return out
