@@ -72,7 +72,7 @@ class Membership:
         self.changed = changed
         """Set by the transport when the core has news (`GossipNode.has_news`)."""
         self._last_save = 0.0
-        self._saved_key: tuple[tuple[str, int, str], ...] = ()
+        self._saved_key: tuple[object, ...] = ()
         self._fw_forced = 0.0
         self._fw_error: str | None = None
 
@@ -208,19 +208,25 @@ class Membership:
         ``force``."""
         now = time.monotonic()
         members = self.node.members()
-        key = tuple((m.record.name, m.record.incarnation, str(m.state.value)) for m in members)
+        key = (
+            self.node.leaving,
+            *((m.record.name, m.record.incarnation, str(m.state.value)) for m in members),
+        )
         if (key == self._saved_key and not heartbeat) or (
             not force and now - self._last_save < SAVE_EVERY
         ):
             return
         self._saved_key, self._last_save = key, now
         me = self.node.local
+        # An allocated subnet is released by a leave: the mesh may hand it out at once, so a
+        # later start must not claim it back with its old age.
+        released = self.allocator is not None and self.node.leaving
         self.store.save(
             State(
                 node_id=me.node_id,
                 incarnation=me.incarnation,
-                subnet=me.subnet,
-                subnet_since=me.since,
+                subnet=None if released else me.subnet,
+                subnet_since=0 if released else me.since,
                 saved_at=time.time(),
                 members=[
                     m.record

@@ -384,6 +384,11 @@ class GossipNode:
         self._state.leave()
         self._after(now)
 
+    @property
+    def leaving(self) -> bool:
+        """`leave` was called: this node is gone from the mesh's point of view."""
+        return self._state.leaving
+
     def leave_done(self) -> bool:
         """True once the leave broadcast was sent its full retransmit count (or nobody is left)."""
         st = self._state
