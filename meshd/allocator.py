@@ -47,6 +47,7 @@ class Allocator:
         self.backend = backend
         self.network = network
         self._exclude = [s for s in (prefix.span(c, strict=False) for c in exclude) if s]
+        self._exclude_text = list(exclude)
         self._rng = rng
         self.moves = 0
         self.last_move: str | None = None
@@ -89,7 +90,10 @@ class Allocator:
         if subnet is None:  # what the state dir knows may be stale: only the mesh can say full
             subnet = allocation.pick(self.pool, self._exclude, self._rng)
         if subnet is None:
-            raise AllocationError(allocation.full_message(self.pool))
+            raise AllocationError(
+                f"{self.pool.describe()}: no subnet is clear of this host's own network "
+                f"({', '.join(self._exclude_text)})"
+            )
         self.origin = "picked"
         return subnet, int(wall)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -444,5 +445,38 @@ def test_fake_answers_eexist_like_the_kernel() -> None:
         assert await fake.routes_apply("add", [e], RTPROT_MESHD) == []
         (fail,) = await fake.routes_apply("add", [e], RTPROT_MESHD)
         assert error_code(fail.error) == errno.EEXIST
+
+    run_virtual(main)
+
+
+# --- an allocated subnet: settles, then may move -------------------------------------------------
+
+
+def test_a_moved_subnet_moves_the_device_address_bridge_and_subnet_env(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path, bridge="br0")
+        h.r = Reconciler(h.cfg, h.local, UL, clock=h.loop.time, nl=h.fake, settled=False)
+        try:
+            await h.start(alive(rec(2)))
+            env = tmp_path / "subnet.env"
+            assert not env.exists()  # not settled: CNI must not hand out this subnet yet
+            dev = h.fake.index_of("meshd.1")
+            br = h.fake.index_of("br0")
+            assert dev is not None and br is not None
+            old = h.local.subnet
+            h.r.set_local(h.local, settled=True)
+            await h.until(env.exists)
+            assert f"FLANNEL_SUBNET={old.replace('.0/', '.1/')}" in env.read_text()
+            h.fake.addrs[br].append(("192.0.2.1", 24))  # someone else's address stays
+
+            moved = replace(h.local, subnet="10.244.77.0/24")
+            h.r.set_local(moved, settled=True)
+            await h.until(lambda: ("10.244.77.0", 32) in h.fake.addrs[dev])
+            await h.until(lambda: "FLANNEL_SUBNET=10.244.77.1/24" in env.read_text())
+            assert h.fake.addrs[dev] == [("10.244.77.0", 32)]
+            assert sorted(h.fake.addrs[br]) == [("10.244.77.1", 24), ("192.0.2.1", 24)]
+            assert set(h.routes()) == {rec(2).subnet}
+        finally:
+            await h.close()
 
     run_virtual(main)
