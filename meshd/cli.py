@@ -111,6 +111,12 @@ def join(
     subnet_env: Annotated[
         Path | None, typer.Option(help="flannel-style subnet.env (/run/meshd/subnet.env).")
     ] = None,
+    ipmasq: Annotated[
+        bool | None,
+        typer.Option(
+            "--ipmasq/--no-ipmasq", help="Masquerade what leaves --network (FLANNEL_IPMASQ)."
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run the daemon in the foreground and join the mesh (logs to stderr)."""
@@ -132,6 +138,7 @@ def join(
             "state_dir": state_dir,
             "socket": socket,
             "subnet_env": subnet_env,
+            "ipmasq": ipmasq,
             "log_level": log_level,
         },
     )

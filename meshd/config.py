@@ -70,7 +70,8 @@ class Config:
     subnet_env: Path = Path("/run/meshd/subnet.env")
     """flannel-compatible environment file for CNI plugins."""
     ipmasq: bool = False
-    """Value written as FLANNEL_IPMASQ."""
+    """meshd masquerades traffic leaving the cluster network (table ip meshd-nat; pod-to-pod
+    keeps its source) and writes FLANNEL_IPMASQ=true; needs ``network``."""
     resync_interval: float = 30.0
     """Seconds between full data-plane resyncs."""
     log_level: str = "info"
@@ -154,6 +155,12 @@ def build(values: dict[str, Any]) -> Config:
         raise ConfigError("ca: given without cert (this node's certificate)")
     if cfg.cert is not None and cfg.cert_key is None:
         cfg = replace(cfg, cert_key=cfg.cert.with_suffix(".key"))
+    if cfg.ipmasq and cfg.network is None and cfg.ca is None:
+        # With certificates the network comes from the CA; otherwise nothing says what is inside.
+        raise ConfigError(
+            "ipmasq: needs network (the cluster network, e.g. 10.244.0.0/16): "
+            "what leaves it is masqueraded, what stays inside it never is"
+        )
     g = cfg.gossip
     if g.probe_timeout >= g.probe_interval:
         raise ConfigError("gossip.probe_timeout: must be shorter than probe_interval")

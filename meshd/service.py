@@ -76,6 +76,7 @@ class Service:
     reconciler: DataplaneView | None = None
     firewall: HasStatus | None = None
     started: float = 0.0
+    masquerade: HasStatus | None = None
 
     def commands(self) -> dict[str, Handler]:
         """The control socket's command table: raw JSON request -> typed call."""
@@ -178,6 +179,7 @@ class Service:
             "trust": self.trust_status(),
             "dataplane": self.reconciler.status() if self.reconciler else {},
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
+            "masquerade": self.masquerade.status() if self.masquerade else {"enabled": False},
         }
 
     def trust_status(self) -> dict[str, Any]:

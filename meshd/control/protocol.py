@@ -9,7 +9,7 @@ argument becomes a one-line ControlError. Stdlib only: the CLI imports this.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from meshd.errors import ControlError
 
@@ -75,6 +75,9 @@ class StatusReply(TypedDict):
     dataplane: dict[str, Any]
     """The reconciler's status (dataplane/reconciler.py), ``{}`` before it started."""
     filter: dict[str, Any]
+    masquerade: NotRequired[dict[str, Any]]
+    """``ipmasq``: the masquerade's status (dataplane/masquerade.py), or ``{"enabled": False}``;
+    absent from daemons older than the feature."""
 
 
 class KeyList(TypedDict):

@@ -158,10 +158,7 @@ class Masquerade:
     async def remove(self) -> None:
         """Delete ``table ip meshd-nat`` if it exists (``ipmasq`` switched off); nothing else."""
         self._applied = None
-        t = f"{FAMILY} {TABLE}"
-        await nft.run(
-            ["-f", "-"], f"add table {t}\ndelete table {t}\n", label="masquerade", netns=self.netns
-        )
+        await remove_table(self.netns)
 
     async def read(self) -> dict[str, Any]:
         """What the kernel holds: ``present``, the ``listing`` parts (see :func:`listing`) and
@@ -177,6 +174,7 @@ class Masquerade:
     def status(self) -> dict[str, Any]:
         """JSON-able: what was last applied and whether it worked (no kernel access)."""
         return {
+            "enabled": True,
             "table": f"{FAMILY} {TABLE}",
             "network": self.network,
             "subnet": self._applied,
@@ -198,6 +196,15 @@ class Masquerade:
         if not ipaddress.IPv4Network(sub).subnet_of(ipaddress.IPv4Network(self.network)):
             raise DataplaneError(f"masquerade: subnet {sub} is outside network {self.network}")
         return sub
+
+
+async def remove_table(netns: str | None = None) -> None:
+    """Delete ``table ip meshd-nat`` if it exists: what a daemon started with ``ipmasq = false``
+    does with the table an earlier run left (it knows no network to build a Masquerade from)."""
+    t = f"{FAMILY} {TABLE}"
+    await nft.run(
+        ["-f", "-"], f"add table {t}\ndelete table {t}\n", label="masquerade", netns=netns
+    )
 
 
 def listing(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -275,4 +282,4 @@ def _net(cidr: str, what: str) -> str:
         raise DataplaneError(f"masquerade: {what} {cidr!r}: {exc}") from None
 
 
-__all__ = ["Masquerade", "listing"]
+__all__ = ["Masquerade", "listing", "remove_table"]

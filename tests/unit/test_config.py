@@ -30,6 +30,7 @@ def test_defaults_and_gossip_table(tmp_path: Path) -> None:
         ('[gossip]\nprobe_interval = "fast"\n', "gossip.probe_interval.*line 2"),
         ("subnet = \n", "m.toml"),
         ('public_ip = "300.1.1.1"\n', "public_ip"),
+        ("\nipmasq = true\n", "ipmasq: needs network .*line 2"),
     ],
 )
 def test_bad_file_names_key_and_line(tmp_path: Path, text: str, msg: str) -> None:
@@ -61,3 +62,12 @@ def test_config_builds_the_cores_own_gossip_config() -> None:
     g = build({"subnet": "10.244.1.0/24", "gossip.probe_interval": 2.0}).gossip
     assert type(g) is GossipConfig and g.probe_interval == 2.0
     assert g.probe_timeout == GossipConfig().probe_timeout
+
+
+def test_ipmasq_needs_a_network() -> None:
+    assert build({"ipmasq": True, "network": "10.244.0.0/16"}).ipmasq
+    # With certificates the network is the CA's (checked at start, daemon.py).
+    assert build({"ipmasq": True, "ca": "/ca.pem", "cert": "/n.pem"}).ipmasq
+    with pytest.raises(ConfigError, match=r"^ipmasq: needs network \(the cluster network"):
+        build({"ipmasq": True, "subnet": "10.244.1.0/24"})
+    assert not build({"subnet": "10.244.1.0/24"}).ipmasq
