@@ -447,6 +447,10 @@ def lab(
     shared_key: Annotated[
         bool, typer.Option(help="No CA: the mesh key alone (default: a throwaway CA).")
     ] = False,
+    cni: Annotated[
+        bool,
+        typer.Option(help="Pods attached by the flannel CNI plugin (bridge + host-local)."),
+    ] = False,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
@@ -462,8 +466,11 @@ def lab(
             fail("--keep and --uml: the guest powers off at the end; run without --keep")
         argv = ["--hosts", str(hosts), "--backend", backend, *(["--routed"] if routed else [])]
         argv += ["--shared-key"] if shared_key else []
+        argv += ["--cni"] if cni else []
         raise typer.Exit(run_in_guest(argv, say=typer.echo))
-    raise typer.Exit(run_lab(hosts, backend, routed, keep, say=typer.echo, shared_key=shared_key))
+    raise typer.Exit(
+        run_lab(hosts, backend, routed, keep, say=typer.echo, shared_key=shared_key, cni=cni)
+    )
 
 
 @lab_app.command("down")

@@ -20,6 +20,7 @@ from meshd.control import format as fmt
 from meshd.dataplane import backends
 from meshd.errors import ControlError, LabError
 from meshd.lab import Lab, cleanup_on_signals, down, format_matrix, write_key
+from meshd.lab.cni import find_flannel
 
 PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
 """Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""
@@ -72,16 +73,25 @@ def run_lab(
     keep: bool,
     say: Callable[[str], None] = print,
     shared_key: bool = False,
+    cni: bool = False,
 ) -> int:
-    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings)."""
+    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings).
+
+    ``cni``: no lab bridge; each host's pod is attached by the flannel CNI plugin (bridge +
+    host-local) reading the subnet file its daemon writes, and the daemons masquerade
+    (``--ipmasq``), as docs/kubernetes.md sets a node up."""
     if hosts < 2:
         raise LabError("--hosts: a mesh needs at least 2 hosts")
     if backend == "host-gw" and routed:
         say("note: host-gw needs one L2 segment; on a routed lab it must fail across the router")
     preflight(backend)
+    plugin = find_flannel() if cni else None
     if leftover := down(PREFIX):
         say(f"removed a previous lab ({len(leftover)} namespaces)")
-    with cleanup_on_signals(), Lab(PREFIX, hosts=hosts, routed=routed, keep=keep) as lab:
+    with (
+        cleanup_on_signals(),
+        Lab(PREFIX, hosts=hosts, routed=routed, keep=keep, cni=cni) as lab,
+    ):
         say(
             f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}) "
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
@@ -95,8 +105,10 @@ def run_lab(
                 f"trust: certificates from a throwaway CA ({lab.ca.ca_cert}) binding each host's "
                 "name, underlay IP and subnet"
             )
-        lab.start_daemons(key_file=key, backend=backend)
+        lab.start_daemons(key_file=key, backend=backend, extra_args=["--ipmasq"] if cni else ())
         say(f"started {hosts} meshd daemons ({backend}); h1 is the seed, the rest join through it")
+        if plugin is not None:
+            _attach_pods(lab, plugin, say)
         ok = _converge(lab, say)
         first = lab.daemons["h1"]
         say("\n$ meshd peers   # on h1\n" + fmt.peers(client.peers(first.socket_path)))
@@ -131,6 +143,18 @@ def run_lab(
             f"{'' if keep else '; tearing the lab down'}"
         )
         return 0
+
+
+def _attach_pods(lab: Lab, plugin: Path, say: Callable[[str], None]) -> None:
+    """CNI ADD of each host's pod, once its daemon has written the subnet file."""
+    for h in lab.hosts:
+        env = lab.wait_subnet_env(h)
+        pod = lab.cni_add(h, plugin=plugin)
+        say(
+            f"  {h.name}: pod {pod.ip} attached by {plugin} (FLANNEL_NETWORK="
+            f"{env.get('FLANNEL_NETWORK')} FLANNEL_MTU={env.get('FLANNEL_MTU')} "
+            f"FLANNEL_IPMASQ={env.get('FLANNEL_IPMASQ')})"
+        )
 
 
 def _converge(lab: Lab, say: Callable[[str], None]) -> bool:
