@@ -30,7 +30,6 @@ def test_defaults_and_gossip_table(tmp_path: Path) -> None:
         ('[gossip]\nprobe_interval = "fast"\n', "gossip.probe_interval.*line 2"),
         ("subnet = \n", "m.toml"),
         ('public_ip = "300.1.1.1"\n', "public_ip"),
-        ("\nipmasq = true\n", "ipmasq: needs network .*line 2"),
     ],
 )
 def test_bad_file_names_key_and_line(tmp_path: Path, text: str, msg: str) -> None:
@@ -71,3 +70,12 @@ def test_ipmasq_needs_a_network() -> None:
     with pytest.raises(ConfigError, match=r"^ipmasq: needs network \(the cluster network"):
         build({"ipmasq": True, "subnet": "10.244.1.0/24"})
     assert not build({"subnet": "10.244.1.0/24"}).ipmasq
+
+
+def test_ipmasq_in_the_file_network_by_flag(tmp_path: Path) -> None:
+    p = tmp_path / "m.toml"
+    p.write_text("ipmasq = true\n")
+    values = load_file(p)  # the file alone is fine: --network may come with the flags
+    assert build({**values, "network": "10.244.0.0/16"}).ipmasq
+    with pytest.raises(ConfigError, match="^ipmasq: needs network"):
+        build(values)
