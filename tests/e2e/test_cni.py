@@ -118,3 +118,23 @@ def test_flannel_plugin_on_meshd(
         assert [p.name for p in leases.iterdir() if p.name[0].isdigit()] == []
         assert not (lab.cni_dir(h) / "flannel" / pod.container_id).exists()
     assert not lab.ping(pods[0].ns, pods[1].ip, timeout=0.5)
+
+    # A restart keeps the table as it is (adopted, no gap); ipmasq switched off removes it.
+    h1 = lab.hosts[0]
+
+    def nat_tables() -> bool:
+        return "ip meshd-nat" in ns_exec(h1.ns, ["nft", "list", "tables"]).stdout
+
+    lab.stop_daemon(h1.name)
+    assert nat_tables()
+    lab.start_daemon(h1, key_file=key, backend=backend, extra_args=["--config", str(cfg)])
+    wait_until(all_alive(lab, names), 30, "h1 back", lab)
+    assert cli(lab.daemons[h1.name], "status", "--json")["masquerade"]["adopted"]
+    lab.stop_daemon(h1.name)
+    plain = tmp_path / "plain.toml"
+    plain.write_text(FAST_GOSSIP)
+    lab.start_daemon(h1, key_file=key, backend=backend, extra_args=["--config", str(plain)])
+    wait_until(lambda: not nat_tables(), 30, "ip meshd-nat removed", lab)
+    wait_until(
+        lambda: lab.wait_subnet_env(h1).get("FLANNEL_IPMASQ") == "false", 30, "FLANNEL_IPMASQ", lab
+    )
