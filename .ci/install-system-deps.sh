@@ -12,6 +12,10 @@
 #   busybox-static "busybox poweroff -f": a synchronous power-off for the UML guest
 #   openssl        the CLI tests check that `openssl x509 -text`/`openssl crl -text` read meshd's
 #                  certificates and CRLs
+#   containernetworking-plugins
+#                  the CNI bridge and host-local plugins (/usr/lib/cni) the flannel CNI plugin
+#                  delegates to (tests/e2e/test_cni.py, `meshd lab --cni`; the flannel plugin
+#                  itself is not packaged: see docs/kubernetes.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod openssl)
+pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod openssl containernetworking-plugins)
 # Any busybox will do (the dynamic one runs in the guest too, the root is shared); installing
 # busybox-static over an existing busybox would replace it.
 command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)

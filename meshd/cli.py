@@ -118,6 +118,12 @@ def join(
     subnet_env: Annotated[
         Path | None, typer.Option(help="flannel-style subnet.env (/run/meshd/subnet.env).")
     ] = None,
+    ipmasq: Annotated[
+        bool | None,
+        typer.Option(
+            "--ipmasq/--no-ipmasq", help="Masquerade what leaves --network (FLANNEL_IPMASQ)."
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Run the daemon in the foreground and join the mesh (logs to stderr)."""
@@ -140,6 +146,7 @@ def join(
             "state_dir": state_dir,
             "socket": socket,
             "subnet_env": subnet_env,
+            "ipmasq": ipmasq,
             "log_level": log_level,
         },
     )
@@ -451,6 +458,10 @@ def lab(
     allocate: Annotated[
         bool, typer.Option(help="Start every daemon at once with --network, no --subnet.")
     ] = False,
+    cni: Annotated[
+        bool,
+        typer.Option(help="Pods attached by the flannel CNI plugin (bridge + host-local)."),
+    ] = False,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
@@ -467,10 +478,18 @@ def lab(
         argv = ["--hosts", str(hosts), "--backend", backend, *(["--routed"] if routed else [])]
         argv += ["--shared-key"] if shared_key else []
         argv += ["--allocate"] if allocate else []
+        argv += ["--cni"] if cni else []
         raise typer.Exit(run_in_guest(argv, say=typer.echo))
     raise typer.Exit(
         run_lab(
-            hosts, backend, routed, keep, say=typer.echo, shared_key=shared_key, allocate=allocate
+            hosts,
+            backend,
+            routed,
+            keep,
+            say=typer.echo,
+            shared_key=shared_key,
+            allocate=allocate,
+            cni=cni,
         )
     )
 

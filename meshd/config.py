@@ -77,7 +77,8 @@ class Config:
     subnet_env: Path = Path("/run/meshd/subnet.env")
     """flannel-compatible environment file for CNI plugins."""
     ipmasq: bool = False
-    """Value written as FLANNEL_IPMASQ."""
+    """meshd masquerades traffic leaving the cluster network (table ip meshd-nat; pod-to-pod
+    keeps its source) and writes FLANNEL_IPMASQ=true; needs ``network``."""
     resync_interval: float = 30.0
     """Seconds between full data-plane resyncs."""
     log_level: str = "info"
@@ -134,15 +135,17 @@ def load_file(path: Path) -> dict[str, Any]:
         else:
             raise ConfigError(f"{path}: unknown key {key}{_line_of(text, key)}")
     try:
-        build(out)
+        build(out, complete=False)  # flags may add what the file leaves out (network)
     except ConfigError as exc:
         bad = str(exc).split(":", 1)[0].removeprefix("gossip.")
         raise ConfigError(f"{path}: {exc}{_line_of(text, bad)}") from None
     return out
 
 
-def build(values: dict[str, Any]) -> Config:
-    """Validate flat ``key -> value`` overrides (``gossip.x`` for the table) into a Config."""
+def build(values: dict[str, Any], *, complete: bool = True) -> Config:
+    """Validate flat ``key -> value`` overrides (``gossip.x`` for the table) into a Config.
+    ``complete=False``: a part (a config file before the flags), so a key that needs another
+    one (``ipmasq`` needs ``network``) is not held against it yet."""
     top: dict[str, Any] = {}
     gossip: dict[str, Any] = {}
     for key, value in values.items():
@@ -161,6 +164,12 @@ def build(values: dict[str, Any]) -> Config:
         raise ConfigError("ca: given without cert (this node's certificate)")
     if cfg.cert is not None and cfg.cert_key is None:
         cfg = replace(cfg, cert_key=cfg.cert.with_suffix(".key"))
+    if complete and cfg.ipmasq and cfg.network is None and cfg.ca is None:
+        # With certificates the network comes from the CA; otherwise nothing says what is inside.
+        raise ConfigError(
+            "ipmasq: needs network (the cluster network, e.g. 10.244.0.0/16): "
+            "what leaves it is masqueraded, what stays inside it never is"
+        )
     g = cfg.gossip
     if cfg.subnet_lease < g.reap_after:
         raise ConfigError(

@@ -30,6 +30,7 @@ from meshd.control.server import ControlServer, group_id
 from meshd.dataplane import allocation, backends
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
+from meshd.dataplane.masquerade import Masquerade, remove_table
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.errors import ConfigError, DataplaneError, MeshdError
@@ -57,6 +58,7 @@ class Daemon:
         self.transport: Transport | None = None
         self.reconciler: Reconciler | None = None
         self.firewall: Firewall | None = None
+        self.masquerade: Masquerade | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
 
@@ -197,6 +199,10 @@ class Daemon:
         self.reconciler = Reconciler(rcfg, local, underlay, settled=self.allocator is None)
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
+        if cfg.ipmasq:
+            if network is None:  # config.build refuses it; a certificate always brings one
+                raise ConfigError("ipmasq: needs network")
+            self.masquerade = Masquerade(network)
         self.service = Service(
             node,
             self.transport,
@@ -212,7 +218,8 @@ class Daemon:
             self.reconciler,
             self.firewall,
             time.monotonic(),
-            self.allocator,
+            allocator=self.allocator,
+            masquerade=self.masquerade,
         )
         self.membership = Membership(
             node,
@@ -224,6 +231,7 @@ class Daemon:
             changed,
             self.crl_store,
             self.allocator,
+            masquerade=self.masquerade,
         )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)
@@ -237,6 +245,7 @@ class Daemon:
             # The filter was switched off: drop the table an earlier run may have left.
             with contextlib.suppress(DataplaneError):
                 await Firewall(cfg.backend, cfg.vxlan_port).remove()
+        await self._start_masquerade()
         # Kept only once listening: closing a server that failed to start would unlink the
         # socket of the daemon that holds it.
         control = ControlServer(
@@ -259,6 +268,16 @@ class Daemon:
             len(known),
             len(seeds),
         )
+
+    async def _start_masquerade(self) -> None:
+        """ipmasq: install the rules now (an identical table left by the previous run is kept,
+        so a restart leaves no gap); off: drop the table an earlier run may have left."""
+        if self.masquerade is not None:
+            # Like the data plane: membership works without it; `status` reports the error.
+            await self.membership.update_masquerade(force=True)
+        elif shutil.which("nft"):
+            with contextlib.suppress(DataplaneError):
+                await remove_table()
 
     async def _resolve_seeds(self, local: NodeRecord) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
@@ -294,6 +313,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self.membership.firewall_loop(), name="filter"))
         if self.allocator is not None:
             tasks.append(asyncio.create_task(self.membership.heartbeat_loop(), name="heartbeat"))
+        if self.masquerade is not None:
+            tasks.append(asyncio.create_task(self.membership.masquerade_loop(), name="masquerade"))
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         rc = 0

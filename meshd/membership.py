@@ -1,8 +1,9 @@
-"""The membership loop: forwards what the gossip core learned to the data plane, the filter and
-the state dir.
+"""The membership loop: forwards what the gossip core learned to the data plane, the filter,
+the masquerade and the state dir.
 
 Woken by the transport after every datagram or timer that brought news (`GossipNode.has_news`);
-the filter also gets a periodic forced apply, which restores rules deleted by hand.
+the filter and the masquerade also get a periodic forced apply, which restores rules changed by
+hand.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class Filter(Protocol):
     async def apply(self, member_ips: Iterable[str], *, force: bool = False) -> bool: ...
 
 
+class Nat(Protocol):
+    """The masquerade (``ipmasq``) as this loop sees it."""
+
+    async def apply(self, subnet: str, *, force: bool = False) -> bool: ...
+
+
 class Membership:
     def __init__(
         self,
@@ -58,6 +65,8 @@ class Membership:
         changed: asyncio.Event,
         crl_store: CrlStore | None = None,
         allocator: Allocator | None = None,
+        *,
+        masquerade: Nat | None = None,
     ) -> None:
         self.node = node
         self.allocator = allocator
@@ -75,6 +84,8 @@ class Membership:
         self._saved_key: tuple[object, ...] = ()
         self._fw_forced = 0.0
         self._fw_error: str | None = None
+        self.masquerade = masquerade
+        self._mq_error: str | None = None
 
     async def run(self) -> None:
         """Act on news only: member events, the first full sync, or a new local incarnation
@@ -102,6 +113,8 @@ class Membership:
             elif incarnation != self.node.local.incarnation:
                 self.save(force=True)
             incarnation = self.node.local.incarnation
+            if self._mq_error is None:  # after a failure, the periodic loop retries
+                await self.update_masquerade()
             self.check_trust()
             await asyncio.sleep(BATCH)
 
@@ -193,6 +206,26 @@ class Membership:
         self._fw_error = None
         if force:
             self._fw_forced = now
+
+    async def masquerade_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            await self.update_masquerade(force=True)
+
+    async def update_masquerade(self, force: bool = False) -> None:
+        """The rules follow this node's subnet, which can change at runtime (allocation); nft
+        runs only when it did, or when ``force`` (drift repair, and at start: an identical table
+        is kept). Errors are logged once each and left in the masquerade's status."""
+        if self.masquerade is None:
+            return
+        try:
+            await self.masquerade.apply(self.node.local.subnet, force=force)
+        except DataplaneError as exc:
+            if str(exc) != self._mq_error:
+                log.error("%s", exc)
+            self._mq_error = str(exc)
+            return
+        self._mq_error = None
 
     def peer_views(self) -> list[PeerView]:
         me = self.node.local.name

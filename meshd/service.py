@@ -78,6 +78,7 @@ class Service:
     started: float = 0.0
     allocator: HasStatus | None = None
     """Set when this node allocates its subnet (meshd/allocator.py)."""
+    masquerade: HasStatus | None = None
 
     def commands(self) -> dict[str, Handler]:
         """The control socket's command table: raw JSON request -> typed call."""
@@ -181,6 +182,7 @@ class Service:
             "dataplane": self.reconciler.status() if self.reconciler else {},
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
             "allocation": self.allocator.status() if self.allocator else {},
+            "masquerade": self.masquerade.status() if self.masquerade else {"enabled": False},
         }
 
     def trust_status(self) -> dict[str, Any]:

@@ -117,6 +117,7 @@ def status(st: StatusReply) -> list[str]:
     if st["dropped"]:
         out.append("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
     out += dataplane(st["dataplane"], st["filter"])
+    out += masquerade(st.get("masquerade", {}))
     out.append("(meshd status --json shows everything, including the last plan)")
     return out
 
@@ -151,6 +152,17 @@ def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
             + (f", error: {fw['last_error']}" if fw.get("last_error") else "")
         )
     return out
+
+
+def masquerade(mq: Mapping[str, Any]) -> list[str]:
+    """One line when meshd masquerades (``ipmasq``), none otherwise."""
+    if not mq.get("enabled"):
+        return []
+    return [
+        f"masquerade {mq.get('table')}: traffic leaving {mq.get('network')} "
+        f"(node {mq.get('subnet') or 'not applied'}), {mq.get('repairs', 0)} repair(s)"
+        + (f", error: {mq['last_error']}" if mq.get("last_error") else "")
+    ]
 
 
 def keys(ring: KeyList) -> str:

@@ -9,7 +9,7 @@ argument becomes a one-line ControlError. Stdlib only: the CLI imports this.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from meshd.errors import ControlError
 
@@ -79,6 +79,9 @@ class StatusReply(TypedDict):
     """Allocating nodes (no fixed subnet): the pool (network, subnet_len, size), the lease, how
     the subnet was had (``origin``: kept, reclaimed, picked), ``settled``, the moves; else
     ``{}``."""
+    masquerade: NotRequired[dict[str, Any]]
+    """``ipmasq``: the masquerade's status (dataplane/masquerade.py), or ``{"enabled": False}``;
+    absent from daemons older than the feature."""
 
 
 class KeyList(TypedDict):

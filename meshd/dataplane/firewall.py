@@ -45,16 +45,14 @@ It is IPv4 only, like the rest of meshd; IPv6 packets to the VXLAN port are drop
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from meshd.dataplane import backends, prefix
+from meshd.dataplane import backends, nft, prefix
 from meshd.errors import ConfigError, DataplaneError
 
 FAMILY = "inet"
@@ -62,8 +60,6 @@ TABLE = "meshd"
 SET = "members"
 CHAIN = "input"
 log = logging.getLogger("meshd.dataplane")
-NFT_TIMEOUT = 15.0
-"""Seconds one nft run may take; it is milliseconds normally, this only bounds a hung one."""
 
 
 class Firewall:
@@ -146,7 +142,7 @@ class Firewall:
         try:
             try:
                 await self._nft(["-f", "-"], self.script(ips))
-            except _NftRefused:
+            except nft.NftRefused:
                 # Something of ours exists in another shape: rebuild it, still atomically.
                 await self._nft(["-f", "-"], self.script(ips, recreate=True))
                 self._recreated += 1
@@ -171,7 +167,7 @@ class Firewall:
         """What the kernel holds now: ``present``, ``members`` and the two counters."""
         try:
             out = await self._nft(["-j", "list", "table", FAMILY, TABLE], None)
-        except _NftRefused:
+        except nft.NftRefused:
             return {"present": False, "members": [], "accepted": _zero(), "dropped": _zero()}
         res: dict[str, Any] = {
             "present": True,
@@ -209,39 +205,7 @@ class Firewall:
         }
 
     async def _nft(self, args: list[str], stdin: str | None) -> str:
-        nft = shutil.which("nft")
-        if nft is None:
-            raise DataplaneError("filter: nft not found (apt-get install nftables)")
-        argv = [nft, *args]
-        if self.netns is not None:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise DataplaneError(f"filter: cannot run {argv[0]}: {exc.strerror}") from None
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), NFT_TIMEOUT
-            )
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise DataplaneError(f"filter: nft did not finish within {NFT_TIMEOUT:g} s") from None
-        if proc.returncode != 0:
-            raise _NftRefused(_one_line(err.decode(errors="replace")))
-        return out.decode()
-
-
-class _NftRefused(DataplaneError):
-    """nft ran and refused (syntax, a conflicting object, a missing table, no nf_tables)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"filter: nft: {detail}")
+        return await nft.run(args, stdin, label="filter", netns=self.netns)
 
 
 def _validate(ips: Iterable[str]) -> list[str]:
@@ -283,14 +247,6 @@ def _elements(elems: list[Any]) -> list[str]:
 
 def _zero() -> dict[str, int]:
     return {"packets": 0, "bytes": 0}
-
-
-def _one_line(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith("Error:") or ": Error:" in ln:
-            return ln.split("Error:", 1)[1].strip()
-    return lines[0] if lines else "failed without a message"
 
 
 __all__ = ["Firewall"]

@@ -109,6 +109,8 @@ class Daemons(Topology):
             "--socket", str(hdir / "meshd.sock"),
             # every host namespace shares the machine's /run: keep each host's file apart
             "--subnet-env", str(hdir / "subnet.env"),
+            # the CNI path needs the cluster network (FLANNEL_NETWORK; the CA's in cert mode)
+            *(["--network", self.pod_network] if self.cni and not self.allocate else []),
             *trust,
             *extra_args,
         ]  # fmt: skip

@@ -25,8 +25,9 @@ NETNS_DIR = Path("/run/netns")
 
 
 def lab_ns_pattern(prefix: str) -> re.Pattern[str]:
-    """Every namespace name a lab with ``prefix`` creates: underlay, router, hosts, containers."""
-    return re.compile(rf"^{re.escape(prefix)}-(ul|rt|h\d+|c\d+)$")
+    """Every namespace name a lab with ``prefix`` creates: underlay, router, outside, hosts,
+    containers."""
+    return re.compile(rf"^{re.escape(prefix)}-(ul|rt|out|h\d+|c\d+)$")
 
 
 def netns_exists(name: str) -> bool:

@@ -1,6 +1,7 @@
 """Tiny traffic generator and sink for the lab (stdlib only, runnable as a plain script).
 
-    tcp-sink --port P [--ready F]            accept one connection, print "<bytes> <sha256>"
+    tcp-sink --port P [--ready F] [--peer]   accept one connection, print "<bytes> <sha256>"
+                                             (--peer: then the sender's address as seen here)
     tcp-send --host H --port P --bytes N     send N random bytes, print "<bytes> <sha256>"
     udp-sink --port P [--idle S] [--ready F] count datagrams until S seconds of silence (or
                                              SIGTERM), print the count
@@ -43,7 +44,7 @@ def tcp_sink(a: argparse.Namespace) -> None:
     srv.listen(1)
     srv.settimeout(a.timeout)
     _ready(a.ready)
-    conn, _ = srv.accept()
+    conn, peer = srv.accept()
     conn.settimeout(a.timeout)
     digest, total = hashlib.sha256(), 0
     while chunk := conn.recv(65536):
@@ -52,7 +53,7 @@ def tcp_sink(a: argparse.Namespace) -> None:
     # The one-byte reply tells the sender everything arrived before it reports success.
     conn.sendall(b"k")
     conn.close()
-    print(total, digest.hexdigest())
+    print(total, digest.hexdigest(), *([peer[0]] if a.peer else []))
 
 
 def tcp_send(a: argparse.Namespace) -> None:
@@ -190,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--bind", default="0.0.0.0")
     x.add_argument("--timeout", type=float, default=30.0)
     x.add_argument("--ready")
+    x.add_argument("--peer", action="store_true", help="also print the sender's address")
     x.set_defaults(func=tcp_sink)
     x = sp.add_parser("tcp-send")
     x.add_argument("--host", required=True)

@@ -80,39 +80,65 @@ class Probes(Topology):
         timeout: float = 30.0,
     ) -> bool:
         """Send ``nbytes`` random bytes over TCP; True if the receiver's sha256 matches."""
+        return self._tcp(src_ns, dst_ns, dst_ip, nbytes, port, timeout, peer=False) is not None
+
+    def seen_source(
+        self,
+        src_ns: str,
+        dst_ns: str,
+        dst_ip: str,
+        *,
+        port: int | None = None,
+        timeout: float = 10.0,
+    ) -> str | None:
+        """The source address a TCP connection from ``src_ns`` to ``dst_ip`` arrives with in
+        ``dst_ns`` (NAT on the way shows here), or None if it failed within ``timeout``."""
+        seen = self._tcp(src_ns, dst_ns, dst_ip, 1024, port, timeout, peer=True)
+        return None if seen is None else seen.split()[-1]
+
+    def _tcp(
+        self,
+        src_ns: str,
+        dst_ns: str,
+        dst_ip: str,
+        nbytes: int,
+        port: int | None,
+        timeout: float,
+        *,
+        peer: bool,
+    ) -> str | None:
+        """One TCP transfer; the sink's output line when the sha256 matched, else None."""
         port = port or self._next_port()
         ready = self.workdir / f"tcp-{port}.ready"
         ready.unlink(missing_ok=True)
         sink = self.spawn(
             dst_ns,
-            _nettool("tcp-sink", "--port", port, "--timeout", timeout, "--ready", ready),
+            _nettool(
+                "tcp-sink", "--port", port, "--timeout", timeout, "--ready", ready,
+                *(["--peer"] if peer else []),
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         try:
             if not _wait_for(ready, 10.0, sink):
-                return False
+                return None
             sent = ns_exec(
                 src_ns,
                 _nettool(
-                    "tcp-send",
-                    "--host",
-                    dst_ip,
-                    "--port",
-                    port,
-                    "--bytes",
-                    nbytes,
-                    "--timeout",
-                    timeout,
+                    "tcp-send", "--host", dst_ip, "--port", port, "--bytes", nbytes,
+                    "--timeout", timeout,
                 ),
                 check=False,
                 timeout=timeout + 10,
-            )
+            )  # fmt: skip
             out, _ = sink.communicate(timeout=timeout + 10)
             got = out.decode().strip()
-            return sent.returncode == 0 and got != "" and got == sent.stdout.strip()
+            want = sent.stdout.strip()
+            ok = sent.returncode == 0 and want != "" and got.startswith(want)
+            return got if ok and len(got.split()) == len(want.split()) + peer else None
         except (subprocess.TimeoutExpired, LabError):
-            return False
+            return None
         finally:
             self.stop(sink, signal.SIGKILL)
             ready.unlink(missing_ok=True)

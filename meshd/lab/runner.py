@@ -20,6 +20,7 @@ from meshd.control import format as fmt
 from meshd.dataplane import backends
 from meshd.errors import ControlError, LabError
 from meshd.lab import Lab, cleanup_on_signals, down, format_matrix, write_key
+from meshd.lab.cni import find_flannel
 
 PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
 """Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""
@@ -73,16 +74,25 @@ def run_lab(
     say: Callable[[str], None] = print,
     shared_key: bool = False,
     allocate: bool = False,
+    cni: bool = False,
 ) -> int:
-    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings)."""
+    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings).
+
+    ``cni``: no lab bridge; each host's pod is attached by the flannel CNI plugin (bridge +
+    host-local) reading the subnet file its daemon writes, and the daemons masquerade
+    (``--ipmasq``), as docs/kubernetes.md sets a node up."""
     if hosts < 2:
         raise LabError("--hosts: a mesh needs at least 2 hosts")
     if backend == "host-gw" and routed:
         say("note: host-gw needs one L2 segment; on a routed lab it must fail across the router")
     preflight(backend)
+    plugin = find_flannel() if cni else None
     if leftover := down(PREFIX):
         say(f"removed a previous lab ({len(leftover)} namespaces)")
-    with cleanup_on_signals(), Lab(PREFIX, hosts=hosts, routed=routed, keep=keep) as lab:
+    with (
+        cleanup_on_signals(),
+        Lab(PREFIX, hosts=hosts, routed=routed, keep=keep, cni=cni) as lab,
+    ):
         say(
             f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}) "
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
@@ -97,19 +107,19 @@ def run_lab(
                 "name, underlay IP and subnet"
             )
         lab.allocate = allocate
+        lab.start_daemons(key_file=key, backend=backend, extra_args=["--ipmasq"] if cni else ())
         if allocate:
-            # Every daemon at once, each picking its own subnet of the pod network.
-            lab.start_daemons(key_file=key, backend=backend)
             say(
                 f"started {hosts} meshd daemons ({backend}) at once with --network "
                 f"{lab.pod_network} and no --subnet: each allocates its own"
             )
         else:
-            lab.start_daemons(key_file=key, backend=backend)
             say(
                 f"started {hosts} meshd daemons ({backend}); h1 is the seed, "
                 "the rest join through it"
             )
+        if plugin is not None:
+            _attach_pods(lab, plugin, say)
         ok = _converge(lab, say)
         if allocate:
             subnets = {h.name: h.subnet for h in lab.hosts}
@@ -150,6 +160,21 @@ def run_lab(
             f"{'' if keep else '; tearing the lab down'}"
         )
         return 0
+
+
+def _attach_pods(lab: Lab, plugin: Path, say: Callable[[str], None]) -> None:
+    """CNI ADD of each host's pod, once its daemon has written the subnet file."""
+    for h in list(lab.hosts):
+        env = lab.wait_subnet_env(h)
+        if lab.allocate:  # the pod's address comes from the subnet the daemon settled on
+            lab.adopt_subnets()
+            h = lab.host(h.name)
+        pod = lab.cni_add(h, plugin=plugin)
+        say(
+            f"  {h.name}: pod {pod.ip} attached by {plugin} (FLANNEL_NETWORK="
+            f"{env.get('FLANNEL_NETWORK')} FLANNEL_MTU={env.get('FLANNEL_MTU')} "
+            f"FLANNEL_IPMASQ={env.get('FLANNEL_IPMASQ')})"
+        )
 
 
 def _converge(lab: Lab, say: Callable[[str], None]) -> bool:

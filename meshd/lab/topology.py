@@ -19,6 +19,12 @@ Host *i* (1-based) has underlay address ``<segment network> + i``, pod subnet th
 container namespace whose ``eth0`` has the second address and a default route via the bridge.
 IPv4 forwarding is on in every host. The cross-host plumbing is left to whatever is under test.
 
+``cni=True`` leaves each host's pod side to a CNI plugin: no bridge ``br``, and the container
+namespace holds only ``lo`` until a plugin (``meshd.lab.cni``) attaches it as a pod.
+``outside=True`` adds namespace ``<p>-out`` on segment 1 of the underlay at ``outside_ip`` (the
+segment's third-last address): a machine outside the cluster network with no route to the pods,
+which pods reach only when masqueraded.
+
 Everything is built with ``ip -batch`` (one process per namespace rather than per command: process
 creation dominates, ~0.1-0.2 s each inside a UML guest) and host namespaces are configured in
 parallel. ``teardown()`` removes everything this object created, also after a partial build: the
@@ -110,6 +116,8 @@ class Topology(Processes):
         mtu: int = 1500,
         workdir: str | Path | None = None,
         keep: bool = False,
+        cni: bool = False,
+        outside: bool = False,
     ) -> None:
         """Plan the lab (nothing is created before :meth:`build`).
 
@@ -118,7 +126,7 @@ class Topology(Processes):
         ``mtu`` is the underlay cables' (the pod side keeps 1500). ``workdir`` holds logs,
         sockets and daemon state (default: a fresh directory in /tmp, removed on teardown; a
         given one is kept). ``keep``: leave the lab running when the ``with`` block ends
-        normally (see :meth:`detach`).
+        normally (see :meth:`detach`). ``cni``, ``outside``: see the module docstring.
         """
         if not _PREFIX_RE.match(prefix):
             raise LabError(f"lab prefix {prefix!r}: use 1-20 lowercase letters, digits, dashes")
@@ -128,11 +136,14 @@ class Topology(Processes):
         self.routed = routed
         self.mtu = mtu
         self.keep = keep
+        self.cni = cni
         self.ul_ns = f"{prefix}-ul"
+        self.outside_ns: str | None = f"{prefix}-out" if outside else None
         self.router_ns: str | None = f"{prefix}-rt" if routed else None
         nets = [ipaddress.IPv4Network(s) for s in (segments if routed else (underlay,))]
         self.segments = nets
         self.router_ips = [str(n[-2]) for n in nets] if routed else []
+        self.outside_ip: str | None = str(nets[0][-3]) if outside else None
         pods = ipaddress.IPv4Network(pod_network)
         self.pod_network = str(pods)
         if subnet_prefixlen < pods.prefixlen or subnet_prefixlen > 30:
@@ -145,7 +156,7 @@ class Topology(Processes):
             seg = 2 if routed and i % 2 == 0 else 1
             net = nets[seg - 1]
             # Host i keeps address .i on whichever segment it sits; the router takes the last one.
-            if i >= net.num_addresses - (2 if routed else 1):
+            if i >= net.num_addresses - (3 if routed or outside else 1):
                 raise LabError(f"{hosts} hosts do not fit in underlay {net}")
             sub = ipaddress.IPv4Network(
                 (int(pods.network_address) + i * sub_size, subnet_prefixlen)
@@ -196,6 +207,8 @@ class Topology(Processes):
         names = [self.ul_ns]
         if self.router_ns:
             names.append(self.router_ns)
+        if self.outside_ns:
+            names.append(self.outside_ns)
         for h in self.hosts:
             names += [h.ns, h.container_ns]
         return names
@@ -270,7 +283,22 @@ class Topology(Processes):
                     f"mtu {self.mtu} netns {self.router_ns}",
                     f"link set dev rt{seg} master {br} up",
                 ]
+        if self.outside_ns:
+            ul += [
+                f"link add name out mtu {self.mtu} type veth peer name eth0 mtu {self.mtu} "
+                f"netns {self.outside_ns}",
+                "link set dev out master ulbr up",
+            ]
         ns_exec(self.ul_ns, ["ip", "-batch", "-"], input=_lines(ul))
+        if self.outside_ns:
+            out = [
+                "link set lo up",
+                f"addr add {self.outside_ip}/{self.segments[0].prefixlen} dev eth0",
+                "link set dev eth0 up",
+            ]
+            if self.routed:  # hosts on segment 2 reach it through the router
+                out.append(f"route add default via {self.router_ips[0]} dev eth0")
+            ns_exec(self.outside_ns, ["ip", "-batch", "-"], input=_lines(out))
         if self.router_ns:
             rt = ["link set lo up"]
             for seg, net in enumerate(self.segments, start=1):
@@ -282,25 +310,24 @@ class Topology(Processes):
 
     def _build_host(self, h: Host) -> None:
         prefixlen = ipaddress.IPv4Network(h.subnet).prefixlen
-        host = [
-            "link set lo up",
-            f"addr add {h.underlay_cidr} dev eth0",
-            "link set dev eth0 up",
-            # "br" alone parses as the keyword "broadcast": always "name br" / "dev br".
-            "link add name br type bridge",
-            f"addr add {h.gateway}/{prefixlen} dev br",
-            "link set dev br up",
-            f"link add name veth0 type veth peer name eth0 netns {h.container_ns}",
-            "link set dev veth0 master br up",
-        ]
+        host = ["link set lo up", f"addr add {h.underlay_cidr} dev eth0", "link set dev eth0 up"]
+        ctr = ["link set lo up"]
+        if not self.cni:
+            host += [
+                # "br" alone parses as the keyword "broadcast": always "name br" / "dev br".
+                "link add name br type bridge",
+                f"addr add {h.gateway}/{prefixlen} dev br",
+                "link set dev br up",
+                f"link add name veth0 type veth peer name eth0 netns {h.container_ns}",
+                "link set dev veth0 master br up",
+            ]
+            ctr += [
+                f"addr add {h.container_ip}/{prefixlen} dev eth0",
+                "link set dev eth0 up",
+                f"route add default via {h.gateway}",
+            ]
         if h.router_ip:
             host.append(f"route add default via {h.router_ip} dev eth0")
-        ctr = [
-            "link set lo up",
-            f"addr add {h.container_ip}/{prefixlen} dev eth0",
-            "link set dev eth0 up",
-            f"route add default via {h.gateway}",
-        ]
         # One process chain per host: forwarding (a per-namespace sysctl, off in a new netns, so
         # it must be written from inside), the host batch, then the container's (its eth0 exists
         # only once the host batch has run).
@@ -360,6 +387,9 @@ class Topology(Processes):
         new = replace(host, subnet=str(net), gateway=str(net[1]), container_ip=str(net[2]))
         if new == host:
             return host
+        if self.cni:  # the plugin addresses the pod side from subnet.env: nothing to move
+            self.hosts[self.hosts.index(host)] = new
+            return new
         hcmds = ["addr flush dev br", f"addr add {new.gateway}/{net.prefixlen} dev br"]
         ccmds = [
             "addr flush dev eth0",

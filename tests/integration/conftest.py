@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,12 +33,13 @@ def _need_root(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def lab() -> Iterator[Callable[[int], Lab]]:
-    """``build(n) -> Lab``: n hosts on one underlay switch, each with a container."""
+def lab() -> Iterator[Callable[..., Lab]]:
+    """``build(n, **topology options) -> Lab``: n hosts on one underlay switch, each with a
+    container."""
     labs: list[Lab] = []
 
-    def build(n: int) -> Lab:
-        lab = Lab(f"mdt{secrets.token_hex(3)}-{len(labs)}", hosts=n)
+    def build(n: int, **kw: Any) -> Lab:
+        lab = Lab(f"mdt{secrets.token_hex(3)}-{len(labs)}", hosts=n, **kw)
         labs.append(lab)
         lab.build()
         lab.set_rp_filter(1)

@@ -61,3 +61,21 @@ def test_config_builds_the_cores_own_gossip_config() -> None:
     g = build({"subnet": "10.244.1.0/24", "gossip.probe_interval": 2.0}).gossip
     assert type(g) is GossipConfig and g.probe_interval == 2.0
     assert g.probe_timeout == GossipConfig().probe_timeout
+
+
+def test_ipmasq_needs_a_network() -> None:
+    assert build({"ipmasq": True, "network": "10.244.0.0/16"}).ipmasq
+    # With certificates the network is the CA's (checked at start, daemon.py).
+    assert build({"ipmasq": True, "ca": "/ca.pem", "cert": "/n.pem"}).ipmasq
+    with pytest.raises(ConfigError, match=r"^ipmasq: needs network \(the cluster network"):
+        build({"ipmasq": True, "subnet": "10.244.1.0/24"})
+    assert not build({"subnet": "10.244.1.0/24"}).ipmasq
+
+
+def test_ipmasq_in_the_file_network_by_flag(tmp_path: Path) -> None:
+    p = tmp_path / "m.toml"
+    p.write_text("ipmasq = true\n")
+    values = load_file(p)  # the file alone is fine: --network may come with the flags
+    assert build({**values, "network": "10.244.0.0/16"}).ipmasq
+    with pytest.raises(ConfigError, match="^ipmasq: needs network"):
+        build(values)

@@ -162,6 +162,19 @@ def test_dataplane_lines() -> None:
     assert lines[5] == "filter    inet meshd: 1 member IPs"
 
 
+def test_masquerade_line() -> None:
+    assert fmt.masquerade({"enabled": False}) == []
+    mq = {"enabled": True, "table": "ip meshd-nat", "network": "10.244.0.0/16",
+          "subnet": "10.244.1.0/24", "repairs": 2, "last_error": None}  # fmt: skip
+    assert fmt.masquerade(mq) == [
+        "masquerade ip meshd-nat: traffic leaving 10.244.0.0/16 (node 10.244.1.0/24), 2 repair(s)"
+    ]
+    lines = fmt.status(status_reply(masquerade={**mq, "last_error": "masquerade: nft: boom"}))
+    assert any(ln.endswith("2 repair(s), error: masquerade: nft: boom") for ln in lines)
+    # An older daemon's reply has no masquerade at all.
+    assert not any(ln.startswith("masquerade") for ln in fmt.status(status_reply()))
+
+
 def test_keys_marks_the_primary() -> None:
     ring: KeyList = {"primary": "bbbbbbbb", "keys": ["bbbbbbbb", "aaaaaaaa"]}
     assert fmt.keys(ring) == "bbbbbbbb  (primary)\naaaaaaaa"
