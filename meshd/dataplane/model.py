@@ -195,13 +195,20 @@ class Selection:
 
 def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
     """Certified claims first, by their certificate's rank (``claim_rank``: a fixed-subnet grant
-    before a pool grant, then the older certificate), so no self-asserted time decides between
-    certified claimants, and the certified name breaks their ties; unverified claims (shared-key
-    mode) after them, earliest ``since`` first, the node id breaking ties (two claims in the same
-    second)."""
+    before a pool grant, then the older claim), the certified name breaking ties; unverified
+    claims (shared-key mode) after them, earliest ``since`` first, the node id breaking ties (two
+    claims in the same second).
+
+    A fixed grant's claim is as old as its certificate. A pool claim is as old as the later of
+    its certificate's ``not_before`` and its own ``since``: the self-asserted time can only make
+    a claim younger than the certificate allows (an honest node that picks again after losing
+    does, so it never displaces a holder it had not heard of), never older, so no member wins by
+    lying beyond what the CA signed."""
     rank = rec.claim_rank
     if rank is not None:
-        return (0, rank[0], rank[1], rec.name.encode(), "")
+        kind, issued = rank
+        age = issued if kind == 0 else max(issued, float(rec.since))
+        return (0, kind, age, rec.name.encode(), "")
     return (1, rec.since or 2**40, 0.0, rec.node_id, rec.name)
 
 

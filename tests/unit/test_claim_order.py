@@ -79,3 +79,36 @@ def test_certified_claims_are_ranked_by_certificate_not_by_since() -> None:
     assert resolve_claims([new, old])[0] == {old.node_id}
     # A certified claim beats an unverified one (a record from the state dir), since = 1 or not.
     assert resolve_claims([replace(a, subnet="10.0.7.0/24", since=1), new])[0] == {new.node_id}
+
+
+def test_a_pool_claim_is_as_old_as_its_certificate_or_younger_never_older() -> None:
+    pki = SimPKI(seed=6)
+    trust = pki.trust.fork()
+    pool = Grant.from_pool("10.0.0.0/16", 24)
+    issued = SIM_WALL - 5 * DAY
+    a, b = make_record(1), make_record(2)  # a's certified name sorts first
+
+    def verified(r: NodeRecord, when: float = issued) -> NodeRecord:
+        got = trust.verify(pki.issue(r, grant=pool, not_before=when).sign(r), SIM_WALL)[0]
+        assert got is not None
+        return got
+
+    # Certificates of the same instant: the holder keeps its subnet against one that picked it
+    # again later (an honest re-pick carries a later since), whichever name sorts first.
+    holder = verified(replace(b, subnet="10.0.9.0/24", since=int(SIM_WALL) - 100))
+    repick = verified(replace(a, subnet="10.0.9.0/24", since=int(SIM_WALL)))
+    assert resolve_claims([repick, holder])[0] == {holder.node_id}
+    # since = 1 makes a claim no older than its certificate: against a holder that claimed
+    # before that certificate was issued, the liar loses.
+    early = verified(replace(b, subnet="10.0.9.0/24", since=int(issued) - 10), issued - DAY)
+    liar = verified(replace(a, subnet="10.0.9.0/24", since=1))
+    assert resolve_claims([liar, early])[0] == {early.node_id}
+    # A fixed grant's claim is its certificate's age whatever since says.
+    fixed = trust.verify(
+        pki.issue(a, grant=Grant.fixed("10.0.9.0/24"), not_before=issued).sign(
+            replace(a, subnet="10.0.9.0/24", since=int(SIM_WALL))
+        ),
+        SIM_WALL,
+    )[0]
+    assert fixed is not None and fixed.claim_rank == (0, issued)
+    assert resolve_claims([fixed, holder])[0] == {fixed.node_id}
