@@ -350,7 +350,7 @@ def allocate(
         "settled": settled, "distinct_s": None if distinct_at is None else round(distinct_at, 2),
         "settled_s": round(net.now, 2) if settled else None, "check_step_s": step,
         "repicks": net.repicks(),
-        "last_repick_s": round(max((d.last_pick_at for d in net.allocators.values()), default=0), 2),
+        "last_pick_s": round(max(d.last_pick_at for d in net.allocators.values()), 2),
         "overlapping": net.overlapping(),
         "datagrams": net.sent, "lost": net.lost, "wall_s": round(time.monotonic() - wall0, 1),
     }  # fmt: skip

@@ -179,8 +179,9 @@ def peer_views(node: GossipNode) -> list[PeerView]:
 
 class Allocator:
     """One allocating node's driver (design-13, the daemon's loop): pure, on the caller's clock.
-    The simulator calls `concerns` with each batch of membership events, `check` when it says
-    so, and again at ``recheck_at`` (a dead member's lease running out) when the pool was full."""
+    The simulator calls `check` after the node's first full state exchange, after each batch of
+    membership events `concerns` says may cost us our subnet, and again at ``recheck_at`` (a
+    dead member's lease running out) when the pool was full."""
 
     def __init__(self, pool: Pool, lease: float, rng: random.Random) -> None:
         self.pool = pool
@@ -191,6 +192,8 @@ class Allocator:
         self.full = False
         """The last pick found nothing free: the node keeps its (losing) claim until then."""
         self.recheck_at: float | None = None
+        self.synced = False
+        """The node's first full state exchange was seen (and checked)."""
         self.last_pick_at = 0.0
         """When the node last picked a subnet (its first pick included)."""
 
@@ -219,7 +222,10 @@ class Allocator:
         # Only claims overlapping ours can beat it (the rule grants disjoint claims alike).
         mine = _span(local.subnet)
         rivals = [pv for pv in peers if _overlaps(pv.record.subnet, mine)]
-        if allocation.lost_to(local, rivals, now, self.lease, local.backend, self.pool.network) is None:
+        if (
+            allocation.lost_to(local, rivals, now, self.lease, local.backend, self.pool.network)
+            is None
+        ):
             self.full = False
             return None
         taken = [*allocation.held(peers, now, self.lease), _span(local.subnet)]
@@ -398,7 +404,12 @@ class Network:
                 self._route(idx, data, addr, to)
             events = node.pop_events()
             self._report(idx, events)
-            if driver is None or not events or not driver.concerns(node.local, events):
+            if driver is None:
+                break
+            # The first full state exchange brings dead members without events: check then too.
+            first_sync = not driver.synced and node.synced
+            driver.synced = node.synced
+            if not first_sync and not (events and driver.concerns(node.local, events)):
                 break
             if not self._allocate(idx, driver):
                 break
