@@ -64,7 +64,8 @@ def test_pool_size(network: str, length: int, size: int) -> None:
     [("10.244.0.0/16", 16, "must be longer"), ("10.244.0.0/16", 12, "must be longer"),
      ("10.244.0.0/16", 31, "outside 8..30"), ("0.0.0.0/4", 7, "outside 8..30"),
      ("10.244.0.1/16", 24, "not an IPv4 network"), ("fd00::/8", 24, "not an IPv4 network"),
-     ("nonsense", 24, "not an IPv4 network")],
+     ("nonsense", 24, "not an IPv4 network"),
+     ("10.244.0.0", 24, "must be longer")],  # a bare address is a /32, not a crash
 )  # fmt: skip
 def test_pool_problem_is_one_line_and_pool_refuses(network: str, length: int, words: str) -> None:
     problem = allocation.pool_problem(network, length)
