@@ -21,10 +21,11 @@ nodes share one verification cache (`Trust.fork`), as if each record version wer
 for the whole mesh; each node still pays for signing its own records. Wall time is
 ``SIM_WALL + now``.
 
-Nodes added with `Network.add_allocating` have no fixed subnet: each takes one from the network's
-`allocation.Pool` and runs the loop the daemon runs (`Allocator`): whenever news about a member
-claiming an overlapping subnet arrives, it applies the conflict rule (`allocation.lost_to`) and,
-having lost, picks again from what it knows and announces the new subnet. In certificate mode
+Nodes added with `Network.add_allocating` have no fixed subnet: each takes one from the
+network's `allocation.Pool` and runs the loop the daemon runs (`AllocationDriver`): whenever news
+about a member claiming an overlapping subnet arrives, it applies the conflict rule
+(`allocation.lost_to`) and, having lost, picks again from what it knows and announces the new
+subnet. In certificate mode
 their certificates grant the pool (``Grant.from_pool``), not a subnet.
 """
 
@@ -177,7 +178,7 @@ def peer_views(node: GossipNode) -> list[PeerView]:
     ]
 
 
-class Allocator:
+class AllocationDriver:
     """One allocating node's driver (design-13, the daemon's loop): pure, on the caller's clock.
     The simulator calls `check` after the node's first full state exchange, after each batch of
     membership events `concerns` says may cost us our subnet, and again at ``recheck_at`` (a
@@ -264,7 +265,7 @@ class Network:
         self.config = config or GossipConfig()
         self.pool = pool
         self.lease = lease
-        self.allocators: dict[int, Allocator] = {}
+        self.allocators: dict[int, AllocationDriver] = {}
         self.pki = SimPKI(seed) if signed else None
         self.seed = seed
         self.loss = loss
@@ -336,7 +337,7 @@ class Network:
         if self.pool is None:
             raise ValueError("add_allocating: the Network has no pool")
         idx = len(self.nodes)
-        driver = Allocator(self.pool, self.lease, random.Random(f"alloc-{self.seed}-{idx}"))
+        driver = AllocationDriver(self.pool, self.lease, random.Random(f"alloc-{self.seed}-{idx}"))
         known = list(known)
         subnet = driver.first([PeerView(r, "alive", self.now) for r in known], self.now)
         record = replace(record, subnet=subnet, since=int(SIM_WALL + self.now))
@@ -418,7 +419,7 @@ class Network:
             self._sched[idx] = t
             self._push(t, idx, None, idx)
 
-    def _allocate(self, idx: int, driver: Allocator) -> bool:
+    def _allocate(self, idx: int, driver: AllocationDriver) -> bool:
         """Run the allocation check; True when the node announced a new subnet."""
         node = self.nodes[idx]
         if node.local.left:
