@@ -59,12 +59,21 @@ false_suspicions_per_node_min
 wall_s, max_rss_mb
     What the run cost this machine (RSS is the process's peak so far).
 
+``--allocation`` runs issue 13's subnet allocation scenario instead (sim_scenarios.py
+``--allocate``): N allocating nodes (default 1,000) join at random instants within one second
+through three of them, taking /24s from 10.0.0.0/14 (1,024 subnets: the hard case) and 10.0.0.0/12
+(4,096), in shared-key and certificate mode, at each ``--loss`` and each of ``--seeds``; one line
+per run (``"bench": "alloc"``, sim_scenarios' ``allocation`` line)::
+
+    .venv/bin/python benchmarks/bench_sim.py --allocation --out benchmarks/results/alloc.jsonl
+
 Benchmarks are not tests; tests/unit/test_gossip_sim.py runs ``--smoke`` with short durations.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -214,6 +223,23 @@ def scenario(n: int, loss: float, seed: int, smoke: bool) -> Iterator[dict[str, 
     yield out("max_rss_mb", summ["max_rss_mb"], None, "MB")
 
 
+ALLOC_NETWORKS = ("10.0.0.0/14", "10.0.0.0/12")
+"""1,024 and 4,096 /24s: for 1,000 nodes, nearly full and a quarter full."""
+ALLOC_SMOKE_NETWORKS = ("10.0.0.0/18", "10.0.0.0/16")
+
+
+def allocation_runs(
+    n: int, losses: Sequence[float], seeds: Sequence[int], smoke: bool
+) -> Iterator[dict[str, Any]]:
+    """The allocation scenario over pools, modes, losses and seeds; one line per run."""
+    for network in ALLOC_SMOKE_NETWORKS if smoke else ALLOC_NETWORKS:
+        for signed in (False, True):
+            for loss in losses:
+                for seed in seeds:
+                    line = sim_scenarios.allocate(n, network, 24, seed, loss, signed)
+                    yield {"bench": "alloc", **{k: v for k, v in line.items() if k != "phase"}}
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     p = argparse.ArgumentParser(prog="bench_sim.py", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, nargs="+", default=[100, 1000, 10000])
@@ -230,7 +256,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         "--no-equal-bandwidth", action="store_true", help="skip the runs at the model's bandwidth"
     )
     p.add_argument("--out", help="also write the lines to this file")
+    p.add_argument(
+        "--allocation",
+        action="store_true",
+        help="run the subnet allocation scenario instead (default --nodes 1000, --loss 0)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="with --allocation")
     args = p.parse_args(argv)
+    if args.allocation:
+        return allocation_main(args, out)
     sizes = [50] if args.smoke else args.nodes
     sink = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
 
@@ -260,6 +294,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             sink.close()
     print(f"# total {time.monotonic() - wall0:.1f} s", file=sys.stderr)
     return 0
+
+
+def allocation_main(args: argparse.Namespace, out: TextIO) -> int:
+    given = argparse.Namespace(nodes=[100, 1000, 10000], loss=[0.0, 0.1, 0.2])
+    n = 50 if args.smoke else (1000 if args.nodes == given.nodes else args.nodes[0])
+    losses = [0.0] if args.loss == given.loss else args.loss
+    ok = True
+    with open(args.out, "w") if args.out else contextlib.nullcontext() as sink:
+        for rec in allocation_runs(n, losses, args.seeds, args.smoke):
+            text = json.dumps(rec)
+            print(text, file=out, flush=True)
+            if sink is not None:
+                sink.write(text + "\n")
+                sink.flush()
+            ok = ok and bool(rec["settled"]) and not rec["overlapping"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ dead); the run ends at ``duration``. Suspicions and deaths of live nodes over th
 false positives.
 
 bench_sim.py runs this at issue 7's sizes beside Serf's model.
+
+``--allocate NETWORK`` runs the subnet allocation scenario instead (issue 13; `allocate`): the
+nodes have no subnet, join at random instants within ``--join-spread`` seconds (default here 1)
+through the first three nodes, and take /``--subnet-len`` subnets of NETWORK; one ``allocation``
+line says when their subnets were first pairwise distinct, when every node agreed on every
+member's subnet, how many subnets were picked again, and which pairs still overlap (none)::
+
+    python benchmarks/sim_scenarios.py --allocate 10.0.0.0/14 --nodes 1000 --signed
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from meshd.dataplane.allocation import Pool
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberEvent
 from meshd.gossip.messages import Alive, encode
@@ -79,7 +88,8 @@ class Scenario:
             update_at=update_at,
             crash_at=args.crash_at if args.crash_at is not None else 0.5 * duration,
             warmup=args.warmup if args.warmup is not None else min(0.1 * duration, update_at),
-            converged=args.converged, join_spread=args.join_spread,
+            converged=args.converged,
+            join_spread=5.0 if args.join_spread is None else args.join_spread,
             latency=(args.latency_ms[0] / 1000, args.latency_ms[1] / 1000),
             updates=args.updates, update_gap=args.update_gap, signed=args.signed,
             config=gossip_config(args.set or []),
@@ -298,6 +308,54 @@ def run(sc: Scenario) -> Iterator[Line]:
         yield summary(net, sc, obs, time.monotonic() - wall0)
 
 
+ALLOC_SEEDS = 3
+"""Nodes every allocating joiner joins through (each joins at its own random instant too)."""
+
+
+def allocate(
+    nodes: int,
+    network: str,
+    length: int = 24,
+    seed: int = 1,
+    loss: float = 0.0,
+    signed: bool = False,
+    spread: float = 1.0,
+    timeout: float = 300.0,
+    step: float = 0.1,
+) -> Line:
+    """``nodes`` allocating nodes join at random instants within ``spread`` seconds; run until
+    `Network.subnets_settled` (checked every ``step`` simulated seconds) or ``timeout``."""
+    wall0 = time.monotonic()
+    pool = Pool(network, length)
+    net = Network(seed=seed, loss=loss, record_events=False, signed=signed, pool=pool)
+    rng = random.Random(seed ^ 0xA110C)
+    starts = sorted(rng.uniform(0, spread) for _ in range(nodes))
+    records = [make_record(i) for i in range(nodes)]
+    seeds = [r.addr for r in records[:ALLOC_SEEDS]]
+    for i, at in enumerate(starts):
+        net.run_until(at)
+        net.add_allocating(records[i], seeds=[a for a in seeds if a != records[i].addr])
+    distinct_at: float | None = None
+    with frozen_heap():
+        while net.now < timeout:
+            if distinct_at is None and not net.overlapping():
+                distinct_at = net.now
+            if distinct_at is not None and net.subnets_settled():
+                break
+            net.run_for(step)
+        settled = net.subnets_settled()
+    return {
+        "phase": "allocation", "nodes": nodes, "network": network, "subnet_len": length,
+        "pool": pool.size, "seed": seed, "loss": loss, "signed": signed, "join_spread": spread,
+        "settled": settled, "distinct_s": None if distinct_at is None else round(distinct_at, 2),
+        "settled_s": round(net.now, 2) if settled else None, "check_step_s": step,
+        "repicks": net.repicks(),
+        "last_pick_s": round(max(d.last_pick_at for d in net.allocators.values()), 2),
+        "overlapping": net.overlapping(),
+        "datagrams": net.sent, "lost": net.lost, "wall_s": round(time.monotonic() - wall0, 1),
+    }  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="benchmarks/sim_scenarios.py", description=__doc__.split("\n")[0]
@@ -314,14 +372,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--join-spread",
         type=float,
-        default=5.0,
-        help="without --converged: seconds over which nodes join through node 0",
+        help="without --converged: seconds over which nodes join through node 0 (default 5;"
+        " with --allocate 1)",
     )
     p.add_argument(
         "--signed",
         action="store_true",
         help="certificate mode: every record signed and verified (a throwaway CA)",
     )
+    p.add_argument(
+        "--allocate",
+        metavar="NETWORK",
+        help="run the subnet allocation scenario in NETWORK instead (see above)",
+    )
+    p.add_argument("--subnet-len", type=int, default=24, help="with --allocate (default 24)")
     p.add_argument("--latency-ms", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
     p.add_argument(
         "--warmup",
@@ -364,6 +428,14 @@ def scenario(argv: Sequence[str] | None = None) -> Scenario:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.allocate:
+        spread = 1.0 if args.join_spread is None else args.join_spread
+        line = allocate(
+            args.nodes, args.allocate, args.subnet_len, args.seed, args.loss, args.signed, spread
+        )
+        print(json.dumps(line), flush=True)
+        return 0 if line["settled"] else 1
     for line in run(scenario(argv)):
         print(json.dumps(line), flush=True)
     return 0

@@ -20,6 +20,13 @@ seed, so runs replay exactly), one certificate per node, every record signed and
 nodes share one verification cache (`Trust.fork`), as if each record version were checked once
 for the whole mesh; each node still pays for signing its own records. Wall time is
 ``SIM_WALL + now``.
+
+Nodes added with `Network.add_allocating` have no fixed subnet: each takes one from the
+network's `allocation.Pool` and runs the loop the daemon runs (`AllocationDriver`): whenever news
+about a member claiming an overlapping subnet arrives, it applies the conflict rule
+(`allocation.lost_to`) and, having lost, picks again from what it knows and announces the new
+subnet. In certificate mode
+their certificates grant the pool (``Grant.from_pool``), not a subnet.
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ import hashlib
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshd.dataplane import allocation, prefix
+from meshd.dataplane.allocation import Pool
+from meshd.dataplane.model import PeerView
 from meshd.gossip.certificate import (
     Grant,
     build_authority,
@@ -51,6 +62,8 @@ DatagramHook = Callable[[int, bytes, Addr, bytes], None]
 """(sender index, payload, destination, recipient node id or b"" for any)."""
 
 
+RECHECK = -1
+"""The source of a heap entry that is an allocator's recheck, not a node's timer."""
 SIM_WALL = 1_800_000_000.0
 """The simulated wall clock at ``now = 0`` (Unix seconds)."""
 DAY = 86400.0
@@ -103,11 +116,12 @@ class SimPKI:
         )
         return Signer(key, der)
 
-    def signer(self, rec: NodeRecord) -> Signer:
-        """The certificate of ``rec``'s node, issued on first use."""
+    def signer(self, rec: NodeRecord, grant: Grant | None = None) -> Signer:
+        """The certificate of ``rec``'s node, issued on first use (granting ``grant``, by
+        default ``rec``'s subnet)."""
         got = self._signers.get(rec.name)
         if got is None:
-            got = self._signers[rec.name] = self.issue(rec)
+            got = self._signers[rec.name] = self.issue(rec, grant)
         return got
 
     def signed(self, rec: NodeRecord) -> NodeRecord:
@@ -142,6 +156,96 @@ def make_record(i: int, port: int = 7950) -> NodeRecord:
     )
 
 
+def _span(cidr: str) -> tuple[int, int]:
+    s = prefix.span(cidr)
+    if s is None:
+        raise ValueError(f"not an IPv4 network: {cidr!r}")
+    return s
+
+
+def _overlaps(cidr: str, span: tuple[int, int]) -> bool:
+    s = prefix.span(cidr)
+    return s is not None and prefix.overlaps(s, span)
+
+
+def peer_views(node: GossipNode) -> list[PeerView]:
+    """What ``node`` knows of the others, as the daemon hands it to the data plane."""
+    me = node.local.name
+    return [
+        PeerView(m.record, str(m.state.value), m.state_since)
+        for m in node.members()
+        if m.record.name != me
+    ]
+
+
+class AllocationDriver:
+    """One allocating node's driver (design-13, the daemon's loop): pure, on the caller's clock.
+    The simulator calls `check` after the node's first full state exchange, after each batch of
+    membership events `concerns` says may cost us our subnet, and again at ``recheck_at`` (a
+    dead member's lease running out) when the pool was full."""
+
+    def __init__(self, pool: Pool, lease: float, rng: random.Random) -> None:
+        self.pool = pool
+        self.lease = lease
+        self.rng = rng
+        self.repicks = 0
+        """Subnets picked again after losing one (the first pick is not counted)."""
+        self.full = False
+        """The last pick found nothing free: the node keeps its (losing) claim until then."""
+        self.recheck_at: float | None = None
+        self.synced = False
+        """The node's first full state exchange was seen (and checked)."""
+        self.last_pick_at = 0.0
+        """When the node last picked a subnet (its first pick included)."""
+
+    def first(self, known: Sequence[PeerView], now: float) -> str:
+        """The subnet to start with, from what the node knows (a previous run's members, or
+        nothing); ValueError (`allocation.full_message`) when nothing is free."""
+        got = allocation.pick(self.pool, allocation.held(known, now, self.lease), self.rng)
+        if got is None:
+            raise ValueError(allocation.full_message(self.pool))
+        self.last_pick_at = now
+        return got
+
+    @staticmethod
+    def concerns(local: NodeRecord, events: Iterable[MemberEvent]) -> bool:
+        """Whether any event is about a member claiming a subnet overlapping ours: nothing else
+        can make us lose ours (a member leaving, dying or moving away only helps)."""
+        mine = _span(local.subnet)
+        return any(_overlaps(ev.member.record.subnet, mine) for ev in events)
+
+    def check(
+        self, local: NodeRecord, peers: Sequence[PeerView], now: float, wall: float
+    ) -> NodeRecord | None:
+        """Our record with a new subnet when another member holds ours by the conflict rule;
+        None when we hold it, or when nothing is free (``full``, ``recheck_at``)."""
+        self.recheck_at = None
+        # Only claims overlapping ours can beat it (the rule grants disjoint claims alike).
+        mine = _span(local.subnet)
+        rivals = [pv for pv in peers if _overlaps(pv.record.subnet, mine)]
+        if (
+            allocation.lost_to(local, rivals, now, self.lease, local.backend, self.pool.network)
+            is None
+        ):
+            self.full = False
+            return None
+        taken = [*allocation.held(peers, now, self.lease), _span(local.subnet)]
+        subnet = allocation.pick(self.pool, taken, self.rng)
+        if subnet is None:
+            self.full = True
+            expiring = [
+                pv.state_since + self.lease
+                for pv in peers
+                if pv.state == "dead" and pv.state_since + self.lease > now
+            ]
+            self.recheck_at = min(expiring, default=None)
+            return None
+        self.full = False
+        self.repicks += 1
+        self.last_pick_at = now
+        return replace(local, subnet=subnet, since=int(wall))
+
+
 class Network:
     """N GossipNodes on a virtual clock, joined by a lossy, partitionable in-memory network."""
 
@@ -153,8 +257,15 @@ class Network:
         latency: tuple[float, float] = (0.0005, 0.002),
         record_events: bool = True,
         signed: bool = False,
+        pool: Pool | None = None,
+        lease: float = DAY,
     ) -> None:
+        """``pool``: where `add_allocating` nodes take their subnets; ``lease``: how long a dead
+        member's subnet stays held (subnet_lease)."""
         self.config = config or GossipConfig()
+        self.pool = pool
+        self.lease = lease
+        self.allocators: dict[int, AllocationDriver] = {}
         self.pki = SimPKI(seed) if signed else None
         self.seed = seed
         self.loss = loss
@@ -215,6 +326,26 @@ class Network:
         self._after(idx)
         return idx
 
+    def add_allocating(
+        self,
+        record: NodeRecord,
+        known: Iterable[NodeRecord] = (),
+        seeds: Sequence[Addr] | None = (),
+    ) -> int:
+        """Start a node that takes its subnet from the pool (``record.subnet`` is ignored): the
+        first pick from what it knows (``known``), then the conflict rule on every change."""
+        if self.pool is None:
+            raise ValueError("add_allocating: the Network has no pool")
+        idx = len(self.nodes)
+        driver = AllocationDriver(self.pool, self.lease, random.Random(f"alloc-{self.seed}-{idx}"))
+        known = list(known)
+        subnet = driver.first([PeerView(r, "alive", self.now) for r in known], self.now)
+        record = replace(record, subnet=subnet, since=int(SIM_WALL + self.now))
+        if self.pki is not None:
+            self.pki.signer(record, Grant.from_pool(self.pool.network, self.pool.length))
+        self.allocators[idx] = driver
+        return self.add_node(record, known, seeds)
+
     def converged(self, records: Sequence[NodeRecord]) -> None:
         """Create one node per record, each already knowing all the others (no joins)."""
         pki = self.pki
@@ -268,9 +399,41 @@ class Network:
 
     def _after(self, idx: int) -> None:
         node = self.nodes[idx]
-        for data, addr, to in node.datagrams_to_send():
-            self._route(idx, data, addr, to)
-        events = node.pop_events()
+        driver = self.allocators.get(idx)
+        while True:
+            for data, addr, to in node.datagrams_to_send():
+                self._route(idx, data, addr, to)
+            events = node.pop_events()
+            self._report(idx, events)
+            if driver is None:
+                break
+            # The first full state exchange brings dead members without events: check then too.
+            first_sync = not driver.synced and node.synced
+            driver.synced = node.synced
+            if not first_sync and not (events and driver.concerns(node.local, events)):
+                break
+            if not self._allocate(idx, driver):
+                break
+        t = node.get_timer()
+        if t is not None and t != self._sched[idx]:
+            self._sched[idx] = t
+            self._push(t, idx, None, idx)
+
+    def _allocate(self, idx: int, driver: AllocationDriver) -> bool:
+        """Run the allocation check; True when the node announced a new subnet."""
+        node = self.nodes[idx]
+        if node.local.left:
+            return False
+        new = driver.check(node.local, peer_views(node), self.now, SIM_WALL + self.now)
+        if driver.recheck_at is not None:
+            self._push(driver.recheck_at, idx, None, RECHECK)
+        if new is None:
+            return False
+        node.update_local(new, self.now)
+        return True
+
+    def _report(self, idx: int, events: list[MemberEvent]) -> None:
+        node = self.nodes[idx]
         if events:
             for ev in events:
                 if self.log is not None:
@@ -285,10 +448,6 @@ class Network:
                     )
                 if self.on_event is not None:
                     self.on_event(self.now, idx, ev)
-        t = node.get_timer()
-        if t is not None and t != self._sched[idx]:
-            self._sched[idx] = t
-            self._push(t, idx, None, idx)
 
     def _route(self, src: int, data: bytes, addr: Addr, to: bytes) -> None:
         self.sent += 1
@@ -331,6 +490,11 @@ class Network:
             self.now = when
             if signed:
                 nodes[idx].advance_wall(SIM_WALL + when)
+            if data is None and src == RECHECK:
+                driver = self.allocators[idx]
+                if driver.recheck_at == when and self._allocate(idx, driver):
+                    self._after(idx)
+                continue
             if data is None:
                 if self._sched[idx] != when:
                     continue  # superseded by an earlier timer
@@ -380,3 +544,45 @@ class Network:
             if alive != names:
                 return False
         return True
+
+    def overlapping(self, among: Iterable[int] | None = None) -> list[tuple[str, str]]:
+        """Pairs of live nodes (or ``among``) whose own subnets overlap, by name."""
+        ids = list(self.live() if among is None else among)
+        claims = sorted((_span(self.nodes[i].local.subnet), self.nodes[i].local.name) for i in ids)
+        out = []
+        reach, holder = -1, ""  # the furthest last address so far, and whose
+        for (first, last), name in claims:
+            if first <= reach:
+                out.append((holder, name))
+            if last > reach:
+                reach, holder = last, name
+        return out
+
+    def subnets_settled(self, among: Iterable[int] | None = None) -> bool:
+        """Allocation is over: the live nodes' (or ``among``'s) subnets are pairwise disjoint,
+        every one of them knows every other with the subnet it announces, and no allocating node
+        loses its subnet by the rule to a member it knows (a dead one within the lease)."""
+        ids = list(self.live() if among is None else among)
+        if self.overlapping(ids):
+            return False
+        want = {self.nodes[i].local.name: self.nodes[i].local.subnet for i in ids}
+        for i in ids:
+            node = self.nodes[i]
+            seen = {m.record.name: m.record.subnet for m in node.members()}
+            if any(seen.get(name) != subnet for name, subnet in want.items()):
+                return False
+        for i in ids:
+            driver = self.allocators.get(i)
+            if driver is None:
+                continue
+            local = self.nodes[i].local
+            if allocation.lost_to(
+                local, peer_views(self.nodes[i]), self.now, self.lease, local.backend,
+                driver.pool.network,
+            ) is not None:  # fmt: skip
+                return False
+        return True
+
+    def repicks(self) -> int:
+        """Subnets picked again, over every allocating node."""
+        return sum(d.repicks for d in self.allocators.values())

@@ -69,7 +69,8 @@ def pool_problem(network: str, length: int) -> str | None:
     s = prefix.span(network)
     if s is None:
         return f"network {network} is not an IPv4 network"
-    plen = int(network.rpartition("/")[2])
+    # From the span, not the text: a bare address is a /32 (and "/08" an /8), never a crash.
+    plen = 33 - (s[1] - s[0] + 1).bit_length()
     if not MIN_LEN <= length <= MAX_LEN:
         return f"subnet_len {length} is outside {MIN_LEN}..{MAX_LEN}"
     if length <= plen:
