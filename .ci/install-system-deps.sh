@@ -16,6 +16,9 @@
 #                  the CNI bridge and host-local plugins (/usr/lib/cni) the flannel CNI plugin
 #                  delegates to (tests/e2e/test_cni.py, `meshd lab --cni`; the flannel plugin
 #                  itself is not packaged: see docs/kubernetes.md)
+#   wireguard-go wireguard-tools
+#                  the userspace WireGuard device (this kernel has no wireguard module) and `wg`:
+#                  tests/integration/test_wireguard_kernel.py, benchmarks/bench_wireguard.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +27,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod openssl containernetworking-plugins)
+pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod openssl containernetworking-plugins
+      wireguard-go wireguard-tools)
 # Any busybox will do (the dynamic one runs in the guest too, the root is shared); installing
 # busybox-static over an existing busybox would replace it.
 command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)
