@@ -551,7 +551,7 @@ def _addr(ip: Any, port: Any) -> Addr:
 
 _RECORD_TYPES = (
     str, bytes, bytes, int, bytes, (int, str), bytes, int, int, int,
-    int, int, bytes, bytes, bytes, bytes,
+    int, int, bytes, bytes, bytes, bytes, bytes,
 )  # fmt: skip
 """Exact msgpack types of the record fields (record.py draws the layout). The backend (index 5)
 is a protocol-1 code or, for a backend without one, its name."""

@@ -6,11 +6,13 @@ is a positional msgpack list, append-only (docs/protocol.md, "Node record")::
     0 name  1 node_id  2 ip4 (4 B)  3 port  4 subnet4 (5 B)  5 backend  6 vtep_mac (0|6 B)  7 mtu
     8 incarnation  9 version  10 since  11 flags (bit 0: left)  12 ip6 (0|16 B)
     13 subnet6 (0|17 B)  14 cert (X.509 DER or b"")  15 sig (Ed25519, 64 B or b"")
+    16 wg_key (WireGuard public key, 0|32 B)
 
 Fields 0..9 are protocol 1's, 10 came next; older members read only those. Trailing fields at
 their defaults are not sent, so a shared-key record is byte for byte what older members send. The
-signature covers ``SIGNING_PREFIX + msgpack(fields 0..13)`` -- everything but the certificate
-(which binds the key) and the signature itself.
+signature covers ``SIGNING_PREFIX + msgpack(fields 0..13, then 16.. when any is set)`` --
+everything but the certificate (which binds the key) and the signature itself; a record with no
+field past 15 signs exactly as before field 16 existed.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ MAX_CERT_LEN = 1024
 """Largest certificate a record may carry (a meshd node certificate is ~350 bytes): a record
 must fit a datagram beside a push-pull header."""
 FLAG_LEFT = 1
-_WIRE_FIELDS = 16
+_WIRE_FIELDS = 17
 _MIN_WIRE_FIELDS = 11
+WG_KEY_LEN = 32
 ClaimRank = tuple[int, float]
 """How strong a certified claim on a subnet is: (0 fixed-subnet grant | 1 pool grant, the
 certificate's not_before). Lower is stronger; see dataplane/model.py ``claim_order``."""
@@ -86,6 +89,8 @@ class NodeRecord:
     """The node's X.509 certificate (DER); empty in shared-key mode."""
     sig: bytes = b""
     """Ed25519 signature of `signing_bytes` by the certificate's key; empty in shared-key mode."""
+    wg_key: bytes = b""
+    """The node's WireGuard public key (the wireguard backend); empty otherwise. Signed."""
     claim_rank: ClaimRank | None = field(default=None, compare=False, repr=False)
     """Not on the wire: set by the trust check from the verified certificate (None when
     unverified), and used instead of ``since`` to decide between claimants."""
@@ -101,7 +106,7 @@ class NodeRecord:
         """Compact positional form for msgpack (field order is part of the protocol); trailing
         fields at their defaults are left out (at least the 11 older members know are sent)."""
         wire = self._signed_fields()
-        wire += (self.cert, self.sig)
+        wire += (self.cert, self.sig, *self._later_fields())
         n = len(wire)
         while n > _MIN_WIRE_FIELDS and wire[n - 1] in (b"", 0):
             n -= 1
@@ -109,12 +114,21 @@ class NodeRecord:
         return wire
 
     def signing_bytes(self) -> bytes:
-        """What the signature covers: fields 0..13, always all of them."""
-        return SIGNING_PREFIX + bytes(msgpack.packb(self._signed_fields(), use_bin_type=True))
+        """What the signature covers: fields 0..13, always all of them, then fields 16.. up to
+        the last one set (none: the form records had before field 16)."""
+        later = self._later_fields()
+        while later and later[-1] in (b"", 0):
+            later.pop()
+        fields = self._signed_fields() + later
+        return SIGNING_PREFIX + bytes(msgpack.packb(fields, use_bin_type=True))
 
     def sign(self, private_key: Ed25519PrivateKey) -> NodeRecord:
         """This record signed with ``private_key`` (``cert`` must already be the key's)."""
         return replace(self, sig=private_key.sign(self.signing_bytes()))
+
+    def _later_fields(self) -> list[Any]:
+        """Fields 16.. (after the certificate and the signature), signed like 0..13."""
+        return [self.wg_key]
 
     def _signed_fields(self) -> list[Any]:
         return [
@@ -148,6 +162,7 @@ class NodeRecord:
         subnet6 = obj[13] if n > 13 else b""
         cert = obj[14] if n > 14 else b""
         sig = obj[15] if n > 15 else b""
+        wg_key = obj[16] if n > 16 else b""
         if not isinstance(ip, bytes) or len(ip) != 4:
             raise RecordError("public_ip: not 4 bytes")
         if not isinstance(subnet, bytes) or len(subnet) != 5:
@@ -183,6 +198,7 @@ class NodeRecord:
             subnet6=_unpack_subnet6(subnet6) if subnet6 else None,
             cert=cert,
             sig=sig,
+            wg_key=wg_key,
         )
         validate(rec)
         return rec
@@ -205,6 +221,7 @@ class NodeRecord:
             **({"subnet6": self.subnet6} if self.subnet6 else {}),
             **({"cert": self.cert.hex()} if self.cert else {}),
             **({"sig": self.sig.hex()} if self.sig else {}),
+            **({"wg_key": self.wg_key.hex()} if self.wg_key else {}),
         }
 
     @classmethod
@@ -227,6 +244,7 @@ class NodeRecord:
                 subnet6=d.get("subnet6"),
                 cert=bytes.fromhex(d.get("cert", "")),
                 sig=bytes.fromhex(d.get("sig", "")),
+                wg_key=bytes.fromhex(d.get("wg_key", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RecordError(f"record: {exc}") from exc
@@ -320,6 +338,8 @@ def validate(rec: NodeRecord) -> None:  # noqa: C901 - one check per field reads
         raise RecordError(f"cert: not bytes of at most {MAX_CERT_LEN}")
     if not isinstance(rec.sig, bytes) or len(rec.sig) not in (0, SIG_LEN):
         raise RecordError(f"sig: not 0 or {SIG_LEN} bytes")
+    if not isinstance(rec.wg_key, bytes) or len(rec.wg_key) not in (0, WG_KEY_LEN):
+        raise RecordError(f"wg_key: not 0 or {WG_KEY_LEN} bytes")
 
 
 def _validate_ip6(ip: object) -> None:

@@ -85,13 +85,38 @@ def run_timers(n: GossipNode, until: float) -> None:
 def test_signed_record_round_trips_and_verifies(pki: SimPKI) -> None:
     rec = pki.signed(replace(A, public_ip6="2001:db8::1", subnet6="2001:db8:1::/64"))
     wire = rec.to_wire()
-    assert len(wire) == 16 and wire[14] == rec.cert and len(wire[15]) == 64
+    assert len(wire) == 16 and wire[14] == rec.cert and len(wire[15]) == 64  # no wg_key: 16
     assert rec.signing_bytes().startswith(SIGNING_PREFIX)
     back = m.decode(m.pack_datagram([m.encode(m.Alive(rec))]))[0]
     assert isinstance(back, m.Alive) and back.record == rec
     got, reason = pki.trust.fork().verify(back.record, SIM_WALL)
     assert reason == "" and got is not None
     assert got.claim_rank == (0, SIM_WALL - DAY)  # a fixed-subnet grant, its not_before
+
+
+def test_the_wireguard_key_travels_signed_and_changes_nothing_without_it(pki: SimPKI) -> None:
+    key = bytes(range(32))
+    plain = pki.signed(A)
+    rec = pki.signed(replace(A, wg_key=key))
+    # Without a key, what is signed is fields 0..13 exactly as before field 16 existed.
+    assert plain.signing_bytes() == SIGNING_PREFIX + msgpack.packb(
+        plain.to_wire()[:14], use_bin_type=True
+    )
+    assert rec.signing_bytes() != replace(rec, wg_key=b"").signing_bytes()
+    wire = rec.to_wire()
+    assert len(wire) == 17 and wire[16] == key
+    back = m.decode(m.pack_datagram([m.encode(m.Alive(rec))]))[0]
+    assert isinstance(back, m.Alive) and back.record == rec
+    assert NodeRecord.from_dict(rec.to_dict()) == rec
+    trust = pki.trust.fork()
+    assert trust.verify(rec, SIM_WALL)[1] == ""
+    # Another key under the same signature is a forgery.
+    forged = replace(rec, wg_key=bytes(32))
+    assert trust.verify(forged, SIM_WALL) == (None, "bad_signature")
+    # A shared-key record with a key keeps empty certificate and signature slots before it.
+    shared = replace(A, wg_key=key).to_wire()
+    assert len(shared) == 17 and shared[14:16] == [b"", b""]
+    assert NodeRecord.from_wire(shared).wg_key == key
 
 
 def test_shared_key_record_is_what_older_members_send() -> None:
@@ -117,6 +142,7 @@ def test_shared_key_record_is_what_older_members_send() -> None:
         ("subnet6", "2001:db8::1/64"),
         ("sig", b"x" * 63),
         ("cert", b"x" * 2000),
+        ("wg_key", b"x" * 31),
     ],
 )
 def test_non_unicast_addresses_and_bad_shapes_are_refused(field: str, value: object) -> None:
