@@ -92,3 +92,23 @@ def test_bench_daemons_smoke(tmp_path: Path) -> None:
     assert [r["metric"].split(":")[1] for r in imports][:2] == ["interpreter", "asyncio"]
     assert all(r["cumulative_kib"] > 0 for r in imports)
     assert leftover_namespaces(prefix) == []
+
+
+@pytest.mark.root
+def test_bench_wireguard_smoke() -> None:
+    """benchmarks/bench_wireguard.py at 20 peers: both ways configure the device, and it prints
+    the lines report.py reads (one per operation, with a ratio)."""
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_wireguard.py"), "--n", "20"]
+        + ["--reps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.strip().startswith("{")]
+    assert {r["op"] for r in lines} == {"add", "noop"}
+    for r in lines:
+        assert r["bench"] == "wireguard" and r["n"] == 20
+        assert r["meshd_s"] > 0 and r["wg_s"] > 0 and r["ratio"] > 0
