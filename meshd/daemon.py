@@ -21,13 +21,15 @@ import shutil
 import signal
 import socket
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from meshd import __version__, identity
+from meshd import __version__, doctor, identity
 from meshd.allocator import Allocator
 from meshd.config import Config, parse_seed
+from meshd.control.protocol import DoctorReply
 from meshd.control.server import ControlServer, group_id
-from meshd.dataplane import allocation, backends
+from meshd.dataplane import allocation, backends, model, prefix
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.masquerade import Masquerade, remove_table
@@ -40,7 +42,7 @@ from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError, certified_vtep_seed
 from meshd.gossip.security import Sealer
 from meshd.gossip.trust import Signer, Trust, TrustError
-from meshd.keyfile import load_keyring, load_or_create_wireguard_key
+from meshd.keyfile import WIREGUARD_KEY, load_keyring, load_or_create_wireguard_key
 from meshd.membership import Membership
 from meshd.metrics import MetricsServer
 from meshd.service import Service
@@ -50,6 +52,9 @@ from meshd.transport import Transport
 from meshd.tunnelprobe import TunnelProber
 
 log = logging.getLogger("meshd")
+
+
+SKEW_FRESH = 300.0  # seconds: an older clock-skew sample is not reported by doctor
 
 
 class Daemon:
@@ -234,6 +239,7 @@ class Daemon:
             allocator=self.allocator,
             masquerade=self.masquerade,
             prober=self.prober,
+            doctor=self.run_doctor,
         )
         self.membership = Membership(
             node,
@@ -386,6 +392,71 @@ class Daemon:
             node.local.incarnation,
         )
         return True
+
+    async def run_doctor(self) -> DoctorReply:
+        """`meshd doctor`: the checks of meshd/doctor.py against this daemon's view."""
+        return cast(DoctorReply, await doctor.run(self._doctor_sources()))
+
+    def _doctor_sources(self) -> doctor.Sources:
+        cfg = self.cfg
+        assert self.reconciler is not None and self.transport is not None
+        reconciler, transport, service = self.reconciler, self.transport, self.service
+        node = service.node
+        be = backends.get(cfg.backend)
+
+        def peers() -> list[doctor.Peer]:
+            flags = reconciler.peer_flags()
+            now = time.time()
+            out = []
+            for m in node.members():
+                r = m.record
+                if r.node_id == node.local.node_id:
+                    continue
+                skew = transport.skew.get(r.node_id)
+                out.append(
+                    doctor.Peer(
+                        name=r.name,
+                        state=str(m.state.value),
+                        public_ip=r.public_ip,
+                        mtu=r.mtu,
+                        flag=flags.get(r.name),
+                        skew=skew[0] if skew and now - skew[1] < SKEW_FRESH else None,
+                        address=prefix.network_address(r.subnet),
+                    )
+                )
+            return out
+
+        def cert_not_after() -> float | None:
+            cert = service.trust_status().get("cert") or {}
+            return cert.get("not_after")
+
+        def expected_env() -> dict[str, str]:
+            if self.allocator is not None and not self.allocator.settled:
+                return {}
+            mtu = reconciler.status().get("mtu")
+            first = model.first_address(node.local.subnet)
+            return {"FLANNEL_SUBNET": first, **({"FLANNEL_MTU": str(mtu)} if mtu else {})}
+
+        secrets = [cfg.key_file]
+        if cfg.cert_key is not None:
+            secrets.append(cfg.cert_key)
+        if "wgpeer" in be.peer_objects:
+            secrets.append(cfg.state_dir / WIREGUARD_KEY)
+        encap = be.encapsulation(cfg.backend_port or 0)
+        return doctor.Sources(
+            backend=cfg.backend,
+            gossip_port=cfg.port,
+            backend_port=cfg.backend_port,
+            ip_protocol=encap.number if encap is not None and encap.protocol == "ip" else None,
+            overhead=be.overhead,
+            dataplane=reconciler.status,
+            peers=peers,
+            probe_all=self.prober.probe_all if self.prober is not None else None,
+            secret_files=secrets,
+            cert_not_after=cert_not_after,
+            subnet_env=Path(cfg.subnet_env),
+            expected_env=expected_env,
+        )
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Quiet stop: save state, close sockets; never touch kernel state."""

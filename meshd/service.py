@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from meshd.control.protocol import (
     CRL_INSTALL,
     CrlInstall,
     CrlReply,
+    DoctorReply,
     KeyInstall,
     KeyList,
     KeyRef,
@@ -89,6 +90,8 @@ class Service:
     masquerade: HasStatus | None = None
     prober: TunnelView | None = None
     """Probes through the tunnel (None for host-gw: nothing encapsulated to probe)."""
+    doctor: Callable[[], Awaitable[DoctorReply]] | None = None
+    """`meshd doctor`'s checks (meshd/doctor.py, wired by the daemon)."""
 
     def commands(self) -> dict[str, Handler]:
         """The control socket's command table: raw JSON request -> typed call."""
@@ -117,6 +120,12 @@ class Service:
         async def update(req: dict[str, Any]) -> UpdateReply:
             return self.update()
 
+        async def doctor(req: dict[str, Any]) -> DoctorReply:
+            if self.doctor is None:
+                raise ControlError("doctor: not available in this daemon")
+            reply: DoctorReply = await self.doctor()
+            return reply
+
         async def crl_install(req: dict[str, Any]) -> CrlReply:
             return await self.crl_install(CrlInstall.parse(req))
 
@@ -125,6 +134,7 @@ class Service:
             "status": status,
             "leave": leave,
             "update": update,
+            "doctor": doctor,
             "keys.list": keys_list,
             "keys.install": keys_install,
             "keys.use": keys_use,

@@ -13,7 +13,7 @@ from typing import Any, NotRequired, TypedDict
 
 from meshd.errors import ControlError
 
-READ_ONLY = frozenset({"peers", "status", "keys.list"})
+READ_ONLY = frozenset({"peers", "status", "keys.list", "doctor"})
 """Commands that change nothing, which members of ``control_group`` may run. Every other
 command -- leave, update, keys.install/use/remove, crl.install and any added later -- needs root:
 a new command is root-only until it is listed here."""
@@ -21,6 +21,22 @@ a new command is root-only until it is listed here."""
 KEY_ID_HEX = 32
 """A key id on the control socket: 16 bytes (security.KEY_ID_LEN) as 32 hex digits
 (`meshd keys list`)."""
+
+
+class DoctorFinding(TypedDict):
+    check: str
+    """forwarding, rp_filter, kernel, mtu, checksum, firewall, clock, files, subnet.env, tunnel"""
+    level: str
+    """ok, warn or fail"""
+    message: str
+    fix: str
+    peer: str | None
+
+
+class DoctorReply(TypedDict):
+    ok: bool
+    """False when any finding failed (`meshd doctor` exits 1)."""
+    findings: list[DoctorFinding]
 
 
 class PeerRow(TypedDict):
