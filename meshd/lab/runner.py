@@ -9,6 +9,7 @@ counters, and tears everything down (unless --keep).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from meshd.dataplane import backends
 from meshd.errors import ControlError, LabError
 from meshd.lab import Lab, cleanup_on_signals, down, format_matrix, write_key
 from meshd.lab.cni import find_flannel
+from meshd.lab.daemons import WG_DEVICE
 
 PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
 """Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""
@@ -31,7 +33,7 @@ CONVERGE_TIMEOUT = 90.0
 
 
 def tunnel_device(backend: str, vni: int = 1) -> str | None:
-    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}"}.get(backend)
+    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}", "wireguard": WG_DEVICE}.get(backend)
 
 
 def kernel_supports(kind: str) -> bool:
@@ -59,6 +61,14 @@ def preflight(backend: str) -> None:
         raise LabError("meshd lab needs root (it creates network namespaces): run it with sudo")
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
         raise LabError("meshd lab needs iproute2 (apt-get install iproute2)")
+    if backend == "wireguard":
+        # The daemon falls back to userspace wireguard-go where the kernel has no module.
+        if not kernel_supports(backend) and shutil.which("wireguard-go") is None:
+            raise LabError(
+                "wireguard: this kernel has no wireguard module and wireguard-go is not on "
+                "PATH: apt-get install wireguard-go wireguard-tools"
+            )
+        return
     if not kernel_supports(backend):
         raise LabError(
             f"this kernel cannot create {backend} devices (module {backend} missing): "
