@@ -29,9 +29,9 @@ def site(backend: str = "vxlan", **kw: Any) -> Site:
 
 
 def test_registry_names_and_lookup() -> None:
-    assert backends.names() == ("host-gw", "ipip", "vxlan")
+    assert backends.names() == ("host-gw", "ipip", "vxlan", "wireguard")
     assert [backends.get(n).name for n in backends.names()] == list(backends.names())
-    with pytest.raises(ValueError, match=r"^'gre' is not one of host-gw, ipip, vxlan$"):
+    with pytest.raises(ValueError, match=r"^'gre' is not one of host-gw, ipip, vxlan, wireguard$"):
         backends.get("gre")
 
 
@@ -42,7 +42,8 @@ def test_every_backend_declares_a_consistent_order(name: str) -> None:
     # The route goes last: its (onlink) gateway must resolve before traffic uses it.
     assert be.peer_objects[-1] == "route"
     steps = be.steps()
-    assert set(steps) <= set(apply._STEPS), "apply.py cannot run a step the backend declares"
+    runnable = set(apply._STEPS) | set(apply.WG_STEPS)
+    assert set(steps) <= runnable, "apply.py cannot run a step the backend declares"
     dels = [s for s in steps if s.endswith("_del")]
     assert steps[: len(dels)] == tuple(dels), "removals run first"
 

@@ -19,6 +19,7 @@ H1: PeerRow = {
     "self": True,
     "node_id": "00" * 16,
     "flag": None,
+    "handshake": None,
     "trust": "certificate",
 }
 H2: PeerRow = {
@@ -33,6 +34,7 @@ H2: PeerRow = {
     "self": False,
     "node_id": "11" * 16,
     "flag": "conflicted",
+    "handshake": None,
     "trust": "certificate",
 }
 
