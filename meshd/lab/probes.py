@@ -257,7 +257,9 @@ class Probes(Topology):
         pcap = self.workdir / f"rec-{self._next_port()}.pcap"
         # --immediate-mode: else the kernel hands packets over in blocks, up to a second late,
         # and what the last block holds when SIGINT comes is lost (and not counted as dropped).
-        argv = ["tcpdump", "-n", "--immediate-mode", "-U", "-Z", "root", "-B", "8192",
+        # Headers only (-s), a large kernel buffer (-B, KiB) and buffered writes keep up with a
+        # bulk transfer through a tunnel (the lengths printed are the packets' own).
+        argv = ["tcpdump", "-n", "--immediate-mode", "-s", "128", "-B", "65536", "-Z", "root",
                 "-i", ifname, "-w", str(pcap)]  # fmt: skip
         proc = self.spawn(ns, [*argv, *shlex.split(bpf)], stderr=subprocess.PIPE)
         lines: list[str] = []
