@@ -160,7 +160,7 @@ def run_lab(
             say(f"\n4 MiB over TCP {src.name} -> {dst.name} container: FAILED")
             failed.append(f"tcp {src.name}->{dst.name}")
         if keep:
-            say(_keep_help(lab, first.socket_path))
+            say(_keep_help(lab, first.socket_path, backend))
         if failed or not ok:
             _print_log_tails(lab, say)
             say(f"\nFAILED: {len(failed)} of {len(matrix)} pairs do not ping: {', '.join(failed)}")
@@ -233,15 +233,21 @@ def _print_log_tails(lab: Lab, say: Callable[[str], None]) -> None:
         say(f"--- {d.host.name} log ({d.log_path}) ---\n" + "\n".join(tail))
 
 
-def _keep_help(lab: Lab, sock: Path) -> str:
+def _keep_help(lab: Lab, sock: Path, backend: str) -> str:
     h1, h2 = lab.hosts[0], lab.hosts[1]
+    wg = ""
+    if backend == "wireguard":
+        # wireguard-go's socket is in its mount namespace (each host's /run/wireguard is private)
+        pid = lab.wireguard_pid(h1)
+        where = f"nsenter -t {pid} -m -n" if pid else f"ip netns exec {h1.ns}"
+        wg = f"\n  {where} wg show {WG_DEVICE}"
     return f"""
 The lab keeps running. Look around:
   ip netns list | grep {PREFIX}
   meshd peers --socket {sock}
   meshd status --socket {sock}
   ip netns exec {h1.ns} ip route show proto 109
-  ip netns exec {h1.ns} ip -d link show
+  ip netns exec {h1.ns} ip -d link show{wg}
   ip netns exec {h1.container_ns} ping {h2.container_ip}
   logs: {lab.workdir}/h*.log
 Remove it with: meshd lab down"""
