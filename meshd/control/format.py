@@ -145,6 +145,13 @@ def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
             f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
             f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all"
         )
+    wg = dp.get("wireguard")
+    if wg:
+        out.append(
+            f"          wireguard {wg.get('implementation') or 'not running'}: {wg.get('why')}; "
+            f"port {wg.get('listen_port') or '-'}, {wg.get('peers', 0)} peer(s), "
+            f"{wg.get('handshakes', 0)} with a handshake; public key {wg.get('public_key')}"
+        )
     change = (dp.get("last_change") or {}).get("plan") or {}
     counts = {k: v for k, v in (change.get("counts") or {}).items() if v}
     if counts:
