@@ -47,6 +47,7 @@ from meshd.service import Service
 from meshd.statestore import CrlStore, StateStore
 from meshd.systemd import sd_notify
 from meshd.transport import Transport
+from meshd.tunnelprobe import TunnelProber
 
 log = logging.getLogger("meshd")
 
@@ -60,6 +61,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.firewall: Firewall | None = None
         self.masquerade: Masquerade | None = None
+        self.prober: TunnelProber | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
 
@@ -208,6 +210,8 @@ class Daemon:
         )
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
+        if backends.get(cfg.backend).overhead:  # a tunnel to probe (host-gw has none)
+            self.prober = TunnelProber(cfg.port)
         if cfg.ipmasq:
             if network is None:  # config.build refuses it; a certificate always brings one
                 raise ConfigError("ipmasq: needs network")
@@ -229,6 +233,7 @@ class Daemon:
             time.monotonic(),
             allocator=self.allocator,
             masquerade=self.masquerade,
+            prober=self.prober,
         )
         self.membership = Membership(
             node,
@@ -324,6 +329,13 @@ class Daemon:
             tasks.append(asyncio.create_task(self.membership.heartbeat_loop(), name="heartbeat"))
         if self.masquerade is not None:
             tasks.append(asyncio.create_task(self.membership.masquerade_loop(), name="masquerade"))
+        if self.prober is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self.membership.probe_targets_loop(self.prober), name="probe-targets"
+                )
+            )
+            tasks.append(asyncio.create_task(self.prober.run(), name="tunnel-probe"))
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         rc = 0
@@ -393,6 +405,8 @@ class Daemon:
             await self.control.close()
         if self.reconciler is not None:
             await self.reconciler.close()
+        if self.prober is not None:
+            self.prober.close()
         if self.transport is not None:
             self.transport.close()
 

@@ -45,9 +45,12 @@ def peers(rows: Sequence[PeerRow], now: float | None = None) -> str:
     """The `meshd peers` table; a wireguard mesh gets a HANDSHAKE column (how long ago each
     peer's latest WireGuard handshake was, at ``now``, unix seconds)."""
     wg = any(r["backend"] == "wireguard" for r in rows)
+    tunneled = any(r.get("tunnel") for r in rows)
     cols = list(PEER_COLUMNS)
     if wg:
         cols.insert(cols.index("NOTE"), "HANDSHAKE")
+    if tunneled:
+        cols.insert(cols.index("NOTE"), "TUNNEL")
     out: list[Sequence[str]] = [cols]
     t = time.time() if now is None else now
     for r in rows:
@@ -65,12 +68,25 @@ def peers(rows: Sequence[PeerRow], now: float | None = None) -> str:
         if wg:
             shake = r.get("handshake")
             row.append("-" if me else "never" if not shake else f"{max(0.0, t - shake):.0f}s ago")
+        if tunneled:
+            row.append(_tunnel(r.get("tunnel")))
         row.append("self" if me else (r["flag"] or ""))
         out.append(row)
     text = table(out)
     if any(r.get("trust") == "shared-key" for r in rows):
         text += "\n" + UNAUTHENTICATED
     return text
+
+
+def _tunnel(t: Mapping[str, Any] | None) -> str:
+    """The TUNNEL cell: what probes through the tunnel say (``-``: not probed)."""
+    if not t:
+        return "-"
+    if t.get("state") == "ok":
+        return f"ok {t.get('rtt_ms')}ms"
+    if t.get("state") == "unreachable":
+        return f"UNREACHABLE ({t.get('failures')} lost)"
+    return "?"
 
 
 UNAUTHENTICATED = (

@@ -41,6 +41,9 @@ class PeerRow(TypedDict):
     flag: str | None
     """Why the data plane does not program it as usual (conflicted, refused, ...), if so."""
     handshake: int | None
+    tunnel: dict[str, Any] | None
+    """Probes through the tunnel to this peer (``state`` ok | unreachable | unknown, ``rtt_ms``,
+    ``last_ok``, ``failures``); None for host-gw, this node, or a peer not programmed."""
     """wireguard backend: unix seconds of this peer's latest WireGuard handshake (None: none
     yet, or another backend)."""
     trust: str
@@ -77,6 +80,8 @@ class StatusReply(TypedDict):
     and ``local`` (why our own certificate no longer holds, or empty)."""
     dataplane: dict[str, Any]
     """The reconciler's status (dataplane/reconciler.py), ``{}`` before it started."""
+    tunnel: dict[str, Any] | None
+    """The tunnel prober's status (meshd/tunnelprobe.py); None for host-gw."""
     filter: dict[str, Any]
     allocation: dict[str, Any]
     """Allocating nodes (no fixed subnet): the pool (network, subnet_len, size), the lease, how
