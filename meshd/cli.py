@@ -213,9 +213,49 @@ def doctor(
 
 @app.command()
 @friendly
-def leave(socket: SocketOpt = DEFAULT_SOCKET) -> None:
-    """Announce that this node leaves the mesh, wait until that has spread, stop the daemon."""
-    typer.echo(fmt.leave(client.leave(socket)))
+def leave(
+    socket: SocketOpt = DEFAULT_SOCKET,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Then remove everything meshd made on this host: devices, routes, nftables "
+            "tables, subnet.env, the WireGuard key (docs/operations.md).",
+        ),
+    ] = False,
+    config: Annotated[Path | None, typer.Option(help="TOML config file (with --purge).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State dir (with --purge).")] = None,
+    subnet_env: Annotated[Path | None, typer.Option(help="subnet.env (with --purge).")] = None,
+) -> None:
+    """Announce that this node leaves the mesh, wait until that has spread, stop the daemon;
+    with --purge, then remove meshd's kernel state and files from this host."""
+    if not purge:
+        typer.echo(fmt.leave(client.leave(socket)))
+        return
+    import os
+
+    if os.geteuid() != 0:
+        fail("leave --purge: needs root (it removes devices, routes and nftables tables)")
+    cfg = load_config(config, {"state_dir": state_dir, "subnet_env": subnet_env})
+    try:
+        typer.echo(fmt.leave(client.leave(socket)))
+    except MeshdError as exc:  # not running: nothing to leave, purge what it left behind
+        typer.echo(f"daemon not reachable ({exc}); purging what it left")
+    else:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                client.status(socket, timeout=2)
+            except MeshdError:
+                break  # gone
+            time.sleep(0.2)
+        else:
+            fail("leave --purge: the daemon is still running 15 s after leaving; not purging")
+    from meshd.purge import purge_host
+
+    for line in purge_host(cfg):
+        typer.echo(f"removed {line}")
+    typer.echo("purged")
 
 
 @app.command()

@@ -45,6 +45,7 @@ from meshd.gossip.trust import Signer, Trust, TrustError
 from meshd.keyfile import WIREGUARD_KEY, load_keyring, load_or_create_wireguard_key
 from meshd.membership import Membership
 from meshd.metrics import MetricsServer
+from meshd.purge import FORWARDING_MARKER
 from meshd.service import Service
 from meshd.statestore import CrlStore, StateStore
 from meshd.systemd import sd_notify
@@ -202,6 +203,7 @@ class Daemon:
             vni=cfg.vni,
             vxlan_port=cfg.vxlan_port,
             wireguard_port=cfg.wireguard_port,
+            forwarding_marker=cfg.state_dir / FORWARDING_MARKER,
             bridge=cfg.bridge,
             subnet_env=cfg.subnet_env,
             ipmasq=cfg.ipmasq,

@@ -293,6 +293,14 @@ class Netlink:
             return None
         return _link_info(msgs[0]) if msgs else None
 
+    async def links(self) -> list[LinkInfo]:
+        """Every device in the namespace."""
+        out: list[LinkInfo] = []
+        with _errors("dump links"):
+            async for m in await self._ip.link("dump", ext_mask=SKIP_STATS):
+                out.append(_link_info(m))
+        return out
+
     async def create_link(
         self, name: str, kind: str, mtu: int | None, mac: str | None, params: Sequence[Any]
     ) -> int:

@@ -81,6 +81,7 @@ class ReconcilerConfig:
     bridge: str | None = None  # a bridge to hold the subnet's first address, if set
     subnet_env: str | Path = "/run/meshd/subnet.env"  # flannel-format env file for CNI
     ipmasq: bool = False  # only written to subnet_env
+    forwarding_marker: str | Path | None = None  # keeps ip_forward's value before meshd set it
     resync_interval: float = 30.0  # seconds between full passes without any trigger
     reap_after: float = 300.0  # seconds a dead peer keeps its entries
 
@@ -471,6 +472,13 @@ class Reconciler:
         old = await self._nl.sysctl("net.ipv4.ip_forward", "1")
         if old != "1":
             log.info("enabled net.ipv4.ip_forward (was %s)%s", old, _in(self.netns))
+            marker = self.cfg.forwarding_marker
+            if marker is not None and not Path(marker).exists():
+                # what `meshd leave --purge` puts back; the first value meshd saw wins
+                try:
+                    Path(marker).write_text(f"{old}\n")
+                except OSError as exc:
+                    log.warning("cannot keep %s: %s", marker, exc.strerror)
 
     async def _observe(self, desired: Desired) -> Observed:
         devices: dict[str, ObservedDevice] = {}

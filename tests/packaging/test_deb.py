@@ -404,6 +404,7 @@ def test_service_under_systemd(
         t0 = time.monotonic()
         box.boot()
         timings["nspawn_boot"] = time.monotonic() - t0
+        forward_before = box.sh("cat /proc/sys/net/ipv4/ip_forward").stdout.strip()
         box.sh(
             "ip link add v0 type veth peer name v1 && ip addr add 10.99.0.2/24 dev v0"
             " && ip link set v0 up && ip link set v1 up"
@@ -526,5 +527,17 @@ def test_service_under_systemd(
         box.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q meshd")
         assert box.sh("systemctl is-active meshd", check=False).stdout.strip() == "inactive"
         box.sh("ip link show meshd.1 && test -f /etc/meshd/key")
+
+        # Purge takes meshd's kernel state too: both devices (wireguard-go stopped), its
+        # routes, ip_forward as it was before meshd's first start.
+        box.sh("ip link show meshd.wg")
+        box.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q meshd")
+        links = box.sh("ip -o link show").stdout
+        assert "meshd." not in links, links
+        assert not box.sh("ip route show proto 109").stdout.strip()
+        procs = box.sh("cat /proc/[0-9]*/cmdline | tr '\\0' ' '", check=False).stdout
+        assert "wireguard-go meshd.wg" not in procs
+        assert box.sh("cat /proc/sys/net/ipv4/ip_forward").stdout.strip() == forward_before
+        box.sh("test ! -e /etc/meshd && test ! -e /var/lib/meshd")
     finally:
         box.shutdown()
