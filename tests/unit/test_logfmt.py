@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import re
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 from logparse import parse_logfmt  # tests/unit is on sys.path (pytest prepend import mode)
 
 from meshd.config import build
 from meshd.errors import ConfigError
+from meshd.gossip.events import EventKind
+from meshd.gossip.keyops import KeyringOutcome
 from meshd.logfmt import FORMATS, EventFormatter, logfmt_value
 
 TRICKY = [
@@ -163,3 +168,61 @@ def test_config_takes_the_formats_and_refuses_others_in_one_line() -> None:
     assert str(err.value) == "log_format: 'xml' is not one of text, logfmt, json"
     with pytest.raises(ValueError, match="xml"):
         EventFormatter("xml")
+
+
+# --- the event names: every log call has one, and docs/operations.md lists them all --------------
+
+ROOT = Path(__file__).resolve().parents[2]
+LEVELS = {"info", "warning", "error", "exception", "critical"}
+
+
+def log_calls() -> list[tuple[str, ast.Call]]:
+    """Every ``log.<level>(...)`` at info or above in meshd (the lab, a CLI tool, aside)."""
+    out = []
+    for path in sorted((ROOT / "meshd").rglob("*.py")):
+        if "lab" in path.relative_to(ROOT / "meshd").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            if (
+                isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Name)
+                and f.value.id == "log"
+                and f.attr in LEVELS
+            ):
+                out.append((f"{path.relative_to(ROOT)}:{node.lineno}", node))
+    return out
+
+
+def code_events() -> set[str]:
+    found = set()
+    for path in (ROOT / "meshd").rglob("*.py"):
+        found |= set(re.findall(r'"event": "([a-z_]+)"', path.read_text()))
+    # the two families named from a value: membership.py and service.py
+    found |= {f"peer_{kind}" for kind in get_args(EventKind)}
+    found |= {f"key_{o}" for o in get_args(KeyringOutcome) if o != "unchanged"}  # not logged
+    return found
+
+
+def doc_events() -> set[str]:
+    """The first column of the event table in the guide's Logs section."""
+    text = (ROOT / "docs" / "operations.md").read_text().split("\n## Logs\n", 1)[1]
+    table = text.split("\n| event | level |", 1)[1].split("\n\n", 1)[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_every_log_call_names_its_event() -> None:
+    calls = log_calls()
+    assert len(calls) > 40
+    missing = [where for where, call in calls if not any(k.arg == "extra" for k in call.keywords)]
+    assert not missing, f"log calls without extra={{'event': ...}}: {missing}"
+
+
+def test_the_operations_guide_lists_every_event() -> None:
+    events = code_events()
+    assert {"peer_dead", "plan_applied", "peer_not_programmed", "subnet_moved"} <= events
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", e) for e in events)  # snake_case
+    assert doc_events() == events
