@@ -191,8 +191,14 @@ def _mtu(f: Facts) -> list[Finding]:
                 )
             )
     if not out:
+        dev = f"device {f.device_mtu} = " if f.device_mtu else ""
         out.append(
-            Finding("mtu", OK, f"device {f.device_mtu or '-'}, underlay {f.underlay_mtu}, peers'")
+            Finding(
+                "mtu",
+                OK,
+                f"{dev}underlay {f.underlay_mtu} - {f.overhead}; no peer announces a smaller "
+                "underlay MTU",
+            )
         )
     return out
 
