@@ -128,6 +128,9 @@ def join(
         ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text, logfmt or json (one event per line).")
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground and join the mesh (logs to stderr)."""
     cfg = load_config(
@@ -152,6 +155,7 @@ def join(
             "subnet_env": subnet_env,
             "ipmasq": ipmasq,
             "log_level": log_level,
+            "log_format": log_format,
         },
     )
     import asyncio
@@ -161,7 +165,7 @@ def join(
     from meshd.daemon import serve
     from meshd.systemd import setup_logging
 
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     rc = asyncio.run(serve(cfg))
     raise typer.Exit(rc)
 

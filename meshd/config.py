@@ -22,6 +22,7 @@ from meshd.dataplane import allocation, backends
 from meshd.errors import ConfigError
 from meshd.gossip.config import GossipConfig as GossipConfig
 from meshd.gossip.record import MAX_NAME_LEN, RecordError, validate_subnet
+from meshd.logfmt import FORMATS as LOG_FORMATS
 
 DEFAULT_PORT = 7950
 DEFAULT_CONFIG = Path("/etc/meshd/meshd.toml")
@@ -85,6 +86,10 @@ class Config:
     """Seconds between full data-plane resyncs."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    log_format: str = "text"
+    """text (for people: timestamp, level, message), logfmt or json (for searching: one event
+    per line with stable keys, meshd/logfmt.py); text is today's format, so nothing changes
+    for whoever reads the log now."""
     metrics: str | None = None
     """Prometheus endpoint host:port (``true`` = 127.0.0.1:9950); off when unset."""
     filter: bool = False
@@ -332,6 +337,10 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
     if key == "log_level":
         if value not in _LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
+        return value
+    if key == "log_format":
+        if value not in LOG_FORMATS:
+            raise ConfigError(f"log_format: {value!r} is not one of {', '.join(LOG_FORMATS)}")
         return value
     raise ConfigError(f"{key}: unknown key")  # pragma: no cover - guarded above
 

@@ -182,7 +182,8 @@ class Daemon:
             saved = self.crl_store.load()
             if saved is not None and not node.install_crl(saved, time.monotonic()):
                 log.warning(
-                    "state: the saved revocation list was not taken (stale or not our CA's)"
+                    "state: the saved revocation list was not taken (stale or not our CA's)",
+                    extra={"event": "crl_refused", "reason": "stale or not our CA's"},
                 )
         sealer = Sealer(keyring, state.node_id, max_datagram=cfg.gossip.max_datagram)
         changed = asyncio.Event()
@@ -262,7 +263,7 @@ class Daemon:
             await self.reconciler.start()
         except DataplaneError as exc:
             # Membership still works; `status` reports the data-plane error.
-            log.error("data plane: %s", exc)
+            log.error("data plane: %s", exc, extra={"event": "dataplane_error", "reason": str(exc)})
         if not cfg.filter and shutil.which("nft"):
             # The filter was switched off: drop the table an earlier run may have left.
             with contextlib.suppress(DataplaneError):
@@ -289,6 +290,17 @@ class Daemon:
             underlay.ifname,
             len(known),
             len(seeds),
+            extra={
+                "event": "daemon_started",
+                "peer": local.name,
+                "version": __version__,
+                "public_ip": local.public_ip,
+                "subnet": local.subnet,
+                "backend": local.backend,
+                "underlay": underlay.ifname,
+                "members": len(known),
+                "seeds": len(seeds),
+            },
         )
 
     async def _start_masquerade(self) -> None:
@@ -311,7 +323,12 @@ class Daemon:
                     host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
                 )
             except OSError as exc:
-                log.warning("seed %s: cannot resolve (%s); skipping it", seed, exc)
+                log.warning(
+                    "seed %s: cannot resolve (%s); skipping it",
+                    seed,
+                    exc,
+                    extra={"event": "seed_unresolved", "seed": seed, "reason": str(exc)},
+                )
                 continue
             addr = (str(infos[0][4][0]), port)
             if addr != (local.public_ip, local.port):
@@ -354,7 +371,13 @@ class Daemon:
                 if isinstance(exc, MeshdError):  # said on purpose, in one line: the CLI prints it
                     fatal = exc
                 else:
-                    log.error("%s stopped: %s", t.get_name(), exc, exc_info=exc)
+                    log.error(
+                        "%s stopped: %s",
+                        t.get_name(),
+                        exc,
+                        exc_info=exc,
+                        extra={"event": "task_failed", "task": t.get_name(), "reason": str(exc)},
+                    )
                 rc = 1
         sd_notify("STOPPING=1")
         await self.shutdown(tasks + [stop])
@@ -384,7 +407,11 @@ class Daemon:
             signer = Signer(cred.key, cred.cert.der)
             node.renew_credentials(cred.authorities, signer, time.monotonic())
         except (MeshdError, TrustError) as exc:
-            log.error("reload: certificates: %s; keeping the current ones", exc)
+            log.error(
+                "reload: certificates: %s; keeping the current ones",
+                exc,
+                extra={"event": "reload_failed", "reason": str(exc)},
+            )
             return False
         self.service.transport.kick()
         log.info(
@@ -392,6 +419,11 @@ class Daemon:
             cred.cert.serial,
             time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cred.cert.not_after)),
             node.local.incarnation,
+            extra={
+                "event": "certificate_reloaded",
+                "serial": f"{cred.cert.serial:x}",
+                "incarnation": node.local.incarnation,
+            },
         )
         return True
 

@@ -31,6 +31,16 @@ BATCH = 0.01
 SAVE_HEARTBEAT = 60.0
 """Seconds between state-dir writes of an allocating node with no news: the file's ``saved_at``
 is then when the node was last alive, which decides whether its subnet outlived the lease."""
+WHY = {
+    "join": "alive and new here, or back after dead or left",
+    "update": "announced new record data",
+    "suspect": "a probe of it failed",
+    "alive": "refuted the suspicion",
+    "dead": "suspicion timed out, or a member declared it dead",
+    "left": "announced a graceful leave",
+    "evicted": "certificate revoked or expired",
+}
+"""The ``reason`` of each member event's log line (event ``peer_<kind>``, gossip/events.py)."""
 
 
 class PeerSink(Protocol):
@@ -102,6 +112,7 @@ class Membership:
         (a refutation must survive a crash)."""
         synced: bool | None = None
         incarnation = -1
+        refutes = self.node.counters["refute"]
         if self.allocator is not None:
             self.reallocate(self.allocator, self.peer_views())
         while True:
@@ -111,7 +122,34 @@ class Membership:
             events = self.node.pop_events()
             for ev in events:
                 r = ev.member.record
-                log.info("member %s (%s %s): %s", r.name, r.public_ip, r.subnet, ev.kind)
+                log.info(
+                    "member %s (%s %s): %s",
+                    r.name,
+                    r.public_ip,
+                    r.subnet,
+                    ev.kind,
+                    extra={
+                        "event": f"peer_{ev.kind}",
+                        "peer": r.name,
+                        "reason": WHY.get(ev.kind, ev.kind),
+                        "state": str(ev.member.state.value),
+                        "public_ip": r.public_ip,
+                        "subnet": r.subnet,
+                        "incarnation": r.incarnation,
+                    },
+                )
+            if refutes != self.node.counters["refute"]:
+                refutes = self.node.counters["refute"]
+                log.info(
+                    "refuted a suspicion of this node: incarnation %d",
+                    self.node.local.incarnation,
+                    extra={
+                        "event": "self_refuted",
+                        "peer": self.node.local.name,
+                        "reason": "a member suspected this node, or an old record of it arrived",
+                        "incarnation": self.node.local.incarnation,
+                    },
+                )
             if events or synced != self.node.synced:
                 synced = self.node.synced
                 views = self.peer_views()
@@ -138,7 +176,17 @@ class Membership:
             if self.node.synced and not allocator.settled:
                 allocator.settled = True
                 self.reconciler.set_local(self.node.local, settled=True)
-                log.info("subnet %s settled (%s)", self.node.local.subnet, allocator.origin)
+                log.info(
+                    "subnet %s settled (%s)",
+                    self.node.local.subnet,
+                    allocator.origin,
+                    extra={
+                        "event": "subnet_settled",
+                        "peer": self.node.local.name,
+                        "reason": allocator.origin,
+                        "subnet": self.node.local.subnet,
+                    },
+                )
             return
         if move.new is None:
             if self.node.synced:
@@ -154,6 +202,13 @@ class Membership:
             move.holder.name,
             move.holder.public_ip,
             move.new,
+            extra={
+                "event": "subnet_moved",
+                "peer": move.holder.name,
+                "reason": "the conflict rule gives the subnet to the peer",
+                "old": move.old,
+                "new": move.new,
+            },
         )
         self.node.update_local(
             replace(self.node.local, subnet=move.new, since=int(time.time())), now
@@ -176,7 +231,10 @@ class Membership:
             self.crl_store.save(crl)
             self._crl_saved = crl
             log.info(
-                "revocation list installed (%d bytes), saved to %s", len(crl), self.crl_store.path
+                "revocation list installed (%d bytes), saved to %s",
+                len(crl),
+                self.crl_store.path,
+                extra={"event": "crl_installed", "path": str(self.crl_store.path)},
             )
         reason = self.node.local_revoked
         if reason != self._revoked_logged:
@@ -186,6 +244,11 @@ class Membership:
                     "this node's certificate is %s: members refuse its records; "
                     "issue a new certificate (meshd ca sign) and reload (SIGHUP)",
                     "revoked" if reason == "revoked" else "expired",
+                    extra={
+                        "event": "certificate_refused",
+                        "peer": self.node.local.name,
+                        "reason": "revoked" if reason == "revoked" else "expired",
+                    },
                 )
 
     async def firewall_loop(self) -> None:
@@ -210,7 +273,7 @@ class Membership:
             await self.firewall.apply(ips, force=force)
         except DataplaneError as exc:
             if str(exc) != self._fw_error:
-                log.error("%s", exc)
+                log.error("%s", exc, extra={"event": "filter_error", "reason": str(exc)})
             self._fw_error = str(exc)
             return
         self._fw_error = None
@@ -249,7 +312,7 @@ class Membership:
             await self.masquerade.apply(self.node.local.subnet, force=force)
         except DataplaneError as exc:
             if str(exc) != self._mq_error:
-                log.error("%s", exc)
+                log.error("%s", exc, extra={"event": "masquerade_error", "reason": str(exc)})
             self._mq_error = str(exc)
             return
         self._mq_error = None

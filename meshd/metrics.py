@@ -301,7 +301,7 @@ class MetricsServer:
         except (ConnectionError, OSError):
             pass
         except Exception:  # never let a scrape kill the daemon
-            log.exception("metrics request failed")
+            log.exception("metrics request failed", extra={"event": "metrics_internal_error"})
         finally:
             self._active -= 1
             self.results[result] += 1

@@ -311,7 +311,12 @@ class Service:
         while not self.node.leave_done() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         spread = self.node.leave_done()
-        log.info("left the mesh (%s)", "broadcast spread" if spread else "timed out waiting")
+        why = "broadcast spread" if spread else "timed out waiting"
+        log.info(
+            "left the mesh (%s)",
+            why,
+            extra={"event": "self_left", "peer": self.node.local.name, "reason": why},
+        )
         # Answer first, then stop.
         asyncio.get_running_loop().call_later(0.1, self.stop)
         return {"left": True, "spread": spread}
@@ -333,7 +338,11 @@ class Service:
             try:
                 save_keyring(self.key_file, change.keyring)
             except MeshdError as exc:
-                log.error("keyring: %s (the change holds until restart)", exc)
+                log.error(
+                    "keyring: %s (the change holds until restart)",
+                    exc,
+                    extra={"event": "keyring_save_failed", "reason": str(exc)},
+                )
 
     def reload_key_file(self) -> bool:
         """Re-read ``key_file`` and make its ring the sealer's (SIGHUP). A file that does not
@@ -342,19 +351,28 @@ class Service:
         try:
             keyring = load_keyring(self.key_file)
         except MeshdError as exc:
-            log.error("reload: %s; keeping the current keyring", exc)
+            log.error(
+                "reload: %s; keeping the current keyring",
+                exc,
+                extra={"event": "reload_failed", "reason": str(exc)},
+            )
             return False
         before = self.sealer.keyring.ids()
         self.sealer.set_keyring(keyring)
         after = keyring.ids()
         if after == before:
-            log.info("reload: keyring unchanged (%d key(s))", len(after))
+            log.info(
+                "reload: keyring unchanged (%d key(s))",
+                len(after),
+                extra={"event": "keyring_reloaded", "keys": len(after)},
+            )
         else:
             log.info(
                 "reload: keyring from %s: primary %s, %d key(s)",
                 self.key_file,
                 after[0],
                 len(after),
+                extra={"event": "keyring_reloaded", "primary": after[0], "keys": len(after)},
             )
         return True
 
@@ -397,15 +415,17 @@ class Service:
 
 def _log_key_op(op: KeyOp, outcome: KeyringOutcome) -> None:
     kid = (key_id(op.key) if op.op == "install" else op.key).hex()
+    # event key_<outcome>: key_installed, key_primary, key_removed, key_unknown, ...
+    extra = {"event": f"key_{outcome}", "peer": op.origin, "key": kid, "op": op.op}
     if outcome == "installed":
-        log.info("keyring: installed key %s (from %s)", kid, op.origin)
+        log.info("keyring: installed key %s (from %s)", kid, op.origin, extra=extra)
     elif outcome == "primary":
-        log.info("keyring: key %s is primary now (from %s)", kid, op.origin)
+        log.info("keyring: key %s is primary now (from %s)", kid, op.origin, extra=extra)
     elif outcome == "removed":
-        log.info("keyring: removed key %s (from %s)", kid, op.origin)
+        log.info("keyring: removed key %s (from %s)", kid, op.origin, extra=extra)
     elif outcome == "unknown":
-        log.warning("keyring: cannot use unknown key %s (yet)", kid)
+        log.warning("keyring: cannot use unknown key %s (yet)", kid, extra=extra)
     elif outcome == "refused":
-        log.warning("keyring: refusing to remove the primary key %s", kid)
+        log.warning("keyring: refusing to remove the primary key %s", kid, extra=extra)
     elif outcome == "full":
-        log.warning("keyring: no room for key %s (%d keys at most)", kid, MAX_KEYS)
+        log.warning("keyring: no room for key %s (%d keys at most)", kid, MAX_KEYS, extra=extra)

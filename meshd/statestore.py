@@ -51,7 +51,12 @@ class StateStore:
         except FileNotFoundError:
             return State(node_id=os.urandom(NODE_ID_LEN))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("state file %s unreadable (%s): new identity", self.path, exc)
+            log.warning(
+                "state file %s unreadable (%s): new identity",
+                self.path,
+                exc,
+                extra={"event": "state_unreadable", "path": str(self.path), "reason": str(exc)},
+            )
             return State(node_id=os.urandom(NODE_ID_LEN))
         members = []
         for m in raw.get("members", []):
@@ -90,7 +95,16 @@ class StateStore:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.error("cannot save state to %s: %s", self.path, exc.strerror)
+            log.error(
+                "cannot save state to %s: %s",
+                self.path,
+                exc.strerror,
+                extra={
+                    "event": "state_save_failed",
+                    "path": str(self.path),
+                    "reason": exc.strerror,
+                },
+            )
 
 
 CRL_FILE = "crl.der"
@@ -111,7 +125,12 @@ class CrlStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cannot read %s: %s", self.path, exc.strerror)
+            log.warning(
+                "cannot read %s: %s",
+                self.path,
+                exc.strerror,
+                extra={"event": "crl_unreadable", "path": str(self.path), "reason": exc.strerror},
+            )
             return None
         return data if 0 < len(data) <= MAX_CRL_FILE else None
 
@@ -119,4 +138,4 @@ class CrlStore:
         try:
             write_file(self.path, der, "revocation list", ConfigError, mode=0o644)
         except ConfigError as exc:
-            log.error("%s", exc)
+            log.error("%s", exc, extra={"event": "crl_save_failed", "reason": str(exc)})

@@ -1,5 +1,6 @@
 """What running under systemd asks of the daemon: readiness notification (``Type=notify``) and
-log lines journald can read the priority of. Both are no-ops outside systemd."""
+log lines journald can read the priority of (when stderr is the journal). Both are no-ops
+outside systemd."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import contextlib
 import logging
 import os
 import socket
+import sys
+from typing import TextIO
+
+from meshd.logfmt import EventFormatter
 
 
 def sd_notify(state: str) -> None:
@@ -21,22 +26,24 @@ def sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
-_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+def journal_stream(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (stderr by default) is connected to the journal: systemd sets
+    JOURNAL_STREAM to the ``device:inode`` of the stream it connected (systemd.exec(5)), so a
+    process whose stderr was redirected elsewhere (a child, a pipe) does not mistake the
+    inherited variable for the journal."""
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (sep and dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or not a real file (io.StringIO)
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
-class _JournalFormatter(logging.Formatter):
-    """``<priority>logger: message``: journald reads the level from the prefix and adds the
-    timestamp itself (SyslogLevelPrefix=yes is systemd's default)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
-        return f"<{prio}>{record.name}: {super().format(record)}"
-
-
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """One handler on stderr in ``log_format`` (`meshd.logfmt`); under journald, with the
+    priority prefix and without the timestamp."""
     handler = logging.StreamHandler()
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(EventFormatter(log_format, journal=journal_stream()))
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -156,7 +156,12 @@ class Transport:
                 )
             except Exception:  # a bug in the core: one authenticated datagram must not stop us
                 self.counters["error.internal"] += 1
-                log.exception("gossip core failed on a datagram from %s:%s", host, port)
+                log.exception(
+                    "gossip core failed on a datagram from %s:%s",
+                    host,
+                    port,
+                    extra={"event": "gossip_internal_error", "addr": f"{host}:{port}"},
+                )
             await self._flush()
             self._after()
 

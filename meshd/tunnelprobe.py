@@ -168,7 +168,13 @@ class TunnelProber:
         except OSError as exc:
             sock.close()
             self.counters["bind_error"] += 1
-            log.warning("tunnel probe: cannot bind %s:%d: %s", ip, self.port, exc.strerror)
+            log.warning(
+                "tunnel probe: cannot bind %s:%d: %s",
+                ip,
+                self.port,
+                exc.strerror,
+                extra={"event": "tunnel_probe_bind_failed", "reason": exc.strerror},
+            )
             return
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
@@ -207,6 +213,13 @@ class TunnelProber:
         self.counters["replies"] += 1
         h = self._health.get(name)
         if h is not None:
+            if h.state == UNREACHABLE:
+                log.info(
+                    "tunnel to %s (%s) answers again",
+                    name,
+                    h.address,
+                    extra={"event": "tunnel_ok", "peer": name, "reason": "probe answered"},
+                )
             h.state, h.rtt_ms, h.last_ok, h.failures = OK, round(rtt * 1000, 2), self._wall(), 0
         if fut is not None and not fut.done():
             fut.set_result(rtt)
@@ -237,6 +250,12 @@ class TunnelProber:
                         name,
                         h.address,
                         h.failures,
+                        extra={
+                            "event": "tunnel_unreachable",
+                            "peer": name,
+                            "reason": f"{h.failures} probes in a row lost",
+                            "address": h.address,
+                        },
                     )
             if fut is not None and not fut.done():
                 fut.set_exception(TimeoutError())

@@ -217,7 +217,11 @@ class ControlServer:
         except MeshdError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug must not kill the daemon; report it in one line
-            log.exception("control command %s failed", cmd)
+            log.exception(
+                "control command %s failed",
+                cmd,
+                extra={"event": "control_internal_error", "command": cmd, "reason": str(exc)},
+            )
             return {"ok": False, "error": f"internal error: {exc.__class__.__name__}: {exc}"}
 
     @staticmethod

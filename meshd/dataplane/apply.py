@@ -140,7 +140,16 @@ async def _devices(
         try:
             await _device_op(nl, op, specs[op.device], links, wg)
             res.applied["device_ops"] += 1
-            log.info("device: %s", op)
+            log.info(
+                "device: %s",
+                op,
+                extra={
+                    "event": "device_changed",
+                    "device": op.device,
+                    "action": op.action,
+                    "arg": op.arg or None,
+                },
+            )
         except MissingKernelFeature as exc:
             res.fatal = exc
             res.failures.append(str(exc))

@@ -134,7 +134,11 @@ class Firewall:
         wanted, refused = unicast_only(member_ips)
         if refused.keys() != self._refused.keys():
             for why in sorted(refused.values()):
-                log.warning("filter: not allowing a member's public IP: %s", why)
+                log.warning(
+                    "filter: not allowing a member's public IP: %s",
+                    why,
+                    extra={"event": "filter_refused", "reason": why},
+                )
         self._refused = refused
         ips = frozenset(_validate(wanted))
         if not self.active or (ips == self._applied and not force):

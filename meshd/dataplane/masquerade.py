@@ -131,7 +131,12 @@ class Masquerade:
                 if seen["present"] and listing_equal(seen, self.expected(subnet)):
                     if self._applies == 0 and not self._adopted:
                         self._adopted = True
-                        log.info("masquerade: kept the table %s %s found at start", FAMILY, TABLE)
+                        log.info(
+                            "masquerade: kept the table %s %s found at start",
+                            FAMILY,
+                            TABLE,
+                            extra={"event": "masquerade_adopted", "reason": "found at start"},
+                        )
                     self._done(subnet)
                     return False
                 if self._applied == subnet:
@@ -141,6 +146,10 @@ class Masquerade:
                         FAMILY,
                         TABLE,
                         "was changed by hand" if seen["present"] else "is missing",
+                        extra={
+                            "event": "masquerade_repaired",
+                            "reason": "changed by hand" if seen["present"] else "missing",
+                        },
                     )
             await nft.run(["-f", "-"], self.script(subnet), label="masquerade", netns=self.netns)
         except DataplaneError as exc:
@@ -149,7 +158,10 @@ class Masquerade:
             raise
         if self._applied != subnet:
             log.info(
-                "masquerade: traffic leaving %s is masqueraded (node %s)", self.network, subnet
+                "masquerade: traffic leaving %s is masqueraded (node %s)",
+                self.network,
+                subnet,
+                extra={"event": "masquerade_applied", "subnet": subnet, "network": self.network},
             )
         self._applies += 1
         self._done(subnet)

@@ -425,7 +425,19 @@ class Reconciler:
         self._prev_failures = set(res.failures)
         if not plan.empty and (done or new):
             self._last_change = (time.time(), plan)
-            log.info("dataplane (%s): %s", reason, _summary(plan, res))
+            log.info(
+                "dataplane (%s): %s",
+                reason,
+                _summary(plan, res),
+                extra={
+                    "event": "plan_applied",
+                    "reason": reason,
+                    "peers": _plan_peers(plan, self._peers),
+                    **{k: n for k, n in plan.counts().items() if n},
+                    "applied": sum(res.applied.values()),
+                    "failed": len(res.failures),
+                },
+            )
         self._last_run = {"at": time.time(), "duration_ms": round(dur * 1000, 2), "reason": reason}
         self._fatal = res.fatal
         now = self._clock()
@@ -452,7 +464,7 @@ class Reconciler:
         self._errors.append({"at": time.time(), "error": line})
         if last:
             self._last_error = line
-        log.warning("dataplane: %s", line)
+        log.warning("dataplane: %s", line, extra={"event": "dataplane_error", "reason": line})
 
     async def _refresh_underlay(self) -> Underlay:
         """The underlay by name: it may have been deleted and recreated with a new ifindex."""
@@ -461,7 +473,19 @@ class Reconciler:
             raise DataplaneError(f"underlay {self.underlay.ifname} is gone; waiting for it")
         ul = self.underlay
         if (info.index, info.mtu) != (ul.ifindex, ul.mtu):
-            log.info("underlay %s: ifindex %d mtu %d", ul.ifname, info.index, info.mtu)
+            log.info(
+                "underlay %s: ifindex %d mtu %d",
+                ul.ifname,
+                info.index,
+                info.mtu,
+                extra={
+                    "event": "underlay_changed",
+                    "reason": "ifindex or mtu changed",
+                    "underlay": ul.ifname,
+                    "ifindex": info.index,
+                    "mtu": info.mtu,
+                },
+            )
             self._links.pop(ul.ifname, None)
             ul = Underlay(ul.ifname, info.index, ul.ip, ul.prefixlen, info.mtu)
             self.underlay = ul
@@ -471,14 +495,24 @@ class Reconciler:
     async def _ensure_forwarding(self) -> None:
         old = await self._nl.sysctl("net.ipv4.ip_forward", "1")
         if old != "1":
-            log.info("enabled net.ipv4.ip_forward (was %s)%s", old, _in(self.netns))
+            log.info(
+                "enabled net.ipv4.ip_forward (was %s)%s",
+                old,
+                _in(self.netns),
+                extra={"event": "forwarding_enabled", "reason": f"was {old}"},
+            )
             marker = self.cfg.forwarding_marker
             if marker is not None and not Path(marker).exists():
                 # what `meshd leave --purge` puts back; the first value meshd saw wins
                 try:
                     Path(marker).write_text(f"{old}\n")
                 except OSError as exc:
-                    log.warning("cannot keep %s: %s", marker, exc.strerror)
+                    log.warning(
+                        "cannot keep %s: %s",
+                        marker,
+                        exc.strerror,
+                        extra={"event": "forwarding_marker_failed", "reason": exc.strerror},
+                    )
 
     async def _observe(self, desired: Desired) -> Observed:
         devices: dict[str, ObservedDevice] = {}
@@ -561,9 +595,27 @@ class Reconciler:
     def _note_flags(self, desired: Desired) -> None:
         for name, reason in desired.reasons.items():
             if self._reasons.get(name) != reason or name not in self._flags:
-                log.info("peer %s not programmed: %s", name, reason)
+                log.info(
+                    "peer %s not programmed: %s",
+                    name,
+                    reason,
+                    extra={
+                        "event": "peer_not_programmed",
+                        "peer": name,
+                        "reason": reason,
+                        "flag": desired.flags.get(name),
+                    },
+                )
         if desired.local_conflict and (self._desired is None or not self._desired.local_conflict):
-            log.warning("dataplane: %s", desired.local_conflict)
+            log.warning(
+                "dataplane: %s",
+                desired.local_conflict,
+                extra={
+                    "event": "subnet_conflict",
+                    "reason": desired.local_conflict,
+                    "subnet": self.local.subnet,
+                },
+            )
         self._flags, self._reasons = dict(desired.flags), dict(desired.reasons)
 
     def _write_subnet_env(self, mtu: int) -> None:
@@ -592,7 +644,12 @@ class Reconciler:
         except OSError as exc:
             raise DataplaneError(f"write {path}: {exc.strerror or exc}") from exc
         self._env_text = text
-        log.info("wrote %s (FLANNEL_MTU=%d)", path, mtu)
+        log.info(
+            "wrote %s (FLANNEL_MTU=%d)",
+            path,
+            mtu,
+            extra={"event": "subnet_env_written", "path": str(path), "mtu": mtu},
+        )
 
     # --- triggers --------------------------------------------------------------------------------
 
@@ -729,6 +786,19 @@ class Reconciler:
 
 def _in(netns: str | None) -> str:
     return f" in netns {netns}" if netns else ""
+
+
+def _plan_peers(plan: Plan, peers: Sequence[PeerView]) -> list[str]:
+    """The peers whose entries ``plan`` changes (a route to its subnet, an FDB entry or a
+    WireGuard endpoint at its public IP), by name, for the log line: a peer's entries outlive
+    its record only after reaping, so removals mostly still find the name."""
+    names: dict[str, str] = {}
+    for p in peers:
+        names[p.record.subnet] = names[p.record.public_ip] = p.record.name
+    keys = {r.dst for r in (*plan.route_add, *plan.route_replace, *plan.route_del)}
+    keys.update(f.dst for f in (*plan.fdb_set, *plan.fdb_del))
+    keys.update(w.endpoint.rpartition(":")[0] for w in (*plan.wgpeer_set, *plan.wgpeer_del))
+    return sorted({names[k] for k in keys if k in names})
 
 
 def _summary(plan: Plan, res: ApplyResult) -> str:

@@ -468,9 +468,24 @@ def test_service_under_systemd(
             r'^# control_group = ".*"$', 'control_group = "meshdctl"', conf.read_text(), flags=re.M
         )
         assert n == 1, "conf/meshd.toml has no commented `# control_group = ...` line any more"
+        # The same restart switches to log_format = "json": journald still takes each line's
+        # level from its prefix (PRIORITY), and MESSAGE is the bare JSON object.
+        text, n = re.subn(r'^# log_format = ".*"$', 'log_format = "json"', text, flags=re.M)
+        assert n == 1, "conf/meshd.toml has no commented `# log_format = ...` line any more"
         conf.write_text(text)
         box.sh("groupadd meshdctl && systemctl restart meshd")
         assert box.sh("stat -c %a /run/meshd/meshd.sock").stdout.strip() == "666"
+        pid = box.sh("systemctl show -p MainPID --value meshd").stdout.strip()
+        journal_json = f"journalctl --no-pager -o json _PID={pid}"
+        box.sh(  # journald reads the stream on its own time: wait for the line
+            f"for i in $(seq 100); do {journal_json} | grep -q daemon_started && exit 0;"
+            " sleep 0.1; done; exit 1"
+        )
+        entries = box.sh(journal_json).stdout.splitlines()
+        started = [json.loads(e) for e in entries if "daemon_started" in e]
+        assert len(started) == 1 and started[0]["PRIORITY"] == "6", entries
+        line = json.loads(started[0]["MESSAGE"])
+        assert line["event"] == "daemon_started" and "ts" not in line, line
         member = "runuser -u nobody -g nogroup -G meshdctl -- "
         outsider = "runuser -u nobody -g nogroup -- "
         assert json.loads(box.sh(member + "meshd peers --json").stdout)[0]["self"]

@@ -27,6 +27,7 @@ def meshd(*args: str) -> subprocess.CompletedProcess[str]:
         (["join", "--subnet", "10.1.0.0/24", "--key-file", "/nonexistent/key"], "meshd keygen"),
         (["join", "--config", "/nonexistent.toml"], "cannot read config"),
         (["join", "--subnet", "10.1.0.0/24", "--ipmasq"], "ipmasq: needs network"),
+        (["join", "--subnet", "10.1.0.0/24", "--log-format", "xml"], "log_format: 'xml'"),
         (["peers", "--socket", "/nonexistent.sock"], "no meshd running"),
         (["status", "--socket", "/nonexistent.sock", "--json"], "no meshd running"),
         (["leave", "--socket", "/nonexistent.sock"], "no meshd running"),

@@ -30,6 +30,7 @@ def test_defaults_and_gossip_table(tmp_path: Path) -> None:
         ('[gossip]\nprobe_interval = "fast"\n', "gossip.probe_interval.*line 2"),
         ("subnet = \n", "m.toml"),
         ('public_ip = "300.1.1.1"\n', "public_ip"),
+        ('\nlog_format = "xml"\n', "log_format: 'xml' is not one of text, logfmt, json.*line 2"),
     ],
 )
 def test_bad_file_names_key_and_line(tmp_path: Path, text: str, msg: str) -> None:

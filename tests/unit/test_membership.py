@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from logparse import events  # tests/unit is on sys.path (pytest prepend import mode)
+from records import rec
 
 from meshd.errors import DataplaneError
-from meshd.membership import Membership
+from meshd.gossip.events import EventKind, Member, MemberEvent, MemberState
+from meshd.membership import WHY, Membership
 
 
 @dataclass
@@ -63,3 +67,63 @@ def test_no_masquerade_is_a_no_op() -> None:
     m = membership(FakeNode(FakeLocal("10.244.1.0/24")), None)
     asyncio.run(m.update_masquerade(force=True))  # nothing to call, nothing raised
     assert m.masquerade is None
+
+
+class Stop(Exception):
+    """Raised by the fake reconciler: the loop has handled one batch."""
+
+
+@dataclass
+class EventNode:
+    """The gossip node as the loop reads it, handing out one batch of events; a refutation of
+    this node happens in the same batch."""
+
+    local: Any
+    batch: list[Any]
+    counters: Counter[str] = field(default_factory=Counter)
+    synced: bool = True
+    leaving: bool = False
+    crl_der: bytes | None = None
+    local_revoked: str = ""
+
+    def pop_events(self) -> list[Any]:
+        out, self.batch = self.batch, []
+        self.counters["refute"] += 1
+        return out
+
+    def members(self) -> list[Any]:
+        return []
+
+
+class StopSink:
+    def set_peers(self, peers: Any, synced: bool, now: float) -> None:
+        raise Stop
+
+    def set_local(self, local: Any, settled: bool = True) -> None: ...
+
+
+def test_member_events_are_logged_with_event_peer_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    me, peer = rec(1), rec(2)
+    batch = [
+        MemberEvent("join", Member(peer, MemberState.ALIVE, 0.0, 0.0)),
+        MemberEvent("dead", Member(peer, MemberState.DEAD, 0.0, 0.0)),
+    ]
+    node = EventNode(me, batch)
+    changed = asyncio.Event()
+    changed.set()
+    m = Membership(node, None, StopSink(), None, 30.0, lambda: None, changed)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="meshd"), pytest.raises(Stop):
+        asyncio.run(m.run())
+    got = events(caplog.records)
+    assert [(e["event"], e["peer"]) for e in got] == [
+        ("peer_join", "n2"),
+        ("peer_dead", "n2"),
+        ("self_refuted", "n1"),
+    ]
+    dead = got[1]
+    assert dead["reason"] == WHY["dead"] and dead["state"] == "dead"
+    assert (dead["subnet"], dead["public_ip"]) == ("10.244.2.0/24", "10.99.0.2")
+    assert dead["msg"] == "member n2 (10.99.0.2 10.244.2.0/24): dead"  # the human message kept
+    assert set(WHY) == set(get_args(EventKind))  # every kind has its reason

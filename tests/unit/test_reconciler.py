@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 from fake_netlink import FakeNetlink  # tests/unit is on sys.path (pytest prepend import mode)
+from logparse import events
 from records import UL, rec  # tests/unit is on sys.path (pytest prepend import mode)
 
 from meshd.dataplane.apply import NetlinkAPI
@@ -480,3 +482,32 @@ def test_a_moved_subnet_moves_the_device_address_bridge_and_subnet_env(tmp_path:
             await h.close()
 
     run_virtual(main)
+
+
+# --- log lines --------------------------------------------------------------------------------
+
+
+def test_data_plane_changes_are_logged_with_event_peer_and_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer joining, then dying and reaped: the lines name the peer and why, as fields."""
+
+    async def body(h: Harness) -> None:
+        await h.start(alive(rec(2)))
+        h.peers(alive(rec(2)), alive(rec(3)))
+        await h.until(lambda: "10.244.3.0/24" in h.routes())
+        h.peers(alive(rec(2)), PeerView(rec(3), "dead", h.now))
+        await h.until(lambda: "10.244.3.0/24" not in h.routes(), within=120.0)
+
+    caplog.set_level(logging.INFO, logger="meshd")
+    scenario(tmp_path, body, reap_after=60.0, resync_interval=1000.0)
+    got = events(r for r in caplog.records if r.name == "meshd.dataplane")
+    created = [e for e in got if e["event"] == "device_changed" and e["action"] == "create"]
+    assert [e["device"] for e in created] == ["meshd.1"]
+    plans = [(e["reason"], e["peers"]) for e in got if e["event"] == "plan_applied"]
+    assert ("peers", "n3") in plans  # the join
+    assert ("reap", "n3") in plans  # the reap removes n3's entries
+    (reaped,) = [e for e in got if e["event"] == "peer_not_programmed"]
+    assert (reaped["peer"], reaped["flag"]) == ("n3", "reaped")
+    assert reaped["reason"].endswith("reaped")
+    assert reaped["msg"] == f"peer n3 not programmed: {reaped['reason']}"
