@@ -208,6 +208,7 @@ class Service:
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
             "allocation": self.allocator.status() if self.allocator else {},
             "masquerade": self.masquerade.status() if self.masquerade else {"enabled": False},
+            "protocol": self.node.protocol_status(),
         }
 
     def trust_status(self) -> dict[str, Any]:

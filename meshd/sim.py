@@ -297,8 +297,11 @@ class Network:
         record: NodeRecord,
         known: Iterable[NodeRecord] = (),
         seeds: Sequence[Addr] | None = (),
+        protocol_minor: int | None = None,
     ) -> int:
-        """Start a node now; ``seeds=None`` creates it without calling join (see `converge`)."""
+        """Start a node now; ``seeds=None`` creates it without calling join (see `converge`).
+        ``protocol_minor``: the wire minor it speaks (a mesh in the middle of an upgrade; None:
+        this build's)."""
         idx = len(self.nodes)
         rng = random.Random(self.seed * 1_000_003 + idx)
         pki = self.pki
@@ -315,6 +318,8 @@ class Network:
                 signer=pki.signer(record),
                 wall=SIM_WALL + self.now,
             )
+        if protocol_minor is not None:  # before join: nothing was sent yet
+            node.protocol_minor = protocol_minor
         self.nodes.append(node)
         self.addrs.append(record.addr)
         self._by_addr[record.addr] = idx

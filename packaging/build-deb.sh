@@ -7,6 +7,11 @@
 #
 #   packaging/build-deb.sh            build
 #   LINTIAN=1 packaging/build-deb.sh  build, then run lintian on the result
+#
+# For the upgrade tests (tests/packaging/test_upgrade.py), which build two packages of one tree:
+#   MESHD_VERSION=V           package version V instead of pyproject's (meshd --version says V)
+#   MESHD_PROTOCOL_MINOR=N    the build speaks wire protocol minor N (messages.PROTOCOL_MINOR)
+#   MESHD_DEB_DIR=D           write the .deb to D instead of dist/
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,15 +45,22 @@ VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "r
 INIT_VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' meshd/__init__.py)
 [ "$VERSION" = "$INIT_VERSION" ] \
     || die "pyproject.toml says $VERSION but meshd/__init__.py says $INIT_VERSION"
+if [ -n "${MESHD_VERSION:-}" ]; then
+    [[ $MESHD_VERSION =~ ^[0-9][A-Za-z0-9.+~]*$ ]] || die "MESHD_VERSION: not a version: $MESHD_VERSION"
+    VERSION=$MESHD_VERSION
+fi
+MINOR=${MESHD_PROTOCOL_MINOR:-}
+[ -z "$MINOR" ] || [[ $MINOR =~ ^[0-9]+$ ]] || die "MESHD_PROTOCOL_MINOR: not a number: $MINOR"
 # Same bytes for the same commit: file times and the changelog date come from the last commit.
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 export SOURCE_DATE_EPOCH
 MAINTAINER="meshd maintainers <maintainers@users.noreply.r-seed-c5a2a3b2.example>"
 
-DEB=dist/meshd_${VERSION}_all.deb
+DEB_DIR=${MESHD_DEB_DIR:-dist}
+DEB=$DEB_DIR/meshd_${VERSION}_all.deb
 STAGE=build/deb/meshd
 rm -rf "$STAGE"
-mkdir -p "$STAGE" dist
+mkdir -p "$STAGE" "$DEB_DIR"
 LIB=$STAGE/usr/lib/meshd
 DOC=$STAGE/usr/share/doc/meshd
 
@@ -69,6 +81,15 @@ rm -rf "$LIB/typer/.agents"   # an AI-assistant guide shipped in the typer wheel
 # meshd itself, from the working tree.
 mkdir -p "$LIB/meshd"
 tar -C meshd --exclude=__pycache__ --exclude='*.py[co]' -cf - . | tar -C "$LIB/meshd" -xf -
+# The overrides above, in the staged copy only (each pattern must match exactly once).
+restage() {  # file, sed expression, the line it must leave
+    sed -i "$2" "$LIB/meshd/$1"
+    [ "$(grep -cx "$3" "$LIB/meshd/$1")" = 1 ] || die "cannot set '$3' in meshd/$1"
+}
+[ "$VERSION" = "$INIT_VERSION" ] \
+    || restage __init__.py "s/^__version__ = \".*\"\$/__version__ = \"$VERSION\"/" "__version__ = \"$VERSION\""
+[ -z "$MINOR" ] \
+    || restage gossip/messages.py "s/^PROTOCOL_MINOR = [0-9]*\$/PROTOCOL_MINOR = $MINOR/" "PROTOCOL_MINOR = $MINOR"
 
 # The staged tree as a command, run the way /usr/bin/meshd runs it (isolated, Debian's python3
 # with Debian's cryptography and msgpack), without writing bytecode into the stage.
@@ -80,6 +101,8 @@ exec env COLUMNS=80 "$PY" -I -B -c 'import sys; sys.path.insert(0, sys.argv.pop(
 EOF
 chmod 0755 $STAGED
 [ "$($STAGED --version)" = "meshd $VERSION" ] || die "staged meshd --version is wrong"
+SPEAKS=$("$PY" -I -B -c 'import sys; sys.path.insert(0, sys.argv[1]); from meshd.gossip import messages as m; print(f"{m.PROTOCOL_MAJOR}.{m.PROTOCOL_MINOR}")' "$SRC/$LIB")
+[ -z "$MINOR" ] || [ "$SPEAKS" = "1.$MINOR" ] || die "staged meshd speaks protocol $SPEAKS"
 $STAGED keygen >/dev/null || die "staged meshd keygen failed"
 
 # Documentation: man page from --help, changelog, copyright with every bundled licence.
@@ -119,7 +142,7 @@ chmod 0644 "$STAGE/DEBIAN/md5sums"
 
 find "$STAGE" -newermt "@$SOURCE_DATE_EPOCH" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$DEB" >/dev/null
-echo "build-deb: $DEB ($(du -h "$DEB" | cut -f1), installed ${SIZE} KiB)"
+echo "build-deb: $DEB ($(du -h "$DEB" | cut -f1), installed ${SIZE} KiB, protocol $SPEAKS)"
 
 if [ "${LINTIAN:-0}" = 1 ]; then
     lintian --info --display-info --pedantic "$DEB" || true

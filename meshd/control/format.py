@@ -147,10 +147,25 @@ def status(st: StatusReply) -> list[str]:
     ]
     if st["dropped"]:
         out.append("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
+    out += protocol(st.get("protocol") or {})
     out += dataplane(st["dataplane"], st["filter"])
     out += masquerade(st.get("masquerade", {}))
     out.append("(meshd status --json shows everything, including the last plan)")
     return out
+
+
+def protocol(pr: Mapping[str, Any]) -> list[str]:
+    """The wire version spoken and accepted, and the last refusal (docs/protocol.md, Versions)."""
+    if not pr:
+        return []
+    line = f"protocol  {pr.get('version')}, accepts {pr.get('accepts')}"
+    last = pr.get("last_refused")
+    if last:
+        line += (
+            f"; refused {last.get('version')} from {last.get('addr')} ({last.get('reason')}: "
+            "a node of an incompatible release)"
+        )
+    return [line]
 
 
 def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:

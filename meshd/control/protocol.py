@@ -106,6 +106,10 @@ class StatusReply(TypedDict):
     masquerade: NotRequired[dict[str, Any]]
     """``ipmasq``: the masquerade's status (dataplane/masquerade.py), or ``{"enabled": False}``;
     absent from daemons older than the feature."""
+    protocol: NotRequired[dict[str, Any]]
+    """The wire protocol: ``version`` spoken (major.minor), the range it ``accepts``, and
+    ``last_refused`` (the last datagram dropped for its version: version, reason, addr, sender)
+    or None (GossipNode.protocol_status); absent from daemons before 0.2.0."""
 
 
 class KeyList(TypedDict):

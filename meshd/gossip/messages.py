@@ -1,16 +1,23 @@
 """Gossip messages: append-only type numbers, the msgpack wire form, and validation of every field.
 
 A datagram payload (what the transport seals) is the msgpack array
-``[PROTOCOL_VERSION, [message, message, ...]]``: every datagram is a compound of one or more
-messages, so piggybacking broadcasts on a probe costs no extra framing. A message is an array whose
-first element is its type number. Decoders ignore trailing elements a later revision may append, and
-reject anything missing, mistyped or out of range; one bad message rejects the whole datagram, so a
-datagram is applied either completely or not at all.
+``[PROTOCOL_MAJOR, [message, message, ...], PROTOCOL_MINOR]`` (the minor left out when it is 0):
+every datagram is a compound of one or more messages, so piggybacking broadcasts on a probe costs
+no extra framing. A message is an array whose first element is its type number. Decoders ignore
+trailing elements a later revision may append, and reject anything missing, mistyped or out of
+range; one bad message rejects the whole datagram, so a datagram is applied either completely or
+not at all.
+
+Versioning (docs/protocol.md, "Versions"): a node accepts datagrams of its own major whose minor is
+within MINOR_WINDOW of its own. From a newer minor it also skips message types it does not know
+(``skip.unknown_type``); from its own or an older minor an unknown type is an error. Another major,
+or a minor further away, is dropped and counted (``drop.protocol_major``, ``drop.protocol_minor``).
 """
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -21,16 +28,29 @@ import msgpack
 from meshd.gossip.events import MemberState
 from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError
 
-PROTOCOL_VERSION = 1
-"""Version of the datagram layout; a receiver drops datagrams of any other version."""
+PROTOCOL_MAJOR = 1
+"""The payload's first element. A receiver drops datagrams of any other major
+(``drop.protocol_major``): a new major is a change older nodes cannot ignore."""
+PROTOCOL_MINOR = 1
+"""What this build speaks: the payload's third element (absent: 0, the layout before minors were
+sent; meshd 0.2.0 is 1.1). A new minor may only append elements (to the payload, a message, a
+record, a push-pull entry) and add message types: what a node of the previous minor ignores."""
+MINOR_WINDOW = 1
+"""Minors accepted on either side of our own: the previous one (a fleet is upgraded node by node)
+and the next one (the upgraded nodes talk to us meanwhile). Symmetric, so two nodes either both
+accept each other or both refuse; an upgrade goes one minor at a time."""
+MAX_MINOR = 127
+"""Largest minor on the wire (a positive fixint, one byte)."""
+PROTOCOL_VERSION = PROTOCOL_MAJOR
+"""The older name of the payload's first element."""
 
 ENVELOPE_RESERVE = 53
 """Bytes the transport adds around a payload: security.OVERHEAD (version 1, key hint 2, nonce 12,
 sender node id 16, recipient hint 2, timestamp 4, AEAD tag 16; the full key id and recipient id
 are authenticated without being sent)."""
 
-DATAGRAM_OVERHEAD = 5
-"""Bytes of compound framing around the messages: fixarray(2) + version + array16 header."""
+DATAGRAM_OVERHEAD = 6
+"""Bytes of compound framing around the messages: fixarray(3) + major + array16 header + minor."""
 
 MAX_SEQ = 2**32 - 1
 MAX_INCARNATION = 2**63 - 1
@@ -53,7 +73,8 @@ MAX_CRL_LEN = 1200
 
 class MsgType(IntEnum):
     # Append-only: these numbers are on the wire. Never renumber or reuse one; add new types at
-    # the end and bump nothing else (old nodes drop datagrams carrying types they do not know).
+    # the end and bump the minor (nodes of an older minor skip types they do not know, but only
+    # in datagrams of a newer minor; nodes before minors existed drop the datagram).
     PING = 0
     INDIRECT_PING = 1
     ACK = 2
@@ -85,6 +106,20 @@ class DecodeError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class VersionError(DecodeError):
+    """A well-formed datagram of a protocol version we do not speak (``protocol_major`` or
+    ``protocol_minor``); ``version`` is what it carried, e.g. "2.0"."""
+
+    def __init__(self, reason: str, major: int, minor: int) -> None:
+        super().__init__(reason)
+        self.version = f"{major}.{minor}"
+
+
+def accepts(major: int, minor: int, own_minor: int = PROTOCOL_MINOR) -> bool:
+    """Whether a node speaking ``PROTOCOL_MAJOR.own_minor`` takes datagrams of major.minor."""
+    return major == PROTOCOL_MAJOR and abs(minor - own_minor) <= MINOR_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,9 +322,13 @@ def encode(msg: Message) -> bytes:
     return chunks[0]
 
 
-def pack_datagram(parts: Sequence[bytes]) -> bytes:
-    """Frame already-encoded messages as one compound datagram payload."""
-    return b"\x92" + bytes([PROTOCOL_VERSION]) + _array_header(len(parts)) + b"".join(parts)
+def pack_datagram(parts: Sequence[bytes], minor: int = PROTOCOL_MINOR) -> bytes:
+    """Frame already-encoded messages as one compound datagram payload of version
+    ``PROTOCOL_MAJOR.minor`` (minor 0: the two-element form nodes before minors sent)."""
+    body = bytes([PROTOCOL_MAJOR]) + _array_header(len(parts)) + b"".join(parts)
+    if not minor:
+        return b"\x92" + body
+    return b"\x93" + body + bytes([minor])
 
 
 def encode_entry(
@@ -384,20 +423,47 @@ def pad_push_pull(chunk: bytes, size: int) -> bytes:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def decode(data: bytes) -> list[Message]:
-    """Decode and validate a whole datagram payload; raises DecodeError(reason), nothing else."""
+def decode(
+    data: bytes, minor: int = PROTOCOL_MINOR, counters: Counter[str] | None = None
+) -> list[Message]:
+    """Decode and validate a whole datagram payload as a node speaking ``PROTOCOL_MAJOR.minor``;
+    raises DecodeError(reason) (VersionError for a version we do not take), nothing else.
+
+    Messages of types we do not know are left out when the datagram's minor is newer than ours
+    (``skip.unknown_type`` in ``counters``, once the whole datagram decoded); the list may then
+    be empty."""
     try:
         obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception:  # noqa: BLE001 - msgpack raises many kinds; all mean "not msgpack"
         raise DecodeError("decode") from None
     if type(obj) is not list or len(obj) < 2:
         raise DecodeError("malformed")
-    if obj[0] != PROTOCOL_VERSION or type(obj[0]) is not int:
-        raise DecodeError("version")
+    major, theirs = obj[0], obj[2] if len(obj) > 2 else 0
+    if type(major) is not int or type(theirs) is not int or not 0 <= theirs <= MAX_MINOR:
+        raise DecodeError("malformed")
+    if major != PROTOCOL_MAJOR:
+        raise VersionError("protocol_major", major, theirs)
+    if abs(theirs - minor) > MINOR_WINDOW:
+        raise VersionError("protocol_minor", major, theirs)
     body = obj[1]
     if type(body) is not list or not body:
         raise DecodeError("malformed")
-    return [_decode_one(m) for m in body]
+    if theirs <= minor:
+        return [_decode_one(m) for m in body]
+    # A newer minor may carry types added after ours: what we know of it is taken, the rest
+    # skipped (its known messages are still validated whole, as always).
+    out: list[Message] = []
+    skipped = 0
+    for m in body:
+        try:
+            out.append(_decode_one(m))
+        except DecodeError as exc:
+            if exc.reason != "unknown_type":
+                raise
+            skipped += 1
+    if skipped and counters is not None:
+        counters["skip.unknown_type"] += skipped
+    return out
 
 
 def _decode_one(m: Any) -> Message:

@@ -57,6 +57,9 @@ from meshd.gossip.messages import (
     ENVELOPE_RESERVE,
     KEY_OP_ID_LEN,
     MAX_SEQ,
+    MINOR_WINDOW,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
     Ack,
     Addr,
     Alive,
@@ -71,6 +74,7 @@ from meshd.gossip.messages import (
     PushPull,
     Suspect,
     SyncDigest,
+    VersionError,
     decode,
     encode,
     pack_datagram,
@@ -152,10 +156,12 @@ class GossipNode:
         trust: Trust | None = None,
         signer: Signer | None = None,
         wall: float = 0.0,
+        protocol_minor: int = PROTOCOL_MINOR,
     ) -> None:
         """``trust`` and ``signer`` together switch certificate mode on; ``wall`` is the Unix
         time to judge certificates at until `advance_wall`. TrustError (one line) when our own
-        certificate, key or record would not be believed; ValueError for an invalid record."""
+        certificate, key or record would not be believed; ValueError for an invalid record.
+        ``protocol_minor``: the minor this node speaks (tests and the simulator mix them)."""
         validate(local)
         if (trust is None) != (signer is None):
             raise ValueError("trust and signer come together (certificate mode) or not at all")
@@ -169,6 +175,10 @@ class GossipNode:
         if trust is not None and signer is not None:
             local = trust.check_own(local, signer, wall)
         self.config = config
+        self.protocol_minor = protocol_minor
+        self.refused_version: dict[str, str] | None = None
+        """The last datagram dropped for its protocol version: its ``version``, ``reason``,
+        ``addr`` and envelope ``sender`` (node id, hex), for `protocol_status`."""
         self.counters: Counter[str] = Counter()
         self.probe_rtt = Histogram(PROBE_RTT_BUCKETS)
         """Seconds from sending a probe's ping to its direct ack (indirect acks are not timed)."""
@@ -272,6 +282,16 @@ class GossipNode:
         self._after(now)
         return True
 
+    def protocol_status(self) -> dict[str, object]:
+        """The wire version this node speaks, what it accepts, and the last refusal."""
+        lo = max(self.protocol_minor - MINOR_WINDOW, 0)
+        hi = self.protocol_minor + MINOR_WINDOW
+        return {
+            "version": f"{PROTOCOL_MAJOR}.{self.protocol_minor}",
+            "accepts": f"{PROTOCOL_MAJOR}.{lo}-{PROTOCOL_MAJOR}.{hi}",
+            "last_refused": self.refused_version,
+        }
+
     @property
     def synced(self) -> bool:
         """First full state exchange done (or nothing to sync with)."""
@@ -302,9 +322,16 @@ class GossipNode:
             self.counters["drop.evicted"] += 1
             return
         try:
-            msgs = decode(data)
+            msgs = decode(data, self.protocol_minor, self.counters)
         except DecodeError as exc:
             self.counters[f"drop.{exc.reason}"] += 1
+            if isinstance(exc, VersionError):
+                self.refused_version = {
+                    "version": exc.version,
+                    "reason": exc.reason,
+                    "addr": f"{addr[0]}:{addr[1]}",
+                    "sender": sender.hex(),
+                }
             return
         counters = self.counters
         # Apply the news before answering, so that an ack already carries our reaction to what
@@ -562,7 +589,7 @@ class GossipNode:
         return self._seq
 
     def _emit(self, parts: Sequence[bytes], addr: Addr, to: bytes) -> None:
-        data = pack_datagram(parts)
+        data = pack_datagram(parts, self.protocol_minor)
         self._outbox.append((data, addr, to))
         self.counters["out"] += 1
 

@@ -80,8 +80,11 @@ def bad(obj: object) -> str:
 
 def test_invalid_datagrams_are_rejected_with_a_reason() -> None:
     assert bad(5) == "malformed"
-    assert bad([2, [[2, 1]]]) == "version"
-    assert bad([True, [[2, 1]]]) == "version"
+    assert bad([2, [[2, 1]]]) == "protocol_major"
+    assert bad([True, [[2, 1]]]) == "malformed"
+    assert bad([1, [[2, 1]], 3]) == "protocol_minor"
+    assert bad([1, [[2, 1]], -1]) == "malformed"
+    assert bad([1, [[2, 1]], "1"]) == "malformed"
     assert bad([1, []]) == "malformed"
     assert bad([1, [[99, 1]]]) == "unknown_type"
     assert bad([1, [[2]]]) == "malformed"
