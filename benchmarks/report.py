@@ -273,6 +273,11 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
             f"> Measured on {mach.get('cpus', '?')} CPUs, kernel {mach.get('kernel', '?')}, "
             f"meshd {mach.get('meshd', '?')}"
             + (f", {mach['wireguard_go']}" if mach.get("wireguard_go") else "")
+            + (
+                f"; 1-minute load average before the rounds {first['loadavg_before']}"
+                if first.get("loadavg_before") is not None
+                else ""
+            )
             + ".",
             "",
         ]
