@@ -106,6 +106,9 @@ def join(
     ] = None,
     backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     port: Annotated[int | None, typer.Option(help="Gossip UDP port (7950).")] = None,
+    wireguard_port: Annotated[
+        int | None, typer.Option(help="WireGuard UDP port, the same on every member (51820).")
+    ] = None,
     key_file: Annotated[Path | None, typer.Option(help="Keyring file (/etc/meshd/key).")] = None,
     ca: Annotated[Path | None, typer.Option(help="Cluster CA certificate (PEM).")] = None,
     cert: Annotated[Path | None, typer.Option(help="This node's certificate (PEM).")] = None,
@@ -139,6 +142,7 @@ def join(
             "subnet_len": subnet_len,
             "backend": backend,
             "port": port,
+            "wireguard_port": wireguard_port,
             "key_file": key_file,
             "ca": ca,
             "cert": cert,

@@ -52,7 +52,7 @@ class Config:
     """Seconds a dead member's subnet stays its own before another node may take it (a left
     member's is free at once). At least gossip.reap_after, at most gossip.tombstone_ttl."""
     backend: str = "vxlan"
-    """host-gw, ipip or vxlan; one per mesh."""
+    """host-gw, ipip, vxlan or wireguard; one per mesh."""
     port: int = DEFAULT_PORT
     """Gossip UDP port."""
     key_file: Path = Path("/etc/meshd/key")
@@ -72,6 +72,8 @@ class Config:
     """VXLAN network identifier (the article uses 1)."""
     vxlan_port: int = 8472
     """VXLAN UDP port (Linux/flannel default 8472)."""
+    wireguard_port: int = 51820
+    """WireGuard UDP port (the same on every member: peers' endpoints use it)."""
     bridge: str | None = None
     """Optional bridge to hold the subnet's first address (off by default)."""
     subnet_env: Path = Path("/run/meshd/subnet.env")
@@ -96,6 +98,11 @@ class Config:
     (~800 datagrams, ~4,000 with certificates) fits one burst; a steady member sends a few per
     second."""
     gossip: GossipConfig = field(default_factory=GossipConfig)
+
+    @property
+    def backend_port(self) -> int | None:
+        """The UDP port the backend's packets go to (the firewall filters it), if any."""
+        return {"vxlan": self.vxlan_port, "wireguard": self.wireguard_port}.get(self.backend)
 
 
 _GOSSIP_KEYS = {f.name for f in fields(GossipConfig)}
@@ -187,6 +194,10 @@ def build(values: dict[str, Any], *, complete: bool = True) -> Config:
             raise ConfigError(f"subnet_len: {problem}")
     if g.probe_timeout >= g.probe_interval:
         raise ConfigError("gossip.probe_timeout: must be shorter than probe_interval")
+    if cfg.backend_port is not None and cfg.backend_port == cfg.port:
+        raise ConfigError(
+            f"port: {cfg.port} is also the {cfg.backend} port; gossip needs a port of its own"
+        )
     return cfg
 
 
@@ -282,7 +293,7 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         if value not in backends.names():
             raise ConfigError(f"backend: {value!r} is not one of {', '.join(backends.names())}")
         return value
-    if key in ("port", "vxlan_port"):
+    if key in ("port", "vxlan_port", "wireguard_port"):
         return _int(key, value, 1, 65535)
     if key == "vni":
         return _int(key, value, 0, 2**24 - 1)

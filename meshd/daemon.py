@@ -33,13 +33,14 @@ from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.masquerade import Masquerade, remove_table
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
+from meshd.dataplane.wgdevice import WireGuardDevices
 from meshd.errors import ConfigError, DataplaneError, MeshdError
 from meshd.gossip.messages import MAX_INCARNATION
 from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError, certified_vtep_seed
 from meshd.gossip.security import Sealer
 from meshd.gossip.trust import Signer, Trust, TrustError
-from meshd.keyfile import load_keyring
+from meshd.keyfile import load_keyring, load_or_create_wireguard_key
 from meshd.membership import Membership
 from meshd.metrics import MetricsServer
 from meshd.service import Service
@@ -126,6 +127,10 @@ class Daemon:
                 if state.subnet == str(subnet) and state.subnet_since
                 else int(wall)
             )
+        # The wireguard backend's key pair: made on first start, kept in the state dir.
+        wg_devices = None
+        if "wgpeer" in backends.get(cfg.backend).peer_objects:
+            wg_devices = WireGuardDevices(load_or_create_wireguard_key(cfg.state_dir))
         # A restart announces a higher incarnation so it overrides any suspicion about us (at
         # the ceiling, an older release's state file: stay there rather than fail to start).
         local = NodeRecord(
@@ -144,6 +149,7 @@ class Daemon:
             version=PROTOCOL_VERSION,
             since=since,
             cert=cred.cert.der if cred is not None else b"",
+            wg_key=wg_devices.public_key if wg_devices is not None else b"",
         )
         known = [m for m in state.members if m.node_id != state.node_id and m.name != cfg.name]
         trust = signer = None
@@ -188,6 +194,7 @@ class Daemon:
             network=network,
             vni=cfg.vni,
             vxlan_port=cfg.vxlan_port,
+            wireguard_port=cfg.wireguard_port,
             bridge=cfg.bridge,
             subnet_env=cfg.subnet_env,
             ipmasq=cfg.ipmasq,
@@ -196,9 +203,11 @@ class Daemon:
         )
         # An allocated subnet may still move until the first full state exchange says no member
         # holds it: subnet.env waits for that (the membership loop settles it).
-        self.reconciler = Reconciler(rcfg, local, underlay, settled=self.allocator is None)
+        self.reconciler = Reconciler(
+            rcfg, local, underlay, settled=self.allocator is None, wg=wg_devices
+        )
         if cfg.filter:
-            self.firewall = Firewall(cfg.backend, cfg.vxlan_port)
+            self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
         if cfg.ipmasq:
             if network is None:  # config.build refuses it; a certificate always brings one
                 raise ConfigError("ipmasq: needs network")
@@ -244,7 +253,7 @@ class Daemon:
         if not cfg.filter and shutil.which("nft"):
             # The filter was switched off: drop the table an earlier run may have left.
             with contextlib.suppress(DataplaneError):
-                await Firewall(cfg.backend, cfg.vxlan_port).remove()
+                await Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port).remove()
         await self._start_masquerade()
         # Kept only once listening: closing a server that failed to start would unlink the
         # socket of the daemon that holds it.

@@ -62,6 +62,7 @@ class HasStatus(Protocol):
 
 class DataplaneView(HasStatus, Protocol):
     def peer_flags(self) -> dict[str, str]: ...
+    def handshakes(self) -> dict[str, int | None]: ...
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Service:
     def peers(self) -> list[PeerRow]:
         now = time.monotonic()
         flags = self.reconciler.peer_flags() if self.reconciler else {}
+        shakes = self.reconciler.handshakes() if self.reconciler else {}
         me = self.node.local.name
         trust = "shared-key" if self.node.trust is None else "certificate"
         out: list[PeerRow] = []
@@ -145,6 +147,7 @@ class Service:
                     "self": is_self,
                     "node_id": r.node_id.hex(),
                     "flag": flags.get(r.name),
+                    "handshake": shakes.get(r.name),
                     "trust": trust,
                 }
             )

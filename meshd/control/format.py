@@ -41,24 +41,32 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def peers(rows: Sequence[PeerRow]) -> str:
-    """The `meshd peers` table."""
-    out: list[Sequence[str]] = [PEER_COLUMNS]
+def peers(rows: Sequence[PeerRow], now: float | None = None) -> str:
+    """The `meshd peers` table; a wireguard mesh gets a HANDSHAKE column (how long ago each
+    peer's latest WireGuard handshake was, at ``now``, unix seconds)."""
+    wg = any(r["backend"] == "wireguard" for r in rows)
+    cols = list(PEER_COLUMNS)
+    if wg:
+        cols.insert(cols.index("NOTE"), "HANDSHAKE")
+    out: list[Sequence[str]] = [cols]
+    t = time.time() if now is None else now
     for r in rows:
         me = r["self"]
-        out.append(
-            [
-                r["name"],
-                r["public_ip"],
-                r["subnet"],
-                r["backend"],
-                r["vtep_mac"] or "-",
-                r["state"],
-                str(r["incarnation"]),
-                "-" if me else f"{r['last_seen']:.1f}s",
-                "self" if me else (r["flag"] or ""),
-            ]
-        )
+        row = [
+            r["name"],
+            r["public_ip"],
+            r["subnet"],
+            r["backend"],
+            r["vtep_mac"] or "-",
+            r["state"],
+            str(r["incarnation"]),
+            "-" if me else f"{r['last_seen']:.1f}s",
+        ]
+        if wg:
+            shake = r.get("handshake")
+            row.append("-" if me else "never" if not shake else f"{max(0.0, t - shake):.0f}s ago")
+        row.append("self" if me else (r["flag"] or ""))
+        out.append(row)
     text = table(out)
     if any(r.get("trust") == "shared-key" for r in rows):
         text += "\n" + UNAUTHENTICATED
@@ -136,6 +144,13 @@ def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
         out.append(
             f"          {dp.get('runs', 0)} passes, last {last.get('duration_ms')} ms "
             f"({last.get('reason')}), {dp.get('applied_total', 0)} changes applied in all"
+        )
+    wg = dp.get("wireguard")
+    if wg:
+        out.append(
+            f"          wireguard {wg.get('implementation') or 'not running'}: {wg.get('why')}; "
+            f"port {wg.get('listen_port') or '-'}, {wg.get('peers', 0)} peer(s), "
+            f"{wg.get('handshakes', 0)} with a handshake; public key {wg.get('public_key')}"
         )
     change = (dp.get("last_change") or {}).get("plan") or {}
     counts = {k: v for k, v in (change.get("counts") or {}).items() if v}

@@ -40,6 +40,9 @@ class PeerRow(TypedDict):
     node_id: str
     flag: str | None
     """Why the data plane does not program it as usual (conflicted, refused, ...), if so."""
+    handshake: int | None
+    """wireguard backend: unix seconds of this peer's latest WireGuard handshake (None: none
+    yet, or another backend)."""
     trust: str
     """``certificate``: its record is signed and its certificate checked against the CA;
     ``shared-key``: the mesh is unauthenticated, the record is believed as any key holder sent

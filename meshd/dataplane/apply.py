@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from meshd.dataplane.model import DeviceOp, DeviceSpec, Plan, Route
+from meshd.dataplane.model import DeviceOp, DeviceSpec, Plan, Route, WgPeer
 from meshd.dataplane.netlink import (
     Event,
     Failure,
@@ -66,8 +66,25 @@ class NetlinkAPI(Protocol):
     async def sysctl(self, name: str, value: str | None = None) -> str: ...
 
 
+WG_STEPS = ("wgpeer_set", "wgpeer_del")
+"""Plan steps run through the ``WireGuardAPI`` rather than netlink."""
+
+
+class WireGuardAPI(Protocol):
+    """What ``apply`` calls for a wireguard device (``wgdevice.WireGuardDevices`` has it)."""
+
+    async def create(self, nl: Any, spec: DeviceSpec) -> None: ...
+    async def configure(self, name: str, listen_port: int) -> None: ...
+    async def set_peers(self, name: str, peers: Sequence[WgPeer]) -> None: ...
+    async def remove_peers(self, name: str, peers: Sequence[WgPeer]) -> None: ...
+
+
 if TYPE_CHECKING:
     from meshd.dataplane.netlink import Netlink
+    from meshd.dataplane.wgdevice import WireGuardDevices
+
+    def _wgdevices_implement_the_protocol(w: WireGuardDevices) -> WireGuardAPI:
+        return w
 
     def _netlink_implements_the_protocol(nl: Netlink) -> NetlinkAPI:
         return nl  # mypy fails here when Netlink and NetlinkAPI drift apart
@@ -85,27 +102,43 @@ class ApplyResult:
         return not self.failures and self.fatal is None
 
 
-async def apply(nl: NetlinkAPI, plan: Plan, links: dict[str, int], proto: int) -> ApplyResult:
+async def apply(
+    nl: NetlinkAPI,
+    plan: Plan,
+    links: dict[str, int],
+    proto: int,
+    wg: WireGuardAPI | None = None,
+) -> ApplyResult:
     """Execute ``plan``. ``links`` maps device names to ifindexes and is updated for devices
-    created or deleted here. Routes are written with protocol ``proto``."""
+    created or deleted here. Routes are written with protocol ``proto``. ``wg`` creates and
+    configures a wireguard device (the wireguard backend's plans need it)."""
     res = ApplyResult()
-    await _devices(nl, plan, links, res)
+    await _devices(nl, plan, links, res, wg)
     if res.fatal is None:
         for step in plan.steps:
-            await _STEPS[step](nl, plan, links, proto, res)
+            if step in WG_STEPS:
+                await _wgpeers(wg, step, plan, links, res)
+            else:
+                await _STEPS[step](nl, plan, links, proto, res)
     return res
 
 
 # --- devices -------------------------------------------------------------------------------------
 
 
-async def _devices(nl: NetlinkAPI, plan: Plan, links: dict[str, int], res: ApplyResult) -> None:
+async def _devices(
+    nl: NetlinkAPI,
+    plan: Plan,
+    links: dict[str, int],
+    res: ApplyResult,
+    wg: WireGuardAPI | None = None,
+) -> None:
     specs = {d.name: d for d in plan.devices}
     for op in plan.device_ops:
         if op.device in res.failed_devices:
             continue  # the earlier step failed; later ones would only add noise
         try:
-            await _device_op(nl, op, specs[op.device], links)
+            await _device_op(nl, op, specs[op.device], links, wg)
             res.applied["device_ops"] += 1
             log.info("device: %s", op)
         except MissingKernelFeature as exc:
@@ -117,11 +150,29 @@ async def _devices(nl: NetlinkAPI, plan: Plan, links: dict[str, int], res: Apply
             res.failed_devices.add(op.device)
 
 
-async def _device_op(nl: NetlinkAPI, op: DeviceOp, spec: DeviceSpec, links: dict[str, int]) -> None:
+async def _device_op(
+    nl: NetlinkAPI,
+    op: DeviceOp,
+    spec: DeviceSpec,
+    links: dict[str, int],
+    wg: WireGuardAPI | None = None,
+) -> None:
+    if op.action == "create" and spec.kind == "wireguard":
+        await _need(wg, op).create(nl, spec)
+        info = await nl.link(spec.name)
+        if info is None:
+            raise DataplaneError(f"{op}: gone right after creation")
+        links[spec.name] = info.index
+        if spec.mtu is not None and info.mtu != spec.mtu:
+            await nl.set_link(info.index, mtu=spec.mtu)  # wireguard-go starts at 1420
+        return
     if op.action == "create":
         links[spec.name] = await nl.create_link(
             spec.name, spec.kind, spec.mtu, spec.mac, spec.params
         )
+        return
+    if op.action == "set-params":
+        await _need(wg, op).configure(spec.name, int(dict(spec.params)["listen_port"]))
         return
     index = links.get(spec.name)
     if index is None:
@@ -146,6 +197,12 @@ async def _device_op(nl: NetlinkAPI, op: DeviceOp, spec: DeviceSpec, links: dict
         await nl.del_address(index, op.arg)
     else:  # pragma: no cover - model emits only the actions above
         raise DataplaneError(f"unknown device step {op}")
+
+
+def _need(wg: WireGuardAPI | None, op: DeviceOp) -> WireGuardAPI:
+    if wg is None:
+        raise DataplaneError(f"{op}: no WireGuard driver (this node has no WireGuard key)")
+    return wg
 
 
 # --- per-peer entries ----------------------------------------------------------------------------
@@ -213,6 +270,29 @@ async def _fdb(
         entries = [FdbEntry(f.lladdr, f.dst) for f in items]
         kind = "fdb_set" if op == "replace" else "fdb_del"
         _record(kind, len(entries), await nl.fdb_apply(op, index, entries), res)
+
+
+async def _wgpeers(
+    wg: WireGuardAPI | None, step: str, plan: Plan, links: dict[str, int], res: ApplyResult
+) -> None:
+    items = plan.wgpeer_set if step == "wgpeer_set" else plan.wgpeer_del
+    if not items:
+        return
+    adding = step == "wgpeer_set"
+    if _mesh_index("wireguard peer", len(items), plan, links, res, adding) is None:
+        return
+    assert plan.device is not None  # _mesh_index found it
+    try:
+        if wg is None:
+            raise DataplaneError("wireguard peers: no WireGuard driver")
+        if adding:
+            await wg.set_peers(plan.device, items)
+        else:
+            await wg.remove_peers(plan.device, items)
+    except DataplaneError as exc:
+        res.failures.append(f"{len(items)} wireguard peer(s): {exc}")
+        return
+    res.applied[step] += len(items)
 
 
 def _record(kind: str, attempted: int, fails: list[Failure], res: ApplyResult) -> None:

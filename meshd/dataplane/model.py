@@ -21,7 +21,7 @@ import bisect
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -41,6 +41,7 @@ from meshd.dataplane.objects import (
     ObservedDevice,
     Route,
     Underlay,
+    WgPeer,
 )
 from meshd.gossip.record import NodeRecord
 
@@ -60,6 +61,7 @@ __all__ = [
     "Plan",
     "Route",
     "Underlay",
+    "WgPeer",
     "desired_state",
     "device_spec",
     "diff",
@@ -118,6 +120,7 @@ class Desired:
     next_deadline: float | None  # earliest time a kept dead peer is reaped
     mtu: int  # MTU containers should use (FLANNEL_MTU)
     steps: tuple[str, ...] = ()  # the backend's step order (Backend.steps), handed to the Plan
+    wgpeers: Mapping[str, WgPeer] = field(default_factory=dict)  # by public key (wireguard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,7 @@ class Observed:
     routes: Mapping[str, Route]  # routes with RTPROT_MESHD in the main table, by dst
     neighs: Mapping[str, Neigh]  # permanent neighbours on the mesh device, by dst
     fdb: frozenset[Fdb]  # unicast FDB entries with a dst on the mesh device
+    wgpeers: Mapping[str, WgPeer] = field(default_factory=dict)  # the device's, by public key
 
 
 EMPTY_OBSERVED = Observed(devices={}, routes={}, neighs={}, fdb=frozenset())
@@ -148,6 +152,8 @@ class Plan:
     route_del: tuple[Route, ...] = ()
     neigh_del: tuple[Neigh, ...] = ()
     fdb_del: tuple[Fdb, ...] = ()
+    wgpeer_set: tuple[WgPeer, ...] = ()  # added, or changed in place
+    wgpeer_del: tuple[WgPeer, ...] = ()
     problems: tuple[str, ...] = ()  # things the plan cannot fix (e.g. a non-bridge named br0)
     removals_held: int = 0  # removals suppressed because the peer table is not synced yet
 
@@ -160,6 +166,8 @@ class Plan:
         "route_del",
         "neigh_del",
         "fdb_del",
+        "wgpeer_set",
+        "wgpeer_del",
     )
 
     @property
@@ -453,6 +461,7 @@ def desired_state(
     network: str | None = None,
     vni: int = 1,
     vxlan_port: int = 8472,
+    wireguard_port: int = 51820,
     bridge: str | None = None,
     onlink: Sequence[str] = (),
     foreign: Sequence[str] = (),
@@ -460,18 +469,21 @@ def desired_state(
     """Everything this node should have in its kernel for ``peers`` at time ``now``."""
     be: Backend = backends.get(backend)
     sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink, foreign)
-    site = Site(local, underlay, vni=vni, port=vxlan_port)
+    site = Site(local, underlay, vni=vni, port=vxlan_port, wg_port=wireguard_port)
     dev = be.device(site)
     routes: dict[str, Route] = {}
     neighs: dict[str, Neigh] = {}
     fdb: set[Fdb] = set()
+    wgpeers: dict[str, WgPeer] = {}
     for p in sel.programmed:
-        route, neigh, fdb_entry = be.entries(p, site, dev)
+        route, neigh, fdb_entry, wgpeer = be.entries(p, site, dev)
         routes[route.dst] = route
         if neigh is not None:
             neighs[neigh.dst] = neigh
         if fdb_entry is not None:
             fdb.add(fdb_entry)
+        if wgpeer is not None:
+            wgpeers[wgpeer.public_key] = wgpeer
     br = None
     if bridge:
         br = DeviceSpec(
@@ -497,6 +509,7 @@ def desired_state(
         next_deadline=sel.next_deadline,
         mtu=dev.mtu if dev is not None and dev.mtu else underlay.mtu,
         steps=be.steps(),
+        wgpeers=wgpeers,
     )
 
 
@@ -506,9 +519,10 @@ def desired_state(
 def diff_device(spec: DeviceSpec, obs: ObservedDevice | None) -> tuple[list[DeviceOp], list[str]]:
     """Steps that make ``obs`` match ``spec``; plus problems the steps cannot fix."""
     ops: list[DeviceOp] = []
-    create = [DeviceOp("create", spec.name)] + [
-        DeviceOp("addr-add", spec.name, a) for a in spec.addresses
-    ]
+    create = [DeviceOp("create", spec.name)]
+    if spec.settable:
+        create.append(DeviceOp("set-params", spec.name, _params(spec.params)))
+    create += [DeviceOp("addr-add", spec.name, a) for a in spec.addresses]
     create.append(DeviceOp("set-up", spec.name))
     if obs is None:
         return create, []
@@ -519,7 +533,9 @@ def diff_device(spec: DeviceSpec, obs: ObservedDevice | None) -> tuple[list[Devi
     wrong = [
         f"{k} {obs.params.get(k)!r} != {v!r}" for k, v in spec.params if obs.params.get(k) != v
     ]
-    if wrong and spec.owned:
+    if wrong and spec.settable:
+        ops.append(DeviceOp("set-params", spec.name, _params(spec.params)))
+    elif wrong and spec.owned:
         # These are fixed at creation; the kernel cannot change them in place.
         return [DeviceOp("delete", spec.name, "; ".join(wrong)), *create], []
     if spec.mtu is not None and obs.mtu != spec.mtu:
@@ -536,6 +552,10 @@ def diff_device(spec: DeviceSpec, obs: ObservedDevice | None) -> tuple[list[Devi
     if not obs.up:
         ops.append(DeviceOp("set-up", spec.name))
     return ops, []
+
+
+def _params(params: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params)
 
 
 def diff(desired: Desired, observed: Observed) -> Plan:
@@ -562,6 +582,7 @@ def diff(desired: Desired, observed: Observed) -> Plan:
     obs_routes = {k: r for k, r in observed.routes.items() if r.dev not in fresh}
     obs_neighs = {} if mesh in fresh else dict(observed.neighs)
     obs_fdb = frozenset() if mesh in fresh else observed.fdb
+    obs_wg: Mapping[str, WgPeer] = {} if mesh in fresh else observed.wgpeers
 
     # Only the (usually few) differences are sorted, not the thousands of entries that match:
     # plans stay ordered by key (each kind's entries sort by their key first).
@@ -591,10 +612,12 @@ def diff(desired: Desired, observed: Observed) -> Plan:
             if f.lladdr not in wanted_macs or dsts_per_mac[f.lladdr] > 1
         )
     )
+    wgpeer_set = tuple(sorted(w for k, w in desired.wgpeers.items() if obs_wg.get(k) != w))
+    wgpeer_del = tuple(sorted(w for k, w in obs_wg.items() if k not in desired.wgpeers))
     held = 0
     if not desired.allow_remove:
-        held = len(route_del) + len(neigh_del) + len(fdb_del)
-        route_del, neigh_del, fdb_del = (), (), ()
+        held = len(route_del) + len(neigh_del) + len(fdb_del) + len(wgpeer_del)
+        route_del, neigh_del, fdb_del, wgpeer_del = (), (), (), ()
     return Plan(
         devices=tuple(devices),
         device=mesh,
@@ -607,6 +630,8 @@ def diff(desired: Desired, observed: Observed) -> Plan:
         route_del=route_del,
         neigh_del=neigh_del,
         fdb_del=fdb_del,
+        wgpeer_set=wgpeer_set,
+        wgpeer_del=wgpeer_del,
         problems=tuple(problems),
         removals_held=held,
     )

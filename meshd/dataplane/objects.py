@@ -42,12 +42,13 @@ class Route:
     """A main-table IPv4 route with meshd's protocol; keyed by ``dst``."""
 
     dst: str
-    gateway: str
+    gateway: str  # "" for none (a route straight into a layer-3 device: wireguard)
     dev: str
     onlink: bool = False
 
     def __str__(self) -> str:
-        return f"{self.dst} via {self.gateway} dev {self.dev}" + (" onlink" if self.onlink else "")
+        via = f" via {self.gateway}" if self.gateway else ""
+        return f"{self.dst}{via} dev {self.dev}" + (" onlink" if self.onlink else "")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -72,6 +73,20 @@ class Fdb:
         return f"{self.lladdr} dst {self.dst} self permanent"
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class WgPeer:
+    """A WireGuard peer on the mesh device; keyed by ``public_key`` (base64, as ``wg`` prints
+    it). ``allowed_ips``: sorted networks, as the device reports them."""
+
+    public_key: str
+    endpoint: str  # ip:port
+    allowed_ips: tuple[str, ...]
+
+    def __str__(self) -> str:
+        ips = ",".join(self.allowed_ips)
+        return f"peer {self.public_key} endpoint {self.endpoint} allowed-ips {ips}"
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
     """A device meshd ensures. ``owned``: meshd may recreate it and drop foreign addresses
@@ -85,6 +100,7 @@ class DeviceSpec:
     params: tuple[tuple[str, Any], ...] = ()  # pyroute2 linkinfo names, fixed at creation
     owned: bool = True
     retired: tuple[str, ...] = ()  # addresses meshd put there and gave up (a moved subnet's)
+    settable: bool = False  # ``params`` can change in place (wireguard's port and key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +117,8 @@ class ObservedDevice:
 
 @dataclass(frozen=True, slots=True)
 class DeviceOp:
-    """One device step. ``action``: create, delete, set-mtu, set-mac, set-up, addr-add, addr-del."""
+    """One device step. ``action``: create, delete, set-mtu, set-mac, set-up, addr-add, addr-del,
+    set-params (a ``settable`` device's: wireguard's listen port and key)."""
 
     action: str
     device: str

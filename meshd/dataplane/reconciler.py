@@ -18,6 +18,7 @@ right is never rewritten, and nothing is removed before ``set_peers(..., synced=
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -27,10 +28,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from meshd.dataplane import backends, model
-from meshd.dataplane.apply import ApplyResult, NetlinkAPI, apply
+from meshd.dataplane.apply import ApplyResult, NetlinkAPI, WireGuardAPI, apply
 from meshd.dataplane.model import (
     RTPROT_MESHD,
     Desired,
@@ -44,6 +45,7 @@ from meshd.dataplane.model import (
     Underlay,
 )
 from meshd.dataplane.netlink import Event, Netlink
+from meshd.dataplane.wgdevice import Snapshot, params_of, peers_of
 from meshd.errors import ConfigError, DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
 
@@ -53,6 +55,17 @@ V = TypeVar("V")
 
 MAX_ERRORS = 20  # status() keeps the most recent ones
 RETRY_MIN, RETRY_MAX = 0.5, 8.0
+WG_POLL = 5.0  # seconds between reads of a wireguard device (peer drift, handshakes)
+
+
+class WireGuardDriver(WireGuardAPI, Protocol):
+    """``wgdevice.WireGuardDevices``: what the reconciler reads of a wireguard device."""
+
+    public_key: bytes
+
+    async def read(self, name: str, kind: str) -> Snapshot | None: ...
+    def status(self) -> dict[str, Any]: ...
+    def handshakes(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,7 @@ class ReconcilerConfig:
     network: str | None = None  # the cluster CIDR peers' subnets must lie in, if set
     vni: int = 1
     vxlan_port: int = 8472
+    wireguard_port: int = 51820
     bridge: str | None = None  # a bridge to hold the subnet's first address, if set
     subnet_env: str | Path = "/run/meshd/subnet.env"  # flannel-format env file for CNI
     ipmasq: bool = False  # only written to subnet_env
@@ -80,7 +94,8 @@ class Reconciler:
     ``netns`` runs every netlink call in ``/run/netns/<netns>`` instead of the current namespace
     (tests and the lab drive several "hosts" from one process). ``clock`` is the loop's clock;
     ``set_peers(now=...)`` tells the reconciler how the caller's clock relates to it. ``nl``
-    replaces the netlink socket (unit tests pass an in-memory kernel).
+    replaces the netlink socket (unit tests pass an in-memory kernel). ``wg`` runs the
+    wireguard backend's device (``wgdevice.WireGuardDevices``; required for that backend).
     """
 
     def __init__(
@@ -94,6 +109,7 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         nl: NetlinkAPI | None = None,
         settled: bool = True,
+        wg: WireGuardDriver | None = None,
     ) -> None:
         if not local.subnet:
             raise DataplaneError("dataplane: this node has no subnet")
@@ -111,6 +127,10 @@ class Reconciler:
         self._offset = 0.0  # caller's clock minus ours
         self._nl: NetlinkAPI = nl if nl is not None else Netlink(netns)
         self._backend = backends.get(cfg.backend)
+        if "wgpeer" in self._backend.peer_objects and wg is None:
+            raise ConfigError(f"backend {cfg.backend}: this node has no WireGuard key")
+        self._wg = wg
+        self._wg_task: asyncio.Task[None] | None = None
         self._peers: tuple[PeerView, ...] = ()
         self._desired_key: tuple[Any, ...] | None = None
         self._model_memo: dict[str, tuple[Any, dict[Any, Any]]] = {}  # see _as_model
@@ -220,6 +240,8 @@ class Reconciler:
         if self._closed:
             return
         self._monitor_task = asyncio.create_task(self._monitor(), name="meshd-netlink-monitor")
+        if self._wg is not None:
+            self._wg_task = asyncio.create_task(self._wg_watch(), name="meshd-wireguard-watch")
         try:
             # Changes made between start() and the monitor's bind would go unseen: resync once
             # the monitor listens.
@@ -282,7 +304,23 @@ class Reconciler:
             "next_reap": d.next_deadline if d else None,
             "mtu": d.mtu if d else None,
             "subnet_env": str(self.cfg.subnet_env),
+            **({"wireguard": self._wg.status()} if self._wg is not None else {}),
         }
+
+    def handshakes(self) -> dict[str, int | None]:
+        """Peer name -> unix seconds of its latest WireGuard handshake (None: none yet), for
+        the peers the device has; empty for the other backends."""
+        if self._wg is None:
+            return {}
+        seen = self._wg.handshakes()
+        out: dict[str, int | None] = {}
+        for p in self._peers:
+            key = p.record.wg_key
+            if key:
+                k = base64.b64encode(key).decode()
+                if k in seen:
+                    out[p.record.name] = seen[k] or None
+        return out
 
     def peer_flags(self) -> dict[str, str]:
         """peer name -> conflicted | incompatible | refused | not-on-link | reaped."""
@@ -315,7 +353,7 @@ class Reconciler:
             plan = model.diff(desired, observed)
             res.failures += list(plan.problems)
             if not plan.empty:
-                res = await apply(self._nl, plan, self._links, RTPROT_MESHD)
+                res = await apply(self._nl, plan, self._links, RTPROT_MESHD, self._wg)
                 res.failures += list(plan.problems)
             if self._settled:
                 self._write_subnet_env(desired.mtu)
@@ -352,6 +390,7 @@ class Reconciler:
             network=self.cfg.network,
             vni=self.cfg.vni,
             vxlan_port=self.cfg.vxlan_port,
+            wireguard_port=self.cfg.wireguard_port,
             bridge=self.cfg.bridge,
             onlink=self._onlink,
             foreign=self._foreign,
@@ -435,6 +474,7 @@ class Reconciler:
 
     async def _observe(self, desired: Desired) -> Observed:
         devices: dict[str, ObservedDevice] = {}
+        wgpeers: dict[str, model.WgPeer] = {}
         for spec in (desired.device, desired.bridge):
             if spec is None:
                 continue
@@ -444,15 +484,21 @@ class Reconciler:
                 continue
             self._links[spec.name] = info.index
             addrs = tuple(f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(info.index))
+            kind, params = info.kind, info.params
+            if spec.kind == "wireguard" and self._wg is not None:
+                snap = await self._wg.read(spec.name, info.kind)
+                if snap is not None:  # else a device meshd cannot talk to: recreated
+                    kind, params = "wireguard", params_of(snap.state)
+                    wgpeers = peers_of(snap.state)
             devices[spec.name] = ObservedDevice(
                 name=info.name,
                 index=info.index,
-                kind=info.kind,
+                kind=kind,
                 mtu=info.mtu,
                 mac=(info.mac or "").lower() or None,
                 up=info.up,
                 addresses=addrs,
-                params=info.params,
+                params=params,
             )
         names = {i: n for n, i in self._links.items()}
         routes = {
@@ -484,7 +530,7 @@ class Reconciler:
                         ("fdb",), await self._nl.dump_fdb(index), lambda e: Fdb(e.lladdr, e.dst)
                     )
                 )
-        return Observed(devices=devices, routes=routes, neighs=neighs, fdb=fdb)
+        return Observed(devices=devices, routes=routes, neighs=neighs, fdb=fdb, wgpeers=wgpeers)
 
     def _as_model(
         self, kind: tuple[Any, ...], entries: Sequence[E], make: Callable[[E], V]
@@ -590,11 +636,42 @@ class Reconciler:
             self._trigger("monitor restarted")  # events may have been lost meanwhile
 
     async def _stop_monitor(self) -> None:
-        task, self._monitor_task = self._monitor_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._monitor_task, self._wg_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._monitor_task = self._wg_task = None
+
+    async def _wg_watch(self) -> None:
+        """WireGuard reports no peer change on netlink: read the device every ``WG_POLL``
+        seconds (this also refreshes the handshakes ``peers`` shows) and wake the loop when it
+        differs from the desired state (a peer removed or changed by hand)."""
+        assert self._wg is not None
+        while not self._closed:
+            await asyncio.sleep(WG_POLL)
+            d = self._desired
+            if d is None or d.device is None:
+                continue
+            try:
+                async with self._lock:
+                    info = await self._nl.link(d.device.name)
+                    snap = await self._wg.read(d.device.name, info.kind) if info else None
+            except DataplaneError as exc:
+                log.debug("wireguard watch: %s", exc)
+                continue
+            if snap is None or self._desired is not d:
+                continue
+            have = peers_of(snap.state)
+            drift = [k for k, w in d.wgpeers.items() if have.get(k) != w]
+            extra = [k for k in have if k not in d.wgpeers] if d.allow_remove else []
+            wrong = [k for k, v in d.device.params if params_of(snap.state).get(k) != v]
+            if drift or extra or wrong:
+                self._trigger(
+                    f"wireguard: {len(drift)} peer(s) differ, {len(extra)} extra"
+                    + (f", {', '.join(wrong)} differ" if wrong else ""),
+                    debounce=False,
+                )
 
     def _relevant(self, ev: Event) -> bool:  # noqa: C901 - one case per event kind
         """Does this kernel event touch something meshd depends on? Our own changes echo back

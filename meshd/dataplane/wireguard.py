@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from meshd.errors import DataplaneError
 
@@ -44,7 +49,10 @@ START_TIMEOUT = 10.0  # wireguard-go's parent exits once the device and socket a
 def generate_private_key() -> bytes:
     """A fresh X25519 private key (32 raw bytes), as ``wg genkey`` makes (clamping is the
     curve's business: cryptography and WireGuard both clamp on use)."""
-    return X25519PrivateKey.generate().private_bytes_raw()
+    # private_bytes_raw() is cryptography >= 40; the package depends on Debian 12's 38
+    return X25519PrivateKey.generate().private_bytes(
+        Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+    )
 
 
 def public_key(private: bytes) -> bytes:

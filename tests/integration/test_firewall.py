@@ -268,7 +268,7 @@ def test_filter_drops_non_members(lab: Callable[[int], Lab]) -> None:
 
 
 @pytest.mark.root
-def test_ipip_match_and_host_gw_inert(lab: Callable[[int], Lab]) -> None:
+def test_ipip_and_wireguard_match_and_host_gw_inert(lab: Callable[[int], Lab]) -> None:
     lb = lab(1)
     (h1,) = lb.hosts
     fw = Firewall("ipip", netns=h1.ns)
@@ -276,6 +276,12 @@ def test_ipip_match_and_host_gw_inert(lab: Callable[[int], Lab]) -> None:
     listing = ns_exec(h1.ns, ["nft", "list", "chain", "inet", "meshd", "input"]).stdout
     assert "ip protocol ipencap ip saddr @members" in listing
     assert "udp dport" not in listing
+    # wireguard: its UDP port, members only (what the daemon passes: wireguard_port).
+    wgf = Firewall("wireguard", 51820, netns=h1.ns)
+    assert run(wgf.apply({"10.99.0.2"}))
+    listing = ns_exec(h1.ns, ["nft", "list", "chain", "inet", "meshd", "input"]).stdout
+    assert "udp dport 51820 ip saddr @members" in listing
+    assert "ipencap" not in listing
     # host-gw carries nothing encapsulated: nothing is created, status says why.
     gw = Firewall("host-gw", netns=h1.ns)
     assert not run(gw.apply({"10.99.0.2"}))

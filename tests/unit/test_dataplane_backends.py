@@ -14,8 +14,9 @@ from meshd.config import build
 from meshd.dataplane import apply, backends, model
 from meshd.dataplane.backends import base
 from meshd.dataplane.backends.base import Backend, Encapsulation, PeerEntries, Refusal, Site
+from meshd.dataplane.backends.wireguard import b64
 from meshd.dataplane.firewall import Firewall
-from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route
+from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route, WgPeer
 from meshd.errors import ConfigError
 from meshd.gossip.record import NodeRecord, RecordError, vtep_mac_for
 
@@ -29,9 +30,9 @@ def site(backend: str = "vxlan", **kw: Any) -> Site:
 
 
 def test_registry_names_and_lookup() -> None:
-    assert backends.names() == ("host-gw", "ipip", "vxlan")
+    assert backends.names() == ("host-gw", "ipip", "vxlan", "wireguard")
     assert [backends.get(n).name for n in backends.names()] == list(backends.names())
-    with pytest.raises(ValueError, match=r"^'gre' is not one of host-gw, ipip, vxlan$"):
+    with pytest.raises(ValueError, match=r"^'gre' is not one of host-gw, ipip, vxlan, wireguard$"):
         backends.get("gre")
 
 
@@ -42,7 +43,8 @@ def test_every_backend_declares_a_consistent_order(name: str) -> None:
     # The route goes last: its (onlink) gateway must resolve before traffic uses it.
     assert be.peer_objects[-1] == "route"
     steps = be.steps()
-    assert set(steps) <= set(apply._STEPS), "apply.py cannot run a step the backend declares"
+    runnable = set(apply._STEPS) | set(apply.WG_STEPS)
+    assert set(steps) <= runnable, "apply.py cannot run a step the backend declares"
     dels = [s for s in steps if s.endswith("_del")]
     assert steps[: len(dels)] == tuple(dels), "removals run first"
 
@@ -146,6 +148,92 @@ def test_vxlan() -> None:
     )
     assert be.encapsulation(4789) == Encapsulation("udp", 4789)
     assert be.vtep_mac(p2.node_id) == mac
+
+
+def wgrec(i: int, **kw: Any) -> NodeRecord:
+    return rec(i, "wireguard", **{"wg_key": bytes([0x80 + i]) * 32, **kw})
+
+
+def test_wireguard() -> None:
+    be = backends.get("wireguard")
+    assert (be.overhead, be.kernel_module, be.peer_objects) == (
+        60,
+        "wireguard",
+        ("wgpeer", "route"),
+    )
+    # The peer before its route: a route into the device with no peer only drops packets.
+    assert be.steps() == ("route_del", "wgpeer_del", "wgpeer_set", "route_add", "route_replace")
+    s = Site(wgrec(1), UL, wg_port=51999)
+    dev = be.device(s)
+    assert dev is not None
+    assert (dev.name, dev.kind, dev.mtu, dev.mac, dev.settable) == (
+        "meshd.wg",
+        "wireguard",
+        1440,
+        None,
+        True,
+    )
+    assert dev.addresses == ("10.244.1.0/32",)
+    assert dict(dev.params) == {"listen_port": 51999, "public_key": b64(bytes([0x81]) * 32)}
+    p2 = wgrec(2)
+    assert be.entries(p2, s, dev) == PeerEntries(
+        Route("10.244.2.0/24", "", "meshd.wg"),
+        wgpeer=WgPeer(b64(p2.wg_key), "10.99.0.2:51999", ("10.244.2.0/24",)),
+    )
+    assert str(Route("10.244.2.0/24", "", "meshd.wg")) == "10.244.2.0/24 dev meshd.wg"
+    assert be.encapsulation(51999) == Encapsulation("udp", 51999)
+    assert be.vtep_mac(p2.node_id) is None
+
+
+def test_wireguard_refuses_no_key_our_key_and_a_second_peer_with_the_same_key() -> None:
+    be = backends.get("wireguard")
+    a = wgrec(2)
+    b, c, d = wgrec(3, wg_key=a.wg_key), wgrec(4, wg_key=b""), wgrec(5, wg_key=wgrec(1).wg_key)
+    assert be.refuse([a, b, c, d], Site(wgrec(1), UL)) == {
+        "n3": Refusal("refused", f"WireGuard key {b64(a.wg_key)} is also n2's"),
+        "n4": Refusal("refused", "announces no WireGuard key"),
+        "n5": Refusal("refused", "announces this node's WireGuard key"),
+    }
+
+
+def test_wireguard_plan_adds_changes_and_holds_removals_until_synced() -> None:
+    local = wgrec(1)
+    peers = [model.PeerView(wgrec(i), "alive", 0.0) for i in (2, 3)]
+    d = model.desired_state(
+        backend="wireguard", local=local, underlay=UL, peers=peers, now=1.0, synced=False,
+        reap_after=60.0,
+    )  # fmt: skip
+    assert set(d.wgpeers) == {b64(wgrec(2).wg_key), b64(wgrec(3).wg_key)}
+    assert set(d.routes) == {"10.244.2.0/24", "10.244.3.0/24"}
+    # Nothing there yet: the device is created and configured, both peers then routes added.
+    plan = model.diff(d, model.EMPTY_OBSERVED)
+    assert [op.action for op in plan.device_ops] == ["create", "set-params", "addr-add", "set-up"]
+    assert len(plan.wgpeer_set) == 2 and len(plan.route_add) == 2
+    # Observed: one right, one with a stale endpoint, one nobody wants (held: not synced).
+    stale = WgPeer(b64(wgrec(3).wg_key), "10.99.0.33:51820", ("10.244.3.0/24",))
+    gone = WgPeer(b64(bytes([9]) * 32), "10.99.0.9:51820", ("10.244.9.0/24",))
+    assert d.device is not None
+    obs_dev = model.ObservedDevice(
+        "meshd.wg", 7, "wireguard", 1440, None, True, ("10.244.1.0/32",), dict(d.device.params)
+    )
+    observed = model.Observed(
+        devices={"meshd.wg": obs_dev},
+        routes=dict(d.routes),
+        neighs={},
+        fdb=frozenset(),
+        wgpeers={**{k: w for k, w in d.wgpeers.items() if k != stale.public_key},
+                 stale.public_key: stale, gone.public_key: gone},
+    )  # fmt: skip
+    plan = model.diff(d, observed)
+    assert plan.device_ops == () and plan.wgpeer_set == (d.wgpeers[stale.public_key],)
+    assert plan.wgpeer_del == () and plan.removals_held == 1
+    plan = model.diff(replace(d, allow_remove=True), observed)
+    assert plan.wgpeer_del == (gone,)
+    # Another listen port or key on the device: set in place, never recreated.
+    wrong = replace(obs_dev, params={"listen_port": 1, "public_key": "x"})
+    plan = model.diff(d, replace(observed, devices={"meshd.wg": wrong}))
+    assert [op.action for op in plan.device_ops] == ["set-params"]
+    assert "listen_port 51820" in plan.device_ops[0].arg
 
 
 def test_vxlan_refuses_no_mac_and_a_second_peer_with_the_same_mac() -> None:

@@ -19,6 +19,7 @@ H1: PeerRow = {
     "self": True,
     "node_id": "00" * 16,
     "flag": None,
+    "handshake": None,
     "trust": "certificate",
 }
 H2: PeerRow = {
@@ -33,6 +34,7 @@ H2: PeerRow = {
     "self": False,
     "node_id": "11" * 16,
     "flag": "conflicted",
+    "handshake": None,
     "trust": "certificate",
 }
 
@@ -48,6 +50,36 @@ def test_peers_table_columns_line_up() -> None:
     assert out[2].split()[-2:] == ["2.5s", "conflicted"]
     assert out[2].split()[4] == "-"  # host-gw has no VTEP MAC
     assert all(line == line.rstrip() for line in out)
+
+
+def test_peers_table_shows_wireguard_handshakes() -> None:
+    me = {**H1, "backend": "wireguard", "vtep_mac": None}
+    seen = {**H2, "backend": "wireguard", "flag": None, "handshake": 1000}
+    never = {**H2, "name": "h3", "backend": "wireguard", "flag": None}
+    out = fmt.peers([me, seen, never], now=1042.4).splitlines()  # type: ignore[list-item]
+    col = out[0].index("HANDSHAKE")
+    assert [ln[col:].split()[0] for ln in out[1:]] == ["-", "42s", "never"]
+    assert "HANDSHAKE" not in fmt.peers([H1, H2])  # other backends: no such column
+
+
+def test_status_names_the_wireguard_implementation() -> None:
+    dp = {
+        "backend": "wireguard",
+        "wireguard": {
+            "implementation": "wireguard-go",
+            "why": "started wireguard-go (pid 7): the kernel has no wireguard module",
+            "pid": 7,
+            "public_key": "k=",
+            "listen_port": 51820,
+            "peers": 2,
+            "handshakes": 1,
+        },
+    }
+    lines = fmt.dataplane(dp, {})
+    assert any(
+        "wireguard wireguard-go: started wireguard-go (pid 7)" in ln and "2 peer(s)" in ln
+        for ln in lines
+    ), lines
 
 
 def test_peers_table_empty_is_only_the_header() -> None:

@@ -39,6 +39,9 @@ class FakeDataplane:
     def peer_flags(self) -> dict[str, str]:
         return {A.name: "conflicted"}
 
+    def handshakes(self) -> dict[str, int | None]:
+        return {A.name: 1_700_000_000}
+
 
 def service(tmp_path: Path) -> tuple[Service, FakeTransport, Path]:
     node = GossipNode(ME, GossipConfig(), random.Random(1), 0.0)

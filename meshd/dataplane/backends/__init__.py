@@ -2,17 +2,17 @@
 the data plane read (the gossip record only checks a backend name's shape).
 
 Each module of this package is one backend and opens with notes on the kernel objects it creates;
-``base.py`` is the interface. To add one (say ``wireguard``): write ``wireguard.py`` with a
-``Backend`` subclass and ``BACKEND = WireGuard()``, and add it to ``_ALL`` below. Nothing else
+``base.py`` is the interface. To add one: write its module with a ``Backend`` subclass and
+``BACKEND = ...()``, and add it to ``_ALL`` below. Nothing else
 lists backends.
 """
 
 from __future__ import annotations
 
-from meshd.dataplane.backends import hostgw, ipip, vxlan
+from meshd.dataplane.backends import hostgw, ipip, vxlan, wireguard
 from meshd.dataplane.backends.base import Backend, Encapsulation, PeerEntries, Refusal, Site
 
-_ALL: tuple[Backend, ...] = (hostgw.BACKEND, ipip.BACKEND, vxlan.BACKEND)
+_ALL: tuple[Backend, ...] = (hostgw.BACKEND, ipip.BACKEND, vxlan.BACKEND, wireguard.BACKEND)
 _BY_NAME = {b.name: b for b in _ALL}
 
 __all__ = ["Backend", "Encapsulation", "PeerEntries", "Refusal", "Site", "get", "names"]

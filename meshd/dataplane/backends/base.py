@@ -8,7 +8,8 @@ on the underlay (``encapsulation``, for the firewall), and which kernel module i
 
 ``model.py`` turns that into a desired state and a plan; ``apply.py`` executes any plan, one step
 kind at a time in the plan's order, whatever the backend. So a new backend whose per-peer objects
-are routes, neighbours and FDB entries is one module here plus one line in ``__init__.py``.
+are routes, neighbours, FDB entries or WireGuard peers is one module here plus one line in
+``__init__.py``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
-from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route, Underlay
+from meshd.dataplane.objects import DeviceSpec, Fdb, Neigh, Route, Underlay, WgPeer
 from meshd.gossip.record import NodeRecord
 
-PEER_OBJECTS = ("neigh", "fdb", "route")
+PEER_OBJECTS = ("neigh", "fdb", "wgpeer", "route")
 """The per-peer object kinds the model, the diff and ``apply.py`` know."""
 
 # Plan step kinds (``model.Plan`` fields) per object kind: (when added, when removed).
@@ -28,6 +29,7 @@ _STEPS = {
     "route": (("route_add", "route_replace"), ("route_del",)),
     "neigh": (("neigh_set",), ("neigh_del",)),
     "fdb": (("fdb_set",), ("fdb_del",)),
+    "wgpeer": (("wgpeer_set",), ("wgpeer_del",)),
 }
 
 
@@ -39,7 +41,8 @@ class Site:
     underlay: Underlay
     onlink: tuple[tuple[int, int], ...] = ()  # prefixes on the underlay device, as prefix spans
     vni: int = 1  # vxlan network identifier
-    port: int = 8472  # the backend's UDP port, if it has one (vxlan)
+    port: int = 8472  # vxlan's UDP port
+    wg_port: int = 51820  # wireguard's UDP port (every member listens on the same one)
 
 
 class PeerEntries(NamedTuple):
@@ -48,6 +51,7 @@ class PeerEntries(NamedTuple):
     route: Route
     neigh: Neigh | None = None
     fdb: Fdb | None = None
+    wgpeer: WgPeer | None = None
 
 
 class Refusal(NamedTuple):
