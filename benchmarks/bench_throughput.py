@@ -56,6 +56,7 @@ from meshd.control.client import request  # noqa: E402
 from meshd.dataplane import backends  # noqa: E402
 from meshd.errors import MeshdError  # noqa: E402
 from meshd.lab import Lab, cleanup_on_signals, ns_exec, write_key  # noqa: E402
+from meshd.lab import daemons as lab_daemons  # noqa: E402
 from meshd.lab.cni import read_subnet_env  # noqa: E402
 from meshd.lab.namespaces import netns_pids  # noqa: E402
 from meshd.lab.runner import kernel_supports  # noqa: E402
@@ -91,8 +92,16 @@ def unavailable(backend: str) -> str | None:
     if backend not in backends.names():
         return f"this meshd has no {backend!r} backend (it has {', '.join(backends.names())})"
     if backend == "wireguard":
-        if not kernel_supports("wireguard") and shutil.which("wireguard-go") is None:
+        kernel = kernel_supports("wireguard")
+        if not kernel and shutil.which("wireguard-go") is None:
             return "no kernel WireGuard and no wireguard-go (apt-get install wireguard-go)"
+        if not kernel and not hasattr(lab_daemons, "WG_RUN_DIR"):
+            # Every lab host shares one /run: the second wireguard-go fails with "UAPI listen
+            # error: unix socket in use" unless each daemon has its own /run/wireguard.
+            return (
+                "this lab does not give each host's daemon its own /run/wireguard (a mount "
+                "namespace), so two wireguard-go devices cannot run side by side"
+            )
         return None
     if not kernel_supports(backend):
         return f"this kernel cannot create a {backend} device"
