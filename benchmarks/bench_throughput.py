@@ -18,13 +18,17 @@ One JSON line per path (MB = 10^6 bytes)::
 
     {"bench": "throughput", "path": "vxlan", "mb_s": .., "mb_s_runs": [..], "ratio": ..,
      "mtu": 1450, "device_mtu": 1450, "busy_cores": .., "sender_cores": .., "sink_cores": ..,
-     "wireguard_go_cores": .., "retransmits": .., ...}
+     "wireguard_go_cores": .., "retransmits": .., "udp_rcvbuf_errors": .., "link_drops": ..,
+     "loadavg_before": .., "machine": {..}}
 
 ``mb_s`` is the median over the rounds, ``ratio`` it divided by host-gw's. CPU: ``busy_cores``
 is the whole machine (/proc/stat over the transfers: every namespace shares one kernel, so the
 sender, the sink, the softirq work of both "hosts" and, for wireguard, both wireguard-go
 processes), ``sender_cores``/``sink_cores`` the two Python processes, ``wireguard_go_cores`` both
 wireguard-go processes (their threads' run time), each as CPU seconds per second of transfer.
+Drops, totals over the rounds: ``retransmits`` (TCP, the sender's namespace),
+``udp_rcvbuf_errors`` (both hosts: a tunnel socket's full receive buffer) and ``link_drops``
+(both hosts, every link).
 
 A backend this machine cannot run (not in this meshd, no kernel module, no wireguard-go) gets a
 line ``{"path": .., "skipped": "<why>"}`` and the run goes on; a backend that can run but does
@@ -211,6 +215,22 @@ def wireguard_go_pids(host_namespaces: Sequence[str]) -> list[int]:
     return pids
 
 
+def host_drops(p: Pair) -> dict[str, int]:
+    """Drop counters of both hosts' namespaces (the senders of the underlay pair, the routers
+    of the others): UDP datagrams refused for a full receive buffer (a tunnel's socket) and
+    packets dropped by any link (veth, bridge, the tunnel device)."""
+    out = {"udp_rcvbuf_errors": 0, "link_drops": 0}
+    for h in p.lab.hosts:
+        snmp = ns_exec(h.ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+        udp = [line.split() for line in snmp if line.startswith("Udp:")]
+        out["udp_rcvbuf_errors"] += int(udp[1][udp[0].index("RcvbufErrors")])
+        links = json.loads(ns_exec(None, ["ip", "-n", h.ns, "-j", "-s", "link", "show"]).stdout)
+        for link in links:
+            stats = link.get("stats64", {})
+            out["link_drops"] += sum(int(stats.get(d, {}).get("dropped", 0)) for d in ("rx", "tx"))
+    return out
+
+
 def stream(*args: object) -> list[str]:
     return [sys.executable, "-S", str(STREAM), *map(str, args)]
 
@@ -336,6 +356,7 @@ def measure(opts: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[s
             transfer(p, min(WARMUP_BYTES, opts.bytes), 0, 60.0)
         load = round(os.getloadavg()[0], 2)
         log(f"load average before the rounds: {load}")
+        before = {p.name: host_drops(p) for p in pairs}
         for rep in range(opts.reps):
             k = rep % len(pairs)
             for p in pairs[k:] + pairs[:k]:
@@ -345,7 +366,10 @@ def measure(opts: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[s
                 + ", ".join(f"{p.name} {p.runs[-1]['mb_s']:.0f} MB/s" for p in pairs)
             )
         done = [summary(p, opts.bytes) for p in pairs]
-        for line in done:
+        for p, line in zip(pairs, done, strict=True):
+            # Nothing else runs on a path between its own transfers: these are the rounds'.
+            after = host_drops(p)
+            line.update({k: v - before[p.name][k] for k, v in after.items()})
             # Other work on the machine shows in busy_cores and in the rates: say how much.
             line["loadavg_before"] = load
         return done, others

@@ -265,7 +265,9 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
         "MTU their daemon writes in subnet.env (`FLANNEL_MTU`), as the CNI bridge plugin would "
         "set it. *CPUs busy*: the whole machine during the transfers (/proc/stat); *sender / "
         "sink*: the two Python processes; *wireguard-go*: both hosts' wireguard-go processes "
-        "(cores = CPU seconds per second of transfer).",
+        "(cores = CPU seconds per second of transfer). *TCP retransmits* (sender's namespace) "
+        "and *drops* (both hosts: UDP datagrams refused for a full socket receive buffer, "
+        "packets dropped by any link) are totals over all rounds.",
         "",
     ]
     if mach:
@@ -283,8 +285,9 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
         ]
     out += [
         "| path | MB/s | ratio to host-gw | pod MTU | device MTU | CPUs busy | sender / sink "
-        "cores | wireguard-go cores | TCP retransmits | MB/s per round |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "cores | wireguard-go cores | TCP retransmits | drops: UDP rcvbuf / links "
+        "| MB/s per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in measured:
         out.append(
@@ -292,6 +295,7 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
             f"{fmt(r.get('device_mtu'))} | {fmt(r.get('busy_cores'))} | "
             f"{fmt(r.get('sender_cores'))} / {fmt(r.get('sink_cores'))} | "
             f"{fmt(r.get('wireguard_go_cores'))} | {fmt(r.get('retransmits'))} | "
+            f"{fmt(r.get('udp_rcvbuf_errors'))} / {fmt(r.get('link_drops'))} | "
             f"{fmt(r.get('mb_s_runs'))} |"
         )
     out.append("")
@@ -311,8 +315,12 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
         "The kernel paths differ little because the overlay work (a route, a vxlan header) is "
         "small next to the copies. wireguard-go is userspace WireGuard (this kernel has no "
         "wireguard module): every packet crosses into a Go process through a TUN device and is "
-        "encrypted there with ChaCha20-Poly1305, on the same 2 CPUs as everything else; kernel "
-        "WireGuard, where the module exists, avoids both crossings and is not measured here.",
+        "encrypted there with ChaCha20-Poly1305, on the same CPUs as everything else, and "
+        "the receiving wireguard-go does not drain its UDP socket fast enough (its receive-"
+        "buffer drops are what TCP retransmits). The version is Debian's (above); later "
+        "wireguard-go releases added segmentation offloads for the TUN device and UDP that "
+        "this one lacks. Kernel WireGuard, where the module exists, avoids the crossings; "
+        "neither is measured here.",
         "",
         "Command: `.venv/bin/python benchmarks/bench_throughput.py --out "
         "benchmarks/results/throughput.jsonl` (root; part of `make bench`).",
