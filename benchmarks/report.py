@@ -243,6 +243,10 @@ def netlink_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
 THROUGHPUT_ORDER = ["underlay", "host-gw", "vxlan", "ipip", "wireguard"]
 
 
+def mbs(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
 def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
     """bench_throughput.py: one TCP stream container to container, per backend, and the
     underlay without an overlay, measured in the same run (rounds interleaved)."""
@@ -291,12 +295,12 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
     ]
     for r in measured:
         out.append(
-            f"| {r['path']} | {fmt(r['mb_s'])} | {fmt(r.get('ratio'))} | {fmt(r.get('mtu'))} | "
+            f"| {r['path']} | {mbs(r['mb_s'])} | {fmt(r.get('ratio'))} | {fmt(r.get('mtu'))} | "
             f"{fmt(r.get('device_mtu'))} | {fmt(r.get('busy_cores'))} | "
             f"{fmt(r.get('sender_cores'))} / {fmt(r.get('sink_cores'))} | "
             f"{fmt(r.get('wireguard_go_cores'))} | {fmt(r.get('retransmits'))} | "
             f"{fmt(r.get('udp_rcvbuf_errors'))} / {fmt(r.get('link_drops'))} | "
-            f"{fmt(r.get('mb_s_runs'))} |"
+            f"{', '.join(mbs(x) for x in r.get('mb_s_runs') or [])} |"
         )
     out.append("")
     for r in recs:
@@ -304,23 +308,48 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
             why = r.get("skipped") or str(r.get("error")).splitlines()[0]
             kind = "not measured" if r.get("skipped") else "**failed**"
             out += [f"> {r['path']}: {kind}: {why}", ""]
-    out += [
+    by_path = {r["path"]: r for r in measured}
+    notes = [
         'How to read it: every "host" is a network namespace of one kernel on the same '
         f"{mach.get('cpus', 2)} CPUs, and the cables are veth pairs, which have no line rate. A "
         "path's number is how fast these CPUs move one stream's bytes through it: the sender's "
         "copies, the TCP stacks of both ends, each forwarding hop and the encapsulation all "
         "share the same cores (on real hosts the two ends have their own, and a NIC sets the "
-        "ceiling). A 64 MiB transfer lasts only tens of milliseconds on the kernel paths, so "
-        "single rounds vary by tens of percent: compare medians, and ratios within one run. "
-        "The kernel paths differ little because the overlay work (a route, a vxlan header) is "
-        "small next to the copies. wireguard-go is userspace WireGuard (this kernel has no "
-        "wireguard module): every packet crosses into a Go process through a TUN device and is "
-        "encrypted there with ChaCha20-Poly1305, on the same CPUs as everything else, and "
-        "the receiving wireguard-go does not drain its UDP socket fast enough (its receive-"
-        "buffer drops are what TCP retransmits). The version is Debian's (above); later "
-        "wireguard-go releases added segmentation offloads for the TUN device and UDP that "
-        "this one lacks. Kernel WireGuard, where the module exists, avoids the crossings; "
-        "neither is measured here.",
+        "ceiling). On the kernel paths one transfer lasts only tens of milliseconds, so single "
+        "rounds vary by tens of percent: compare medians, and ratios within one run."
+    ]
+    kernel = [r for r in measured if r["path"] not in ("underlay", "wireguard")]
+    if len(kernel) > 1:
+        lo, hi = min(r["mb_s"] for r in kernel), max(r["mb_s"] for r in kernel)
+        notes.append(
+            f"The overlay backends in the kernel are within {1 - lo / hi:.0%} of each other "
+            "here: next to the copies and two TCP stacks on the same CPUs, a route or a VXLAN "
+            "header adds little."
+        )
+    wg = by_path.get("wireguard")
+    if wg and wg.get("wireguard_go_cores") is None:
+        notes.append("wireguard here is kernel WireGuard (no wireguard-go process ran).")
+    elif wg:
+        notes.append(
+            "wireguard is wireguard-go, userspace WireGuard (this kernel has no wireguard "
+            "module): every packet crosses into a Go process through a TUN device and is "
+            "encrypted there (ChaCha20-Poly1305) on the same CPUs as everything else, which "
+            f"used {fmt(wg.get('wireguard_go_cores'))} cores for it."
+        )
+        if wg.get("udp_rcvbuf_errors"):
+            notes.append(
+                f"The hosts' UDP sockets refused {wg['udp_rcvbuf_errors']:,} datagrams for a "
+                "full receive buffer (the only UDP sockets there are wireguard-go's and the "
+                f"gossip's) and TCP retransmitted {wg['retransmits']:,} segments: the receiving "
+                "wireguard-go does not drain its socket as fast as the sending one fills it."
+            )
+        notes.append(
+            "The wireguard-go measured is Debian's (its version above); later releases added "
+            "segmentation offloads for the TUN device and UDP that it lacks. Kernel WireGuard "
+            "avoids the crossings; neither is measured here."
+        )
+    out += [
+        " ".join(notes),
         "",
         "Command: `.venv/bin/python benchmarks/bench_throughput.py --out "
         "benchmarks/results/throughput.jsonl` (root; part of `make bench`).",
