@@ -6,7 +6,10 @@
 #   iproute2       ip, ip netns, ip -batch: every lab namespace and link
 #   iputils-ping   ping matrices
 #   nftables       nft: fault injection (meshd/lab/faults.py), the data-plane filter
-#   tcpdump        short captures proving traffic went through a tunnel
+#   tcpdump        captures proving traffic went through a tunnel (and, for wireguard, that
+#                  nothing crosses the underlay in the clear: tests/e2e/test_wireguard.py)
+#   util-linux     unshare and nsenter: each lab host's wireguard daemon in a mount namespace
+#                  of its own, `wg` run inside it (essential on Debian; listed to say why)
 #   procps         sysctl and ps, for looking around a kept lab
 #   kmod           depmod for the UML cache, modprobe in the guest (busybox insmod: fallback)
 #   busybox-static "busybox poweroff -f": a synchronous power-off for the UML guest
@@ -18,7 +21,8 @@
 #                  itself is not packaged: see docs/kubernetes.md)
 #   wireguard-go wireguard-tools
 #                  the userspace WireGuard device (this kernel has no wireguard module) and `wg`:
-#                  tests/integration/test_wireguard_kernel.py, benchmarks/bench_wireguard.py
+#                  tests/integration/test_wireguard_kernel.py, tests/e2e/test_wireguard.py,
+#                  `meshd lab --backend wireguard`, benchmarks/bench_wireguard.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +31,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-pkgs=(iproute2 iputils-ping nftables tcpdump procps kmod openssl containernetworking-plugins
-      wireguard-go wireguard-tools)
+pkgs=(iproute2 iputils-ping nftables tcpdump util-linux procps kmod openssl
+      containernetworking-plugins wireguard-go wireguard-tools)
 # Any busybox will do (the dynamic one runs in the guest too, the root is shared); installing
 # busybox-static over an existing busybox would replace it.
 command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)

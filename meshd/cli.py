@@ -200,6 +200,19 @@ def status(
 
 @app.command()
 @friendly
+def doctor(
+    socket: SocketOpt = DEFAULT_SOCKET,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check this host and the tunnel to every peer; exit 1 if anything is broken."""
+    reply = client.doctor(socket)
+    typer.echo(fmt.to_json(reply) if as_json else fmt.doctor(reply))
+    if not reply["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def leave(socket: SocketOpt = DEFAULT_SOCKET) -> None:
     """Announce that this node leaves the mesh, wait until that has spread, stop the daemon."""
     typer.echo(fmt.leave(client.leave(socket)))

@@ -21,13 +21,15 @@ import shutil
 import signal
 import socket
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from meshd import __version__, identity
+from meshd import __version__, doctor, identity
 from meshd.allocator import Allocator
 from meshd.config import Config, parse_seed
+from meshd.control.protocol import DoctorReply
 from meshd.control.server import ControlServer, group_id
-from meshd.dataplane import allocation, backends
+from meshd.dataplane import allocation, backends, model, prefix
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.masquerade import Masquerade, remove_table
@@ -40,15 +42,19 @@ from meshd.gossip.node import GossipNode
 from meshd.gossip.record import PROTOCOL_VERSION, NodeRecord, RecordError, certified_vtep_seed
 from meshd.gossip.security import Sealer
 from meshd.gossip.trust import Signer, Trust, TrustError
-from meshd.keyfile import load_keyring, load_or_create_wireguard_key
+from meshd.keyfile import WIREGUARD_KEY, load_keyring, load_or_create_wireguard_key
 from meshd.membership import Membership
 from meshd.metrics import MetricsServer
 from meshd.service import Service
 from meshd.statestore import CrlStore, StateStore
 from meshd.systemd import sd_notify
 from meshd.transport import Transport
+from meshd.tunnelprobe import TunnelProber
 
 log = logging.getLogger("meshd")
+
+
+SKEW_FRESH = 300.0  # seconds: an older clock-skew sample is not reported by doctor
 
 
 class Daemon:
@@ -60,6 +66,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.firewall: Firewall | None = None
         self.masquerade: Masquerade | None = None
+        self.prober: TunnelProber | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
 
@@ -208,6 +215,8 @@ class Daemon:
         )
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
+        if backends.get(cfg.backend).overhead:  # a tunnel to probe (host-gw has none)
+            self.prober = TunnelProber(cfg.port)
         if cfg.ipmasq:
             if network is None:  # config.build refuses it; a certificate always brings one
                 raise ConfigError("ipmasq: needs network")
@@ -229,6 +238,8 @@ class Daemon:
             time.monotonic(),
             allocator=self.allocator,
             masquerade=self.masquerade,
+            prober=self.prober,
+            doctor=self.run_doctor,
         )
         self.membership = Membership(
             node,
@@ -324,6 +335,13 @@ class Daemon:
             tasks.append(asyncio.create_task(self.membership.heartbeat_loop(), name="heartbeat"))
         if self.masquerade is not None:
             tasks.append(asyncio.create_task(self.membership.masquerade_loop(), name="masquerade"))
+        if self.prober is not None:
+            tasks.append(
+                asyncio.create_task(
+                    self.membership.probe_targets_loop(self.prober), name="probe-targets"
+                )
+            )
+            tasks.append(asyncio.create_task(self.prober.run(), name="tunnel-probe"))
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         rc = 0
@@ -375,6 +393,71 @@ class Daemon:
         )
         return True
 
+    async def run_doctor(self) -> DoctorReply:
+        """`meshd doctor`: the checks of meshd/doctor.py against this daemon's view."""
+        return cast(DoctorReply, await doctor.run(self._doctor_sources()))
+
+    def _doctor_sources(self) -> doctor.Sources:
+        cfg = self.cfg
+        assert self.reconciler is not None and self.transport is not None
+        reconciler, transport, service = self.reconciler, self.transport, self.service
+        node = service.node
+        be = backends.get(cfg.backend)
+
+        def peers() -> list[doctor.Peer]:
+            flags = reconciler.peer_flags()
+            now = time.time()
+            out = []
+            for m in node.members():
+                r = m.record
+                if r.node_id == node.local.node_id:
+                    continue
+                skew = transport.skew.get(r.node_id)
+                out.append(
+                    doctor.Peer(
+                        name=r.name,
+                        state=str(m.state.value),
+                        public_ip=r.public_ip,
+                        mtu=r.mtu,
+                        flag=flags.get(r.name),
+                        skew=skew[0] if skew and now - skew[1] < SKEW_FRESH else None,
+                        address=prefix.network_address(r.subnet),
+                    )
+                )
+            return out
+
+        def cert_not_after() -> float | None:
+            cert = service.trust_status().get("cert") or {}
+            return cert.get("not_after")
+
+        def expected_env() -> dict[str, str]:
+            if self.allocator is not None and not self.allocator.settled:
+                return {}
+            mtu = reconciler.status().get("mtu")
+            first = model.first_address(node.local.subnet)
+            return {"FLANNEL_SUBNET": first, **({"FLANNEL_MTU": str(mtu)} if mtu else {})}
+
+        secrets = [cfg.key_file]
+        if cfg.cert_key is not None:
+            secrets.append(cfg.cert_key)
+        if "wgpeer" in be.peer_objects:
+            secrets.append(cfg.state_dir / WIREGUARD_KEY)
+        encap = be.encapsulation(cfg.backend_port or 0)
+        return doctor.Sources(
+            backend=cfg.backend,
+            gossip_port=cfg.port,
+            backend_port=cfg.backend_port,
+            ip_protocol=encap.number if encap is not None and encap.protocol == "ip" else None,
+            overhead=be.overhead,
+            dataplane=reconciler.status,
+            peers=peers,
+            probe_all=self.prober.probe_all if self.prober is not None else None,
+            secret_files=secrets,
+            cert_not_after=cert_not_after,
+            subnet_env=Path(cfg.subnet_env),
+            expected_env=expected_env,
+        )
+
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Quiet stop: save state, close sockets; never touch kernel state."""
         self.membership.save(force=True)
@@ -393,6 +476,8 @@ class Daemon:
             await self.control.close()
         if self.reconciler is not None:
             await self.reconciler.close()
+        if self.prober is not None:
+            self.prober.close()
         if self.transport is not None:
             self.transport.close()
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
 from meshd.allocator import Allocator
-from meshd.dataplane import allocation
+from meshd.dataplane import allocation, prefix
 from meshd.dataplane.model import PeerView
 from meshd.errors import AllocationError, DataplaneError
 from meshd.gossip.node import GossipNode
@@ -39,6 +39,16 @@ class PeerSink(Protocol):
     def set_peers(self, peers: Sequence[PeerView], synced: bool, now: float) -> None: ...
 
     def set_local(self, local: NodeRecord, settled: bool = True) -> None: ...
+
+    def peer_flags(self) -> dict[str, str]: ...
+
+
+class Prober(Protocol):
+    """The tunnel prober (meshd/tunnelprobe.py) as this loop drives it."""
+
+    async def set_local(self, ip: str | None) -> None: ...
+
+    def set_targets(self, targets: Mapping[str, str]) -> None: ...
 
 
 class Filter(Protocol):
@@ -206,6 +216,23 @@ class Membership:
         self._fw_error = None
         if force:
             self._fw_forced = now
+
+    async def probe_targets_loop(self, prober: Prober, every: float = 2.0) -> None:
+        """Keep the tunnel prober bound to this node's device address and aimed at the
+        programmed peers that gossip says are up (a dead peer's silence is no news)."""
+        while True:
+            await prober.set_local(prefix.network_address(self.node.local.subnet))
+            flags = self.reconciler.peer_flags()
+            prober.set_targets(
+                {
+                    m.record.name: prefix.network_address(m.record.subnet)
+                    for m in self.node.members()
+                    if m.record.node_id != self.node.local.node_id
+                    and str(m.state.value) in ("alive", "suspect")
+                    and m.record.name not in flags
+                }
+            )
+            await asyncio.sleep(every)
 
     async def masquerade_loop(self) -> None:
         while True:

@@ -80,6 +80,8 @@ class Snapshot:
     version: str
     name: str
     backend: str
+    tunnel: Mapping[str, Any] = field(default_factory=dict)
+    """The tunnel prober's status (``{}`` for host-gw: no tunnel to probe)."""
 
 
 def _by_prefix(fam: Family, counters: Mapping[str, int], prefix: str, label: str) -> Family:
@@ -167,6 +169,19 @@ def families(s: Snapshot) -> list[Family]:
             "Recent data-plane errors (bounded list in `meshd status`).",
         ).add(len(dp.get("errors") or []))
     )
+    if s.tunnel:
+        tc = s.tunnel.get("counters") or {}
+        fams.append(
+            Family(
+                "meshd_tunnel_unreachable_peers",
+                "gauge",
+                "Peers whose tunnel does not answer probes, though gossip may say alive.",
+            ).add(len(s.tunnel.get("unreachable") or []))
+        )
+        fam = Family("meshd_tunnel_probes_total", "counter", "Probes through the tunnel.")
+        for result, key in (("sent", "probes"), ("answered", "replies"), ("lost", "timeouts")):
+            fam.add(tc.get(key, 0), {"result": result})
+        fams.append(fam)
     fams.append(
         Family("meshd_info", "gauge", "Build and node information.").add(
             1, {"version": s.version, "name": s.name, "backend": s.backend}

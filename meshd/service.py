@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from meshd.control.protocol import (
     CRL_INSTALL,
     CrlInstall,
     CrlReply,
+    DoctorReply,
     KeyInstall,
     KeyList,
     KeyRef,
@@ -60,6 +61,13 @@ class HasStatus(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class TunnelView(HasStatus, Protocol):
+    def health(self) -> dict[str, dict[str, Any]]: ...
+    async def probe_all(
+        self, timeout: float = ..., tries: int = ...
+    ) -> dict[str, dict[str, Any]]: ...
+
+
 class DataplaneView(HasStatus, Protocol):
     def peer_flags(self) -> dict[str, str]: ...
     def handshakes(self) -> dict[str, int | None]: ...
@@ -80,6 +88,10 @@ class Service:
     allocator: HasStatus | None = None
     """Set when this node allocates its subnet (meshd/allocator.py)."""
     masquerade: HasStatus | None = None
+    prober: TunnelView | None = None
+    """Probes through the tunnel (None for host-gw: nothing encapsulated to probe)."""
+    doctor: Callable[[], Awaitable[DoctorReply]] | None = None
+    """`meshd doctor`'s checks (meshd/doctor.py, wired by the daemon)."""
 
     def commands(self) -> dict[str, Handler]:
         """The control socket's command table: raw JSON request -> typed call."""
@@ -108,6 +120,12 @@ class Service:
         async def update(req: dict[str, Any]) -> UpdateReply:
             return self.update()
 
+        async def doctor(req: dict[str, Any]) -> DoctorReply:
+            if self.doctor is None:
+                raise ControlError("doctor: not available in this daemon")
+            reply: DoctorReply = await self.doctor()
+            return reply
+
         async def crl_install(req: dict[str, Any]) -> CrlReply:
             return await self.crl_install(CrlInstall.parse(req))
 
@@ -116,6 +134,7 @@ class Service:
             "status": status,
             "leave": leave,
             "update": update,
+            "doctor": doctor,
             "keys.list": keys_list,
             "keys.install": keys_install,
             "keys.use": keys_use,
@@ -128,6 +147,7 @@ class Service:
         now = time.monotonic()
         flags = self.reconciler.peer_flags() if self.reconciler else {}
         shakes = self.reconciler.handshakes() if self.reconciler else {}
+        tunnel = self.prober.health() if self.prober else {}
         me = self.node.local.name
         trust = "shared-key" if self.node.trust is None else "certificate"
         out: list[PeerRow] = []
@@ -148,6 +168,7 @@ class Service:
                     "node_id": r.node_id.hex(),
                     "flag": flags.get(r.name),
                     "handshake": shakes.get(r.name),
+                    "tunnel": tunnel.get(r.name),
                     "trust": trust,
                 }
             )
@@ -183,6 +204,7 @@ class Service:
             "keys": self.sealer.keyring.ids(),
             "trust": self.trust_status(),
             "dataplane": self.reconciler.status() if self.reconciler else {},
+            "tunnel": self.prober.status() if self.prober else None,
             "filter": self.firewall.status() if self.firewall else {"enabled": False},
             "allocation": self.allocator.status() if self.allocator else {},
             "masquerade": self.masquerade.status() if self.masquerade else {"enabled": False},
@@ -263,6 +285,7 @@ class Service:
             rtt_count=rtt.count,
             health=self.node.health,
             dataplane=self.reconciler.status() if self.reconciler else {},
+            tunnel=self.prober.status() if self.prober else {},
             version=__version__,
             name=local.name,
             backend=local.backend,

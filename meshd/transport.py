@@ -35,6 +35,9 @@ BURST_SECONDS = 5.0
 """A source's bucket holds this many seconds' worth of its rate."""
 
 
+SKEW_MAX = 16384  # senders whose clock skew is remembered (authentic senders only)
+
+
 class SourceLimiter:
     """A token bucket per source IP: ``rate`` datagrams per second, ``rate * BURST_SECONDS`` at
     once; ``rate`` 0 lets everything through."""
@@ -78,6 +81,9 @@ class Transport:
         self.clock = clock
         self.wall = wall
         self.counters: Counter[str] = Counter()
+        self.skew: dict[bytes, tuple[float, float]] = {}
+        """Sender node id -> (its clock minus ours, seconds; when measured, our wall clock),
+        from the sealed timestamp of its latest authentic datagram (whole seconds, so +-1 s)."""
         self._stream: asyncio_dgram.aio.DatagramServer | None = None
         self._wake = asyncio.Event()
         self._sleeping_until = -math.inf
@@ -135,7 +141,10 @@ class Transport:
                 opened = self.sealer.open(data, wall)
             except OpenError as exc:
                 self.counters[f"drop.{exc.reason}"] += 1
+                if exc.sent_at is not None:
+                    self._note_skew(exc.sender, exc.sent_at, wall)
                 continue
+            self._note_skew(opened.sender, opened.sent_at, wall)
             try:
                 self.node.advance_wall(wall)
                 self.node.receive_datagram(
@@ -150,6 +159,11 @@ class Transport:
                 log.exception("gossip core failed on a datagram from %s:%s", host, port)
             await self._flush()
             self._after()
+
+    def _note_skew(self, sender: bytes, sent_at: int, wall: float) -> None:
+        if sender not in self.skew and len(self.skew) >= SKEW_MAX:
+            self.skew.pop(next(iter(self.skew)))
+        self.skew[sender] = (sent_at - wall, wall)
 
     def _after(self) -> None:
         """After the core ran: wake the timer loop if the core now wants an earlier deadline

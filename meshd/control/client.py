@@ -11,6 +11,7 @@ from typing import Any, cast
 from meshd.control.protocol import (
     CRL_INSTALL,
     CrlReply,
+    DoctorReply,
     KeyList,
     LeaveReply,
     PeerRow,
@@ -73,6 +74,10 @@ def status(path: Path, timeout: float = 30.0) -> StatusReply:
 
 def leave(path: Path, timeout: float = 30.0) -> LeaveReply:
     return cast(LeaveReply, request(path, "leave", timeout))
+
+
+def doctor(path: Path, timeout: float = 60.0) -> DoctorReply:
+    return cast(DoctorReply, request(path, "doctor", timeout))
 
 
 def update(path: Path, timeout: float = 30.0) -> UpdateReply:

@@ -11,7 +11,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshd.control.protocol import CrlReply, KeyList, LeaveReply, PeerRow, StatusReply
+from meshd.control.protocol import (
+    CrlReply,
+    DoctorReply,
+    KeyList,
+    LeaveReply,
+    PeerRow,
+    StatusReply,
+)
 
 PEER_COLUMNS = (
     "NAME",
@@ -45,9 +52,12 @@ def peers(rows: Sequence[PeerRow], now: float | None = None) -> str:
     """The `meshd peers` table; a wireguard mesh gets a HANDSHAKE column (how long ago each
     peer's latest WireGuard handshake was, at ``now``, unix seconds)."""
     wg = any(r["backend"] == "wireguard" for r in rows)
+    tunneled = any(r.get("tunnel") for r in rows)
     cols = list(PEER_COLUMNS)
     if wg:
         cols.insert(cols.index("NOTE"), "HANDSHAKE")
+    if tunneled:
+        cols.insert(cols.index("NOTE"), "TUNNEL")
     out: list[Sequence[str]] = [cols]
     t = time.time() if now is None else now
     for r in rows:
@@ -65,12 +75,25 @@ def peers(rows: Sequence[PeerRow], now: float | None = None) -> str:
         if wg:
             shake = r.get("handshake")
             row.append("-" if me else "never" if not shake else f"{max(0.0, t - shake):.0f}s ago")
+        if tunneled:
+            row.append(_tunnel(r.get("tunnel")))
         row.append("self" if me else (r["flag"] or ""))
         out.append(row)
     text = table(out)
     if any(r.get("trust") == "shared-key" for r in rows):
         text += "\n" + UNAUTHENTICATED
     return text
+
+
+def _tunnel(t: Mapping[str, Any] | None) -> str:
+    """The TUNNEL cell: what probes through the tunnel say (``-``: not probed)."""
+    if not t:
+        return "-"
+    if t.get("state") == "ok":
+        return f"ok {t.get('rtt_ms')}ms"
+    if t.get("state") == "unreachable":
+        return f"UNREACHABLE ({t.get('failures')} lost)"
+    return "?"
 
 
 UNAUTHENTICATED = (
@@ -196,3 +219,26 @@ def crl_install(reply: CrlReply) -> str:
     what = "installed" if reply["installed"] else "already in force (this one or a newer one)"
     serials = ", ".join(reply["revoked"]) or "none"
     return f"CRL {reply['number']} from {reply['issuer']!r} {what}; revoked serials: {serials}"
+
+
+def doctor(reply: DoctorReply) -> str:
+    """`meshd doctor`: one line per finding (problems first), its fix indented below, and a
+    summary line."""
+    order = {"fail": 0, "warn": 1, "ok": 2}
+    found = sorted(reply["findings"], key=lambda f: order.get(f["level"], 3))
+    width = max((len(f["check"]) for f in found), default=0)
+    out: list[str] = []
+    for f in found:
+        level = f["level"].upper() if f["level"] != "ok" else "ok"
+        out.append(f"{level:<5} {f['check']:<{width}}  {f['message']}")
+        if f["level"] != "ok" and f["fix"]:
+            out.append(f"{'':<5} {'':<{width}}  fix: {f['fix']}")
+    fails = sum(f["level"] == "fail" for f in found)
+    warns = sum(f["level"] == "warn" for f in found)
+    if fails:
+        peers = sorted({f["peer"] for f in found if f["level"] == "fail" and f["peer"]})
+        names = f" (peers: {', '.join(peers)})" if peers else ""
+        out.append(f"doctor: {fails} problem(s){names}, {warns} warning(s)")
+    else:
+        out.append(f"doctor: healthy, {warns} warning(s)")
+    return "\n".join(out)

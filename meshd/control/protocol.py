@@ -13,7 +13,7 @@ from typing import Any, NotRequired, TypedDict
 
 from meshd.errors import ControlError
 
-READ_ONLY = frozenset({"peers", "status", "keys.list"})
+READ_ONLY = frozenset({"peers", "status", "keys.list", "doctor"})
 """Commands that change nothing, which members of ``control_group`` may run. Every other
 command -- leave, update, keys.install/use/remove, crl.install and any added later -- needs root:
 a new command is root-only until it is listed here."""
@@ -21,6 +21,22 @@ a new command is root-only until it is listed here."""
 KEY_ID_HEX = 32
 """A key id on the control socket: 16 bytes (security.KEY_ID_LEN) as 32 hex digits
 (`meshd keys list`)."""
+
+
+class DoctorFinding(TypedDict):
+    check: str
+    """forwarding, rp_filter, kernel, mtu, checksum, firewall, clock, files, subnet.env, tunnel"""
+    level: str
+    """ok, warn or fail"""
+    message: str
+    fix: str
+    peer: str | None
+
+
+class DoctorReply(TypedDict):
+    ok: bool
+    """False when any finding failed (`meshd doctor` exits 1)."""
+    findings: list[DoctorFinding]
 
 
 class PeerRow(TypedDict):
@@ -41,6 +57,9 @@ class PeerRow(TypedDict):
     flag: str | None
     """Why the data plane does not program it as usual (conflicted, refused, ...), if so."""
     handshake: int | None
+    tunnel: dict[str, Any] | None
+    """Probes through the tunnel to this peer (``state`` ok | unreachable | unknown, ``rtt_ms``,
+    ``last_ok``, ``failures``); None for host-gw, this node, or a peer not programmed."""
     """wireguard backend: unix seconds of this peer's latest WireGuard handshake (None: none
     yet, or another backend)."""
     trust: str
@@ -77,6 +96,8 @@ class StatusReply(TypedDict):
     and ``local`` (why our own certificate no longer holds, or empty)."""
     dataplane: dict[str, Any]
     """The reconciler's status (dataplane/reconciler.py), ``{}`` before it started."""
+    tunnel: dict[str, Any] | None
+    """The tunnel prober's status (meshd/tunnelprobe.py); None for host-gw."""
     filter: dict[str, Any]
     allocation: dict[str, Any]
     """Allocating nodes (no fixed subnet): the pool (network, subnet_len, size), the lease, how

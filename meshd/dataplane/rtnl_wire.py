@@ -54,7 +54,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 4
 MAIN_TABLE = 254
 # linux/neighbour.h
@@ -223,7 +223,9 @@ def encode_route(op: str, e: RouteEntry, proto: int, table: int = MAIN_TABLE) ->
         0,
         tid,
         proto,
-        RT_SCOPE_UNIVERSE,
+        # no gateway: a route straight into a layer-3 device (wireguard), as `ip route add
+        # <dst> dev <dev>` scopes it
+        RT_SCOPE_UNIVERSE if e.gateway else RT_SCOPE_LINK,
         RTN_UNICAST,
         RTNH_F_ONLINK if e.onlink else 0,
     )

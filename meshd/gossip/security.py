@@ -83,11 +83,15 @@ class KeyFormatError(ValueError):
 
 
 class OpenError(Exception):
-    """A datagram was rejected; ``reason`` is the counter name (auth, replay, stale, ...)."""
+    """A datagram was rejected; ``reason`` is the counter name (auth, replay, stale, ...).
+    A ``stale`` one was authentic: ``sender`` and ``sent_at`` say who sealed it and when, by
+    their clock (what ``meshd doctor`` reports as that member's clock skew)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, sender: bytes = b"", sent_at: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.sender = sender
+        self.sent_at = sent_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,7 @@ class Opened:
     payload: bytes
     sender: bytes
     to_any: bool
+    sent_at: int = 0  # the sealed timestamp: unix seconds by the sender's clock
 
 
 def key_id(key: bytes) -> bytes:
@@ -264,7 +269,9 @@ class Sealer:
         except InvalidTag:
             raise OpenError("auth") from None
         (ts,) = _TS.unpack_from(plain)
-        if abs(ts - now) > self.window or ts <= self._floor:
+        if abs(ts - now) > self.window:
+            raise OpenError("stale", sender, ts)
+        if ts <= self._floor:
             raise OpenError("stale")
         self._expire(now)
         if nonce in self._seen:
@@ -273,7 +280,7 @@ class Sealer:
         if len(self._seen) > NONCE_CACHE_MAX:
             _, forgotten = self._seen.popitem(last=False)
             self._floor = max(self._floor, forgotten)
-        return Opened(plain[_TS.size :], sender, to_any)
+        return Opened(plain[_TS.size :], sender, to_any, ts)
 
     def _expire(self, now: float) -> None:
         # A nonce sealed before now - window could only come back stale: forget it. Entries are

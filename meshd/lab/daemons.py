@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from meshd.errors import LabError
 from meshd.lab.certs import LabCA
+from meshd.lab.namespaces import netns_processes, ns_exec
 from meshd.lab.topology import Host, Topology
 
 DEFAULT_GOSSIP_PORT = 7950
 """Same as meshd.config.DEFAULT_PORT (not imported: the lab depends on nothing of the daemon)."""
+WG_DEVICE = "meshd.wg"
+WG_RUN_DIR = "/run/wireguard"
+"""Where wireguard-go puts its UAPI socket: private to each host's daemon (see start_daemon)."""
 
 
 def write_key(path: Path) -> Path:
@@ -145,11 +150,20 @@ class Daemons(Topology):
         root = str(Path(__file__).resolve().parents[2])
         penv["PYTHONPATH"] = os.pathsep.join(filter(None, [root, penv.get("PYTHONPATH")]))
         penv.setdefault("PYTHONUNBUFFERED", "1")
+        # wireguard-go (the daemon's child, outliving it) puts its socket in /run/wireguard, one
+        # directory for the whole machine: each host's daemon gets its own, as a real host has.
+        private = (WG_RUN_DIR,) if backend == "wireguard" else ()
         with open(log_path, "ab") as log:
             # cwd: "python -m" puts the working directory first on sys.path, so a caller sitting
             # in another checkout (a benchmark of a frozen commit) would run that one instead.
             proc = self.spawn(
-                host.ns, argv, stdout=log, stderr=subprocess.STDOUT, env=penv, cwd=hdir
+                host.ns,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=penv,
+                cwd=hdir,
+                private_dirs=private,
             )
         d = Daemon(host, argv, hdir, log_path, hdir / "meshd.sock", hdir / "state", proc)
         self.daemons[host.name] = d
@@ -200,11 +214,31 @@ class Daemons(Topology):
         return moved
 
     def stop_daemon(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop one daemon (``sig=SIGKILL`` for a crash); ``start_daemon`` restarts it."""
+        """Stop one daemon (``sig=SIGKILL`` for a crash); ``start_daemon`` restarts it.
+
+        Only the daemon is signalled, as ``kill PID`` would: the wireguard-go it started stays
+        in its process group and must outlive it (the restarted daemon adopts the device).
+        Teardown still stops everything in the lab's namespaces."""
         d = self.daemons[name]
         if d.proc is not None:
-            self.stop(d.proc, sig, timeout)
+            self.stop(d.proc, sig, timeout, group=False)
             d.proc = None
+
+    def wireguard_pid(self, host: Host) -> int | None:
+        """The pid of the wireguard-go process in ``host``'s namespace, None if there is none."""
+        pids = netns_processes(host.ns, "wireguard-go")
+        if len(pids) > 1:
+            raise LabError(f"{len(pids)} wireguard-go processes in {host.ns}: {pids}")
+        return pids[0] if pids else None
+
+    def wg(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``wg ARGS`` for ``host``'s WireGuard device (e.g. ``wg(h, "show", "meshd.wg",
+        "dump")``): in the mount and network namespaces of its wireguard-go, where that one's
+        socket is; in ``host``'s namespace when there is none (a kernel device)."""
+        pid = self.wireguard_pid(host)
+        if pid is None:
+            return ns_exec(host.ns, ["wg", *args], check=check)
+        return ns_exec(None, ["nsenter", "-t", str(pid), "-m", "-n", "wg", *args], check=check)
 
     def stop_processes(self) -> None:
         super().stop_processes()
@@ -212,4 +246,4 @@ class Daemons(Topology):
             d.proc = None
 
 
-__all__ = ["DEFAULT_GOSSIP_PORT", "Daemon", "Daemons"]
+__all__ = ["DEFAULT_GOSSIP_PORT", "WG_DEVICE", "WG_RUN_DIR", "Daemon", "Daemons"]

@@ -39,6 +39,21 @@ def ns_argv(ns: str | None, argv: Sequence[str]) -> list[str]:
     return [*argv] if ns is None else ["ip", "netns", "exec", ns, *argv]
 
 
+def private_dirs_argv(dirs: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """``argv`` run in a mount namespace of its own with a fresh, empty tmpfs (0700) on each of
+    ``dirs`` (created first where missing), which its children inherit.
+
+    Every lab host shares the machine's filesystem, so two hosts' ``wireguard-go meshd.wg`` would
+    both want /run/wireguard/meshd.wg.sock ("UAPI listen error: unix socket in use"). ``unshare``
+    and ``sh`` exec in turn, so the process started is ``argv`` itself (same pid)."""
+    mounts = [
+        f"mkdir -p {shlex.quote(d)} && mount -t tmpfs -o mode=0700 meshd-lab {shlex.quote(d)}"
+        for d in dirs
+    ]
+    script = " && ".join([*mounts, 'exec "$@"'])
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
 def ns_exec(
     ns: str | None,
     argv: Sequence[str],
@@ -76,6 +91,18 @@ def leftover_namespaces(prefix: str) -> list[str]:
 def netns_pids(ns: str) -> list[int]:
     res = ns_exec(None, ["ip", "netns", "pids", ns], check=False, timeout=10)
     return [int(x) for x in res.stdout.split() if x.isdigit()]
+
+
+def netns_processes(ns: str, comm: str) -> list[int]:
+    """The pids in namespace ``ns`` whose command name (``/proc/<pid>/comm``) is ``comm``."""
+    found = []
+    for pid in netns_pids(ns):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm[:15]:
+                found.append(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 def kill_pids(pids: Iterable[int], grace: float = 3.0) -> None:
@@ -166,12 +193,16 @@ class Processes:
         stderr: IO[Any] | int | None = subprocess.STDOUT,
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
+        private_dirs: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in ``ns`` in the background; :meth:`stop_processes` stops it.
 
         ``ip netns exec`` execs the command, so the Popen's pid is the command itself; it leads its
-        own session, so teardown can signal the whole process group it creates.
+        own session, so teardown can signal the whole process group it creates. ``private_dirs``:
+        in its own mount namespace with a fresh tmpfs on each (see :func:`private_dirs_argv`).
         """
+        if private_dirs:
+            argv = private_dirs_argv(private_dirs, argv)
         proc = subprocess.Popen(
             ns_argv(ns, argv),
             stdin=subprocess.DEVNULL,
@@ -189,17 +220,24 @@ class Processes:
         return [p for p in self._procs if p.poll() is None]
 
     def stop(
-        self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0
+        self,
+        proc: subprocess.Popen[bytes],
+        sig: int = signal.SIGTERM,
+        timeout: float = 5.0,
+        *,
+        group: bool = True,
     ) -> int | None:
-        """Signal ``proc``'s process group, wait up to ``timeout`` (then SIGKILL); return its rc."""
+        """Signal ``proc``'s process group (``group=False``: ``proc`` alone), wait up to
+        ``timeout`` (then SIGKILL); return its rc."""
+        kill = os.killpg if group else os.kill
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
+                kill(proc.pid, sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         if proc in self._procs:
             self._procs.remove(proc)
@@ -232,7 +270,9 @@ __all__ = [
     "leftover_namespaces",
     "netns_exists",
     "netns_pids",
+    "netns_processes",
     "ns_argv",
     "ns_exec",
+    "private_dirs_argv",
     "start_time",
 ]

@@ -7,8 +7,10 @@ system commands are used, so the module also runs inside the UML guest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import select
 import shlex
 import shutil
@@ -16,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from meshd.errors import LabError
@@ -230,18 +232,7 @@ class Probes(Topology):
         argv = ["tcpdump", "-l", "-n", "-c", str(count), "-i", ifname, *shlex.split(bpf)]
         proc = self.spawn(ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            # tcpdump says "listening on ..." on stderr once the capture is armed.
-            assert proc.stderr is not None
-            # (after "verbose output suppressed"); raw reads, so a partial line cannot block us.
-            said, deadline = b"", time.monotonic() + timeout
-            while b"listening on" not in said:
-                left = deadline - time.monotonic()
-                ready, _, _ = select.select([proc.stderr], [], [], max(0.0, left))
-                chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
-                if not chunk:
-                    err = said.decode(errors="replace").strip()
-                    raise LabError(f"tcpdump on {ns}/{ifname} did not start: {err}")
-                said += chunk
+            _wait_listening(proc, f"{ns}/{ifname}", timeout)
             if during is not None:
                 during()
             try:
@@ -253,6 +244,54 @@ class Probes(Topology):
             return [line for line in out.decode(errors="replace").splitlines() if line]
         finally:
             self.stop(proc, signal.SIGKILL)
+
+    @contextlib.contextmanager
+    def recording(self, ns: str, ifname: str = "any", bpf: str = "") -> Iterator[list[str]]:
+        """Every packet matching ``bpf`` on ``ifname`` in ``ns`` while the block runs: the list
+        yielded is filled when the block ends, one tcpdump line per packet (``-n -q``: addresses,
+        ports, protocol and length). Unlike :meth:`capture`, nothing is left out: the packets go
+        to a file (a pipe read only at the end would fill and stall tcpdump), and a capture that
+        lost packets raises LabError."""
+        if shutil.which("tcpdump") is None:
+            raise LabError("capturing needs tcpdump (apt-get install tcpdump)")
+        pcap = self.workdir / f"rec-{self._next_port()}.pcap"
+        # --immediate-mode: else the kernel hands packets over in blocks, up to a second late,
+        # and what the last block holds when SIGINT comes is lost (and not counted as dropped).
+        # Headers only (-s), a large kernel buffer (-B, KiB) and buffered writes keep up with a
+        # bulk transfer through a tunnel (the lengths printed are the packets' own).
+        argv = ["tcpdump", "-n", "--immediate-mode", "-s", "128", "-B", "65536", "-Z", "root",
+                "-i", ifname, "-w", str(pcap)]  # fmt: skip
+        proc = self.spawn(ns, [*argv, *shlex.split(bpf)], stderr=subprocess.PIPE)
+        lines: list[str] = []
+        try:
+            _wait_listening(proc, f"{ns}/{ifname}", 5.0)
+            yield lines
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=10)
+            dropped = re.search(rb"(\d+) packets? dropped by kernel", err)
+            if dropped is None or int(dropped[1]) != 0:
+                raise LabError(f"tcpdump on {ns}/{ifname}: {err.decode(errors='replace')}")
+            # inside ns: "-i any" records interface indexes, named as that namespace names them
+            res = ns_exec(ns, ["tcpdump", "-n", "-q", "-r", str(pcap)], timeout=60)
+            lines += [line for line in res.stdout.splitlines() if line]
+        finally:
+            self.stop(proc, signal.SIGKILL)
+            pcap.unlink(missing_ok=True)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], where: str, timeout: float) -> None:
+    """Until tcpdump says "listening on ..." on stderr (after "verbose output suppressed"): the
+    capture is armed. Raw reads, so a partial line cannot block us."""
+    assert proc.stderr is not None
+    said, deadline = b"", time.monotonic() + timeout
+    while b"listening on" not in said:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, left))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        if not chunk:
+            err = said.decode(errors="replace").strip()
+            raise LabError(f"tcpdump on {where} did not start: {err}")
+        said += chunk
 
 
 def format_matrix(matrix: Mapping[tuple[str, str], bool], names: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ counters, and tears everything down (unless --keep).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from meshd.dataplane import backends
 from meshd.errors import ControlError, LabError
 from meshd.lab import Lab, cleanup_on_signals, down, format_matrix, write_key
 from meshd.lab.cni import find_flannel
+from meshd.lab.daemons import WG_DEVICE
 
 PREFIX = os.environ.get("MESHD_LAB_PREFIX", "mlab")
 """Namespace prefix of the lab (tests set their own so they never collide with a user's lab)."""
@@ -31,7 +33,7 @@ CONVERGE_TIMEOUT = 90.0
 
 
 def tunnel_device(backend: str, vni: int = 1) -> str | None:
-    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}"}.get(backend)
+    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}", "wireguard": WG_DEVICE}.get(backend)
 
 
 def kernel_supports(kind: str) -> bool:
@@ -59,6 +61,14 @@ def preflight(backend: str) -> None:
         raise LabError("meshd lab needs root (it creates network namespaces): run it with sudo")
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
         raise LabError("meshd lab needs iproute2 (apt-get install iproute2)")
+    if backend == "wireguard":
+        # The daemon falls back to userspace wireguard-go where the kernel has no module.
+        if not kernel_supports(backend) and shutil.which("wireguard-go") is None:
+            raise LabError(
+                "wireguard: this kernel has no wireguard module and wireguard-go is not on "
+                "PATH: apt-get install wireguard-go wireguard-tools"
+            )
+        return
     if not kernel_supports(backend):
         raise LabError(
             f"this kernel cannot create {backend} devices (module {backend} missing): "
@@ -150,7 +160,7 @@ def run_lab(
             say(f"\n4 MiB over TCP {src.name} -> {dst.name} container: FAILED")
             failed.append(f"tcp {src.name}->{dst.name}")
         if keep:
-            say(_keep_help(lab, first.socket_path))
+            say(_keep_help(lab, first.socket_path, backend))
         if failed or not ok:
             _print_log_tails(lab, say)
             say(f"\nFAILED: {len(failed)} of {len(matrix)} pairs do not ping: {', '.join(failed)}")
@@ -223,15 +233,21 @@ def _print_log_tails(lab: Lab, say: Callable[[str], None]) -> None:
         say(f"--- {d.host.name} log ({d.log_path}) ---\n" + "\n".join(tail))
 
 
-def _keep_help(lab: Lab, sock: Path) -> str:
+def _keep_help(lab: Lab, sock: Path, backend: str) -> str:
     h1, h2 = lab.hosts[0], lab.hosts[1]
+    wg = ""
+    if backend == "wireguard":
+        # wireguard-go's socket is in its mount namespace (each host's /run/wireguard is private)
+        pid = lab.wireguard_pid(h1)
+        where = f"nsenter -t {pid} -m -n" if pid else f"ip netns exec {h1.ns}"
+        wg = f"\n  {where} wg show {WG_DEVICE}"
     return f"""
 The lab keeps running. Look around:
   ip netns list | grep {PREFIX}
   meshd peers --socket {sock}
   meshd status --socket {sock}
   ip netns exec {h1.ns} ip route show proto 109
-  ip netns exec {h1.ns} ip -d link show
+  ip netns exec {h1.ns} ip -d link show{wg}
   ip netns exec {h1.container_ns} ping {h2.container_ip}
   logs: {lab.workdir}/h*.log
 Remove it with: meshd lab down"""

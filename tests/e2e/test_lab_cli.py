@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +28,35 @@ def lab(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def lab_processes() -> list[str]:
+    """Processes started by our `meshd lab` runs, wherever they are: everything they start
+    (daemons, the wireguard-go a daemon starts) inherits MESHD_LAB_PREFIX from them."""
+    mark = f"MESHD_LAB_PREFIX={PREFIX}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "))
+        except OSError:  # gone, or a kernel thread
+            continue
+    return [c.decode(errors="replace") for c in found]
+
+
 @pytest.mark.parametrize(
-    ("backend", "routed", "shared_key"), [("host-gw", False, True), ("vxlan", True, False)]
+    ("backend", "routed", "shared_key"),
+    [
+        ("host-gw", False, True),
+        ("vxlan", True, False),
+        pytest.param(
+            "wireguard",
+            True,
+            False,
+            marks=pytest.mark.skipif(
+                shutil.which("wireguard-go") is None and not kernel_supports("wireguard"),
+                reason="needs the wireguard module or wireguard-go",
+            ),
+        ),
+    ],
 )
 def test_lab_runs_and_cleans_up(backend: str, routed: bool, shared_key: bool) -> None:
     r = lab(
@@ -43,12 +72,11 @@ def test_lab_runs_and_cleans_up(backend: str, routed: bool, shared_key: bool) ->
     else:
         assert "trust: certificates from a throwaway CA" in r.stdout
         assert "UNAUTHENTICATED" not in r.stdout
-    if backend == "vxlan":
-        assert "tunnel meshd.1" in r.stdout
+    if backend != "host-gw":
+        assert f"tunnel {'meshd.1' if backend == 'vxlan' else 'meshd.wg'}" in r.stdout
         assert "tx +0" not in r.stdout
     assert leftover_namespaces(PREFIX) == []
-    left = subprocess.run(["pgrep", "-f", f"meshd join.*{PREFIX}"], capture_output=True)
-    assert left.stdout == b""
+    assert lab_processes() == []  # the daemons, and the wireguard-go processes they started
 
 
 def test_host_gw_across_a_router_fails_clearly() -> None:

@@ -730,6 +730,7 @@ def test_wireguard_converges_adopts_on_restart_and_repairs_drift(
             assert addrs == ["10.244.1.0/32"]
             route = our_routes(h1.ns)["10.244.2.0/24"]
             assert route["dev"] == "meshd.wg" and "gateway" not in route, route
+            assert route.get("scope") == "link", route
             peers = wg_peers(h1.ns)
             assert set(peers) == {pub[2]}
             assert peers[pub[2]].endpoint == f"{h2.underlay_ip}:51820"

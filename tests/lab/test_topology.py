@@ -339,6 +339,22 @@ def test_capture_sees_traffic_on_the_underlay(flat3: Lab) -> None:
 
 @pytest.mark.root
 @needs_root
+@needs_ping
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="needs tcpdump")
+def test_recording_keeps_every_packet_of_a_block(flat3: Lab) -> None:
+    h1, h2, _ = flat3.hosts
+    with flat3.recording(flat3.ul_ns, "any", "icmp") as lines:
+        assert flat3.ping(h1.container_ns, h2.container_ip, count=3)
+        assert lines == []  # filled when the block ends
+    # 3 requests and 3 replies, each seen entering the switch at one port and leaving at another
+    wanted = f"{h1.container_ip} > {h2.container_ip}: ICMP echo request"
+    assert sum(wanted in line for line in lines) == 6, lines
+    assert {line.split()[1] for line in lines} == {h1.port, h2.port}  # named in the namespace
+    assert list(flat3.workdir.glob("rec-*.pcap")) == []
+
+
+@pytest.mark.root
+@needs_root
 def test_sigterm_tears_the_lab_down(prefix: str) -> None:
     # A separate process, as `meshd lab` would be, killed politely mid-run.
     code = f"""

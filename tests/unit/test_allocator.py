@@ -103,6 +103,9 @@ class FakeReconciler:
     def set_local(self, local: NodeRecord, settled: bool = True) -> None:
         self.locals.append((local.subnet, settled))
 
+    def peer_flags(self) -> dict[str, str]:
+        return {}
+
 
 def membership(tmp_path: Path, me: NodeRecord, a: Allocator) -> tuple[Membership, GossipNode]:
     node = GossipNode(me, GossipConfig(), random.Random(1), 0.0)

@@ -26,7 +26,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch 
 
 GROUP = 4242  # the control group: a gid, which need not be in /etc/group for SO_PEERGROUPS
 NOBODY = 65534
-CMDS = ("peers", "status", "keys.list", "leave", "update", "keys.install", "keys.use", "crl.x")
+CMDS = (
+    "peers", "status", "keys.list", "doctor", "leave", "update", "keys.install", "keys.use",
+    "crl.x",
+)  # fmt: skip
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ H1: PeerRow = {
     "node_id": "00" * 16,
     "flag": None,
     "handshake": None,
+    "tunnel": None,
     "trust": "certificate",
 }
 H2: PeerRow = {
@@ -35,6 +36,7 @@ H2: PeerRow = {
     "node_id": "11" * 16,
     "flag": "conflicted",
     "handshake": None,
+    "tunnel": None,
     "trust": "certificate",
 }
 
@@ -121,6 +123,7 @@ def status_reply(**over: object) -> StatusReply:
         "keys": ["aabbccdd"],
         "trust": {"mode": "shared-key", "authenticated": False},
         "dataplane": {},
+        "tunnel": None,
         "filter": {"enabled": False},
         "allocation": {},
     }

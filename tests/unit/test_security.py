@@ -57,7 +57,7 @@ def test_roundtrip_overhead_and_header() -> None:
     # recipient id are in the associated data, not on the wire)
     assert d[0] == 2 and d[1:3] == key_id(K1)[:2] == hashlib.sha256(K1).digest()[:2]
     assert d[15:31] == PEER and d[31:33] == ME[:2]
-    assert sealer(K1).open(d, NOW + 1) == Opened(b"payload", PEER, False)
+    assert sealer(K1).open(d, NOW + 1) == Opened(b"payload", PEER, False, int(NOW))
     assert messages.KEY_ID_LEN == sec.KEY_ID_LEN == 16
 
 
@@ -69,7 +69,7 @@ def test_recipient_is_bound_any_is_anyone_and_self_is_dropped() -> None:
         assert reason(sealer(K1, me=OTHER), d) == "misaddressed"
     anyone = sealer(K1, me=PEER).seal(b"hello", NOW, b"")
     assert anyone[0] == 0x82 and anyone[31:33] == ANY[:2] == bytes(2)
-    assert sealer(K1, me=OTHER).open(anyone, NOW) == Opened(b"hello", PEER, True)
+    assert sealer(K1, me=OTHER).open(anyone, NOW) == Opened(b"hello", PEER, True, int(NOW))
     assert sealer(K1).open(anyone, NOW).to_any
     # Our own datagram coming back (a reflected "any", or our id forged): dropped.
     assert reason(sealer(K1, me=PEER), anyone) == "self"
@@ -113,6 +113,10 @@ def test_replay_and_stale_rejected() -> None:
     assert reason(r, d, NOW + 5) == "replay"
     assert reason(sealer(K1, window=60), d, NOW + 61) == "stale"
     assert reason(sealer(K1, window=60), d, NOW - 61) == "stale"
+    # An authentic but stale datagram says who sealed it and when (doctor's clock skew).
+    with pytest.raises(OpenError) as exc:
+        sealer(K1, window=60).open(d, NOW + 61)
+    assert (exc.value.sender, exc.value.sent_at) == (PEER, NOW)
 
 
 def test_nonce_cache_expires_but_stale_bound_still_protects() -> None:
