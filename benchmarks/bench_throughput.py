@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backends", nargs="+", default=["host-gw", "vxlan", "wireguard"], metavar="BACKEND"
     )
     ap.add_argument("--bytes", type=int, default=64 << 20, help="per transfer (default 64 MiB)")
-    ap.add_argument("--reps", type=int, default=10, help="rounds (default 10; medians reported)")
+    ap.add_argument("--reps", type=int, default=20, help="rounds (default 20; medians reported)")
     ap.add_argument("--timeout", type=float, default=120.0, help="convergence timeout, seconds")
     ap.add_argument("--out", type=Path, help="also write the JSON lines to this file")
     ap.add_argument(
