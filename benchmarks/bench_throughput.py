@@ -321,7 +321,7 @@ def machine() -> dict[str, Any]:
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--", "meshd", "benchmarks"],
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "meshd", "benchmarks/*.py"],
         capture_output=True,
         text=True,
     ).stdout.strip()
