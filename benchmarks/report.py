@@ -318,6 +318,13 @@ def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
         "ceiling). On the kernel paths one transfer lasts only tens of milliseconds, so single "
         "rounds vary by tens of percent: compare medians, and ratios within one run."
     ]
+    load = first.get("loadavg_before")
+    if isinstance(load, (int, float)) and load > 1:
+        notes.append(
+            f"Other work was running on the machine during this run (load average {load:g} on "
+            f"{mach.get('cpus', 2)} CPUs): the absolute rates are lower and noisier than on an "
+            "idle machine; the ratios, measured round by round on the same load, hold better."
+        )
     kernel = [r for r in measured if r["path"] not in ("underlay", "wireguard")]
     if len(kernel) > 1:
         lo, hi = min(r["mb_s"] for r in kernel), max(r["mb_s"] for r in kernel)
