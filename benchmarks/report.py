@@ -5,13 +5,15 @@ of every benchmark in benchmarks/results/*.jsonl; with ``--run``, run the benchm
     .venv/bin/python benchmarks/report.py --run       # run everything (root, ~15-25 min), then that
 
 ``--run`` runs, in this order, each one writing its file in benchmarks/results/:
-bench_daemons.py (``--n 10 30 --runs 3``: daemons.jsonl), bench_netlink.py (netlink.jsonl) and,
-when it exists, bench_sim.py (sim.jsonl); ``--skip daemons netlink sim`` leaves any of them out
+bench_daemons.py (``--n 10 30 --runs 3``: daemons.jsonl), bench_netlink.py (netlink.jsonl),
+bench_throughput.py (throughput.jsonl) and, when it exists, bench_sim.py (sim.jsonl);
+``--skip daemons netlink throughput sim`` leaves any of them out
 (its committed results are still reported); ``--runs``, ``--n`` and ``--meshd-src`` are passed to
 bench_daemons.py.
 
 Sections: real daemons beside memberlist (``"bench":"daemons"``), the netlink data plane beside
-``ip -batch`` (``"bench":"netlink"``), the simulator beside Serf's model (``"bench":"sim"``; the
+``ip -batch`` (``"bench":"netlink"``), data-plane throughput per backend beside the underlay
+(``"bench":"throughput"``), the simulator beside Serf's model (``"bench":"sim"``; the
 section says "not yet measured" until sim.jsonl exists), then any other benchmark as one table.
 
 Plots need matplotlib, which is not a dependency of meshd: when this interpreter lacks it, the
@@ -236,6 +238,131 @@ def netlink_section(recs: list[dict[str, Any]], plots: list[str]) -> list[str]:
     out.append("")
     out += [f"![{p}](performance/{p})" for p in plots if p.startswith("netlink")]
     return [*out, ""]
+
+
+THROUGHPUT_ORDER = ["underlay", "host-gw", "vxlan", "ipip", "wireguard"]
+
+
+def mbs(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def throughput_section(recs: list[dict[str, Any]]) -> list[str]:
+    """bench_throughput.py: one TCP stream container to container, per backend, and the
+    underlay without an overlay, measured in the same run (rounds interleaved)."""
+    measured = [r for r in recs if r.get("mb_s") is not None]
+    measured.sort(
+        key=lambda r: THROUGHPUT_ORDER.index(r["path"]) if r["path"] in THROUGHPUT_ORDER else 9
+    )
+    first = measured[0] if measured else {}
+    size = first.get("bytes", 64 << 20)
+    mach = first.get("machine") or {}
+    out = [
+        "## Data-plane throughput: one TCP stream, container to container",
+        "",
+        f"`bench_throughput.py`: two lab hosts per backend, real `meshd join` daemons, one "
+        f"{size / 2**20:g} MiB TCP transfer from the container of host 1 to the container of "
+        "host 2, every byte checked; *underlay* is host namespace to host namespace over the "
+        "underlay addresses (no overlay, no bridge). Every path is measured in the same run, "
+        f"in {first.get('reps', '?')} interleaved rounds (the order rotated each round); MB/s "
+        "(10^6 bytes) is the median, per-round values in the last column. The pods use the "
+        "MTU their daemon writes in subnet.env (`FLANNEL_MTU`), as the CNI bridge plugin would "
+        "set it. *CPUs busy*: the whole machine during the transfers (/proc/stat); *sender / "
+        "sink*: the two Python processes; *wireguard-go*: both hosts' wireguard-go processes "
+        "(cores = CPU seconds per second of transfer). *TCP retransmits* (sender's namespace) "
+        "and *drops* (both hosts: UDP datagrams refused for a full socket receive buffer, "
+        "packets dropped by any link) are totals over all rounds.",
+        "",
+    ]
+    if mach:
+        out += [
+            f"> Measured on {mach.get('cpus', '?')} CPUs, kernel {mach.get('kernel', '?')}, "
+            f"meshd {mach.get('meshd', '?')}"
+            + (f", {mach['wireguard_go']}" if mach.get("wireguard_go") else "")
+            + (
+                f"; 1-minute load average before the rounds {first['loadavg_before']}"
+                if first.get("loadavg_before") is not None
+                else ""
+            )
+            + ".",
+            "",
+        ]
+    out += [
+        "| path | MB/s | ratio to host-gw | pod MTU | device MTU | CPUs busy | sender / sink "
+        "cores | wireguard-go cores | TCP retransmits | drops: UDP rcvbuf / links "
+        "| MB/s per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in measured:
+        out.append(
+            f"| {r['path']} | {mbs(r['mb_s'])} | {fmt(r.get('ratio'))} | {fmt(r.get('mtu'))} | "
+            f"{fmt(r.get('device_mtu'))} | {fmt(r.get('busy_cores'))} | "
+            f"{fmt(r.get('sender_cores'))} / {fmt(r.get('sink_cores'))} | "
+            f"{fmt(r.get('wireguard_go_cores'))} | {fmt(r.get('retransmits'))} | "
+            f"{fmt(r.get('udp_rcvbuf_errors'))} / {fmt(r.get('link_drops'))} | "
+            f"{', '.join(mbs(x) for x in r.get('mb_s_runs') or [])} |"
+        )
+    out.append("")
+    for r in recs:
+        if r.get("skipped") or r.get("error"):
+            why = r.get("skipped") or str(r.get("error")).splitlines()[0]
+            kind = "not measured" if r.get("skipped") else "**failed**"
+            out += [f"> {r['path']}: {kind}: {why}", ""]
+    by_path = {r["path"]: r for r in measured}
+    notes = [
+        'How to read it: every "host" is a network namespace of one kernel on the same '
+        f"{mach.get('cpus', 2)} CPUs, and the cables are veth pairs, which have no line rate. A "
+        "path's number is how fast these CPUs move one stream's bytes through it: the sender's "
+        "copies, the TCP stacks of both ends, each forwarding hop and the encapsulation all "
+        "share the same cores (on real hosts the two ends have their own, and a NIC sets the "
+        "ceiling). On the kernel paths one transfer lasts only tens of milliseconds, so single "
+        "rounds vary by tens of percent: compare medians, and ratios within one run."
+    ]
+    load = first.get("loadavg_before")
+    if isinstance(load, (int, float)) and load > 1:
+        notes.append(
+            f"Other work was running on the machine during this run (load average {load:g} on "
+            f"{mach.get('cpus', 2)} CPUs): the absolute rates are lower and noisier than on an "
+            "idle machine; the ratios, measured round by round on the same load, hold better."
+        )
+    kernel = [r for r in measured if r["path"] not in ("underlay", "wireguard")]
+    if len(kernel) > 1:
+        lo, hi = min(r["mb_s"] for r in kernel), max(r["mb_s"] for r in kernel)
+        notes.append(
+            f"The overlay backends in the kernel are within {1 - lo / hi:.0%} of each other "
+            "here: next to the copies and two TCP stacks on the same CPUs, a route or a VXLAN "
+            "header adds little."
+        )
+    wg = by_path.get("wireguard")
+    if wg and wg.get("wireguard_go_cores") is None:
+        notes.append("wireguard here is kernel WireGuard (no wireguard-go process ran).")
+    elif wg:
+        notes.append(
+            "wireguard is wireguard-go, userspace WireGuard (this kernel has no wireguard "
+            "module): every packet crosses into a Go process through a TUN device and is "
+            "encrypted there (ChaCha20-Poly1305) on the same CPUs as everything else, which "
+            f"used {fmt(wg.get('wireguard_go_cores'))} cores for it."
+        )
+        if wg.get("udp_rcvbuf_errors"):
+            notes.append(
+                f"The hosts' UDP sockets refused {wg['udp_rcvbuf_errors']:,} datagrams for a "
+                "full receive buffer (the only UDP sockets there are wireguard-go's and the "
+                f"gossip's) and TCP retransmitted {wg['retransmits']:,} segments: the receiving "
+                "wireguard-go does not drain its socket as fast as the sending one fills it."
+            )
+        notes.append(
+            "The wireguard-go measured is Debian's (its version above); later releases added "
+            "segmentation offloads for the TUN device and UDP that it lacks. Kernel WireGuard "
+            "avoids the crossings; neither is measured here."
+        )
+    out += [
+        " ".join(notes),
+        "",
+        "Command: `.venv/bin/python benchmarks/bench_throughput.py --out "
+        "benchmarks/results/throughput.jsonl` (root; part of `make bench`).",
+        "",
+    ]
+    return out
 
 
 SIM_SPREAD = ["t50", "t99", "t999"]
@@ -500,9 +627,11 @@ def render(
         out += daemons_section(by_bench["daemons"], plots)
     if "netlink" in by_bench:
         out += netlink_section(by_bench["netlink"], plots)
+    if "throughput" in by_bench:
+        out += throughput_section(by_bench["throughput"])
     out += sim_section(by_bench.get("sim", []), plots, "sim" in by_bench)
     for bench, recs in sorted(by_bench.items()):
-        if bench not in ("daemons", "netlink", "sim"):
+        if bench not in ("daemons", "netlink", "throughput", "sim"):
             out += generic_section(bench, recs)
     return "\n".join(out).rstrip() + "\n"
 
@@ -529,6 +658,11 @@ def run_benchmarks(opts: argparse.Namespace) -> int:
             None,
         ),
         ("netlink", [py, str(bench / "bench_netlink.py")], res_dir / "netlink.jsonl"),
+        (
+            "throughput",
+            [py, str(bench / "bench_throughput.py"), "--out", str(res_dir / "throughput.jsonl")],
+            None,
+        ),
         ("sim", [py, str(bench / "bench_sim.py"), "--out", str(res_dir / "sim.jsonl")], None),
     ]
     for name, cmd, stdout_to in steps:
@@ -564,7 +698,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--skip",
         nargs="*",
         default=[],
-        choices=["daemons", "netlink", "sim"],
+        choices=["daemons", "netlink", "throughput", "sim"],
         help="with --run: benchmarks not to rerun",
     )
     ap.add_argument("--runs", type=int, default=3, help="with --run: bench_daemons.py --runs")

@@ -112,3 +112,58 @@ def test_bench_wireguard_smoke() -> None:
     for r in lines:
         assert r["bench"] == "wireguard" and r["n"] == 20
         assert r["meshd_s"] > 0 and r["wg_s"] > 0 and r["ratio"] > 0
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_bench_throughput_smoke(tmp_path: Path) -> None:
+    """benchmarks/bench_throughput.py at 1 MiB, 2 rounds, every default backend: each path the
+    machine can run is measured (checked bytes, MTU from the daemons), the others say why not,
+    the labs are gone afterwards, and report.py renders the section from the lines."""
+    out = tmp_path / "throughput.jsonl"
+    prefix = f"bts{secrets.token_hex(2)}"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_throughput.py"), "--bytes", "1048576"]
+        + ["--reps", "2", "--timeout", "120", "--out", str(out), "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.strip()]
+    assert lines == [json.loads(x) for x in out.read_text().splitlines()]
+    by_path = {r["path"]: r for r in lines}
+    assert set(by_path) == {"underlay", "host-gw", "vxlan", "wireguard"}
+    assert all(r["bench"] == "throughput" and "error" not in r for r in lines)
+    for path in ("underlay", "host-gw", "vxlan"):
+        r = by_path[path]
+        assert r["bytes"] == 1 << 20 and r["reps"] == 2 and len(r["mb_s_runs"]) == 2, r
+        assert r["mb_s"] > 0 and r["sender_cores"] > 0, r
+        assert r["machine"]["cpus"] >= 1
+    assert by_path["host-gw"]["ratio"] == 1.0
+    # vxlan's pods get the daemon's FLANNEL_MTU: 50 bytes of VXLAN under the underlay's 1500.
+    assert (by_path["vxlan"]["mtu"], by_path["vxlan"]["device_mtu"]) == (1450, 1450)
+    assert (by_path["host-gw"]["mtu"], by_path["host-gw"]["device_mtu"]) == (1500, None)
+    wg = by_path["wireguard"]
+    if "skipped" in wg:
+        assert wg["skipped"], wg
+    else:
+        # MTU = underlay - 60; the traffic went through both hosts' wireguard-go.
+        assert (wg["mtu"], wg["device_mtu"]) == (1440, 1440), wg
+        assert wg["wireguard_go_cores"] > 0, wg
+    for short in ("ul", "hg", "vx", "wg"):
+        assert leftover_namespaces(f"{prefix}-{short}") == []
+    doc = tmp_path / "performance.md"
+    rep = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "report.py"), "--results", str(tmp_path)]
+        + ["--doc", str(doc)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rep.returncode == 0, rep.stderr
+    text = doc.read_text()
+    assert "## Data-plane throughput" in text
+    assert "| vxlan | " in text and "| underlay | " in text
