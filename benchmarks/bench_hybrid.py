@@ -69,6 +69,8 @@ DAEMON_IP = "192.168.77.1"
 SIM_SIDE_IP = "192.168.77.2"
 SIM_RANGE = "172.16.0.0/16"
 DAEMON_SUBNET = "10.250.0.0/24"
+QUIET_WINDOW = 5.0
+"""Seconds over which the daemon's send rate is measured while settling."""
 MAX_N = 65_000
 """make_record's addresses (172.16.x.y) and subnets (10.x.y.0/24) stay distinct up to 65,536
 members; the daemon's 10.250.0.0/24 is clear of them below 64,000."""
@@ -233,8 +235,27 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             )
             if took is None:
                 raise RuntimeError(f"only {got} of {n} routes after {args.timeout} s")
-            log(f"{n} routes {took:.1f} s after launch; settling {args.settle} s")
-            time.sleep(args.settle)
+            log(f"{n} routes {took:.1f} s after launch; settling (at most {args.settle} s)")
+            # Merging the join's full state queues an alive broadcast per member learned, each
+            # sent retransmit_mult * log10(N + 1) times on the gossip rounds: idle starts when
+            # the daemon's sends fall to probing's few a second (or after --settle).
+            t_settle = time.monotonic()
+            sent = status(sock_path)["counters"].get("out", 0)
+            out_rate = float("inf")
+            while time.monotonic() - t_settle < args.settle:
+                time.sleep(QUIET_WINDOW)
+                now_sent = status(sock_path)["counters"].get("out", 0)
+                out_rate, sent = (now_sent - sent) / QUIET_WINDOW, now_sent
+                if out_rate <= args.quiet:
+                    break
+            emit(
+                "settle_s",
+                round(time.monotonic() - t_settle, 1),
+                "s",
+                out_per_s_at_end=round(out_rate, 1),
+                quiet_per_s=args.quiet,
+                max_s=args.settle,
+            )
             bridge.lag = 0.0
             st0, c0, w0 = status(sock_path), cpu_seconds(proc.pid), time.monotonic()
             b0 = dict(bridge.counters)
@@ -313,7 +334,15 @@ def main() -> int:
         "--warmup", type=float, default=5.0, help="simulator alone before the daemon, s"
     )
     ap.add_argument("--idle", type=float, default=30.0, help="idle window, s")
-    ap.add_argument("--settle", type=float, default=10.0, help="pause before it, s")
+    ap.add_argument(
+        "--settle", type=float, default=120.0, help="at most this long before the idle window, s"
+    )
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=6.0,
+        help="settled when the daemon sends at most this many datagrams/s (probing: ~2)",
+    )
     ap.add_argument("--poll", type=float, default=0.5, help="route count poll, s")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase, s")
     ap.add_argument("--seed", type=int, default=1)

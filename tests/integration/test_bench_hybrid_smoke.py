@@ -33,6 +33,8 @@ def test_bench_hybrid_smoke(tmp_path: Path) -> None:
             "--idle",
             "2",
             "--settle",
+            "10",
+            "--warmup",
             "1",
             "--poll",
             "0.2",
