@@ -152,12 +152,13 @@ def proc_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
-def wait_routes(ns: str, want: int, timeout: float, poll: float, proc: subprocess.Popen[bytes]
-                ) -> tuple[float | None, int]:  # fmt: skip
+def wait_routes(ns: str, want: int, timeout: float, poll: float, proc: subprocess.Popen[bytes],
+                bridge: Bridge) -> tuple[float | None, int]:  # fmt: skip
     """(seconds until ``ns`` holds exactly ``want`` proto-109 routes, or None; the last count)."""
     t0 = time.monotonic()
     n = -1
     while time.monotonic() - t0 < timeout:
+        bridge.behind()
         if proc.poll() is not None:
             raise RuntimeError(f"the daemon exited with {proc.returncode}")
         n = routes(ns)
@@ -211,7 +212,10 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
     # A converged start fires every member's first timers at once: let the simulator catch up
     # with real time before the daemon meets it.
-    time.sleep(args.warmup)
+    t_warm = time.monotonic()
+    while time.monotonic() - t_warm < args.warmup:
+        time.sleep(min(0.5, args.warmup))
+        bridge.behind()
     emit("sim_warmup_lag_s", round(bridge.lag, 3), "s", warmup_s=args.warmup)
     bridge.lag = 0.0
 
@@ -221,7 +225,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             env=env, cwd=work,
         )  # fmt: skip
         try:
-            took, got = wait_routes(d_ns, n, args.timeout, args.poll, proc)
+            took, got = wait_routes(d_ns, n, args.timeout, args.poll, proc, bridge)
             lag_join = bridge.lag
             emit(
                 "program_all_s",
@@ -244,6 +248,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             out_rate = float("inf")
             while time.monotonic() - t_settle < args.settle:
                 time.sleep(QUIET_WINDOW)
+                bridge.behind()
                 now_sent = status(sock_path)["counters"].get("out", 0)
                 out_rate, sent = (now_sent - sent) / QUIET_WINDOW, now_sent
                 if out_rate <= args.quiet:
@@ -259,7 +264,10 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             bridge.lag = 0.0
             st0, c0, w0 = status(sock_path), cpu_seconds(proc.pid), time.monotonic()
             b0 = dict(bridge.counters)
-            time.sleep(args.idle)
+            t_idle = time.monotonic()
+            while time.monotonic() - t_idle < args.idle:
+                time.sleep(min(1.0, args.idle))
+                bridge.behind()
             st1, c1, w1 = status(sock_path), cpu_seconds(proc.pid), time.monotonic()
             win = w1 - w0
             k0, k1 = st0["counters"], st1["counters"]
@@ -294,7 +302,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                         net.leave(i)
 
                 bridge.call(leave_all)
-                took, got = wait_routes(d_ns, n - args.leave, args.timeout, args.poll, proc)
+                took, got = wait_routes(d_ns, n - args.leave, args.timeout, args.poll, proc, bridge)
                 emit("reprogram_leave_s", None if took is None else round(took, 2), "s",
                      left=args.leave, routes=got, resolution_s=args.poll,
                      sim_lag_s=round(bridge.lag, 3))  # fmt: skip

@@ -71,6 +71,13 @@ class Bridge:
     def clock(self) -> float:
         return time.monotonic() - self.start
 
+    def behind(self) -> float:
+        """How far the simulator's clock is behind real time now (callable from another thread:
+        `lag` is only updated when a run of the simulator returns, and one run can take long)."""
+        got = self.clock() - self.net.now
+        self.lag = max(self.lag, got)
+        return got
+
     def member(self, ip: str) -> int | None:
         if len(self._by_ip) != len(self.net.addrs):
             self._by_ip = {a[0]: i for i, a in enumerate(self.net.addrs) if a[1] == self.port}
