@@ -462,6 +462,27 @@ def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> 
     return [*out, ""]
 
 
+HYBRID_NOTES = ("routes", "left", "resolution_s", "sim_lag_s", "peak_mib", "bridge_saw", "window_s")
+
+
+def hybrid_section(recs: list[dict[str, Any]]) -> list[str]:
+    """bench_hybrid.py: one real daemon among N simulated members, a table per N (the
+    diagnostic counter records are left to the JSON)."""
+    out = ["## One real daemon in a simulated mesh (bench_hybrid.py)", ""]
+    for n in sorted({r["n"] for r in recs}):
+        rows = [r for r in recs if r["n"] == n and r.get("value") is not None]
+        probe = next(
+            (r.get("sim_probe_interval_s") for r in rows if "sim_probe_interval_s" in r), None
+        )
+        out += [f"### N = {n} simulated members (their probe interval: {fmt(probe)} s)", ""]
+        out += ["| metric | value | unit | notes |", "|---|---|---|---|"]
+        for r in rows:
+            notes = ", ".join(f"{k} {fmt(r[k])}" for k in HYBRID_NOTES if k in r)
+            out.append(f"| {r['metric']} | {fmt(r['value'])} | {r['unit']} | {notes} |")
+        out.append("")
+    return out
+
+
 def generic_section(bench: str, recs: list[dict[str, Any]]) -> list[str]:
     """Any other benchmark: one table with the union of its keys."""
     keys: list[str] = []
@@ -630,8 +651,10 @@ def render(
     if "throughput" in by_bench:
         out += throughput_section(by_bench["throughput"])
     out += sim_section(by_bench.get("sim", []), plots, "sim" in by_bench)
+    if "hybrid" in by_bench:
+        out += hybrid_section(by_bench["hybrid"])
     for bench, recs in sorted(by_bench.items()):
-        if bench not in ("daemons", "netlink", "throughput", "sim"):
+        if bench not in ("daemons", "netlink", "throughput", "sim", "hybrid"):
             out += generic_section(bench, recs)
     return "\n".join(out).rstrip() + "\n"
 
