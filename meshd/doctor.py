@@ -474,14 +474,17 @@ def _tunnels(f: Facts) -> list[Finding]:
 def _neighbours(f: Facts) -> list[Finding]:
     """Every peer on the underlay's L2 segment takes an IPv4 neighbour entry; past gc_thresh3
     the kernel has no room for a new one and sends to it fail with ENOBUFS."""
-    if f.gc_thresh is None:
-        return []
     peers = sum(p.state in ("alive", "suspect") for p in f.peers)
-    t3 = f.gc_thresh[2]
+    enobufs = f.lost_sends.get("enobufs", 0)
     need = neightable.wanted(peers)
     fix = neightable.sysctl_command(neightable.recommended(peers)) + " (persist in /etc/sysctl.d/)"
-    enobufs = f.lost_sends.get("enobufs", 0)
-    said = f"{peers} peer(s) need up to {need} neighbour entries; gc_thresh3 = {t3}"
+    if f.gc_thresh is None:  # not visible in a network namespace other than the root one
+        t3_said = "gc_thresh3 not visible here (set in the root namespace)"
+        if not enobufs:
+            return []
+    else:
+        t3_said = f"gc_thresh3 = {f.gc_thresh[2]}"
+    said = f"{peers} peer(s) need up to {need} neighbour entries; {t3_said}"
     if enobufs:
         return [
             Finding(
@@ -491,6 +494,8 @@ def _neighbours(f: Facts) -> list[Finding]:
                 fix,
             )
         ]
+    assert f.gc_thresh is not None
+    t3 = f.gc_thresh[2]
     if neightable.short(peers, t3):
         return [
             Finding(

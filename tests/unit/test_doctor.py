@@ -163,3 +163,10 @@ def test_sends_lost_to_a_full_neighbour_table_fail_the_check() -> None:
     # Other reasons are not this check's business.
     f = healthy(gc_thresh=(128, 512, 1024), lost_sends={"econnrefused": 1})
     assert [x.level for x in findings(f) if x.check == "neighbours"] == [OK]
+
+
+def test_a_namespace_without_the_thresholds_still_reports_enobufs() -> None:
+    assert not [x for x in findings(healthy(gc_thresh=None)) if x.check == "neighbours"]
+    f = healthy(gc_thresh=None, lost_sends={"enobufs": 3})
+    (line,) = [x for x in findings(f) if x.check == "neighbours"]
+    assert line.level == FAIL and "not visible here" in line.message
