@@ -155,9 +155,24 @@ def status(st: StatusReply) -> list[str]:
         )
     out += protocol(st.get("protocol") or {})
     out += dataplane(st["dataplane"], st["filter"])
+    out += tunnel(st.get("tunnel"))
     out += masquerade(st.get("masquerade", {}))
     out.append("(meshd status --json shows everything, including the last plan)")
     return out
+
+
+def tunnel(t: Mapping[str, Any] | None) -> list[str]:
+    """The tunnel probes in one line (none for host-gw)."""
+    if not t:
+        return []
+    c = t.get("counters") or {}
+    down = t.get("unreachable") or []
+    return [
+        f"tunnel    probes to {t.get('targets', 0)} peer(s) from {t.get('local')}:"
+        f"{t.get('port')}: {c.get('probes', 0)} sent, {c.get('replies', 0)} answered, "
+        f"{c.get('timeouts', 0)} lost; "
+        + (f"UNREACHABLE: {', '.join(down)}" if down else "every peer answers")
+    ]
 
 
 def protocol(pr: Mapping[str, Any]) -> list[str]:

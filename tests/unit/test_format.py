@@ -245,3 +245,11 @@ def test_allocation_line() -> None:
         "settled; moved 1x, last: 10.244.3.0/24 held by h2, took x"
     ]
     assert fmt.allocation({}) == []
+
+
+def test_status_shows_the_tunnel_probes() -> None:
+    t = {"local": "10.244.1.0", "port": 7950, "targets": 2, "unreachable": ["h2"],
+         "counters": {"probes": 9, "replies": 5, "timeouts": 4}}  # fmt: skip
+    (line,) = fmt.tunnel(t)
+    assert "9 sent, 5 answered, 4 lost" in line and line.endswith("UNREACHABLE: h2")
+    assert fmt.tunnel(None) == []
