@@ -216,6 +216,11 @@ class Topology(Processes):
         return names
 
     @property
+    def neighbour_thresholds(self) -> dict[str, list[int]] | None:
+        """gc_thresh1/2/3 this lab raised (``saved``: what it found, ``set``), or None."""
+        return self._neigh
+
+    @property
     def workdir(self) -> Path:
         """Scratch directory (logs, sockets, daemon state); created on first use."""
         if self._workdir is None:

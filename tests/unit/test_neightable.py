@@ -11,7 +11,11 @@ from typing import cast
 import pytest
 
 from meshd import neightable
-from meshd.lab.topology import raise_neighbour_table, restore_neighbour_table
+from meshd.lab.topology import (
+    raise_neighbour_table,
+    raised_neighbour_table,
+    restore_neighbour_table,
+)
 from meshd.membership import Membership
 
 DEFAULTS = (128, 512, 1024)
@@ -70,6 +74,9 @@ def test_the_lab_raises_then_restores_what_it_found(proc: Path) -> None:
     assert record == {"saved": list(DEFAULTS), "set": [2048, 4096, 8192]}
     assert neightable.read() == (2048, 4096, 8192)
     assert restore_neighbour_table(record) == []
+    assert neightable.read() == DEFAULTS
+    with raised_neighbour_table(100) as record:  # the benchmark's form
+        assert record is not None and neightable.read() == (8192, 16384, 32768)
     assert neightable.read() == DEFAULTS
 
 
