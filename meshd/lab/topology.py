@@ -249,7 +249,6 @@ class Topology(Processes):
                 f"({self.prefix!r}); for the default prefix: meshd lab down)"
             )
         t0 = time.monotonic()
-        self._neigh = raise_neighbour_table(len(self.hosts))
         names = self.namespaces
         res = ns_exec(
             None, ["ip", "-batch", "-"], input=_lines(f"netns add {n}" for n in names), check=False
@@ -264,6 +263,8 @@ class Topology(Processes):
             if res.returncode != 0:
                 err = (res.stderr.strip().splitlines() or ["no output"])[0]
                 raise LabError(f"cannot create the lab's namespaces: {err}")
+            # Before any link: one kernel holds every namespace's neighbour entries.
+            self._neigh = raise_neighbour_table(len(self.hosts))
             self._build_underlay()
             self._parallel(self._build_host, self.hosts)
         except BaseException:
