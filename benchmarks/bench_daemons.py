@@ -93,9 +93,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memberlist_anchor  # noqa: E402
 
 import meshd  # noqa: E402
+from meshd import neightable  # noqa: E402
 from meshd.control.client import request  # noqa: E402
 from meshd.errors import MeshdError  # noqa: E402
 from meshd.lab import Daemon, Lab, cleanup_on_signals, write_key  # noqa: E402
+from meshd.lab.topology import raised_neighbour_table  # noqa: E402
 
 BACKEND = "host-gw"
 UDP_IP_HEADER = 28
@@ -692,7 +694,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lines: list[dict[str, Any]] = []
     loads: dict[int, list[float]] = {n: [] for n in opts.n}
-    with cleanup_on_signals():
+    # One kernel holds every namespace's neighbour entries: N·(N−1) of them for a full mesh,
+    # past the default gc_thresh3 from N = 28. Each Lab raises the thresholds for itself, but the
+    # anchor's namespaces are not a Lab: raise them for the largest N, for both, once, and put
+    # them back at the end (docs/lab.md).
+    with cleanup_on_signals(), raised_neighbour_table(max(opts.n)) as neigh:
+        if neigh is not None:
+            log(f"neighbour thresholds {neigh['saved']} -> {neigh['set']} for n={max(opts.n)}")
+        gc_thresh = list(neightable.read() or ())
         for n in opts.n:
             mesh_runs: list[dict[str, float | None]] = []
             ml_runs: list[dict[str, float | None]] = []
@@ -750,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "memberlist_runs": [_round(v) for v in a_vals],
                     "meshd_src": src,
                     "loadavg_before_runs": loads[n],
+                    "gc_thresh": gc_thresh,
                 }
                 if anchor_note:
                     line["memberlist_note"] = anchor_note

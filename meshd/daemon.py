@@ -490,6 +490,7 @@ class Daemon:
             cert_not_after=cert_not_after,
             subnet_env=Path(cfg.subnet_env),
             expected_env=expected_env,
+            lost_sends=transport.lost_sends,
         )
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd import neightable
+
 OK, WARN, FAIL = "ok", "warn", "fail"
 SKEW_WARN = 20.0  # seconds; the envelope refuses datagrams more than 60 s off (REPLAY_WINDOW)
 CERT_WARN_DAYS = 14
@@ -83,6 +85,8 @@ class Facts:
     expected_env: Mapping[str, str] = field(default_factory=dict)
     peers: Sequence[Peer] = ()
     route_via: Mapping[str, str] = field(default_factory=dict)  # peer -> device its route uses
+    gc_thresh: tuple[int, int, int] | None = None  # net.ipv4.neigh.default.gc_thresh1/2/3
+    lost_sends: Mapping[str, int] = field(default_factory=dict)  # reason -> gossip sends lost
 
 
 # --- the pure half ----------------------------------------------------------------------------
@@ -101,6 +105,7 @@ def findings(f: Facts) -> list[Finding]:
         _files,
         _subnet_env,
         _tunnels,
+        _neighbours,
     ):
         out += check(f)
     return out
@@ -466,6 +471,43 @@ def _tunnels(f: Facts) -> list[Finding]:
     return out
 
 
+def _neighbours(f: Facts) -> list[Finding]:
+    """Every peer on the underlay's L2 segment takes an IPv4 neighbour entry; past gc_thresh3
+    the kernel has no room for a new one and sends to it fail with ENOBUFS."""
+    peers = sum(p.state in ("alive", "suspect") for p in f.peers)
+    enobufs = f.lost_sends.get("enobufs", 0)
+    need = neightable.wanted(peers)
+    fix = neightable.sysctl_command(neightable.recommended(peers)) + " (persist in /etc/sysctl.d/)"
+    if f.gc_thresh is None:  # not visible in a network namespace other than the root one
+        t3_said = "gc_thresh3 not visible here (set in the root namespace)"
+        if not enobufs:
+            return []
+    else:
+        t3_said = f"gc_thresh3 = {f.gc_thresh[2]}"
+    said = f"{peers} peer(s) need up to {need} neighbour entries; {t3_said}"
+    if enobufs:
+        return [
+            Finding(
+                "neighbours",
+                FAIL,
+                f"{enobufs} gossip send(s) failed with ENOBUFS (neighbour table full); {said}",
+                fix,
+            )
+        ]
+    assert f.gc_thresh is not None
+    t3 = f.gc_thresh[2]
+    if neightable.short(peers, t3):
+        return [
+            Finding(
+                "neighbours",
+                FAIL if peers > t3 else WARN,
+                f"{said}: past it sends fail with ENOBUFS (peers behind a router need none)",
+                fix,
+            )
+        ]
+    return [Finding("neighbours", OK, said)]
+
+
 # --- the I/O half -----------------------------------------------------------------------------
 
 
@@ -529,6 +571,8 @@ class Sources:
     cert_not_after: Callable[[], float | None]
     subnet_env: Path
     expected_env: Callable[[], Mapping[str, str]]
+    lost_sends: Callable[[], Mapping[str, int]] = dict
+    """Gossip sends lost, by reason (the transport's ``send_error.<reason>`` counters)."""
 
 
 async def gather(src: Sources) -> Facts:
@@ -582,6 +626,8 @@ async def gather(src: Sources) -> Facts:
         expected_env=src.expected_env(),
         peers=peers,
         route_via=route_via,
+        gc_thresh=neightable.read(),
+        lost_sends=src.lost_sends(),
     )
 
 

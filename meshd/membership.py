@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from meshd import neightable
 from meshd.allocator import Allocator
 from meshd.dataplane import allocation, prefix
 from meshd.dataplane.model import PeerView
@@ -106,6 +107,8 @@ class Membership:
         self._fw_error: str | None = None
         self.masquerade = masquerade
         self._mq_error: str | None = None
+        self.read_thresholds: Callable[[], tuple[int, int, int] | None] = neightable.read
+        self._neigh_warned_for = 0  # peers counted at the last neighbour-table warning
 
     async def run(self) -> None:
         """Act on news only: member events, the first full sync, or a new local incarnation
@@ -156,6 +159,7 @@ class Membership:
                 if self.allocator is not None:
                     self.reallocate(self.allocator, views)
                 self.reconciler.set_peers(views, synced, time.monotonic())
+                self.check_neighbours(sum(v.state in ("alive", "suspect") for v in views))
                 await self.update_firewall()
                 self.save(force=True)
             elif incarnation != self.node.local.incarnation:
@@ -316,6 +320,31 @@ class Membership:
             self._mq_error = str(exc)
             return
         self._mq_error = None
+
+    def check_neighbours(self, peers: int) -> None:
+        """Warn, at the first shortfall and as the mesh grows, when the peers need more IPv4
+        neighbour entries than the kernel's table allows (one per peer on the underlay's L2
+        segment): past gc_thresh3 sends fail with ENOBUFS."""
+        cur = self.read_thresholds()
+        if cur is None or not neightable.warn_due(peers, cur[2], self._neigh_warned_for):
+            return
+        self._neigh_warned_for = peers
+        want = neightable.recommended(peers)
+        log.warning(
+            "%d peers need up to %d neighbour (ARP) entries on the underlay, more than "
+            "net.ipv4.neigh.default.gc_thresh3 = %d allows: sends will fail (ENOBUFS). "
+            "Raise them: %s (and in /etc/sysctl.d/ to persist); peers behind a router need none",
+            peers,
+            neightable.wanted(peers),
+            cur[2],
+            neightable.sysctl_command(want),
+            extra={
+                "event": "neighbour_table_small",
+                "reason": "more peers than the kernel's neighbour table holds",
+                "peers": peers,
+                "gc_thresh3": cur[2],
+            },
+        )
 
     def peer_views(self) -> list[PeerView]:
         me = self.node.local.name

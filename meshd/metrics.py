@@ -115,6 +115,16 @@ def families(s: Snapshot) -> list[Family]:
             "reason",
         ),
         _by_prefix(
+            Family(
+                "meshd_send_errors_total",
+                "counter",
+                "Gossip datagrams the kernel refused to send, by reason (enobufs, ...).",
+            ),
+            c,
+            "send_error.",
+            "reason",
+        ),
+        _by_prefix(
             Family("meshd_probes_total", "counter", "Failure-detection probes by result."),
             c,
             "probe.",

@@ -201,6 +201,9 @@ class Service:
             "members": self.members_by_state(),
             "counters": dict(sorted(counters.items())),
             "dropped": {k[5:]: v for k, v in sorted(counters.items()) if k.startswith("drop.")},
+            "lost_sends": {
+                k[11:]: v for k, v in sorted(counters.items()) if k.startswith("send_error.")
+            },
             "keys": self.sealer.keyring.ids(),
             "trust": self.trust_status(),
             "dataplane": self.reconciler.status() if self.reconciler else {},

@@ -7,20 +7,32 @@ reason and never parsed.
 
 Before any decryption, each source IP is held to a token bucket (`SourceLimiter`): a flood from
 one address is dropped (``drop.rate``) at the cost of a dict lookup.
+
+Lost sends are seen and counted by reason (``send_error.<errno>``, and ``send_error`` in all).
+The socket sets IP_RECVERR: without it a UDP socket's sendto() reports success when the kernel
+drops the datagram for want of a neighbour entry (ENOBUFS, only ``Udp SndbufErrors`` in
+/proc/net/snmp), and ICMP errors for an unconnected socket are not reported at all. With it, the
+kernel also queues each ICMP error (port or host unreachable) on the socket's error queue *and*
+makes the next recvfrom() or sendto() fail with it: that sendto's datagram, to another peer, is
+not sent. So every socket error drains the error queue (counting each queued error once) and a
+send that failed only for an earlier datagram's error is tried again. An undrained error queue
+would also keep the socket readable (POLLERR) and spin the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import socket
+import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-import asyncio_dgram
-
+from meshd import neightable
 from meshd.errors import ConfigError
 from meshd.gossip.node import GossipNode
 from meshd.gossip.security import OpenError, Sealer
@@ -36,6 +48,63 @@ BURST_SECONDS = 5.0
 
 
 SKEW_MAX = 16384  # senders whose clock skew is remembered (authentic senders only)
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h; Python does not export it
+SO_EE_ORIGIN_LOCAL = 1  # the error queue entry is the sendto() error itself, already counted
+_EE = struct.Struct("=IBBBBII")  # struct sock_extended_err: errno, origin, type, code, pad...
+ERRQUEUE_BATCH = 256  # errors read at once; the rest wait for the next POLLERR
+ERRQUEUE_ANCILLARY = socket.CMSG_SPACE(_EE.size + 16)  # + the offender's sockaddr_in
+
+ADVICE = {
+    "enobufs": "the kernel's neighbour (ARP) table is full: raise "
+    + ", ".join(neightable.SYSCTLS)
+    + " (meshd doctor names values)",
+    "ehostunreach": "a peer's address does not answer ARP or a router says unreachable: check "
+    "that the host is up and on the underlay",
+    "enetunreach": "no route to a peer's underlay address: check this host's routes",
+    "econnrefused": "a peer's host answers but nothing listens on the gossip port: is meshd "
+    "running there, on the same port?",
+    "eperm": "a local firewall rejects meshd's outgoing gossip: allow UDP to the gossip port",
+    "emsgsize": "a datagram is larger than the path MTU: check the underlay MTU",
+}
+"""What to do about each kind of lost send; logged once per reason (`send_failed`)."""
+
+
+def reason_of(err: int | None) -> str:
+    """``enobufs``, ``ehostunreach``, ...: the counter and log key for an errno."""
+    return errno.errorcode.get(err or 0, f"errno{err or 0}").lower()
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    """Received datagrams into a queue; socket errors to the transport, synchronously (so the
+    error queue is drained before the event loop polls again)."""
+
+    def __init__(self, on_error: Callable[[OSError], None]) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]] | None] = asyncio.Queue()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.on_error = on_error
+        self.sending = False
+        self.send_error: OSError | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.queue.put_nowait((data, (str(addr[0]), int(addr[1]))))
+
+    def error_received(self, exc: Exception) -> None:
+        if not isinstance(exc, OSError):
+            return
+        if self.sending:
+            self.send_error = exc
+        else:
+            self.on_error(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.queue.put_nowait(None)
+
+    def pause_writing(self) -> None:
+        self.drained.clear()
+
+    def resume_writing(self) -> None:
+        self.drained.set()
 
 
 class SourceLimiter:
@@ -84,7 +153,10 @@ class Transport:
         self.skew: dict[bytes, tuple[float, float]] = {}
         """Sender node id -> (its clock minus ours, seconds; when measured, our wall clock),
         from the sealed timestamp of its latest authentic datagram (whole seconds, so +-1 s)."""
-        self._stream: asyncio_dgram.aio.DatagramServer | None = None
+        self._sock: socket.socket | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Protocol | None = None
+        self._warned: set[str] = set()  # reasons of lost sends already logged
         self._wake = asyncio.Event()
         self._sleeping_until = -math.inf
 
@@ -92,6 +164,7 @@ class Transport:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             sock.bind(self.bind)
         except OSError as exc:
             sock.close()
@@ -99,41 +172,37 @@ class Transport:
                 f"port: cannot bind UDP {self.bind[0]}:{self.bind[1]}: {exc.strerror}"
             ) from None
         sock.setblocking(False)
-        stream = await asyncio_dgram.from_socket(sock)
-        assert isinstance(stream, asyncio_dgram.aio.DatagramServer)  # unconnected socket
-        self._stream = stream
+        loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._transport, self._protocol = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self._socket_error), sock=sock
+        )
 
     def kick(self) -> None:
         """Wake the timer loop: call after changing the core from outside (leave, update)."""
         self._wake.set()
 
     async def run(self) -> None:
-        assert self._stream is not None
+        assert self._protocol is not None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._recv_loop())
             tg.create_task(self._timer_loop())
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def _recv_loop(self) -> None:
-        assert self._stream is not None
+        assert self._protocol is not None
+        queue = self._protocol.queue
         while True:
-            try:
-                data, addr = await self._stream.recv()
-            except asyncio_dgram.TransportClosed:
+            got = await queue.get()
+            if got is None:  # closed
                 return
-            except OSError as exc:
-                # asyncio reports a failed sendto() (EPERM from a local firewall, ENETUNREACH,
-                # ICMP errors) through the receiving side: it is loss, not a reason to stop.
-                self.counters["send_error"] += 1
-                log.debug("socket error: %s", exc)
-                continue
+            data, (host, port) = got
             self.counters["in"] += 1
             self.counters["in_bytes"] += len(data)
-            host, port = addr[0], addr[1]  # type: ignore[index]  # AF_INET: (str, int)
-            if not self.limiter.allow(str(host), self.clock()):
+            if not self.limiter.allow(host, self.clock()):
                 self.counters["drop.rate"] += 1
                 continue
             wall = self.wall()
@@ -149,7 +218,7 @@ class Transport:
                 self.node.advance_wall(wall)
                 self.node.receive_datagram(
                     opened.payload,
-                    (str(host), int(port)),
+                    (host, port),
                     self.clock(),
                     opened.sender,
                     opened.to_any,
@@ -200,29 +269,91 @@ class Transport:
             await self._flush()
             self._after()
 
-    def _drain_errors(self) -> None:
-        """asyncio_dgram raises a queued error of an earlier sendto() (EPERM from a local
-        firewall, ICMP unreachable) on the next send, and would drop that datagram, to another
-        peer, unsent: consume those errors first, as the loss they are."""
-        assert self._stream is not None
-        while True:
-            try:
-                _ = self._stream.exception
-            except OSError:
-                self.counters["send_error"] += 1
-                continue
+    # ------------------------------------------------------------------ lost sends
+
+    def lost(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` lost sends for ``reason``; the first of each reason is logged with what
+        to do (later ones only counted: at scale they come by the thousand)."""
+        self.counters["send_error"] += n
+        self.counters[f"send_error.{reason}"] += n
+        if reason in self._warned:
             return
+        self._warned.add(reason)
+        log.warning(
+            "gossip sends are failing (%s): %s; `meshd status` counts them (lost sends)",
+            reason.upper(),
+            ADVICE.get(reason, "see docs/operations.md, troubleshooting"),
+            extra={"event": "send_failed", "reason": reason},
+        )
+
+    def lost_sends(self) -> dict[str, int]:
+        """Gossip sends lost, by reason (``enobufs``: 3, ...)."""
+        return {
+            k[len("send_error.") :]: v
+            for k, v in sorted(self.counters.items())
+            if k.startswith("send_error.")
+        }
+
+    def _read_errqueue(self) -> int:
+        """Count the ICMP errors queued on the socket (IP_RECVERR), by reason; returns how many
+        there were. Reading them also clears the socket's pending error."""
+        if self._sock is None:
+            return 0
+        found = 0
+        for _ in range(ERRQUEUE_BATCH):
+            try:
+                _, anc, _, _ = self._sock.recvmsg(0, ERRQUEUE_ANCILLARY, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # closed, or nothing a queue read can explain
+                break
+            for level, kind, data in anc:
+                if level != socket.IPPROTO_IP or kind != IP_RECVERR or len(data) < _EE.size:
+                    continue
+                err, origin = _EE.unpack_from(data)[:2]
+                if origin == SO_EE_ORIGIN_LOCAL:
+                    continue  # sendto() itself failed with it: counted there
+                found += 1
+                self.lost(reason_of(err))
+        return found
+
+    def _socket_error(self, exc: OSError) -> None:
+        """An error asyncio met outside our sendto(): the recvfrom() after an ICMP error (its
+        queued copy is what we count), or a buffered sendto() that failed later."""
+        if not self._read_errqueue():
+            self.lost(reason_of(exc.errno))
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """sendto() once, or twice when the first failed only with the pending error of an
+        earlier datagram (IP_RECVERR). Returns whether it was sent."""
+        assert self._transport is not None and self._protocol is not None
+        proto = self._protocol
+        for attempt in (0, 1):
+            proto.sending, proto.send_error = True, None
+            try:
+                self._transport.sendto(data, addr)
+            finally:
+                proto.sending = False
+            err = proto.send_error
+            if err is None:
+                return True
+            if self._read_errqueue() and attempt == 0:
+                continue
+            self.lost(reason_of(err.errno))
+            log.debug("send to %s:%s failed: %s", addr[0], addr[1], err)
+            return False
+        return False
 
     async def _flush(self) -> None:
-        assert self._stream is not None
+        assert self._protocol is not None and self._transport is not None
         for payload, addr, recipient in self.node.datagrams_to_send():
             data = self.sealer.seal(payload, self.wall(), recipient)
-            self._drain_errors()
-            try:
-                await self._stream.send(data, addr)
-            except (OSError, asyncio_dgram.TransportClosed) as exc:
-                self.counters["send_error"] += 1
-                log.debug("send to %s:%s failed: %s", addr[0], addr[1], exc)
+            if self._transport.is_closing():
+                self.lost("closed")
+                continue
+            if not self._send(data, addr):
                 continue
             self.counters["out"] += 1
             self.counters["out_bytes"] += len(data)
+            if not self._protocol.drained.is_set():  # the kernel's send buffer is full
+                await self._protocol.drained.wait()

@@ -147,6 +147,12 @@ def status(st: StatusReply) -> list[str]:
     ]
     if st["dropped"]:
         out.append("dropped   " + ", ".join(f"{k} {v}" for k, v in st["dropped"].items()))
+    if st.get("lost_sends"):
+        out.append(
+            "lost sends "
+            + ", ".join(f"{k} {v}" for k, v in st.get("lost_sends", {}).items())
+            + " (the kernel refused them: docs/operations.md, troubleshooting)"
+        )
     out += protocol(st.get("protocol") or {})
     out += dataplane(st["dataplane"], st["filter"])
     out += tunnel(st.get("tunnel"))

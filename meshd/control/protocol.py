@@ -89,6 +89,9 @@ class StatusReply(TypedDict):
     counters: dict[str, int]
     dropped: dict[str, int]
     """Dropped datagrams by reason (the ``drop.*`` counters without their prefix)."""
+    lost_sends: NotRequired[dict[str, int]]
+    """Gossip sends the kernel refused, by reason (``enobufs``, ``ehostunreach``, ...: the
+    ``send_error.*`` counters without their prefix); absent from daemons before issue 16."""
     keys: list[str]
     trust: dict[str, Any]
     """``mode`` (certificates or shared-key), ``authenticated``, and in certificate mode the CA,

@@ -107,6 +107,11 @@ def run_lab(
             f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}) "
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
         )
+        if neigh := lab.neighbour_thresholds:
+            say(
+                f"raised net.ipv4.neigh.default.gc_thresh1/2/3 {neigh['saved']} -> "
+                f"{neigh['set']} for {hosts} hosts' neighbour entries (restored at teardown)"
+            )
         key = write_key(lab.workdir / "key")
         lab.certificates = not shared_key
         if shared_key:

@@ -47,13 +47,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from meshd import neightable
 from meshd.errors import LabError
 from meshd.lab.namespaces import (
     Processes,
@@ -183,6 +184,7 @@ class Topology(Processes):
         self._created: list[str] = []  # namespaces this object may delete
         self._detached = False
         self._port_seq = 0
+        self._neigh: dict[str, list[int]] | None = None  # thresholds raised: saved and set
         self.build_seconds: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -212,6 +214,11 @@ class Topology(Processes):
         for h in self.hosts:
             names += [h.ns, h.container_ns]
         return names
+
+    @property
+    def neighbour_thresholds(self) -> dict[str, list[int]] | None:
+        """gc_thresh1/2/3 this lab raised (``saved``: what it found, ``set``), or None."""
+        return self._neigh
 
     @property
     def workdir(self) -> Path:
@@ -256,6 +263,8 @@ class Topology(Processes):
             if res.returncode != 0:
                 err = (res.stderr.strip().splitlines() or ["no output"])[0]
                 raise LabError(f"cannot create the lab's namespaces: {err}")
+            # Before any link: one kernel holds every namespace's neighbour entries.
+            self._neigh = raise_neighbour_table(len(self.hosts))
             self._build_underlay()
             self._parallel(self._build_host, self.hosts)
         except BaseException:
@@ -356,6 +365,9 @@ class Topology(Processes):
             problems.append(str(exc))
         problems += [f"namespace {n} still exists" for n in self._created if netns_exists(n)]
         self._created = []
+        if self._neigh is not None:
+            problems += restore_neighbour_table(self._neigh)
+            self._neigh = None
         if self._own_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -371,6 +383,7 @@ class Topology(Processes):
             "namespaces": self._created,
             "pids": pids,
             "workdir": str(self._workdir) if self._workdir and self._own_workdir else None,
+            "neighbours": self._neigh,
         }
         path = STATE_DIR / f"{self.prefix}.json"
         path.write_text(json.dumps(state, indent=1))
@@ -441,6 +454,7 @@ def down(prefix: str) -> list[str]:
     only processes recorded in its state file or living inside those namespaces are killed."""
     state_file = STATE_DIR / f"{prefix}.json"
     workdir: str | None = None
+    neigh: Any = None
     if state_file.exists():
         try:
             state = json.loads(state_file.read_text())
@@ -450,18 +464,78 @@ def down(prefix: str) -> list[str]:
         recorded = [int(p) for p, t in state.get("pids", {}).items() if start_time(int(p)) == t]
         kill_pids(recorded)
         workdir = state.get("workdir")
+        neigh = state.get("neighbours")
     names = leftover_namespaces(prefix)
     for ns in names:
         kill_pids(netns_pids(ns))
     delete_namespaces(names)
+    if isinstance(neigh, dict):
+        restore_neighbour_table(neigh)
     if workdir and Path(workdir).name.startswith(f"meshd-lab-{prefix}-"):
         shutil.rmtree(workdir, ignore_errors=True)
     state_file.unlink(missing_ok=True)
     return names
 
 
+def raise_neighbour_table(hosts: int) -> dict[str, list[int]] | None:
+    """Raise the machine's ARP thresholds (root namespace) if a full mesh of ``hosts`` on this
+    kernel needs it; returns what to restore (``saved``) and what was set, or None if nothing
+    changed. Sends past gc_thresh3 fail with ENOBUFS: beyond ~30 hosts every mesh breaks."""
+    cur = neightable.read()
+    if cur is None:
+        return None
+    new = neightable.raised(cur, neightable.lab_entries(hosts))
+    if new is None:
+        return None
+    try:
+        neightable.write(new)
+    except OSError as exc:
+        raise LabError(
+            f"{hosts} hosts on one kernel need a larger neighbour table: "
+            f"{neightable.sysctl_command(new)} failed ({exc.strerror})"
+        ) from None
+    return {"saved": list(cur), "set": list(new)}
+
+
+def restore_neighbour_table(record: dict[str, list[int]]) -> list[str]:
+    """Put back the thresholds ``raise_neighbour_table`` found, unless someone changed them
+    since (another lab, an operator): then theirs stay. Returns problems; never raises."""
+    try:
+        a, b, c = (int(x) for x in record["saved"])
+        was_set = tuple(int(x) for x in record["set"])
+    except (KeyError, TypeError, ValueError):
+        return ["neighbour thresholds: unreadable record, not restored"]
+    if neightable.read() != was_set:
+        return []
+    try:
+        neightable.write((a, b, c))
+    except OSError as exc:
+        return [f"cannot restore {neightable.sysctl_command((a, b, c))}: {exc.strerror}"]
+    return []
+
+
+@contextlib.contextmanager
+def raised_neighbour_table(hosts: int) -> Iterator[dict[str, list[int]] | None]:
+    """``raise_neighbour_table`` for a block (namespaces made by something other than a
+    :class:`Topology`, such as the memberlist anchor's), restored on the way out."""
+    record = raise_neighbour_table(hosts)
+    try:
+        yield record
+    finally:
+        if record is not None:
+            restore_neighbour_table(record)
+
+
 def _lines(lines: Iterable[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-__all__ = ["STATE_DIR", "Host", "Topology", "down"]
+__all__ = [
+    "STATE_DIR",
+    "Host",
+    "Topology",
+    "down",
+    "raise_neighbour_table",
+    "raised_neighbour_table",
+    "restore_neighbour_table",
+]

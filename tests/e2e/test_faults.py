@@ -258,9 +258,15 @@ def test_send_error_keeps_daemon_alive(
     d = lab.daemons["h1"]
     # Many refusals, each counted as what it is, while the daemon keeps answering.
     wait_until(
-        lambda: counters(d).get("send_error", 0) >= 10, 30, "h1 to count 10 refused sends", lab
+        lambda: counters(d).get("send_error.eperm", 0) >= 10,
+        30,
+        "h1 to count 10 refused sends (send_error.eperm)",
+        lab,
     )
     assert faults.dropped(h1.ns) >= 10
+    st = request(d.socket_path, "status", timeout=10)
+    assert st.get("lost_sends", {}).get("eperm", 0) >= 10, st.get("lost_sends")
+    assert st["counters"]["send_error"] >= sum(st["lost_sends"].values())
     faults.heal_all(lab)
     assert table(d), "h1 stopped answering after refused sends: " + _why(d)
     assert d.alive()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from meshd import pki
+from meshd import neightable, pki
 from meshd.errors import LabError
 from meshd.lab import DEFAULT_GOSSIP_PORT, Lab, down, faults, format_matrix, leftover_namespaces
-from meshd.lab.namespaces import netns_exists
+from meshd.lab.namespaces import netns_exists, ns_exec
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
@@ -282,6 +282,34 @@ def test_keep_then_down(prefix: str) -> None:
     assert leftover_namespaces(prefix) == []
     proc.wait(5)
     assert not workdir.exists()
+
+
+BIG = 40  # 1,640 underlay entries: past the default gc_thresh3 (1024)
+
+
+@pytest.mark.root
+@needs_root
+def test_a_big_lab_raises_the_neighbour_thresholds_and_puts_them_back(prefix: str) -> None:
+    before = neightable.read()
+    assert before is not None
+    if not neightable.short(neightable.lab_entries(BIG), before[2]):
+        pytest.skip(f"this machine's gc_thresh3 ({before[2]}) already holds {BIG} hosts")
+    with Lab(prefix, hosts=BIG) as lab:
+        during = neightable.read()
+        assert during is not None and during[2] > before[2]
+        assert not neightable.short(neightable.lab_entries(BIG), during[2])
+        # Every host reaches every other on the underlay: all N·(N−1) entries fit.
+        ips = " ".join(h.underlay_ip for h in lab.hosts)
+        script = f"for ip in {ips}; do ping -c1 -W2 -q $ip >/dev/null || echo $ip; done"
+        failed = lab._parallel(lambda h: ns_exec(h.ns, ["sh", "-c", script]).stdout, lab.hosts)
+        assert "".join(failed) == ""
+    assert neightable.read() == before
+    # Kept: the values it found travel in the state file, and `down` restores them.
+    with Lab(prefix, hosts=BIG, keep=True):
+        pass
+    assert neightable.read() != before
+    down(prefix)
+    assert neightable.read() == before
 
 
 @pytest.mark.root

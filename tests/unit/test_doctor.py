@@ -135,3 +135,38 @@ def test_not_programmed_and_host_gw() -> None:
                  dataplane={"underlay": {"ifname": "eth0"}}, route_via={})  # fmt: skip
     assert not failed(findings(gw))
     assert any("host-gw: no tunnel" in x.message for x in findings(gw))
+
+
+def test_neighbours_fit_the_table() -> None:
+    found = findings(healthy(gc_thresh=(128, 512, 1024)))
+    (line,) = [x for x in found if x.check == "neighbours"]
+    assert line.level == OK and "2 peer(s)" in line.message and "gc_thresh3 = 1024" in line.message
+
+
+def test_more_peers_than_the_neighbour_table_holds() -> None:
+    many = [Peer(f"p{i}", "alive", f"10.99.{i // 250}.{i % 250 + 1}", 1500) for i in range(800)]
+    dead = [Peer(f"d{i}", "dead", "10.98.0.1", 1500) for i in range(5000)]  # take no entry
+    f = healthy(gc_thresh=(128, 512, 1024), peers=many + dead, route_via={})
+    (line,) = [x for x in findings(f) if x.check == "neighbours"]
+    assert (line.level, line.peer) == (WARN, None)  # 800 fit, but not with the margin
+    assert "sysctl -w net.ipv4.neigh.default.gc_thresh1=1024" in line.fix
+    assert "gc_thresh3=4096" in line.fix
+    f = replace(f, gc_thresh=(128, 512, 700))
+    assert [x.level for x in findings(f) if x.check == "neighbours"] == [FAIL]
+
+
+def test_sends_lost_to_a_full_neighbour_table_fail_the_check() -> None:
+    f = healthy(gc_thresh=(128, 512, 1024), lost_sends={"enobufs": 12, "econnrefused": 1})
+    (line,) = [x for x in findings(f) if x.check == "neighbours"]
+    assert line.level == FAIL and line.message.startswith("12 gossip send(s) failed with ENOBUFS")
+    assert "gc_thresh3=" in line.fix
+    # Other reasons are not this check's business.
+    f = healthy(gc_thresh=(128, 512, 1024), lost_sends={"econnrefused": 1})
+    assert [x.level for x in findings(f) if x.check == "neighbours"] == [OK]
+
+
+def test_a_namespace_without_the_thresholds_still_reports_enobufs() -> None:
+    assert not [x for x in findings(healthy(gc_thresh=None)) if x.check == "neighbours"]
+    f = healthy(gc_thresh=None, lost_sends={"enobufs": 3})
+    (line,) = [x for x in findings(f) if x.check == "neighbours"]
+    assert line.level == FAIL and "not visible here" in line.message

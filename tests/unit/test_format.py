@@ -141,6 +141,9 @@ def test_status_summary() -> None:
     assert not any(line.startswith("dropped") for line in lines)
     dropped = fmt.status(status_reply(dropped={"auth": 3, "version": 1}))
     assert "dropped   auth 3, version 1" in dropped
+    assert not any(line.startswith("lost sends") for line in lines)
+    lost = fmt.status(status_reply(lost_sends={"enobufs": 7, "ehostunreach": 2}))
+    assert any(line.startswith("lost sends enobufs 7, ehostunreach 2 (") for line in lost)
 
 
 def test_trust_line_in_certificate_mode() -> None:

@@ -25,7 +25,9 @@ ME, A = make_record(0), make_record(1)
 
 class FakeTransport:
     def __init__(self) -> None:
-        self.counters: Counter[str] = Counter({"in": 3, "out": 4, "drop.auth": 1})
+        self.counters: Counter[str] = Counter(
+            {"in": 3, "out": 4, "drop.auth": 1, "send_error": 2, "send_error.enobufs": 2}
+        )
         self.kicks = 0
 
     def kick(self) -> None:
@@ -88,6 +90,7 @@ def test_status_merges_transport_and_core_counters(tmp_path: Path) -> None:
     assert st["counters"]["in"] == 3  # the transport's datagrams
     assert st["counters"]["payload_in"] == 1  # the core's: the one Alive fed above
     assert st["dropped"] == {"auth": 1}
+    assert st.get("lost_sends") == {"enobufs": 2} and st["counters"]["send_error"] == 2
     assert st["dataplane"] == {"runs": 2} and st["filter"] == {"enabled": False}
     assert st["node"]["name"] == ME.name
 
