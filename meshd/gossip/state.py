@@ -521,7 +521,16 @@ class Membership:
             self._broadcast(self.local.name, encode(Alive(self.local)))
             self.counters["reannounce"] += 1
 
-    def on_suspect(self, inc: int, name: str, sender: str, now: float) -> None:
+    def on_suspect(
+        self, inc: int, name: str, sender: str, now: float, merged: bool = False
+    ) -> None:
+        """``sender`` suspects ``name`` at ``inc``. ``merged``: the verdict came in a push-pull
+        (``sender`` the peer), which only relays what its owner heard: the peer is no
+        independent suspector, so it confirms nothing and we do not gossip it on as one (every
+        full state exchange would otherwise add a confirmer of every suspicion in flight, and
+        under loss suspicions of healthy members ran down to the minimum timeout while their
+        refutations were still spreading). A suspicion it brings starts at the longest
+        timeout."""
         if name == self.local.name:
             self._about_self(inc)
             return
@@ -529,6 +538,8 @@ class Membership:
         if e is None or inc < e.inc or self._jump(inc, e.inc):
             return
         if e.state != ALIVE:
+            if merged:
+                return
             s = self.suspicions.get(name)
             if s is not None and s.confirm(sender):
                 self._schedule(s.deadline, SUSPICION_TIMER, name)
@@ -552,13 +563,20 @@ class Membership:
         self._schedule(s.deadline, SUSPICION_TIMER, name)
         self._emit("suspect", e)
         self.counters["suspect.raised"] += 1
-        self._broadcast(name, encode(Suspect(inc, name, sender)))
+        if not merged:
+            self._broadcast(name, encode(Suspect(inc, name, sender)))
+
+    def suspicion_due(self, name: str, now: float) -> Suspicion | None:
+        """The suspicion of ``name`` if its timeout has run out (None: refuted meanwhile, or an
+        earlier timer of a shortened suspicion, or a check still in flight)."""
+        s = self.suspicions.get(name)
+        return s if s is not None and now >= s.deadline else None
 
     def suspicion_expired(self, name: str, now: float) -> None:
+        """Our verdict on a suspicion that ran out (node.py checks the member first)."""
         s = self.suspicions.get(name)
-        if s is None or now < s.deadline:
-            return  # refuted meanwhile, or an earlier timer of a shortened suspicion
-        self.on_dead(s.incarnation, name, self.local.name, now)
+        if s is not None:
+            self.on_dead(s.incarnation, name, self.local.name, now)
 
     def on_dead(self, inc: int, name: str, sender: str, now: float) -> None:
         if name == self.local.name:
@@ -681,4 +699,4 @@ class Membership:
                 self._add(rec, DEAD, en.incarnation, now - en.age, quiet=True)
                 return
             self.on_alive(rec, now)
-        self.on_suspect(en.incarnation, name, sender, now)
+        self.on_suspect(en.incarnation, name, sender, now, merged=True)
