@@ -20,6 +20,9 @@ What happens on which timer:
     probe        every probe_interval (x Lifeguard health): finish the previous probe (no ack:
                  suspect the target), ping the next member in round-robin order
     probe_timeout    no direct ack yet: ask indirect_checks members to ping the target (with nack)
+                 and ping it directly once more
+    suspicion    a suspicion ran out: probe the suspect once, ahead of the round robin; dead
+                 only if that probe fails too
     forward      a ping we relay for someone else timed out: send them a nack
     gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
                  random members (and recently dead ones); ticks keep one random phase.
@@ -29,7 +32,10 @@ What happens on which timer:
                  per hop instead of half an interval; a busy one (loss: suspicions and
                  refutations all the time) runs no more rounds than memberlist's ticker
     push_pull, dead_probe, join    full state exchanges (pushpull.py)
-    suspect, reap    suspicion timeouts and tombstone expiry (state.py)
+    reap         tombstone expiry (state.py)
+
+A timer run more than STALL_FRACTION * probe_timeout late means our own loop was stalled: it
+counts against local health, and no probe is failed in that call.
 
 Certificate mode (``trust`` and ``signer`` given; trust.py): every record we announce is signed,
 every record we hear is verified, and the driver feeds the wall time the certificates are judged

@@ -23,7 +23,9 @@ The rules are memberlist's (state.go), keyed by member name:
 * One name, one node id: an alive record with another node id for a name that is alive or suspect
   is refused (``drop.name_conflict``); once the old one is dead or left, the newcomer takes over.
 * Push-pull state is merged entry by entry through the same rules; a remote ``dead`` is only taken
-  as ``suspect`` (memberlist does the same), so one node's stale verdict cannot kill a member.
+  as ``suspect`` (memberlist does the same), so one node's stale verdict cannot kill a member. A
+  merged suspicion confirms none we hold and is not gossiped on: the peer is no independent
+  suspector (issue 16).
 """
 
 from __future__ import annotations
