@@ -21,8 +21,8 @@ What happens on which timer:
                  suspect the target), ping the next member in round-robin order
     probe_timeout    no direct ack yet: ask indirect_checks members to ping the target (with nack)
                  and ping it directly once more
-    suspicion    a suspicion ran out: probe the suspect once, ahead of the round robin; dead
-                 only if that probe fails too
+    suspect      a probe interval before a suspicion runs out: ping the suspect (direct and
+                 relayed); at the deadline dead unless it answered
     forward      a ping we relay for someone else timed out: send them a nack
     gossip       every gossip_interval while broadcasts are queued: send them to gossip_nodes
                  random members (and recently dead ones); ticks keep one random phase.
@@ -90,6 +90,7 @@ from meshd.gossip.pushpull import Sync
 from meshd.gossip.queue import BroadcastQueue
 from meshd.gossip.record import NodeRecord, validate
 from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
+from meshd.gossip.suspicion import Suspicion
 from meshd.gossip.trust import REVOKED, Signer, Trust
 
 ROUND_BURST = 30
@@ -102,6 +103,9 @@ refilled at one per gossip_interval, the ticker's own rate."""
 MAX_FORWARDS = 256
 """Indirect pings relayed at once; beyond this they are dropped (``drop.busy``), so a flood of
 ping requests cannot grow memory."""
+
+MAX_CHECKS = 64
+"""Pending asks of suspects (checked verdicts) before the ones no longer needed are dropped."""
 
 STALL_FRACTION = 0.5
 """A timer that runs later than this fraction of probe_timeout after it was due means our own
@@ -149,7 +153,6 @@ class _Probe:
         "expected_nacks",
         "nacks",
         "relays",
-        "check",
     )
 
     def __init__(self, seq: int, target: str, sent_at: float) -> None:
@@ -163,8 +166,6 @@ class _Probe:
         self.nacks = 0
         self.relays: set[Addr] = set()
         """Members asked to ping the target for us: an ack from one of them is indirect."""
-        self.check = False
-        """Probing a suspect whose suspicion ran out: the verdict waits for this probe."""
 
 
 class GossipNode:
@@ -249,8 +250,8 @@ class GossipNode:
         self._stalled = False
         """True while handle_timer runs timers that came due during a stall of our own loop."""
         self._stall_after = STALL_FRACTION * config.probe_timeout
-        self._checks: list[str] = []
-        """Suspects whose suspicion ran out, to probe (first) before declaring them dead."""
+        self._checks: dict[int, str] = {}
+        """Seq of a ping asking a suspect itself before the verdict -> the suspect's name."""
         self._gossiped = 0  # the queue's push count at the last gossip round
         self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
         self._tokens_at = now
@@ -687,43 +688,69 @@ class GossipNode:
     # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
 
     def _suspicion_due(self, name: str, now: float) -> None:
-        """A suspicion ran out. Before the verdict, the member itself is probed once, ahead of
-        the round-robin order (direct, second direct and indirect pings, with the buddy
-        system's suspect on them): a member that is up answers, and the refutation that we
-        missed rides on its ack. Under loss one observer can miss every copy of a refutation
-        gossiped to the mesh; asking the member costs a probe and delays a real verdict by up
-        to two probe intervals at the few nodes whose timer runs out first (the others take
-        their dead message)."""
-        s = self._state.suspicion_due(name, now)
-        if s is None or s.checked:
-            return
-        s.checked = True
-        s.deadline = math.inf  # the check probe decides (_finish_probe)
-        self._checks.append(name)
-        self.counters["suspect.checked"] += 1
-
-    def _next_check(self) -> str | None:
+        """Checked verdicts: one probe interval before a suspicion runs out, the node asks the
+        suspect itself (a ping with the buddy system's suspect on it, and the same ping through
+        indirect_checks relays); a member that is up answers, and the refutation this node
+        missed rides on its ack. At the deadline, no answer: dead; an answer but still no
+        refutation: the suspicion runs the shortest timeout more. Under loss one observer can
+        miss every copy of a refutation gossiped to the mesh; a crash is declared as fast as
+        before (the check is over by the deadline)."""
         st = self._state
-        while self._checks:
-            name = self._checks.pop(0)
-            s = st.suspicions.get(name)
-            if s is not None and s.checked:
-                return name
-        return None
+        s = st.suspicion_due(name, now)
+        if s is None:
+            return
+        if now < s.deadline or s.check_seq < 0 or self._stalled:
+            if s.check_seq < 0:
+                self._ask_suspect(name, s)
+            if now >= s.deadline:
+                # Asked only now, or stalled (the answer may be unread): it gets its interval.
+                s.deadline = now + self.config.probe_interval
+            self._schedule(s.deadline, SUSPICION_TIMER, name)
+            return
+        self._checks.pop(s.check_seq, None)
+        if s.answered:
+            s.answered, s.check_seq = False, -1
+            s.deadline = now + s.min
+            self._schedule(st.check_at(s), SUSPICION_TIMER, name)
+            return
+        st.suspicion_expired(name, now)
+
+    def _ask_suspect(self, name: str, s: Suspicion) -> None:
+        st = self._state
+        e = st.table.get(name)
+        if e is None:
+            return
+        if len(self._checks) >= MAX_CHECKS:
+            # Checks of suspicions refuted meanwhile, never answered: forget them.
+            self._checks = {
+                q: n
+                for q, n in self._checks.items()
+                if (x := st.suspicions.get(n)) is not None and x.check_seq == q
+            }
+        s.check_seq = seq = self._next_seq()
+        self._checks[seq] = name
+        self.counters["suspect.checked"] += 1
+        ping = encode(Ping(seq, name, st.local.name, st.local.addr))
+        self._send(
+            [ping, encode(Suspect(e.inc, name, st.local.name))], e.record.addr, e.record.node_id
+        )
+        relayed = encode(
+            IndirectPing(seq, name, e.record.addr, st.local.name, st.local.addr, False)
+        )
+        for peer in st.random_alive(self.config.indirect_checks, exclude=name):
+            self._send([relayed], peer.record.addr, peer.record.node_id)
 
     def _probe_tick(self, now: float) -> None:
         self._finish_probe(now)
         st = self._state
         self._schedule(now + st.awareness.scale(self.config.probe_interval), "probe")
-        check = self._next_check()
-        target = st.table[check] if check is not None else st.next_probe_target()
+        target = st.next_probe_target()
         if target is None:
             self._sync.digest_due = False  # nobody to sync with
             return
         seq = self._next_seq()
         name = target.record.name
         self._probe = _Probe(seq, name, now)
-        self._probe.check = check is not None
         self.counters["probe.sent"] += 1
         parts = [encode(Ping(seq, name, st.local.name, st.local.addr))]
         if self._sync.digest_due:
@@ -763,23 +790,13 @@ class GossipNode:
         p, self._probe = self._probe, None
         if p is None:
             return
-        st = self._state
-        if p.acked or self._stalled:
-            if p.acked and p.check:
-                # It answered: no verdict. A refutation rides on the ack as a rule; if none
-                # came, the suspicion runs a shortest timeout more, then is checked again.
-                s = st.suspicions.get(p.target)
-                if s is not None and s.checked:
-                    s.checked = False
-                    s.deadline = now + s.min
-                    self._schedule(s.deadline, SUSPICION_TIMER, p.target)
-            elif not p.acked:
-                # Stalled: its ack may be among what queued up meanwhile: no verdict either way
-                # (a check is made again at the next probe).
-                self.counters["probe.stalled"] += 1
-                if p.check:
-                    self._checks.insert(0, p.target)
+        if p.acked:
             return
+        if self._stalled:
+            # Its ack may be among what queued up while we were stalled: no verdict either way.
+            self.counters["probe.stalled"] += 1
+            return
+        st = self._state
         self.counters["probe.failed"] += 1
         # Lifeguard: missing nacks mean our own messages are not getting through; with nobody to
         # nack, every failed probe counts against us.
@@ -790,8 +807,6 @@ class GossipNode:
         e = st.table.get(p.target)
         if e is not None and e.state in (MemberState.ALIVE, MemberState.SUSPECT):
             st.on_suspect(e.inc, p.target, st.local.name, now)
-        if p.check:
-            st.suspicion_expired(p.target, now)  # asked, and no answer: the verdict
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -866,6 +881,13 @@ class GossipNode:
                     self.probe_rtt.observe(now - p.sent_at)
                 self._state.awareness.apply(-1)
                 self._state.seen(p.target, now)
+            return
+        name = self._checks.pop(seq, None)
+        if name is not None:
+            s = self._state.suspicions.get(name)
+            if s is not None and s.check_seq == seq:
+                s.answered = True
+                self.counters["suspect.answered"] += 1
             return
         fwd = self._forwards.pop(seq, None)
         if fwd is not None:

@@ -544,7 +544,7 @@ class Membership:
                 return
             s = self.suspicions.get(name)
             if s is not None and s.confirm(sender):
-                self._schedule(s.deadline, SUSPICION_TIMER, name)
+                self._schedule(self.check_at(s), SUSPICION_TIMER, name)
                 self._broadcast(name, encode(Suspect(inc, name, sender)))
             return
         e = self._writable(e)
@@ -562,17 +562,22 @@ class Membership:
         s = Suspicion(sender, inc, k, lo, self.cfg.suspicion_max_timeout_mult * lo, now)
         self._set_state(e, SUSPECT, now)
         self.suspicions[name] = s
-        self._schedule(s.deadline, SUSPICION_TIMER, name)
+        self._schedule(self.check_at(s), SUSPICION_TIMER, name)
         self._emit("suspect", e)
         self.counters["suspect.raised"] += 1
         if not merged:
             self._broadcast(name, encode(Suspect(inc, name, sender)))
 
+    def check_at(self, s: Suspicion) -> float:
+        """When the node asks the suspect itself, before the verdict (node.py): one probe
+        interval before the deadline, so the answer is in by then."""
+        return max(s.start, s.deadline - self.cfg.probe_interval)
+
     def suspicion_due(self, name: str, now: float) -> Suspicion | None:
-        """The suspicion of ``name`` if its timeout has run out (None: refuted meanwhile, or an
-        earlier timer of a shortened suspicion, or a check still in flight)."""
+        """The suspicion of ``name`` if its check time has come (None: refuted meanwhile, or an
+        earlier timer of a shortened suspicion)."""
         s = self.suspicions.get(name)
-        return s if s is not None and now >= s.deadline else None
+        return s if s is not None and now >= self.check_at(s) else None
 
     def suspicion_expired(self, name: str, now: float) -> None:
         """Our verdict on a suspicion that ran out (node.py checks the member first)."""
