@@ -67,6 +67,14 @@ per run (``"bench": "alloc"``, sim_scenarios' ``allocation`` line)::
 
     .venv/bin/python benchmarks/bench_sim.py --allocation --out benchmarks/results/alloc.jsonl
 
+``--false-deaths`` runs issue 16's no-false-death check instead: N = 1,000 (``--nodes``) at 20 %
+loss (``--loss``) for 60 simulated seconds, once per seed (``--seeds``, default 1..10), with one
+update and one crash as in the runs above; one line per seed (``"bench": "sim_lifeguard"``): live
+members declared dead (pairs), false suspicions, t99.9 of the update, when all had the crashed
+node dead, and the run's wall time. The target is 0 false-dead pairs in every run::
+
+    .venv/bin/python benchmarks/bench_sim.py --false-deaths --out benchmarks/results/lifeguard.jsonl
+
 Benchmarks are not tests; tests/unit/test_gossip_sim.py runs ``--smoke`` with short durations.
 """
 
@@ -223,6 +231,27 @@ def scenario(n: int, loss: float, seed: int, smoke: bool) -> Iterator[dict[str, 
     yield out("max_rss_mb", summ["max_rss_mb"], None, "MB")
 
 
+FALSE_DEATH_SEEDS = tuple(range(1, 11))
+FALSE_DEATH_TIMELINE = {"warmup": 6, "update_at": 18, "updates": 1, "crash_at": 30, "duration": 60}
+"""Issue 16: 60 simulated seconds, the update at 18 s and the crash at 30 s (sim_scenarios'
+defaults for a 60 s run), so the crash has its whole suspicion time before the end."""
+
+
+def false_deaths(n: int, loss: float, seed: int, smoke: bool) -> dict[str, Any]:
+    """One seeded run of issue 16's check; its line."""
+    t = timeline(n, True) if smoke else FALSE_DEATH_TIMELINE
+    phases = simulate(n, loss, seed, t)
+    dis, fail, summ = (phases[p] for p in ("dissemination", "failure", "summary"))
+    return {
+        "bench": "sim_lifeguard", "n": n, "loss": loss, "seed": seed, "duration": t["duration"],
+        "false_dead_pairs": summ["false_deaths"],
+        "false_suspicions_per_node_min": summ["false_suspicions_per_node_min"],
+        "t999": dis["t999"], "reached": dis["reached"],
+        "dead_all": fail["dead_all"], "first_dead": fail["first_dead"],
+        "datagrams": summ["datagrams"], "wall_s": summ["wall_s"],
+    }  # fmt: skip
+
+
 ALLOC_NETWORKS = ("10.0.0.0/14", "10.0.0.0/12")
 """1,024 and 4,096 /24s: for 1,000 nodes, nearly full and a quarter full."""
 ALLOC_SMOKE_NETWORKS = ("10.0.0.0/18", "10.0.0.0/16")
@@ -261,10 +290,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         action="store_true",
         help="run the subnet allocation scenario instead (default --nodes 1000, --loss 0)",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="with --allocation")
+    p.add_argument(
+        "--false-deaths",
+        action="store_true",
+        help="issue 16's check instead: N = 1000 at 20%% loss for 60 s, once per seed",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="with --allocation (default 1) or --false-deaths (default 1..10)",
+    )
     args = p.parse_args(argv)
     if args.allocation:
+        args.seeds = args.seeds or [1]
         return allocation_main(args, out)
+    if args.false_deaths:
+        return false_deaths_main(args, out)
     sizes = [50] if args.smoke else args.nodes
     sink = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
 
@@ -294,6 +336,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             sink.close()
     print(f"# total {time.monotonic() - wall0:.1f} s", file=sys.stderr)
     return 0
+
+
+def false_deaths_main(args: argparse.Namespace, out: TextIO) -> int:
+    given = argparse.Namespace(nodes=[100, 1000, 10000], loss=[0.0, 0.1, 0.2])
+    n = 50 if args.smoke else (1000 if args.nodes == given.nodes else args.nodes[0])
+    loss = 0.2 if args.loss == given.loss else args.loss[0]
+    ok = True
+    with open(args.out, "w") if args.out else contextlib.nullcontext() as sink:
+        for seed in args.seeds or FALSE_DEATH_SEEDS:
+            rec = false_deaths(n, loss, seed, args.smoke)
+            text = json.dumps(rec)
+            print(text, file=out, flush=True)
+            if sink is not None:
+                sink.write(text + "\n")
+                sink.flush()
+            ok = ok and rec["false_dead_pairs"] == 0
+    return 0 if ok else 1
 
 
 def allocation_main(args: argparse.Namespace, out: TextIO) -> int:

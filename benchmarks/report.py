@@ -6,8 +6,9 @@ of every benchmark in benchmarks/results/*.jsonl; with ``--run``, run the benchm
 
 ``--run`` runs, in this order, each one writing its file in benchmarks/results/:
 bench_daemons.py (``--n 10 30 --runs 3``: daemons.jsonl), bench_netlink.py (netlink.jsonl),
-bench_throughput.py (throughput.jsonl) and, when it exists, bench_sim.py (sim.jsonl);
-``--skip daemons netlink throughput sim`` leaves any of them out
+bench_throughput.py (throughput.jsonl) and, when it exists, bench_sim.py (sim.jsonl) and its
+``--false-deaths`` check (lifeguard.jsonl: N = 1,000 at 20 % loss, 10 seeds of 60 s, ~5-8 min
+each on one core); ``--skip daemons netlink throughput sim lifeguard`` leaves any of them out
 (its committed results are still reported); ``--runs``, ``--n`` and ``--meshd-src`` are passed to
 bench_daemons.py.
 
@@ -687,6 +688,12 @@ def run_benchmarks(opts: argparse.Namespace) -> int:
             None,
         ),
         ("sim", [py, str(bench / "bench_sim.py"), "--out", str(res_dir / "sim.jsonl")], None),
+        (
+            "lifeguard",
+            [py, str(bench / "bench_sim.py"), "--false-deaths", "--out"]
+            + [str(res_dir / "lifeguard.jsonl")],
+            None,
+        ),
     ]
     for name, cmd, stdout_to in steps:
         if name in opts.skip:
@@ -721,7 +728,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--skip",
         nargs="*",
         default=[],
-        choices=["daemons", "netlink", "throughput", "sim"],
+        choices=["daemons", "netlink", "throughput", "sim", "lifeguard"],
         help="with --run: benchmarks not to rerun",
     )
     ap.add_argument("--runs", type=int, default=3, help="with --run: bench_daemons.py --runs")

@@ -64,6 +64,8 @@ DatagramHook = Callable[[int, bytes, Addr, bytes], None]
 
 RECHECK = -1
 """The source of a heap entry that is an allocator's recheck, not a node's timer."""
+STARVED_READ = 1e-9
+"""A starved node reads the datagrams of a turn this long after running its timers."""
 SIM_WALL = 1_800_000_000.0
 """The simulated wall clock at ``now = 0`` (Unix seconds)."""
 DAY = 86400.0
@@ -289,6 +291,9 @@ class Network:
         self._heap: list[tuple[float, int, int, bytes | None, int, bytes]] = []
         self._hseq = 0
         self._sched: list[float | None] = []
+        self.starved: dict[int, tuple[float, float]] = {}
+        """Nodes whose event loop gets the CPU only now and then (`starve`): index -> (period,
+        phase)."""
 
     # --- building -----------------------------------------------------------------------------
 
@@ -380,6 +385,24 @@ class Network:
 
     def heal(self) -> None:
         self.group = [0] * len(self.nodes)
+
+    def starve(self, idx: int, period: float, phase: float = 0.0) -> None:
+        """From now on node ``idx``'s event loop runs only at ``phase + k * period`` (a starved
+        CPU, a stalled interpreter): everything due for it meanwhile waits for the next turn,
+        where its timers run first and then the datagrams that arrived, in arrival order, all on
+        that turn's clock (the daemon's timer task can run before its receive task has read
+        what queued up). Its answers leave late; its timers see acks that came in time only
+        after they ran. ``period`` 0 ends the starvation."""
+        if period <= 0:
+            self.starved.pop(idx, None)
+        else:
+            self.starved[idx] = (period, phase)
+
+    def _turn(self, idx: int, when: float) -> float:
+        """The first instant at or after ``when`` at which node ``idx``'s loop runs."""
+        period, phase = self.starved[idx]
+        k = -((phase - when) // period)  # ceil((when - phase) / period)
+        return phase + k * period
 
     # --- acting on a node ---------------------------------------------------------------------
 
@@ -492,6 +515,17 @@ class Network:
             when, _, idx, data, src, to = heapq.heappop(heap)
             if self.down[idx]:
                 continue
+            if self.starved and idx in self.starved and src != RECHECK:
+                turn = self._turn(idx, when - 2 * STARVED_READ)
+                if turn > when:
+                    if data is None:
+                        if self._sched[idx] != when:
+                            continue  # superseded by an earlier timer
+                        self._sched[idx] = turn
+                        self._push(turn, idx, None, idx)
+                    else:  # datagrams after the timers of the same turn
+                        self._push(turn + STARVED_READ, idx, data, src, to)
+                    continue
             self.now = when
             if signed:
                 nodes[idx].advance_wall(SIM_WALL + when)

@@ -23,7 +23,9 @@ The rules are memberlist's (state.go), keyed by member name:
 * One name, one node id: an alive record with another node id for a name that is alive or suspect
   is refused (``drop.name_conflict``); once the old one is dead or left, the newcomer takes over.
 * Push-pull state is merged entry by entry through the same rules; a remote ``dead`` is only taken
-  as ``suspect`` (memberlist does the same), so one node's stale verdict cannot kill a member.
+  as ``suspect`` (memberlist does the same), so one node's stale verdict cannot kill a member. A
+  merged suspicion confirms none we hold and is not gossiped on: the peer is no independent
+  suspector (issue 16).
 """
 
 from __future__ import annotations
@@ -521,7 +523,16 @@ class Membership:
             self._broadcast(self.local.name, encode(Alive(self.local)))
             self.counters["reannounce"] += 1
 
-    def on_suspect(self, inc: int, name: str, sender: str, now: float) -> None:
+    def on_suspect(
+        self, inc: int, name: str, sender: str, now: float, merged: bool = False
+    ) -> None:
+        """``sender`` suspects ``name`` at ``inc``. ``merged``: the verdict came in a push-pull
+        (``sender`` the peer), which only relays what its owner heard: the peer is no
+        independent suspector, so it confirms nothing and we do not gossip it on as one (every
+        full state exchange would otherwise add a confirmer of every suspicion in flight, and
+        under loss suspicions of healthy members ran down to the minimum timeout while their
+        refutations were still spreading). A suspicion it brings starts at the longest
+        timeout."""
         if name == self.local.name:
             self._about_self(inc)
             return
@@ -529,9 +540,11 @@ class Membership:
         if e is None or inc < e.inc or self._jump(inc, e.inc):
             return
         if e.state != ALIVE:
+            if merged:
+                return
             s = self.suspicions.get(name)
             if s is not None and s.confirm(sender):
-                self._schedule(s.deadline, SUSPICION_TIMER, name)
+                self._schedule(self.check_at(s), SUSPICION_TIMER, name)
                 self._broadcast(name, encode(Suspect(inc, name, sender)))
             return
         e = self._writable(e)
@@ -549,16 +562,28 @@ class Membership:
         s = Suspicion(sender, inc, k, lo, self.cfg.suspicion_max_timeout_mult * lo, now)
         self._set_state(e, SUSPECT, now)
         self.suspicions[name] = s
-        self._schedule(s.deadline, SUSPICION_TIMER, name)
+        self._schedule(self.check_at(s), SUSPICION_TIMER, name)
         self._emit("suspect", e)
         self.counters["suspect.raised"] += 1
-        self._broadcast(name, encode(Suspect(inc, name, sender)))
+        if not merged:
+            self._broadcast(name, encode(Suspect(inc, name, sender)))
+
+    def check_at(self, s: Suspicion) -> float:
+        """When the node asks the suspect itself, before the verdict (node.py): one probe
+        interval before the deadline, so the answer is in by then."""
+        return max(s.start, s.deadline - self.cfg.probe_interval)
+
+    def suspicion_due(self, name: str, now: float) -> Suspicion | None:
+        """The suspicion of ``name`` if its check time has come (None: refuted meanwhile, or an
+        earlier timer of a shortened suspicion)."""
+        s = self.suspicions.get(name)
+        return s if s is not None and now >= self.check_at(s) else None
 
     def suspicion_expired(self, name: str, now: float) -> None:
+        """Our verdict on a suspicion that ran out (node.py checks the member first)."""
         s = self.suspicions.get(name)
-        if s is None or now < s.deadline:
-            return  # refuted meanwhile, or an earlier timer of a shortened suspicion
-        self.on_dead(s.incarnation, name, self.local.name, now)
+        if s is not None:
+            self.on_dead(s.incarnation, name, self.local.name, now)
 
     def on_dead(self, inc: int, name: str, sender: str, now: float) -> None:
         if name == self.local.name:
@@ -681,4 +706,4 @@ class Membership:
                 self._add(rec, DEAD, en.incarnation, now - en.age, quiet=True)
                 return
             self.on_alive(rec, now)
-        self.on_suspect(en.incarnation, name, sender, now)
+        self.on_suspect(en.incarnation, name, sender, now, merged=True)

@@ -27,7 +27,17 @@ class Suspicion:
     count most, since they make a local problem of the first suspector unlikely.
     """
 
-    __slots__ = ("incarnation", "start", "k", "min", "max", "deadline", "_confirmed")
+    __slots__ = (
+        "incarnation",
+        "start",
+        "k",
+        "min",
+        "max",
+        "deadline",
+        "check_seq",
+        "answered",
+        "_confirmed",
+    )
 
     def __init__(
         self,
@@ -45,6 +55,10 @@ class Suspicion:
         self.max = max_timeout
         # With nobody to confirm, waiting for confirmations is pointless: use the minimum.
         self.deadline = now + (max_timeout if k >= 1 else min_timeout)
+        self.check_seq = -1
+        """The seq of the ping that asks the suspect itself before the verdict (-1: not yet)."""
+        self.answered = False
+        """The suspect acked that ping: no verdict this time (node.py)."""
         # The first suspector does not confirm itself.
         self._confirmed: set[str] = {sender}
 

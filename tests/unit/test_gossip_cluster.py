@@ -178,7 +178,11 @@ def test_large_state_join_completes_under_loss() -> None:
     net.converged(recs[:-1])
     net.add_node(recs[-1], seeds=[recs[0].addr])
     joiner = net.nodes[-1]
-    assert net.run_until_true(lambda: joiner.synced, 60)
+    # Join rounds back off 2, 4, 8, 16 and 30 s apart, and each needs every chunk of an answer
+    # at 20 % loss: which round gets through depends on the seed's draws (here the fifth, ~61 s
+    # in since the second direct ping of probes changed them). Joins that survive loss without
+    # waiting are issue 16 item 3.
+    assert net.run_until_true(lambda: joiner.synced, 90)
     assert len(joiner.members()) == 120
 
 

@@ -150,10 +150,9 @@ def test_bench_smoke_prints_every_metric_per_loss(tmp_path: Path) -> None:
         assert by[loss, "update_reached"]["meshd"] >= 0.95
         for metric in ("first_suspect", "first_dead", "dead_all", "bytes_per_node_s"):
             assert by[loss, metric]["meshd"] > 0
-        # At 20 % loss an observer can miss every copy of a refutation for a whole suspicion
-        # timeout: rare (5 to 7 such pairs in 30 seeded 1-minute runs at N = 50, 2,450 pairs
-        # each, with or without eager gossip and digests), so only bounded there.
-        assert by[loss, "false_positive_rate"]["meshd"] <= (0.0 if loss < 0.2 else 0.002)
+        # No live member declared dead, 20 % loss included (issue 16: 30 seeded 1-minute runs
+        # at N = 50 had 11 such pairs before checked verdicts, 0 since).
+        assert by[loss, "false_positive_rate"]["meshd"] == 0.0
         assert 0 < by[loss, "largest_datagram"]["meshd"] <= 1400 - 64
     assert by[0.0, "t999"]["meshd"] < by[0.0, "t999"]["model"]
 
@@ -166,3 +165,17 @@ def test_bench_equal_bandwidth_run_sends_at_most_the_model() -> None:
     sends = lines["update_sends_per_node_equal_bw"]
     assert 3 <= sends["meshd"] <= 2 * 2 <= sends["model"]  # 2 * ceil(log10(51)) at most
     assert lines["t999_equal_bw"]["model"] == pytest.approx(b.model_time(50, 0.999), abs=1e-3)
+
+
+def test_bench_false_deaths_smoke_writes_one_line_per_seed(tmp_path: Path) -> None:
+    out = io.StringIO()
+    dest = tmp_path / "lifeguard.jsonl"
+    argv = ["--false-deaths", "--smoke", "--seeds", "1", "2", "--out", str(dest)]
+    assert bench().main(argv, out=out) == 0  # exit 0: no live member declared dead
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert dest.read_text() == out.getvalue()
+    assert [(x["bench"], x["n"], x["loss"], x["seed"]) for x in lines] == [
+        ("sim_lifeguard", 50, 0.2, 1),
+        ("sim_lifeguard", 50, 0.2, 2),
+    ]
+    assert all(x["false_dead_pairs"] == 0 and x["dead_all"] is not None for x in lines)

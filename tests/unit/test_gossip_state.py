@@ -92,14 +92,42 @@ def test_suspicion_times_out_to_dead() -> None:
     n = node()
     feed(n, m.Alive(A), m.Alive(B))
     feed(n, m.Suspect(0, "n1", "n2"), now=10.0)
-    # 3 members, k = 0: the minimum timeout, 4 * max(1, log10(3)) * 1 s = 4 s.
-    t = 10.0
+    # 3 members, k = 0: the minimum timeout, 4 * max(1, log10(3)) * 1 s = 4 s. One probe
+    # interval before it runs out, n1 itself is asked (nobody answers here).
+    t, checked_at = 10.0, None
     while state(n, "n1") == MemberState.SUSPECT and t < 100:
         t = n.get_timer() or t
         n.handle_timer(t)
+        if checked_at is None and n.counters["suspect.checked"]:
+            checked_at = t
     assert state(n, "n1") == MemberState.DEAD
+    assert checked_at is not None and abs(checked_at - 13.0) < 1e-9
     assert abs(t - 14.0) < 1e-9
     assert ("dead", "n1") in kinds(n)
+
+
+def test_a_suspect_that_answers_the_check_is_not_declared_dead() -> None:
+    n = node()
+    feed(n, m.Alive(A), m.Alive(B))
+    feed(n, m.Suspect(0, "n1", "n2"), now=10.0)
+    n.datagrams_to_send()
+    # One probe interval before the 4 s run out, n1 is asked itself, with the suspicion on
+    # the ping (and through B as a relay).
+    while (t := n.get_timer()) is not None and t <= 13.0:
+        n.handle_timer(t)
+    out = sent(n)
+    asks = [x for x, addr in out if addr == A.addr and isinstance(x[0], m.Ping)]
+    assert asks and isinstance(asks[-1][1], m.Suspect) and asks[-1][1].node == "n1"
+    assert any(isinstance(x[0], m.IndirectPing) and x[0].target == "n1" for x, _ in out)
+    ping = asks[-1][0]
+    assert isinstance(ping, m.Ping)
+    feed(n, m.Ack(ping.seq), now=13.01)  # its ack; the refutation got lost
+    while (t := n.get_timer()) is not None and t <= 14.5:
+        n.handle_timer(t)
+    assert state(n, "n1") == MemberState.SUSPECT  # answered: no verdict
+    assert n.counters["suspect.answered"] == 1 and n.counters["dead.declared"] == 0
+    feed(n, m.Alive(A.with_incarnation(1)), now=15.0)
+    assert state(n, "n1") == MemberState.ALIVE
 
 
 def test_stale_suspect_and_dead_are_ignored() -> None:
