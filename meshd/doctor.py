@@ -157,12 +157,9 @@ def _rp_filter(f: Facts) -> list[Finding]:
 
 def _kernel(f: Facts) -> list[Finding]:
     dp = f.dataplane
-    errors = " ".join(str(e.get("error", "")) for e in dp.get("errors") or [])
-    if "kernel has no" in errors or "support (module" in errors:
-        line = next(
-            str(e["error"]) for e in dp.get("errors") or [] if "kernel has no" in str(e["error"])
-        )
-        return [Finding("kernel", FAIL, line, "modprobe the module, or choose another backend")]
+    missing = [str(e.get("error")) for e in dp.get("errors") or [] if "kernel has no" in str(e)]
+    if missing:
+        return [Finding("kernel", FAIL, missing[-1], "modprobe the module, or another backend")]
     wg = dp.get("wireguard")
     if wg:
         return [Finding("kernel", OK, f"wireguard: {wg.get('implementation')} ({wg.get('why')})")]

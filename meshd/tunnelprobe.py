@@ -277,10 +277,7 @@ class TunnelProber:
         while not self._closed:
             self._expire()
             for name in self._next_round():
-                was = self._health[name].state
                 self._send(name)
-                if was == UNREACHABLE:
-                    log.debug("tunnel probe: retrying %s", name)
             await asyncio.sleep(self.interval)
             self._expire()
 

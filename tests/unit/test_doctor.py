@@ -170,3 +170,10 @@ def test_a_namespace_without_the_thresholds_still_reports_enobufs() -> None:
     f = healthy(gc_thresh=None, lost_sends={"enobufs": 3})
     (line,) = [x for x in findings(f) if x.check == "neighbours"]
     assert line.level == FAIL and "not visible here" in line.message
+
+
+def test_a_missing_kernel_module_fails_with_the_data_planes_line() -> None:
+    line = "kernel has no ipip support (module ipip): Operation not supported"
+    f = healthy(dataplane={"device": "meshd.ipip", "errors": [{"at": 1.0, "error": line}]})
+    (kernel,) = [x for x in findings(f) if x.check == "kernel"]
+    assert (kernel.level, kernel.message) == (FAIL, line)
