@@ -31,10 +31,11 @@ from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError
 PROTOCOL_MAJOR = 1
 """The payload's first element. A receiver drops datagrams of any other major
 (``drop.protocol_major``): a new major is a change older nodes cannot ignore."""
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 """What this build speaks: the payload's third element (absent: 0, the layout before minors were
-sent; meshd 0.2.0 is 1.1). A new minor may only append elements (to the payload, a message, a
-record, a push-pull entry) and add message types: what a node of the previous minor ignores."""
+sent; meshd 0.2.0 is 1.1; 1.2 added `Resend`). A new minor may only append elements (to the
+payload, a message, a record, a push-pull entry) and add message types: what a node of the
+previous minor ignores."""
 MINOR_WINDOW = 1
 """Minors accepted on either side of our own: the previous one (a fleet is upgraded node by node)
 and the next one (the upgraded nodes talk to us meanwhile). Symmetric, so two nodes either both
@@ -86,6 +87,7 @@ class MsgType(IntEnum):
     KEY_OP = 8
     SYNC_DIGEST = 9
     CRL = 10
+    RESEND = 11
 
 
 # Member states in push-pull entries; the index is the wire code (append-only too).
@@ -244,8 +246,35 @@ class Crl:
     der: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Asks the sender of a push-pull answer for the chunks of it that did not arrive (protocol
+    1.2): ``indices`` of the answer to our request ``sync_id``; ``sender`` is our name (the
+    chunks go to that member's record address)."""
+
+    sync_id: int
+    sender: str
+    indices: tuple[int, ...]
+
+
+MAX_RESEND = 128
+"""Chunk indices one Resend may ask for."""
+RESEND_SINCE = 2
+"""The minor that added Resend: a node speaking an older one neither sends nor knows it."""
+
 Message = (
-    Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | PushPull | KeyOp | SyncDigest | Crl
+    Ping
+    | IndirectPing
+    | Ack
+    | Nack
+    | Suspect
+    | Alive
+    | Dead
+    | PushPull
+    | KeyOp
+    | SyncDigest
+    | Crl
+    | Resend
 )
 
 
@@ -310,6 +339,8 @@ def encode(msg: Message) -> bytes:
         return bytes(_packb([MsgType.SYNC_DIGEST, msg.sync_id, msg.reply, msg.digest, *named]))
     if isinstance(msg, Crl):
         return bytes(_packb([MsgType.CRL, msg.der]))
+    if isinstance(msg, Resend):
+        return bytes(_packb([MsgType.RESEND, msg.sync_id, msg.sender, list(msg.indices)]))
     entries = [
         encode_entry(
             e.record, e.state, e.incarnation, e.age if e.state is MemberState.DEAD else None
@@ -449,14 +480,14 @@ def decode(
     if type(body) is not list or not body:
         raise DecodeError("malformed")
     if theirs <= minor:
-        return [_decode_one(m) for m in body]
+        return [_decode_one(m, minor) for m in body]
     # A newer minor may carry types added after ours: what we know of it is taken, the rest
     # skipped (its known messages are still validated whole, as always).
     out: list[Message] = []
     skipped = 0
     for m in body:
         try:
-            out.append(_decode_one(m))
+            out.append(_decode_one(m, minor))
         except DecodeError as exc:
             if exc.reason != "unknown_type":
                 raise
@@ -466,7 +497,9 @@ def decode(
     return out
 
 
-def _decode_one(m: Any) -> Message:
+def _decode_one(m: Any, minor: int = PROTOCOL_MINOR) -> Message:
+    """One message, as a node speaking ``minor`` knows them: a type added in a later minor is
+    ``unknown_type`` to it, as it is to a build of that minor."""
     if type(m) is not list or not m or type(m[0]) is not int:
         raise DecodeError("malformed")
     t = m[0]
@@ -510,6 +543,15 @@ def _decode_one(m: Any) -> Message:
         if type(der) is not bytes or not 0 < len(der) <= MAX_CRL_LEN:
             raise DecodeError("crl")
         return Crl(der)
+    if t == MsgType.RESEND and minor >= RESEND_SINCE:
+        _need(m, 4)
+        raw = m[3]
+        if type(raw) is not list or not 0 < len(raw) <= MAX_RESEND:
+            raise DecodeError("malformed")
+        indices = tuple(_int(i, 0, MAX_CHUNKS - 1) for i in raw)
+        if len(set(indices)) != len(indices):
+            raise DecodeError("malformed")
+        return Resend(_seq(m[1]), _name(m[2]), indices)
     raise DecodeError("unknown_type")
 
 

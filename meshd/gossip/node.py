@@ -66,6 +66,7 @@ from meshd.gossip.messages import (
     MINOR_WINDOW,
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
+    RESEND_SINCE,
     Ack,
     Addr,
     Alive,
@@ -78,6 +79,7 @@ from meshd.gossip.messages import (
     Nack,
     Ping,
     PushPull,
+    Resend,
     Suspect,
     SyncDigest,
     VersionError,
@@ -128,6 +130,7 @@ _MSG_COUNTER = {
     KeyOp: "msg.key_op",
     SyncDigest: "msg.sync_digest",
     Crl: "msg.crl",
+    Resend: "msg.resend",
 }
 
 
@@ -242,6 +245,7 @@ class GossipNode:
             self._emit,
             self._schedule,
             self._budget,
+            resend=protocol_minor >= RESEND_SINCE,
         )
         self._sender = b""
         """The envelope's sender of the datagram being handled (see receive_datagram)."""
@@ -849,6 +853,8 @@ class GossipNode:
                 self._riders.setdefault((member.addr, member.node_id), []).append(reply)
         elif isinstance(msg, Crl):
             self.install_crl(msg.der, now)
+        elif isinstance(msg, Resend):
+            self._sync.receive_resend(msg, self._sender, now)
 
     def _correct_stale_claim(self, msg: Suspect | Dead) -> None:
         """Its sender suspects us at an incarnation we already refuted: it missed our alive, and

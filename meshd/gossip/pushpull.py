@@ -43,8 +43,10 @@ from meshd.gossip.events import MemberState
 from meshd.gossip.keyops import KeyOps
 from meshd.gossip.messages import (
     DIGEST_LEN,
+    MAX_RESEND,
     Addr,
     PushPull,
+    Resend,
     SyncDigest,
     encode,
     encode_push_pull,
@@ -56,7 +58,21 @@ from meshd.gossip.state import Membership
 ANSWERED_MEMORY = 256
 """Push-pull requests remembered as answered: a request cut into chunks gets one reply."""
 
-TIMERS = ("push_pull", "dead_probe", "join")
+TIMERS = ("push_pull", "dead_probe", "join", "resend")
+
+RESEND_TRIES = 3
+"""Resend requests per answer: the requester asks at most this often for what is still missing,
+and the answerer serves at most this many for one answer."""
+ANSWER_TTL = 10.0
+"""Seconds an answer's chunks are kept for Resend requests."""
+ANSWER_MEMORY_BYTES = 1 << 21
+"""Encoded chunks kept for resends, all answers together (oldest forgotten first): a full state
+of 10,000 members is ~550 KB."""
+ASKED_MEMORY = 64
+"""Our own full requests whose answers are tracked for completeness."""
+JOIN_MAX_DELAY = 8.0
+"""Probe intervals between join rounds at most (they start 2 apart and double): a seed that
+was down is found again within seconds, not push_pull_interval."""
 
 FULL_STATE_MEMORY = 4096
 """Peers whose last full state from us is remembered (for push_pull_min_interval)."""
@@ -65,6 +81,29 @@ ANY_MEMORY = 64
 
 JOIN_SETTLE = 2.0
 """Probe intervals from the first full sync to the first anti-entropy round (see _note_sync)."""
+
+
+class _Answer:
+    """Chunks of an answer we sent, kept for the requester's Resend."""
+
+    __slots__ = ("at", "chunks", "size", "served")
+
+    def __init__(self, at: float, chunks: list[bytes]) -> None:
+        self.at, self.chunks, self.served = at, chunks, 0
+        self.size = sum(len(c) for c in chunks)
+
+
+class _Asked:
+    """A full request of ours: which chunks of its answer arrived."""
+
+    __slots__ = ("addr", "at", "count", "got", "node_id", "tries")
+
+    def __init__(self, addr: Addr, node_id: bytes, at: float) -> None:
+        self.addr, self.node_id, self.at = addr, node_id, at
+        self.count = 0
+        self.got: set[int] = set()
+        self.tries = 0
+
 
 Emit = Callable[[Sequence[bytes], Addr, bytes], None]
 Schedule = Callable[[float, str], None]
@@ -112,8 +151,11 @@ class Sync:
         emit: Emit,
         schedule: Schedule,
         budget: int,
+        resend: bool = True,
     ) -> None:
         self.synced = False
+        self._resend = resend
+        """Whether we speak Resend (protocol 1.2): ask for lost chunks, keep answers for it."""
         self.digest_due = False
         """An anti-entropy round is due: the next probe carries its `opening`."""
         self._state = state
@@ -135,6 +177,10 @@ class Sync:
         self._push_pull_at = 0.0
         self._settle = 0.0
         self._dead_full_at = -math.inf
+        self._answers: OrderedDict[tuple[bytes, int], _Answer] = OrderedDict()
+        self._answer_bytes = 0
+        self._asked: OrderedDict[int, _Asked] = OrderedDict()
+        self._resend_armed = False
         """After a join, the delay to the next anti-entropy round while our view has not yet
         hashed the same as a member's (doubling up to the interval); 0 once it has."""
         self.crl: bytes | None = None
@@ -194,6 +240,8 @@ class Sync:
             self._schedule(now + self._cfg.dead_probe_interval, "dead_probe")
         elif kind == "join" and not self.synced:
             self._join_round(now)
+        elif kind == "resend":
+            self._resend_round(now)
 
     def receive(self, msg: PushPull, now: float, sender: bytes, to_any: bool) -> None:
         """One push-pull chunk; ``sender``/``to_any`` as the envelope says (see the module
@@ -228,6 +276,7 @@ class Sync:
                     self._counters["push_pull.any_answered"] += 1
                     self._send(msg.sender)
                 return
+            self._track(msg, now)
             self._note_sync(msg, now)
             return
         if to_any:
@@ -345,7 +394,8 @@ class Sync:
                     self._any.popitem(last=False)
                 self._send_to(addr, b"", sync_id=sync_id)
         self._schedule(now + self._join_delay, "join")
-        self._join_delay = min(2 * self._join_delay, self._cfg.push_pull_interval)
+        cap = min(JOIN_MAX_DELAY * self._cfg.probe_interval, self._cfg.push_pull_interval)
+        self._join_delay = min(2 * self._join_delay, cap)
 
     def _may_push(self, node_id: bytes, now: float) -> bool:
         """Whether a full state may go to that peer now (push_pull_min_interval); notes it."""
@@ -386,12 +436,109 @@ class Sync:
         elif sync_id is None:
             sync_id = self._rng.getrandbits(32)
         ops = [encode(op) for op in self._keyops.log()]
-        for chunk in encode_push_pull(
+        chunks = encode_push_pull(
             st.local, sync_id, reply_to is not None, entries, self._budget, ops
-        ):
+        )
+        for chunk in chunks:
             if not node_id:
                 chunk = pad_push_pull(chunk, self._budget)
             self._emit([chunk], addr, node_id)
+        if not node_id or only is not None or not self._resend:
+            return
+        if reply_to is not None:
+            if len(chunks) > 1:
+                self._keep_answer(node_id, reply_to, chunks)
+        else:
+            self._asked[sync_id] = _Asked(addr, node_id, self._now)
+            if len(self._asked) > ASKED_MEMORY:
+                self._asked.popitem(last=False)
+
+    # --- lost chunks: Resend ------------------------------------------------------------------
+    #
+    # An answer is cut into datagrams, and at 20 % loss one of a 50-chunk answer arrives whole
+    # with probability 1e-5. The requester notes which chunks of the answer to each of its full
+    # requests arrived; a probe timeout after the last one, it asks the answerer for the missing
+    # ones by index (a Resend, protocol 1.2), up to RESEND_TRIES times, and the answerer sends
+    # them again from the chunks it kept (ANSWER_TTL). What still misses is left to the next
+    # round (a join round, anti-entropy). Chosen over a TCP stream (memberlist's push-pull):
+    # one socket, one envelope and its keys and rate limits, one port in the firewall, and the
+    # sans-IO core keeps every byte it sends; a lost chunk costs one datagram more, not the
+    # whole exchange again. A node of protocol 1.1 skips Resend (an unknown type of a newer
+    # minor): its peers fall back to whole retries, as before.
+
+    def _keep_answer(self, node_id: bytes, sync_id: int, chunks: list[bytes]) -> None:
+        key = (node_id, sync_id)
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self._answer_bytes -= old.size
+        ans = self._answers[key] = _Answer(self._now, chunks)
+        self._answer_bytes += ans.size
+        while self._answers and (
+            self._answer_bytes > ANSWER_MEMORY_BYTES
+            or next(iter(self._answers.values())).at < self._now - ANSWER_TTL
+        ):
+            _, gone = self._answers.popitem(last=False)
+            self._answer_bytes -= gone.size
+
+    def _track(self, msg: PushPull, now: float) -> None:
+        """A chunk of the answer to one of our full requests arrived."""
+        a = self._asked.get(msg.sync_id)
+        if a is None or a.node_id != msg.sender.node_id:
+            return
+        if a.count != msg.count:
+            a.count, a.got = msg.count, set()
+        a.got.add(msg.index)
+        a.at = now
+        if len(a.got) == a.count:
+            del self._asked[msg.sync_id]
+        elif not self._resend_armed:
+            self._resend_armed = True
+            self._schedule(now + self._cfg.probe_timeout, "resend")
+
+    def _resend_round(self, now: float) -> None:
+        self._resend_armed = False
+        wait = self._cfg.probe_timeout
+        name = self._state.local.name
+        soonest = math.inf
+        for sync_id, a in list(self._asked.items()):
+            if not a.count:
+                if now - a.at > ANSWER_TTL:
+                    del self._asked[sync_id]  # never answered: the round's own retry covers it
+                continue
+            if now - a.at < wait:
+                soonest = min(soonest, a.at + wait)
+                continue
+            if a.tries >= RESEND_TRIES:
+                del self._asked[sync_id]
+                self._counters["push_pull.resend_gave_up"] += 1
+                continue
+            missing = [i for i in range(a.count) if i not in a.got][:MAX_RESEND]
+            a.tries += 1
+            a.at = now
+            self._counters["push_pull.resend_sent"] += 1
+            self._emit([encode(Resend(sync_id, name, tuple(missing)))], a.addr, a.node_id)
+            soonest = min(soonest, now + wait)
+        if soonest < math.inf:
+            self._resend_armed = True
+            self._schedule(soonest, "resend")
+
+    def receive_resend(self, msg: Resend, sender: bytes, now: float) -> None:
+        """A member asks again for chunks of an answer we sent it: they go to its record
+        address, from the chunks kept, at most RESEND_TRIES times per answer."""
+        self._now = now
+        e = self._state.table.get(msg.sender)
+        if e is None or not sender or e.record.node_id != sender:
+            self._counters["drop.unknown_source"] += 1
+            return
+        ans = self._answers.get((sender, msg.sync_id))
+        if ans is None or now - ans.at > ANSWER_TTL or ans.served >= RESEND_TRIES:
+            self._counters["drop.resend_unknown"] += 1
+            return
+        ans.served += 1
+        for i in msg.indices:
+            if i < len(ans.chunks):
+                self._counters["push_pull.resent_chunks"] += 1
+                self._emit([ans.chunks[i]], e.record.addr, sender)
 
     def _note_sync(self, msg: PushPull, now: float) -> None:
         """Synced once every chunk of an answer has been merged. Chunks of answers to retries add

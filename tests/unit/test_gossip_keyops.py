@@ -69,13 +69,13 @@ def test_push_pull_carries_key_ops_in_its_first_chunk_only() -> None:
 
 def bad(obj: object) -> str:
     with pytest.raises(m.DecodeError) as exc:
-        m.decode(msgpack.packb([1, [obj]], use_bin_type=True))
+        m.decode(msgpack.packb([1, [obj], m.PROTOCOL_MINOR], use_bin_type=True))
     return exc.value.reason
 
 
 def test_malformed_key_ops_are_rejected() -> None:
     good = [8, b"i" * 16, 0, K1, "n1", 3]
-    assert m.decode(msgpack.packb([1, [good]], use_bin_type=True))[0] == m.KeyOp(
+    assert m.decode(msgpack.packb([1, [good], m.PROTOCOL_MINOR], use_bin_type=True))[0] == m.KeyOp(
         b"i" * 16, "install", K1, "n1", 3
     )
     variants = [
@@ -102,7 +102,7 @@ def test_malformed_key_ops_are_rejected() -> None:
 
 def test_malformed_key_op_is_dropped_and_counted_by_a_node() -> None:
     n = node()
-    raw = msgpack.packb([1, [[8, b"i" * 16, 0, ID1, "n1", 3]]], use_bin_type=True)
+    raw = msgpack.packb([1, [[8, b"i" * 16, 0, ID1, "n1", 3]], m.PROTOCOL_MINOR], use_bin_type=True)
     n.receive_datagram(raw, A.addr, 1.0)
     assert n.counters["drop.key_op"] == 1
     assert n.pop_key_ops() == [] and n.counters["msg.key_op"] == 0
@@ -305,7 +305,9 @@ def test_op_reaches_all_ten_nodes_once_under_loss(seed: int) -> None:
     assert all([x.id for x in ops] == [op_id] for ops in got.values()), got
     assert sum(x.counters["keyop.duplicate"] for x in net.nodes) > 0  # suppressed, not absent
     # A malformed op (an install carrying a key id) from a member is dropped and counted there.
-    bad = msgpack.packb([1, [[8, b"m" * 16, 0, ID1, "n2", 99]]], use_bin_type=True)
+    bad = msgpack.packb(
+        [1, [[8, b"m" * 16, 0, ID1, "n2", 99]], m.PROTOCOL_MINOR], use_bin_type=True
+    )
     net.nodes[5].receive_datagram(bad, net.addrs[2], net.now)
     assert net.nodes[5].counters["drop.key_op"] == 1 and net.nodes[5].pop_key_ops() == []
     net.run_for(5)

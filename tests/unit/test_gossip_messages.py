@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import msgpack
 import pytest
@@ -50,7 +51,7 @@ def test_compound_header_of_16_and_more_messages() -> None:
 
 def test_type_numbers_are_append_only() -> None:
     # On the wire: changing these breaks every deployed node.
-    assert [t.value for t in m.MsgType] == list(range(11))
+    assert [t.value for t in m.MsgType] == list(range(12))
     assert [t.name for t in m.MsgType] == [
         "PING",
         "INDIRECT_PING",
@@ -63,16 +64,20 @@ def test_type_numbers_are_append_only() -> None:
         "KEY_OP",
         "SYNC_DIGEST",
         "CRL",
+        "RESEND",
     ]
     assert m.KEY_OPS == ("install", "use", "remove")
 
 
 def test_trailing_fields_from_a_newer_revision_are_ignored() -> None:
-    raw = msgpack.packb([1, [[int(m.MsgType.ACK), 7, "future"]]])
+    raw = msgpack.packb([1, [[int(m.MsgType.ACK), 7, "future"]], m.PROTOCOL_MINOR])
     assert m.decode(raw) == [m.Ack(7)]
 
 
 def bad(obj: object) -> str:
+    """Why ``obj`` framed as a datagram is refused; a two-element datagram is given our minor."""
+    if isinstance(obj, list) and len(obj) == 2:
+        obj = [*obj, m.PROTOCOL_MINOR]
     with pytest.raises(m.DecodeError) as exc:
         m.decode(msgpack.packb(obj, use_bin_type=True))
     return exc.value.reason
@@ -82,7 +87,8 @@ def test_invalid_datagrams_are_rejected_with_a_reason() -> None:
     assert bad(5) == "malformed"
     assert bad([2, [[2, 1]]]) == "protocol_major"
     assert bad([True, [[2, 1]]]) == "malformed"
-    assert bad([1, [[2, 1]], 3]) == "protocol_minor"
+    assert bad([1, [[2, 1]], m.PROTOCOL_MINOR + 2]) == "protocol_minor"
+    assert bad([1, [[2, 1]], m.PROTOCOL_MINOR - 2]) == "protocol_minor"
     assert bad([1, [[2, 1]], -1]) == "malformed"
     assert bad([1, [[2, 1]], "1"]) == "malformed"
     assert bad([1, []]) == "malformed"
@@ -160,7 +166,7 @@ def test_record_with_an_unhashable_field_is_a_record_error(junk: object) -> None
     for i in (0, 10):
         bad = list(fields)
         bad[i] = junk
-        data = msgpack.packb([m.PROTOCOL_VERSION, [[int(m.MsgType.ALIVE), bad]]])
+        data = msgpack.packb([m.PROTOCOL_VERSION, [[int(m.MsgType.ALIVE), bad]], m.PROTOCOL_MINOR])
         with pytest.raises(m.DecodeError) as err:
             m.decode(data)
         assert err.value.reason == "record"
@@ -177,7 +183,27 @@ def test_backend_travels_as_code_or_name() -> None:
     for bad in (2.0, True, b"vxlan"):
         fields = named.to_wire()
         fields[5] = bad
-        data = msgpack.packb([m.PROTOCOL_VERSION, [[int(m.MsgType.ALIVE), fields]]])
+        data = msgpack.packb(
+            [m.PROTOCOL_VERSION, [[int(m.MsgType.ALIVE), fields]], m.PROTOCOL_MINOR]
+        )
         with pytest.raises(m.DecodeError) as err:
             m.decode(data)
         assert err.value.reason == "record", bad
+
+
+def test_resend_round_trips_and_is_validated() -> None:
+    msg = m.Resend(7, "n1", (0, 3, 65534))
+    assert m.decode(m.pack_datagram([m.encode(msg)])) == [msg]
+    assert bad([1, [[11, 7, "n1", []]]]) == "malformed"  # asks for nothing
+    assert bad([1, [[11, 7, "n1", [1, 1]]]]) == "malformed"  # twice the same chunk
+    assert bad([1, [[11, 7, "n1", list(range(m.MAX_RESEND + 1))]]]) == "malformed"
+    assert bad([1, [[11, 7, "n1", [65535]]]]) == "range"
+    assert bad([1, [[11, 7, "bad name!", [1]]]]) == "name"
+    assert bad([1, [[11, 7, "n1"]]]) == "malformed"
+
+
+def test_a_node_of_the_previous_minor_skips_resend() -> None:
+    data = m.pack_datagram([m.encode(m.Ack(1)), m.encode(m.Resend(7, "n1", (2,)))])
+    counters: Counter[str] = Counter()
+    assert m.decode(data, m.PROTOCOL_MINOR - 1, counters) == [m.Ack(1)]
+    assert counters["skip.unknown_type"] == 1
