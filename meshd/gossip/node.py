@@ -87,7 +87,7 @@ from meshd.gossip.messages import (
 )
 from meshd.gossip.pushpull import TIMERS as SYNC_TIMERS
 from meshd.gossip.pushpull import Sync
-from meshd.gossip.queue import MIN_DELIVERY, BroadcastQueue
+from meshd.gossip.queue import BroadcastQueue, DeliveryEstimate
 from meshd.gossip.record import NodeRecord, validate
 from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
 from meshd.gossip.suspicion import Suspicion
@@ -101,8 +101,8 @@ the simulator with a bucket of 10 (0.05 s with 30; the average round rate is unc
 refilled at one per gossip_interval, the ticker's own rate."""
 
 DELIVERY_HALF_LIFE = 32.0
-"""Probes after which a probe's weight in the delivery estimate (`_delivery`) has halved: about
-half a minute of probing, so the estimate follows a link that degrades or heals."""
+"""Probes after which a probe's weight in the delivery estimate (`_delivery`, which scales the
+retransmit limit) has halved: about half a minute of probing."""
 
 DELIVERY_MIN_PROBES = 4.0
 """Concluded probes (decayed) before the delivery estimate is believed; until then 1.0."""
@@ -260,8 +260,7 @@ class GossipNode:
         self._checks: dict[int, str] = {}
         """Seq of a ping asking a suspect itself before the verdict -> the suspect's name."""
         self._gossiped = 0  # the queue's push count at the last gossip round
-        self._probes_seen = (0, 0)  # (probe.sent concluded, probe.ok) at the last _delivery
-        self._probes_decayed = (0.0, 0.0)  # (sent, ok), each weighted by its age (half-life)
+        self._delivery_estimate = DeliveryEstimate(DELIVERY_HALF_LIFE, DELIVERY_MIN_PROBES)
         self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
         self._tokens_at = now
         self._news_mark: tuple[bool, int, bytes | None, str] | None = None
@@ -683,26 +682,15 @@ class GossipNode:
         return self._tokens
 
     def _delivery(self) -> float:
-        """Fraction of our datagrams that arrive (queue.py sends more copies when it is low):
-        a direct probe is answered only if its ping and the ack both arrive, (1 - p)^2 at one-way
-        loss p, so the square root of the share of direct acks over recent concluded probes.
-        Probes concluded while our own loop was stalled say nothing about the network and are
-        left out; probes of crashed members count as losses: they only add copies, at most
-        1 / MIN_DELIVERY times as many."""
-        sent = self.counters["probe.sent"] - self.counters["probe.stalled"]
+        """Fraction of our datagrams that arrive (queue.py sends more copies when it is low),
+        from our direct probes. Probes concluded while our own loop was stalled say nothing
+        about the network and are left out, and so is the probe still in flight; probes of
+        crashed members count as losses: they only add copies, at most 1 / MIN_DELIVERY times
+        as many."""
+        concluded = self.counters["probe.sent"] - self.counters["probe.stalled"]
         if self._probe is not None and not self._probe.acked:
-            sent -= 1  # still in flight: neither answered nor lost yet
-        ok = self.counters["probe.ok"]
-        new_sent, new_ok = sent - self._probes_seen[0], ok - self._probes_seen[1]
-        if new_sent > 0:
-            keep = 0.5 ** (new_sent / DELIVERY_HALF_LIFE)
-            old_sent, old_ok = self._probes_decayed
-            self._probes_decayed = (old_sent * keep + new_sent, old_ok * keep + new_ok)
-            self._probes_seen = (sent, ok)
-        total, answered = self._probes_decayed
-        if total < DELIVERY_MIN_PROBES:
-            return 1.0
-        return max(MIN_DELIVERY, min(1.0, math.sqrt(answered / total)))
+            concluded -= 1
+        return self._delivery_estimate.update(concluded, self.counters["probe.ok"])
 
     def _gossip_round(self, now: float) -> None:
         """Queued broadcasts to gossip_nodes random members (and recently dead ones)."""

@@ -56,6 +56,33 @@ def retransmit_limit(mult: int, num_nodes: int, miss: float = 0.025, delivery: f
     return max(1, math.ceil(math.log((max(1, num_nodes) + 1) / miss) / delivery))
 
 
+class DeliveryEstimate:
+    """Fraction of a node's datagrams that arrive, from its probes: a probe is answered by a
+    direct ack only if its ping and the ack both arrive, (1 - p)^2 at one-way loss p, so the
+    square root of the answered share. Each probe's weight halves every ``half_life`` probes
+    after it (a link that degrades or heals is followed within a minute or so); 1 until
+    ``min_probes`` (weighted) concluded; never below MIN_DELIVERY."""
+
+    def __init__(self, half_life: float, min_probes: float) -> None:
+        self._half_life = half_life
+        self._min = min_probes
+        self._seen = (0, 0)  # the counters at the last update
+        self._weighted = (0.0, 0.0)  # (concluded, answered), each probe weighted by its age
+
+    def update(self, concluded: int, answered: int) -> float:
+        """The estimate, given the node's running totals of concluded and answered probes."""
+        new = concluded - self._seen[0]
+        if new > 0:
+            keep = 0.5 ** (new / self._half_life)
+            total, ok = self._weighted
+            self._weighted = (total * keep + new, ok * keep + (answered - self._seen[1]))
+            self._seen = (concluded, answered)
+        total, ok = self._weighted
+        if total < self._min:
+            return 1.0
+        return max(MIN_DELIVERY, min(1.0, math.sqrt(max(0.0, ok) / total)))
+
+
 class BroadcastQueue:
     def __init__(self, retransmit_mult: int = 0, retransmit_miss: float = 0.025) -> None:
         self._mult = retransmit_mult

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from meshd.gossip.config import GossipConfig
-from meshd.gossip.queue import BroadcastQueue, retransmit_limit
+from meshd.gossip.queue import BroadcastQueue, DeliveryEstimate, retransmit_limit
 
 
 def test_retransmit_limit_follows_memberlist_when_asked() -> None:
@@ -74,3 +76,16 @@ def test_oversized_items_are_skipped_not_blocking() -> None:
     q.push("small", b"y" * 5)
     assert q.take(20, 5) == [b"y" * 5]
     assert "big" in q
+
+
+def test_delivery_is_the_square_root_of_the_answered_share_of_recent_probes() -> None:
+    est = DeliveryEstimate(half_life=32, min_probes=4)
+    assert est.update(concluded=3, answered=0) == 1.0  # too few probes to believe
+    # 64 concluded, 36 answered by a direct ack: (1 - p)^2 = 0.5625, so p = 0.25.
+    assert est.update(concluded=64, answered=36) == pytest.approx(0.75, abs=0.02)
+    # Counters only grow; an unchanged count changes nothing.
+    assert est.update(concluded=64, answered=36) == pytest.approx(0.75, abs=0.02)
+    # Every probe failing: never below MIN_DELIVERY (at most twice the copies).
+    assert est.update(concluded=400, answered=36) == 0.5
+    # The link heals: after ten half-lives of answered probes the old losses weigh ~1/1000.
+    assert est.update(concluded=720, answered=356) == pytest.approx(1.0, abs=0.01)
