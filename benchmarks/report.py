@@ -392,8 +392,15 @@ def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> 
             "",
         ]
     cells: dict[tuple[Any, Any], dict[str, dict[str, Any]]] = defaultdict(dict)
+    variants: dict[str, dict[tuple[Any, Any], dict[str, dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
     for r in recs:
-        cells[(r.get("n"), r.get("loss"))][str(r.get("metric"))] = r
+        key = (r.get("n"), r.get("loss"))
+        if r.get("settings"):
+            variants[str(r["settings"])][key][str(r.get("metric"))] = r
+        else:
+            cells[key][str(r.get("metric"))] = r
     keys = sorted(cells, key=lambda k: (k[0] or 0, k[1] or 0))
 
     def val(k: tuple[Any, Any], metric: str, side: str = "meshd") -> Any:
@@ -459,7 +466,42 @@ def sim_section(recs: list[dict[str, Any]], plots: list[str], present: bool) -> 
             + f" | {ok} |"
         )
     out.append("")
+    for settings, vcells in sorted(variants.items()):
+        out += sim_variant_table(settings, vcells, cells)
     out += [f"![{p}](performance/{p})" for p in plots if p.startswith("sim")]
+    return [*out, ""]
+
+
+def sim_variant_table(
+    settings: str,
+    vcells: dict[tuple[Any, Any], dict[str, dict[str, Any]]],
+    cells: dict[tuple[Any, Any], dict[str, dict[str, Any]]],
+) -> list[str]:
+    """The same runs (seed, timeline) with ``--set settings`` beside the default's."""
+    out = [
+        f"The default beside `bench_sim.py --set {settings}` (same seed and timeline; "
+        "`retransmit_mult=4` is memberlist's retransmit rule, the default before issue 16). "
+        "Cells are *default / variant / model*.",
+        "",
+        "| N | loss | sends per node and update | update B/node | t99.9 s "
+        "| reached (default / variant) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in sorted(vcells, key=lambda k: (k[0] or 0, k[1] or 0)):
+        d, v = cells.get(k, {}), vcells[k]
+
+        def trio(metric: str, d: dict[str, dict[str, Any]] = d, v: dict[str, Any] = v) -> str:
+            model = v.get(metric, {}).get("model")
+            return " / ".join(
+                fmt(x)
+                for x in (d.get(metric, {}).get("meshd"), v.get(metric, {}).get("meshd"), model)
+            )
+
+        reached = " / ".join(fmt(c.get("update_reached", {}).get("meshd")) for c in (d, v))
+        out.append(
+            f"| {fmt(k[0])} | {pct(k[1])} | {trio('update_sends_per_node')} | "
+            f"{trio('update_bytes_per_node')} | {trio('t999')} | {reached} |"
+        )
     return [*out, ""]
 
 
@@ -604,7 +646,9 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
         fig.savefig(outdir / "netlink-ratio.png", dpi=110)
         plt.close(fig)
         made.append("netlink-ratio.png")
-    sim_recs = [r for r in by_bench.get("sim", []) if r.get("metric") == "t999"]
+    sim_recs = [
+        r for r in by_bench.get("sim", []) if r.get("metric") == "t999" and not r.get("settings")
+    ]
     if sim_recs:
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for loss in sorted({r["loss"] for r in sim_recs}):

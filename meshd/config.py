@@ -234,11 +234,12 @@ _GOSSIP_RANGES: dict[str, tuple[float, float]] = {
     "dead_probe_interval": (0.1, 3600),
     "tombstone_ttl": (1, 10**7),
     "reap_after": (0, 10**7),
+    "retransmit_miss": (1e-9, 1),
 }
 _GOSSIP_INTS = {
     "indirect_checks": (0, 16),
     "gossip_nodes": (1, 32),
-    "retransmit_mult": (1, 32),
+    "retransmit_mult": (0, 32),
     "awareness_max": (1, 64),
     "max_datagram": (512, 1400),
     "max_members": (16, 10**6),

@@ -89,7 +89,7 @@ from meshd.gossip.messages import (
 )
 from meshd.gossip.pushpull import TIMERS as SYNC_TIMERS
 from meshd.gossip.pushpull import Sync
-from meshd.gossip.queue import BroadcastQueue
+from meshd.gossip.queue import BroadcastQueue, DeliveryEstimate
 from meshd.gossip.record import NodeRecord, validate
 from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
 from meshd.gossip.suspicion import Suspicion
@@ -101,6 +101,13 @@ ROUND_BURST = 30
 three joins instead of twenty, and a 30-node join storm took 2.3 s instead of 0.25 s to spread in
 the simulator with a bucket of 10 (0.05 s with 30; the average round rate is unchanged);
 refilled at one per gossip_interval, the ticker's own rate."""
+
+DELIVERY_HALF_LIFE = 32.0
+"""Probes after which a probe's weight in the delivery estimate (`_delivery`, which scales the
+retransmit limit) has halved: about half a minute of probing."""
+
+DELIVERY_MIN_PROBES = 4.0
+"""Concluded probes (decayed) before the delivery estimate is believed; until then 1.0."""
 
 MAX_FORWARDS = 256
 """Indirect pings relayed at once; beyond this they are dropped (``drop.busy``), so a flood of
@@ -214,7 +221,7 @@ class GossipNode:
         self._rng = rng
         self._timers: list[tuple[float, int, str, str | int]] = []
         self._tseq = 0
-        self._queue = BroadcastQueue(config.retransmit_mult)
+        self._queue = BroadcastQueue(config.retransmit_mult, config.retransmit_miss)
         self._state = Membership(
             local,
             config,
@@ -257,6 +264,7 @@ class GossipNode:
         self._checks: dict[int, str] = {}
         """Seq of a ping asking a suspect itself before the verdict -> the suspect's name."""
         self._gossiped = 0  # the queue's push count at the last gossip round
+        self._delivery_estimate = DeliveryEstimate(DELIVERY_HALF_LIFE, DELIVERY_MIN_PROBES)
         self._tokens = float(ROUND_BURST)  # see _after: rounds allowed now
         self._tokens_at = now
         self._news_mark: tuple[bool, int, bytes | None, str] | None = None
@@ -677,11 +685,23 @@ class GossipNode:
         self._tokens_at = now
         return self._tokens
 
+    def _delivery(self) -> float:
+        """Fraction of our datagrams that arrive (queue.py sends more copies when it is low),
+        from our direct probes. Probes concluded while our own loop was stalled say nothing
+        about the network and are left out, and so is the probe still in flight; probes of
+        crashed members count as losses: they only add copies, at most 1 / MIN_DELIVERY times
+        as many."""
+        concluded = self.counters["probe.sent"] - self.counters["probe.stalled"]
+        if self._probe is not None and not self._probe.acked:
+            concluded -= 1
+        return self._delivery_estimate.update(concluded, self.counters["probe.ok"])
+
     def _gossip_round(self, now: float) -> None:
         """Queued broadcasts to gossip_nodes random members (and recently dead ones)."""
         if self.config.eager_gossip:
             self._tokens -= 1  # the ticker alone needs no bucket
         self._gossiped = self._queue.pushes
+        self._queue.delivery = self._delivery()
         n = self._state.num_nodes
         for e in self._state.gossip_targets(self.config.gossip_nodes, now):
             parts = self._queue.take(self._budget, n)

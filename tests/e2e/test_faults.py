@@ -31,6 +31,7 @@ import pytest
 from meshd.config import GossipConfig, build, load_file
 from meshd.control.client import request
 from meshd.errors import ControlError
+from meshd.gossip.queue import retransmit_limit
 from meshd.lab import DEFAULT_GOSSIP_PORT, Daemon, Host, Lab, faults, ns_exec
 
 from .conftest import FAST_GOSSIP, all_alive, keygen, wait_until
@@ -85,7 +86,7 @@ def crash_window(g: GossipConfig, n: int) -> tuple[float, float]:
     (no confirmation); the verdict spreads within the broadcast's retransmissions."""
     suspect_by = n * g.probe_interval
     lo = g.suspicion_mult * max(1.0, math.log10(n)) * g.probe_interval
-    spread = g.retransmit_mult * math.ceil(math.log10(n + 1)) * g.gossip_interval
+    spread = retransmit_limit(g.retransmit_mult, n, g.retransmit_miss) * g.gossip_interval
     return suspect_by + spread, suspect_by + g.suspicion_max_timeout_mult * lo + 2 * spread
 
 

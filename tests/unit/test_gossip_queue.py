@@ -1,13 +1,45 @@
 from __future__ import annotations
 
-from meshd.gossip.queue import BroadcastQueue, retransmit_limit
+import math
+
+import pytest
+
+from meshd.gossip.config import GossipConfig
+from meshd.gossip.queue import BroadcastQueue, DeliveryEstimate, retransmit_limit
 
 
-def test_retransmit_limit_follows_memberlist() -> None:
+def test_retransmit_limit_follows_memberlist_when_asked() -> None:
     assert retransmit_limit(4, 1) == 4
     assert retransmit_limit(4, 9) == 4
     assert retransmit_limit(4, 10) == 8
     assert retransmit_limit(4, 1000) == 16
+
+
+def test_default_retransmit_limit_is_the_fewest_copies_that_miss_at_most_retransmit_miss() -> None:
+    """Issue 16: L = ceil(ln((N + 1) / miss)), the fewest copies per node for which the expected
+    number of members missing every copy, (N + 1) e^-L, is at most ``miss``."""
+    cfg = GossipConfig()
+    assert (cfg.retransmit_mult, cfg.retransmit_miss) == (0, 0.025)
+    limits = {n: retransmit_limit(0, n) for n in (1, 10, 30, 100, 1000, 10_000)}
+    assert limits == {1: 5, 10: 7, 30: 8, 100: 9, 1000: 11, 10_000: 13}
+    for n, limit in limits.items():
+        assert (n + 1) * math.exp(-limit) <= 0.025 < (n + 1) * math.exp(-(limit - 1))
+    assert retransmit_limit(0, 1000, miss=0.001) == 14  # a smaller miss buys more copies
+    q = BroadcastQueue()  # the rule is the queue's default
+    q.push("a", b"aaaa")
+    assert sum(len(q.take(100, num_nodes=1000)) for _ in range(20)) == 11
+
+
+def test_loss_buys_copies_so_that_as_many_arrive() -> None:
+    """With a fraction ``delivery`` of datagrams arriving, ceil(ln((N + 1) / miss) / delivery)
+    copies: 14 at N = 1,000 and 20 % loss (still under Serf's model's 14.7)."""
+    assert retransmit_limit(0, 1000, delivery=0.8) == 14
+    assert retransmit_limit(0, 1000, delivery=0.9) == 12
+    assert retransmit_limit(4, 1000, delivery=0.5) == 16  # memberlist's rule ignores loss
+    q = BroadcastQueue()
+    q.delivery = 0.5
+    q.push("a", b"aaaa")
+    assert sum(len(q.take(100, num_nodes=1000)) for _ in range(30)) == 22
 
 
 def test_broadcast_is_retired_after_the_limit() -> None:
@@ -44,3 +76,16 @@ def test_oversized_items_are_skipped_not_blocking() -> None:
     q.push("small", b"y" * 5)
     assert q.take(20, 5) == [b"y" * 5]
     assert "big" in q
+
+
+def test_delivery_is_the_square_root_of_the_answered_share_of_recent_probes() -> None:
+    est = DeliveryEstimate(half_life=32, min_probes=4)
+    assert est.update(concluded=3, answered=0) == 1.0  # too few probes to believe
+    # 64 concluded, 36 answered by a direct ack: (1 - p)^2 = 0.5625, so p = 0.25.
+    assert est.update(concluded=64, answered=36) == pytest.approx(0.75, abs=0.02)
+    # Counters only grow; an unchanged count changes nothing.
+    assert est.update(concluded=64, answered=36) == pytest.approx(0.75, abs=0.02)
+    # Every probe failing: never below MIN_DELIVERY (at most twice the copies).
+    assert est.update(concluded=400, answered=36) == 0.5
+    # The link heals: after ten half-lives of answered probes the old losses weigh ~1/1000.
+    assert est.update(concluded=720, answered=356) == pytest.approx(1.0, abs=0.01)

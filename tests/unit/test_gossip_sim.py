@@ -38,7 +38,7 @@ def test_sim_cli_reports_every_metric(capsys: pytest.CaptureFixture[str]) -> Non
     out = run(capsys, "--nodes", "20", "--seed", "3", "--duration", "40", "--updates", "3")
     assert set(out) == {"config", "steady", "dissemination", "failure", "summary"}
     assert len(out["dissemination"]["nodes"]) == 3  # type: ignore[arg-type]
-    assert out["dissemination"]["sends"] == 4 * 2 * 20  # retransmit limit 4*ceil(log10(21))
+    assert out["dissemination"]["sends"] == 7 * 20  # retransmit limit ceil(ln(21 / 0.025))
     assert out["summary"]["false_suspicions"] == 0
     assert out["dissemination"]["reached"] == 1.0
     assert isinstance(out["dissemination"]["t99"], float)
@@ -72,6 +72,22 @@ def test_sim_converged_start_with_loss_is_deterministic(capsys: pytest.CaptureFi
         assert a[phase] == b[phase]
     assert a["summary"]["false_deaths"] == 0
     assert a["config"]["converged"] is True
+
+
+def test_a_lossy_mesh_sends_each_update_more_often(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: the retransmit limit is divided by the delivery rate each node measures on its
+    own probes, so at 20 % loss nodes send each update more often than the lossless
+    ceil(ln(41 / 0.025)) = 8 (about 8 / 0.8), and never more than twice that."""
+    per_node = {}
+    for loss in ("0", "0.2"):
+        out = run(
+            capsys,
+            *("--nodes", "40", "--converged", "--loss", loss, "--seed", "2", "--warmup", "2"),
+            *("--update-at", "15", "--updates", "3", "--crash-at", "25", "--duration", "25"),
+        )
+        per_node[loss] = float(out["dissemination"]["sends"]) / 40  # type: ignore[arg-type]
+    assert per_node["0"] == 8
+    assert 9 <= per_node["0.2"] <= 16
 
 
 def test_sim_refuses_an_impossible_timeline(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,6 +181,29 @@ def test_bench_equal_bandwidth_run_sends_at_most_the_model() -> None:
     sends = lines["update_sends_per_node_equal_bw"]
     assert 3 <= sends["meshd"] <= 2 * 2 <= sends["model"]  # 2 * ceil(log10(51)) at most
     assert lines["t999_equal_bw"]["model"] == pytest.approx(b.model_time(50, 0.999), abs=1e-3)
+
+
+def test_default_sends_per_update_are_under_serfs_model_at_scale() -> None:
+    """Issue 16 item 5: at N = 1,000 and 10,000 the default sends each update no more often per
+    node than Serf's model (memberlist's rule, retransmit_mult = 4, sends more), so the
+    equal-bandwidth runs are needed nowhere the bench runs by default."""
+    b = bench()
+    for n in (100, 1000, 10_000):
+        assert b.default_sends(n) <= b.model_sends_per_node(n), n
+    assert [b.default_sends(n) for n in (100, 1000, 10_000)] == [9, 11, 13]
+    for n in (1000, 10_000):  # memberlist's rule, the default before issue 16
+        assert 4 * math.ceil(math.log10(n + 1)) > b.model_sends_per_node(n), n
+
+
+def test_bench_set_runs_a_variant_and_labels_its_lines() -> None:
+    out = io.StringIO()
+    argv = ["--smoke", "--loss", "0", "--set", "retransmit_mult=2"]
+    assert bench().main(argv, out=out) == 0
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert {x["settings"] for x in lines} == {"retransmit_mult=2"}
+    sends = next(x for x in lines if x["metric"] == "update_sends_per_node")
+    assert sends["meshd"] == 2 * 2  # memberlist's rule, 2 * ceil(log10(51)); the default sends 8
+    assert not any(x["metric"].endswith("_equal_bw") for x in lines)
 
 
 def test_bench_false_deaths_smoke_writes_one_line_per_seed(tmp_path: Path) -> None:
