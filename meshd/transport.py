@@ -197,6 +197,9 @@ class Transport:
 
     async def run(self) -> None:
         assert self._protocol is not None
+        # What the core queued before we ran (the join's push-pull requests) goes out now, not
+        # with whatever its first timer sends (up to a probe interval later).
+        await self._flush()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._recv_loop())
             tg.create_task(self._timer_loop())

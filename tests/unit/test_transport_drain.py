@@ -1,4 +1,5 @@
-"""meshd/transport.py reads what the kernel already holds before the core draws a verdict.
+"""meshd/transport.py reads what the kernel already holds before the core draws a verdict, and
+sends what the core queued before it ran.
 
 asyncio's datagram transport reads one datagram per turn of the event loop. After the daemon was
 kept off the CPU, the ack of a probe could wait behind other datagrams while the timer concluded
@@ -118,5 +119,43 @@ def test_the_receive_loop_takes_a_backlog_in_order_and_stops_when_closed() -> No
         assert node.received == sent
         t.close()
         await asyncio.wait_for(task, 5)  # the closed socket ends the loop
+
+    asyncio.run(main())
+
+
+def test_what_the_core_queued_before_the_transport_ran_is_sent_at_once() -> None:
+    """The join's requests are queued by `GossipNode.join` before the loops start; they must not
+    wait for the core's first timer (here an hour away)."""
+
+    async def main() -> None:
+        node = RecordingNode()
+        node.deadline = None
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        outbox = [(b"join", sink.getsockname(), b"")]
+
+        def to_send() -> list[tuple[bytes, tuple[str, int], bytes]]:
+            out = list(outbox)
+            outbox.clear()
+            return out
+
+        node.datagrams_to_send = to_send  # type: ignore[method-assign]
+        t = Transport(
+            cast(GossipNode, node), cast(Sealer, PlainSealer()), ("127.0.0.1", 0), wall=lambda: 0.0
+        )
+        node.get_timer = lambda: t.clock() + 3600.0  # type: ignore[method-assign]
+        await t.start()
+        task = asyncio.create_task(t.run())
+        loop = asyncio.get_running_loop()
+        try:
+            got = await asyncio.wait_for(loop.sock_recv(sink, 100), 10)
+            assert got == b"join"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            t.close()
+            sink.close()
 
     asyncio.run(main())
