@@ -133,6 +133,10 @@ class Sync:
         self._join_delay = 0.0
         self._join_rounds = 0
         self._push_pull_at = 0.0
+        self._settle = 0.0
+        self._dead_full_at = -math.inf
+        """After a join, the delay to the next anti-entropy round while our view has not yet
+        hashed the same as a member's (doubling up to the interval); 0 once it has."""
         self.crl: bytes | None = None
         """The encoded Crl message in force (node.py sets it), sent beside every full state."""
 
@@ -176,6 +180,11 @@ class Sync:
             # whichever member that probes: random enough, and no datagram of its own.
             self.digest_due = True
             interval = push_pull_interval(self._cfg.push_pull_interval, self._state.num_nodes)
+            if self._settle:
+                interval, self._settle = (
+                    min(self._settle, interval),
+                    min(2 * self._settle, interval),
+                )
             self._push_pull_at = now + interval
             self._schedule(self._push_pull_at, "push_pull")
         elif kind == "dead_probe":
@@ -202,7 +211,10 @@ class Sync:
         if sender and sender != msg.sender.node_id:
             self._counters["drop.sender_mismatch"] += 1
             return
-        if not st.merge(msg, now):
+        if not to_any and self._dead_probe(msg):
+            return
+        # Until synced, a state is learned quietly (Membership.merge): the mesh already has it.
+        if not st.merge(msg, now, quiet=not self.synced):
             return
         if msg.key_ops:
             # Anti-entropy for key ops: not gossiped on (the broadcast already reached the rest).
@@ -240,6 +252,44 @@ class Sync:
             self._answered.popitem(last=False)
         self._send(e.record, reply_to=msg.sync_id)
 
+    def _dead_probe(self, msg: PushPull) -> bool:
+        """A dead probe (a request whose only entry says we are dead) gets our whole state at
+        most once a probe interval; the others get our record alone, as a request to "any"
+        does: a node back
+        after many members declared it dead is probed by each of them every dead_probe_interval,
+        and answering each with a full state flooded it (N = 3,000: ~25 MB/s out). Merging the
+        request refutes the verdict; the prober merges our record and gossips it, and refutes
+        what we hold of it if that is not alive; anti-entropy (digests) makes up the rest of the
+        two views."""
+        st = self._state
+        if msg.reply or len(msg.entries) != 1:
+            return False
+        about = msg.entries[0]
+        if about.record.name != st.local.name or about.state is MemberState.ALIVE:
+            return False
+        if self._now - self._dead_full_at >= self._cfg.probe_interval:
+            # One a probe interval gets our whole state, as any request would: the prober
+            # learns what we hold of everyone (after a partition: all of them dead, so each
+            # refutes in turn), which heals the two views as fast as before.
+            self._dead_full_at = self._now
+            return False
+        if not st.merge(msg, self._now):
+            return True
+        key = (msg.sender.name, msg.sync_id)
+        e = st.table.get(msg.sender.name)
+        if key in self._answered or e is None or e.record.node_id != msg.sender.node_id:
+            return True
+        self._answered[key] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._counters["push_pull.dead_probe_answered"] += 1
+        # With what we hold of the prober when it is not alive here: after a partition both
+        # sides hold the other dead, and the prober learns it must refute.
+        theirs = [] if e.state is MemberState.ALIVE else [st.entry(e.record.name) or b""]
+        short = encode_push_pull(st.local, msg.sync_id, True, theirs, self._budget)
+        self._emit(short, e.record.addr, e.record.node_id)
+        return True
+
     def digest(self) -> bytes:
         return view_digest(self._state, self._keyops)
 
@@ -259,6 +309,8 @@ class Sync:
         names a member whose node id is ``sender`` (the envelope's): its record address gets
         the answer, never the datagram's source."""
         mine = self.digest()
+        if msg.digest == mine:
+            self._settle = 0.0  # our view is a member's: settled
         if msg.reply:
             self._counters[
                 "push_pull.digest_same" if msg.digest == mine else "push_pull.digest_late"
@@ -345,7 +397,9 @@ class Sync:
         """Synced once every chunk of an answer has been merged. Chunks of answers to retries add
         up (merging is idempotent), so a lossy link still completes a large state eventually.
 
-        Once synced, the next anti-entropy round is brought forward to JOIN_SETTLE probe
+        Once synced, anti-entropy rounds run JOIN_SETTLE probe intervals apart, doubling up to
+        push_pull_interval, until our view hashes the same as a member's (`_settle`). The first
+        round is brought forward to JOIN_SETTLE probe
         intervals from now: when many nodes join at once, the seed answered with a table that
         misses the ones joining right after us, and their news was gossiped while the senders'
         views were still filling (each broadcast is sent only retransmit_mult * log10(N + 1)
@@ -361,7 +415,8 @@ class Sync:
         if len(got) == msg.count:
             self.synced = True
             self._progress.clear()
-            settle = now + JOIN_SETTLE * self._cfg.probe_interval
+            self._settle = JOIN_SETTLE * self._cfg.probe_interval
+            settle = now + self._settle
             if settle < self._push_pull_at:
                 self._push_pull_at = settle
                 self._schedule(settle, "push_pull")

@@ -283,3 +283,65 @@ def test_first_anti_entropy_round_follows_the_join_within_two_probe_intervals() 
     net.run_for(2 * cfg.probe_interval + cfg.probe_interval)  # + one probe for it to ride on
     assert net.nodes[1].counters["push_pull.digest_sent"] == 1
     assert net.nodes[0].counters["push_pull.digest_same"] == 1
+
+
+def _dead_probe_storm(answer_all: bool) -> tuple[int, int, bool]:
+    """60 members hold n0 dead; the partition heals and all of them dead-probe it at once.
+    Returns (datagrams n0 sent in the next half second, push-pull replies among them holding
+    entries, converged afterwards)."""
+    net = Network(seed=11)
+    recs = [make_record(i) for i in range(60)]
+    net.converged(recs)
+    net.run_for(2)
+    net.isolate(0)
+    assert net.run_until_true(lambda: net.all_see("n0", DEAD, range(1, 60)), 60)
+    net.heal()
+    if answer_all:
+        net.nodes[0]._sync._dead_probe = lambda msg: False  # type: ignore[method-assign]
+    sent: list[int] = []
+    net.on_datagram = lambda src, data, addr, to: sent.append(len(data)) if src == 0 else None
+    for i in range(1, 60):
+        net.nodes[i]._sync.fire("dead_probe", net.now)
+        net._after(i)
+    net.run_for(0.5)
+    big = sum(1 for size in sent if size > 600)
+    return len(sent), big, net.run_until_true(net.fully_converged, 60)
+
+
+def test_dead_probes_get_one_full_state_a_probe_interval_then_our_record() -> None:
+    sent, big, converged = _dead_probe_storm(answer_all=False)
+    assert converged
+    assert net_full_states(big) <= 1
+    # Every prober still got an answer: our record (and its own entry, which it refutes).
+    assert sent >= 59
+    sent_all, big_all, converged_all = _dead_probe_storm(answer_all=True)
+    assert converged_all
+    assert net_full_states(big_all) >= 30  # answered in full, as before: the storm it bounds
+
+
+def net_full_states(big_datagrams: int) -> float:
+    """A full state of 60 members is 3 datagrams over 600 bytes."""
+    return big_datagrams / 3
+
+
+def test_a_joiner_merges_its_first_state_without_regossiping_it() -> None:
+    net = Network(seed=4)
+    recs = [make_record(i) for i in range(130)]
+    net.converged(recs[:-1])
+    net.run_for(1)
+    net.add_node(recs[-1], seeds=[recs[0].addr])
+    joiner = net.nodes[-1]
+    assert net.run_until_true(lambda: joiner.synced, 5, step=0.1)
+    assert len(joiner.members()) == 130
+    assert joiner.counters["merge.quiet"] >= 128  # every member learned but the seed
+    queued = joiner._queue
+    assert not any(rec.name in queued for rec in recs[1:-1])
+    assert net.run_until_true(net.fully_converged, 10)
+
+
+def test_a_joiner_that_missed_news_keeps_settling_until_its_view_matches() -> None:
+    # Ten joins at once at 20 % loss: the seed answered each joiner with the members it knew,
+    # and news of later joiners can miss one; anti-entropy rounds follow each join 2, 4, 8, ...
+    # probe intervals apart until its view hashes the same as a member's.
+    net = joined(10, seed=7, loss=0.2)
+    assert net.fully_converged()
