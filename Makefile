@@ -56,7 +56,8 @@ deb:
 deb-lint:
 	LINTIAN=1 bash packaging/build-deb.sh
 
-# Every benchmark (daemons beside memberlist, netlink beside ip -batch, the simulator beside
-# Serf's model), then docs/performance.md with its plots. BENCH_ARGS e.g. "--runs 1 --skip sim".
+# Every benchmark (daemons beside memberlist at N = 10, 30 and 100, netlink beside ip -batch, the
+# simulator beside Serf's model), then docs/performance.md with its plots. BENCH_ARGS e.g.
+# "--runs 1 --skip sim".
 bench: venv
 	$(BIN)/python benchmarks/report.py --run $(BENCH_ARGS)

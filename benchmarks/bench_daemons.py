@@ -56,10 +56,12 @@ Benchmarks are not tests: the smoke test runs N=3 without the anchor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -114,9 +116,13 @@ STATE_OF = {
 EVENT_RE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO meshd: member (\S+) \((\S+) (\S+)\): (\w+)$"
 )
+# "2026-12-02 23:41:31,594 INFO meshd: meshd 0.2.0: h7 (10.99.0.7) subnet ...": set up, joining,
+# control socket listening (daemon.py's daemon_started)
+READY_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO meshd: meshd \S+: \S+ \(")
 UNITS = {
     "convergence_ms": "ms",
     "convergence_from_launch_ms": "ms",
+    "convergence_after_ready_ms": "ms",
     "dissemination_ms": "ms",
     "dissemination_first_ms": "ms",
     "dissemination_resolution_ms": "ms",
@@ -130,6 +136,23 @@ UNITS = {
     "idle_datagrams_per_node_s": "datagrams/node/s",
     "idle_kernel_ip_bytes_per_node_s": "B/node/s",
     "idle_kernel_udp_datagrams_per_node_s": "datagrams/node/s",
+    "startup_suspect_msgs_per_node": "suspect messages received per node",
+    "startup_probe_failures_per_node": "failed probes per node",
+    "startup_stalls_per_node": "late timer wakeups per node",
+    "startup_false_deaths": "dead verdicts about live members",
+    "idle_suspect_msgs_per_node": "suspect messages received per node",
+    "idle_settle_s": "s",
+    "load_at_idle_start": "1-min load average (2 cores)",
+}
+STARTUP = {
+    # status counter -> snapshot key: what the start-up storm is made of (docs/protocol.md)
+    "msg.suspect": "suspect_msgs",
+    "probe.failed": "probe_failed",
+    "probe.stalled": "probe_stalled",
+    "stall": "stalls",
+    "suspect.raised": "suspect_raised",
+    "refute": "refutes",
+    "dead.declared": "dead_declared",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -184,6 +207,7 @@ class LogTail:
         self.offset = 0
         self.partial = b""
         self.events: list[Event] = []
+        self.ready: float | None = None  # when the daemon logged that it was up and joining
 
     def poll(self) -> None:
         try:
@@ -196,10 +220,13 @@ class LogTail:
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         for raw in lines:
-            m = EVENT_RE.match(raw.decode(errors="replace"))
+            text = raw.decode(errors="replace")
+            m = EVENT_RE.match(text)
             if m:
                 t = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
                 self.events.append(Event(t, m[2], m[4], m[5]))
+            elif self.ready is None and (r := READY_RE.match(text)):
+                self.ready = datetime.strptime(r[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
     def since(self, t0: float) -> list[Event]:
         return [e for e in self.events if e.t >= t0 - 0.001]
@@ -294,6 +321,8 @@ def snapshot(d: Daemon) -> dict[str, Any]:
     snap.update(
         out=c.get("out", 0), out_bytes=c.get("out_bytes", 0), push_pull=c.get("msg.push_pull", 0)
     )
+    snap.update({key: c.get(counter, 0) for counter, key in STARTUP.items()})
+    snap["counters"] = c
     return snap
 
 
@@ -389,7 +418,9 @@ def run_meshd(
 ) -> dict[str, float | None]:
     """One run of N daemons; returns this run's metrics (None where a phase failed)."""
     res: dict[str, float | None] = dict.fromkeys(UNITS)
-    with Lab(prefix, hosts=n) as lab:
+    with Lab(prefix, hosts=n) as lab, contextlib.ExitStack() as keep:
+        if KEEP_LOGS is not None:
+            keep.callback(_keep_logs, lab, KEEP_LOGS / f"n{n}-run{run}")
         log(f"meshd n={n} run={run}: lab built in {lab.build_seconds:.1f}s")
         key = write_key(lab.workdir / "key")
         conf = lab.workdir / "bench.toml"
@@ -436,18 +467,58 @@ def run_meshd(
             last_full = max(v for v in full_at.values() if v is not None)
             res["convergence_ms"] = (last_full - last_join) * 1000
             res["convergence_from_launch_ms"] = (last_full - t_launch) * 1000
+            ready = [tails[nm].ready for nm in names[1:]]
+            if all(r is not None for r in ready):
+                last_ready = max(r for r in ready if r is not None)
+                res["convergence_after_ready_ms"] = (last_full - last_ready) * 1000
             log(
                 f"  converged {res['convergence_ms']:.0f} ms after the last join "
-                f"({res['convergence_from_launch_ms']:.0f} ms after launch)"
+                f"({res['convergence_from_launch_ms']:.0f} ms after launch, "
+                f"{_fmt(res['convergence_after_ready_ms'])} ms after the last daemon was ready)"
             )
         else:
             log(f"  did not converge within {timeout:g}s")
             return res
 
         # --- idle
-        time.sleep(settle if settle is not None else 3.0 + 0.02 * n)
+        fixed = settle if settle is not None else 3.0 + 0.02 * n
+        time.sleep(fixed)
         daemons = [lab.daemons[nm] for nm in names]
+        res["idle_settle_s"] = fixed + _until_quiet(daemons)
         a = [snapshot(d) for d in daemons]
+        # Start-up, launch to here (convergence + settle): the suspicion storm issue 16 is about.
+        res.update(_startup_metrics(a))
+        res["load_at_idle_start"] = os.getloadavg()[0]
+        for tail in tails.values():
+            tail.poll()
+        # Nobody has died yet: every dead verdict so far is about a live member.
+        res["startup_false_deaths"] = sum(
+            1 for t in tails.values() for e in t.events if e.kind == "dead"
+        )
+        log(
+            f"  start-up: {res['startup_suspect_msgs_per_node']:.1f} suspect messages received "
+            f"per node, {res['startup_probe_failures_per_node']:.2f} failed probes per node, "
+            f"{res['startup_stalls_per_node']:.2f} stalls per node, "
+            f"{res['startup_false_deaths']:.0f} false deaths; totals "
+            + json.dumps({k: sum(x[k] for x in a) for k in STARTUP.values()})
+        )
+        cpus = sorted(x["cpu"] for x in a)
+        log(
+            f"  start-up CPU per daemon: median {statistics.median(cpus):.2f} s, "
+            f"max {cpus[-1]:.2f} s, seed {a[0]['cpu']:.2f} s, all {sum(cpus):.0f} s in "
+            f"{time.time() - t_launch:.0f} s"
+        )
+        if KEEP_LOGS is not None:
+            dest = KEEP_LOGS / f"n{n}-run{run}"
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / "startup-counters.json").write_text(
+                json.dumps(
+                    {
+                        nm: dict(x["counters"], cpu_s=x["cpu"])
+                        for nm, x in zip(names, a, strict=True)
+                    }
+                )
+            )
         time.sleep(idle)
         b = [snapshot(d) for d in reversed(daemons)][::-1]
         res.update(_idle_metrics(a, b))
@@ -528,6 +599,17 @@ def run_meshd(
     return res
 
 
+KEEP_LOGS: Path | None = None
+"""``--keep-logs DIR``: the daemons' logs of each run are copied to DIR/n<N>-run<r>/."""
+
+
+def _keep_logs(lab: Lab, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in lab.workdir.glob("*.log"):
+        shutil.copy(f, dest / f.name)
+    log(f"  logs kept in {dest}")
+
+
 def _wait_socket(d: Daemon, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -549,6 +631,49 @@ def _peers_agree(lab: Lab, names: list[str]) -> bool:
     return True
 
 
+QUIET_RATE = 2.5
+"""Datagrams sent per node per second once the start-up's broadcasts have drained: probing alone
+is a ping and an ack per node per second."""
+QUIET_MAX_S = 30.0
+
+
+def _until_quiet(daemons: list[Daemon]) -> float:
+    """Wait (at most QUIET_MAX_S) until the mesh sends no more than probing does, so the idle
+    window does not measure the tail of the join broadcasts (at N = 100 they take a few seconds
+    past convergence to drain: each is sent 12 times by every member); returns the wait."""
+    t0 = time.monotonic()
+
+    def sent() -> tuple[float, int]:
+        total = sum(
+            int(request(d.socket_path, "status", timeout=30)["counters"].get("out", 0))
+            for d in daemons
+        )
+        return time.monotonic(), total
+
+    prev = sent()
+    while time.monotonic() - t0 < QUIET_MAX_S:
+        time.sleep(1.0)
+        cur = sent()
+        if (cur[1] - prev[1]) / (cur[0] - prev[0]) / len(daemons) <= QUIET_RATE:
+            break
+        prev = cur
+    return time.monotonic() - t0
+
+
+def _fmt(v: float | None) -> str:
+    return "?" if v is None else f"{v:.0f}"
+
+
+def _startup_metrics(a: list[dict[str, Any]]) -> dict[str, float]:
+    """Counters since each daemon started, per node (``a``: one snapshot per daemon)."""
+    n = len(a)
+    return {
+        "startup_suspect_msgs_per_node": sum(x["suspect_msgs"] for x in a) / n,
+        "startup_probe_failures_per_node": sum(x["probe_failed"] for x in a) / n,
+        "startup_stalls_per_node": sum(x["stalls"] for x in a) / n,
+    }
+
+
 def _idle_metrics(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, float]:
     n = len(a)
     secs = [y["t"] - x["t"] for x, y in zip(a, b, strict=True)]
@@ -568,6 +693,7 @@ def _idle_metrics(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str,
         "idle_kernel_ip_bytes_per_node_s": total("ip_out_octets") / per,
         "idle_kernel_udp_datagrams_per_node_s": total("udp_out") / per,
         "idle_push_pulls_per_node": total("push_pull") / n,
+        "idle_suspect_msgs_per_node": total("suspect_msgs") / n,
     }
 
 
@@ -654,8 +780,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--poll-ms",
         type=float,
-        default=15.0,
-        help="peers poll period while measuring dissemination (default 15 ms)",
+        default=None,
+        help="peers poll period while measuring dissemination (default 15 ms, and 0.5 ms * N "
+        "past N = 30, so the pollers ask ~2,000 times a second at most)",
+    )
+    ap.add_argument(
+        "--large-runs",
+        type=int,
+        default=1,
+        help="runs per size past N = 30 (default 1: N = 100 takes minutes per run)",
     )
     ap.add_argument(
         "--meshd-src",
@@ -670,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="let the anchor's build.sh apt-get install Go and memberlist's source",
     )
     ap.add_argument("--no-imports", action="store_true", help="skip the import-cost lines")
+    ap.add_argument("--keep-logs", type=Path, help="copy each run's daemon logs under this dir")
     ap.add_argument("--out", type=Path, help="also write the JSON lines to this file")
     ap.add_argument(
         "--prefix",
@@ -680,6 +814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("needs root (network namespaces)")
         return 2
+    global KEEP_LOGS
+    KEEP_LOGS = opts.keep_logs
 
     if Path(meshd.__file__).resolve().parents[1] != SRC:
         log(f"meshd was imported from {meshd.__file__}, not from {SRC}")
@@ -705,7 +841,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in opts.n:
             mesh_runs: list[dict[str, float | None]] = []
             ml_runs: list[dict[str, float | None]] = []
-            for run in range(1, opts.runs + 1):
+            runs = opts.runs if n <= 30 else min(opts.runs, opts.large_runs)
+            poll_ms = opts.poll_ms if opts.poll_ms is not None else max(15.0, 0.5 * n)
+            for run in range(1, runs + 1):
                 if tree_sha1() != src["tree_sha1"]:
                     log(
                         f"warning: {SRC}/meshd changed since the start; this run measures "
@@ -723,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         opts.settle,
                         opts.timeout,
                         opts.prefix,
-                        opts.poll_ms / 1000,
+                        poll_ms / 1000,
                     )
                 )
                 log(f"meshd n={n} run={run} took {time.monotonic() - t:.0f}s")
@@ -754,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "memberlist": _round(a),
                     "ratio": _round(m / a, 3) if m is not None and a else None,
                     "unit": unit,
-                    "runs": opts.runs,
+                    "runs": runs,
                     "meshd_runs": [_round(v) for v in m_vals],
                     "memberlist_runs": [_round(v) for v in a_vals],
                     "meshd_src": src,
@@ -775,7 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "memberlist": None,
                     "ratio": None,
                     "unit": "push-pull messages received per node in the idle window",
-                    "runs": opts.runs,
+                    "runs": runs,
                     "meshd_src": src,
                 }
                 lines.append(line)

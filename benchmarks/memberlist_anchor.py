@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -60,10 +61,33 @@ def prepare(install: bool = False) -> str | None:
     return None
 
 
+NODE_LOG = WORK / "results" / "netns-nodes.log"
+"""Where run_netns.sh sends the nodes' stderr: memberlist's own log lines with ``-log``."""
+# memberlist 0.2.2 state.go: a probe that got no ack (direct, indirect or TCP), and a suspicion
+# that ran out (the member is declared dead).
+PROBE_FAILED_RE = re.compile(r"\[INFO\] memberlist: Suspect (\S+) has failed, no acks received")
+DECLARED_DEAD_RE = re.compile(r"\[INFO\] memberlist: Marking (\S+) as failed, suspect timeout")
+
+
+def verdicts(text: str, n: int) -> dict[str, int]:
+    """Failed probes and dead verdicts in the nodes' log of one run, leaving out those about the
+    node the run kills (n-1, named ``n%02d``): every other member stays up until the end."""
+    victim = f"n{n - 1:02d}"
+    failed = [m[1] for m in PROBE_FAILED_RE.finditer(text)]
+    dead = [m[1] for m in DECLARED_DEAD_RE.finditer(text)]
+    return {
+        "probe_failures": sum(1 for x in failed if x != victim),
+        "false_deaths": sum(1 for x in dead if x != victim),
+    }
+
+
 def run_netns(n: int, idle: float = 10.0, timeout: float = 600.0) -> dict[str, dict[str, Any]]:
     """One run of the anchor's multi-process mode at size ``n`` (one mlnode per namespace):
     convergence, idle, meta dissemination, SIGKILL failure detection and leave. Returns the
-    anchor's JSON records by phase; raises RuntimeError if the script fails."""
+    anchor's JSON records by phase; raises RuntimeError if the script fails. The nodes run with
+    ``-log`` (memberlist's log, written only on events): record ``verdicts`` counts its failed
+    probes and false deaths."""
+    start = NODE_LOG.stat().st_size if NODE_LOG.exists() else 0
     with tempfile.TemporaryDirectory(prefix="mlanchor-") as tmp:
         out = Path(tmp) / "netns.jsonl"
         env = dict(
@@ -73,6 +97,7 @@ def run_netns(n: int, idle: float = 10.0, timeout: float = 600.0) -> dict[str, d
             IDLE=f"{idle:g}",
             OUT=str(out),
             SOCKDIR=str(Path(tmp) / "sock"),
+            EXTRA="-log",
         )
         try:
             res = subprocess.run(
@@ -94,6 +119,10 @@ def run_netns(n: int, idle: float = 10.0, timeout: float = 600.0) -> dict[str, d
         if res.returncode != 0 and not records:
             tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"anchor run_netns.sh n={n} failed (rc={res.returncode}): {tail[0]}")
+        if NODE_LOG.exists():
+            with open(NODE_LOG, "rb") as fh:
+                fh.seek(start)
+                records["verdicts"] = dict(verdicts(fh.read().decode(errors="replace"), n))
         return records
 
 
@@ -104,6 +133,8 @@ def metrics(records: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     out: dict[str, float | None] = {
         "convergence_ms": conv.get("ms") if conv.get("ok") else None,
         "convergence_from_launch_ms": conv.get("from_launch_ms") if conv.get("ok") else None,
+        # A node is ready when Join() returns (its first push-pull done): the last join.
+        "convergence_after_ready_ms": conv.get("ms") if conv.get("ok") else None,
     }
     for phase, metric in (
         ("dissemination", "dissemination_ms"),
@@ -114,6 +145,10 @@ def metrics(records: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         out[metric] = rec.get("ms") if rec.get("ok") else None
         if metric == "dissemination_ms":
             out["dissemination_first_ms"] = rec.get("first_ms") if rec.get("ok") else None
+    verdict = records.get("verdicts")
+    if verdict is not None and conv.get("ok"):
+        out["startup_false_deaths"] = verdict["false_deaths"]
+        out["startup_probe_failures_per_node"] = verdict["probe_failures"] / int(conv["n"])
     if idle:
         pkts = idle["udp_pkts_per_node_s"]
         out.update(

@@ -5,8 +5,9 @@ of every benchmark in benchmarks/results/*.jsonl; with ``--run``, run the benchm
     .venv/bin/python benchmarks/report.py --run       # run everything (root, ~15-25 min), then that
 
 ``--run`` runs, in this order, each one writing its file in benchmarks/results/:
-bench_daemons.py (``--n 10 30 --runs 3``: daemons.jsonl), bench_netlink.py (netlink.jsonl),
-bench_throughput.py (throughput.jsonl) and, when it exists, bench_sim.py (sim.jsonl) and its
+bench_daemons.py (``--n 10 30 100 --runs 3``, one run at 100: daemons.jsonl), bench_netlink.py
+(netlink.jsonl), bench_throughput.py (throughput.jsonl) and, when it exists, bench_sim.py
+(sim.jsonl) and its
 ``--false-deaths`` check (lifeguard.jsonl: N = 1,000 at 20 % loss, 10 seeds of 60 s, ~5-8 min
 each on one core); ``--skip daemons netlink throughput sim lifeguard`` leaves any of them out
 (its committed results are still reported); ``--runs``, ``--n`` and ``--meshd-src`` are passed to
@@ -48,6 +49,8 @@ RSS_LIMIT_MIB = 50.0
 LABELS = {
     "convergence_ms": "convergence after the last join",
     "convergence_from_launch_ms": "convergence from launch of nodes 2..N",
+    "convergence_after_ready_ms": "convergence after the last daemon is ready "
+    "(memberlist: after its last join)",
     "dissemination_ms": "update dissemination (all nodes)",
     "dissemination_first_ms": "update dissemination (first node)",
     "dissemination_resolution_ms": "meshd dissemination: worst ± of the poll estimate",
@@ -62,10 +65,21 @@ LABELS = {
     "idle_kernel_ip_bytes_per_node_s": "cross-check: kernel IP bytes out per node per s",
     "idle_kernel_udp_datagrams_per_node_s": "cross-check: kernel UDP datagrams out per node per s",
     "idle_push_pulls_per_node": "push-pull messages received per node in the idle window",
+    "idle_suspect_msgs_per_node": "suspect messages received per node in the idle window",
+    "idle_settle_s": "wait after convergence until the mesh sends no more than probing does",
+    "load_at_idle_start": "machine load when the idle window starts",
+    "startup_suspect_msgs_per_node": "start-up: suspect messages received per node "
+    "(launch to the idle window)",
+    "startup_probe_failures_per_node": "start-up: failed probes per node (memberlist: "
+    "whole run, its log)",
+    "startup_stalls_per_node": "start-up: timers run over half a probe timeout late, per node",
+    "startup_false_deaths": "start-up: dead verdicts about live members (memberlist: whole run)",
 }
+SUSPECT_LIMIT = 50  # issue 16: suspect messages received per node while 100 daemons start
 # metric -> target as in issue 7; "ml": at or under memberlist's
 TARGETS: dict[str, str] = {
     "convergence_ms": "ml",
+    "convergence_after_ready_ms": "ml",
     "dissemination_ms": "ml",
     "failure_ms": "ml",
     "leave_ms": "ml",
@@ -73,8 +87,11 @@ TARGETS: dict[str, str] = {
     "idle_bytes_per_node_s": "ml",
     "idle_datagrams_per_node_s": "ml",
     "rss_mib": "rss",
+    "startup_suspect_msgs_per_node": "suspects",
+    "startup_false_deaths": "zero",
 }
-TIMING = ["convergence_ms", "dissemination_ms", "leave_ms", "failure_ms"]
+TIMING = ["convergence_after_ready_ms", "dissemination_ms", "leave_ms", "failure_ms"]
+STARTUP_PLOT = ["startup_suspect_msgs_per_node", "startup_probe_failures_per_node"]
 RESOURCES = ["idle_cpu_pct", "rss_mib", "idle_bytes_per_node_s", "idle_datagrams_per_node_s"]
 
 
@@ -113,6 +130,14 @@ def verdict(rec: dict[str, Any]) -> tuple[str, str]:
         if m is None or a is None:
             return "≤ memberlist", "—"
         return "≤ memberlist", "met" if m <= a else f"**missed** ({rec['ratio']:.2f}x)"
+    if kind == "suspects":
+        if m is None:
+            return f"< {SUSPECT_LIMIT}", "—"
+        return f"< {SUSPECT_LIMIT}", "met" if m < SUSPECT_LIMIT else "**missed**"
+    if kind == "zero":
+        if m is None:
+            return "0", "—"
+        return "0", "met" if m == 0 else "**missed**"
     if kind == "rss":
         if m is None:
             return "≤ 50 MiB", "—"
@@ -583,6 +608,7 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
     for fname, metrics, title in (
         ("daemons-timing.png", TIMING, "Membership timings (ms)"),
         ("daemons-idle.png", RESOURCES, "Idle cost per daemon"),
+        ("daemons-startup.png", STARTUP_PLOT, "While the daemons start (issue 16)"),
     ):
         sizes = sorted({r["n"] for r in recs if r.get("n") is not None and r["metric"] in metrics})
         if not sizes:
@@ -599,6 +625,8 @@ def draw_plots(by_bench: dict[str, list[dict[str, Any]]], outdir: Path) -> list[
                 ax.bar([x + off for x in xs], ys, width=0.4, label=impl, color=color)
             if metric == "rss_mib":
                 ax.axhline(RSS_LIMIT_MIB, color="gray", ls="--", lw=1, label="40 MB target")
+            if metric == "startup_suspect_msgs_per_node":
+                ax.axhline(SUSPECT_LIMIT, color="gray", ls="--", lw=1, label="issue 16 target")
             ax.set_xticks(list(xs), [f"N={n}" for n in sizes])
             ax.set_title(LABELS[metric].split(" (")[0], fontsize=8)
             ax.set_ylabel(vals[sizes[0]]["unit"] if sizes[0] in vals else "", fontsize=8)
@@ -777,7 +805,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     ap.add_argument("--runs", type=int, default=3, help="with --run: bench_daemons.py --runs")
     ap.add_argument(
-        "--n", type=int, nargs="+", default=[10, 30], help="with --run: bench_daemons.py --n"
+        "--n", type=int, nargs="+", default=[10, 30, 100], help="with --run: bench_daemons.py --n"
     )
     ap.add_argument(
         "--meshd-src",

@@ -88,6 +88,12 @@ def test_bench_daemons_smoke(tmp_path: Path) -> None:
     # Probing alone sends about one ping and one ack per node per second.
     assert 0.5 < metrics["idle_datagrams_per_node_s"]["meshd"] < 20
     assert 0 < metrics["rss_mib"]["meshd"] < 500
+    # Start-up (issue 16): nobody has died before the failure phase, so any dead verdict would be
+    # false; the suspicion counters come from each daemon's `status`.
+    assert metrics["startup_false_deaths"]["meshd"] == 0, metrics["startup_false_deaths"]
+    for m in ("startup_suspect_msgs_per_node", "convergence_after_ready_ms", "idle_settle_s"):
+        assert isinstance(metrics[m]["meshd"], float), metrics[m]
+    assert metrics["convergence_after_ready_ms"]["meshd"] <= launch
     imports = [r for r in lines if r["metric"].startswith("import_rss_kib:")]
     assert [r["metric"].split(":")[1] for r in imports][:2] == ["interpreter", "asyncio"]
     assert all(r["cumulative_kib"] > 0 for r in imports)
