@@ -72,6 +72,8 @@ SIM_RANGE = "172.16.0.0/16"
 DAEMON_SUBNET = "10.250.0.0/24"
 QUIET_WINDOW = 5.0
 """Seconds over which the daemon's send rate is measured while settling."""
+TOTALS = ("stall", "probe.sent", "probe.failed", "suspect.raised", "refute", "reannounce")
+"""The daemon's counters reported since launch with the idle window."""
 MAX_N = 65_000
 """make_record's addresses (172.16.x.y) and subnets (10.x.y.0/24) stay distinct up to 65,536
 members; the daemon's 10.250.0.0/24 is clear of them below 64,000."""
@@ -298,7 +300,9 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             emit("idle_counters", None, "per window", window_s=round(win, 1),
                  daemon={c: k1[c] - k0.get(c, 0) for c in sorted(k1) if k1[c] != k0.get(c, 0)},
                  bridge={c: v - b0.get(c, 0) for c, v in sorted(bridge.counters.items())
-                         if v != b0.get(c, 0)})  # fmt: skip
+                         if v != b0.get(c, 0)},
+                 # Since launch: a stalled loop (Lifeguard) slows the daemon's probing.
+                 daemon_totals={c: k1.get(c, 0) for c in TOTALS})  # fmt: skip
             emit("members", st1["members"].get("alive", 0), "alive members in the daemon's view",
                  by_state=st1["members"], dropped=st1["dropped"])  # fmt: skip
 
