@@ -263,7 +263,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 bridge.behind()
                 now_sent = status(sock_path)["counters"].get("out", 0)
                 out_rate, sent = (now_sent - sent) / QUIET_WINDOW, now_sent
-                if out_rate <= args.quiet:
+                if out_rate <= args.quiet and time.monotonic() - t_settle >= args.settle_min:
                     break
             emit(
                 "settle_s",
@@ -272,6 +272,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 out_per_s_at_end=round(out_rate, 1),
                 quiet_per_s=args.quiet,
                 max_s=args.settle,
+                min_s=args.settle_min,
             )
             bridge.lag = 0.0
             st0, c0, w0 = status(sock_path), cpu_seconds(proc.pid), time.monotonic()
@@ -366,6 +367,13 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=30.0, help="idle window, s")
     ap.add_argument(
         "--settle", type=float, default=120.0, help="at most this long before the idle window, s"
+    )
+    ap.add_argument(
+        "--settle-min",
+        type=float,
+        default=0.0,
+        help="at least this long before the idle window, s (a probe failed during the join "
+        "slows the daemon's probing for up to ~30 s: Lifeguard)",
     )
     ap.add_argument(
         "--quiet",
