@@ -206,6 +206,10 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         "--key-file", str(key), "--state-dir", str(work / "state"),
         "--socket", str(work / "meshd.sock"), "--subnet-env", str(work / "subnet.env"),
     ]  # fmt: skip
+    if args.resync_interval is not None:
+        conf = work / "meshd.toml"
+        conf.write_text(f"resync_interval = {args.resync_interval}\n")
+        argv += ["--config", str(conf)]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     sock_path = work / "meshd.sock"
     results: list[dict[str, Any]] = []
@@ -289,7 +293,8 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 return round((k1.get(c, 0) - k0.get(c, 0)) / win, 1)
 
             emit("idle_cpu_pct", round(100 * (c1 - c0) / win, 2), "% of one core",
-                 window_s=round(win, 1), sim_lag_s=round(bridge.lag, 3))  # fmt: skip
+                 window_s=round(win, 1), sim_lag_s=round(bridge.lag, 3),
+                 resync_interval_s=args.resync_interval or 30.0)  # fmt: skip
             emit("rss_mib", round(proc_kib(proc.pid, "VmRSS") / 1024, 1), "MiB",
                  peak_mib=round(proc_kib(proc.pid, "VmHWM") / 1024, 1))  # fmt: skip
             # The daemon's "in" is what the bridge sent, and the other way round.
@@ -380,6 +385,12 @@ def main() -> int:
         type=float,
         default=6.0,
         help="settled when the daemon sends at most this many datagrams/s (probing: ~2)",
+    )
+    ap.add_argument(
+        "--resync-interval",
+        type=float,
+        default=None,
+        help="the daemon's data-plane resync interval, s (default: meshd's, 30)",
     )
     ap.add_argument("--poll", type=float, default=0.5, help="route count poll, s")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase, s")
