@@ -239,7 +239,9 @@ class QuietMesh:
 
     Not modelled: the members' own anti-entropy rounds with the daemon (one every
     push_pull_interval * scale / ... ~300 s at N = 10,000; the daemon's own rounds are real),
-    news that members learn from each other's probes (none in a quiet mesh), and loss.
+    news that members learn from each other's probes (none in a quiet mesh), loss, and a relay's
+    nack for a target that is up but slow (an asleep relay runs no timers: `_nack_later` sends
+    its nack only for a target that is gone).
     """
 
     def __init__(self, bridge: Bridge, speakers: int, seed: int) -> None:
@@ -400,9 +402,29 @@ class QuietMesh:
                 self._born(messages.Alive(msg.sender), i, now)
             else:
                 self._born(msg, i, now)
+            if isinstance(msg, messages.IndirectPing) and msg.nack and i in self.net.dormant:
+                self._nack_later(i, msg)
         if answered:
             self.catch_up(i)
         self.after(0.0, lambda: self._harvest(i))
+
+    def _nack_later(self, i: int, msg: messages.IndirectPing) -> None:
+        """An asleep relay runs no timers, so it would never nack: send its nack when the target
+        cannot answer (it is gone), at the time its timer would (probe_timeout)."""
+        target = self._by_name.get(msg.target)
+        if target is None:
+            return
+        daemon = self.daemon
+
+        def nack() -> None:
+            if self.net.down[target] and daemon is not None and not self.net.down[i]:
+                payload = messages.pack_datagram(
+                    [messages.encode(messages.Nack(msg.seq))], self.net.nodes[i].protocol_minor
+                )
+                self.counters["model.relay_nack"] += 1
+                self.bridge.send(i, payload, daemon[0], daemon[1])
+
+        self.after(self.net.config.probe_timeout, nack)
 
     def _intercept(self, src: int, data: bytes, addr: Addr, to: bytes) -> bool:
         try:

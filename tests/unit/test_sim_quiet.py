@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from meshd.gossip import messages
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.events import MemberState
 from meshd.gossip.node import GossipNode
@@ -119,3 +120,24 @@ def test_quiet_mesh_gives_the_daemon_every_member_and_every_leave() -> None:
     # The leavers are gone once their leave was sent; nobody else was suspected.
     assert all(net.down[i] for i in gone)
     assert daemon.counters["suspect.raised"] == 0
+
+
+def test_an_asleep_relay_nacks_for_a_member_that_is_gone() -> None:
+    simbridge = load("simbridge")
+    net = converged(20)
+    daemon = GossipNode(make_record(5000), GossipConfig(), random.Random(1), 0.0)
+    bridge = FakeBridge(net, daemon)
+    model = simbridge.QuietMesh(bridge, speakers=2, seed=1)
+    daemon.join([net.addrs[1]], 0.0)
+    bridge.run(model, 5.0)
+    relay, gone, up = [i for i in range(2, 20) if i not in model.speakers][:3]
+    net.crash(gone)
+    me = daemon.local
+    for seq, target in ((901, gone), (902, up)):
+        ask = messages.IndirectPing(seq, f"n{target}", net.addrs[target], me.name, me.addr, True)
+        data = messages.pack_datagram([messages.encode(ask)])
+        model._before_deliver(relay, data, me.addr, me.node_id, net.nodes[relay].local.node_id)
+        net.deliver(relay, data, me.addr, me.node_id, net.nodes[relay].local.node_id)
+    bridge.run(model, 6.0)
+    assert bridge.counters["model.relay_nack"] == 1  # for the gone member only
+    assert daemon.counters["ack.unmatched"] >= 1  # the member that is up answered through it
