@@ -179,8 +179,11 @@ class Bridge:
             net.run_until(now)
             if self.on_tick is not None:
                 self.on_tick(now)
+            got = self._receive()
+            # A datagram that came in meanwhile waited this long (a member's full state is
+            # encoded inside _receive: it counts too).
             self.lag = max(self.lag, self.clock() - now)
-            if self._receive():
+            if got:
                 continue
             wait = MAX_SLEEP if not heap else min(MAX_SLEEP, heap[0][0] - self.clock())
             if wait > 0:
