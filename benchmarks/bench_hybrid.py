@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import json
 import os
 import random
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simbridge import SOCKBUF, Bridge  # noqa: E402
+from simbridge import SOCKBUF, Bridge, QuietMesh  # noqa: E402
 
 from meshd.control.client import status  # noqa: E402
 from meshd.dataplane.netns import netns_path, run_in_netns  # noqa: E402
@@ -71,6 +72,8 @@ SIM_RANGE = "172.16.0.0/16"
 DAEMON_SUBNET = "10.250.0.0/24"
 QUIET_WINDOW = 5.0
 """Seconds over which the daemon's send rate is measured while settling."""
+TOTALS = ("stall", "probe.sent", "probe.failed", "suspect.raised", "refute", "reannounce")
+"""The daemon's counters reported since launch with the idle window."""
 MAX_N = 65_000
 """make_record's addresses (172.16.x.y) and subnets (10.x.y.0/24) stay distinct up to 65,536
 members; the daemon's 10.250.0.0/24 is clear of them below 64,000."""
@@ -178,6 +181,10 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     net.converged([make_record(i, PORT) for i in range(n)])
     setup_s = time.monotonic() - t
     log(f"{n} simulated members converged in {setup_s:.1f} s")
+    # The members are long-lived: keep the collector from walking them again and again (a full
+    # collection of 10,000 members' objects stalls the simulator for seconds).
+    gc.collect()
+    gc.freeze()
     if args.lock is not None:
         # Only the namespaced part is serialised with the other root runs; the simulator's
         # setup (half a minute at 10,000) is not.
@@ -186,6 +193,8 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         fcntl.flock(lock, fcntl.LOCK_EX)
     d_ns, s_ns = make_namespaces(args.prefix)
     bridge = Bridge(net, open_socket(s_ns), keyring)
+    model = QuietMesh(bridge, args.speakers, args.seed) if args.model == "quiet" else None
+    leave = net.leave if model is None else model.leave
     thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
     thread.start()
 
@@ -197,12 +206,17 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         "--key-file", str(key), "--state-dir", str(work / "state"),
         "--socket", str(work / "meshd.sock"), "--subnet-env", str(work / "subnet.env"),
     ]  # fmt: skip
+    if args.resync_interval is not None:
+        conf = work / "meshd.toml"
+        conf.write_text(f"resync_interval = {args.resync_interval}\n")
+        argv += ["--config", str(conf)]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     sock_path = work / "meshd.sock"
     results: list[dict[str, Any]] = []
 
     def emit(metric: str, value: float | int | None, unit: str, **extra: Any) -> None:
-        rec = {"bench": "hybrid", "n": n, "metric": metric, "value": value, "unit": unit}
+        rec = {"bench": "hybrid", "n": n, "metric": metric, "value": value, "unit": unit,
+               "load1": round(os.getloadavg()[0], 2)}  # fmt: skip
         rec.update(extra)
         results.append(rec)
         print(json.dumps(rec), flush=True)
@@ -236,6 +250,8 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 sim_lag_s=round(lag_join, 3),
                 sim_probe_interval_s=args.sim_probe_interval,
                 sim_setup_s=round(setup_s, 1),
+                model=args.model,
+                speakers=args.speakers if model is not None else None,
             )
             if took is None:
                 raise RuntimeError(f"only {got} of {n} routes after {args.timeout} s")
@@ -251,7 +267,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 bridge.behind()
                 now_sent = status(sock_path)["counters"].get("out", 0)
                 out_rate, sent = (now_sent - sent) / QUIET_WINDOW, now_sent
-                if out_rate <= args.quiet:
+                if out_rate <= args.quiet and time.monotonic() - t_settle >= args.settle_min:
                     break
             emit(
                 "settle_s",
@@ -260,6 +276,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 out_per_s_at_end=round(out_rate, 1),
                 quiet_per_s=args.quiet,
                 max_s=args.settle,
+                min_s=args.settle_min,
             )
             bridge.lag = 0.0
             st0, c0, w0 = status(sock_path), cpu_seconds(proc.pid), time.monotonic()
@@ -276,7 +293,8 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 return round((k1.get(c, 0) - k0.get(c, 0)) / win, 1)
 
             emit("idle_cpu_pct", round(100 * (c1 - c0) / win, 2), "% of one core",
-                 window_s=round(win, 1), sim_lag_s=round(bridge.lag, 3))  # fmt: skip
+                 window_s=round(win, 1), sim_lag_s=round(bridge.lag, 3),
+                 resync_interval_s=args.resync_interval or 30.0)  # fmt: skip
             emit("rss_mib", round(proc_kib(proc.pid, "VmRSS") / 1024, 1), "MiB",
                  peak_mib=round(proc_kib(proc.pid, "VmHWM") / 1024, 1))  # fmt: skip
             # The daemon's "in" is what the bridge sent, and the other way round.
@@ -288,7 +306,9 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             emit("idle_counters", None, "per window", window_s=round(win, 1),
                  daemon={c: k1[c] - k0.get(c, 0) for c in sorted(k1) if k1[c] != k0.get(c, 0)},
                  bridge={c: v - b0.get(c, 0) for c, v in sorted(bridge.counters.items())
-                         if v != b0.get(c, 0)})  # fmt: skip
+                         if v != b0.get(c, 0)},
+                 # Since launch: a stalled loop (Lifeguard) slows the daemon's probing.
+                 daemon_totals={c: k1.get(c, 0) for c in TOTALS})  # fmt: skip
             emit("members", st1["members"].get("alive", 0), "alive members in the daemon's view",
                  by_state=st1["members"], dropped=st1["dropped"])  # fmt: skip
 
@@ -299,7 +319,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
                 def leave_all() -> None:
                     for i in chosen:
-                        net.leave(i)
+                        leave(i)
 
                 bridge.call(leave_all)
                 took, got = wait_routes(d_ns, n - args.leave, args.timeout, args.poll, proc, bridge)
@@ -339,6 +359,14 @@ def main() -> int:
         help="the simulated members' probe interval, s (the daemon's: 1 s)",
     )
     ap.add_argument(
+        "--model",
+        choices=("full", "quiet"),
+        default="full",
+        help="full: every member runs its timers; quiet: simbridge.QuietMesh (members' own "
+        "probing and gossip modelled; their traffic with the daemon real)",
+    )
+    ap.add_argument("--speakers", type=int, default=5, help="quiet: members that run their timers")
+    ap.add_argument(
         "--warmup", type=float, default=5.0, help="simulator alone before the daemon, s"
     )
     ap.add_argument("--idle", type=float, default=30.0, help="idle window, s")
@@ -346,10 +374,23 @@ def main() -> int:
         "--settle", type=float, default=120.0, help="at most this long before the idle window, s"
     )
     ap.add_argument(
+        "--settle-min",
+        type=float,
+        default=0.0,
+        help="at least this long before the idle window, s (a probe failed during the join "
+        "slows the daemon's probing for up to ~30 s: Lifeguard)",
+    )
+    ap.add_argument(
         "--quiet",
         type=float,
         default=6.0,
         help="settled when the daemon sends at most this many datagrams/s (probing: ~2)",
+    )
+    ap.add_argument(
+        "--resync-interval",
+        type=float,
+        default=None,
+        help="the daemon's data-plane resync interval, s (default: meshd's, 30)",
     )
     ap.add_argument("--poll", type=float, default=0.5, help="route count poll, s")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase, s")
@@ -366,6 +407,9 @@ def main() -> int:
         return 2
     if not 3 <= args.n <= MAX_N or not 0 <= args.leave <= args.n - 2:
         print(f"bench_hybrid: --n must be 3..{MAX_N}, --leave 0..n-2", file=sys.stderr)
+        return 2
+    if args.model == "quiet" and not 0 < args.speakers < args.n - args.leave:
+        print("bench_hybrid: --speakers must be 1..n-leave-1", file=sys.stderr)
         return 2
     if len(args.prefix) > 10:
         print("bench_hybrid: --prefix: at most 10 characters (interface names)", file=sys.stderr)

@@ -60,6 +60,8 @@ Addr = tuple[str, int]
 EventHook = Callable[[float, int, MemberEvent], None]
 DatagramHook = Callable[[int, bytes, Addr, bytes], None]
 """(sender index, payload, destination, recipient node id or b"" for any)."""
+InterceptHook = Callable[[int, bytes, Addr, bytes], bool]
+"""Like DatagramHook, for a datagram to a simulated node: True keeps it from being delivered."""
 
 
 RECHECK = -1
@@ -281,6 +283,12 @@ class Network:
         self.log: list[tuple[float, str, str, str, int]] | None = [] if record_events else None
         self.on_event: EventHook | None = None
         self.on_datagram: DatagramHook | None = None
+        self.intercept: InterceptHook | None = None
+        """Called for every datagram to a simulated node before it is put in flight: True
+        when the hook took it (it is not delivered, and counted in ``intercepted``)."""
+        self.intercepted = 0
+        self.dormant: set[int] = set()
+        """Nodes whose timers are not run (`sleep`): they still receive and answer."""
         self.sent = 0
         self.sent_bytes = 0
         self.largest = 0
@@ -404,6 +412,19 @@ class Network:
         k = -((phase - when) // period)  # ceil((when - phase) / period)
         return phase + k * period
 
+    def sleep(self, idx: int) -> None:
+        """From now on node ``idx`` runs no timers (no probes, gossip rounds, syncs): it only
+        answers what it receives, at once. A model of a member whose own periodic work is not
+        simulated (benchmarks/simbridge.py `QuietMesh`); `wake` ends it."""
+        self.dormant.add(idx)
+        self._sched[idx] = None
+
+    def wake(self, idx: int) -> None:
+        """Node ``idx`` runs its timers again (the overdue ones at once)."""
+        if idx in self.dormant:
+            self.dormant.discard(idx)
+            self._after(idx)
+
     # --- acting on a node ---------------------------------------------------------------------
 
     def update_local(self, idx: int, record: NodeRecord) -> None:
@@ -442,6 +463,8 @@ class Network:
                 break
             if not self._allocate(idx, driver):
                 break
+        if self.dormant and idx in self.dormant:
+            return
         t = node.get_timer()
         if t is not None and t != self._sched[idx]:
             self._sched[idx] = t
@@ -485,6 +508,9 @@ class Network:
             self.on_datagram(src, data, addr, to)
         dst = self._by_addr.get(addr)
         if dst is None:
+            return
+        if self.intercept is not None and self.intercept(src, data, addr, to):
+            self.intercepted += 1
             return
         if self.loss and self.rng.random() < self.loss:
             self.lost += 1
@@ -536,7 +562,7 @@ class Network:
                 continue
             if data is None:
                 if self._sched[idx] != when:
-                    continue  # superseded by an earlier timer
+                    continue  # superseded by an earlier timer, or asleep
                 self._sched[idx] = None
                 nodes[idx].handle_timer(when)
             else:

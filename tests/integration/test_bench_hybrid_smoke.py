@@ -1,6 +1,7 @@
 """benchmarks/bench_hybrid.py at a smoke size: one real daemon joins 30 simulated members through
 the bridge (real wire format, real key), programs a route per member, and removes the routes of
-the 5 that leave; the namespaces are gone afterwards."""
+the 5 that leave; the namespaces are gone afterwards. Both models of the simulated side: every
+member running its timers (``full``), and `simbridge.QuietMesh` (``quiet``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ N, LEAVE = 30, 5
 
 @pytest.mark.root
 @pytest.mark.slow
-def test_bench_hybrid_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["full", "quiet"])
+def test_bench_hybrid_smoke(tmp_path: Path, model: str) -> None:
     out = tmp_path / "hybrid.jsonl"
     prefix = f"hs{secrets.token_hex(3)}"
     res = subprocess.run(
@@ -30,6 +32,10 @@ def test_bench_hybrid_smoke(tmp_path: Path) -> None:
             str(N),
             "--leave",
             str(LEAVE),
+            "--model",
+            model,
+            "--speakers",
+            "3",
             "--idle",
             "2",
             "--settle",
@@ -71,6 +77,9 @@ def test_bench_hybrid_smoke(tmp_path: Path) -> None:
     counters = m["bridge_counters"]["counters"]
     assert counters["in"] > 0 and counters["out"] > 0
     assert not [c for c in counters if c.startswith("drop.")], counters
+    if model == "quiet":  # the mesh's probes of the daemon, and its gossip, came from the model
+        assert counters["model.stand_in_ping"] > 0 and counters["model.items"] >= LEAVE
+        assert m["program_all_s"]["model"] == "quiet" and m["program_all_s"]["speakers"] == 3
     # Idle: it probes members (out) and is probed (in): a few datagrams a second, far below
     # a core.
     assert m["idle_out_per_s"]["value"] > 0 and m["idle_in_per_s"]["value"] > 0
