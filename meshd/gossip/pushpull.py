@@ -549,7 +549,7 @@ class Sync:
         round is brought forward to JOIN_SETTLE probe
         intervals from now: when many nodes join at once, the seed answered with a table that
         misses the ones joining right after us, and their news was gossiped while the senders'
-        views were still filling (each broadcast is sent only retransmit_mult * log10(N + 1)
+        views were still filling (each broadcast is sent only queue.retransmit_limit
         times), so it can miss us; one digest round shortly after closes that gap (the digests
         differ, a full exchange follows) instead of waiting up to push_pull_interval."""
         if self.synced:
