@@ -40,7 +40,14 @@ import pytest
 from meshd.control.client import request
 from meshd.control.server import ControlServer
 from meshd.errors import ControlError
-from meshd.gossip.messages import DecodeError, Ping, decode, encode, pack_datagram
+from meshd.gossip.messages import (
+    PROTOCOL_MINOR,
+    DecodeError,
+    Ping,
+    decode,
+    encode,
+    pack_datagram,
+)
 from meshd.gossip.security import (
     HEADER_LEN,
     HINT_LEN,
@@ -140,6 +147,8 @@ def junk(
         return bytes(b)
 
     def sealed(obj: Any) -> bytes:
+        if isinstance(obj, list) and len(obj) == 2:
+            obj = [*obj, PROTOCOL_MINOR]  # a payload of our minor, to reach the reason meant
         data = msgpack.packb(obj) if not isinstance(obj, bytes) else obj
         return sealer.seal(data, time.time(), to)
 
