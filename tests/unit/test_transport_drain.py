@@ -67,19 +67,26 @@ class RecordingNode:
         return False
 
 
+async def backlog(node: RecordingNode, count: int) -> tuple[Transport, list[bytes]]:
+    """A started transport for ``node`` with ``count`` datagrams queued in the kernel for it
+    (the event loop has not run since they were sent)."""
+    t = Transport(
+        cast(GossipNode, node), cast(Sealer, PlainSealer()), ("127.0.0.1", 0), wall=lambda: 0.0
+    )
+    await t.start()
+    assert t._sock is not None
+    addr = t._sock.getsockname()
+    sent = [f"datagram {i}".encode() for i in range(count)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        for d in sent:
+            peer.sendto(d, addr)
+    return t, sent
+
+
 def test_the_timer_runs_after_every_datagram_already_received() -> None:
     async def main() -> None:
         node = RecordingNode()
-        t = Transport(
-            cast(GossipNode, node), cast(Sealer, PlainSealer()), ("127.0.0.1", 0), wall=lambda: 0.0
-        )
-        await t.start()
-        assert t._sock is not None
-        addr = t._sock.getsockname()
-        sent = [f"datagram {i}".encode() for i in range(20)]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-            for d in sent:
-                peer.sendto(d, addr)  # queued in the kernel: the event loop has not run since
+        t, sent = await backlog(node, 20)
         task = asyncio.create_task(t._timer_loop())
         try:
             for _ in range(500):
@@ -101,16 +108,7 @@ def test_the_receive_loop_takes_a_backlog_in_order_and_stops_when_closed() -> No
     async def main() -> None:
         node = RecordingNode()
         node.deadline = None
-        t = Transport(
-            cast(GossipNode, node), cast(Sealer, PlainSealer()), ("127.0.0.1", 0), wall=lambda: 0.0
-        )
-        await t.start()
-        assert t._sock is not None
-        addr = t._sock.getsockname()
-        sent = [f"datagram {i}".encode() for i in range(50)]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-            for d in sent:
-                peer.sendto(d, addr)
+        t, sent = await backlog(node, 50)
         task = asyncio.create_task(t._recv_loop())
         for _ in range(500):
             if len(node.received) == len(sent):
