@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from meshd.lab import Daemon, Lab, write_key
+from meshd.lab.topology import down
 
 # Fast but realistic timers: the protocol is identical, only the clock is scaled. reap_after
 # must exceed the time a killed daemon takes to come back (seconds inside the user-mode-linux
@@ -97,6 +98,7 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     labs: list[Lab] = []
 
     def make(prefix: str, hosts: int, **kw: Any) -> Lab:
+        down(prefix)  # a run killed mid-test left this test's own lab behind: not ours to refuse
         lab = Lab(prefix, hosts=hosts, workdir=tmp_path / prefix, **kw)
         labs.append(lab)
         lab.build()

@@ -54,6 +54,7 @@ from meshd.gossip.record import NodeRecord
 from meshd.gossip.security import Keyring, OpenError, Sealer, key_id
 from meshd.gossip.trust import Signer
 from meshd.lab import DEFAULT_GOSSIP_PORT, Host, Lab, ns_exec
+from meshd.lab.topology import down
 
 from .conftest import all_alive, cli, keygen, wait_until
 from .wire import (
@@ -175,6 +176,7 @@ def rogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rogue]:
     cfg = tmp / "rogue.toml"
     cfg.write_text(ROGUE_CONFIG)
     key = keygen(tmp / "key")
+    down("rogue")  # left behind by a run killed mid-test
     lab = Lab("rogue", hosts=4, workdir=tmp / "lab")
     try:
         lab.build()

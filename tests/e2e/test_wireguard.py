@@ -30,6 +30,7 @@ import pytest
 from meshd.lab import DEFAULT_GOSSIP_PORT, Host, Lab, ns_exec
 from meshd.lab.daemons import WG_DEVICE
 from meshd.lab.runner import kernel_supports
+from meshd.lab.topology import down
 
 from .conftest import FAST_GOSSIP, all_alive, cli, keygen, peers, states, wait_until
 
@@ -76,6 +77,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("wg")
     config = tmp / "fast.toml"
     config.write_text(FAST_GOSSIP)
+    down("wge")  # left behind by a run killed mid-test
     lab = Lab("wge", hosts=3, workdir=tmp / "lab")
     try:
         lab.build()

@@ -50,6 +50,7 @@ from meshd import __version__
 from meshd.control.client import request
 from meshd.gossip.messages import PROTOCOL_MINOR
 from meshd.lab import Daemon, Host, Lab, write_key
+from meshd.lab.topology import down
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(900)]
 __all__ = ["base_root", "chroot", "timings"]  # fixtures, used by name
@@ -363,6 +364,7 @@ def start_packaged(lab: Lab, host: Host, lib: Path, key: Path, seeds: list[str])
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
+    down("upgr")  # left behind by a run killed mid-test
     with Lab("upgr", hosts=4, workdir=tmp_path / "lab") as lab:
         yield lab
 

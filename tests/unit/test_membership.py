@@ -127,3 +127,61 @@ def test_member_events_are_logged_with_event_peer_and_reason(
     assert (dead["subnet"], dead["public_ip"]) == ("10.244.2.0/24", "10.99.0.2")
     assert dead["msg"] == "member n2 (10.99.0.2 10.244.2.0/24): dead"  # the human message kept
     assert set(WHY) == set(get_args(EventKind))  # every kind has its reason
+
+
+@dataclass
+class ProbeNode:
+    local: Any
+    listed: list[Member]
+    crl_der: bytes | None = None
+
+    def members(self) -> list[Member]:
+        return self.listed
+
+
+@dataclass
+class FakeProber:
+    targets: list[dict[str, str]] = field(default_factory=list)
+    local: list[str | None] = field(default_factory=list)
+
+    async def set_local(self, ip: str | None) -> None:
+        self.local.append(ip)
+
+    def set_targets(self, targets: dict[str, str]) -> None:
+        self.targets.append(dict(targets))
+
+
+@dataclass
+class FlagSink:
+    flags: dict[str, str] = field(default_factory=dict)
+
+    def peer_flags(self) -> dict[str, str]:
+        return self.flags
+
+
+def test_probe_targets_are_rebuilt_only_on_change() -> None:
+    me = rec(1)
+    peer = Member(rec(2), MemberState.ALIVE, 0.0, 0.0)
+    node = ProbeNode(me, [Member(me, MemberState.ALIVE, 0.0, 0.0), peer])
+    sink = FlagSink()
+    m = Membership(node, None, sink, None, 30.0, lambda: None, asyncio.Event())  # type: ignore[arg-type]
+    prober = FakeProber()
+
+    async def run() -> None:
+        task = asyncio.create_task(m.probe_targets_loop(prober, every=0.001))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # many turns, nothing changed: built once
+        assert prober.targets == [{"n2": "10.244.2.0"}]
+        sink.flags = {"n2": "conflict"}  # the reconciler refuses n2: no longer probed
+        await asyncio.sleep(0.02)
+        assert prober.targets[1:] == [{}]
+        sink.flags = {}
+        node.listed.append(Member(rec(3), MemberState.ALIVE, 0.0, 0.0))
+        await asyncio.sleep(0.02)
+        assert len(prober.targets) == 3  # flags changed back
+        m._views_generation += 1  # a batch of member events (the run loop counts them)
+        await asyncio.sleep(0.02)
+        assert prober.targets[3:] == [{"n2": "10.244.2.0", "n3": "10.244.3.0"}]
+        task.cancel()
+
+    asyncio.run(run())
+    assert set(prober.local) == {"10.244.1.0"}
