@@ -237,8 +237,7 @@ class QuietMesh:
 
     An asleep member runs no gossip rounds, so news handed to it late would stay in its queue
     and ride on its every answer; `catch_up` counts the datagrams it would have sent since it
-    heard the news against its queue (through the core's private ``_queue``: a hook for the
-    core to offer).
+    heard the news against its queue (`GossipNode.spend_gossip`).
 
     Not modelled: the members' own anti-entropy rounds with the daemon (one every
     push_pull_interval * scale / ... ~300 s at N = 10,000; the daemon's own rounds are real),
@@ -360,13 +359,7 @@ class QuietMesh:
         takes = int(since / cfg.gossip_interval) * cfg.gossip_nodes
         if takes <= 0:
             return
-        node = self.net.nodes[i]
-        queue = node._queue  # noqa: SLF001 - no public hook (see the docstring)
-        n = len(self.net.nodes)
-        for _ in range(takes):
-            if not queue.take(self._budget, n):
-                break
-            self.counters["model.spent"] += 1
+        self.counters["model.spent"] += self.net.nodes[i].spend_gossip(takes)
 
     def _hand(self, i: int, parts: list[bytes], src: int, me: bytes) -> None:
         node = self.net.nodes[i]

@@ -709,6 +709,18 @@ class GossipNode:
                 break
             self._emit(parts, e.record.addr, e.record.node_id)
 
+    def spend_gossip(self, datagrams: int) -> int:
+        """Count ``datagrams`` gossip datagrams as sent without sending them: each takes from
+        the broadcast queue what a gossip round's would. For a simulator whose member runs no
+        timers for a while (benchmarks/simbridge.py's asleep members): the news it would have
+        gossiped on meanwhile is used up, not piggybacked on its next answer. Returns how many
+        datagrams had something to carry."""
+        n = self._state.num_nodes
+        for spent in range(datagrams):
+            if not self._queue.take(self._budget, n):
+                return spent
+        return datagrams
+
     # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
 
     def _suspicion_due(self, name: str, now: float) -> None:

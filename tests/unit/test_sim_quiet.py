@@ -9,6 +9,7 @@ import collections
 import importlib
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -141,3 +142,16 @@ def test_an_asleep_relay_nacks_for_a_member_that_is_gone() -> None:
     bridge.run(model, 6.0)
     assert bridge.counters["model.relay_nack"] == 1  # for the gone member only
     assert daemon.counters["ack.unmatched"] >= 1  # the member that is up answered through it
+
+
+def test_spend_gossip_uses_up_what_an_asleep_member_would_have_gossiped() -> None:
+    net = Network(seed=4)
+    recs = [make_record(i) for i in range(1, 6)]
+    net.converged(recs)
+    net.sleep(0)
+    net.update_local(0, replace(recs[0], incarnation=recs[0].incarnation + 1))
+    node = net.nodes[0]
+    spent = node.spend_gossip(1000)
+    # Each broadcast goes its retransmit count, several to a datagram: some, never all 1,000.
+    assert 0 < spent < 1000
+    assert node.spend_gossip(1000) == 0  # the queue is empty: nothing rides on its next answer
