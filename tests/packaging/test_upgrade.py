@@ -122,15 +122,18 @@ class PingLoop:
         wait_until(lambda: len(self.replies()) >= want, timeout, f"{n} replies on {self.what}")
 
     def stop(self) -> tuple[int, list[int]]:
-        """Stop; returns (packets sent, sequence numbers lost). The last packet, in flight when
-        ping was interrupted, does not count as lost."""
+        """Stop; returns (packets sent, sequence numbers lost after the first reply). The last
+        packet, in flight when ping was interrupted, does not count as lost; nor do the ones
+        before the path first answered (a neighbour being resolved, a route programmed just
+        after gossip converged): `start_ping` waits for replies before anything is changed."""
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=10)
         text = self.log.read_text()
         m = re.search(r"(\d+) packets transmitted", text)
         assert m, f"{self.what}: no ping summary: {text[-500:]}"
         sent = int(m[1])
-        lost = sorted(set(range(1, sent)) - self.replies())
+        got = self.replies()
+        lost = sorted(set(range(min(got, default=sent), sent)) - got)
         return sent, lost
 
 
