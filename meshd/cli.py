@@ -91,18 +91,28 @@ def load_config(config: Path | None, flags: dict[str, Any]) -> Config:
 @app.command()
 @friendly
 def join(
-    seeds: Annotated[list[str] | None, typer.Argument(help="host[:port] of members.")] = None,
+    seeds: Annotated[
+        list[str] | None, typer.Argument(help="host[:port], [ipv6]:port or ipv6 of members.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Node name (default hostname).")] = None,
-    public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: iface's).")] = None,
+    public_ip: Annotated[
+        list[str] | None,
+        typer.Option(help="Underlay IP, IPv4 or IPv6; twice: one of each (default: iface's)."),
+    ] = None,
     iface: Annotated[str | None, typer.Option(help="Underlay device (default route's).")] = None,
     subnet: Annotated[
-        str | None, typer.Option(help="This node's container subnet (unset: allocated).")
+        list[str] | None,
+        typer.Option(help="Container subnet; twice: one IPv4, one IPv6 (unset: allocated)."),
     ] = None,
     network: Annotated[
-        str | None, typer.Option(help="Cluster network; without --subnet, allocate from it.")
+        list[str] | None,
+        typer.Option(help="Cluster network (twice: one per family); allocate from it."),
     ] = None,
     subnet_len: Annotated[
-        int | None, typer.Option(help="Length of an allocated subnet (24).")
+        int | None, typer.Option(help="Length of an allocated IPv4 subnet (24).")
+    ] = None,
+    subnet_len6: Annotated[
+        int | None, typer.Option(help="Length of an allocated IPv6 subnet (64).")
     ] = None,
     backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     port: Annotated[int | None, typer.Option(help="Gossip UDP port (7950).")] = None,
@@ -138,11 +148,12 @@ def join(
         {
             "seeds": tuple(seeds or ()),
             "name": name,
-            "public_ip": public_ip,
+            "public_ip": tuple(public_ip or ()),
             "iface": iface,
-            "subnet": subnet,
-            "network": network,
+            "subnet": tuple(subnet or ()),
+            "network": tuple(network or ()),
             "subnet_len": subnet_len,
+            "subnet_len6": subnet_len6,
             "backend": backend,
             "port": port,
             "wireguard_port": wireguard_port,
