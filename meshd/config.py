@@ -381,13 +381,13 @@ def _per_family(key: str, value: Any) -> tuple[str | None, str | None]:
     """A per-family key's value -- one address or subnet, or a list of one per family --
     as (IPv4, IPv6)."""
     items = [value] if isinstance(value, str) else value
-    what = "address" if key == "public_ip" else "CIDR"
+    what = "an address" if key == "public_ip" else "a CIDR"
     if not isinstance(items, list | tuple) or not 1 <= len(items) <= 2:
-        raise ConfigError(f"{key}: must be an {what} or a list of two (one IPv4, one IPv6)")
+        raise ConfigError(f"{key}: must be {what} or a list of two (one IPv4, one IPv6)")
     out: dict[int, str] = {}
     for item in items:
         if not isinstance(item, str):
-            raise ConfigError(f"{key}: {item!r} is not an {what}")
+            raise ConfigError(f"{key}: {item!r} is not {what}")
         version, text = _check_address(key, item) if key == "public_ip" else _check_cidr(key, item)
         if version in out:
             raise ConfigError(

@@ -637,11 +637,30 @@ def diff(desired: Desired, observed: Observed) -> Plan:
     )
 
 
-def subnet_env(network: str | None, subnet: str, mtu: int, ipmasq: bool) -> str:
-    """flannel's /run/flannel/subnet.env format, which CNI's flannel plugin reads."""
-    return (
-        f"FLANNEL_NETWORK={network or subnet}\n"
-        f"FLANNEL_SUBNET={first_address(subnet)}\n"
-        f"FLANNEL_MTU={mtu}\n"
-        f"FLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"
-    )
+def subnet_env(
+    network: str | None,
+    subnet: str,
+    mtu: int,
+    ipmasq: bool,
+    *,
+    subnet6: str | None = None,
+    network6: str | None = None,
+) -> str:
+    """flannel's /run/flannel/subnet.env format, which CNI's flannel plugin reads.
+
+    ``subnet`` and ``subnet6`` are a record's (``subnet`` IPv4 or, with no IPv4 subnet, IPv6),
+    ``network`` and ``network6`` the IPv4 and IPv6 cluster networks. Like flanneld, each family
+    the node has a subnet of gets its two lines (``FLANNEL_NETWORK``/``FLANNEL_SUBNET``, then
+    ``FLANNEL_IPV6_NETWORK``/``FLANNEL_IPV6_SUBNET``: the first address of the subnet with its
+    length), IPv4 first; without a network, the subnet stands for it."""
+    by_family = {ipaddress.ip_network(s).version: s for s in (subnet, subnet6) if s is not None}
+    out = ""
+    for version, key in ((4, "FLANNEL_"), (6, "FLANNEL_IPV6_")):
+        own = by_family.get(version)
+        if own is None:
+            continue
+        net = network if version == 4 else network6
+        first = ipaddress.ip_network(own)
+        out += f"{key}NETWORK={net or own}\n"
+        out += f"{key}SUBNET={first.network_address + 1}/{first.prefixlen}\n"
+    return out + f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"
