@@ -389,6 +389,7 @@ class Membership:
                 incarnation=me.incarnation,
                 subnet=None if released else me.subnet,
                 subnet_since=0 if released else me.since,
+                subnet6=None if released else me.subnet6,
                 saved_at=time.time(),
                 members=[
                     m.record

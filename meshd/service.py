@@ -158,7 +158,9 @@ class Service:
                 {
                     "name": r.name,
                     "public_ip": r.public_ip,
+                    "public_ip6": r.public_ip6,
                     "subnet": r.subnet,
+                    "subnet6": r.subnet6,
                     "backend": r.backend,
                     "vtep_mac": r.vtep_mac,
                     "state": str(m.state.value),
