@@ -364,10 +364,15 @@ class Transport:
         if reason in self._warned:
             return
         self._warned.add(reason)
+        advice = ADVICE.get(reason, "see docs/operations.md, troubleshooting")
+        if reason == "enobufs" and self.family == socket.AF_INET6:
+            advice = advice.replace("(ARP)", "(NDP)").replace(
+                ", ".join(neightable.SYSCTLS), ", ".join(neightable.SYSCTLS6)
+            )
         log.warning(
             "gossip sends are failing (%s): %s; `meshd status` counts them (lost sends)",
             reason.upper(),
-            ADVICE.get(reason, "see docs/operations.md, troubleshooting"),
+            advice,
             extra={"event": "send_failed", "reason": reason},
         )
 

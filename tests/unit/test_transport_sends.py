@@ -195,3 +195,20 @@ def test_binding_an_address_this_host_lacks_is_one_line_with_brackets() -> None:
             await t.start()
 
     asyncio.run(main())
+
+
+def test_enobufs_on_an_ipv6_socket_names_the_ipv6_table(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        t = transport(StubNode(), "::1")
+        await t.start()
+        try:
+            t.lost("enobufs")
+        finally:
+            t.close()
+
+    with caplog.at_level(logging.WARNING, logger="meshd.transport"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "send_failed"]
+    assert len(said) == 1
+    assert "net.ipv6.neigh.default.gc_thresh3" in said[0] and "(NDP)" in said[0]
+    assert "net.ipv4" not in said[0]
