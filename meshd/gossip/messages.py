@@ -17,6 +17,7 @@ or a minor further away, is dropped and counted (``drop.protocol_major``, ``drop
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Literal, NamedTuple, cast
 import msgpack
 
 from meshd.gossip.events import MemberState
-from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError
+from meshd.gossip.record import _NAME_RE, NodeRecord, RecordError, unicast_ip6
 
 PROTOCOL_MAJOR = 1
 """The payload's first element. A receiver drops datagrams of any other major
@@ -285,6 +286,10 @@ _packb = functools.partial(msgpack.packb, use_bin_type=True)
 
 @functools.lru_cache(maxsize=4096)
 def _pack_ip(ip: str) -> bytes:
+    """4 bytes for IPv4, 16 for IPv6 (a node on an IPv6 underlay; a member of protocol 1.2
+    refuses those, and could not reach the address anyway)."""
+    if ":" in ip:
+        return ipaddress.IPv6Address(ip).packed
     return bytes(int(x) for x in ip.split("."))
 
 
@@ -651,7 +656,13 @@ def _name(v: Any) -> str:
 
 
 def _addr(ip: Any, port: Any) -> Addr:
-    # record.unicast_ip4's rule: where an ack or a relayed ping goes is a member's address.
+    # record.unicast_ip4's and unicast_ip6's rules: where an ack or a relayed ping goes is a
+    # member's address.
+    if type(ip) is bytes and len(ip) == 16:
+        text = str(ipaddress.IPv6Address(ip))
+        if not unicast_ip6(text):
+            raise DecodeError("addr")
+        return text, _int(port, 1, 65535)
     if type(ip) is not bytes or len(ip) != 4 or ip[0] in (0, 127) or ip[0] >= 224:
         raise DecodeError("addr")
     return f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}", _int(port, 1, 65535)

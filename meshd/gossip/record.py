@@ -8,6 +8,13 @@ is a positional msgpack list, append-only (docs/protocol.md, "Node record")::
     13 subnet6 (0|17 B)  14 cert (X.509 DER or b"")  15 sig (Ed25519, 64 B or b"")
     16 wg_key (WireGuard public key, 0|32 B)
 
+Dual-stack (fields 12 and 13): ``public_ip`` is the address gossip uses, IPv4 or IPv6, and
+``subnet`` the node's first subnet, IPv4 when it has one. Field 2 is ``0.0.0.0`` when
+``public_ip`` is IPv6 (field 12 then carries it), field 4 five zero bytes when the node has no
+IPv4 subnet (field 13 carries its IPv6 one); otherwise fields 12 and 13 carry the second family
+(``public_ip6``, ``subnet6``). A member that predates dual-stack refuses a record with no IPv4
+address or subnet (it could neither reach nor route that node) and reads the rest unchanged.
+
 Fields 0..9 are protocol 1's, 10 came next; older members read only those. Trailing fields at
 their defaults are not sent, so a shared-key record is byte for byte what older members send. The
 signature covers ``SIGNING_PREFIX + msgpack(fields 0..13, then 16.. when any is set)`` --
@@ -82,9 +89,10 @@ class NodeRecord:
     left: bool = False
     """The member left gracefully; only its own signed record can say so (cert mode)."""
     public_ip6: str | None = None
-    """IPv6 underlay address (dual-stack, not yet used; validated if present)."""
+    """A second, IPv6 underlay address (a dual-stack underlay); only beside an IPv4
+    ``public_ip``."""
     subnet6: str | None = None
-    """IPv6 container subnet (dual-stack, not yet used; validated if present)."""
+    """The IPv6 container subnet beside an IPv4 ``subnet`` (a dual-stack overlay)."""
     cert: bytes = b""
     """The node's X.509 certificate (DER); empty in shared-key mode."""
     sig: bytes = b""
@@ -98,6 +106,28 @@ class NodeRecord:
     @property
     def addr(self) -> tuple[str, int]:
         return (self.public_ip, self.port)
+
+    @property
+    def ip_version(self) -> int:
+        """4 or 6: the family of ``public_ip`` (the underlay gossip uses)."""
+        return 6 if ":" in self.public_ip else 4
+
+    @property
+    def subnets(self) -> tuple[str, ...]:
+        """The node's container subnets, IPv4 first: one, or two on a dual-stack overlay."""
+        return (self.subnet,) if self.subnet6 is None else (self.subnet, self.subnet6)
+
+    def subnet_of(self, version: int) -> str | None:
+        """The node's subnet of that IP version (4 or 6), if it has one."""
+        if version == 6:
+            return self.subnet6 if self.subnet6 is not None else _if_v6(self.subnet)
+        return None if ":" in self.subnet else self.subnet
+
+    def underlay_of(self, version: int) -> str | None:
+        """The node's underlay address of that IP version (4 or 6), if it has one."""
+        if version == 6:
+            return self.public_ip6 if self.public_ip6 is not None else _if_v6(self.public_ip)
+        return None if ":" in self.public_ip else self.public_ip
 
     def with_incarnation(self, incarnation: int) -> NodeRecord:
         return replace(self, incarnation=incarnation)
@@ -131,12 +161,16 @@ class NodeRecord:
         return [self.wg_key]
 
     def _signed_fields(self) -> list[Any]:
+        ip6 = self.underlay_of(6)
+        subnet6 = self.subnet_of(6)
+        ip4 = self.underlay_of(4)
+        subnet4 = self.subnet_of(4)
         return [
             self.name,
             self.node_id,
-            ipaddress.IPv4Address(self.public_ip).packed,
+            ipaddress.IPv4Address(ip4).packed if ip4 is not None else NO_IP4,
             self.port,
-            _pack_subnet(self.subnet),
+            _pack_subnet(subnet4) if subnet4 is not None else NO_SUBNET4,
             _backend_to_wire(self.backend),
             bytes.fromhex(self.vtep_mac.replace(":", "")) if self.vtep_mac else b"",
             self.mtu,
@@ -144,8 +178,8 @@ class NodeRecord:
             self.version,
             self.since,
             FLAG_LEFT if self.left else 0,
-            ipaddress.IPv6Address(self.public_ip6).packed if self.public_ip6 else b"",
-            _pack_subnet6(self.subnet6) if self.subnet6 else b"",
+            ipaddress.IPv6Address(ip6).packed if ip6 else b"",
+            _pack_subnet6(subnet6) if subnet6 else b"",
         ]
 
     @classmethod
@@ -181,12 +215,21 @@ class NodeRecord:
             raise RecordError("public_ip6: not 0 or 16 bytes")
         if not isinstance(subnet6, bytes) or len(subnet6) not in (0, 17):
             raise RecordError("subnet6: not 0 or 17 bytes")
+        public_ip6 = str(ipaddress.IPv6Address(ip6)) if ip6 else None
+        subnet6_s = _unpack_subnet6(subnet6) if subnet6 else None
+        public_ip = str(ipaddress.IPv4Address(ip))
+        if ip == NO_IP4 and public_ip6 is not None:  # an IPv6 underlay
+            public_ip, public_ip6 = public_ip6, None
+        if subnet == NO_SUBNET4 and subnet6_s is not None:  # an IPv6-only overlay
+            subnet_s, subnet6_s = subnet6_s, None
+        else:
+            subnet_s = _unpack_subnet(subnet)
         rec = cls(
             name=name,
             node_id=node_id,
-            public_ip=str(ipaddress.IPv4Address(ip)),
+            public_ip=public_ip,
             port=port,
-            subnet=_unpack_subnet(subnet),
+            subnet=subnet_s,
             backend=backend,
             vtep_mac=":".join(f"{b:02x}" for b in mac) if mac else None,
             mtu=mtu,
@@ -194,8 +237,8 @@ class NodeRecord:
             version=ver,
             since=since,
             left=flags == FLAG_LEFT,
-            public_ip6=str(ipaddress.IPv6Address(ip6)) if ip6 else None,
-            subnet6=_unpack_subnet6(subnet6) if subnet6 else None,
+            public_ip6=public_ip6,
+            subnet6=subnet6_s,
             cert=cert,
             sig=sig,
             wg_key=wg_key,
@@ -252,6 +295,16 @@ class NodeRecord:
         return rec
 
 
+NO_IP4 = bytes(4)
+"""Field 2 of a node whose underlay is IPv6 (0.0.0.0: never a member's address)."""
+NO_SUBNET4 = bytes(5)
+"""Field 4 of a node with no IPv4 subnet (0.0.0.0/0: never a member's subnet)."""
+
+
+def _if_v6(value: str) -> str | None:
+    return value if ":" in value else None
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -305,11 +358,18 @@ def validate(rec: NodeRecord) -> None:  # noqa: C901 - one check per field reads
         raise RecordError("name: must be 1-63 of [A-Za-z0-9._-], starting alphanumeric")
     if not isinstance(rec.node_id, bytes) or len(rec.node_id) != NODE_ID_LEN:
         raise RecordError(f"node_id: must be {NODE_ID_LEN} bytes")
-    if not isinstance(rec.public_ip, str) or not unicast_ip4(rec.public_ip):
+    if not isinstance(rec.public_ip, str):
+        raise RecordError("public_ip: not a string")
+    if ":" in rec.public_ip:
+        _validate_ip6(rec.public_ip, "public_ip")
+    elif not unicast_ip4(rec.public_ip):
         raise RecordError("public_ip: not a unicast IPv4 address")
     if not _is_int(rec.port) or not 1 <= rec.port <= 65535:
         raise RecordError("port: must be 1-65535")
-    validate_subnet(rec.subnet)
+    if isinstance(rec.subnet, str) and ":" in rec.subnet:
+        validate_subnet6(rec.subnet, "subnet")
+    else:
+        validate_subnet(rec.subnet)
     if not isinstance(rec.backend, str) or not _BACKEND_RE.match(rec.backend):
         raise RecordError("backend: must be 1-16 of [a-z0-9-], starting with a letter")
     if rec.vtep_mac is not None and (
@@ -332,8 +392,12 @@ def validate(rec: NodeRecord) -> None:  # noqa: C901 - one check per field reads
         raise RecordError("left: not a bool")
     if rec.public_ip6 is not None:
         _validate_ip6(rec.public_ip6)
+        if ":" in rec.public_ip:
+            raise RecordError("public_ip6: only beside an IPv4 public_ip")
     if rec.subnet6 is not None:
         validate_subnet6(rec.subnet6)
+        if ":" in rec.subnet:
+            raise RecordError("subnet6: only beside an IPv4 subnet")
     if not isinstance(rec.cert, bytes) or len(rec.cert) > MAX_CERT_LEN:
         raise RecordError(f"cert: not bytes of at most {MAX_CERT_LEN}")
     if not isinstance(rec.sig, bytes) or len(rec.sig) not in (0, SIG_LEN):
@@ -342,27 +406,40 @@ def validate(rec: NodeRecord) -> None:  # noqa: C901 - one check per field reads
         raise RecordError(f"wg_key: not 0 or {WG_KEY_LEN} bytes")
 
 
-def _validate_ip6(ip: object) -> None:
-    if not isinstance(ip, str):
-        raise RecordError("public_ip6: not a string")
+def unicast_ip6(ip: str) -> bool:
+    """An IPv6 underlay address a peer may announce: not ::, ::1, multicast, link-local (it
+    needs a zone) or IPv4-mapped."""
     try:
         addr = ipaddress.IPv6Address(ip)
-    except ValueError as exc:
-        raise RecordError(f"public_ip6: {exc}") from exc
-    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.ipv4_mapped:
-        raise RecordError("public_ip6: not a unicast IPv6 address")
+    except ValueError:
+        return False
+    return not (
+        addr.is_unspecified
+        or addr.is_loopback
+        or addr.is_multicast
+        or addr.is_link_local
+        or addr.ipv4_mapped is not None
+    )
 
 
-def validate_subnet6(cidr: object) -> ipaddress.IPv6Network:
-    """An IPv6 container subnet: strict CIDR, prefix /1 to /124."""
+def _validate_ip6(ip: object, field: str = "public_ip6") -> None:
+    if not isinstance(ip, str):
+        raise RecordError(f"{field}: not a string")
+    if not unicast_ip6(ip):
+        raise RecordError(f"{field}: not a unicast IPv6 address")
+
+
+def validate_subnet6(cidr: object, field: str = "subnet6") -> ipaddress.IPv6Network:
+    """An IPv6 container subnet: strict CIDR, prefix /1 to /124 (what else a data plane refuses
+    -- ::1, link-local, multicast -- is its prefix policy's, as for IPv4)."""
     if not isinstance(cidr, str):
-        raise RecordError("subnet6: not a string")
+        raise RecordError(f"{field}: not a string")
     try:
         net = ipaddress.IPv6Network(cidr, strict=True)
     except ValueError as exc:
-        raise RecordError(f"subnet6: {exc}") from exc
+        raise RecordError(f"{field}: {exc}") from exc
     if not 1 <= net.prefixlen <= 124:
-        raise RecordError("subnet6: prefix must be /1 to /124")
+        raise RecordError(f"{field}: prefix must be /1 to /124")
     return net
 
 

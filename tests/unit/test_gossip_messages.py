@@ -207,3 +207,68 @@ def test_a_node_of_the_previous_minor_skips_resend() -> None:
     counters: Counter[str] = Counter()
     assert m.decode(data, m.PROTOCOL_MINOR - 1, counters) == [m.Ack(1)]
     assert counters["skip.unknown_type"] == 1
+
+
+V6 = dataclasses.replace(
+    make_record(5), public_ip="2001:db8::5", subnet="fd00:10:244:5::/64", vtep_mac=None
+)
+DUAL = dataclasses.replace(make_record(6), public_ip6="2001:db8::6", subnet6="fd00:10:244:6::/64")
+
+
+@pytest.mark.parametrize("rec", [V6, DUAL], ids=["ipv6-only", "dual-stack"])
+def test_ipv6_and_dual_stack_records_round_trip(rec: NodeRecord) -> None:
+    for _ in range(2):  # a cache miss, then a hit
+        assert roundtrip(m.Alive(rec)) == m.Alive(rec)
+    assert NodeRecord.from_dict(rec.to_dict()) == rec
+
+
+def test_ipv6_only_record_on_the_wire() -> None:
+    # No IPv4 address or subnet: fields 2 and 4 are zero (a member of 1.2 refuses the record),
+    # fields 12 and 13 carry the node's IPv6 underlay address and subnet.
+    wire = V6.to_wire()
+    assert wire[2] == bytes(4) and wire[4] == bytes(5)
+    assert len(wire[12]) == 16 and len(wire[13]) == 17
+    assert V6.subnets == ("fd00:10:244:5::/64",) and V6.ip_version == 6
+    assert V6.subnet_of(4) is None and V6.subnet_of(6) == "fd00:10:244:5::/64"
+    assert V6.underlay_of(4) is None and V6.underlay_of(6) == "2001:db8::5"
+    assert V6.addr == ("2001:db8::5", V6.port)
+
+
+def test_dual_stack_record_keeps_the_ipv4_fields_older_members_read() -> None:
+    wire = DUAL.to_wire()
+    ipv4_only = make_record(6).to_wire()
+    assert wire[: len(ipv4_only)] == ipv4_only  # what a member before dual-stack reads
+    assert DUAL.subnets == (DUAL.subnet, "fd00:10:244:6::/64") and DUAL.ip_version == 4
+    assert DUAL.underlay_of(6) == "2001:db8::6" and DUAL.underlay_of(4) == DUAL.public_ip
+    assert DUAL.subnet_of(4) == DUAL.subnet and ":" not in DUAL.subnet
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"public_ip": "fe80::1"}, "public_ip"),  # link-local: needs a zone
+        ({"public_ip": "::1"}, "public_ip"),
+        ({"public_ip": "::ffff:10.0.0.1"}, "public_ip"),
+        ({"public_ip": "2001:db8::5", "public_ip6": "2001:db8::6"}, "public_ip6"),
+        ({"subnet": "fd00::/64", "subnet6": "fd00:1::/64"}, "subnet6"),
+        ({"subnet6": "10.1.0.0/24"}, "subnet6"),
+        ({"subnet": "fd00::1/64"}, "subnet"),
+    ],
+)
+def test_bad_dual_stack_fields_are_refused(changes: dict[str, str], field: str) -> None:
+    from meshd.gossip.record import RecordError, validate
+
+    with pytest.raises(RecordError, match=f"^{field}:"):
+        validate(dataclasses.replace(make_record(5), **changes))
+
+
+def test_ipv6_addresses_in_pings_round_trip_and_are_checked() -> None:
+    ping = m.Ping(1, "n1", "n2", ("2001:db8::2", 7950))
+    assert roundtrip(ping) == ping
+    ind = m.IndirectPing(3, "n1", ("2001:db8::1", 1), "n2", ("10.0.0.2", 2), False)
+    assert roundtrip(ind) == ind
+    for bad in ("ff02::1", "::1", "fe80::1"):
+        data = m.pack_datagram([m.encode(m.Ping(1, "n1", "n2", (bad, 7950)))])
+        with pytest.raises(m.DecodeError) as err:
+            m.decode(data)
+        assert err.value.reason == "addr", bad
