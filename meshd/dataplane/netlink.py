@@ -5,8 +5,8 @@ words every one of them, pyroute2's included).
 ``Netlink`` works in the current network namespace or in a named one (so tests and the lab can
 drive a namespace from the same process), on two request sockets:
 
-* pyroute2's ``AsyncIPRoute`` for devices and addresses (both families) (create, set, read back): a pass
-  touches one or two devices, these are the most attribute-heavy messages (vxlan's linkinfo) and
+* pyroute2's ``AsyncIPRoute`` for devices and addresses of both families (create, set, read
+  back): a pass touches one or two devices, these are the most attribute-heavy messages (vxlan's linkinfo) and
   where kernel quirks live, so a maintained codec is worth its memory (+2.7 MiB of RSS on top
   of the daemon's other imports, imported the lean way: ``_pyroute2``);
 * ``rtnl.Rtnl`` for the hot path -- routes, neighbours and FDB entries, one per peer -- behind
@@ -374,12 +374,7 @@ class Netlink:
         )
         best: tuple[int, int] | None = None
         for r in await self._rtnl.dump(req, decode_route, RTM_NEWROUTE):
-            if (
-                r.family == family
-                and r.dst.endswith("/0")
-                and r.table == MAIN_TABLE
-                and r.oif
-            ):
+            if r.family == family and r.dst.endswith("/0") and r.table == MAIN_TABLE and r.oif:
                 cand = (r.priority, r.oif)
                 best = cand if best is None or cand < best else best
         return best[1] if best else None
@@ -475,8 +470,8 @@ class Netlink:
     # --- monitoring ----------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Event]:
-        """Kernel notifications for links, addresses, routes (both families) and neighbours/FDB, on a
-        separate socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")``
+        """Kernel notifications for links, addresses and routes (both families) and
+        neighbours/FDB, on a separate socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")``
         when the socket lost messages (the caller resyncs)."""
         mon = Monitor(self.netns, MONITOR_GROUPS)
         mon.open()

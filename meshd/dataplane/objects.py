@@ -35,6 +35,35 @@ def canonical(cidr: str) -> str:
     return str(ipaddress.IPv6Address(cidr))
 
 
+@lru_cache(maxsize=1 << 16)
+def span_any(cidr: str, strict: bool = True) -> tuple[int, int, int] | None:
+    """(version, first, last) of an IPv4 or IPv6 prefix, or None when it is not one: spans of
+    the two families never compare as overlapping once the version is checked first."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=strict)
+    except ValueError:
+        return None
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+@lru_cache(maxsize=1 << 16)
+def address_any(ip: str) -> tuple[int, int] | None:
+    """(version, value) of an IPv4 or IPv6 address, or None."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    return a.version, int(a)
+
+
+def spans_overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    return a[0] == b[0] and a[1] <= b[2] and b[1] <= a[2]
+
+
+def span_holds(net: tuple[int, int, int], ip: tuple[int, int] | None) -> bool:
+    return ip is not None and net[0] == ip[0] and net[1] <= ip[1] <= net[2]
+
+
 @dataclass(frozen=True, slots=True)
 class Underlay:
     """The device peers are reached through, and this node's address on it: ``ip`` is the one
