@@ -9,7 +9,10 @@ Decisions made here, in one place and for every backend alike:
 * which peers are programmed, and why the others are not (``peer_flags``);
 * the conflict rule (``resolve_claims``): every node evaluates it identically from the same table;
 * removal gating: nothing is removed before the first full state exchange (``synced``);
-* reaping: a dead peer keeps its entries until ``state_since + reap_after``.
+* reaping: a dead peer keeps its entries until ``state_since + reap_after``;
+* both families: a peer's subnets (one or two, ``rec.subnets``) each get their entries, and each
+  is checked against this node's subnet, underlay and foreign routes of its own family; a peer
+  one of whose subnets cannot be routed from here keeps the other and is flagged ``partial``.
 
 What is backend-specific -- the device, the per-peer objects and their order, extra refusals,
 the MTU overhead -- each backend object in ``backends/`` says; nothing here names a backend.
@@ -32,6 +35,7 @@ from meshd.dataplane.objects import (
     FLAG_CONFLICTED,
     FLAG_INCOMPATIBLE,
     FLAG_NOT_ON_LINK,
+    FLAG_PARTIAL,
     FLAG_REAPED,
     FLAG_REFUSED,
     DeviceOp,
@@ -42,6 +46,9 @@ from meshd.dataplane.objects import (
     Route,
     Underlay,
     WgPeer,
+    canonical,
+    span_any,
+    spans_overlap,
 )
 from meshd.gossip.record import NodeRecord
 
@@ -49,6 +56,7 @@ __all__ = [
     "FLAG_CONFLICTED",
     "FLAG_INCOMPATIBLE",
     "FLAG_NOT_ON_LINK",
+    "FLAG_PARTIAL",
     "FLAG_REAPED",
     "FLAG_REFUSED",
     "RTPROT_MESHD",
@@ -296,14 +304,42 @@ def foreign_routes(foreign: tuple[str, ...], network: str | None) -> prefix.Span
     return prefix.Spans(items)
 
 
+@lru_cache(maxsize=4)
+def foreign_routes6(foreign: tuple[str, ...], network6: str | None) -> prefix.Spans:
+    """``foreign_routes`` for IPv6: spans of the IPv6 destinations in ``foreign`` but the
+    default route and routes covering all of ``network6``."""
+    cluster = span_any(network6) if network6 else None
+    items = []
+    for dst in foreign:
+        if ":" not in dst:
+            continue
+        s = span_any(dst, strict=False)
+        if s is None or dst.endswith("/0"):
+            continue
+        if cluster is not None and s[1] <= cluster[1] and cluster[2] <= s[2]:
+            continue
+        items.append(((s[1], s[2]), dst))
+    return prefix.Spans(items)
+
+
 def touches_peers(dst: str, peers: Sequence[PeerView]) -> bool:
     """Does a route to ``dst`` overlap any peer's subnet (so the model may decide otherwise)?"""
-    net = prefix.span(dst, strict=False)
-    if net is None:
+    if ":" not in dst:
+        net = prefix.span(dst, strict=False)
+        if net is None:
+            return False
+        for pv in peers:
+            s = prefix.span(pv.record.subnet)
+            if s is not None and prefix.overlaps(s, net):
+                return True
+        return False
+    net6 = span_any(dst, strict=False)
+    if net6 is None:
         return False
     for pv in peers:
-        s = prefix.span(pv.record.subnet)
-        if s is not None and prefix.overlaps(s, net):
+        sub = pv.record.subnet_of(6)
+        s6 = span_any(sub) if sub else None
+        if s6 is not None and spans_overlap(s6, net6):
             return True
     return False
 
@@ -367,12 +403,14 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     now: float,
     onlink: Sequence[str] = (),
     foreign: Sequence[str] = (),
+    network6: str | None = None,
 ) -> Selection:
     """Which peers get entries. ``onlink``: CIDRs reachable directly on the underlay (host-gw).
     ``foreign``: destinations of the main table's routes meshd does not own (any protocol but
     ``RTPROT_MESHD``). A peer announcing another backend, or one this build does not know, is
     ``incompatible``; one breaking the prefix and address policy (``subnet_problem``,
-    ``prefix.unicast_problem``, a foreign route) is ``refused``."""
+    ``prefix.unicast_problem``, a foreign route) is ``refused``. ``network6``: the IPv6 cluster
+    network, if set (routes covering it are not foreign to the mesh)."""
     be = backends.get(backend)
     flags: dict[str, str] = {}
     reasons: dict[str, str] = {}
@@ -389,8 +427,8 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     next_deadline = found.next_deadline
     claimants_ = found.records
 
-    local_net = prefix.span(local.subnet)
-    granted, losers = resolve_claims([*claimants_, *([local] if local_net else [])])
+    local_ok = all(span_any(s) is not None for s in local.subnets)
+    granted, losers = resolve_claims([*claimants_, *([local] if local_ok else [])])
     local_conflict: str | None = None
     if local.node_id in losers:
         holder = losers[local.node_id]
@@ -400,28 +438,18 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         )
 
     # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
-    onlink_nets = tuple(n for n in (prefix.span(c, strict=False) for c in onlink) if n is not None)
-    ul_net = prefix.span(f"{underlay.ip}/{underlay.prefixlen}", strict=False) or (1, 0)
+    onlink_nets = tuple(n for n in (span_any(c, strict=False) for c in onlink) if n is not None)
     routes = foreign_routes(tuple(foreign), network)
+    routes6 = foreign_routes6(tuple(foreign), network6)
     candidates: list[NodeRecord] = []
     for p in claimants_:
-        net = prefix.span(p.subnet) or (1, 0)  # claimants' subnets are valid
         if p.node_id not in granted:
             h = losers[p.node_id]
             refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps {h.subnet} held by {h.name}")
             continue
-        if local_net is not None and prefix.overlaps(net, local_net):
-            refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps this node's {local.subnet}")
-            continue
-        if prefix.overlaps(net, ul_net):
-            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps the underlay {underlay.network}")
-            continue
-        if p.public_ip == underlay.ip:
-            refuse(p, FLAG_REFUSED, f"announces this node's own address {p.public_ip}")
-            continue
-        route = routes.overlapping(net)
-        if route is not None:
-            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps route {route}, not meshd's")
+        problem = _local_problem(p, local, underlay, routes, routes6)
+        if problem is not None:
+            refuse(p, *problem)
             continue
         candidates.append(p)
 
@@ -433,12 +461,45 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     return Selection(programmed, flags, reasons, local_conflict, next_deadline)
 
 
+def _local_problem(
+    p: NodeRecord,
+    local: NodeRecord,
+    underlay: Underlay,
+    routes: prefix.Spans,
+    routes6: prefix.Spans,
+) -> tuple[str, str] | None:
+    """(flag, reason) when one of ``p``'s subnets clashes with this node's subnets, underlay or
+    a foreign route of the same family, or ``p`` announces this node's own underlay address."""
+    mine = [(s, n) for s in local.subnets if (n := span_any(s)) is not None]
+    ul_nets = [(c, n) for c in underlay.cidrs() if (n := span_any(c, strict=False)) is not None]
+    for sub in p.subnets:
+        net = span_any(sub)
+        if net is None:
+            return FLAG_REFUSED, f"subnet {sub} is not a valid container subnet"
+        for own, n in mine:
+            if spans_overlap(net, n):
+                return FLAG_CONFLICTED, f"subnet {sub} overlaps this node's {own}"
+        for cidr, n in ul_nets:
+            if spans_overlap(net, n):
+                shown = underlay.network if cidr == underlay.cidrs()[0] else cidr
+                return FLAG_REFUSED, f"subnet {sub} overlaps the underlay {shown}"
+        route = (routes6 if net[0] == 6 else routes).overlapping((net[1], net[2]))
+        if route is not None:
+            return FLAG_REFUSED, f"subnet {sub} overlaps route {route}, not meshd's"
+    own_ips = {canonical(a) for a in (underlay.ip, underlay.ip6) if a}
+    for ip in (p.public_ip, p.public_ip6):
+        if ip and canonical(ip) in own_ips:
+            return FLAG_REFUSED, f"announces this node's own address {ip}"
+    return None
+
+
 # --- desired state -------------------------------------------------------------------------------
 
 
 def first_address(subnet: str) -> str:
-    """``10.244.1.0/24`` -> ``10.244.1.1/24`` (flannel's FLANNEL_SUBNET, the bridge address)."""
-    net = ipaddress.IPv4Network(subnet)
+    """``10.244.1.0/24`` -> ``10.244.1.1/24``, ``fd00:1::/64`` -> ``fd00:1::1/64`` (flannel's
+    FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, the bridge's addresses)."""
+    net = ipaddress.ip_network(subnet)
     return f"{net.network_address + 1}/{net.prefixlen}"
 
 
@@ -465,20 +526,33 @@ def desired_state(
     bridge: str | None = None,
     onlink: Sequence[str] = (),
     foreign: Sequence[str] = (),
+    network6: str | None = None,
 ) -> Desired:
     """Everything this node should have in its kernel for ``peers`` at time ``now``."""
     be: Backend = backends.get(backend)
-    sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink, foreign)
-    site = Site(local, underlay, vni=vni, port=vxlan_port, wg_port=wireguard_port)
+    sel = select_peers(
+        backend, network, reap_after, local, underlay, peers, now, onlink, foreign, network6
+    )
+    onlink_nets = tuple(n for n in (span_any(c, strict=False) for c in onlink) if n is not None)
+    site = Site(local, underlay, onlink_nets, vni=vni, port=vxlan_port, wg_port=wireguard_port)
     dev = be.device(site)
     routes: dict[str, Route] = {}
     neighs: dict[str, Neigh] = {}
     fdb: set[Fdb] = set()
     wgpeers: dict[str, WgPeer] = {}
+    flags, reasons = dict(sel.flags), dict(sel.reasons)
+    programmed: list[str] = []
     for p in sel.programmed:
-        route, neigh, fdb_entry, wgpeer = be.entries(p, site, dev)
-        routes[route.dst] = route
-        if neigh is not None:
+        p_routes, p_neighs, fdb_entry, wgpeer, missing = be.entries(p, site, dev)
+        if missing is not None:
+            flags[p.name] = FLAG_PARTIAL if p_routes else FLAG_REFUSED
+            reasons[p.name] = missing
+        if not p_routes:
+            continue
+        programmed.append(p.name)
+        for route in p_routes:
+            routes[route.dst] = route
+        for neigh in p_neighs:
             neighs[neigh.dst] = neigh
         if fdb_entry is not None:
             fdb.add(fdb_entry)
@@ -491,7 +565,7 @@ def desired_state(
             kind="bridge",
             mtu=None,
             mac=None,
-            addresses=(first_address(local.subnet),),
+            addresses=tuple(first_address(s) for s in local.subnets),
             owned=False,
         )
     return Desired(
@@ -501,9 +575,9 @@ def desired_state(
         routes=routes,
         neighs=neighs,
         fdb=frozenset(fdb),
-        programmed=tuple(p.name for p in sel.programmed),
-        flags=sel.flags,
-        reasons=sel.reasons,
+        programmed=tuple(programmed),
+        flags=flags,
+        reasons=reasons,
         local_conflict=sel.local_conflict,
         allow_remove=synced,
         next_deadline=sel.next_deadline,
