@@ -21,18 +21,20 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from meshd import __version__, doctor, identity
 from meshd.allocator import Allocator
 from meshd.config import Config, parse_seed
-from meshd.control.protocol import DoctorReply
+from meshd.control.protocol import DoctorReply, UnderlayInfo
 from meshd.control.server import ControlServer, group_id
 from meshd.dataplane import allocation, backends, model, prefix
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.masquerade import Masquerade, remove_table
+from meshd.dataplane.objects import Underlay
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.dataplane.wgdevice import WireGuardDevices
@@ -84,8 +86,8 @@ class Daemon:
         cfg = self.cfg
         wall = time.time()
         cred = None
-        network = cfg.network
-        subnet_s = cfg.subnet
+        network, network6 = cfg.network, cfg.network6
+        subnet_s, subnet6_s = cfg.subnet, cfg.subnet6
         pool: Pool | None = None
         if cfg.ca is not None:
             assert cfg.cert is not None and cfg.cert_key is not None  # config.build ensures it
@@ -97,17 +99,24 @@ class Daemon:
                 pool = identity.pool_for(cred, cfg.subnet_len)
         elif subnet_s is None and network is not None:
             pool = Pool(network, cfg.subnet_len or allocation.DEFAULT_LEN)  # config.build checked
-        if subnet_s is None and pool is None:
+        if subnet6_s is None and network6 is not None:
+            # Allocation per family is the allocator's (docs/allocation.md); until it takes an
+            # IPv6 pool, an IPv6 subnet is given.
+            raise ConfigError(
+                f"subnet: no IPv6 subnet given (network {network6} is IPv6): give one, "
+                "e.g. --subnet fd00:10:244:1::/64 beside the IPv4 one"
+            )
+        if subnet_s is None and pool is None and subnet6_s is None:
             raise ConfigError(
                 "subnet: required, e.g. --subnet 10.244.1.0/24, or --network to allocate one"
             )
         keyring = load_keyring(cfg.key_file)
         store = StateStore(cfg.state_dir)
         state = store.load()
-        underlay = await discover_underlay(cfg.iface, cfg.public_ip)
+        underlay = await self._underlay(ipv6_overlay=subnet6_s is not None)
         if cred is not None:
             identity.check_public_ip(cred, underlay.ip)
-        ul_net = ipaddress.IPv4Network(f"{underlay.ip}/{underlay.prefixlen}", strict=False)
+        ul_nets = [ipaddress.ip_network(c, strict=False) for c in underlay.cidrs()]
         self.allocator: Allocator | None = None
         since = 0
         if pool is not None:
@@ -116,23 +125,21 @@ class Daemon:
                 cfg.subnet_lease,
                 cfg.backend,
                 network,
-                [str(ul_net)],
+                [str(n) for n in ul_nets if n.version == 4],
                 random.Random(os.urandom(16)),
             )
             known_now = [m for m in state.members if m.node_id != state.node_id]
             subnet_s, since = self.allocator.first(
                 state.subnet, state.subnet_since, state.saved_at, known_now, wall
             )
-        assert subnet_s is not None
-        subnet = ipaddress.IPv4Network(subnet_s)
-        if subnet.overlaps(ul_net):
-            raise ConfigError(f"subnet: {subnet} overlaps the underlay network {ul_net}")
-        if network and not subnet.subnet_of(ipaddress.IPv4Network(network)):
-            raise ConfigError(f"subnet: {subnet} is outside network {network}")
+        subnets = [s for s in (subnet_s, subnet6_s) if s is not None]  # IPv4 first
+        for sub, net in ((subnet_s, network), (subnet6_s, network6)):
+            if sub is not None:
+                check_subnet(sub, net, ul_nets)
         if not since:
             since = (
                 state.subnet_since
-                if state.subnet == str(subnet) and state.subnet_since
+                if state.subnet == subnets[0] and state.subnet_since
                 else int(wall)
             )
         # The wireguard backend's key pair: made on first start, kept in the state dir.
@@ -145,8 +152,10 @@ class Daemon:
             name=cfg.name,
             node_id=state.node_id,
             public_ip=underlay.ip,
+            public_ip6=underlay.ip6 if underlay.version == 4 else None,
             port=cfg.port,
-            subnet=str(subnet),
+            subnet=subnets[0],
+            subnet6=subnets[1] if len(subnets) > 1 else None,
             backend=cfg.backend,
             # Certificate mode derives the MAC from the certified name, which members check.
             vtep_mac=backends.get(cfg.backend).vtep_mac(
@@ -201,6 +210,7 @@ class Daemon:
         rcfg = ReconcilerConfig(
             backend=cfg.backend,
             network=network,
+            network6=network6,
             vni=cfg.vni,
             vxlan_port=cfg.vxlan_port,
             wireguard_port=cfg.wireguard_port,
@@ -228,12 +238,7 @@ class Daemon:
             node,
             self.transport,
             sealer,
-            {
-                "ifname": underlay.ifname,
-                "ip": underlay.ip,
-                "prefixlen": underlay.prefixlen,
-                "mtu": underlay.mtu,
-            },
+            underlay_info(underlay),
             cfg.key_file,
             self._stop.set,
             self.reconciler,
@@ -284,8 +289,8 @@ class Daemon:
             "meshd %s: %s (%s) subnet %s backend %s on %s, %d known member(s), %d seed(s)",
             __version__,
             local.name,
-            local.public_ip,
-            local.subnet,
+            ",".join(a for a in (local.public_ip, local.public_ip6) if a),
+            ",".join(local.subnets),
             local.backend,
             underlay.ifname,
             len(known),
@@ -295,7 +300,9 @@ class Daemon:
                 "peer": local.name,
                 "version": __version__,
                 "public_ip": local.public_ip,
+                **({"public_ip6": local.public_ip6} if local.public_ip6 else {}),
                 "subnet": local.subnet,
+                **({"subnet6": local.subnet6} if local.subnet6 else {}),
                 "backend": local.backend,
                 "underlay": underlay.ifname,
                 "members": len(known),
@@ -313,15 +320,43 @@ class Daemon:
             with contextlib.suppress(DataplaneError):
                 await remove_table()
 
+    async def _underlay(self, *, ipv6_overlay: bool) -> Underlay:
+        """The underlay: gossip goes over ``public_ip`` (IPv4) when given, else ``public_ip6``,
+        else what discovery finds (IPv4 first). Beside an IPv4 address, ``public_ip6`` or, for
+        a node with an IPv6 subnet, the device's IPv6 address is announced too (the data plane
+        routes IPv6 over it: host-gw)."""
+        cfg = self.cfg
+        return await discover_underlay(
+            cfg.iface,
+            cfg.public_ip or cfg.public_ip6,
+            public_ip6=cfg.public_ip6 if cfg.public_ip else None,
+            dual_stack=ipv6_overlay,
+        )
+
     async def _resolve_seeds(self, local: NodeRecord) -> list[tuple[str, int]]:
+        """Seeds as addresses of the family gossip uses (that of ``local.public_ip``): a name
+        resolves to one of that family; an address of the other family is skipped with one
+        line (this socket cannot reach it)."""
         loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if local.ip_version == 6 else socket.AF_INET
         out: list[tuple[str, int]] = []
         for seed in self.cfg.seeds:
             host, port = parse_seed(seed, self.cfg.port)
-            try:
-                infos = await loop.getaddrinfo(
-                    host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            literal = _ip_version(host)
+            if literal is not None and literal != local.ip_version:
+                reason = (
+                    f"an IPv{literal} address, but this node gossips over "
+                    f"IPv{local.ip_version} ({local.public_ip})"
                 )
+                log.warning(
+                    "seed %s: %s; skipping it",
+                    seed,
+                    reason,
+                    extra={"event": "seed_unresolved", "seed": seed, "reason": reason},
+                )
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
             except OSError as exc:
                 log.warning(
                     "seed %s: cannot resolve (%s); skipping it",
@@ -330,7 +365,7 @@ class Daemon:
                     extra={"event": "seed_unresolved", "seed": seed, "reason": str(exc)},
                 )
                 continue
-            addr = (str(infos[0][4][0]), port)
+            addr = (str(ipaddress.ip_address(infos[0][4][0])), port)
             if addr != (local.public_ip, local.port):
                 out.append(addr)
         return out
@@ -468,8 +503,12 @@ class Daemon:
             if self.allocator is not None and not self.allocator.settled:
                 return {}
             mtu = reconciler.status().get("mtu")
-            first = model.first_address(node.local.subnet)
-            return {"FLANNEL_SUBNET": first, **({"FLANNEL_MTU": str(mtu)} if mtu else {})}
+            want = {
+                key: model.first_address(sub)
+                for key, version in (("FLANNEL_SUBNET", 4), ("FLANNEL_IPV6_SUBNET", 6))
+                if (sub := node.local.subnet_of(version)) is not None
+            }
+            return {**want, **({"FLANNEL_MTU": str(mtu)} if mtu else {})}
 
         secrets = [cfg.key_file]
         if cfg.cert_key is not None:
@@ -491,6 +530,12 @@ class Daemon:
             subnet_env=Path(cfg.subnet_env),
             expected_env=expected_env,
             lost_sends=transport.lost_sends,
+            subnet_families=tuple(v for v in (4, 6) if node.local.subnet_of(v) is not None),
+            underlay_families=tuple(
+                v
+                for v in sorted((4, 6), key=lambda v: v != node.local.ip_version)
+                if node.local.underlay_of(v) is not None
+            ),
         )
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
@@ -515,6 +560,44 @@ class Daemon:
             self.prober.close()
         if self.transport is not None:
             self.transport.close()
+
+
+def underlay_info(underlay: Underlay) -> UnderlayInfo:
+    """What `status` says of the underlay (``ip6``: a dual-stack underlay's second address)."""
+    info: UnderlayInfo = {
+        "ifname": underlay.ifname,
+        "ip": underlay.ip,
+        "prefixlen": underlay.prefixlen,
+        "mtu": underlay.mtu,
+    }
+    if underlay.ip6:
+        info["ip6"], info["prefixlen6"] = underlay.ip6, underlay.prefixlen6
+    return info
+
+
+def _ip_version(host: str) -> int | None:
+    """4 or 6 for an address literal, None for a name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def check_subnet(
+    subnet: str,
+    network: str | None,
+    underlay: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> None:
+    """This node's subnet of one family: not overlapping an underlay network of this host, and
+    inside the cluster network of its family (when there is one). ConfigError otherwise."""
+    net = ipaddress.ip_network(subnet)
+    for ul in underlay:
+        if ul.version == net.version and net.overlaps(ul):
+            raise ConfigError(f"subnet: {net} overlaps the underlay network {ul}")
+    if network is not None:
+        cluster = ipaddress.ip_network(network)
+        if cluster.version != net.version or not net.subnet_of(cluster):  # type: ignore[arg-type]
+            raise ConfigError(f"subnet: {net} is outside network {network}")
 
 
 async def serve(cfg: Config) -> int:

@@ -727,14 +727,14 @@ def subnet_env(
     the node has a subnet of gets its two lines (``FLANNEL_NETWORK``/``FLANNEL_SUBNET``, then
     ``FLANNEL_IPV6_NETWORK``/``FLANNEL_IPV6_SUBNET``: the first address of the subnet with its
     length), IPv4 first; without a network, the subnet stands for it."""
-    by_family = {ipaddress.ip_network(s).version: s for s in (subnet, subnet6) if s is not None}
+    by_family: dict[int, str] = {
+        ipaddress.ip_network(s).version: s for s in (subnet, subnet6) if s is not None
+    }
     out = ""
     for version, key in ((4, "FLANNEL_"), (6, "FLANNEL_IPV6_")):
         own = by_family.get(version)
         if own is None:
             continue
         net = network if version == 4 else network6
-        first = ipaddress.ip_network(own)
-        out += f"{key}NETWORK={net or own}\n"
-        out += f"{key}SUBNET={first.network_address + 1}/{first.prefixlen}\n"
+        out += f"{key}NETWORK={net or own}\n{key}SUBNET={first_address(own)}\n"
     return out + f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"

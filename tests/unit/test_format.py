@@ -285,7 +285,12 @@ def test_status_node_line_shows_both_families() -> None:
 
 
 def test_dataplane_line_names_the_underlay_addresses() -> None:
-    dp = {"backend": "host-gw", "device": None, "protocol": 109, "programmed": []}
+    dp: dict[str, object] = {
+        "backend": "host-gw",
+        "device": None,
+        "protocol": 109,
+        "programmed": [],
+    }
     one = fmt.dataplane({**dp, "underlay": {"ifname": "eth0", "ip": "2001:db8::1"}}, {})
     assert one[0].startswith("dataplane host-gw device - on eth0 (2001:db8::1), routes")
     two = {"ifname": "eth0", "ip": "10.0.0.1", "ip6": "2001:db8::1"}

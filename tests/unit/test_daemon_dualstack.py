@@ -1,0 +1,193 @@
+"""meshd/daemon.py with two families: the record it announces, where gossip binds, the seeds it
+resolves and the subnets it refuses (the underlay and the data plane faked; no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meshd.daemon
+from meshd.config import build
+from meshd.daemon import Daemon, check_subnet
+from meshd.dataplane.model import Underlay
+from meshd.errors import ConfigError
+from meshd.gossip.record import NodeRecord
+from meshd.gossip.security import generate_key
+from meshd.transport import Transport
+
+
+class FakeReconciler:
+    def __init__(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
+        self.cfg = cfg
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"mtu": 1450}
+
+
+def start(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ul: Underlay,
+    **values: Any,
+) -> tuple[Daemon, dict[str, Any], list[tuple[str, int]]]:
+    """Run the daemon's setup against ``ul``; returns it (closed again), what discovery was
+    asked and what the transport was told to bind."""
+    asked: dict[str, Any] = {}
+    bound: list[tuple[str, int]] = []
+
+    async def underlay(iface: str | None, public_ip: str | None, **kw: Any) -> Underlay:
+        asked.update(iface=iface, public_ip=public_ip, **kw)
+        return ul
+
+    class LoopbackTransport(Transport):
+        def __init__(self, node: Any, sealer: Any, bind: tuple[str, int], **kw: Any) -> None:
+            bound.append(bind)  # not an address of this machine: loopback of its family
+            super().__init__(node, sealer, ("::1" if ":" in bind[0] else "127.0.0.1", 0), **kw)
+
+    monkeypatch.setattr(meshd.daemon, "discover_underlay", underlay)
+    monkeypatch.setattr(meshd.daemon, "Transport", LoopbackTransport)
+    monkeypatch.setattr(meshd.daemon, "Reconciler", FakeReconciler)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no nft cleanup
+    key = tmp_path / "key"
+    key.write_text(generate_key() + "\n")
+    key.chmod(0o600)
+    cfg = build(
+        {
+            "name": "h1",
+            "key_file": key,
+            "state_dir": tmp_path / "state",
+            "socket": tmp_path / "meshd.sock",
+            "subnet_env": tmp_path / "subnet.env",
+            **values,
+        }
+    )
+    daemon = Daemon(cfg)
+
+    async def main() -> None:
+        await daemon.setup()
+        await daemon._close()
+
+    asyncio.run(main())
+    return daemon, asked, bound
+
+
+def test_a_dual_stack_node_announces_both_families(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500, "2001:db8::1", 64)
+    d, asked, bound = start(
+        tmp_path,
+        monkeypatch,
+        ul,
+        subnet=["10.244.1.0/24", "fd00:10:244:1::/64"],
+        network=["10.244.0.0/16", "fd00:10:244::/48"],
+    )
+    local = d.service.node.local
+    assert (local.public_ip, local.public_ip6) == ("192.0.2.1", "2001:db8::1")
+    assert local.subnets == ("10.244.1.0/24", "fd00:10:244:1::/64")
+    # Discovery is asked for the IPv6 address beside the IPv4 one (host-gw routes over it).
+    assert asked["dual_stack"] is True and asked["public_ip6"] is None
+    assert bound == [("192.0.2.1", d.cfg.port)]  # gossip over IPv4
+    assert d.reconciler is not None
+    rcfg = d.reconciler.cfg
+    assert (rcfg.network, rcfg.network6) == ("10.244.0.0/16", "fd00:10:244::/48")
+    assert d.service.underlay.get("ip6") == "2001:db8::1"
+    src = d._doctor_sources()
+    assert src.expected_env() == {
+        "FLANNEL_SUBNET": "10.244.1.1/24",
+        "FLANNEL_IPV6_SUBNET": "fd00:10:244:1::1/64",
+        "FLANNEL_MTU": "1450",
+    }
+    assert (src.subnet_families, src.underlay_families) == ((4, 6), (4, 6))
+
+
+def test_an_ipv6_only_node_gossips_over_ipv6(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ul = Underlay("eth0", 2, "2001:db8::5", 64, 1500)
+    d, asked, bound = start(
+        tmp_path, monkeypatch, ul, subnet="fd00:5::/64", public_ip="2001:db8::5"
+    )
+    local = d.service.node.local
+    assert (local.public_ip, local.public_ip6, local.subnet, local.subnet6) == (
+        "2001:db8::5",
+        None,
+        "fd00:5::/64",
+        None,
+    )
+    assert asked["public_ip"] == "2001:db8::5" and asked["public_ip6"] is None
+    assert bound == [("2001:db8::5", d.cfg.port)]
+    assert d.transport is not None and d.transport.family.name == "AF_INET6"
+    assert "ip6" not in d.service.underlay
+    src = d._doctor_sources()
+    assert src.expected_env() == {"FLANNEL_IPV6_SUBNET": "fd00:5::1/64", "FLANNEL_MTU": "1450"}
+    assert (src.subnet_families, src.underlay_families) == ((6,), (6,))
+
+
+def test_a_given_ipv6_underlay_address_beside_an_ipv4_one_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500, "2001:db8::1", 64)
+    _, asked, _ = start(
+        tmp_path,
+        monkeypatch,
+        ul,
+        subnet="10.244.1.0/24",
+        public_ip=["2001:db8::1", "192.0.2.1"],
+    )
+    assert (asked["public_ip"], asked["public_ip6"], asked["dual_stack"]) == (
+        "192.0.2.1",
+        "2001:db8::1",
+        False,
+    )
+
+
+def test_an_ipv6_network_without_an_ipv6_subnet_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500)
+    with pytest.raises(ConfigError, match=r"^subnet: no IPv6 subnet given \(network fd00::/48"):
+        start(tmp_path, monkeypatch, ul, subnet="10.244.1.0/24", network="fd00::/48")
+
+
+def test_a_subnet_on_the_underlay_network_is_refused_per_family() -> None:
+    ul = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/64")]
+    check_subnet("10.244.1.0/24", None, ul)
+    check_subnet("2001:db8:0:1::/64", None, ul)  # beside it, not on it
+    with pytest.raises(ConfigError, match="^subnet: 2001:db8::/80 overlaps the underlay network"):
+        check_subnet("2001:db8::/80", None, ul)
+    with pytest.raises(ConfigError, match="^subnet: fd00:1::/64 is outside network fd00:2::/48"):
+        check_subnet("fd00:1::/64", "fd00:2::/48", ul)
+    with pytest.raises(ConfigError, match="outside network 10.0.0.0/8"):
+        check_subnet("fd00:1::/64", "10.0.0.0/8", ul)
+
+
+def test_seeds_resolve_to_the_family_gossip_uses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = build(
+        {
+            "subnet": "fd00:1::/64",
+            "seeds": ["[2001:db8::2]:7000", "2001:DB8::3", "192.0.2.9", "[2001:db8::1]:7950"],
+        }
+    )
+    me = NodeRecord("h1", bytes(16), "2001:db8::1", 7950, "fd00:1::/64", "vxlan", None, 1500)
+    got = asyncio.run(Daemon(cfg)._resolve_seeds(me))
+    # Canonical spelling (as recvfrom reports it); our own address is not a seed.
+    assert got == [("2001:db8::2", 7000), ("2001:db8::3", 7950)]
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "seed_unresolved"]
+    assert said == [
+        "seed 192.0.2.9: an IPv4 address, but this node gossips over IPv6 (2001:db8::1); "
+        "skipping it"
+    ]
