@@ -272,7 +272,7 @@ def test_malformed_node_certificates(
 def test_unknown_grant_keys_are_ignored() -> None:
     ca_key, ca_der = ca()
     der = custom(
-        lambda b: with_san(b, san("192.0.2.1"), grant_ext(f"{GOOD_GRANT};subnet6=fd00:1::/64")),
+        lambda b: with_san(b, san("192.0.2.1"), grant_ext(f"{GOOD_GRANT};future=fd00:1::/64")),
         ca_key,
     )
     assert (
