@@ -89,19 +89,24 @@ class Daemon:
         network, network6 = cfg.network, cfg.network6
         subnet_s, subnet6_s = cfg.subnet, cfg.subnet6
         pool: Pool | None = None
+        pool6: Pool | None = None
         if cfg.ca is not None:
             assert cfg.cert is not None and cfg.cert_key is not None  # config.build ensures it
             cred = identity.load(cfg.ca, cfg.cert, cfg.cert_key, wall)
             identity.check_name(cred, cfg.name)
-            subnet_s = identity.subnet_for(cred, cfg.subnet)
-            network = identity.cluster_network(cred, cfg.network)
+            subnet_s = identity.subnet_for(cred, cfg.subnet, 4)
+            subnet6_s = identity.subnet_for(cred, cfg.subnet6, 6)
+            network = identity.cluster_network(cred, cfg.network, 4)
+            network6 = identity.cluster_network(cred, cfg.network6, 6)
             if subnet_s is None:
-                pool = identity.pool_for(cred, cfg.subnet_len)
+                pool = identity.pool_for(cred, cfg.subnet_len, 4)
+            if subnet6_s is None:
+                pool6 = identity.pool_for(cred, cfg.subnet_len6, 6)
         elif subnet_s is None and network is not None:
             pool = Pool(network, cfg.subnet_len or allocation.DEFAULT_LEN)  # config.build checked
-        if subnet6_s is None and network6 is not None:
+        if pool6 is not None or (cred is None and subnet6_s is None and network6 is not None):
             # Allocation per family is the allocator's (docs/allocation.md); until it takes an
-            # IPv6 pool, an IPv6 subnet is given.
+            # IPv6 pool, an IPv6 subnet is given (or granted).
             raise ConfigError(
                 f"subnet: no IPv6 subnet given (network {network6} is IPv6): give one, "
                 "e.g. --subnet fd00:10:244:1::/64 beside the IPv4 one"
@@ -113,9 +118,9 @@ class Daemon:
         keyring = load_keyring(cfg.key_file)
         store = StateStore(cfg.state_dir)
         state = store.load()
-        underlay = await self._underlay(ipv6_overlay=subnet6_s is not None)
+        underlay = await self._underlay(cred, ipv6_overlay=subnet6_s is not None)
         if cred is not None:
-            identity.check_public_ip(cred, underlay.ip)
+            identity.check_public_ip(cred, underlay.ip, underlay.ip6)
         ul_nets = [ipaddress.ip_network(c, strict=False) for c in underlay.cidrs()]
         self.allocator: Allocator | None = None
         since = 0
@@ -320,17 +325,21 @@ class Daemon:
             with contextlib.suppress(DataplaneError):
                 await remove_table()
 
-    async def _underlay(self, *, ipv6_overlay: bool) -> Underlay:
+    async def _underlay(self, cred: identity.Credentials | None, *, ipv6_overlay: bool) -> Underlay:
         """The underlay: gossip goes over ``public_ip`` (IPv4) when given, else ``public_ip6``,
         else what discovery finds (IPv4 first). Beside an IPv4 address, ``public_ip6`` or, for
         a node with an IPv6 subnet, the device's IPv6 address is announced too (the data plane
-        routes IPv6 over it: host-gw)."""
+        routes IPv6 over it: host-gw). With a certificate, only the IPv6 address it names
+        (members refuse any other)."""
         cfg = self.cfg
+        second = cfg.public_ip6 if cfg.public_ip else None
+        if cred is not None and second is None and cfg.public_ip6 is None:
+            second = identity.certified_ip6(cred)
         return await discover_underlay(
             cfg.iface,
             cfg.public_ip or cfg.public_ip6,
-            public_ip6=cfg.public_ip6 if cfg.public_ip else None,
-            dual_stack=ipv6_overlay,
+            public_ip6=second,
+            dual_stack=ipv6_overlay and cred is None,
         )
 
     async def _resolve_seeds(self, local: NodeRecord) -> list[tuple[str, int]]:
