@@ -363,7 +363,12 @@ DaysOpt = Annotated[int | None, typer.Option(help="Validity in days.", show_defa
 @friendly
 def ca_init(
     directory: CaDirArg,
-    network: Annotated[str, typer.Option(help="The cluster network every subnet lies in.")],
+    network: Annotated[
+        list[str],
+        typer.Option(
+            help="The cluster network every subnet lies in; once per IP family (dual-stack)."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="The CA's common name.")] = "meshd CA",
     days: Annotated[int, typer.Option(help="Validity in days.")] = 3650,
 ) -> None:
@@ -371,7 +376,7 @@ def ca_init(
     from meshd import pki
 
     auth = pki.init_ca(directory, network, name, days)
-    typer.echo(f"CA {auth.name!r} for {auth.network}: {directory / pki.CA_CERT}")
+    typer.echo(f"CA {auth.name!r} for {' and '.join(auth.networks)}: {directory / pki.CA_CERT}")
     typer.echo(f"key (keep it here, 0600): {directory / pki.CA_KEY}")
     typer.echo(f"fingerprint SHA256:{auth.fingerprint.hex()}")
 
@@ -383,14 +388,27 @@ def ca_sign(
     out: Annotated[Path, typer.Option(help="Write PREFIX.crt (and PREFIX.key without --csr).")],
     name: Annotated[str | None, typer.Option(help="Node name (default: the request's).")] = None,
     public_ip: Annotated[
-        str | None, typer.Option(help="Node's underlay IP (default: the request's).")
+        list[str] | None,
+        typer.Option(
+            help="Node's underlay IP (default: the request's); once per IP family (dual-stack)."
+        ),
     ] = None,
-    subnet: Annotated[str | None, typer.Option(help="Grant this one subnet.")] = None,
+    subnet: Annotated[
+        list[str] | None,
+        typer.Option(help="Grant this one subnet; once per IP family (dual-stack)."),
+    ] = None,
     network: Annotated[
-        str | None, typer.Option(help="Grant any /--subnet-len inside this pool.")
+        list[str] | None,
+        typer.Option(
+            help="Grant any /--subnet-len (IPv6: /--subnet-len6) inside this pool; once per IP"
+            " family."
+        ),
     ] = None,
     subnet_len: Annotated[
-        int | None, typer.Option(help="With --network: the node's prefix length (24).")
+        int | None, typer.Option(help="With an IPv4 --network: the node's prefix length (24).")
+    ] = None,
+    subnet_len6: Annotated[
+        int | None, typer.Option(help="With an IPv6 --network: the node's prefix length (64).")
     ] = None,
     csr: Annotated[
         Path | None, typer.Option(help="Sign this request (`meshd cert request`) instead.")
@@ -400,17 +418,18 @@ def ca_sign(
     """Sign a node certificate: a fresh key and certificate, or a node's request (--csr)."""
     from meshd import pki
 
-    grant = pki.grant_from_flags(subnet, network, subnet_len)
+    grant = pki.grant_from_flags(subnet, network, subnet_len, subnet_len6)
     if csr is not None:
-        issued = pki.sign_request(directory, csr, grant, out, days, name, public_ip)
+        issued = pki.sign_request(directory, csr, grant, out, days, name, public_ip or None)
     else:
-        if name is None or public_ip is None:
+        if name is None or not public_ip:
             fail("--name and --public-ip are needed (or --csr FILE from `meshd cert request`)")
         assert name is not None and public_ip is not None
         issued = pki.sign(directory, name, public_ip, grant, out, days)
     info = issued.info
     typer.echo(
-        f"{info.name}: {info.public_ip}, subnet {info.grant.describe()}, serial {info.serial:x},"
+        f"{info.name}: {' and '.join(info.public_ips)}, subnet {info.grant.describe()},"
+        f" serial {info.serial:x},"
         f" valid until {pki.describe_certificate(issued.crt)['not_after']}"
     )
     typer.echo(f"certificate: {issued.crt}")
@@ -442,7 +461,10 @@ def ca_revoke(
 @friendly
 def cert_request(
     name: Annotated[str, typer.Option(help="This node's name.")],
-    public_ip: Annotated[str, typer.Option(help="This node's underlay IP.")],
+    public_ip: Annotated[
+        list[str],
+        typer.Option(help="This node's underlay IP; once per IP family (a dual-stack underlay)."),
+    ],
     out: Annotated[Path, typer.Option(help="Write PREFIX.key (0600) and PREFIX.csr.")],
 ) -> None:
     """Make a key (it stays on this node) and a request for the CA: `meshd ca sign --csr`."""

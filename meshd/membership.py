@@ -217,7 +217,11 @@ class Membership:
             },
         )
         self.node.update_local(
-            replace(self.node.local, subnet=move.new, since=int(time.time())), now
+            replace(
+                allocation.with_subnet(self.node.local, move.version, move.new),
+                since=int(time.time()),
+            ),
+            now,
         )
         allocator.settled = self.node.synced
         self.reconciler.set_local(self.node.local, settled=allocator.settled)

@@ -74,6 +74,7 @@ __all__ = [
     "device_spec",
     "diff",
     "claimants",
+    "network_of",
     "resolve_claims",
     "select_peers",
     "subnet_env",
@@ -209,11 +210,28 @@ class Selection:
     next_deadline: float | None
 
 
-def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
+Networks = str | Sequence[str] | None
+"""The cluster network(s): none, one CIDR, or one per IP family (a dual-stack cluster). A
+subnet is judged against the network of its own family, when there is one."""
+
+
+def network_of(network: Networks, version: int) -> str | None:
+    """The network of IP ``version`` among ``network`` (see `Networks`), or None."""
+    if network is None:
+        return None
+    nets = [network] if isinstance(network, str) else network
+    return next((n for n in nets if n and prefix.version(n) == version), None)
+
+
+def claim_order(rec: NodeRecord, version: int = 4) -> tuple[int, int, float, bytes, str]:
     """Certified claims first, by their certificate's rank (``claim_rank``: a fixed-subnet grant
     before a pool grant, then the older claim), the certified name breaking ties; unverified
     claims (shared-key mode) after them, earliest ``since`` first, the node id breaking ties (two
     claims in the same second).
+
+    Per IP family (``version``): each family is a claim space of its own, and the certificate's
+    rank says per family whether its grant there is fixed or a pool (trust.py, ``RANK_POOL4``,
+    ``RANK_POOL6``); ``since`` is one for the record.
 
     A fixed grant's claim is as old as its certificate. A pool claim is as old as the later of
     its certificate's ``not_before`` and its own ``since``: the self-asserted time can only make
@@ -222,21 +240,42 @@ def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
     lying beyond what the CA signed."""
     rank = rec.claim_rank
     if rank is not None:
-        kind, issued = rank
+        bits, issued = rank
+        kind = (bits >> (0 if version == 4 else 1)) & 1
         age = issued if kind == 0 else max(issued, float(rec.since))
         return (0, kind, age, rec.name.encode(), "")
     return (1, rec.since or 2**40, 0.0, rec.node_id, rec.name)
 
 
 def resolve_claims(
-    claimants: Iterable[NodeRecord],
+    claimants: Iterable[NodeRecord], version: int | None = None
 ) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
     """The conflict rule. Claimants are taken in `claim_order` (certified by rank, then the
     oldest ``since``; ``since`` 0, unknown, counts as newest), so an incumbent keeps its subnet and
     a newcomer claiming it is refused; each is granted its subnet unless it overlaps a subnet
     already granted. Returns the node_ids granted,
     and for each loser the holder that beat it. Inputs must be the cluster-wide facts only (record
-    contents and membership), so every node reaches the same answer from the same table."""
+    contents and membership), so every node reaches the same answer from the same table.
+
+    Each IP family is its own claim space, resolved on its own: a dual-stack claimant that loses
+    one family still holds the other there (so allocation moves only the subnet it lost). With
+    ``version`` the result is that family's, among the claimants with a subnet of it; without,
+    a claimant is granted when it holds every subnet it claims, and a loser maps to the holder
+    that beat it in the first family it lost (IPv4 first)."""
+    records = list(claimants)
+    if version is not None:
+        return _resolve_family(records, version)
+    losers: dict[bytes, NodeRecord] = {}
+    for v in (4, 6):
+        _, lost = _resolve_family(records, v)
+        for node_id, holder in lost.items():
+            losers.setdefault(node_id, holder)
+    return {r.node_id for r in records if r.node_id not in losers}, losers
+
+
+def _resolve_family(
+    records: Sequence[NodeRecord], version: int
+) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
     # Granted subnets are disjoint, so sorted by first address their last addresses are sorted
     # too: only the granted subnet starting at or just before a candidate's last address can
     # overlap it. O(N log N), which matters at thousands of members.
@@ -244,10 +283,11 @@ def resolve_claims(
     spans: list[tuple[int, int, NodeRecord]] = []  # (first, last, holder), sorted by first
     granted: set[bytes] = set()
     losers: dict[bytes, NodeRecord] = {}
-    for rec in sorted(claimants, key=claim_order):
-        s = prefix.span(rec.subnet)
+    mine = [(r, sub) for r in records if (sub := r.subnet_of(version)) is not None]
+    for rec, subnet in sorted(mine, key=lambda item: claim_order(item[0], version)):
+        s = prefix.span(subnet) if version == 4 else prefix.span6(subnet)
         if s is None:
-            raise ValueError(f"{rec.name}: not an IPv4 network: {rec.subnet!r}")
+            raise ValueError(f"{rec.name}: not an IPv{version} network: {subnet!r}")
         first, last = s
         i = bisect.bisect_right(starts, last) - 1
         if i >= 0 and spans[i][1] >= first:
@@ -259,31 +299,37 @@ def resolve_claims(
     return granted, losers
 
 
-def subnet_problem(subnet: str, network: str | None) -> str | None:
+def subnet_problem(subnet: str, network: Networks) -> str | None:
     """Why ``subnet`` may not be a container subnet (one line), or None. The policy every
-    member applies to every claim, this node's own ``--subnet`` included: a strict IPv4 prefix,
-    clear of every special-purpose range (``prefix.SPECIAL``: any overlap), and, when the cluster
-    network is set, inside it and smaller than it (a claim on the whole network would overlap
-    every member)."""
+    member applies to every claim, this node's own ``--subnet`` included: a strict IPv4 or IPv6
+    prefix, clear of every special-purpose range of its family (``prefix.SPECIAL``,
+    ``prefix.SPECIAL6``: any overlap, so ::/0 and 0.0.0.0/0 are refused), and, when the cluster
+    network of its family is set (``network``: one CIDR, or one per family), inside it and
+    smaller than it (a claim on the whole network would overlap every member)."""
     # Prefixes as (first, last) ints, parsed once per distinct string (prefix.py): at
     # thousands of peers ipaddress objects made this the slowest part of a converged pass.
-    net = prefix.span(subnet)
-    if net is None:
+    got = prefix.family_span(subnet)
+    if got is None:
         return f"subnet {subnet} is not a valid container subnet"
-    special = prefix.special_range(net)
+    version, net = got
+    if version == 6 and net == (0, (1 << 128) - 1):
+        return f"subnet {subnet} is the whole IPv6 address space"
+    special = prefix.special_range_of(version, net)
     if special is not None:
         return f"subnet {subnet} overlaps {special}"
-    if network:
-        cluster = prefix.span(network)
+    cluster_text = network_of(network, version)
+    if cluster_text:
+        found = prefix.family_span(cluster_text)
+        cluster = found[1] if found is not None else None
         if cluster is not None and net == cluster:
             return f"subnet {subnet} is the whole cluster network"
         if cluster is not None and not prefix.within(net, cluster):
-            return f"subnet {subnet} is outside network {network}"
+            return f"subnet {subnet} is outside network {cluster_text}"
     return None
 
 
 def _ip_problem(ip: str) -> str | None:
-    problem = prefix.unicast_problem(ip)
+    problem = prefix.underlay_problem(ip)
     return None if problem is None else f"public IP {problem}"
 
 
@@ -353,7 +399,7 @@ class Claimants:
 
 def claimants(
     backend: str,
-    network: str | None,
+    network: Networks,
     grace: float,
     local: NodeRecord,
     peers: Sequence[PeerView],
@@ -362,8 +408,8 @@ def claimants(
     """The peers that claim a subnet, from cluster-wide facts only (record contents and
     membership), so every node weighs the same claims: not left, not dead for ``grace`` seconds
     or more (the data plane's reap_after; allocation's subnet_lease), announcing this mesh's
-    backend and a subnet and address the policy allows (``subnet_problem``,
-    ``prefix.unicast_problem``). ``local`` is never one of them."""
+    backend and subnets and addresses the policy allows, every one of them (``subnet_problem``
+    per family, ``prefix.underlay_problem``). ``local`` is never one of them."""
     records: list[NodeRecord] = []
     refused: dict[str, tuple[str, str]] = {}
     next_deadline: float | None = None
@@ -385,12 +431,23 @@ def claimants(
                 f"announces backend {p.backend}, this mesh uses {backend}",
             )
             continue
-        problem = subnet_problem(p.subnet, network) or _ip_problem(p.public_ip)
+        problem = _claim_problem(p, network)
         if problem is not None:
             refused[p.name] = (FLAG_REFUSED, problem)
             continue
         records.append(p)
     return Claimants(records, refused, next_deadline)
+
+
+def _claim_problem(p: NodeRecord, network: Networks) -> str | None:
+    for subnet in p.subnets:
+        problem = subnet_problem(subnet, network)
+        if problem is not None:
+            return problem
+    for ip in (p.public_ip, p.public_ip6):
+        if ip is not None and (problem := _ip_problem(ip)) is not None:
+            return problem
+    return None
 
 
 def select_peers(  # noqa: C901 - one rule per branch reads best as a list

@@ -63,8 +63,11 @@ def test_pool_size(network: str, length: int, size: int) -> None:
     ("network", "length", "words"),
     [("10.244.0.0/16", 16, "must be longer"), ("10.244.0.0/16", 12, "must be longer"),
      ("10.244.0.0/16", 31, "outside 8..30"), ("0.0.0.0/4", 7, "outside 8..30"),
-     ("10.244.0.1/16", 24, "not an IPv4 network"), ("fd00::/8", 24, "not an IPv4 network"),
-     ("nonsense", 24, "not an IPv4 network"),
+     ("10.244.0.1/16", 24, "not an IPv4 or IPv6 network"),
+     ("fd00::1/48", 64, "not an IPv4 or IPv6 network"),
+     ("nonsense", 24, "not an IPv4 or IPv6 network"),
+     ("fd00::/48", 48, "must be longer"), ("fd00::/48", 125, "subnet_len6 125 is outside 8..124"),
+     ("fd00::", 64, "must be longer"),  # a bare IPv6 address is a /128
      ("10.244.0.0", 24, "must be longer")],  # a bare address is a /32, not a crash
 )  # fmt: skip
 def test_pool_problem_is_one_line_and_pool_refuses(network: str, length: int, words: str) -> None:

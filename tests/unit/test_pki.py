@@ -68,7 +68,12 @@ def test_init_ca_refuses_to_overwrite(ca: Path) -> None:
         ("224.0.0.0/8", "224.0.0.0/4"),
         ("0.0.0.0/0", "overlaps"),
         ("8.0.0.0/6", "wider than a /8"),
-        ("fd00::/48", "IPv4 only"),
+        ("::/0", "overlaps"),
+        ("fe80::/10", "fe80::/10"),
+        ("ff00::/8", "ff00::/8"),
+        ("::ffff:0:0/96", "::ffff:0:0/96"),
+        ("fc00::/7", "wider than a /8"),
+        ("fd00::1/48", "host bits"),
         ("junk", "junk"),
     ],
 )
@@ -173,7 +178,7 @@ def test_request_flow(ca: Path, tmp_path: Path) -> None:
     assert mode(key_path) == 0o600 and csr_path.read_bytes().startswith(
         b"-----BEGIN CERTIFICATE REQUEST"
     )
-    assert pki.read_request(csr_path)[:2] == ("n2", "192.0.2.2")
+    assert pki.read_request(csr_path)[:2] == ("n2", ("192.0.2.2",))
     grant = Grant.from_pool(NET, 26)
     issued = pki.sign_request(ca, csr_path, grant, tmp_path / "n2", wall=NOW)
     assert issued.key is None and issued.crt == tmp_path / "n2.crt"
