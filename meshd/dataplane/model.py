@@ -283,8 +283,25 @@ def subnet_problem(subnet: str, network: str | None) -> str | None:
 
 
 def _ip_problem(ip: str) -> str | None:
-    problem = prefix.unicast_problem(ip)
+    problem = unicast6_problem(ip) if ":" in ip else prefix.unicast_problem(ip)
     return None if problem is None else f"public IP {problem}"
+
+
+@lru_cache(maxsize=1 << 16)
+def unicast6_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a peer's IPv6 underlay address (one line), or None: not the
+    unspecified address, loopback or multicast (link-local is unicast, as for IPv4)."""
+    try:
+        a = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IPv6 address"
+    if a.is_unspecified:
+        return f"{ip} is the unspecified address"
+    if a.is_loopback:
+        return f"{ip} is the loopback address"
+    if a.is_multicast:
+        return f"{ip} is in multicast ff00::/8"
+    return None
 
 
 @lru_cache(maxsize=4)
