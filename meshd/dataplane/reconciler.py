@@ -781,7 +781,9 @@ class Reconciler:
                 return not (as_wanted and (mesh.mac is None or ev.lladdr.lower() == mesh.mac))
             return True
         if ev.kind == "addr":
-            return ev.index in self._links.values()
+            # IPv6 link-local addresses are the kernel's (every device gets one, its DAD ends
+            # a second later): meshd neither wants nor removes them.
+            return ev.index in self._links.values() and not _link_local6(ev.dst)
         if ev.kind == "route":
             if ev.proto == RTPROT_MESHD:
                 # Ours: deleted while wanted, or present while unwanted.
@@ -834,6 +836,10 @@ async def _or_none(call: Awaitable[list[V]]) -> list[V]:
         if exc.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EINVAL):
             return []
         raise
+
+
+def _link_local6(ip: str) -> bool:
+    return ip[:3].lower() in ("fe8", "fe9", "fea", "feb")  # fe80::/10
 
 
 def _in(netns: str | None) -> str:
