@@ -25,15 +25,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
-from meshd.dataplane.netlink import FdbEntry, NeighEntry, Netlink, RouteEntry
+from meshd.dataplane.netlink import Event, FdbEntry, NeighEntry, Netlink, RouteEntry
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.rtnl_wire import AF_INET6
@@ -264,7 +264,7 @@ def test_ipv6_objects_round_trip_through_the_kernel(lab: Callable[..., Lab]) -> 
             assert fail.error.errno == 17
             assert not await nl.routes_apply("replace", [six], RTPROT_MESHD)
             # The monitor sees an IPv6 route deleted by hand.
-            events = nl.events()
+            events = cast("AsyncGenerator[Event, None]", nl.events())
             assert (await anext(events)).kind == "ready"
             sh("ip", "-n", h.ns, "-6", "route", "del", "fd00:244:2::/64")
             ev = await asyncio.wait_for(anext(events), 2)
