@@ -333,6 +333,23 @@ def _ip_problem(ip: str) -> str | None:
     return None if problem is None else f"public IP {problem}"
 
 
+@lru_cache(maxsize=1 << 16)
+def unicast6_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a peer's IPv6 underlay address (one line), or None: not the
+    unspecified address, loopback or multicast (link-local is unicast, as for IPv4)."""
+    try:
+        a = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IPv6 address"
+    if a.is_unspecified:
+        return f"{ip} is the unspecified address"
+    if a.is_loopback:
+        return f"{ip} is the loopback address"
+    if a.is_multicast:
+        return f"{ip} is in multicast ff00::/8"
+    return None
+
+
 @lru_cache(maxsize=4)
 def foreign_routes(foreign: tuple[str, ...], network: str | None) -> prefix.Spans:
     """The routes a peer's subnet must not overlap: every destination in ``foreign`` but the

@@ -6,9 +6,9 @@ words every one of them, pyroute2's included).
 drive a namespace from the same process), on two request sockets:
 
 * pyroute2's ``AsyncIPRoute`` for devices and addresses of both families (create, set, read
-  back): a pass touches one or two devices, these are the most attribute-heavy messages (vxlan's linkinfo) and
-  where kernel quirks live, so a maintained codec is worth its memory (+2.7 MiB of RSS on top
-  of the daemon's other imports, imported the lean way: ``_pyroute2``);
+  back): a pass touches one or two devices, these are the most attribute-heavy messages
+  (vxlan's linkinfo) and where kernel quirks live, so a maintained codec is worth its memory
+  (+2.7 MiB of RSS on top of the daemon's other imports, imported the lean way: ``_pyroute2``);
 * ``rtnl.Rtnl`` for the hot path -- routes, neighbours and FDB entries, one per peer -- behind
   the batch-shaped ``dump_*``/``*_apply`` methods, which take and return plain tuples. pyroute2
   costs ~0.5 ms per such object (~35x ``ip -batch``); the struct-packed messages of
@@ -471,8 +471,8 @@ class Netlink:
 
     async def events(self) -> AsyncIterator[Event]:
         """Kernel notifications for links, addresses and routes (both families) and
-        neighbours/FDB, on a separate socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")``
-        when the socket lost messages (the caller resyncs)."""
+        neighbours/FDB, on a separate socket. Yields ``Event("ready")`` once subscribed, and
+        ``Event("overflow")`` when the socket lost messages (the caller resyncs)."""
         mon = Monitor(self.netns, MONITOR_GROUPS)
         mon.open()
         try:

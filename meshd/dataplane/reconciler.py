@@ -781,7 +781,9 @@ class Reconciler:
                 return not (as_wanted and (mesh.mac is None or ev.lladdr.lower() == mesh.mac))
             return True
         if ev.kind == "addr":
-            return ev.index in self._links.values()
+            # IPv6 link-local addresses are the kernel's (every device gets one, its DAD ends
+            # a second later): meshd neither wants nor removes them.
+            return ev.index in self._links.values() and not _link_local6(ev.dst)
         if ev.kind == "route":
             if ev.proto == RTPROT_MESHD:
                 # Ours: deleted while wanted, or present while unwanted.
@@ -816,8 +818,10 @@ def forwarding_marker(marker: str | Path | None, sysctl: str) -> Path | None:
 
 
 def _check_local(local: NodeRecord, cfg: ReconcilerConfig) -> None:
-    """ConfigError when one of this node's own subnets breaks the policy it applies to peers."""
-    for sub in local.subnets:
+    """ConfigError when this node's own subnet breaks the policy it applies to peers. The first
+    subnet only, as ``model.claimants`` checks peers' (the IPv6 prefix policy comes with the
+    claim rules per family)."""
+    for sub in local.subnets[:1]:
         network = cfg.network6 if ":" in sub else cfg.network
         problem = model.subnet_problem(sub, network)
         if problem is not None:
@@ -832,6 +836,10 @@ async def _or_none(call: Awaitable[list[V]]) -> list[V]:
         if exc.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EINVAL):
             return []
         raise
+
+
+def _link_local6(ip: str) -> bool:
+    return ip[:3].lower() in ("fe8", "fe9", "fea", "feb")  # fe80::/10
 
 
 def _in(netns: str | None) -> str:

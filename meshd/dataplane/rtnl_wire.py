@@ -36,6 +36,7 @@ or an IPv6 underlay). Dumps are per family (route and neighbour dump requests na
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -199,6 +200,8 @@ def ntop(raw: bytes | bytearray) -> str:
     """A 4- or 16-byte address as text (IPv6 compressed, as ``ipaddress`` prints it)."""
     if len(raw) == 4:
         return socket.inet_ntoa(raw)
+    if not any(raw[:10]):  # ::/80 (IPv4-compatible, -mapped): libc spells it as dotted quad
+        return str(ipaddress.IPv6Address(bytes(raw)))
     return socket.inet_ntop(AF_INET6, bytes(raw))
 
 
