@@ -230,6 +230,11 @@ def build(values: dict[str, Any], *, complete: bool = True) -> Config:
         problem = allocation.pool_problem(cfg.network, cfg.subnet_len or allocation.DEFAULT_LEN)
         if problem is not None:
             raise ConfigError(f"subnet_len: {problem}")
+    if cfg.subnet6 is None and cfg.network6 is not None and cfg.ca is None:
+        length = cfg.subnet_len6 or allocation.DEFAULT_LEN6
+        problem = allocation.pool_problem(cfg.network6, length)
+        if problem is not None:
+            raise ConfigError(f"subnet_len6: {problem}")
     for version in (4, 6):
         sub, net = cfg.subnet_of(version), cfg.network_of(version)
         if sub is not None and net is not None and not _inside(sub, net):
@@ -340,7 +345,7 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
     if key == "subnet_len":
         return _int(key, value, allocation.MIN_LEN, allocation.MAX_LEN)
     if key == "subnet_len6":
-        return _int(key, value, MIN_LEN6, MAX_LEN6)
+        return _int(key, value, allocation.MIN_LEN6, allocation.MAX_LEN6)
     if key == "subnet_lease":
         return _num(key, value, 0, 10**7)
     if key == "source_rate_limit":
@@ -370,11 +375,6 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
             raise ConfigError(f"log_format: {value!r} is not one of {', '.join(LOG_FORMATS)}")
         return value
     raise ConfigError(f"{key}: unknown key")  # pragma: no cover - guarded above
-
-
-MIN_LEN6, MAX_LEN6 = 8, 124
-"""Lengths an IPv6 subnet may have here (the record's bound, /124: room for containers). The
-allocation's own rules (docs/allocation.md) may narrow them."""
 
 
 def _per_family(key: str, value: Any) -> tuple[str | None, str | None]:

@@ -102,51 +102,62 @@ class Daemon:
                 pool = identity.pool_for(cred, cfg.subnet_len, 4)
             if subnet6_s is None:
                 pool6 = identity.pool_for(cred, cfg.subnet_len6, 6)
-        elif subnet_s is None and network is not None:
+        elif subnet6_s is None and network6 is not None:
+            pool6 = Pool(network6, cfg.subnet_len6 or allocation.DEFAULT_LEN6)  # build checked
+        if cred is None and subnet_s is None and network is not None:
             pool = Pool(network, cfg.subnet_len or allocation.DEFAULT_LEN)  # config.build checked
-        if pool6 is not None or (cred is None and subnet6_s is None and network6 is not None):
-            # Allocation per family is the allocator's (docs/allocation.md); until it takes an
-            # IPv6 pool, an IPv6 subnet is given (or granted).
-            raise ConfigError(
-                f"subnet: no IPv6 subnet given (network {network6} is IPv6): give one, "
-                "e.g. --subnet fd00:10:244:1::/64 beside the IPv4 one"
-            )
-        if subnet_s is None and pool is None and subnet6_s is None:
+        if subnet_s is None and pool is None and subnet6_s is None and pool6 is None:
             raise ConfigError(
                 "subnet: required, e.g. --subnet 10.244.1.0/24, or --network to allocate one"
             )
         keyring = load_keyring(cfg.key_file)
         store = StateStore(cfg.state_dir)
         state = store.load()
-        underlay = await self._underlay(cred, ipv6_overlay=subnet6_s is not None)
+        underlay = await self._underlay(
+            cred, ipv6_overlay=subnet6_s is not None or pool6 is not None
+        )
         if cred is not None:
             identity.check_public_ip(cred, underlay.ip, underlay.ip6)
         ul_nets = [ipaddress.ip_network(c, strict=False) for c in underlay.cidrs()]
-        self.allocator: Allocator | None = None
-        since = 0
-        if pool is not None:
-            self.allocator = Allocator(
-                pool,
+        # One allocator per family this node allocates (docs/allocation.md), judging claims
+        # against the cluster network of each family.
+        networks = tuple(n for n in (network, network6) if n is not None)
+        exclude = [str(n) for n in ul_nets]
+        known_now = [m for m in state.members if m.node_id != state.node_id]
+        self.allocators: list[Allocator] = []
+        claimed: list[int] = []
+        for version, family_pool in ((4, pool), (6, pool6)):
+            if family_pool is None:
+                continue
+            allocator = Allocator(
+                family_pool,
                 cfg.subnet_lease,
                 cfg.backend,
-                network,
-                [str(n) for n in ul_nets if n.version == 4],
+                networks,
+                exclude,
                 random.Random(os.urandom(16)),
             )
-            known_now = [m for m in state.members if m.node_id != state.node_id]
-            subnet_s, since = self.allocator.first(
-                state.subnet, state.subnet_since, state.saved_at, known_now, wall
+            got, got_since = allocator.first(
+                state.subnet_of(version), state.subnet_since, state.saved_at, known_now, wall
             )
+            if version == 4:
+                subnet_s = got
+            else:
+                subnet6_s = got
+            claimed.append(got_since)
+            self.allocators.append(allocator)
+        self.allocator = self.allocators[0] if self.allocators else None
         subnets = [s for s in (subnet_s, subnet6_s) if s is not None]  # IPv4 first
         for sub, net in ((subnet_s, network), (subnet6_s, network6)):
             if sub is not None:
                 check_subnet(sub, net, ul_nets)
-        if not since:
-            since = (
-                state.subnet_since
-                if state.subnet == subnets[0] and state.subnet_since
-                else int(wall)
-            )
+        fixed = [s for s, p in ((subnet_s, pool), (subnet6_s, pool6)) if s and p is None]
+        if fixed:  # a fixed subnet keeps its age while it stays what it was
+            same = all(state.subnet_of(ipaddress.ip_network(s).version) == s for s in fixed)
+            claimed.append(state.subnet_since if same and state.subnet_since else int(wall))
+        # The record has one claim time for both families: the latest, so a subnet claimed now
+        # never outranks an incumbent's claim by the age of its sibling.
+        since = max(claimed)
         # The wireguard backend's key pair: made on first start, kept in the state dir.
         wg_devices = None
         if "wgpeer" in backends.get(cfg.backend).peer_objects:
@@ -229,7 +240,7 @@ class Daemon:
         # An allocated subnet may still move until the first full state exchange says no member
         # holds it: subnet.env waits for that (the membership loop settles it).
         self.reconciler = Reconciler(
-            rcfg, local, underlay, settled=self.allocator is None, wg=wg_devices
+            rcfg, local, underlay, settled=not self.allocators, wg=wg_devices
         )
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
@@ -263,7 +274,7 @@ class Daemon:
             self.service.apply_key_ops,
             changed,
             self.crl_store,
-            self.allocator,
+            self.allocators,
             masquerade=self.masquerade,
         )
         self.membership.save(force=True)
@@ -509,7 +520,7 @@ class Daemon:
             return cert.get("not_after")
 
         def expected_env() -> dict[str, str]:
-            if self.allocator is not None and not self.allocator.settled:
+            if not all(a.settled for a in self.allocators):
                 return {}
             mtu = reconciler.status().get("mtu")
             want = {

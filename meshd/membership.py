@@ -85,12 +85,18 @@ class Membership:
         apply_key_ops: Callable[[], None],
         changed: asyncio.Event,
         crl_store: CrlStore | None = None,
-        allocator: Allocator | None = None,
+        allocator: Allocator | Sequence[Allocator] | None = None,
         *,
         masquerade: Nat | None = None,
     ) -> None:
         self.node = node
-        self.allocator = allocator
+        if allocator is None:
+            allocator = ()
+        self.allocators: tuple[Allocator, ...] = (
+            (allocator,) if isinstance(allocator, Allocator) else tuple(allocator)
+        )
+        """One per family this node allocates (a dual-stack node may allocate both)."""
+        self.allocator = self.allocators[0] if self.allocators else None
         self.crl_store = crl_store
         self._crl_saved = node.crl_der
         self._revoked_logged = ""
@@ -117,8 +123,8 @@ class Membership:
         synced: bool | None = None
         incarnation = -1
         refutes = self.node.counters["refute"]
-        if self.allocator is not None:
-            self.reallocate(self.allocator, self.peer_views())
+        for allocator in self.allocators:
+            self.reallocate(allocator, self.peer_views())
         while True:
             await self.changed.wait()
             self.changed.clear()
@@ -158,8 +164,8 @@ class Membership:
                 self._views_generation += 1
                 synced = self.node.synced
                 views = self.peer_views()
-                if self.allocator is not None:
-                    self.reallocate(self.allocator, views)
+                for allocator in self.allocators:
+                    self.reallocate(allocator, views)
                 self.reconciler.set_peers(views, synced, time.monotonic())
                 self.check_neighbours(sum(v.state in ("alive", "suspect") for v in views))
                 await self.update_firewall()
@@ -181,16 +187,17 @@ class Membership:
         if move is None:
             if self.node.synced and not allocator.settled:
                 allocator.settled = True
-                self.reconciler.set_local(self.node.local, settled=True)
+                self.reconciler.set_local(self.node.local, settled=self.settled)
+                mine = self.node.local.subnet_of(allocator.version)
                 log.info(
                     "subnet %s settled (%s)",
-                    self.node.local.subnet,
+                    mine,
                     allocator.origin,
                     extra={
                         "event": "subnet_settled",
                         "peer": self.node.local.name,
                         "reason": allocator.origin,
-                        "subnet": self.node.local.subnet,
+                        "subnet": mine,
                     },
                 )
             return
@@ -224,8 +231,13 @@ class Membership:
             now,
         )
         allocator.settled = self.node.synced
-        self.reconciler.set_local(self.node.local, settled=allocator.settled)
+        self.reconciler.set_local(self.node.local, settled=self.settled)
         self.save(force=True)
+
+    @property
+    def settled(self) -> bool:
+        """Every allocated subnet is final (subnet.env may be written)."""
+        return all(a.settled for a in self.allocators)
 
     async def heartbeat_loop(self) -> None:
         """Allocating: keep the state dir's ``saved_at`` fresh (see SAVE_HEARTBEAT)."""
@@ -386,7 +398,7 @@ class Membership:
         me = self.node.local
         # An allocated subnet is released by a leave: the mesh may hand it out at once, so a
         # later start must not claim it back with its old age.
-        released = self.allocator is not None and self.node.leaving
+        released = bool(self.allocators) and self.node.leaving
         self.store.save(
             State(
                 node_id=me.node_id,

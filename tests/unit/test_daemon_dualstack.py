@@ -153,12 +153,40 @@ def test_a_given_ipv6_underlay_address_beside_an_ipv4_one_is_asked_for(
     )
 
 
-def test_an_ipv6_network_without_an_ipv6_subnet_is_one_line(
+def test_an_ipv6_network_without_an_ipv6_subnet_allocates_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500)
-    with pytest.raises(ConfigError, match=r"^subnet: no IPv6 subnet given \(network fd00::/48"):
-        start(tmp_path, monkeypatch, ul, subnet="10.244.1.0/24", network="fd00::/48")
+    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500, "2001:db8::1", 64)
+    d, asked, _ = start(
+        tmp_path,
+        monkeypatch,
+        ul,
+        subnet="10.244.1.0/24",
+        network=["10.244.0.0/16", "fd00:10:244::/48"],
+    )
+    local = d.service.node.local
+    assert local.subnet == "10.244.1.0/24" and local.subnet6 is not None
+    net = ipaddress.IPv6Network(local.subnet6)
+    assert net.prefixlen == 64 and net.subnet_of(ipaddress.IPv6Network("fd00:10:244::/48"))
+    assert [a.version for a in d.allocators] == [6]  # the IPv4 subnet is fixed
+    assert asked["dual_stack"] is True  # an IPv6 subnet: its underlay address is wanted too
+    assert d._doctor_sources().expected_env() == {}  # not settled: no subnet.env yet
+
+
+def test_both_families_allocate_and_restart_with_the_same_subnets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500, "2001:db8::1", 64)
+    nets = {"network": ["10.244.0.0/16", "fd00:10:244::/48"], "subnet_len6": 80}
+    d, _, _ = start(tmp_path, monkeypatch, ul, **nets)
+    first = d.service.node.local
+    assert [a.version for a in d.allocators] == [4, 6]
+    assert ipaddress.ip_network(first.subnet).prefixlen == 24
+    assert first.subnet6 is not None and ipaddress.ip_network(first.subnet6).prefixlen == 80
+    again, _, _ = start(tmp_path, monkeypatch, ul, **nets)  # the same state dir
+    assert again.service.node.local.subnets == first.subnets
+    assert again.service.node.local.since == first.since
+    assert [a.origin for a in again.allocators] == ["kept", "kept"]
 
 
 def test_a_subnet_on_the_underlay_network_is_refused_per_family() -> None:
