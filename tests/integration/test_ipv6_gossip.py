@@ -206,7 +206,15 @@ def test_a_dual_stack_underlay_announces_its_ipv6_address_too(pair: Pair) -> Non
         pair.ip(i, "ip", "-6", "addr", "add", f"2001:db8:78::{i + 1}/64", "dev", "eth0", "nodad")
     args = ["--network", "10.244.0.0/16", "--network", "fd00:78::/48"]
     a = pair.start(
-        0, "h1", "--iface", "eth0", "--subnet", "10.244.1.0/24", "--subnet", "fd00:78:1::/64", *args
+        0,
+        "h1",
+        "--iface",
+        "eth0",
+        "--subnet",
+        "10.244.1.0/24",
+        "--subnet",
+        "fd00:78:0:1::/64",
+        *args,
     )
     b = pair.start(
         1,
@@ -214,7 +222,7 @@ def test_a_dual_stack_underlay_announces_its_ipv6_address_too(pair: Pair) -> Non
         "--iface",
         "eth0",
         "--subnet",
-        "fd00:78:2::/64",
+        "fd00:78:0:2::/64",
         "--subnet",
         "10.244.2.0/24",
         *args,
@@ -223,10 +231,10 @@ def test_a_dual_stack_underlay_announces_its_ipv6_address_too(pair: Pair) -> Non
     wait_until(both_alive(a, b), "both daemons to see each other alive", pair)
     seen = peers(a)["h2"]
     assert (seen["public_ip"], seen["public_ip6"]) == ("10.77.0.2", "2001:db8:78::2")
-    assert (seen["subnet"], seen["subnet6"]) == ("10.244.2.0/24", "fd00:78:2::/64")
+    assert (seen["subnet"], seen["subnet6"]) == ("10.244.2.0/24", "fd00:78:0:2::/64")
     line = meshd(b, "peers").splitlines()
     assert any(
-        "10.77.0.1,2001:db8:78::1" in x and "10.244.1.0/24,fd00:78:1::/64" in x for x in line
+        "10.77.0.1,2001:db8:78::1" in x and "10.244.1.0/24,fd00:78:0:1::/64" in x for x in line
     )
 
     def routed() -> bool:
@@ -234,7 +242,7 @@ def test_a_dual_stack_underlay_announces_its_ipv6_address_too(pair: Pair) -> Non
         v6 = pair.ip(0, "ip", "-6", "route", "show", "proto", "109")
         return (
             "10.244.2.0/24 via 10.77.0.2 dev eth0" in v4
-            and "fd00:78:2::/64 via 2001:db8:78::2 dev eth0" in v6
+            and "fd00:78:0:2::/64 via 2001:db8:78::2 dev eth0" in v6
         )
 
     # host-gw routes each family via the peer's underlay address of that family: the IPv6 one
