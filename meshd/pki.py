@@ -436,7 +436,7 @@ def _check_grant(grant: Grant, auth: Authority) -> None:
         whole_text = auth.network_of(part.version)
         assert whole_text is not None  # inside() found it
         whole = ipaddress.ip_network(whole_text)
-        flag = "--subnet-len6" if part.version == 6 and grant.version == 4 else "--subnet-len"
+        flag = "--subnet-len6" if part.version == 6 else "--subnet-len"
         if part.subnet is not None and ipaddress.ip_network(part.subnet) == whole:
             raise CertificateError(
                 f"--subnet {part.subnet}: the whole cluster network, not a node's"

@@ -103,7 +103,7 @@ class SimPKI:
         not_after: float = SIM_WALL + 365 * DAY,
         key: Ed25519PrivateKey | None = None,
         name: str | None = None,
-        public_ip: str | None = None,
+        public_ip: str | Sequence[str] | None = None,
     ) -> Signer:
         """A fresh certificate for ``rec`` (its name, public IPs and fixed subnets, one per
         family, unless told otherwise) and its key."""

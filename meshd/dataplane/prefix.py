@@ -209,6 +209,8 @@ def unicast6_problem(ip: str) -> str | None:
         addr = ipaddress.IPv6Address(ip)
     except ValueError:
         return f"{ip!r} is not an IPv6 address"
+    if addr.scope_id is not None:
+        return f"{ip} has a zone: a peer's address must be global or unique-local"
     for name, (first, last) in SPECIAL6:
         if first <= int(addr) <= last:
             return f"{ip} is in {name}"
