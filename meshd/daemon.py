@@ -33,7 +33,7 @@ from meshd.control.server import ControlServer, group_id
 from meshd.dataplane import allocation, backends, model, prefix
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
-from meshd.dataplane.masquerade import Masquerade, remove_table
+from meshd.dataplane.masquerade import FAMILY, FAMILY6, Masquerade, remove_table
 from meshd.dataplane.objects import Underlay
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
@@ -246,10 +246,19 @@ class Daemon:
             self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
         if backends.get(cfg.backend).overhead:  # a tunnel to probe (host-gw has none)
             self.prober = TunnelProber(cfg.port)
+        masquerade6: Masquerade | None = None
+        self.masquerade6: Masquerade | None = None
         if cfg.ipmasq:
-            if network is None:  # config.build refuses it; a certificate always brings one
+            if network is None and network6 is None:  # config.build refuses it
                 raise ConfigError("ipmasq: needs network")
-            self.masquerade = Masquerade(network)
+            # One table per family (ip meshd-nat, ip6 meshd-nat), each following its subnet.
+            if network is not None and subnet_s is not None:
+                self.masquerade = Masquerade(network)
+            if network6 is not None:
+                masquerade6 = Masquerade(network6)
+                if self.masquerade is None:  # an IPv6-only node: its one table is the IPv6 one
+                    self.masquerade, masquerade6 = masquerade6, None
+        self.masquerade6 = masquerade6
         self.service = Service(
             node,
             self.transport,
@@ -264,6 +273,8 @@ class Daemon:
             masquerade=self.masquerade,
             prober=self.prober,
             doctor=self.run_doctor,
+            allocator6=self.allocators[1] if len(self.allocators) > 1 else None,
+            masquerade6=masquerade6,
         )
         self.membership = Membership(
             node,
@@ -276,6 +287,7 @@ class Daemon:
             self.crl_store,
             self.allocators,
             masquerade=self.masquerade,
+            masquerade6=masquerade6,
         )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)
@@ -329,12 +341,15 @@ class Daemon:
     async def _start_masquerade(self) -> None:
         """ipmasq: install the rules now (an identical table left by the previous run is kept,
         so a restart leaves no gap); off: drop the table an earlier run may have left."""
-        if self.masquerade is not None:
+        nats = [m for m in (self.masquerade, self.masquerade6) if m is not None]
+        if nats:
             # Like the data plane: membership works without it; `status` reports the error.
             await self.membership.update_masquerade(force=True)
-        elif shutil.which("nft"):
-            with contextlib.suppress(DataplaneError):
-                await remove_table()
+        if shutil.which("nft"):
+            for family in (FAMILY, FAMILY6):
+                if not any(m.family == family for m in nats):
+                    with contextlib.suppress(DataplaneError):
+                        await remove_table(family=family)
 
     async def _underlay(self, cred: identity.Credentials | None, *, ipv6_overlay: bool) -> Underlay:
         """The underlay: gossip goes over ``public_ip`` (IPv4) when given, else ``public_ip6``,
@@ -407,7 +422,7 @@ class Daemon:
             tasks.append(asyncio.create_task(self.membership.firewall_loop(), name="filter"))
         if self.allocator is not None:
             tasks.append(asyncio.create_task(self.membership.heartbeat_loop(), name="heartbeat"))
-        if self.masquerade is not None:
+        if self.masquerade is not None:  # the loop repairs the IPv6 table too
             tasks.append(asyncio.create_task(self.membership.masquerade_loop(), name="masquerade"))
         if self.prober is not None:
             tasks.append(

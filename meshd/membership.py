@@ -88,6 +88,7 @@ class Membership:
         allocator: Allocator | Sequence[Allocator] | None = None,
         *,
         masquerade: Nat | None = None,
+        masquerade6: Nat | None = None,
     ) -> None:
         self.node = node
         if allocator is None:
@@ -112,6 +113,9 @@ class Membership:
         self._fw_forced = 0.0
         self._fw_error: str | None = None
         self.masquerade = masquerade
+        self.masquerade6 = masquerade6
+        """The IPv6 masquerade (table ip6 meshd-nat) of a node with an IPv6 network; it follows
+        the node's IPv6 subnet as ``masquerade`` follows the IPv4 one."""
         self._mq_error: str | None = None
         self.read_thresholds: Callable[[], tuple[int, int, int] | None] = neightable.read
         self._neigh_warned_for = 0  # peers counted at the last neighbour-table warning
@@ -336,16 +340,22 @@ class Membership:
         """The rules follow this node's subnet, which can change at runtime (allocation); nft
         runs only when it did, or when ``force`` (drift repair, and at start: an identical table
         is kept). Errors are logged once each and left in the masquerade's status."""
-        if self.masquerade is None:
-            return
-        try:
-            await self.masquerade.apply(self.node.local.subnet, force=force)
-        except DataplaneError as exc:
-            if str(exc) != self._mq_error:
-                log.error("%s", exc, extra={"event": "masquerade_error", "reason": str(exc)})
-            self._mq_error = str(exc)
-            return
-        self._mq_error = None
+        local = self.node.local
+        errors = []
+        for nat, subnet in (
+            (self.masquerade, local.subnet),
+            (self.masquerade6, local.subnet_of(6) if self.masquerade6 is not None else None),
+        ):
+            if nat is None or subnet is None:
+                continue
+            try:
+                await nat.apply(subnet, force=force)
+            except DataplaneError as exc:
+                errors.append(str(exc))
+        for err in errors:
+            if self._mq_error is None or err not in self._mq_error:
+                log.error("%s", err, extra={"event": "masquerade_error", "reason": err})
+        self._mq_error = "; ".join(errors) or None
 
     def check_neighbours(self, peers: int) -> None:
         """Warn, at the first shortfall and as the mesh grows, when the peers need more IPv4

@@ -148,6 +148,7 @@ def status(st: StatusReply) -> list[str]:
         f"backend {n['backend']} incarnation {n['incarnation']}",
         trust(st.get("trust") or {}),
         *allocation(st.get("allocation") or {}),
+        *allocation(st.get("allocation6") or {}),
         f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}",
         "members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()),
         f"datagrams in {st['counters'].get('in', 0)}, out {st['counters'].get('out', 0)}",
@@ -164,6 +165,7 @@ def status(st: StatusReply) -> list[str]:
     out += dataplane(st["dataplane"], st["filter"])
     out += tunnel(st.get("tunnel"))
     out += masquerade(st.get("masquerade", {}))
+    out += masquerade(st.get("masquerade6", {}))
     out.append("(meshd status --json shows everything, including the last plan)")
     return out
 

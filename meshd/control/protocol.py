@@ -121,6 +121,11 @@ class StatusReply(TypedDict):
     masquerade: NotRequired[dict[str, Any]]
     """``ipmasq``: the masquerade's status (dataplane/masquerade.py), or ``{"enabled": False}``;
     absent from daemons older than the feature."""
+    allocation6: NotRequired[dict[str, Any]]
+    """A dual-stack node allocating both families: the IPv6 allocation (``allocation`` is then
+    the IPv4 one)."""
+    masquerade6: NotRequired[dict[str, Any]]
+    """The IPv6 masquerade (table ip6 meshd-nat) beside an IPv4 one (``masquerade``)."""
     protocol: NotRequired[dict[str, Any]]
     """The wire protocol: ``version`` spoken (major.minor), the range it ``accepts``, and
     ``last_refused`` (the last datagram dropped for its version: version, reason, addr, sender)

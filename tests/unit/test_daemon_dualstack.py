@@ -219,3 +219,40 @@ def test_seeds_resolve_to_the_family_gossip_uses(
         "seed 192.0.2.9: an IPv4 address, but this node gossips over IPv6 (2001:db8::1); "
         "skipping it"
     ]
+
+
+class FakeMasquerade:
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.family = "ip6" if ":" in network else "ip"
+        self.applied: list[str] = []
+
+    async def apply(self, subnet: str, *, force: bool = False) -> bool:
+        self.applied.append(subnet)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": True, "network": self.network}
+
+
+@pytest.mark.parametrize(
+    ("subnet", "network", "tables"),
+    [
+        (["10.244.1.0/24", "fd00:1::/64"], ["10.244.0.0/16", "fd00:1::/48"], ("ip", "ip6")),
+        ("fd00:1::/64", "fd00:1::/48", ("ip6", None)),  # IPv6-only: its one table
+    ],
+)
+def test_ipmasq_keeps_a_table_per_family(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    subnet: object,
+    network: object,
+    tables: tuple[str, str | None],
+) -> None:
+    monkeypatch.setattr(meshd.daemon, "Masquerade", FakeMasquerade)
+    ul = Underlay("eth0", 2, "192.0.2.1", 24, 1500, "2001:db8::1", 64)
+    d, _, _ = start(tmp_path, monkeypatch, ul, subnet=subnet, network=network, ipmasq=True)
+    assert d.masquerade is not None and d.masquerade.family == tables[0]
+    assert (d.masquerade6.family if d.masquerade6 else None) == tables[1]
+    st = d.service.status()
+    assert st["masquerade"]["enabled"] and ("masquerade6" in st) == (tables[1] is not None)

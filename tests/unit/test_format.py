@@ -297,3 +297,18 @@ def test_dataplane_line_names_the_underlay_addresses() -> None:
     assert fmt.dataplane({**dp, "underlay": two}, {})[0].startswith(
         "dataplane host-gw device - on eth0 (10.0.0.1,2001:db8::1), routes"
     )
+
+
+def test_status_shows_each_familys_allocation_and_masquerade() -> None:
+    alloc = {"network": "fd00:10:244::/48", "subnet_len": 64, "size": 65536, "lease": 600,
+             "origin": "picked", "settled": True}  # fmt: skip
+    mq = {"enabled": True, "table": "ip6 meshd-nat", "network": "fd00:10:244::/48",
+          "subnet": "fd00:10:244:1::/64", "repairs": 0, "last_error": None}  # fmt: skip
+    lines = fmt.status(status_reply(allocation6=alloc, masquerade6=mq))
+    assert (
+        "subnet    allocated from fd00:10:244::/48 (/64, 65536 subnets; lease 600 s), "
+        "picked, settled" in lines
+    )
+    assert any(
+        x.startswith("masquerade ip6 meshd-nat: traffic leaving fd00:10:244::/48") for x in lines
+    )

@@ -65,3 +65,34 @@ def test_each_family_moves_alone_and_settles_together(tmp_path: Path) -> None:
     assert moved.subnet6 not in (None, "fd00:10:244:1::/64")
     state = StateStore(tmp_path).load()
     assert (state.subnet, state.subnet6) == ("10.244.1.0/24", moved.subnet6)
+
+
+class Nat:
+    def __init__(self, fail: str | None = None) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.fail = fail
+
+    async def apply(self, subnet: str, *, force: bool = False) -> bool:
+        self.calls.append((subnet, force))
+        if self.fail:
+            from meshd.errors import DataplaneError
+
+            raise DataplaneError(self.fail)
+        return True
+
+
+def test_each_masquerade_follows_the_subnet_of_its_family() -> None:
+    me = rec(0, "10.244.1.0/24", "fd00:10:244:1::/64")
+    node = GossipNode(me, GossipConfig(), random.Random(1), 0.0)
+    nat4, nat6 = Nat(), Nat(fail="masquerade: nft: no ip6 table support")
+    m = Membership(
+        node, None, None, None, 30.0, lambda: None, asyncio.Event(),  # type: ignore[arg-type]
+        masquerade=nat4, masquerade6=nat6,
+    )  # fmt: skip
+    asyncio.run(m.update_masquerade(force=True))
+    assert nat4.calls == [("10.244.1.0/24", True)]
+    assert nat6.calls == [("fd00:10:244:1::/64", True)]
+    assert m._mq_error == "masquerade: nft: no ip6 table support"  # the IPv4 one still applied
+    nat6.fail = None
+    asyncio.run(m.update_masquerade())
+    assert m._mq_error is None and nat6.calls[-1] == ("fd00:10:244:1::/64", False)
