@@ -643,7 +643,14 @@ class Reconciler:
 
     def _write_subnet_env(self, mtu: int) -> None:
         """flannel-compatible env file for CNI; written atomically, and only when it changes."""
-        text = model.subnet_env(self.cfg.network, str(self.local.subnet), mtu, self.cfg.ipmasq)
+        text = model.subnet_env(
+            self.cfg.network,
+            self.local.subnet,
+            mtu,
+            self.cfg.ipmasq,
+            subnet6=self.local.subnet6,
+            network6=self.cfg.network6,
+        )
         path = Path(self.cfg.subnet_env)
         if text == self._env_text and path.exists():
             return
