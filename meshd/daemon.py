@@ -288,6 +288,7 @@ class Daemon:
             self.allocators,
             masquerade=self.masquerade,
             masquerade6=masquerade6,
+            underlay_version=local.ip_version,
         )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)

@@ -89,6 +89,7 @@ class Membership:
         *,
         masquerade: Nat | None = None,
         masquerade6: Nat | None = None,
+        underlay_version: int = 4,
     ) -> None:
         self.node = node
         if allocator is None:
@@ -117,7 +118,11 @@ class Membership:
         """The IPv6 masquerade (table ip6 meshd-nat) of a node with an IPv6 network; it follows
         the node's IPv6 subnet as ``masquerade`` follows the IPv4 one."""
         self._mq_error: str | None = None
-        self.read_thresholds: Callable[[], tuple[int, int, int] | None] = neightable.read
+        self.neigh_sysctls = neightable.SYSCTLS6 if underlay_version == 6 else neightable.SYSCTLS
+        """The neighbour table gossip's underlay fills: IPv4's (ARP), or IPv6's (NDP)."""
+        self.read_thresholds: Callable[[], tuple[int, int, int] | None] = lambda: neightable.read(
+            self.neigh_sysctls
+        )
         self._neigh_warned_for = 0  # peers counted at the last neighbour-table warning
         self._views_generation = 0  # counts the batches of member events (and sync changes)
 
@@ -358,22 +363,25 @@ class Membership:
         self._mq_error = "; ".join(errors) or None
 
     def check_neighbours(self, peers: int) -> None:
-        """Warn, at the first shortfall and as the mesh grows, when the peers need more IPv4
-        neighbour entries than the kernel's table allows (one per peer on the underlay's L2
-        segment): past gc_thresh3 sends fail with ENOBUFS."""
+        """Warn, at the first shortfall and as the mesh grows, when the peers need more
+        neighbour entries (of the underlay's family) than the kernel's table allows (one per
+        peer on the underlay's L2 segment): past gc_thresh3 sends fail with ENOBUFS."""
         cur = self.read_thresholds()
         if cur is None or not neightable.warn_due(peers, cur[2], self._neigh_warned_for):
             return
         self._neigh_warned_for = peers
         want = neightable.recommended(peers)
+        names = self.neigh_sysctls
         log.warning(
-            "%d peers need up to %d neighbour (ARP) entries on the underlay, more than "
-            "net.ipv4.neigh.default.gc_thresh3 = %d allows: sends will fail (ENOBUFS). "
+            "%d peers need up to %d neighbour (%s) entries on the underlay, more than "
+            "%s = %d allows: sends will fail (ENOBUFS). "
             "Raise them: %s (and in /etc/sysctl.d/ to persist); peers behind a router need none",
             peers,
             neightable.wanted(peers),
+            "NDP" if names == neightable.SYSCTLS6 else "ARP",
+            names[2],
             cur[2],
-            neightable.sysctl_command(want),
+            neightable.sysctl_command(want, names),
             extra={
                 "event": "neighbour_table_small",
                 "reason": "more peers than the kernel's neighbour table holds",

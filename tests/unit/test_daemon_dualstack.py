@@ -256,3 +256,11 @@ def test_ipmasq_keeps_a_table_per_family(
     assert (d.masquerade6.family if d.masquerade6 else None) == tables[1]
     st = d.service.status()
     assert st["masquerade"]["enabled"] and ("masquerade6" in st) == (tables[1] is not None)
+
+
+def test_an_ipv6_underlay_watches_the_ipv6_neighbour_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ul = Underlay("eth0", 2, "2001:db8::5", 64, 1500)
+    d, _, _ = start(tmp_path, monkeypatch, ul, subnet="fd00:5::/64")
+    assert d.membership.neigh_sysctls[2] == "net.ipv6.neigh.default.gc_thresh3"
