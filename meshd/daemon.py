@@ -69,6 +69,8 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.firewall: Firewall | None = None
         self.masquerade: Masquerade | None = None
+        self.masquerade6: Masquerade | None = None
+        """The IPv6 table (ip6 meshd-nat) beside an IPv4 one: a dual-stack cluster network."""
         self.prober: TunnelProber | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
@@ -246,8 +248,6 @@ class Daemon:
             self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
         if backends.get(cfg.backend).overhead:  # a tunnel to probe (host-gw has none)
             self.prober = TunnelProber(cfg.port)
-        masquerade6: Masquerade | None = None
-        self.masquerade6: Masquerade | None = None
         if cfg.ipmasq:
             if network is None and network6 is None:  # config.build refuses it
                 raise ConfigError("ipmasq: needs network")
@@ -255,10 +255,10 @@ class Daemon:
             if network is not None and subnet_s is not None:
                 self.masquerade = Masquerade(network)
             if network6 is not None:
-                masquerade6 = Masquerade(network6)
                 if self.masquerade is None:  # an IPv6-only node: its one table is the IPv6 one
-                    self.masquerade, masquerade6 = masquerade6, None
-        self.masquerade6 = masquerade6
+                    self.masquerade = Masquerade(network6)
+                else:
+                    self.masquerade6 = Masquerade(network6)
         self.service = Service(
             node,
             self.transport,
@@ -274,7 +274,7 @@ class Daemon:
             prober=self.prober,
             doctor=self.run_doctor,
             allocator6=self.allocators[1] if len(self.allocators) > 1 else None,
-            masquerade6=masquerade6,
+            masquerade6=self.masquerade6,
         )
         self.membership = Membership(
             node,
@@ -287,7 +287,7 @@ class Daemon:
             self.crl_store,
             self.allocators,
             masquerade=self.masquerade,
-            masquerade6=masquerade6,
+            masquerade6=self.masquerade6,
             underlay_version=local.ip_version,
         )
         self.membership.save(force=True)
