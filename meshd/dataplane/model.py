@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -513,15 +513,19 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
 
     # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
     onlink_nets = tuple(n for n in (span_any(c, strict=False) for c in onlink) if n is not None)
-    routes = foreign_routes(tuple(foreign), network)
-    routes6 = foreign_routes6(tuple(foreign), network6)
+    local_problem = _local_checks(
+        local,
+        underlay,
+        foreign_routes(tuple(foreign), network),
+        foreign_routes6(tuple(foreign), network6),
+    )
     candidates: list[NodeRecord] = []
     for p in claimants_:
         if p.node_id not in granted:
             h = losers[p.node_id]
             refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps {h.subnet} held by {h.name}")
             continue
-        problem = _local_problem(p, local, underlay, routes, routes6)
+        problem = local_problem(p)
         if problem is not None:
             refuse(p, *problem)
             continue
@@ -535,36 +539,41 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     return Selection(programmed, flags, reasons, local_conflict, next_deadline)
 
 
-def _local_problem(
-    p: NodeRecord,
+def _local_checks(
     local: NodeRecord,
     underlay: Underlay,
     routes: prefix.Spans,
     routes6: prefix.Spans,
-) -> tuple[str, str] | None:
-    """(flag, reason) when one of ``p``'s subnets clashes with this node's subnets, underlay or
-    a foreign route of the same family, or ``p`` announces this node's own underlay address."""
+) -> Callable[[NodeRecord], tuple[str, str] | None]:
+    """The node-local rule for one pass: (flag, reason) when one of a peer's subnets clashes
+    with this node's subnets, underlay or a foreign route of the same family, or the peer
+    announces this node's own underlay address; None when it does not."""
     mine = [(s, n) for s in local.subnets if (n := span_any(s)) is not None]
-    ul_nets = [(c, n) for c in underlay.cidrs() if (n := span_any(c, strict=False)) is not None]
-    for sub in p.subnets:
-        net = span_any(sub)
-        if net is None:
-            return FLAG_REFUSED, f"subnet {sub} is not a valid container subnet"
-        for own, n in mine:
-            if spans_overlap(net, n):
-                return FLAG_CONFLICTED, f"subnet {sub} overlaps this node's {own}"
-        for cidr, n in ul_nets:
-            if spans_overlap(net, n):
-                shown = underlay.network if cidr == underlay.cidrs()[0] else cidr
-                return FLAG_REFUSED, f"subnet {sub} overlaps the underlay {shown}"
-        route = (routes6 if net[0] == 6 else routes).overlapping((net[1], net[2]))
-        if route is not None:
-            return FLAG_REFUSED, f"subnet {sub} overlaps route {route}, not meshd's"
+    ul_cidrs = underlay.cidrs()
+    ul_nets = [(c, n) for c in ul_cidrs if (n := span_any(c, strict=False)) is not None]
     own_ips = {canonical(a) for a in (underlay.ip, underlay.ip6) if a}
-    for ip in (p.public_ip, p.public_ip6):
-        if ip and canonical(ip) in own_ips:
-            return FLAG_REFUSED, f"announces this node's own address {ip}"
-    return None
+
+    def check(p: NodeRecord) -> tuple[str, str] | None:
+        for sub in p.subnets:
+            net = span_any(sub)
+            if net is None:
+                return FLAG_REFUSED, f"subnet {sub} is not a valid container subnet"
+            for own, n in mine:
+                if spans_overlap(net, n):
+                    return FLAG_CONFLICTED, f"subnet {sub} overlaps this node's {own}"
+            for cidr, n in ul_nets:
+                if spans_overlap(net, n):
+                    shown = underlay.network if cidr == ul_cidrs[0] else cidr
+                    return FLAG_REFUSED, f"subnet {sub} overlaps the underlay {shown}"
+            route = (routes6 if net[0] == 6 else routes).overlapping((net[1], net[2]))
+            if route is not None:
+                return FLAG_REFUSED, f"subnet {sub} overlaps route {route}, not meshd's"
+        for ip in (p.public_ip, p.public_ip6):
+            if ip and canonical(ip) in own_ips:
+                return FLAG_REFUSED, f"announces this node's own address {ip}"
+        return None
+
+    return check
 
 
 # --- desired state -------------------------------------------------------------------------------

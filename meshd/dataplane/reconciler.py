@@ -234,7 +234,13 @@ class Reconciler:
             self._foreign,
             self.cfg.network6,
         )
-        self._flags, self._reasons = dict(sel.flags), dict(sel.reasons)
+        flags, reasons = dict(sel.flags), dict(sel.reasons)
+        d = self._desired
+        if d is not None:  # "partial" comes from the backend's entries: the last pass knows
+            for name, flag in d.flags.items():
+                if flag == model.FLAG_PARTIAL and name not in flags:
+                    flags[name], reasons[name] = flag, d.reasons[name]
+        self._flags, self._reasons = flags, reasons
         self._trigger("peers")
 
     async def run(self) -> None:
@@ -335,7 +341,9 @@ class Reconciler:
         return out
 
     def peer_flags(self) -> dict[str, str]:
-        """peer name -> conflicted | incompatible | refused | not-on-link | reaped."""
+        """peer name -> conflicted | incompatible | refused | not-on-link | reaped | partial
+        (programmed, but one of its two subnets cannot be routed from here: ``status`` says
+        why)."""
         return dict(self._flags)
 
     # --- the pass --------------------------------------------------------------------------------

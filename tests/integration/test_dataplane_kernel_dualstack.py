@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -32,12 +33,14 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
+from meshd.dataplane import wireguard as wg
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
 from meshd.dataplane.netlink import Event, FdbEntry, NeighEntry, Netlink, RouteEntry
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.rtnl_wire import AF_INET6
 from meshd.dataplane.underlay import discover_underlay
+from meshd.dataplane.wgdevice import WireGuardDevices, peers_of
 from meshd.errors import DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord, vtep_mac_for
 from meshd.lab import Host, Lab
@@ -154,6 +157,9 @@ def fdb(ns: str, dev: str) -> set[tuple[str, str]]:
     return {(e["mac"], e["dst"]) for e in (json.loads(out) if out else []) if "dst" in e}
 
 
+WG_KEYS = {i: bytes([0x50 + i]) * 32 for i in range(1, 4)}  # private keys of h1..h3
+
+
 def record(h: Host, backend: str, *, ipv6_only: bool) -> NodeRecord:
     node_id = bytes([h.index]) * 16
     return NodeRecord(
@@ -167,6 +173,7 @@ def record(h: Host, backend: str, *, ipv6_only: bool) -> NodeRecord:
         mtu=1500,
         public_ip6=None if ipv6_only else ul6(h),
         subnet6=subnet6(h),
+        wg_key=wg.public_key(WG_KEYS[h.index]) if backend == "wireguard" else b"",
     )
 
 
@@ -175,6 +182,7 @@ class Mesh:
         self.tmp, self.topo, self.backend, self.v6only = tmp, topo, backend, ipv6_only
         self.records = {h.index: record(h, backend, ipv6_only=ipv6_only) for h in topo.hosts}
         self.recs: dict[int, Reconciler] = {}
+        self.wgds: dict[int, WireGuardDevices] = {}
 
     async def start(self, i: int) -> Reconciler:
         h = self.topo.hosts[i - 1]
@@ -187,7 +195,14 @@ class Mesh:
             bridge="br",
             subnet_env=self.tmp / f"h{i}.env",
         )
-        r = Reconciler(cfg, rec, ul, netns=h.ns)
+        wgd = (
+            WireGuardDevices(WG_KEYS[i], netns=h.ns, private_run=True)
+            if self.backend == "wireguard"
+            else None
+        )
+        if wgd is not None:
+            self.wgds[i] = wgd
+        r = Reconciler(cfg, rec, ul, netns=h.ns, wg=wgd)
         views = [PeerView(x, "alive", time.monotonic()) for j, x in self.records.items() if j != i]
         r.set_peers(views, synced=True, now=time.monotonic())
         await r.start()
@@ -333,7 +348,20 @@ def test_ip6tnl_is_created_or_refused_in_one_line(lab: Callable[..., Lab]) -> No
 # --- two hosts, the reconciler -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "vxlan",
+        "host-gw",
+        pytest.param(
+            "wireguard",
+            marks=pytest.mark.skipif(
+                shutil.which("wireguard-go") is None or shutil.which("wg") is None,
+                reason="needs wireguard-go and wg",
+            ),
+        ),
+    ],
+)
 @pytest.mark.parametrize("ipv6_only", [False, True], ids=["ipv4+ipv6-underlay", "ipv6-underlay"])
 def test_dual_stack_containers_talk_and_ipv6_entries_are_kept(
     lab: Callable[..., Lab], tmp_path: Path, backend: str, ipv6_only: bool
@@ -341,7 +369,7 @@ def test_dual_stack_containers_talk_and_ipv6_entries_are_kept(
     topo = lab(2)
     h1, h2 = topo.hosts
     add_ipv6(topo, ipv6_only=ipv6_only)
-    dev = "meshd.1" if backend == "vxlan" else "eth0"
+    dev = {"vxlan": "meshd.1", "host-gw": "eth0", "wireguard": "meshd.wg"}[backend]
 
     async def main() -> None:
         async with mesh(tmp_path, topo, backend, ipv6_only) as m:
@@ -373,6 +401,19 @@ def test_dual_stack_containers_talk_and_ipv6_entries_are_kept(
                     if a.get("scope") != "link"
                 }
                 assert addrs == {"10.244.1.0/32", "fd00:244:1::/128"}
+            elif backend == "wireguard":
+                assert "gateway" not in six
+                async with Netlink(h1.ns) as nl:
+                    info = await nl.link(dev)
+                assert info is not None
+                snap = await m.wgds[1].read(dev, info.kind)
+                assert snap is not None
+                (peer,) = peers_of(snap.state).values()
+                endpoint = f"[{ul6(h2)}]:51820" if ipv6_only else f"{h2.underlay_ip}:51820"
+                assert (peer.endpoint, peer.allowed_ips) == (
+                    endpoint,
+                    ("10.244.2.0/24", "fd00:244:2::/64"),
+                )
             else:
                 assert six["gateway"] == ul6(h2)
                 if ipv6_only:  # RFC 5549: IPv4 via inet6

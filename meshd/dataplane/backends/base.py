@@ -172,6 +172,8 @@ def network_address(cidr: str) -> str:
 
 def peer_subnets(peer: NodeRecord) -> tuple[tuple[int, str], ...]:
     """(version, canonical subnet) of each of the peer's subnets, IPv4 first."""
+    if peer.subnet6 is None and ":" not in peer.subnet:
+        return ((4, peer.subnet),)  # IPv4 only: the common case, at thousands of peers
     return tuple((6 if ":" in s else 4, canonical(s)) for s in peer.subnets)
 
 

@@ -27,7 +27,6 @@ from meshd.dataplane.objects import (
     Route,
     address_any,
     canonical,
-    span_holds,
 )
 from meshd.gossip.record import NodeRecord
 
@@ -47,16 +46,24 @@ def next_hop(peer: NodeRecord, site: Site, version: int) -> str | None:
 
 def _onlink(ip: str, site: Site) -> bool:
     a = address_any(ip)
-    return any(span_holds(net, a) for net in site.onlink)
+    if a is None:
+        return False
+    version, value = a
+    return any(net[0] == version and net[1] <= value <= net[2] for net in site.onlink)
 
 
 class HostGw(Backend):
     name = "host-gw"
 
     def entries(self, peer: NodeRecord, site: Site, device: DeviceSpec | None) -> PeerEntries:
+        subs = peer_subnets(peer)
+        if len(subs) == 1:  # its one next hop passed refuse(): on-link
+            gw = next_hop(peer, site, subs[0][0])
+            if gw is not None:
+                return PeerEntries((Route(subs[0][1], gw, site.underlay.ifname),))
         routes: list[Route] = []
         missing: list[str] = []
-        for fam, sub in peer_subnets(peer):
+        for fam, sub in subs:
             gw = next_hop(peer, site, fam)
             if gw is None:
                 missing.append(
@@ -74,7 +81,14 @@ class HostGw(Backend):
     def refuse(self, peers: Sequence[NodeRecord], site: Site) -> dict[str, Refusal]:
         out: dict[str, Refusal] = {}
         for p in peers:
-            hops = {next_hop(p, site, fam) for fam, _ in peer_subnets(p)} - {None}
+            subs = peer_subnets(p)
+            if len(subs) == 1:
+                gw = next_hop(p, site, subs[0][0])
+                if gw is not None and _onlink(gw, site):
+                    continue
+                hops = {gw} - {None}
+            else:
+                hops = {next_hop(p, site, fam) for fam, _ in subs} - {None}
             if not any(_onlink(gw, site) for gw in hops if gw is not None):
                 shown = ", ".join(sorted(h for h in hops if h is not None)) or p.public_ip
                 out[p.name] = Refusal(

@@ -77,13 +77,19 @@ class Vxlan(Backend):
         dst = peer.underlay_of(site.underlay.version)
         assert mac is not None and dst is not None  # refuse() let only such peers through
         dev = device.name if device is not None else device_name(site.vni)
+        fdb = Fdb(mac, canonical(dst) if ":" in dst else dst)
+        subs = peer_subnets(peer)
+        if len(subs) == 1:  # the common case, at thousands of peers: no lists
+            sub = subs[0][1]
+            gw = network_address(sub)
+            return PeerEntries((Route(sub, gw, dev, onlink=True),), (Neigh(gw, mac),), fdb)
         routes: list[Route] = []
         neighs: list[Neigh] = []
-        for _, sub in peer_subnets(peer):
+        for _, sub in subs:
             gw = network_address(sub)
             neighs.append(Neigh(gw, mac))
             routes.append(Route(sub, gw, dev, onlink=True))
-        return PeerEntries(tuple(routes), tuple(neighs), Fdb(mac, canonical(dst)))
+        return PeerEntries(tuple(routes), tuple(neighs), fdb)
 
     def refuse(self, peers: Sequence[NodeRecord], site: Site) -> dict[str, Refusal]:
         out = self.underlay_refusals(peers, site)
