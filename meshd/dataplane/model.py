@@ -74,6 +74,7 @@ __all__ = [
     "device_spec",
     "diff",
     "claimants",
+    "contested",
     "network_of",
     "resolve_claims",
     "select_peers",
@@ -271,6 +272,19 @@ def resolve_claims(
         for node_id, holder in lost.items():
             losers.setdefault(node_id, holder)
     return {r.node_id for r in records if r.node_id not in losers}, losers
+
+
+def contested(loser: NodeRecord, holder: NodeRecord) -> tuple[str, str]:
+    """The two subnets, ``loser``'s and ``holder``'s, that the conflict rule weighed against each
+    other (the first family, IPv4 first, in which they overlap): what a conflict message names."""
+    for version in (4, 6):
+        mine, theirs = loser.subnet_of(version), holder.subnet_of(version)
+        if mine is None or theirs is None:
+            continue
+        a, b = prefix.family_span(mine), prefix.family_span(theirs)
+        if a is not None and b is not None and prefix.overlaps(a[1], b[1]):
+            return mine, theirs
+    return loser.subnet, holder.subnet
 
 
 def _resolve_family(

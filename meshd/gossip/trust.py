@@ -24,6 +24,7 @@ Shared-key mode has no Trust at all (``GossipNode(trust=None)``): records are be
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -97,7 +98,7 @@ def record_problem(info: CertInfo, rec: NodeRecord) -> tuple[str, str] | None:
         return CERT_NAME, f"name {rec.name!r} contradicts the certificate (CN {info.name!r})"
     for version in (4, 6):
         ip = rec.underlay_of(version)
-        if ip is not None and ip != info.address_of(version):
+        if ip is not None and not _same_address(ip, info.address_of(version)):
             certified = info.address_of(version) or f"no IPv{version} address"
             return CERT_IP, f"public IP {ip} contradicts the certificate ({certified})"
     for subnet in rec.subnets:
@@ -107,6 +108,18 @@ def record_problem(info: CertInfo, rec: NodeRecord) -> tuple[str, str] | None:
                 f"subnet {subnet} contradicts the certificate (grants {info.grant.describe()})",
             )
     return None
+
+
+def _same_address(announced: str, certified: str | None) -> bool:
+    """Equal as addresses (an IPv6 address has many spellings; the certificate's is canonical)."""
+    if certified is None:
+        return False
+    if announced == certified:
+        return True
+    try:
+        return ipaddress.ip_address(announced) == ipaddress.ip_address(certified)
+    except ValueError:
+        return False
 
 
 def _raw(key: object) -> bytes:

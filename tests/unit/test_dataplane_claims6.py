@@ -157,3 +157,12 @@ def test_a_refused_ipv6_claim_takes_nothing_from_anyone() -> None:
     found = model.claimants("vxlan", (NET4, NET6), 300.0, rec(1), alive(holder, greedy), 0.0)
     assert [r.name for r in found.records] == ["n2"]
     assert model.resolve_claims(found.records) == ({holder.node_id}, {})
+
+
+def test_contested_names_the_subnets_of_the_family_that_clashed() -> None:
+    a = dual(1, since=100)
+    b = dual(2, since=200, subnet6="fd00:10:244:1::/64")
+    _, losers = model.resolve_claims([a, b])
+    assert model.contested(b, losers[b.node_id]) == ("fd00:10:244:1::/64", "fd00:10:244:1::/64")
+    c = rec(3, subnet="10.244.1.0/25")
+    assert model.contested(c, a) == ("10.244.1.0/25", "10.244.1.0/24")

@@ -530,3 +530,9 @@ def test_own_record_contradicting_an_ipv6_binding_is_one_line(pki: SimPKI) -> No
     v4only = pki.issue(C)
     with pytest.raises(TrustError, match=r"\(no IPv6 address\)"):
         trust.check_own(replace(C, public_ip6="2001:db8::3"), v4only, SIM_WALL)
+
+
+def test_an_ipv6_address_is_compared_as_an_address_not_as_text(pki: SimPKI) -> None:
+    signer = pki.issue(DUAL_C, grant=DUAL_GRANT, public_ip=["172.16.0.3", "2001:db8::3"])
+    assert verdict(pki, signer.sign(replace(DUAL_C, public_ip6="2001:DB8:0::3"))) == ""
+    assert verdict(pki, signer.sign(replace(DUAL_C, public_ip6="2001:db8::3%eth0"))) == "cert_ip"
