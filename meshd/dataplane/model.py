@@ -537,7 +537,8 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     for p in claimants_:
         if p.node_id not in granted:
             h = losers[p.node_id]
-            refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps {h.subnet} held by {h.name}")
+            lost, held = contested(p, h)
+            refuse(p, FLAG_CONFLICTED, f"subnet {lost} overlaps {held} held by {h.name}")
             continue
         problem = local_problem(p)
         if problem is not None:

@@ -200,7 +200,8 @@ def test_an_ipv6_subnet_overlapping_this_nodes_is_conflicted() -> None:
     clash = ds(2, subnet6="fd00:244:1::/64")
     d = state(ds(1), [clash, ds(3)], ULDS)
     assert d.flags == {"n2": "conflicted"}
-    assert d.reasons["n2"] == "subnet fd00:244:1::/64 overlaps this node's fd00:244:1::/64"
+    # The conflict rule (per family) keeps it for this node, and says so in that family.
+    assert d.reasons["n2"] == "subnet fd00:244:1::/64 overlaps fd00:244:1::/64 held by n1"
 
 
 def test_an_ipv6_subnet_overlapping_the_underlay_or_a_foreign_route_is_refused() -> None:
