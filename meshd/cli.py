@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from meshd import __version__
-from meshd.config import DEFAULT_CONFIG, Config, build, load_file
+from meshd.config import DEFAULT_CONFIG, Config, build, last_per_family, load_file
 from meshd.control import client
 from meshd.control import format as fmt
 from meshd.dataplane import backends
@@ -148,10 +148,10 @@ def join(
         {
             "seeds": tuple(seeds or ()),
             "name": name,
-            "public_ip": tuple(public_ip or ()),
+            "public_ip": last_per_family(public_ip or ()),
             "iface": iface,
-            "subnet": tuple(subnet or ()),
-            "network": tuple(network or ()),
+            "subnet": last_per_family(subnet or ()),
+            "network": last_per_family(network or ()),
             "subnet_len": subnet_len,
             "subnet_len6": subnet_len6,
             "backend": backend,

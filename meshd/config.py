@@ -14,6 +14,7 @@ import ipaddress
 import re
 import socket
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,16 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
             raise ConfigError(f"log_format: {value!r} is not one of {', '.join(LOG_FORMATS)}")
         return value
     raise ConfigError(f"{key}: unknown key")  # pragma: no cover - guarded above
+
+
+def last_per_family(values: Sequence[str]) -> tuple[str, ...]:
+    """A per-family flag given several times, as the command line means it: the last value of
+    each family counts (as for any flag given twice), IPv4's and IPv6's alike."""
+    last: dict[bool, str] = {}
+    for v in values:
+        last.pop(":" in v, None)
+        last[":" in v] = v
+    return tuple(last.values())
 
 
 def _per_family(key: str, value: Any) -> tuple[str | None, str | None]:

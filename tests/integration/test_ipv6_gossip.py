@@ -187,7 +187,9 @@ def test_daemons_gossip_over_an_ipv6_only_underlay(pair: Pair) -> None:
     status = meshd(a, "status")
     assert status.splitlines()[0].startswith("node      h1 (2001:db8:77::1) subnet fd00:77:1::/64")
     st = meshd(b, "status", "--json")
-    assert st["counters"].get("send_error", 0) == 0  # every send went out on the IPv6 socket
+    # Gossip went out on the IPv6 socket; nothing was lost for want of the family. (A send
+    # before the peer's socket listened may be refused: that is not this test's business.)
+    assert st["counters"]["out"] > 0 and "family" not in st.get("lost_sends", {})
 
     def routed() -> bool:
         out = pair.ip(0, "ip", "-6", "route", "show", "proto", "109")

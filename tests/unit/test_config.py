@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.config import build, load_file, parse_seed
+from meshd.config import build, last_per_family, load_file, parse_seed
 from meshd.errors import ConfigError
 
 
@@ -219,3 +219,14 @@ def test_bad_ipv6_seeds_say_what_is_wrong(seed: str, msg: str) -> None:
         parse_seed(seed)
     with pytest.raises(ConfigError, match="seed"):
         build({"seeds": [seed]})
+
+
+def test_a_flag_given_again_for_a_family_overrides_it() -> None:
+    # As for any flag given twice (the lab adds --network to a daemon's argv this way).
+    assert last_per_family(["10.245.0.0/16", "fd00::/48", "10.244.0.0/23"]) == (
+        "fd00::/48",
+        "10.244.0.0/23",
+    )
+    cfg = build({"network": last_per_family(["10.245.0.0/16", "fd00::/48", "10.244.0.0/23"])})
+    assert (cfg.network, cfg.network6) == ("10.244.0.0/23", "fd00::/48")
+    assert last_per_family([]) == ()
