@@ -95,6 +95,7 @@ MONITOR_GROUPS = (
     | RTMGRP_NEIGH
 )
 IFF_UP = 0x1
+MODULES = {"ip6tnl": "ip6_tunnel"}  # device kinds whose kernel module is named otherwise
 IFA_F_SECONDARY = 0x01  # IPv6: IFA_F_TEMPORARY (a privacy address), the same bit
 IFA_F_NODAD = 0x02
 SKIP_STATS = 1 << 3  # RTEXT_FILTER_SKIP_STATS: a link's counters, which meshd never reads
@@ -332,7 +333,8 @@ class Netlink:
         except DataplaneError as exc:
             if exc.errno == errno.EOPNOTSUPP:
                 raise MissingKernelFeature(
-                    f"kernel has no {kind} support (module {kind}): {exc}", exc.errno
+                    f"kernel has no {kind} support (module {MODULES.get(kind, kind)}): {exc}",
+                    exc.errno,
                 ) from exc.__cause__
             raise
         info = await self.link(name)

@@ -60,10 +60,6 @@ def spans_overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
     return a[0] == b[0] and a[1] <= b[2] and b[1] <= a[2]
 
 
-def span_holds(net: tuple[int, int, int], ip: tuple[int, int] | None) -> bool:
-    return ip is not None and net[0] == ip[0] and net[1] <= ip[1] <= net[2]
-
-
 @dataclass(frozen=True, slots=True)
 class Underlay:
     """The device peers are reached through, and this node's address on it: ``ip`` is the one

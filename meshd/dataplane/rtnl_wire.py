@@ -471,6 +471,23 @@ _NEIGH_FIXED = struct.Struct("=B3xiHBx4x4s4x6s")
 _FDB_HDRS = struct.Struct("=12xI8xI")
 _FDB_LAYOUT = (_hdr(10, NDA_LLADDR), _hdr(_L4, NDA_DST))
 _FDB_FIXED = struct.Struct("=B3xiHBx4x6s2x4x4s")
+# IPv6 (6.x): rtmsg, RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_GATEWAY, RTA_OIF, then RTA_CACHEINFO
+# (timers) and RTA_PREF, left out of the key as the neighbour's timers are.
+_ROUTE6_HDRS = struct.Struct("=12xI4xI16xI4xI16xI4x")
+_ROUTE6_LAYOUT = (
+    _hdr(_L4, RTA_TABLE),
+    _hdr(20, RTA_DST),
+    _hdr(_L4, RTA_PRIORITY),
+    _hdr(20, RTA_GATEWAY),
+    _hdr(_L4, RTA_OIF),
+)
+_ROUTE6_FIXED = struct.Struct("=BBBBBBBBI4xI4x16s8x4x16s4xI")
+_NEIGH6_HDRS = struct.Struct("=12xI16xI6x")
+_NEIGH6_LAYOUT = (_hdr(20, NDA_DST), _hdr(10, NDA_LLADDR))
+_NEIGH6_FIXED = struct.Struct("=B3xiHBx4x16s4x6s")
+_FDB6_HDRS = struct.Struct("=12xI8xI16x")
+_FDB6_LAYOUT = (_hdr(10, NDA_LLADDR), _hdr(20, NDA_DST))
+_FDB6_FIXED = struct.Struct("=B3xiHBx4x6s2x4x16s")
 
 
 Memo = dict[bytes, Any]
@@ -490,6 +507,20 @@ def route_entry(
 ) -> RouteEntry | None:
     """The route of ``family`` at ``off`` (rtmsg) as an entry, or None if it is not that family,
     ``proto`` or ``table``."""
+    if family == AF_INET6 and end - off >= 76:
+        key = bytes(buf[off : off + 76])  # up to RTA_OIF: not the timers after
+        if memo is not None and key in memo:
+            return cast("RouteEntry | None", memo[key])
+        if _ROUTE6_HDRS.unpack_from(key) == _ROUTE6_LAYOUT:
+            fam, plen, _, _, _, rproto, _, _, flags, tid, dst, gw, oif = _ROUTE6_FIXED.unpack(key)
+            entry = None
+            if fam == AF_INET6 and rproto == proto and tid == table:
+                entry = RouteEntry(
+                    f"{ntop(dst)}/{plen}", ntop(gw), oif, bool(flags & RTNH_F_ONLINK)
+                )
+            if memo is not None:
+                memo[key] = entry
+            return entry
     if end - off == 44 and family == AF_INET:
         key = bytes(buf[off:end])
         if memo is not None and key in memo:
@@ -521,6 +552,18 @@ def neigh_entry(
 ) -> NeighEntry | None:
     """The permanent neighbour of ``family`` with a link-layer address on ``ifindex`` at
     ``off``."""
+    if family == AF_INET6 and end - off >= 42:
+        key = bytes(buf[off : off + 42])  # ndmsg, NDA_DST, NDA_LLADDR: not the timers after
+        if memo is not None and key in memo:
+            return cast("NeighEntry | None", memo[key])
+        if _NEIGH6_HDRS.unpack_from(key) == _NEIGH6_LAYOUT:
+            fam, idx, state, _, dst, mac = _NEIGH6_FIXED.unpack(key)
+            entry = None
+            if fam == AF_INET6 and idx == ifindex and state & NUD_PERMANENT:
+                entry = NeighEntry(ntop(dst), mac.hex(":"))
+            if memo is not None:
+                memo[key] = entry
+            return entry
     if end - off >= 30 and family == AF_INET:
         key = bytes(buf[off : off + 30])  # ndmsg, NDA_DST, NDA_LLADDR: not the timers after
         if memo is not None and key in memo:
@@ -544,6 +587,17 @@ def fdb_entry(
 ) -> FdbEntry | None:
     """The unicast FDB entry with a remote dst on ``ifindex`` at ``off`` (not the all-zero
     default-destination entries)."""
+    if end - off >= 44 and _FDB6_HDRS.unpack_from(buf, off) == _FDB6_LAYOUT:
+        key = bytes(buf[off : off + 44])  # ndmsg, NDA_LLADDR, NDA_DST (IPv6)
+        if memo is not None and key in memo:
+            return cast("FdbEntry | None", memo[key])
+        fam, idx, _, _, mac, dst = _FDB6_FIXED.unpack(key)
+        entry = None
+        if fam == AF_BRIDGE and idx == ifindex and mac != _ZERO_MAC:
+            entry = FdbEntry(mac.hex(":"), ntop(dst))
+        if memo is not None:
+            memo[key] = entry
+        return entry
     if end - off >= 32:
         key = bytes(buf[off : off + 32])  # ndmsg, NDA_LLADDR, NDA_DST
         if memo is not None and key in memo:

@@ -205,8 +205,8 @@ class Mesh:
         r = Reconciler(cfg, rec, ul, netns=h.ns, wg=wgd)
         views = [PeerView(x, "alive", time.monotonic()) for j, x in self.records.items() if j != i]
         r.set_peers(views, synced=True, now=time.monotonic())
+        self.recs[i] = r  # before start(): a test reads the status of one that refused
         await r.start()
-        self.recs[i] = r
         asyncio.create_task(r.run())
         return r
 
@@ -461,5 +461,31 @@ def test_hostgw_ipv6_subnet_over_an_ipv4_only_peer_is_flagged_in_one_line(
             assert "the kernel refuses an IPv6 route via an IPv4 gateway" in st["skipped"]["h2"]
             assert "10.244.2.0/24" in routes4(h1.ns) and not routes6(h1.ns)
             assert st["last_error"] is None
+
+    run(main())
+
+
+def test_ipip_over_an_ipv6_underlay_is_ip6tnl_or_one_status_line(
+    lab: Callable[..., Lab], tmp_path: Path
+) -> None:
+    topo = lab(2)
+    h1, h2 = topo.hosts
+    add_ipv6(topo, ipv6_only=True)
+
+    async def main() -> None:
+        async with mesh(tmp_path, topo, "ipip", True) as m:
+            try:
+                r1 = await m.start(1)
+            except MissingKernelFeature:  # this kernel has no ip6_tunnel: one line, no retry
+                st = m.recs[1].status()
+                line = st["last_error"]
+                assert line.startswith("kernel has no ip6tnl support (module ip6_tunnel): ")
+                assert "\n" not in line
+                assert [e["error"] for e in st["errors"]] == [line]
+                return
+            await m.start(2)
+            assert r1.status()["last_error"] is None
+            assert await reachable(h1, h2, h2.container_ip)
+            assert await reachable(h1, h2, container6(h2))
 
     run(main())

@@ -221,3 +221,92 @@ def test_decoded_addresses_are_in_the_models_form(ip: str) -> None:
 def test_an_ipv6_route_via_an_ipv4_gateway_is_refused() -> None:
     with pytest.raises(ValueError, match="IPv6 route cannot go via an IPv4 gateway"):
         w.encode_route("add", w.RouteEntry("fd00::/64", "10.0.0.1", 1, False), 109)
+
+
+# --- the fixed-layout fast paths for IPv6 dumps agree with the general decoder --------------------
+
+KERNEL_ROUTE6 = [  # the kernel's order (6.x), timers after the key
+    ("RTA_TABLE", 254),
+    ("RTA_DST", "fd00:244:2::"),
+    ("RTA_PRIORITY", 1024),
+    ("RTA_GATEWAY", "fd00:244:2::"),
+    ("RTA_OIF", 5),
+    ("RTA_CACHEINFO", {"rta_clntref": 0, "rta_lastuse": 0, "rta_expires": 0, "rta_error": 0,
+                       "rta_used": 0, "rta_id": 0, "rta_ts": 0, "rta_tsage": 0}),
+    ("RTA_PREF", 0),
+]  # fmt: skip
+OTHER_ROUTE6 = [("RTA_DST", "fd00:244:2::"), ("RTA_OIF", 5), ("RTA_GATEWAY", "fd00:244:2::")]
+
+
+def _route6(attrs: list[tuple[str, Any]], proto: int = 109) -> bytes:
+    m = rtmsg()
+    m["header"]["type"] = w.RTM_NEWROUTE
+    m["family"], m["dst_len"], m["proto"], m["type"], m["flags"], m["table"] = (
+        10,
+        64,
+        proto,
+        1,
+        4,
+        254,
+    )
+    m["attrs"] = attrs
+    m.encode()
+    return bytes(m.data)
+
+
+def _neigh6(
+    attrs: list[tuple[str, Any]], family: int, ifindex: int = 7, state: int = 0x80
+) -> bytes:
+    m = ndmsg()
+    m["header"]["type"] = w.RTM_NEWNEIGH
+    m["family"], m["ifindex"], m["state"], m["flags"] = family, ifindex, state, w.NTF_SELF
+    m["attrs"] = attrs
+    m.encode()
+    return bytes(m.data)
+
+
+@pytest.mark.parametrize("layout", [KERNEL_ROUTE6, OTHER_ROUTE6], ids=["kernel", "other"])
+def test_ipv6_route_entry_fast_and_general_paths_agree(layout: list[tuple[str, Any]]) -> None:
+    want = w.RouteEntry("fd00:244:2::/64", "fd00:244:2::", 5, True)
+    memo: w.Memo = {}
+    msg = _route6(layout)
+    for _ in range(2):  # decoded, then looked up
+        assert w.route_entry(msg, 16, len(msg), 109, 254, memo, socket.AF_INET6) == want
+        assert w.route_entry(msg, 16, len(msg), 109, 254, None, socket.AF_INET6) == want
+    assert len(memo) == (1 if layout is KERNEL_ROUTE6 else 0)  # only the fixed layout is kept
+    assert w.route_entry(msg, 16, len(msg), 110, 254, {}, socket.AF_INET6) is None
+    assert w.route_entry(_route6(layout, 110), 16, len(msg), 109, 254, {}, socket.AF_INET6) is None
+
+
+@pytest.mark.parametrize("fdb", [False, True], ids=["neighbour", "fdb"])
+def test_ipv6_neighbour_and_fdb_fast_and_general_paths_agree(fdb: bool) -> None:
+    mac = "02:aa:bb:cc:dd:ee"
+    if fdb:
+        kernel = [("NDA_LLADDR", mac), ("NDA_DST", "fd00:99::2"), ("NDA_PROBES", 0)]
+        other = [("NDA_DST", "fd00:99::2"), ("NDA_LLADDR", mac)]
+        want: Any = w.FdbEntry(mac, "fd00:99::2")
+
+        def entry(m: bytes, memo: w.Memo | None, ifindex: int = 7) -> Any:
+            return w.fdb_entry(m, 16, len(m), ifindex, memo)
+
+        family = w.AF_BRIDGE
+    else:
+        kernel = [("NDA_DST", "fd00:244:2::"), ("NDA_LLADDR", mac), ("NDA_PROBES", 0)]
+        other = [("NDA_LLADDR", mac), ("NDA_DST", "fd00:244:2::")]
+        want = w.NeighEntry("fd00:244:2::", mac)
+
+        def entry(m: bytes, memo: w.Memo | None, ifindex: int = 7) -> Any:
+            return w.neigh_entry(m, 16, len(m), ifindex, memo, socket.AF_INET6)
+
+        family = socket.AF_INET6
+    for layout, kept in ((kernel, 1), (other, 0)):
+        memo: w.Memo = {}
+        msg = _neigh6(layout, family)
+        for _ in range(2):
+            assert entry(msg, memo) == want
+            assert entry(msg, None) == want
+        assert len(memo) == kept
+        assert entry(_neigh6(layout, family, ifindex=8), {}) is None
+    if not fdb:
+        reachable = _neigh6(kernel, family, state=0x02)  # a cache entry, not ours
+        assert entry(reachable, {}) is None
