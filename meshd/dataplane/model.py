@@ -21,6 +21,7 @@ the MTU overhead -- each backend object in ``backends/`` says; nothing here name
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -266,12 +267,14 @@ def resolve_claims(
     records = list(claimants)
     if version is not None:
         return _resolve_family(records, version)
-    losers: dict[bytes, NodeRecord] = {}
-    for v in (4, 6):
-        _, lost = _resolve_family(records, v)
-        for node_id, holder in lost.items():
-            losers.setdefault(node_id, holder)
-    return {r.node_id for r in records if r.node_id not in losers}, losers
+    granted, losers = _resolve_family(records, 4)
+    six = [r for r in records if r.subnet6 is not None or ":" in r.subnet]
+    if not six:  # an IPv4-only mesh: exactly the rule as it was before dual-stack
+        return granted, losers
+    granted6, losers6 = _resolve_family(six, 6)
+    for node_id, holder in losers6.items():
+        losers.setdefault(node_id, holder)
+    return (granted | granted6) - losers.keys(), losers
 
 
 def contested(loser: NodeRecord, holder: NodeRecord) -> tuple[str, str]:
@@ -287,6 +290,9 @@ def contested(loser: NodeRecord, holder: NodeRecord) -> tuple[str, str]:
     return loser.subnet, holder.subnet
 
 
+_CLAIM_ORDER6 = functools.partial(claim_order, version=6)
+
+
 def _resolve_family(
     records: Sequence[NodeRecord], version: int
 ) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
@@ -297,8 +303,13 @@ def _resolve_family(
     spans: list[tuple[int, int, NodeRecord]] = []  # (first, last, holder), sorted by first
     granted: set[bytes] = set()
     losers: dict[bytes, NodeRecord] = {}
-    mine = [(r, sub) for r in records if (sub := r.subnet_of(version)) is not None]
-    for rec, subnet in sorted(mine, key=lambda item: claim_order(item[0], version)):
+    # The record's layout inlined (``subnet_of``): this runs over every member on every pass.
+    if version == 4:
+        mine = sorted((r for r in records if ":" not in r.subnet), key=claim_order)
+    else:
+        mine = sorted((r for r in records if r.subnet6 or ":" in r.subnet), key=_CLAIM_ORDER6)
+    for rec in mine:
+        subnet = rec.subnet if version == 4 else (rec.subnet6 or rec.subnet)
         s = prefix.span(subnet) if version == 4 else prefix.span6(subnet)
         if s is None:
             raise ValueError(f"{rec.name}: not an IPv{version} network: {subnet!r}")
@@ -320,7 +331,19 @@ def subnet_problem(subnet: str, network: Networks) -> str | None:
     ``prefix.SPECIAL6``: any overlap, so ::/0 and 0.0.0.0/0 are refused), and, when the cluster
     network of its family is set (``network``: one CIDR, or one per family), inside it and
     smaller than it (a claim on the whole network would overlap every member)."""
-    # Prefixes as (first, last) ints, parsed once per distinct string (prefix.py): at
+    return _subnet_problem(subnet, _networks(network))
+
+
+def _networks(network: Networks) -> tuple[str, ...]:
+    if network is None:
+        return ()
+    return (network,) if isinstance(network, str) else tuple(network)
+
+
+@lru_cache(maxsize=prefix.CACHE)
+def _subnet_problem(subnet: str, networks: tuple[str, ...]) -> str | None:
+    # Every member weighs every peer's claims on every pass, and the same strings come back:
+    # the verdict is cached per (subnet, networks), the prefixes parsed once (prefix.py). At
     # thousands of peers ipaddress objects made this the slowest part of a converged pass.
     got = prefix.family_span(subnet)
     if got is None:
@@ -331,7 +354,7 @@ def subnet_problem(subnet: str, network: Networks) -> str | None:
     special = prefix.special_range_of(version, net)
     if special is not None:
         return f"subnet {subnet} overlaps {special}"
-    cluster_text = network_of(network, version)
+    cluster_text = network_of(networks, version)
     if cluster_text:
         found = prefix.family_span(cluster_text)
         cluster = found[1] if found is not None else None
@@ -342,6 +365,7 @@ def subnet_problem(subnet: str, network: Networks) -> str | None:
     return None
 
 
+@lru_cache(maxsize=prefix.CACHE)
 def _ip_problem(ip: str) -> str | None:
     problem = prefix.underlay_problem(ip)
     return None if problem is None else f"public IP {problem}"
@@ -441,6 +465,7 @@ def claimants(
     or more (the data plane's reap_after; allocation's subnet_lease), announcing this mesh's
     backend and subnets and addresses the policy allows, every one of them (``subnet_problem``
     per family, ``prefix.underlay_problem``). ``local`` is never one of them."""
+    nets = _networks(network)
     records: list[NodeRecord] = []
     refused: dict[str, tuple[str, str]] = {}
     next_deadline: float | None = None
@@ -462,7 +487,7 @@ def claimants(
                 f"announces backend {p.backend}, this mesh uses {backend}",
             )
             continue
-        problem = _claim_problem(p, network)
+        problem = _claim_problem(p, nets)
         if problem is not None:
             refused[p.name] = (FLAG_REFUSED, problem)
             continue
@@ -470,15 +495,15 @@ def claimants(
     return Claimants(records, refused, next_deadline)
 
 
-def _claim_problem(p: NodeRecord, network: Networks) -> str | None:
-    for subnet in p.subnets:
-        problem = subnet_problem(subnet, network)
-        if problem is not None:
-            return problem
-    for ip in (p.public_ip, p.public_ip6):
-        if ip is not None and (problem := _ip_problem(ip)) is not None:
-            return problem
-    return None
+def _claim_problem(p: NodeRecord, networks: tuple[str, ...]) -> str | None:
+    problem = _subnet_problem(p.subnet, networks)
+    if problem is None and p.subnet6 is not None:
+        problem = _subnet_problem(p.subnet6, networks)
+    if problem is None:
+        problem = _ip_problem(p.public_ip)
+    if problem is None and p.public_ip6 is not None:
+        problem = _ip_problem(p.public_ip6)
+    return problem
 
 
 def select_peers(  # noqa: C901 - one rule per branch reads best as a list
