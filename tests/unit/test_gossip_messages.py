@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from collections import Counter
 
 import msgpack
@@ -255,7 +256,7 @@ def test_dual_stack_record_keeps_the_ipv4_fields_older_members_read() -> None:
         ({"subnet": "fd00::1/64"}, "subnet"),
     ],
 )
-def test_bad_dual_stack_fields_are_refused(changes: dict[str, str], field: str) -> None:
+def test_bad_dual_stack_fields_are_refused(changes: dict[str, Any], field: str) -> None:
     from meshd.gossip.record import RecordError, validate
 
     with pytest.raises(RecordError, match=f"^{field}:"):
