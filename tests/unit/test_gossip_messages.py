@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 from collections import Counter
+from typing import Any
 
 import msgpack
 import pytest
