@@ -4,6 +4,10 @@ The rules are pure and shared with the simulator (`meshd/dataplane/allocation.py
 holds the one node's state between membership changes: its pool, the lease, what to keep out of
 (the underlay's own network), the moves it made. The membership loop calls `review` after every
 membership change and acts on the `Move` it gets (docs/allocation.md).
+
+One allocator per IP family: its pool's. A dual-stack node allocating both families runs two,
+each reviewing only its family's subnet (``NodeRecord.subnet_of``); a `Move` says its family,
+and ``allocation.with_subnet`` puts the new subnet in the record's layout.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from meshd.dataplane import allocation, prefix
 from meshd.dataplane.allocation import Pool
-from meshd.dataplane.model import PeerView
+from meshd.dataplane.model import Networks, PeerView
 from meshd.errors import AllocationError
 from meshd.gossip.record import NodeRecord
 
@@ -25,11 +29,13 @@ log = logging.getLogger("meshd")
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """This node lost ``old`` to ``holder`` and takes ``new`` (None: the pool is full)."""
+    """This node lost ``old`` to ``holder`` and takes ``new`` (None: the pool is full), both of
+    IP ``version``."""
 
     old: str
     new: str | None
     holder: NodeRecord
+    version: int = 4
 
 
 class Allocator:
@@ -38,16 +44,24 @@ class Allocator:
         pool: Pool,
         lease: float,
         backend: str,
-        network: str | None,
+        network: Networks,
         exclude: Sequence[str],
         rng: random.Random,
     ) -> None:
         self.pool = pool
+        self.version = pool.version
         self.lease = lease
         self.backend = backend
         self.network = network
-        self._exclude = [s for s in (prefix.span(c, strict=False) for c in exclude) if s]
-        self._exclude_text = list(exclude)
+        """The cluster network(s) claims are judged against (``model.Networks``: one per
+        family on a dual-stack cluster)."""
+        # What this host keeps out of the pool: its own prefixes of the pool's family.
+        self._exclude_text = [c for c in exclude if prefix.version(c) == self.version]
+        self._exclude = [
+            got[1]
+            for got in (prefix.family_span(c, strict=False) for c in self._exclude_text)
+            if got is not None
+        ]
         self._rng = rng
         self.moves = 0
         self.last_move: str | None = None
@@ -62,7 +76,7 @@ class Allocator:
         """Is ``subnet`` one of the pool's, clear of what this host keeps out?"""
         if subnet is None or not self.pool.contains(subnet):
             return False
-        s = prefix.span(subnet)
+        s = allocation.span_of(subnet, self.version)
         return s is not None and not any(prefix.overlaps(s, x) for x in self._exclude)
 
     def first(
@@ -85,7 +99,7 @@ class Allocator:
             self.origin = "reclaimed"
             return stored, int(wall)
         views = [PeerView(r, "alive", 0.0) for r in known]
-        taken = allocation.held(views, 0.0, self.lease) + self._exclude
+        taken = allocation.held(views, 0.0, self.lease, self.version) + self._exclude
         subnet = allocation.pick(self.pool, taken, self._rng)
         if subnet is None:  # what the state dir knows may be stale: only the mesh can say full
             subnet = allocation.pick(self.pool, self._exclude, self._rng)
@@ -98,15 +112,22 @@ class Allocator:
         return subnet, int(wall)
 
     def review(self, local: NodeRecord, peers: Sequence[PeerView], now: float) -> Move | None:
-        """None while this node holds its subnet by the conflict rule; else the move to make."""
-        holder = allocation.lost_to(local, peers, now, self.lease, self.backend, self.network)
+        """None while this node holds its subnet of the pool's family by the conflict rule (or
+        has none); else the move to make."""
+        mine = local.subnet_of(self.version)
+        if mine is None:
+            return None
+        holder = allocation.lost_to(
+            local, peers, now, self.lease, self.backend, self.network, self.version
+        )
         if holder is None:
             return None
-        taken = allocation.held(peers, now, self.lease) + self._exclude
-        own = prefix.span(local.subnet)
+        taken = allocation.held(peers, now, self.lease, self.version) + self._exclude
+        own = allocation.span_of(mine, self.version)
         if own is not None:
             taken.append(own)
-        return Move(local.subnet, allocation.pick(self.pool, taken, self._rng), holder)
+        new = allocation.pick(self.pool, taken, self._rng)
+        return Move(mine, new, holder, self.version)
 
     def moved(self, move: Move) -> None:
         self.moves += 1

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from meshd import __version__
-from meshd.config import DEFAULT_CONFIG, Config, build, load_file
+from meshd.config import DEFAULT_CONFIG, Config, build, last_per_family, load_file
 from meshd.control import client
 from meshd.control import format as fmt
 from meshd.dataplane import backends
@@ -91,18 +91,28 @@ def load_config(config: Path | None, flags: dict[str, Any]) -> Config:
 @app.command()
 @friendly
 def join(
-    seeds: Annotated[list[str] | None, typer.Argument(help="host[:port] of members.")] = None,
+    seeds: Annotated[
+        list[str] | None, typer.Argument(help="host[:port], [ipv6]:port or ipv6 of members.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Node name (default hostname).")] = None,
-    public_ip: Annotated[str | None, typer.Option(help="Underlay IP (default: iface's).")] = None,
+    public_ip: Annotated[
+        list[str] | None,
+        typer.Option(help="Underlay IP, IPv4 or IPv6; twice: one of each (default: iface's)."),
+    ] = None,
     iface: Annotated[str | None, typer.Option(help="Underlay device (default route's).")] = None,
     subnet: Annotated[
-        str | None, typer.Option(help="This node's container subnet (unset: allocated).")
+        list[str] | None,
+        typer.Option(help="Container subnet; twice: one IPv4, one IPv6 (unset: allocated)."),
     ] = None,
     network: Annotated[
-        str | None, typer.Option(help="Cluster network; without --subnet, allocate from it.")
+        list[str] | None,
+        typer.Option(help="Cluster network (twice: one per family); allocate from it."),
     ] = None,
     subnet_len: Annotated[
-        int | None, typer.Option(help="Length of an allocated subnet (24).")
+        int | None, typer.Option(help="Length of an allocated IPv4 subnet (24).")
+    ] = None,
+    subnet_len6: Annotated[
+        int | None, typer.Option(help="Length of an allocated IPv6 subnet (64).")
     ] = None,
     backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     port: Annotated[int | None, typer.Option(help="Gossip UDP port (7950).")] = None,
@@ -138,11 +148,12 @@ def join(
         {
             "seeds": tuple(seeds or ()),
             "name": name,
-            "public_ip": public_ip,
+            "public_ip": last_per_family(public_ip or ()),
             "iface": iface,
-            "subnet": subnet,
-            "network": network,
+            "subnet": last_per_family(subnet or ()),
+            "network": last_per_family(network or ()),
             "subnet_len": subnet_len,
+            "subnet_len6": subnet_len6,
             "backend": backend,
             "port": port,
             "wireguard_port": wireguard_port,
@@ -352,7 +363,12 @@ DaysOpt = Annotated[int | None, typer.Option(help="Validity in days.", show_defa
 @friendly
 def ca_init(
     directory: CaDirArg,
-    network: Annotated[str, typer.Option(help="The cluster network every subnet lies in.")],
+    network: Annotated[
+        list[str],
+        typer.Option(
+            help="The cluster network every subnet lies in; once per IP family (dual-stack)."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="The CA's common name.")] = "meshd CA",
     days: Annotated[int, typer.Option(help="Validity in days.")] = 3650,
 ) -> None:
@@ -360,7 +376,7 @@ def ca_init(
     from meshd import pki
 
     auth = pki.init_ca(directory, network, name, days)
-    typer.echo(f"CA {auth.name!r} for {auth.network}: {directory / pki.CA_CERT}")
+    typer.echo(f"CA {auth.name!r} for {' and '.join(auth.networks)}: {directory / pki.CA_CERT}")
     typer.echo(f"key (keep it here, 0600): {directory / pki.CA_KEY}")
     typer.echo(f"fingerprint SHA256:{auth.fingerprint.hex()}")
 
@@ -372,14 +388,27 @@ def ca_sign(
     out: Annotated[Path, typer.Option(help="Write PREFIX.crt (and PREFIX.key without --csr).")],
     name: Annotated[str | None, typer.Option(help="Node name (default: the request's).")] = None,
     public_ip: Annotated[
-        str | None, typer.Option(help="Node's underlay IP (default: the request's).")
+        list[str] | None,
+        typer.Option(
+            help="Node's underlay IP (default: the request's); once per IP family (dual-stack)."
+        ),
     ] = None,
-    subnet: Annotated[str | None, typer.Option(help="Grant this one subnet.")] = None,
+    subnet: Annotated[
+        list[str] | None,
+        typer.Option(help="Grant this one subnet; once per IP family (dual-stack)."),
+    ] = None,
     network: Annotated[
-        str | None, typer.Option(help="Grant any /--subnet-len inside this pool.")
+        list[str] | None,
+        typer.Option(
+            help="Grant any /--subnet-len (IPv6: /--subnet-len6) inside this pool; once per IP"
+            " family."
+        ),
     ] = None,
     subnet_len: Annotated[
-        int | None, typer.Option(help="With --network: the node's prefix length (24).")
+        int | None, typer.Option(help="With an IPv4 --network: the node's prefix length (24).")
+    ] = None,
+    subnet_len6: Annotated[
+        int | None, typer.Option(help="With an IPv6 --network: the node's prefix length (64).")
     ] = None,
     csr: Annotated[
         Path | None, typer.Option(help="Sign this request (`meshd cert request`) instead.")
@@ -389,17 +418,18 @@ def ca_sign(
     """Sign a node certificate: a fresh key and certificate, or a node's request (--csr)."""
     from meshd import pki
 
-    grant = pki.grant_from_flags(subnet, network, subnet_len)
+    grant = pki.grant_from_flags(subnet, network, subnet_len, subnet_len6)
     if csr is not None:
-        issued = pki.sign_request(directory, csr, grant, out, days, name, public_ip)
+        issued = pki.sign_request(directory, csr, grant, out, days, name, public_ip or None)
     else:
-        if name is None or public_ip is None:
+        if name is None or not public_ip:
             fail("--name and --public-ip are needed (or --csr FILE from `meshd cert request`)")
         assert name is not None and public_ip is not None
         issued = pki.sign(directory, name, public_ip, grant, out, days)
     info = issued.info
     typer.echo(
-        f"{info.name}: {info.public_ip}, subnet {info.grant.describe()}, serial {info.serial:x},"
+        f"{info.name}: {' and '.join(info.public_ips)}, subnet {info.grant.describe()},"
+        f" serial {info.serial:x},"
         f" valid until {pki.describe_certificate(issued.crt)['not_after']}"
     )
     typer.echo(f"certificate: {issued.crt}")
@@ -431,7 +461,10 @@ def ca_revoke(
 @friendly
 def cert_request(
     name: Annotated[str, typer.Option(help="This node's name.")],
-    public_ip: Annotated[str, typer.Option(help="This node's underlay IP.")],
+    public_ip: Annotated[
+        list[str],
+        typer.Option(help="This node's underlay IP; once per IP family (a dual-stack underlay)."),
+    ],
     out: Annotated[Path, typer.Option(help="Write PREFIX.key (0600) and PREFIX.csr.")],
 ) -> None:
     """Make a key (it stays on this node) and a request for the CA: `meshd ca sign --csr`."""

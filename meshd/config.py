@@ -14,6 +14,7 @@ import ipaddress
 import re
 import socket
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from meshd.dataplane import allocation, backends
 from meshd.errors import ConfigError
 from meshd.gossip.config import GossipConfig as GossipConfig
-from meshd.gossip.record import MAX_NAME_LEN, RecordError, validate_subnet
+from meshd.gossip.record import MAX_NAME_LEN, RecordError, validate_subnet, validate_subnet6
 from meshd.logfmt import FORMATS as LOG_FORMATS
 
 DEFAULT_PORT = 7950
@@ -33,22 +34,37 @@ class Config:
     """Everything `meshd join` needs. Field names are the TOML keys and the flag names."""
 
     seeds: tuple[str, ...] = ()
-    """host[:port] of members to join through; empty starts a new mesh (or rejoins known ones)."""
+    """host[:port], [ipv6]:port or a bare IPv6 address of members to join through; empty starts
+    a new mesh (or rejoins known ones)."""
     name: str = field(default_factory=socket.gethostname)
     """Node name, unique in the mesh (default: hostname)."""
     public_ip: str | None = None
-    """Underlay IP peers reach us at (default: primary address of `iface`)."""
+    """This node's IPv4 underlay address (default: discovered on `iface`). Gossip goes over
+    IPv4 whenever the node has one (key and flag ``public_ip``, which takes one address per
+    family: ``public_ip = ["192.0.2.1", "2001:db8::1"]``, ``--public-ip`` given twice)."""
+    public_ip6: str | None = None
+    """This node's IPv6 underlay address: the one gossip uses on an IPv6-only underlay, the
+    second one of a dual-stack underlay (given as ``public_ip``; never a key of its own)."""
     iface: str | None = None
     """Underlay device (default: the one holding the default route)."""
     subnet: str | None = None
-    """This node's container subnet, e.g. 10.244.1.0/24. Unset with ``network`` set: the node
-    takes a free one of ``subnet_len`` from the network (with certificates: from its pool grant)
-    and keeps it across restarts (docs/allocation.md)."""
+    """This node's IPv4 container subnet, e.g. 10.244.1.0/24. Key and flag ``subnet`` take one
+    per family (``subnet = ["10.244.1.0/24", "fd00:10:244:1::/64"]``, ``--subnet`` twice). A
+    family with no subnet but a ``network``: the node takes a free one of ``subnet_len`` from
+    the network (with certificates: from its pool grant) and keeps it across restarts
+    (docs/allocation.md)."""
+    subnet6: str | None = None
+    """This node's IPv6 container subnet (given as ``subnet``; never a key of its own)."""
     network: str | None = None
-    """Cluster network; member subnets outside it are refused. With certificates it comes from
-    the CA's grant (given here, it must equal it)."""
+    """IPv4 cluster network; member subnets outside it are refused. Key and flag ``network``
+    take one per family, like ``subnet``. With certificates it comes from the CA's grant
+    (given here, it must equal it)."""
+    network6: str | None = None
+    """IPv6 cluster network (given as ``network``; never a key of its own)."""
     subnet_len: int | None = None
-    """Prefix length of an allocated subnet (default 24; with a pool grant, the grant's)."""
+    """Prefix length of an allocated IPv4 subnet (default 24; with a pool grant, the grant's)."""
+    subnet_len6: int | None = None
+    """Prefix length of an allocated IPv6 subnet (default 64; with a pool grant, the grant's)."""
     subnet_lease: float = 86400.0
     """Seconds a dead member's subnet stays its own before another node may take it (a left
     member's is free at once). At least gossip.reap_after, at most gossip.tombstone_ttl."""
@@ -105,13 +121,29 @@ class Config:
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
     @property
+    def subnets(self) -> tuple[str, ...]:
+        """The configured container subnets, IPv4 first (none, one or two)."""
+        return tuple(s for s in (self.subnet, self.subnet6) if s is not None)
+
+    def subnet_of(self, version: int) -> str | None:
+        """The configured subnet of IP version 4 or 6, if any."""
+        return self.subnet6 if version == 6 else self.subnet
+
+    def network_of(self, version: int) -> str | None:
+        """The configured cluster network of IP version 4 or 6, if any."""
+        return self.network6 if version == 6 else self.network
+
+    @property
     def backend_port(self) -> int | None:
         """The UDP port the backend's packets go to (the firewall filters it), if any."""
         return {"vxlan": self.vxlan_port, "wireguard": self.wireguard_port}.get(self.backend)
 
 
 _GOSSIP_KEYS = {f.name for f in fields(GossipConfig)}
-_TOP_KEYS = {f.name for f in fields(Config)} - {"gossip"}
+PER_FAMILY = {"subnet": "subnet6", "network": "network6", "public_ip": "public_ip6"}
+"""Keys that take one value per IP family: the IPv4 one lands in the field of the key's name,
+the IPv6 one in the field beside it (which is not a key: one name per setting)."""
+_TOP_KEYS = {f.name for f in fields(Config)} - {"gossip"} - set(PER_FAMILY.values())
 _PATH_KEYS = {"key_file", "state_dir", "socket", "subnet_env", "ca", "cert", "cert_key"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -165,6 +197,8 @@ def build(values: dict[str, Any], *, complete: bool = True) -> Config:
             continue
         if key.startswith("gossip."):
             gossip[key[7:]] = _check_gossip(key[7:], value)
+        elif key in PER_FAMILY:
+            top[key], top[PER_FAMILY[key]] = _per_family(key, value)
         else:
             top[key] = _check_top(key, value)
     cfg = Config(**top)
@@ -176,7 +210,7 @@ def build(values: dict[str, Any], *, complete: bool = True) -> Config:
         raise ConfigError("ca: given without cert (this node's certificate)")
     if cfg.cert is not None and cfg.cert_key is None:
         cfg = replace(cfg, cert_key=cfg.cert.with_suffix(".key"))
-    if complete and cfg.ipmasq and cfg.network is None and cfg.ca is None:
+    if complete and cfg.ipmasq and not (cfg.network or cfg.network6) and cfg.ca is None:
         # With certificates the network comes from the CA; otherwise nothing says what is inside.
         raise ConfigError(
             "ipmasq: needs network (the cluster network, e.g. 10.244.0.0/16): "
@@ -197,6 +231,15 @@ def build(values: dict[str, Any], *, complete: bool = True) -> Config:
         problem = allocation.pool_problem(cfg.network, cfg.subnet_len or allocation.DEFAULT_LEN)
         if problem is not None:
             raise ConfigError(f"subnet_len: {problem}")
+    if cfg.subnet6 is None and cfg.network6 is not None and cfg.ca is None:
+        length = cfg.subnet_len6 or allocation.DEFAULT_LEN6
+        problem = allocation.pool_problem(cfg.network6, length)
+        if problem is not None:
+            raise ConfigError(f"subnet_len6: {problem}")
+    for version in (4, 6):
+        sub, net = cfg.subnet_of(version), cfg.network_of(version)
+        if sub is not None and net is not None and not _inside(sub, net):
+            raise ConfigError(f"subnet: {sub} is outside network {net}")
     if g.probe_timeout >= g.probe_interval:
         raise ConfigError("gossip.probe_timeout: must be shorter than probe_interval")
     if cfg.backend_port is not None and cfg.backend_port == cfg.port:
@@ -270,7 +313,7 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple):
-            raise ConfigError("seeds: must be a list of host[:port]")
+            raise ConfigError("seeds: must be a list of host[:port] or [ipv6]:port")
         for s in value:
             parse_seed(s)
         return tuple(value)
@@ -282,19 +325,6 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         ):
             raise ConfigError(f"name: {value!r} must be 1-63 of [A-Za-z0-9._-]")
         return value
-    if key == "public_ip":
-        try:
-            ip = ipaddress.IPv4Address(value)
-        except ValueError:
-            raise ConfigError(f"public_ip: {value!r} is not an IPv4 address") from None
-        if ip.is_unspecified or ip.is_multicast:
-            raise ConfigError(f"public_ip: {value} cannot be used as a unicast address")
-        return str(ip)
-    if key in ("subnet", "network"):
-        try:
-            return str(validate_subnet(value))
-        except RecordError as exc:
-            raise ConfigError(f"{key}: {value!r}: {str(exc).split(': ', 1)[-1]}") from None
     if key == "backend":
         if value not in backends.names():
             raise ConfigError(f"backend: {value!r} is not one of {', '.join(backends.names())}")
@@ -315,6 +345,8 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
         return _num(key, value, 1, 86400)
     if key == "subnet_len":
         return _int(key, value, allocation.MIN_LEN, allocation.MAX_LEN)
+    if key == "subnet_len6":
+        return _int(key, value, allocation.MIN_LEN6, allocation.MAX_LEN6)
     if key == "subnet_lease":
         return _num(key, value, 0, 10**7)
     if key == "source_rate_limit":
@@ -346,15 +378,119 @@ def _check_top(key: str, value: Any) -> Any:  # noqa: C901 - one branch per key 
     raise ConfigError(f"{key}: unknown key")  # pragma: no cover - guarded above
 
 
+def last_per_family(values: Sequence[str]) -> tuple[str, ...]:
+    """A per-family flag given several times, as the command line means it: the last value of
+    each family counts (as for any flag given twice), IPv4's and IPv6's alike."""
+    last: dict[bool, str] = {}
+    for v in values:
+        last.pop(":" in v, None)
+        last[":" in v] = v
+    return tuple(last.values())
+
+
+def _per_family(key: str, value: Any) -> tuple[str | None, str | None]:
+    """A per-family key's value -- one address or subnet, or a list of one per family --
+    as (IPv4, IPv6)."""
+    items = [value] if isinstance(value, str) else value
+    what = "an address" if key == "public_ip" else "a CIDR"
+    if not isinstance(items, list | tuple) or not 1 <= len(items) <= 2:
+        raise ConfigError(f"{key}: must be {what} or a list of two (one IPv4, one IPv6)")
+    out: dict[int, str] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}: {item!r} is not {what}")
+        version, text = _check_address(key, item) if key == "public_ip" else _check_cidr(key, item)
+        if version in out:
+            raise ConfigError(
+                f"{key}: two IPv{version} values ({out[version]}, {text}); give at most one "
+                "per family"
+            )
+        out[version] = text
+    return out.get(4), out.get(6)
+
+
+def _check_address(key: str, value: str) -> tuple[int, str]:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an IPv4 or IPv6 address") from None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise ConfigError(f"{key}: {ip} cannot be used as a unicast address")
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_link_local:
+            raise ConfigError(f"{key}: {ip} is link-local: peers need a global or ULA address")
+        if ip.ipv4_mapped is not None:
+            raise ConfigError(f"{key}: {ip} is IPv4-mapped: give the IPv4 address itself")
+    return ip.version, str(ip)
+
+
+def _check_cidr(key: str, value: str) -> tuple[int, str]:
+    if ":" not in value:
+        try:
+            return 4, str(validate_subnet(value))
+        except RecordError as exc:
+            raise ConfigError(f"{key}: {value!r}: {str(exc).split(': ', 1)[-1]}") from None
+    try:
+        net = validate_subnet6(value)
+    except RecordError as exc:
+        raise ConfigError(f"{key}: {value!r}: {str(exc).split(': ', 1)[-1]}") from None
+    for bad, why in _V6_REFUSED:
+        if net.overlaps(bad):
+            raise ConfigError(f"{key}: {net} overlaps {bad} ({why})")
+    return 6, str(net)
+
+
+_V6_REFUSED = (
+    (ipaddress.IPv6Network("fe80::/10"), "link-local"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast"),
+    (ipaddress.IPv6Network("::/127"), "unspecified and loopback"),
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
+)
+"""IPv6 prefixes no container subnet or network may touch (the data plane's prefix policy
+refuses them in members' records too)."""
+
+
+def _inside(subnet: str, network: str) -> bool:
+    sub, net = ipaddress.ip_network(subnet), ipaddress.ip_network(network)
+    if isinstance(sub, ipaddress.IPv4Network) and isinstance(net, ipaddress.IPv4Network):
+        return sub.subnet_of(net)
+    if isinstance(sub, ipaddress.IPv6Network) and isinstance(net, ipaddress.IPv6Network):
+        return sub.subnet_of(net)
+    return False
+
+
 def parse_seed(seed: Any, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``host[:port]`` -> (host, port); raises ConfigError with the seed in the message."""
+    """``host[:port]``, ``[ipv6]:port``, ``[ipv6]`` or a bare IPv6 address -> (host, port);
+    raises ConfigError with the seed in the message."""
     if not isinstance(seed, str) or not seed:
-        raise ConfigError(f"seed: {seed!r} is not host[:port]")
-    host, _, port_s = seed.rpartition(":") if ":" in seed else (seed, "", "")
+        raise ConfigError(f"seed: {seed!r} is not host[:port] or [ipv6]:port")
+    if seed.startswith("["):
+        host, sep, rest = seed[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"seed: {seed!r}: expected [ipv6]:port")
+        if not _is_ip6(host):
+            raise ConfigError(f"seed: {seed!r}: {host!r} is not an IPv6 address")
+        port_s = rest[1:]
+        if rest and not port_s:
+            raise ConfigError(f"seed: {seed!r}: missing port after ':'")
+    elif seed.count(":") > 1:  # a bare IPv6 address: a port needs the brackets
+        if not _is_ip6(seed):
+            raise ConfigError(f"seed: {seed!r} is not an IPv6 address (with a port: [ipv6]:port)")
+        host, port_s = seed, ""
+    else:
+        host, _, port_s = seed.rpartition(":") if ":" in seed else (seed, "", "")
+        if not host:
+            raise ConfigError(f"seed: {seed!r}: missing host")
     if not port_s:
         return host, default_port
     if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
         raise ConfigError(f"seed: {seed!r}: port must be 1-65535")
-    if not host:
-        raise ConfigError(f"seed: {seed!r}: missing host")
     return host, int(port_s)
+
+
+def _is_ip6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True

@@ -21,18 +21,20 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from meshd import __version__, doctor, identity
 from meshd.allocator import Allocator
 from meshd.config import Config, parse_seed
-from meshd.control.protocol import DoctorReply
+from meshd.control.protocol import DoctorReply, UnderlayInfo
 from meshd.control.server import ControlServer, group_id
 from meshd.dataplane import allocation, backends, model, prefix
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
-from meshd.dataplane.masquerade import Masquerade, remove_table
+from meshd.dataplane.masquerade import FAMILY, FAMILY6, Masquerade, remove_table
+from meshd.dataplane.objects import Underlay
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
 from meshd.dataplane.underlay import discover_underlay
 from meshd.dataplane.wgdevice import WireGuardDevices
@@ -67,6 +69,8 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.firewall: Firewall | None = None
         self.masquerade: Masquerade | None = None
+        self.masquerade6: Masquerade | None = None
+        """The IPv6 table (ip6 meshd-nat) beside an IPv4 one: a dual-stack cluster network."""
         self.prober: TunnelProber | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
@@ -84,57 +88,78 @@ class Daemon:
         cfg = self.cfg
         wall = time.time()
         cred = None
-        network = cfg.network
-        subnet_s = cfg.subnet
+        network, network6 = cfg.network, cfg.network6
+        subnet_s, subnet6_s = cfg.subnet, cfg.subnet6
         pool: Pool | None = None
+        pool6: Pool | None = None
         if cfg.ca is not None:
             assert cfg.cert is not None and cfg.cert_key is not None  # config.build ensures it
             cred = identity.load(cfg.ca, cfg.cert, cfg.cert_key, wall)
             identity.check_name(cred, cfg.name)
-            subnet_s = identity.subnet_for(cred, cfg.subnet)
-            network = identity.cluster_network(cred, cfg.network)
+            subnet_s = identity.subnet_for(cred, cfg.subnet, 4)
+            subnet6_s = identity.subnet_for(cred, cfg.subnet6, 6)
+            network = identity.cluster_network(cred, cfg.network, 4)
+            network6 = identity.cluster_network(cred, cfg.network6, 6)
             if subnet_s is None:
-                pool = identity.pool_for(cred, cfg.subnet_len)
-        elif subnet_s is None and network is not None:
+                pool = identity.pool_for(cred, cfg.subnet_len, 4)
+            if subnet6_s is None:
+                pool6 = identity.pool_for(cred, cfg.subnet_len6, 6)
+        elif subnet6_s is None and network6 is not None:
+            pool6 = Pool(network6, cfg.subnet_len6 or allocation.DEFAULT_LEN6)  # build checked
+        if cred is None and subnet_s is None and network is not None:
             pool = Pool(network, cfg.subnet_len or allocation.DEFAULT_LEN)  # config.build checked
-        if subnet_s is None and pool is None:
+        if subnet_s is None and pool is None and subnet6_s is None and pool6 is None:
             raise ConfigError(
                 "subnet: required, e.g. --subnet 10.244.1.0/24, or --network to allocate one"
             )
         keyring = load_keyring(cfg.key_file)
         store = StateStore(cfg.state_dir)
         state = store.load()
-        underlay = await discover_underlay(cfg.iface, cfg.public_ip)
+        underlay = await self._underlay(
+            cred, ipv6_overlay=subnet6_s is not None or pool6 is not None
+        )
         if cred is not None:
-            identity.check_public_ip(cred, underlay.ip)
-        ul_net = ipaddress.IPv4Network(f"{underlay.ip}/{underlay.prefixlen}", strict=False)
-        self.allocator: Allocator | None = None
-        since = 0
-        if pool is not None:
-            self.allocator = Allocator(
-                pool,
+            identity.check_public_ip(cred, underlay.ip, underlay.ip6)
+        ul_nets = [ipaddress.ip_network(c, strict=False) for c in underlay.cidrs()]
+        # One allocator per family this node allocates (docs/allocation.md), judging claims
+        # against the cluster network of each family.
+        networks = tuple(n for n in (network, network6) if n is not None)
+        exclude = [str(n) for n in ul_nets]
+        known_now = [m for m in state.members if m.node_id != state.node_id]
+        self.allocators: list[Allocator] = []
+        claimed: list[int] = []
+        for version, family_pool in ((4, pool), (6, pool6)):
+            if family_pool is None:
+                continue
+            allocator = Allocator(
+                family_pool,
                 cfg.subnet_lease,
                 cfg.backend,
-                network,
-                [str(ul_net)],
+                networks,
+                exclude,
                 random.Random(os.urandom(16)),
             )
-            known_now = [m for m in state.members if m.node_id != state.node_id]
-            subnet_s, since = self.allocator.first(
-                state.subnet, state.subnet_since, state.saved_at, known_now, wall
+            got, got_since = allocator.first(
+                state.subnet_of(version), state.subnet_since, state.saved_at, known_now, wall
             )
-        assert subnet_s is not None
-        subnet = ipaddress.IPv4Network(subnet_s)
-        if subnet.overlaps(ul_net):
-            raise ConfigError(f"subnet: {subnet} overlaps the underlay network {ul_net}")
-        if network and not subnet.subnet_of(ipaddress.IPv4Network(network)):
-            raise ConfigError(f"subnet: {subnet} is outside network {network}")
-        if not since:
-            since = (
-                state.subnet_since
-                if state.subnet == str(subnet) and state.subnet_since
-                else int(wall)
-            )
+            if version == 4:
+                subnet_s = got
+            else:
+                subnet6_s = got
+            claimed.append(got_since)
+            self.allocators.append(allocator)
+        self.allocator = self.allocators[0] if self.allocators else None
+        subnets = [s for s in (subnet_s, subnet6_s) if s is not None]  # IPv4 first
+        for sub, net in ((subnet_s, network), (subnet6_s, network6)):
+            if sub is not None:
+                check_subnet(sub, net, ul_nets)
+        fixed = [s for s, p in ((subnet_s, pool), (subnet6_s, pool6)) if s and p is None]
+        if fixed:  # a fixed subnet keeps its age while it stays what it was
+            same = all(state.subnet_of(ipaddress.ip_network(s).version) == s for s in fixed)
+            claimed.append(state.subnet_since if same and state.subnet_since else int(wall))
+        # The record has one claim time for both families: the latest, so a subnet claimed now
+        # never outranks an incumbent's claim by the age of its sibling.
+        since = max(claimed)
         # The wireguard backend's key pair: made on first start, kept in the state dir.
         wg_devices = None
         if "wgpeer" in backends.get(cfg.backend).peer_objects:
@@ -145,8 +170,10 @@ class Daemon:
             name=cfg.name,
             node_id=state.node_id,
             public_ip=underlay.ip,
+            public_ip6=underlay.ip6 if underlay.version == 4 else None,
             port=cfg.port,
-            subnet=str(subnet),
+            subnet=subnets[0],
+            subnet6=subnets[1] if len(subnets) > 1 else None,
             backend=cfg.backend,
             # Certificate mode derives the MAC from the certified name, which members check.
             vtep_mac=backends.get(cfg.backend).vtep_mac(
@@ -201,6 +228,7 @@ class Daemon:
         rcfg = ReconcilerConfig(
             backend=cfg.backend,
             network=network,
+            network6=network6,
             vni=cfg.vni,
             vxlan_port=cfg.vxlan_port,
             wireguard_port=cfg.wireguard_port,
@@ -214,26 +242,28 @@ class Daemon:
         # An allocated subnet may still move until the first full state exchange says no member
         # holds it: subnet.env waits for that (the membership loop settles it).
         self.reconciler = Reconciler(
-            rcfg, local, underlay, settled=self.allocator is None, wg=wg_devices
+            rcfg, local, underlay, settled=not self.allocators, wg=wg_devices
         )
         if cfg.filter:
             self.firewall = Firewall(cfg.backend, cfg.backend_port or cfg.vxlan_port)
         if backends.get(cfg.backend).overhead:  # a tunnel to probe (host-gw has none)
             self.prober = TunnelProber(cfg.port)
         if cfg.ipmasq:
-            if network is None:  # config.build refuses it; a certificate always brings one
+            if network is None and network6 is None:  # config.build refuses it
                 raise ConfigError("ipmasq: needs network")
-            self.masquerade = Masquerade(network)
+            # One table per family (ip meshd-nat, ip6 meshd-nat), each following its subnet.
+            if network is not None and subnet_s is not None:
+                self.masquerade = Masquerade(network)
+            if network6 is not None:
+                if self.masquerade is None:  # an IPv6-only node: its one table is the IPv6 one
+                    self.masquerade = Masquerade(network6)
+                else:
+                    self.masquerade6 = Masquerade(network6)
         self.service = Service(
             node,
             self.transport,
             sealer,
-            {
-                "ifname": underlay.ifname,
-                "ip": underlay.ip,
-                "prefixlen": underlay.prefixlen,
-                "mtu": underlay.mtu,
-            },
+            underlay_info(underlay),
             cfg.key_file,
             self._stop.set,
             self.reconciler,
@@ -243,6 +273,8 @@ class Daemon:
             masquerade=self.masquerade,
             prober=self.prober,
             doctor=self.run_doctor,
+            allocator6=self.allocators[1] if len(self.allocators) > 1 else None,
+            masquerade6=self.masquerade6,
         )
         self.membership = Membership(
             node,
@@ -253,8 +285,10 @@ class Daemon:
             self.service.apply_key_ops,
             changed,
             self.crl_store,
-            self.allocator,
+            self.allocators,
             masquerade=self.masquerade,
+            masquerade6=self.masquerade6,
+            underlay_version=local.ip_version,
         )
         self.membership.save(force=True)
         seeds = await self._resolve_seeds(node.local)
@@ -284,8 +318,8 @@ class Daemon:
             "meshd %s: %s (%s) subnet %s backend %s on %s, %d known member(s), %d seed(s)",
             __version__,
             local.name,
-            local.public_ip,
-            local.subnet,
+            ",".join(a for a in (local.public_ip, local.public_ip6) if a),
+            ",".join(local.subnets),
             local.backend,
             underlay.ifname,
             len(known),
@@ -295,7 +329,9 @@ class Daemon:
                 "peer": local.name,
                 "version": __version__,
                 "public_ip": local.public_ip,
+                **({"public_ip6": local.public_ip6} if local.public_ip6 else {}),
                 "subnet": local.subnet,
+                **({"subnet6": local.subnet6} if local.subnet6 else {}),
                 "backend": local.backend,
                 "underlay": underlay.ifname,
                 "members": len(known),
@@ -306,22 +342,57 @@ class Daemon:
     async def _start_masquerade(self) -> None:
         """ipmasq: install the rules now (an identical table left by the previous run is kept,
         so a restart leaves no gap); off: drop the table an earlier run may have left."""
-        if self.masquerade is not None:
+        nats = [m for m in (self.masquerade, self.masquerade6) if m is not None]
+        if nats:
             # Like the data plane: membership works without it; `status` reports the error.
             await self.membership.update_masquerade(force=True)
-        elif shutil.which("nft"):
-            with contextlib.suppress(DataplaneError):
-                await remove_table()
+        if shutil.which("nft"):
+            for family in (FAMILY, FAMILY6):
+                if not any(m.family == family for m in nats):
+                    with contextlib.suppress(DataplaneError):
+                        await remove_table(family=family)
+
+    async def _underlay(self, cred: identity.Credentials | None, *, ipv6_overlay: bool) -> Underlay:
+        """The underlay: gossip goes over ``public_ip`` (IPv4) when given, else ``public_ip6``,
+        else what discovery finds (IPv4 first). Beside an IPv4 address, ``public_ip6`` or, for
+        a node with an IPv6 subnet, the device's IPv6 address is announced too (the data plane
+        routes IPv6 over it: host-gw). With a certificate, only the IPv6 address it names
+        (members refuse any other)."""
+        cfg = self.cfg
+        second = cfg.public_ip6 if cfg.public_ip else None
+        if cred is not None and second is None and cfg.public_ip6 is None:
+            second = identity.certified_ip6(cred)
+        return await discover_underlay(
+            cfg.iface,
+            cfg.public_ip or cfg.public_ip6,
+            public_ip6=second,
+            dual_stack=ipv6_overlay and cred is None,
+        )
 
     async def _resolve_seeds(self, local: NodeRecord) -> list[tuple[str, int]]:
+        """Seeds as addresses of the family gossip uses (that of ``local.public_ip``): a name
+        resolves to one of that family; an address of the other family is skipped with one
+        line (this socket cannot reach it)."""
         loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if local.ip_version == 6 else socket.AF_INET
         out: list[tuple[str, int]] = []
         for seed in self.cfg.seeds:
             host, port = parse_seed(seed, self.cfg.port)
-            try:
-                infos = await loop.getaddrinfo(
-                    host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+            literal = _ip_version(host)
+            if literal is not None and literal != local.ip_version:
+                reason = (
+                    f"an IPv{literal} address, but this node gossips over "
+                    f"IPv{local.ip_version} ({local.public_ip})"
                 )
+                log.warning(
+                    "seed %s: %s; skipping it",
+                    seed,
+                    reason,
+                    extra={"event": "seed_unresolved", "seed": seed, "reason": reason},
+                )
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
             except OSError as exc:
                 log.warning(
                     "seed %s: cannot resolve (%s); skipping it",
@@ -330,7 +401,7 @@ class Daemon:
                     extra={"event": "seed_unresolved", "seed": seed, "reason": str(exc)},
                 )
                 continue
-            addr = (str(infos[0][4][0]), port)
+            addr = (str(ipaddress.ip_address(infos[0][4][0])), port)
             if addr != (local.public_ip, local.port):
                 out.append(addr)
         return out
@@ -352,7 +423,7 @@ class Daemon:
             tasks.append(asyncio.create_task(self.membership.firewall_loop(), name="filter"))
         if self.allocator is not None:
             tasks.append(asyncio.create_task(self.membership.heartbeat_loop(), name="heartbeat"))
-        if self.masquerade is not None:
+        if self.masquerade is not None:  # the loop repairs the IPv6 table too
             tasks.append(asyncio.create_task(self.membership.masquerade_loop(), name="masquerade"))
         if self.prober is not None:
             tasks.append(
@@ -465,11 +536,15 @@ class Daemon:
             return cert.get("not_after")
 
         def expected_env() -> dict[str, str]:
-            if self.allocator is not None and not self.allocator.settled:
+            if not all(a.settled for a in self.allocators):
                 return {}
             mtu = reconciler.status().get("mtu")
-            first = model.first_address(node.local.subnet)
-            return {"FLANNEL_SUBNET": first, **({"FLANNEL_MTU": str(mtu)} if mtu else {})}
+            want = {
+                key: model.first_address(sub)
+                for key, version in (("FLANNEL_SUBNET", 4), ("FLANNEL_IPV6_SUBNET", 6))
+                if (sub := node.local.subnet_of(version)) is not None
+            }
+            return {**want, **({"FLANNEL_MTU": str(mtu)} if mtu else {})}
 
         secrets = [cfg.key_file]
         if cfg.cert_key is not None:
@@ -491,6 +566,12 @@ class Daemon:
             subnet_env=Path(cfg.subnet_env),
             expected_env=expected_env,
             lost_sends=transport.lost_sends,
+            subnet_families=tuple(v for v in (4, 6) if node.local.subnet_of(v) is not None),
+            underlay_families=tuple(
+                v
+                for v in sorted((4, 6), key=lambda v: v != node.local.ip_version)
+                if node.local.underlay_of(v) is not None
+            ),
         )
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
@@ -515,6 +596,44 @@ class Daemon:
             self.prober.close()
         if self.transport is not None:
             self.transport.close()
+
+
+def underlay_info(underlay: Underlay) -> UnderlayInfo:
+    """What `status` says of the underlay (``ip6``: a dual-stack underlay's second address)."""
+    info: UnderlayInfo = {
+        "ifname": underlay.ifname,
+        "ip": underlay.ip,
+        "prefixlen": underlay.prefixlen,
+        "mtu": underlay.mtu,
+    }
+    if underlay.ip6:
+        info["ip6"], info["prefixlen6"] = underlay.ip6, underlay.prefixlen6
+    return info
+
+
+def _ip_version(host: str) -> int | None:
+    """4 or 6 for an address literal, None for a name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def check_subnet(
+    subnet: str,
+    network: str | None,
+    underlay: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> None:
+    """This node's subnet of one family: not overlapping an underlay network of this host, and
+    inside the cluster network of its family (when there is one). ConfigError otherwise."""
+    net = ipaddress.ip_network(subnet)
+    for ul in underlay:
+        if ul.version == net.version and net.overlaps(ul):
+            raise ConfigError(f"subnet: {net} overlaps the underlay network {ul}")
+    if network is not None:
+        cluster = ipaddress.ip_network(network)
+        if cluster.version != net.version or not net.subnet_of(cluster):  # type: ignore[arg-type]
+            raise ConfigError(f"subnet: {net} is outside network {network}")
 
 
 async def serve(cfg: Config) -> int:

@@ -87,6 +87,11 @@ class Facts:
     route_via: Mapping[str, str] = field(default_factory=dict)  # peer -> device its route uses
     gc_thresh: tuple[int, int, int] | None = None  # net.ipv4.neigh.default.gc_thresh1/2/3
     lost_sends: Mapping[str, int] = field(default_factory=dict)  # reason -> gossip sends lost
+    ipv6: bool = False  # this node routes IPv6 container traffic (it has an IPv6 subnet)
+    ipv6_only: bool = False  # ... and no IPv4 subnet
+    ip6_forward: str | None = None  # net.ipv6.conf.all.forwarding
+    underlay_families: tuple[int, ...] = (4,)  # the underlay's families, gossip's first
+    gc_thresh6: tuple[int, int, int] | None = None  # net.ipv6.neigh.default.gc_thresh1/2/3
 
 
 # --- the pure half ----------------------------------------------------------------------------
@@ -116,16 +121,25 @@ def failed(found: Sequence[Finding]) -> bool:
 
 
 def _forwarding(f: Facts) -> list[Finding]:
-    if f.ip_forward == "1":
-        return [Finding("forwarding", OK, "net.ipv4.ip_forward = 1")]
-    return [
-        Finding(
-            "forwarding",
-            FAIL,
-            f"net.ipv4.ip_forward = {f.ip_forward}: this host does not forward container traffic",
-            "sysctl -w net.ipv4.ip_forward=1 (meshd sets it each pass: something turns it off)",
+    """IPv4 forwarding always (every node has an IPv4 route to its containers, or none to
+    forward: an IPv6-only node's IPv4 setting is not held against it); IPv6 forwarding when the
+    node has an IPv6 subnet."""
+    wanted = [("net.ipv4.ip_forward", f.ip_forward, "")] if not f.ipv6_only else []
+    if f.ipv6:
+        wanted.append(("net.ipv6.conf.all.forwarding", f.ip6_forward, "IPv6 "))
+    out = []
+    for name, value, fam in wanted:
+        if value == "1":
+            continue
+        out.append(
+            Finding(
+                "forwarding",
+                FAIL,
+                f"{name} = {value}: this host does not forward {fam}container traffic",
+                f"sysctl -w {name}=1 (meshd sets it each pass: something turns it off)",
+            )
         )
-    ]
+    return out or [Finding("forwarding", OK, ", ".join(f"{n} = 1" for n, _, _ in wanted))]
 
 
 def _rp_filter(f: Facts) -> list[Finding]:
@@ -469,19 +483,44 @@ def _tunnels(f: Facts) -> list[Finding]:
 
 
 def _neighbours(f: Facts) -> list[Finding]:
-    """Every peer on the underlay's L2 segment takes an IPv4 neighbour entry; past gc_thresh3
-    the kernel has no room for a new one and sends to it fail with ENOBUFS."""
+    """Each family of the underlay: every peer on its L2 segment takes a neighbour entry of
+    that family (ARP, NDP); past gc_thresh3 the kernel has no room for a new one and sends to
+    it fail with ENOBUFS. Lost gossip sends blame the table of the family gossip uses."""
+    out: list[Finding] = []
+    for i, version in enumerate(f.underlay_families):
+        thresh, names = (
+            (f.gc_thresh6, neightable.SYSCTLS6)
+            if version == 6
+            else (
+                f.gc_thresh,
+                neightable.SYSCTLS,
+            )
+        )
+        enobufs = f.lost_sends.get("enobufs", 0) if i == 0 else 0
+        out += _neighbour_table(f, thresh, names, enobufs, "IPv6 " if version == 6 else "")
+    return out
+
+
+def _neighbour_table(
+    f: Facts,
+    thresh: tuple[int, int, int] | None,
+    names: tuple[str, ...],
+    enobufs: int,
+    fam: str,
+) -> list[Finding]:
     peers = sum(p.state in ("alive", "suspect") for p in f.peers)
-    enobufs = f.lost_sends.get("enobufs", 0)
     need = neightable.wanted(peers)
-    fix = neightable.sysctl_command(neightable.recommended(peers)) + " (persist in /etc/sysctl.d/)"
-    if f.gc_thresh is None:  # not visible in a network namespace other than the root one
-        t3_said = "gc_thresh3 not visible here (set in the root namespace)"
+    fix = (
+        neightable.sysctl_command(neightable.recommended(peers), names)
+        + " (persist in /etc/sysctl.d/)"
+    )
+    if thresh is None:  # not visible in a network namespace other than the root one
+        t3_said = f"{fam}gc_thresh3 not visible here (set in the root namespace)"
         if not enobufs:
             return []
     else:
-        t3_said = f"gc_thresh3 = {f.gc_thresh[2]}"
-    said = f"{peers} peer(s) need up to {need} neighbour entries; {t3_said}"
+        t3_said = f"{fam}gc_thresh3 = {thresh[2]}"
+    said = f"{peers} peer(s) need up to {need} {fam}neighbour entries; {t3_said}"
     if enobufs:
         return [
             Finding(
@@ -491,8 +530,8 @@ def _neighbours(f: Facts) -> list[Finding]:
                 fix,
             )
         ]
-    assert f.gc_thresh is not None
-    t3 = f.gc_thresh[2]
+    assert thresh is not None
+    t3 = thresh[2]
     if neightable.short(peers, t3):
         return [
             Finding(
@@ -570,6 +609,10 @@ class Sources:
     expected_env: Callable[[], Mapping[str, str]]
     lost_sends: Callable[[], Mapping[str, int]] = dict
     """Gossip sends lost, by reason (the transport's ``send_error.<reason>`` counters)."""
+    subnet_families: tuple[int, ...] = (4,)
+    """The families of this node's subnets (4, 6 or both)."""
+    underlay_families: tuple[int, ...] = (4,)
+    """The families of this node's underlay addresses, gossip's first."""
 
 
 async def gather(src: Sources) -> Facts:
@@ -625,6 +668,11 @@ async def gather(src: Sources) -> Facts:
         route_via=route_via,
         gc_thresh=neightable.read(),
         lost_sends=src.lost_sends(),
+        ipv6=6 in src.subnet_families,
+        ipv6_only=4 not in src.subnet_families,
+        ip6_forward=read_sysctl("net.ipv6.conf.all.forwarding"),
+        underlay_families=src.underlay_families,
+        gc_thresh6=neightable.read(neightable.SYSCTLS6),
     )
 
 

@@ -10,6 +10,7 @@ that started anyway would only be ignored by everyone.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,23 @@ def load(ca: Path, cert: Path, cert_key: Path, wall: float) -> Credentials:
     return Credentials(authorities, info, key, cert)
 
 
-def cluster_network(cred: Credentials, configured: str | None) -> str:
-    """The cluster network: that of the CA whose network holds our grant (verify_certificate
-    checked there is one). A configured one must be such a network."""
-    networks = sorted({a.network for a in cred.authorities if cred.cert.grant.inside(a.network)})
+def cluster_network(cred: Credentials, configured: str | None, version: int = 4) -> str | None:
+    """The cluster network of IP version 4 or 6: that of the CA whose network of that family
+    holds our grant of it (verify_certificate checked there is one); None when the certificate
+    grants nothing of that family. A configured one must be such a network."""
+    part = cred.cert.grant.part(version)
+    if part is None:
+        if configured is not None:
+            raise ConfigError(
+                f"network: {configured}: {cred.cert_path} grants no IPv{version} subnet "
+                f"({cred.cert.grant.describe()})"
+            )
+        return None
+    networks = sorted(
+        {n for a in cred.authorities if (n := a.network_of(version)) and part.inside(n)}
+    )
+    if not networks:  # verify_certificate refuses such a certificate
+        raise ConfigError(f"cert: {cred.cert_path}: no CA's IPv{version} network holds its grant")
     if configured is None:
         return networks[0]
     if configured not in networks:
@@ -64,12 +78,14 @@ def check_name(cred: Credentials, name: str) -> None:
         )
 
 
-def subnet_for(cred: Credentials, configured: str | None) -> str | None:
-    """This node's subnet: the configured one if the certificate grants it, else the one subnet
-    the certificate grants; None for a pool grant with none configured (allocate from it)."""
+def subnet_for(cred: Credentials, configured: str | None, version: int = 4) -> str | None:
+    """This node's subnet of IP version 4 or 6: the configured one if the certificate grants
+    it, else the one subnet the certificate grants of that family; None for a pool grant with
+    none configured (allocate from it) or no grant of that family."""
     grant = cred.cert.grant
     if configured is None:
-        return grant.subnet
+        part = grant.part(version)
+        return part.subnet if part is not None else None
     if not grant.allows(configured):
         raise ConfigError(
             f"subnet: {configured} is not granted by {cred.cert_path} ({grant.describe()})"
@@ -77,25 +93,43 @@ def subnet_for(cred: Credentials, configured: str | None) -> str | None:
     return configured
 
 
-def pool_for(cred: Credentials, subnet_len: int | None) -> Pool:
-    """The pool a pool grant lets this node allocate from (``subnet_len``, if set, must be the
-    grant's length)."""
-    grant = cred.cert.grant
-    assert grant.pool is not None and grant.pool_len is not None  # subnet_for returned None
-    if subnet_len is not None and subnet_len != grant.pool_len:
+def pool_for(cred: Credentials, subnet_len: int | None, version: int = 4) -> Pool | None:
+    """The pool a pool grant of IP version 4 or 6 lets this node allocate from (``subnet_len``,
+    if set, must be the grant's length); None when the certificate grants no pool of it."""
+    part = cred.cert.grant.part(version)
+    if part is None or part.pool is None or part.pool_len is None:
+        return None
+    if subnet_len is not None and subnet_len != part.pool_len:
         raise ConfigError(
-            f"subnet_len: {subnet_len} is not the length {cred.cert_path} grants "
-            f"({grant.describe()})"
+            f"subnet_len{'6' if version == 6 else ''}: {subnet_len} is not the length "
+            f"{cred.cert_path} grants ({cred.cert.grant.describe()})"
         )
     try:
-        return Pool(grant.pool, grant.pool_len)
+        return Pool(part.pool, part.pool_len)
     except ValueError as exc:
         raise ConfigError(f"cert: {cred.cert_path}: {exc}") from None
 
 
-def check_public_ip(cred: Credentials, public_ip: str) -> None:
-    if public_ip != cred.cert.public_ip:
-        raise ConfigError(
-            f"public_ip: {public_ip} is not the address in {cred.cert_path} "
-            f"({cred.cert.public_ip}); set public_ip or iface to match"
-        )
+def check_public_ip(cred: Credentials, public_ip: str, public_ip6: str | None = None) -> None:
+    """Every underlay address this node announces must be the certificate's of its family
+    (members refuse a record with any other)."""
+    for ip in (public_ip, public_ip6):
+        if ip is None:
+            continue
+        version = ipaddress.ip_address(ip).version
+        want = cred.cert.address_of(version)
+        if want is None or ipaddress.ip_address(want) != ipaddress.ip_address(ip):
+            have = want if want is not None else f"no IPv{version} address"
+            key = "public_ip"
+            raise ConfigError(
+                f"{key}: {ip} is not the address in {cred.cert_path} ({have}); set "
+                f"{key} or iface to match"
+            )
+
+
+def certified_ip6(cred: Credentials) -> str | None:
+    """The IPv6 underlay address the certificate names beside an IPv4 one, if any: the only
+    second address this node may announce."""
+    if ":" in cred.cert.public_ip:
+        return None
+    return cred.cert.address_of(6)

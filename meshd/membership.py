@@ -85,12 +85,20 @@ class Membership:
         apply_key_ops: Callable[[], None],
         changed: asyncio.Event,
         crl_store: CrlStore | None = None,
-        allocator: Allocator | None = None,
+        allocator: Allocator | Sequence[Allocator] | None = None,
         *,
         masquerade: Nat | None = None,
+        masquerade6: Nat | None = None,
+        underlay_version: int = 4,
     ) -> None:
         self.node = node
-        self.allocator = allocator
+        if allocator is None:
+            allocator = ()
+        self.allocators: tuple[Allocator, ...] = (
+            (allocator,) if isinstance(allocator, Allocator) else tuple(allocator)
+        )
+        """One per family this node allocates (a dual-stack node may allocate both)."""
+        self.allocator = self.allocators[0] if self.allocators else None
         self.crl_store = crl_store
         self._crl_saved = node.crl_der
         self._revoked_logged = ""
@@ -106,8 +114,15 @@ class Membership:
         self._fw_forced = 0.0
         self._fw_error: str | None = None
         self.masquerade = masquerade
+        self.masquerade6 = masquerade6
+        """The IPv6 masquerade (table ip6 meshd-nat) of a node with an IPv6 network; it follows
+        the node's IPv6 subnet as ``masquerade`` follows the IPv4 one."""
         self._mq_error: str | None = None
-        self.read_thresholds: Callable[[], tuple[int, int, int] | None] = neightable.read
+        self.neigh_sysctls = neightable.SYSCTLS6 if underlay_version == 6 else neightable.SYSCTLS
+        """The neighbour table gossip's underlay fills: IPv4's (ARP), or IPv6's (NDP)."""
+        self.read_thresholds: Callable[[], tuple[int, int, int] | None] = lambda: neightable.read(
+            self.neigh_sysctls
+        )
         self._neigh_warned_for = 0  # peers counted at the last neighbour-table warning
         self._views_generation = 0  # counts the batches of member events (and sync changes)
 
@@ -117,8 +132,8 @@ class Membership:
         synced: bool | None = None
         incarnation = -1
         refutes = self.node.counters["refute"]
-        if self.allocator is not None:
-            self.reallocate(self.allocator, self.peer_views())
+        for allocator in self.allocators:
+            self.reallocate(allocator, self.peer_views())
         while True:
             await self.changed.wait()
             self.changed.clear()
@@ -158,8 +173,8 @@ class Membership:
                 self._views_generation += 1
                 synced = self.node.synced
                 views = self.peer_views()
-                if self.allocator is not None:
-                    self.reallocate(self.allocator, views)
+                for allocator in self.allocators:
+                    self.reallocate(allocator, views)
                 self.reconciler.set_peers(views, synced, time.monotonic())
                 self.check_neighbours(sum(v.state in ("alive", "suspect") for v in views))
                 await self.update_firewall()
@@ -181,16 +196,17 @@ class Membership:
         if move is None:
             if self.node.synced and not allocator.settled:
                 allocator.settled = True
-                self.reconciler.set_local(self.node.local, settled=True)
+                self.reconciler.set_local(self.node.local, settled=self.settled)
+                mine = self.node.local.subnet_of(allocator.version)
                 log.info(
                     "subnet %s settled (%s)",
-                    self.node.local.subnet,
+                    mine,
                     allocator.origin,
                     extra={
                         "event": "subnet_settled",
                         "peer": self.node.local.name,
                         "reason": allocator.origin,
-                        "subnet": self.node.local.subnet,
+                        "subnet": mine,
                     },
                 )
             return
@@ -217,11 +233,20 @@ class Membership:
             },
         )
         self.node.update_local(
-            replace(self.node.local, subnet=move.new, since=int(time.time())), now
+            replace(
+                allocation.with_subnet(self.node.local, move.version, move.new),
+                since=int(time.time()),
+            ),
+            now,
         )
         allocator.settled = self.node.synced
-        self.reconciler.set_local(self.node.local, settled=allocator.settled)
+        self.reconciler.set_local(self.node.local, settled=self.settled)
         self.save(force=True)
+
+    @property
+    def settled(self) -> bool:
+        """Every allocated subnet is final (subnet.env may be written)."""
+        return all(a.settled for a in self.allocators)
 
     async def heartbeat_loop(self) -> None:
         """Allocating: keep the state dir's ``saved_at`` fresh (see SAVE_HEARTBEAT)."""
@@ -320,34 +345,43 @@ class Membership:
         """The rules follow this node's subnet, which can change at runtime (allocation); nft
         runs only when it did, or when ``force`` (drift repair, and at start: an identical table
         is kept). Errors are logged once each and left in the masquerade's status."""
-        if self.masquerade is None:
-            return
-        try:
-            await self.masquerade.apply(self.node.local.subnet, force=force)
-        except DataplaneError as exc:
-            if str(exc) != self._mq_error:
-                log.error("%s", exc, extra={"event": "masquerade_error", "reason": str(exc)})
-            self._mq_error = str(exc)
-            return
-        self._mq_error = None
+        local = self.node.local
+        errors = []
+        for nat, subnet in (
+            (self.masquerade, local.subnet),
+            (self.masquerade6, local.subnet_of(6) if self.masquerade6 is not None else None),
+        ):
+            if nat is None or subnet is None:
+                continue
+            try:
+                await nat.apply(subnet, force=force)
+            except DataplaneError as exc:
+                errors.append(str(exc))
+        for err in errors:
+            if self._mq_error is None or err not in self._mq_error:
+                log.error("%s", err, extra={"event": "masquerade_error", "reason": err})
+        self._mq_error = "; ".join(errors) or None
 
     def check_neighbours(self, peers: int) -> None:
-        """Warn, at the first shortfall and as the mesh grows, when the peers need more IPv4
-        neighbour entries than the kernel's table allows (one per peer on the underlay's L2
-        segment): past gc_thresh3 sends fail with ENOBUFS."""
+        """Warn, at the first shortfall and as the mesh grows, when the peers need more
+        neighbour entries (of the underlay's family) than the kernel's table allows (one per
+        peer on the underlay's L2 segment): past gc_thresh3 sends fail with ENOBUFS."""
         cur = self.read_thresholds()
         if cur is None or not neightable.warn_due(peers, cur[2], self._neigh_warned_for):
             return
         self._neigh_warned_for = peers
         want = neightable.recommended(peers)
+        names = self.neigh_sysctls
         log.warning(
-            "%d peers need up to %d neighbour (ARP) entries on the underlay, more than "
-            "net.ipv4.neigh.default.gc_thresh3 = %d allows: sends will fail (ENOBUFS). "
+            "%d peers need up to %d neighbour (%s) entries on the underlay, more than "
+            "%s = %d allows: sends will fail (ENOBUFS). "
             "Raise them: %s (and in /etc/sysctl.d/ to persist); peers behind a router need none",
             peers,
             neightable.wanted(peers),
+            "NDP" if names == neightable.SYSCTLS6 else "ARP",
+            names[2],
             cur[2],
-            neightable.sysctl_command(want),
+            neightable.sysctl_command(want, names),
             extra={
                 "event": "neighbour_table_small",
                 "reason": "more peers than the kernel's neighbour table holds",
@@ -382,13 +416,14 @@ class Membership:
         me = self.node.local
         # An allocated subnet is released by a leave: the mesh may hand it out at once, so a
         # later start must not claim it back with its old age.
-        released = self.allocator is not None and self.node.leaving
+        released = bool(self.allocators) and self.node.leaving
         self.store.save(
             State(
                 node_id=me.node_id,
                 incarnation=me.incarnation,
                 subnet=None if released else me.subnet,
                 subnet_since=0 if released else me.since,
+                subnet6=None if released else me.subnet6,
                 saved_at=time.time(),
                 members=[
                     m.record

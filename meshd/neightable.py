@@ -20,6 +20,9 @@ from pathlib import Path
 SYSCTLS = tuple(f"net.ipv4.neigh.default.gc_thresh{i}" for i in (1, 2, 3))
 """gc_thresh1 (no collection below it), gc_thresh2 (soft limit: entries idle for 5 s are
 collected above it), gc_thresh3 (hard limit: no new entry past it)."""
+SYSCTLS6 = tuple(f"net.ipv6.neigh.default.gc_thresh{i}" for i in (1, 2, 3))
+"""The same for IPv6's neighbour (NDP) table, which an IPv6 underlay fills the same way: one
+entry per peer on its L2 segment, the same defaults and the same ENOBUFS past gc_thresh3."""
 FIXED_MARGIN = 64  # routers, gateways, containers' entries beside the peers
 PROC_SYS = Path("/proc/sys")
 
@@ -67,19 +70,20 @@ def warn_due(peers: int, thresh3: int, warned_for: int) -> bool:
     return warned_for == 0 or peers >= warned_for + max(1, warned_for // 4)
 
 
-def sysctl_command(values: tuple[int, int, int]) -> str:
-    """The fix, as an operator types it."""
-    return "sysctl -w " + " ".join(f"{n}={v}" for n, v in zip(SYSCTLS, values, strict=True))
+def sysctl_command(values: tuple[int, int, int], names: tuple[str, ...] = SYSCTLS) -> str:
+    """The fix, as an operator types it (``names``: SYSCTLS6 for the IPv6 table)."""
+    return "sysctl -w " + " ".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
 
 
 def _path(name: str) -> Path:
     return PROC_SYS.joinpath(*name.split("."))
 
 
-def read() -> tuple[int, int, int] | None:
-    """This namespace's view of gc_thresh1/2/3; None if unreadable (not Linux, no /proc)."""
+def read(names: tuple[str, ...] = SYSCTLS) -> tuple[int, int, int] | None:
+    """This namespace's view of gc_thresh1/2/3 (``names``: SYSCTLS6 for the IPv6 table); None
+    if unreadable (not Linux, no /proc)."""
     try:
-        a, b, c = (int(_path(n).read_text().strip()) for n in SYSCTLS)
+        a, b, c = (int(_path(n).read_text().strip()) for n in names)
     except (OSError, ValueError):
         return None
     return a, b, c
@@ -97,6 +101,7 @@ def write(values: tuple[int, int, int] | Mapping[str, int]) -> None:
 
 __all__ = [
     "SYSCTLS",
+    "SYSCTLS6",
     "lab_entries",
     "raised",
     "read",

@@ -12,6 +12,11 @@ clock and randomness. The CA directory:
 PEM everywhere, the CRL included: ``openssl`` reads it without flags, and the CRL's text goes as
 it is through the JSON control socket (`meshd crl install`); gossip carries the DER inside.
 Every error is a one-line CertificateError.
+
+Dual-stack: a CA may have two cluster networks (one IPv4, one IPv6: ``--network`` twice), a
+node certificate two underlay addresses and a grant per family (``--public-ip``, ``--subnet``,
+``--network`` given once per family; ``--subnet-len`` for IPv4 pools, ``--subnet-len6`` for
+IPv6 ones, /64 by default).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import ipaddress
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ CA_DAYS = 3650  # the CA outlives many node certificates; rotating it means re-i
 CERT_DAYS = 365  # a year: renewal is one `meshd ca sign` per node
 CRL_DAYS = 365  # the CRL's nextUpdate; members keep the highest-numbered CRL they have seen
 DEFAULT_SUBNET_LEN = 24  # --network without --subnet-len: flannel's default /24 per node
+DEFAULT_SUBNET_LEN6 = 64  # an IPv6 --network without --subnet-len6: flannel's and Kubernetes' /64
 BACKDATE = 300.0  # notBefore this far in the past, so a member whose clock lags can use it now
 MAX_PEM = 64 * 1024  # a certificate is ~300 bytes, a CRL a few KiB
 DAY = 86400.0
@@ -55,6 +62,11 @@ SPECIAL = tuple(
 )
 """Ranges a cluster network must not touch: this-network, loopback, link-local (the cloud metadata
 service), multicast, reserved and broadcast."""
+SPECIAL6 = tuple(
+    ipaddress.IPv6Network(n) for n in ("::/127", "::ffff:0:0/96", "fe80::/10", "ff00::/8")
+)
+"""IPv6 ranges a cluster network must not touch: unspecified and loopback, IPv4-mapped,
+link-local, multicast."""
 
 
 @dataclass(frozen=True)
@@ -78,30 +90,80 @@ class Revoked:
 # -- issuing --------------------------------------------------------------------------------------
 
 
-def grant_from_flags(subnet: str | None, network: str | None, subnet_len: int | None) -> Grant:
-    """``--subnet CIDR`` (a fixed subnet) or ``--network CIDR [--subnet-len N]`` (a pool)."""
-    if (subnet is None) == (network is None):
-        raise CertificateError("give exactly one of --subnet CIDR and --network CIDR")
-    if subnet_len is not None and network is None:
-        raise CertificateError("--subnet-len goes with --network (a pool), not --subnet")
+def grant_from_flags(
+    subnet: str | Sequence[str] | None,
+    network: str | Sequence[str] | None,
+    subnet_len: int | None,
+    subnet_len6: int | None = None,
+) -> Grant:
+    """Per IP family, ``--subnet CIDR`` (a fixed subnet) or ``--network CIDR`` (a pool of
+    ``--subnet-len``/``--subnet-len6``); each flag may be given once per family (dual-stack)."""
+    subnets = _listed(subnet)
+    networks = _listed(network)
+    if not subnets and not networks:
+        raise CertificateError(
+            "give exactly one of --subnet CIDR and --network CIDR (one per IP family: dual-stack)"
+        )
+    versions = [_version(c) for c in (*subnets, *networks)]
+    for v in (4, 6):
+        if versions.count(v) > 1:
+            raise CertificateError(
+                f"give exactly one of --subnet CIDR and --network CIDR per IP family"
+                f" (two IPv{v} ones)"
+            )
+    pool_versions = {_version(n) for n in networks}
+    if subnet_len is not None and 4 not in pool_versions:
+        raise CertificateError("--subnet-len goes with --network (an IPv4 pool), not --subnet")
+    if subnet_len6 is not None and 6 not in pool_versions:
+        raise CertificateError("--subnet-len6 goes with --network (an IPv6 pool), not --subnet")
     try:
-        if subnet is not None:
-            return Grant.fixed(subnet)
-        assert network is not None
-        return Grant.from_pool(network, DEFAULT_SUBNET_LEN if subnet_len is None else subnet_len)
+        parts = [Grant.fixed(c) for c in subnets]
+        for net in networks:
+            if _version(net) == 6:
+                length = DEFAULT_SUBNET_LEN6 if subnet_len6 is None else subnet_len6
+            else:
+                length = DEFAULT_SUBNET_LEN if subnet_len is None else subnet_len
+            parts.append(Grant.from_pool(net, length))
+        return Grant.combine(parts)
     except ValueError as exc:
         raise CertificateError(str(exc)) from None
 
 
+def _listed(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _version(text: str) -> int:
+    return 6 if ":" in text else 4
+
+
+def _addresses(public_ip: str | Sequence[str]) -> list[str]:
+    """One underlay address, or one per family, IPv4 first (the certificate's order)."""
+    ips = _listed(public_ip)
+    try:
+        first, second = cert.first_and_second(ips, "--public-ip")
+    except ValueError as exc:
+        raise CertificateError(str(exc)) from None
+    return [first] if second is None else [first, second]
+
+
 def init_ca(
     directory: Path,
-    network: str,
+    network: str | Sequence[str],
     name: str = DEFAULT_CA_NAME,
     days: int = CA_DAYS,
     wall: float | None = None,
 ) -> Authority:
-    """Create DIR/ca.key (0600) and DIR/ca.crt granting ``network``; refuse when either exists."""
-    net = _cluster_network(network)
+    """Create DIR/ca.key (0600) and DIR/ca.crt granting ``network`` (one cluster network, or
+    one per IP family); refuse when either exists."""
+    nets = [_cluster_network(n) for n in _listed(network)]
+    try:
+        first, second = cert.first_and_second([str(n) for n in nets], "--network")
+    except ValueError as exc:
+        raise CertificateError(str(exc)) from None
+    networks = [first] if second is None else [first, second]
     _check_days(days)
     if not name.strip() or len(name) > 64:
         raise CertificateError(f"--name {name!r}: 1 to 64 characters")
@@ -115,7 +177,7 @@ def init_ca(
         raise CertificateError(f"cannot create {directory}: {exc.strerror}") from None
     now = time.time() if wall is None else wall
     key = Ed25519PrivateKey.generate()
-    der = cert.build_authority(key, name, str(net), now - BACKDATE, now + days * DAY, _serial())
+    der = cert.build_authority(key, name, networks, now - BACKDATE, now + days * DAY, _serial())
     # The key first and exclusively: a CA certificate without its key would be worse than none.
     write_file(directory / CA_KEY, _key_pem(key), "CA key", CertificateError, replace=False)
     write_file(directory / CA_CERT, _pem(der), "CA certificate", CertificateError, 0o644, False)
@@ -125,15 +187,16 @@ def init_ca(
 def sign(
     directory: Path,
     name: str,
-    public_ip: str,
+    public_ip: str | Sequence[str],
     grant: Grant,
     out_prefix: Path,
     days: int = CERT_DAYS,
     wall: float | None = None,
 ) -> Issued:
-    """A fresh node key (PREFIX.key, 0600) and its certificate (PREFIX.crt)."""
+    """A fresh node key (PREFIX.key, 0600) and its certificate (PREFIX.crt); ``public_ip``: the
+    node's underlay address, or one per family."""
     ca_key, auth = _open_ca(directory)
-    _check_subject(name, public_ip)
+    public_ip = _check_subject(name, public_ip)
     _check_grant(grant, auth)
     _check_days(days)
     key_path, crt_path = _out(out_prefix, ".key"), _out(out_prefix, ".crt")
@@ -147,16 +210,17 @@ def sign(
     return Issued(crt_path, key_path, info)
 
 
-def make_request(name: str, public_ip: str, out_prefix: Path) -> tuple[Path, Path]:
+def make_request(name: str, public_ip: str | Sequence[str], out_prefix: Path) -> tuple[Path, Path]:
     """On the node: a fresh key (PREFIX.key, 0600) and a signing request (PREFIX.csr, PKCS#10)
-    naming ``name`` and ``public_ip``. The key never leaves the node; the CSR goes to the CA."""
-    _check_subject(name, public_ip)
+    naming ``name`` and ``public_ip`` (one, or one per family). The key never leaves the node;
+    the CSR goes to the CA."""
+    ips = _check_subject(name, public_ip)
     key = Ed25519PrivateKey.generate()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(public_ip))]),
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in ips]),
             critical=False,
         )
         .sign(key, None)
@@ -168,8 +232,9 @@ def make_request(name: str, public_ip: str, out_prefix: Path) -> tuple[Path, Pat
     return key_path, csr_path
 
 
-def read_request(path: Path) -> tuple[str | None, str | None, Ed25519PublicKey]:
-    """A signing request's (name, public IP, key), its self-signature checked."""
+def read_request(path: Path) -> tuple[str | None, tuple[str, ...] | None, Ed25519PublicKey]:
+    """A signing request's (name, public IPs, key), its self-signature checked. The IPs are
+    None unless the request names one, or one per family (IPv4 first)."""
     data = read_public(path, "signing request", MAX_PEM, CertificateError)
     try:
         csr = (
@@ -183,17 +248,20 @@ def read_request(path: Path) -> tuple[str | None, str | None, Ed25519PublicKey]:
         raise CertificateError(f"signing request {path}: the key is not Ed25519")
     if not valid:
         raise CertificateError(f"signing request {path}: its signature does not verify")
+    found: list[str] | None = None
     cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = str(cns[0].value) if len(cns) == 1 else None
-    ip = None
+    ip: tuple[str, ...] | None = None
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        ips = san.get_values_for_type(x509.IPAddress)
-        ip = str(ips[0]) if len(ips) == 1 else None
+        found = [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+        first, second = cert.first_and_second(found, "IP addresses")
+        ip = (first,) if second is None else (first, second)
     except x509.ExtensionNotFound:
         pass
     except ValueError as exc:
-        raise CertificateError(f"signing request {path}: unreadable ({_line(exc)})") from None
+        if found is None:
+            raise CertificateError(f"signing request {path}: unreadable ({_line(exc)})") from None
     return name, ip, key
 
 
@@ -204,23 +272,25 @@ def sign_request(
     out_prefix: Path,
     days: int = CERT_DAYS,
     name: str | None = None,
-    public_ip: str | None = None,
+    public_ip: str | Sequence[str] | None = None,
     wall: float | None = None,
 ) -> Issued:
     """Sign a node's request: PREFIX.crt for the request's key. Name and IP come from the
     request unless given; the grant is always the CA operator's."""
     ca_key, auth = _open_ca(directory)
-    csr_name, csr_ip, key = read_request(csr_path)
+    csr_name, csr_ips, key = read_request(csr_path)
     name = name if name is not None else csr_name
-    public_ip = public_ip if public_ip is not None else csr_ip
+    ips = _listed(public_ip) if public_ip is not None else csr_ips
     if name is None:
         raise CertificateError(f"signing request {csr_path} names no node: give --name")
-    if public_ip is None:
-        raise CertificateError(f"signing request {csr_path} has no single IP: give --public-ip")
-    _check_subject(name, public_ip)
+    if not ips:
+        raise CertificateError(
+            f"signing request {csr_path} has no single IP (or one per family): give --public-ip"
+        )
+    ips = _check_subject(name, ips)
     _check_grant(grant, auth)
     _check_days(days)
-    info = _issue(directory, ca_key, auth, key, name, public_ip, grant, days, wall)
+    info = _issue(directory, ca_key, auth, key, name, ips, grant, days, wall)
     crt_path = _out(out_prefix, ".crt")
     write_file(crt_path, _pem(info.der), "certificate", CertificateError, 0o644)
     return Issued(crt_path, None, info)
@@ -232,7 +302,7 @@ def _issue(
     auth: Authority,
     key: Ed25519PublicKey,
     name: str,
-    public_ip: str,
+    public_ip: Sequence[str],
     grant: Grant,
     days: int,
     wall: float | None,
@@ -327,14 +397,15 @@ def _open_ca(directory: Path) -> tuple[Ed25519PrivateKey, Authority]:
     return key, auths[0]
 
 
-def _cluster_network(network: str) -> ipaddress.IPv4Network:
+def _cluster_network(network: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         net = ipaddress.ip_network(network, strict=True)
     except ValueError as exc:
         raise CertificateError(f"--network {network!r}: {exc}") from None
-    if not isinstance(net, ipaddress.IPv4Network):
-        raise CertificateError(f"--network {net}: IPv4 only (IPv6 comes with dual-stack)")
-    for special in SPECIAL:
+    specials: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        SPECIAL if net.version == 4 else SPECIAL6
+    )
+    for special in specials:
         if net.overlaps(special):
             raise CertificateError(f"--network {net}: overlaps the special-purpose {special}")
     if net.prefixlen < 8:
@@ -342,28 +413,39 @@ def _cluster_network(network: str) -> ipaddress.IPv4Network:
     return net
 
 
-def _check_subject(name: str, public_ip: str) -> None:
+def _check_subject(name: str, public_ip: str | Sequence[str]) -> list[str]:
+    """The subject's checks; returns the underlay addresses, IPv4 first."""
     if not NAME_RE.match(name):
         raise CertificateError(
             f"--name {name!r}: letters, digits, '.', '_', '-' (up to 63, starting alphanumeric)"
         )
-    problem = cert.unicast_problem(public_ip)
-    if problem:
-        raise CertificateError(f"--public-ip: {problem}")
+    ips = _addresses(public_ip)
+    for ip in ips:
+        problem = cert.unicast_problem(ip)
+        if problem:
+            raise CertificateError(f"--public-ip: {problem}")
+    return ips
 
 
 def _check_grant(grant: Grant, auth: Authority) -> None:
-    if not grant.inside(auth.network):
-        raise CertificateError(f"{grant.describe()} is outside the CA's network {auth.network}")
-    whole = ipaddress.ip_network(auth.network)
-    widest = grant.subnet if grant.subnet is not None else f"{grant.pool}"
-    if grant.subnet is not None and ipaddress.ip_network(widest) == whole:
-        raise CertificateError(f"--subnet {widest}: the whole cluster network, not a node's")
-    if grant.pool_len is not None and grant.pool_len <= whole.prefixlen:
+    if not grant.inside(auth.networks):
         raise CertificateError(
-            f"--subnet-len {grant.pool_len}: a node's subnet must be narrower than the cluster"
-            f" network /{whole.prefixlen}"
+            f"{grant.describe()} is outside the CA's network {' and '.join(auth.networks)}"
         )
+    for part in grant.parts:
+        whole_text = auth.network_of(part.version)
+        assert whole_text is not None  # inside() found it
+        whole = ipaddress.ip_network(whole_text)
+        flag = "--subnet-len6" if part.version == 6 else "--subnet-len"
+        if part.subnet is not None and ipaddress.ip_network(part.subnet) == whole:
+            raise CertificateError(
+                f"--subnet {part.subnet}: the whole cluster network, not a node's"
+            )
+        if part.pool_len is not None and part.pool_len <= whole.prefixlen:
+            raise CertificateError(
+                f"{flag} {part.pool_len}: a node's subnet must be narrower than the cluster"
+                f" network /{whole.prefixlen}"
+            )
 
 
 def _check_days(days: int) -> None:
@@ -486,11 +568,17 @@ def describe_certificate(path: Path, wall: float | None = None) -> dict[str, Any
     out: dict[str, Any] = {"kind": "ca" if is_ca else "node", "name": info.name}
     if isinstance(info, Authority):
         out["network"] = info.network
-        out["grant"] = cert.format_grant({"network": info.network})
+        grant_pairs = {"network": info.network}
+        if info.network6 is not None:
+            out["network6"] = info.network6
+            grant_pairs["network6"] = info.network6
+        out["grant"] = cert.format_grant(grant_pairs)
         out["issuer"] = info.name
         serial = x509.load_der_x509_certificate(der).serial_number
     else:
         out["public_ip"] = info.public_ip
+        if info.public_ip6 is not None:
+            out["public_ip6"] = info.public_ip6
         out["subnet"] = info.grant.describe()
         out["grant"] = info.grant.text()
         out["issuer"] = info.issuer

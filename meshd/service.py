@@ -88,6 +88,10 @@ class Service:
     allocator: HasStatus | None = None
     """Set when this node allocates its subnet (meshd/allocator.py)."""
     masquerade: HasStatus | None = None
+    allocator6: HasStatus | None = None
+    """A dual-stack node allocating its IPv6 subnet too (``allocator``: the IPv4 one)."""
+    masquerade6: HasStatus | None = None
+    """The IPv6 masquerade of a node with an IPv6 network beside an IPv4 one."""
     prober: TunnelView | None = None
     """Probes through the tunnel (None for host-gw: nothing encapsulated to probe)."""
     doctor: Callable[[], Awaitable[DoctorReply]] | None = None
@@ -158,7 +162,9 @@ class Service:
                 {
                     "name": r.name,
                     "public_ip": r.public_ip,
+                    "public_ip6": r.public_ip6,
                     "subnet": r.subnet,
+                    "subnet6": r.subnet6,
                     "backend": r.backend,
                     "vtep_mac": r.vtep_mac,
                     "state": str(m.state.value),
@@ -189,7 +195,7 @@ class Service:
 
     def status(self) -> StatusReply:
         counters = self.counters()
-        return {
+        st: StatusReply = {
             "version": __version__,
             # The certificate and signature are in `trust` (readable); not 800 hex digits here.
             "node": {
@@ -213,6 +219,11 @@ class Service:
             "masquerade": self.masquerade.status() if self.masquerade else {"enabled": False},
             "protocol": self.node.protocol_status(),
         }
+        if self.allocator6 is not None:
+            st["allocation6"] = self.allocator6.status()
+        if self.masquerade6 is not None:
+            st["masquerade6"] = self.masquerade6.status()
+        return st
 
     def trust_status(self) -> dict[str, Any]:
         trust = self.node.trust

@@ -81,7 +81,9 @@ def _sim_key(*parts: object) -> Ed25519PrivateKey:
 class SimPKI:
     """A throwaway cluster CA and the certificates it issues; deterministic given ``seed``."""
 
-    def __init__(self, seed: int = 0, network: str = "10.0.0.0/8") -> None:
+    def __init__(
+        self, seed: int = 0, network: str | Sequence[str] = ("10.0.0.0/8", "2001:db8::/32")
+    ) -> None:
         self.seed = seed
         self.key = _sim_key("ca", seed)
         self.ca = build_authority(
@@ -101,10 +103,10 @@ class SimPKI:
         not_after: float = SIM_WALL + 365 * DAY,
         key: Ed25519PrivateKey | None = None,
         name: str | None = None,
-        public_ip: str | None = None,
+        public_ip: str | Sequence[str] | None = None,
     ) -> Signer:
-        """A fresh certificate for ``rec`` (its name, public IP and fixed subnet unless told
-        otherwise) and its key."""
+        """A fresh certificate for ``rec`` (its name, public IPs and fixed subnets, one per
+        family, unless told otherwise) and its key."""
         self._serial += 1
         key = key or _sim_key("node", self.seed, rec.name, self._serial)
         der = build_certificate(
@@ -112,8 +114,8 @@ class SimPKI:
             self.ca,
             key.public_key(),
             name or rec.name,
-            public_ip or rec.public_ip,
-            grant or Grant.fixed(rec.subnet),
+            public_ip or [ip for ip in (rec.underlay_of(4), rec.underlay_of(6)) if ip],
+            grant or Grant.combine([Grant.fixed(s) for s in rec.subnets]),
             not_before,
             not_after,
             self._serial,

@@ -3,6 +3,7 @@ its identity and rejoins without seeds. One JSON file, written atomically."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -26,10 +27,20 @@ class State:
     """The subnet this node claimed, and since when (unix s): an unchanged subnet keeps its
     age across restarts, which is what the conflict rule orders claims by."""
     subnet_since: int = 0
+    subnet6: str | None = None
+    """The IPv6 subnet claimed beside an IPv4 ``subnet`` (a dual-stack overlay), like the
+    record's: ``subnet`` is the IPv6 one when the node has no IPv4 subnet."""
     saved_at: float = 0.0
     """Unix time of the save (0: unknown). A running daemon saves at least every
     ``SAVE_HEARTBEAT`` seconds, so this is when it was last known alive: a node that was down
     longer than the subnet lease may find its allocated subnet taken, and claims it anew."""
+
+    def subnet_of(self, version: int) -> str | None:
+        """The saved subnet of IP version 4 or 6, if any."""
+        for s in (self.subnet, self.subnet6):
+            if s is not None and (":" in s) == (version == 6):
+                return s
+        return None
 
 
 class StateStore:
@@ -64,7 +75,8 @@ class StateStore:
                 members.append(NodeRecord.from_dict(m))
             except (RecordError, TypeError, AttributeError):
                 continue
-        subnet = raw.get("subnet") if isinstance(raw.get("subnet"), str) else None
+        subnet = _subnet(raw.get("subnet"))
+        subnet6 = _subnet(raw.get("subnet6"), 6)
         since = raw.get("subnet_since", 0)
         since = since if isinstance(since, int) and since >= 0 else 0
         saved_at = raw.get("saved_at", 0.0)
@@ -75,6 +87,7 @@ class StateStore:
             members=members,
             subnet=subnet,
             subnet_since=since,
+            subnet6=subnet6 if subnet is not None and ":" not in subnet else None,
             saved_at=saved_at,
         )
 
@@ -85,6 +98,7 @@ class StateStore:
             "members": [m.to_dict() for m in state.members],
             "subnet": state.subnet,
             "subnet_since": state.subnet_since,
+            **({"subnet6": state.subnet6} if state.subnet6 else {}),
             "saved_at": state.saved_at,
         }
         tmp = self.path.with_name(f".{STATE_FILE}.tmp")
@@ -105,6 +119,18 @@ class StateStore:
                     "reason": exc.strerror,
                 },
             )
+
+
+def _subnet(value: object, version: int | None = None) -> str | None:
+    """A saved subnet if it is one (of ``version``, when given); anything else is forgotten
+    (the node then claims anew, as with no state)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        net = ipaddress.ip_network(value)
+    except ValueError:
+        return None
+    return str(net) if version is None or net.version == version else None
 
 
 CRL_FILE = "crl.der"

@@ -17,6 +17,10 @@ way (at N = 100, 61 % of all during start-up); acks that came after the verdict
 Before any decryption, each source IP is held to a token bucket (`SourceLimiter`): a flood from
 one address is dropped (``drop.rate``) at the cost of a dict lookup.
 
+Gossip goes over IPv4 or IPv6, the socket's family being the bind address's (IPV6_RECVERR is
+IP_RECVERR's twin, and everything below holds for both). A member whose address is of the other
+family cannot be reached from this socket: such a send is counted as lost (``family``).
+
 Lost sends are seen and counted by reason (``send_error.<errno>``, and ``send_error`` in all).
 The socket sets IP_RECVERR: without it a UDP socket's sendto() reports success when the kernel
 drops the datagram for want of a neighbour entry (ENOBUFS, only ``Udp SndbufErrors`` in
@@ -62,10 +66,17 @@ RECV_MAX = 65535
 
 SKEW_MAX = 16384  # senders whose clock skew is remembered (authentic senders only)
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h; Python does not export it
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)  # linux/in6.h; the same for an IPv6 socket
+RECVERR = {
+    socket.AF_INET: (socket.IPPROTO_IP, IP_RECVERR),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, IPV6_RECVERR),
+}
+"""The socket option (level, name) that queues a socket's errors, by address family; an error
+queue entry comes back as a control message of the same level and type."""
 SO_EE_ORIGIN_LOCAL = 1  # the error queue entry is the sendto() error itself, already counted
 _EE = struct.Struct("=IBBBBII")  # struct sock_extended_err: errno, origin, type, code, pad...
 ERRQUEUE_BATCH = 256  # errors read at once; the rest wait for the next POLLERR
-ERRQUEUE_ANCILLARY = socket.CMSG_SPACE(_EE.size + 16)  # + the offender's sockaddr_in
+ERRQUEUE_ANCILLARY = socket.CMSG_SPACE(_EE.size + 28)  # + the offender's sockaddr_in6 (or _in)
 
 ADVICE = {
     "enobufs": "the kernel's neighbour (ARP) table is full: raise "
@@ -78,8 +89,16 @@ ADVICE = {
     "running there, on the same port?",
     "eperm": "a local firewall rejects meshd's outgoing gossip: allow UDP to the gossip port",
     "emsgsize": "a datagram is larger than the path MTU: check the underlay MTU",
+    "family": "a member's underlay address is not of the family this node gossips over (an "
+    "IPv4-only and an IPv6-only host cannot reach each other): give every host an address of "
+    "one family (public_ip)",
 }
 """What to do about each kind of lost send; logged once per reason (`send_failed`)."""
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address, else AF_INET (what the gossip socket is opened with)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def reason_of(err: int | None) -> str:
@@ -166,6 +185,9 @@ class Transport:
         self.skew: dict[bytes, tuple[float, float]] = {}
         """Sender node id -> (its clock minus ours, seconds; when measured, our wall clock),
         from the sealed timestamp of its latest authentic datagram (whole seconds, so +-1 s)."""
+        self.family = family_of(bind[0])
+        """The socket's family, from the bind address: gossip goes over IPv4 or over IPv6."""
+        self._recverr = RECVERR[self.family]
         self._sock: socket.socket | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
@@ -174,16 +196,19 @@ class Transport:
         self._sleeping_until = -math.inf
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host, port = self.bind
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-            sock.bind(self.bind)
+            sock.setsockopt(*self._recverr, 1)
+            if self.family == socket.AF_INET6:
+                # Bound to one address anyway; never IPv4-mapped peers on an IPv6 socket.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise ConfigError(
-                f"port: cannot bind UDP {self.bind[0]}:{self.bind[1]}: {exc.strerror}"
-            ) from None
+            where = f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
+            raise ConfigError(f"port: cannot bind UDP {where}: {exc.strerror}") from None
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         self._sock = sock
@@ -339,10 +364,15 @@ class Transport:
         if reason in self._warned:
             return
         self._warned.add(reason)
+        advice = ADVICE.get(reason, "see docs/operations.md, troubleshooting")
+        if reason == "enobufs" and self.family == socket.AF_INET6:
+            advice = advice.replace("(ARP)", "(NDP)").replace(
+                ", ".join(neightable.SYSCTLS), ", ".join(neightable.SYSCTLS6)
+            )
         log.warning(
             "gossip sends are failing (%s): %s; `meshd status` counts them (lost sends)",
             reason.upper(),
-            ADVICE.get(reason, "see docs/operations.md, troubleshooting"),
+            advice,
             extra={"event": "send_failed", "reason": reason},
         )
 
@@ -368,7 +398,7 @@ class Transport:
             except OSError:  # closed, or nothing a queue read can explain
                 break
             for level, kind, data in anc:
-                if level != socket.IPPROTO_IP or kind != IP_RECVERR or len(data) < _EE.size:
+                if (level, kind) != self._recverr or len(data) < _EE.size:
                     continue
                 err, origin = _EE.unpack_from(data)[:2]
                 if origin == SO_EE_ORIGIN_LOCAL:
@@ -388,6 +418,9 @@ class Transport:
         earlier datagram (IP_RECVERR). Returns whether it was sent."""
         assert self._transport is not None and self._protocol is not None
         proto = self._protocol
+        if family_of(addr[0]) != self.family:  # the socket cannot carry it: say why, once
+            self.lost("family")
+            return False
         for attempt in (0, 1):
             proto.sending, proto.send_error = True, None
             try:

@@ -33,6 +33,12 @@ PEER_COLUMNS = (
 )
 
 
+def both(first: str, second: str | None) -> str:
+    """One cell for an address or subnet of each family: ``10.244.1.0/24,fd00:1::/64`` (the
+    spelling Kubernetes uses for dual-stack ranges), or the one there is."""
+    return first if not second else f"{first},{second}"
+
+
 def to_json(reply: object) -> str:
     """Any reply as `--json` prints it."""
     return json.dumps(reply, indent=2)
@@ -64,8 +70,8 @@ def peers(rows: Sequence[PeerRow], now: float | None = None) -> str:
         me = r["self"]
         row = [
             r["name"],
-            r["public_ip"],
-            r["subnet"],
+            both(r["public_ip"], r.get("public_ip6")),
+            both(r["subnet"], r.get("subnet6")),
             r["backend"],
             r["vtep_mac"] or "-",
             r["state"],
@@ -137,10 +143,12 @@ def status(st: StatusReply) -> list[str]:
     """The `meshd status` summary (``--json`` shows everything, including the last plan)."""
     n = st["node"]
     out = [
-        f"node      {n['name']} ({n['public_ip']}) subnet {n['subnet']} "
+        f"node      {n['name']} ({both(n['public_ip'], n.get('public_ip6'))}) "
+        f"subnet {both(n['subnet'], n.get('subnet6'))} "
         f"backend {n['backend']} incarnation {n['incarnation']}",
         trust(st.get("trust") or {}),
         *allocation(st.get("allocation") or {}),
+        *allocation(st.get("allocation6") or {}),
         f"version   {st['version']}, up {st['uptime']}s, synced {st['synced']}",
         "members   " + ", ".join(f"{k} {v}" for k, v in st["members"].items()),
         f"datagrams in {st['counters'].get('in', 0)}, out {st['counters'].get('out', 0)}",
@@ -157,6 +165,7 @@ def status(st: StatusReply) -> list[str]:
     out += dataplane(st["dataplane"], st["filter"])
     out += tunnel(st.get("tunnel"))
     out += masquerade(st.get("masquerade", {}))
+    out += masquerade(st.get("masquerade6", {}))
     out.append("(meshd status --json shows everything, including the last plan)")
     return out
 
@@ -193,9 +202,11 @@ def dataplane(dp: Mapping[str, Any], fw: Mapping[str, Any]) -> list[str]:
     """A few readable lines out of the data-plane and filter status (the JSON has the plan)."""
     if not dp:
         return ["dataplane not started"]
+    ul = dp.get("underlay") or {}
+    where = f" ({both(ul['ip'], ul.get('ip6'))})" if ul.get("ip") else ""
     out = [
         f"dataplane {dp.get('backend')} device {dp.get('device') or '-'} on "
-        f"{(dp.get('underlay') or {}).get('ifname')}, routes proto {dp.get('protocol')}, "
+        f"{ul.get('ifname')}{where}, routes proto {dp.get('protocol')}, "
         f"{len(dp.get('programmed') or [])} peer(s) programmed"
     ]
     last = dp.get("last_run") or {}

@@ -44,7 +44,15 @@ class PeerRow(TypedDict):
 
     name: str
     public_ip: str
+    """The underlay address gossip uses: IPv4 or IPv6."""
+    public_ip6: NotRequired[str | None]
+    """A second, IPv6 underlay address beside an IPv4 ``public_ip`` (a dual-stack underlay);
+    absent from daemons before dual-stack."""
     subnet: str
+    """The member's first container subnet: IPv4 when it has one, else IPv6."""
+    subnet6: NotRequired[str | None]
+    """Its IPv6 subnet beside an IPv4 ``subnet`` (a dual-stack overlay); absent from daemons
+    before dual-stack."""
     backend: str
     vtep_mac: str | None
     state: str
@@ -71,8 +79,12 @@ class PeerRow(TypedDict):
 class UnderlayInfo(TypedDict):
     ifname: str
     ip: str
+    """The address gossip uses (IPv4 or IPv6)."""
     prefixlen: int
     mtu: int
+    ip6: NotRequired[str | None]
+    """A second, IPv6 address on a dual-stack underlay; absent from daemons before dual-stack."""
+    prefixlen6: NotRequired[int]
 
 
 class StatusReply(TypedDict):
@@ -109,6 +121,11 @@ class StatusReply(TypedDict):
     masquerade: NotRequired[dict[str, Any]]
     """``ipmasq``: the masquerade's status (dataplane/masquerade.py), or ``{"enabled": False}``;
     absent from daemons older than the feature."""
+    allocation6: NotRequired[dict[str, Any]]
+    """A dual-stack node allocating both families: the IPv6 allocation (``allocation`` is then
+    the IPv4 one)."""
+    masquerade6: NotRequired[dict[str, Any]]
+    """The IPv6 masquerade (table ip6 meshd-nat) beside an IPv4 one (``masquerade``)."""
     protocol: NotRequired[dict[str, Any]]
     """The wire protocol: ``version`` spoken (major.minor), the range it ``accepts``, and
     ``last_refused`` (the last datagram dropped for its version: version, reason, addr, sender)

@@ -12,28 +12,42 @@ time. The decisions:
   older certificate, then the certified name): nothing a member asserts about itself.
 * **What to take**: a subnet chosen uniformly at random among the free ones, so simultaneous
   joiners rarely pick alike; the loser of a collision picks again from what it knows then.
+
+Per IP family: a dual-stack node has a pool per family (``Pool`` knows its family from its
+network), and each family is held, contested and picked on its own (``held``/``lost_to`` take
+the ``version``), so a node that loses its IPv6 subnet moves that one only.
 """
 
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshd.dataplane import model, prefix
 from meshd.dataplane.model import PeerView
 from meshd.gossip.record import NodeRecord
 
 MIN_LEN, MAX_LEN = 8, 30
-"""Subnet lengths allocation hands out: a /30 still has two usable addresses."""
+"""IPv4 subnet lengths allocation hands out: a /30 still has two usable addresses."""
 DEFAULT_LEN = 24
 """flannel's SubnetLen default."""
+MIN_LEN6, MAX_LEN6 = 8, 124
+"""IPv6 subnet lengths allocation hands out: up to the record's /124 (room for containers)."""
+DEFAULT_LEN6 = 64
+"""flannel's IPv6SubnetLen default, and Kubernetes' node-cidr-mask-size-ipv6: a /64 per node."""
+
+
+def default_len(version: int) -> int:
+    """The subnet length a pool of that family hands out when none is configured."""
+    return DEFAULT_LEN6 if version == 6 else DEFAULT_LEN
 
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """The subnets of ``length`` inside ``network``: what this node may take."""
+    """The subnets of ``length`` inside ``network`` (IPv4 or IPv6): what this node may take."""
 
     network: str
     length: int
@@ -44,51 +58,85 @@ class Pool:
             raise ValueError(problem)
 
     @property
+    def version(self) -> int:
+        """4 or 6: the pool's IP family."""
+        return prefix.version(self.network)
+
+    @property
+    def bits(self) -> int:
+        """Address width of the pool's family: 32 or 128."""
+        return 128 if self.version == 6 else 32
+
+    @property
     def span(self) -> tuple[int, int]:
-        s = prefix.span(self.network)
+        s = prefix.family_span(self.network)
         assert s is not None  # checked in __post_init__
-        return s
+        return s[1]
 
     @property
     def size(self) -> int:
         """How many subnets the pool has."""
         first, last = self.span
-        return (last - first + 1) >> (32 - self.length)
+        return (last - first + 1) >> (self.bits - self.length)
 
     def describe(self) -> str:
         return f"network {self.network} ({self.size} subnets of /{self.length})"
 
     def contains(self, subnet: str) -> bool:
         """Is ``subnet`` one of the pool's subnets (inside the network, of the pool's length)?"""
-        s = prefix.span(subnet)
-        return s is not None and subnet.endswith(f"/{self.length}") and prefix.within(s, self.span)
+        s = prefix.family_span(subnet)
+        return (
+            s is not None
+            and s[0] == self.version
+            and subnet.endswith(f"/{self.length}")
+            and prefix.within(s[1], self.span)
+        )
 
 
 def pool_problem(network: str, length: int) -> str | None:
     """Why ``network`` cannot hand out subnets of ``length`` (one line), or None."""
-    s = prefix.span(network)
-    if s is None:
-        return f"network {network} is not an IPv4 network"
+    found = prefix.family_span(network)
+    if found is None:
+        return f"network {network} is not an IPv4 or IPv6 network"
+    version, s = found
+    bits = 128 if version == 6 else 32
     # From the span, not the text: a bare address is a /32 (and "/08" an /8), never a crash.
-    plen = 33 - (s[1] - s[0] + 1).bit_length()
-    if not MIN_LEN <= length <= MAX_LEN:
-        return f"subnet_len {length} is outside {MIN_LEN}..{MAX_LEN}"
+    plen = bits + 1 - (s[1] - s[0] + 1).bit_length()
+    low, high = (MIN_LEN6, MAX_LEN6) if version == 6 else (MIN_LEN, MAX_LEN)
+    if not low <= length <= high:
+        key = "subnet_len6" if version == 6 else "subnet_len"
+        return f"{key} {length} is outside {low}..{high}"
     if length <= plen:
         return f"subnet_len /{length} must be longer than network {network}"
     return None
 
 
-def held(peers: Sequence[PeerView], now: float, lease: float) -> list[tuple[int, int]]:
-    """The spans other members hold: not left, and if dead, dead for less than ``lease``. Every
-    announced subnet counts, even one the data plane refuses (it costs nothing to avoid)."""
+def held(
+    peers: Sequence[PeerView], now: float, lease: float, version: int = 4
+) -> list[tuple[int, int]]:
+    """The spans of IP ``version`` other members hold: not left, and if dead, dead for less
+    than ``lease``. Every announced subnet counts, even one the data plane refuses (it costs
+    nothing to avoid)."""
     out = []
     for pv in peers:
         if pv.state == "left" or (pv.state == "dead" and pv.state_since + lease <= now):
             continue
-        s = prefix.span(pv.record.subnet)
+        subnet = pv.record.subnet_of(version)
+        s = None if subnet is None else _span(subnet, version)
         if s is not None:
             out.append(s)
     return out
+
+
+def _span(cidr: str, version: int) -> tuple[int, int] | None:
+    return prefix.span(cidr) if version == 4 else prefix.span6(cidr)
+
+
+def span_of(cidr: str, version: int) -> tuple[int, int] | None:
+    """The span of a subnet of IP ``version`` (None when it is not one): what ``taken`` holds."""
+    if prefix.version(cidr) != version:
+        return None
+    return _span(cidr, version)
 
 
 def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -106,8 +154,9 @@ def free_blocks(pool: Pool, taken: Iterable[tuple[int, int]]) -> list[tuple[int,
     """The pool's free subnets as runs ``(first index, count)``, in address order. A subnet is
     free when it overlaps nothing in ``taken`` and no special-purpose range."""
     first, last = pool.span
-    shift = 32 - pool.length
-    blocked = list(taken) + [s for _, s in prefix.SPECIAL]
+    shift = pool.bits - pool.length
+    specials = prefix.SPECIAL6 if pool.version == 6 else prefix.SPECIAL
+    blocked = list(taken) + [s for _, s in specials]
     runs: list[tuple[int, int]] = []
     cursor = first  # first address not yet decided
     for b0, b1 in _merged(blocked):
@@ -150,11 +199,27 @@ def pick(pool: Pool, taken: Iterable[tuple[int, int]], rng: random.Random) -> st
     i = bisect.bisect_right(ends, r)
     start, _ = runs[i]
     index = start + r - (ends[i] - runs[i][1])
-    return f"{_ntoa(index << (32 - pool.length))}/{pool.length}"
+    return f"{_ntoa(index << (pool.bits - pool.length), pool.version)}/{pool.length}"
 
 
-def _ntoa(value: int) -> str:
+def _ntoa(value: int, version: int = 4) -> str:
+    if version == 6:
+        return str(ipaddress.IPv6Address(value))
     return ".".join(str((value >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def with_subnet(rec: NodeRecord, version: int, subnet: str) -> NodeRecord:
+    """``rec`` with its subnet of IP ``version`` replaced (or added), in the record's layout
+    (``subnet`` first: IPv4 when there is one; ``subnet6`` the IPv6 one beside it)."""
+    v4, v6 = rec.subnet_of(4), rec.subnet_of(6)
+    if version == 6:
+        v6 = subnet
+    else:
+        v4 = subnet
+    if v4 is None:
+        assert v6 is not None
+        return replace(rec, subnet=v6, subnet6=None)
+    return replace(rec, subnet=v4, subnet6=v6)
 
 
 def lost_to(
@@ -163,13 +228,15 @@ def lost_to(
     now: float,
     lease: float,
     backend: str,
-    network: str | None,
+    network: model.Networks,
+    version: int = 4,
 ) -> NodeRecord | None:
-    """The member that holds this node's subnet by the conflict rule, or None when this node
-    does. Dead members count while younger than ``lease`` (at least the data plane's reap_after:
-    a subnet the data plane still routes to a dead member is never taken)."""
+    """The member that holds this node's subnet of IP ``version`` by the conflict rule, or None
+    when this node does (or has no subnet of that family). Dead members count while younger
+    than ``lease`` (at least the data plane's reap_after: a subnet the data plane still routes
+    to a dead member is never taken)."""
     found = model.claimants(backend, network, lease, local, peers, now)
-    _, losers = model.resolve_claims([*found.records, local])
+    _, losers = model.resolve_claims([*found.records, local], version)
     return losers.get(local.node_id)
 
 

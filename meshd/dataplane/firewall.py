@@ -12,15 +12,19 @@ What meshd owns and creates (nothing else is read or touched)::
         counter accepted { }                       # named: they survive rule rewrites
         counter dropped { }
         set members { type ipv4_addr; }            # members' public IPs
+        set members6 { type ipv6_addr; }           # ... their IPv6 ones (an IPv6 underlay)
         chain input {
             type filter hook input priority filter; policy accept;
             udp dport <vxlan_port> ip saddr @members counter name "accepted" accept   # vxlan
+            udp dport <vxlan_port> ip6 saddr @members6 counter name "accepted" accept
             udp dport <vxlan_port> counter name "dropped" drop
         }
     }
 
 The match is the backend's ``encapsulation`` (the registry in ``backends/``): ``udp dport
-<vxlan_port>`` for vxlan, ``ip protocol 4`` for ipip; host-gw encapsulates nothing, so
+<vxlan_port>`` for vxlan (both families), ``ip protocol 4`` for ipip and, over IPv6 (ip6tnl),
+``meta nfproto ipv6 meta l4proto { 4, 41 }`` (IPv4 or IPv6 inside), each with its own drop rule;
+host-gw encapsulates nothing, so
 the filter is inert there (``apply`` and ``remove`` do nothing, ``status`` says why). Every other
 packet falls through the chain untouched (policy accept). The input hook runs after IP
 reassembly (``ip_local_deliver``), so a fragmented outer packet is judged whole.
@@ -40,7 +44,6 @@ the nft syntax above is exactly what an operator sees with ``nft list table inet
 
 Limits: the filter trusts the outer source address; a host that can spoof a member's IP on the
 underlay is not stopped (strict rp_filter or the underlay's own anti-spoofing is the answer).
-It is IPv4 only, like the rest of meshd; IPv6 packets to the VXLAN port are dropped.
 """
 
 from __future__ import annotations
@@ -53,11 +56,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from meshd.dataplane import backends, nft, prefix
+from meshd.dataplane.model import unicast6_problem
 from meshd.errors import ConfigError, DataplaneError
 
 FAMILY = "inet"
 TABLE = "meshd"
 SET = "members"
+SET6 = "members6"
+IPV6_TUNNEL = "meta nfproto ipv6 meta l4proto { 4, 41 }"  # ip6tnl: IPv4 or IPv6 inside
 CHAIN = "input"
 log = logging.getLogger("meshd.dataplane")
 
@@ -98,10 +104,20 @@ class Firewall:
         proto, number = self._encap
         return f"udp dport {number}" if proto == "udp" else f"ip protocol {number}"
 
+    @property
+    def match6(self) -> str:
+        """The same for an IPv6 underlay (UDP: the same match, nft's inet table sees both)."""
+        match = self.match  # raises for a backend that encapsulates nothing
+        return match if match.startswith("udp") else IPV6_TUNNEL
+
     def script(self, member_ips: Iterable[str], *, recreate: bool = False) -> str:
         """The one nft transaction that makes the table hold exactly ``member_ips``."""
         ips = _validate(member_ips)
+        ips4 = [ip for ip in ips if ":" not in ip]
+        ips6 = [ip for ip in ips if ":" in ip]
         t = f"{FAMILY} {TABLE}"
+        m4, m6 = self.match, self.match6
+        drops = [m4] if m4 == m6 else [m4, m6]
         lines = []
         if recreate:
             # "add" first so that "delete" cannot fail on a missing table.
@@ -109,17 +125,23 @@ class Firewall:
         lines += [
             f"add table {t}",
             f"add set {t} {SET} {{ type ipv4_addr; }}",
+            f"add set {t} {SET6} {{ type ipv6_addr; }}",
             f"add counter {t} accepted",
             f"add counter {t} dropped",
             f"add chain {t} {CHAIN} {{ type filter hook input priority filter; policy accept; }}",
             # Rewriting the rules each time repairs hand edits; named counters keep their counts.
             f"flush chain {t} {CHAIN}",
-            f'add rule {t} {CHAIN} {self.match} ip saddr @{SET} counter name "accepted" accept',
-            f'add rule {t} {CHAIN} {self.match} counter name "dropped" drop',
+            f'add rule {t} {CHAIN} {m4} ip saddr @{SET} counter name "accepted" accept',
+            f'add rule {t} {CHAIN} {m6} ip6 saddr @{SET6} counter name "accepted" accept',
+            *(f'add rule {t} {CHAIN} {m} counter name "dropped" drop' for m in drops),
             f"flush set {t} {SET}",
+            f"flush set {t} {SET6}",
         ]
-        if ips:  # "{ }" is a syntax error: an empty set is just the flush
-            lines.append(f"add element {t} {SET} {{ {', '.join(ips)} }}")
+        # "{ }" is a syntax error: an empty set is just the flush
+        if ips4:
+            lines.append(f"add element {t} {SET} {{ {', '.join(ips4)} }}")
+        if ips6:
+            lines.append(f"add element {t} {SET6} {{ {', '.join(ips6)} }}")
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ kernel
@@ -180,9 +202,9 @@ class Firewall:
             "dropped": _zero(),
         }
         for item in json.loads(out).get("nftables", []):
-            if "set" in item and item["set"].get("name") == SET:
+            if "set" in item and item["set"].get("name") in (SET, SET6):
                 res["members"] = sorted(
-                    _elements(item["set"].get("elem", [])), key=ipaddress.IPv4Address
+                    [*res["members"], *_elements(item["set"].get("elem", []))], key=_ip_key
                 )
             elif "counter" in item and item["counter"].get("name") in ("accepted", "dropped"):
                 c = item["counter"]
@@ -200,7 +222,7 @@ class Firewall:
             else (f"{self.backend} encapsulates nothing: nothing to filter"),
             "match": self.match if self.active else None,
             "netns": self.netns,
-            "members": sorted(self._applied or (), key=ipaddress.IPv4Address),
+            "members": sorted(self._applied or (), key=_ip_key),
             "applies": self._applies,
             "recreated": self._recreated,
             "last_apply": self._last_apply,
@@ -213,13 +235,18 @@ class Firewall:
 
 
 def _validate(ips: Iterable[str]) -> list[str]:
-    out = set()
+    out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for ip in ips:
         try:
-            out.add(ipaddress.IPv4Address(ip))
+            out.add(ipaddress.ip_address(ip))
         except ValueError:
-            raise DataplaneError(f"filter: {ip!r} is not an IPv4 address") from None
-    return [str(a) for a in sorted(out)]
+            raise DataplaneError(f"filter: {ip!r} is not an IP address") from None
+    return [str(a) for a in sorted(out, key=lambda a: (a.version, int(a)))]
+
+
+def _ip_key(ip: str) -> tuple[int, int]:
+    a = ipaddress.ip_address(ip)
+    return a.version, int(a)
 
 
 def unicast_only(ips: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -230,7 +257,7 @@ def unicast_only(ips: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     ok: list[str] = []
     refused: dict[str, str] = {}
     for ip in ips:
-        problem = prefix.unicast_problem(ip)
+        problem = unicast6_problem(ip) if ":" in ip else prefix.unicast_problem(ip)
         if problem is None:
             ok.append(ip)
         else:

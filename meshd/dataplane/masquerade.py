@@ -35,7 +35,11 @@ counters); different or missing, it is rebuilt and counted as a repair. The subn
 argument of each ``apply`` because a node's subnet can change at runtime (allocation): the rules
 follow it.
 
-Limits: IPv4 only, like the rest of meshd. Other NAT rules on the host (iptables or nftables) run
+IPv6: a ``Masquerade`` for an IPv6 cluster network keeps the same four rules in ``table ip6
+meshd-nat`` (``ip6 saddr``/``ip6 daddr``, multicast ``ff00::/8``), beside the IPv4 table; a
+dual-stack node runs one of each (flanneld does the same with ip6tables).
+
+Limits: other NAT rules on the host (iptables or nftables) run
 beside these; a ``return`` here does not stop another table from masquerading.
 """
 
@@ -51,17 +55,21 @@ from meshd.dataplane import nft
 from meshd.errors import DataplaneError
 
 FAMILY = "ip"
+FAMILY6 = "ip6"
 TABLE = "meshd-nat"
 CHAIN = "postrouting"
 MULTICAST = "224.0.0.0/4"
+MULTICAST6 = "ff00::/8"
 log = logging.getLogger("meshd.dataplane")
 
 
 class Masquerade:
-    """Keeps ``table ip meshd-nat`` in step with the cluster network and this node's subnet."""
+    """Keeps ``table ip meshd-nat`` (``ip6 meshd-nat`` for an IPv6 ``network``) in step with
+    the cluster network and this node's subnet of that family."""
 
     def __init__(self, network: str, netns: str | None = None) -> None:
         self.network = _net(network, "network")
+        self.family = FAMILY6 if ":" in self.network else FAMILY
         self.netns = netns
         self._applied: str | None = None  # the subnet the kernel holds rules for, as we know
         self._applies = 0
@@ -76,17 +84,20 @@ class Masquerade:
         """The four rules of the chain for this node's ``subnet``, as nft prints them."""
         sub = self._subnet(subnet)
         net = self.network
+        ip = self.family
+        mcast = MULTICAST6 if ip == FAMILY6 else MULTICAST
         return [
-            f'ip saddr {net} ip daddr {net} counter name "kept" return',
-            f'ip saddr {net} ip daddr != {MULTICAST} counter name "masqueraded" '
+            f'{ip} saddr {net} {ip} daddr {net} counter name "kept" return',
+            f'{ip} saddr {net} {ip} daddr != {mcast} counter name "masqueraded" '
             "masquerade fully-random",
-            f'ip saddr != {net} ip daddr {sub} counter name "kept" return',
-            f'ip saddr != {net} ip daddr {net} counter name "masqueraded" masquerade fully-random',
+            f'{ip} saddr != {net} {ip} daddr {sub} counter name "kept" return',
+            f'{ip} saddr != {net} {ip} daddr {net} counter name "masqueraded" '
+            "masquerade fully-random",
         ]
 
     def script(self, subnet: str) -> str:
         """The one nft transaction that replaces whatever ``ip meshd-nat`` holds by the rules."""
-        t = f"{FAMILY} {TABLE}"
+        t = f"{self.family} {TABLE}"
         rules = self.rules(subnet)
         return "".join(
             f"{line}\n"
@@ -133,7 +144,7 @@ class Masquerade:
                         self._adopted = True
                         log.info(
                             "masquerade: kept the table %s %s found at start",
-                            FAMILY,
+                            self.family,
                             TABLE,
                             extra={"event": "masquerade_adopted", "reason": "found at start"},
                         )
@@ -143,7 +154,7 @@ class Masquerade:
                     self._repairs += 1
                     log.warning(
                         "masquerade: table %s %s %s; rebuilding it",
-                        FAMILY,
+                        self.family,
                         TABLE,
                         "was changed by hand" if seen["present"] else "is missing",
                         extra={
@@ -170,14 +181,17 @@ class Masquerade:
     async def remove(self) -> None:
         """Delete ``table ip meshd-nat`` if it exists (``ipmasq`` switched off); nothing else."""
         self._applied = None
-        await remove_table(self.netns)
+        await remove_table(self.netns, self.family)
 
     async def read(self) -> dict[str, Any]:
         """What the kernel holds: ``present``, the ``listing`` parts (see :func:`listing`) and
         the two counters' ``{"packets", "bytes"}``."""
         try:
             out = await nft.run(
-                ["-j", "list", "table", FAMILY, TABLE], None, label="masquerade", netns=self.netns
+                ["-j", "list", "table", self.family, TABLE],
+                None,
+                label="masquerade",
+                netns=self.netns,
             )
         except nft.NftRefused:
             return {"present": False, **_empty()}
@@ -187,7 +201,7 @@ class Masquerade:
         """JSON-able: what was last applied and whether it worked (no kernel access)."""
         return {
             "enabled": True,
-            "table": f"{FAMILY} {TABLE}",
+            "table": f"{self.family} {TABLE}",
             "network": self.network,
             "subnet": self._applied,
             "netns": self.netns,
@@ -205,15 +219,17 @@ class Masquerade:
 
     def _subnet(self, subnet: str) -> str:
         sub = _net(subnet, "subnet")
-        if not ipaddress.IPv4Network(sub).subnet_of(ipaddress.IPv4Network(self.network)):
+        net, inner = ipaddress.ip_network(self.network), ipaddress.ip_network(sub)
+        if inner.version != net.version or not inner.subnet_of(net):  # type: ignore[arg-type]
             raise DataplaneError(f"masquerade: subnet {sub} is outside network {self.network}")
         return sub
 
 
-async def remove_table(netns: str | None = None) -> None:
-    """Delete ``table ip meshd-nat`` if it exists: what a daemon started with ``ipmasq = false``
-    does with the table an earlier run left (it knows no network to build a Masquerade from)."""
-    t = f"{FAMILY} {TABLE}"
+async def remove_table(netns: str | None = None, family: str = FAMILY) -> None:
+    """Delete ``table ip meshd-nat`` (``family`` ``ip6``: the IPv6 one) if it exists: what a
+    daemon started with ``ipmasq = false`` does with the table an earlier run left (it knows no
+    network to build a Masquerade from)."""
+    t = f"{family} {TABLE}"
     await nft.run(
         ["-f", "-"], f"add table {t}\ndelete table {t}\n", label="masquerade", netns=netns
     )
@@ -262,16 +278,17 @@ def _expr(e: dict[str, Any]) -> str:
         m = e["match"]
         left, right = m.get("left"), m.get("right")
         field = left.get("payload", {}) if isinstance(left, dict) else {}
-        if field.get("protocol") != "ip" or field.get("field") not in ("saddr", "daddr"):
+        proto = field.get("protocol")
+        if proto not in ("ip", "ip6") or field.get("field") not in ("saddr", "daddr"):
             return "?"
         if isinstance(right, dict) and "prefix" in right:
             value = f"{right['prefix'].get('addr')}/{right['prefix'].get('len')}"
         elif isinstance(right, str):
-            value = f"{right}/32"
+            value = f"{right}/{128 if proto == 'ip6' else 32}"
         else:
             return "?"
         op = {"==": "", "!=": "!= "}.get(m.get("op"), "? ")
-        return f"ip {field['field']} {op}{value}"
+        return f"{proto} {field['field']} {op}{value}"
     if "counter" in e and isinstance(e["counter"], str):
         return f'counter name "{e["counter"]}"'
     if "return" in e:
@@ -289,7 +306,7 @@ def _empty() -> dict[str, Any]:
 
 def _net(cidr: str, what: str) -> str:
     try:
-        return str(ipaddress.IPv4Network(cidr, strict=True))
+        return str(ipaddress.ip_network(cidr, strict=True))
     except ValueError as exc:
         raise DataplaneError(f"masquerade: {what} {cidr!r}: {exc}") from None
 

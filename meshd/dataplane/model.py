@@ -9,7 +9,10 @@ Decisions made here, in one place and for every backend alike:
 * which peers are programmed, and why the others are not (``peer_flags``);
 * the conflict rule (``resolve_claims``): every node evaluates it identically from the same table;
 * removal gating: nothing is removed before the first full state exchange (``synced``);
-* reaping: a dead peer keeps its entries until ``state_since + reap_after``.
+* reaping: a dead peer keeps its entries until ``state_since + reap_after``;
+* both families: a peer's subnets (one or two, ``rec.subnets``) each get their entries, and each
+  is checked against this node's subnet, underlay and foreign routes of its own family; a peer
+  one of whose subnets cannot be routed from here keeps the other and is flagged ``partial``.
 
 What is backend-specific -- the device, the per-peer objects and their order, extra refusals,
 the MTU overhead -- each backend object in ``backends/`` says; nothing here names a backend.
@@ -18,9 +21,10 @@ the MTU overhead -- each backend object in ``backends/`` says; nothing here name
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -32,6 +36,7 @@ from meshd.dataplane.objects import (
     FLAG_CONFLICTED,
     FLAG_INCOMPATIBLE,
     FLAG_NOT_ON_LINK,
+    FLAG_PARTIAL,
     FLAG_REAPED,
     FLAG_REFUSED,
     DeviceOp,
@@ -42,6 +47,9 @@ from meshd.dataplane.objects import (
     Route,
     Underlay,
     WgPeer,
+    canonical,
+    span_any,
+    spans_overlap,
 )
 from meshd.gossip.record import NodeRecord
 
@@ -49,6 +57,7 @@ __all__ = [
     "FLAG_CONFLICTED",
     "FLAG_INCOMPATIBLE",
     "FLAG_NOT_ON_LINK",
+    "FLAG_PARTIAL",
     "FLAG_REAPED",
     "FLAG_REFUSED",
     "RTPROT_MESHD",
@@ -66,6 +75,8 @@ __all__ = [
     "device_spec",
     "diff",
     "claimants",
+    "contested",
+    "network_of",
     "resolve_claims",
     "select_peers",
     "subnet_env",
@@ -201,11 +212,28 @@ class Selection:
     next_deadline: float | None
 
 
-def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
+Networks = str | Sequence[str] | None
+"""The cluster network(s): none, one CIDR, or one per IP family (a dual-stack cluster). A
+subnet is judged against the network of its own family, when there is one."""
+
+
+def network_of(network: Networks, version: int) -> str | None:
+    """The network of IP ``version`` among ``network`` (see `Networks`), or None."""
+    if network is None:
+        return None
+    nets = [network] if isinstance(network, str) else network
+    return next((n for n in nets if n and prefix.version(n) == version), None)
+
+
+def claim_order(rec: NodeRecord, version: int = 4) -> tuple[int, int, float, bytes, str]:
     """Certified claims first, by their certificate's rank (``claim_rank``: a fixed-subnet grant
     before a pool grant, then the older claim), the certified name breaking ties; unverified
     claims (shared-key mode) after them, earliest ``since`` first, the node id breaking ties (two
     claims in the same second).
+
+    Per IP family (``version``): each family is a claim space of its own, and the certificate's
+    rank says per family whether its grant there is fixed or a pool (trust.py, ``RANK_POOL4``,
+    ``RANK_POOL6``); ``since`` is one for the record.
 
     A fixed grant's claim is as old as its certificate. A pool claim is as old as the later of
     its certificate's ``not_before`` and its own ``since``: the self-asserted time can only make
@@ -214,21 +242,60 @@ def claim_order(rec: NodeRecord) -> tuple[int, int, float, bytes, str]:
     lying beyond what the CA signed."""
     rank = rec.claim_rank
     if rank is not None:
-        kind, issued = rank
+        bits, issued = rank
+        kind = (bits >> (0 if version == 4 else 1)) & 1
         age = issued if kind == 0 else max(issued, float(rec.since))
         return (0, kind, age, rec.name.encode(), "")
     return (1, rec.since or 2**40, 0.0, rec.node_id, rec.name)
 
 
 def resolve_claims(
-    claimants: Iterable[NodeRecord],
+    claimants: Iterable[NodeRecord], version: int | None = None
 ) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
     """The conflict rule. Claimants are taken in `claim_order` (certified by rank, then the
     oldest ``since``; ``since`` 0, unknown, counts as newest), so an incumbent keeps its subnet and
     a newcomer claiming it is refused; each is granted its subnet unless it overlaps a subnet
     already granted. Returns the node_ids granted,
     and for each loser the holder that beat it. Inputs must be the cluster-wide facts only (record
-    contents and membership), so every node reaches the same answer from the same table."""
+    contents and membership), so every node reaches the same answer from the same table.
+
+    Each IP family is its own claim space, resolved on its own: a dual-stack claimant that loses
+    one family still holds the other there (so allocation moves only the subnet it lost). With
+    ``version`` the result is that family's, among the claimants with a subnet of it; without,
+    a claimant is granted when it holds every subnet it claims, and a loser maps to the holder
+    that beat it in the first family it lost (IPv4 first)."""
+    records = list(claimants)
+    if version is not None:
+        return _resolve_family(records, version)
+    granted, losers = _resolve_family(records, 4)
+    six = [r for r in records if r.subnet6 is not None or ":" in r.subnet]
+    if not six:  # an IPv4-only mesh: exactly the rule as it was before dual-stack
+        return granted, losers
+    granted6, losers6 = _resolve_family(six, 6)
+    for node_id, holder in losers6.items():
+        losers.setdefault(node_id, holder)
+    return (granted | granted6) - losers.keys(), losers
+
+
+def contested(loser: NodeRecord, holder: NodeRecord) -> tuple[str, str]:
+    """The two subnets, ``loser``'s and ``holder``'s, that the conflict rule weighed against each
+    other (the first family, IPv4 first, in which they overlap): what a conflict message names."""
+    for version in (4, 6):
+        mine, theirs = loser.subnet_of(version), holder.subnet_of(version)
+        if mine is None or theirs is None:
+            continue
+        a, b = prefix.family_span(mine), prefix.family_span(theirs)
+        if a is not None and b is not None and prefix.overlaps(a[1], b[1]):
+            return mine, theirs
+    return loser.subnet, holder.subnet
+
+
+_CLAIM_ORDER6 = functools.partial(claim_order, version=6)
+
+
+def _resolve_family(
+    records: Sequence[NodeRecord], version: int
+) -> tuple[set[bytes], dict[bytes, NodeRecord]]:
     # Granted subnets are disjoint, so sorted by first address their last addresses are sorted
     # too: only the granted subnet starting at or just before a candidate's last address can
     # overlap it. O(N log N), which matters at thousands of members.
@@ -236,10 +303,16 @@ def resolve_claims(
     spans: list[tuple[int, int, NodeRecord]] = []  # (first, last, holder), sorted by first
     granted: set[bytes] = set()
     losers: dict[bytes, NodeRecord] = {}
-    for rec in sorted(claimants, key=claim_order):
-        s = prefix.span(rec.subnet)
+    # The record's layout inlined (``subnet_of``): this runs over every member on every pass.
+    if version == 4:
+        mine = sorted((r for r in records if ":" not in r.subnet), key=claim_order)
+    else:
+        mine = sorted((r for r in records if r.subnet6 or ":" in r.subnet), key=_CLAIM_ORDER6)
+    for rec in mine:
+        subnet = rec.subnet if version == 4 else (rec.subnet6 or rec.subnet)
+        s = prefix.span(subnet) if version == 4 else prefix.span6(subnet)
         if s is None:
-            raise ValueError(f"{rec.name}: not an IPv4 network: {rec.subnet!r}")
+            raise ValueError(f"{rec.name}: not an IPv{version} network: {subnet!r}")
         first, last = s
         i = bisect.bisect_right(starts, last) - 1
         if i >= 0 and spans[i][1] >= first:
@@ -251,32 +324,68 @@ def resolve_claims(
     return granted, losers
 
 
-def subnet_problem(subnet: str, network: str | None) -> str | None:
+def subnet_problem(subnet: str, network: Networks) -> str | None:
     """Why ``subnet`` may not be a container subnet (one line), or None. The policy every
-    member applies to every claim, this node's own ``--subnet`` included: a strict IPv4 prefix,
-    clear of every special-purpose range (``prefix.SPECIAL``: any overlap), and, when the cluster
-    network is set, inside it and smaller than it (a claim on the whole network would overlap
-    every member)."""
-    # Prefixes as (first, last) ints, parsed once per distinct string (prefix.py): at
+    member applies to every claim, this node's own ``--subnet`` included: a strict IPv4 or IPv6
+    prefix, clear of every special-purpose range of its family (``prefix.SPECIAL``,
+    ``prefix.SPECIAL6``: any overlap, so ::/0 and 0.0.0.0/0 are refused), and, when the cluster
+    network of its family is set (``network``: one CIDR, or one per family), inside it and
+    smaller than it (a claim on the whole network would overlap every member)."""
+    return _subnet_problem(subnet, _networks(network))
+
+
+def _networks(network: Networks) -> tuple[str, ...]:
+    if network is None:
+        return ()
+    return (network,) if isinstance(network, str) else tuple(network)
+
+
+@lru_cache(maxsize=prefix.CACHE)
+def _subnet_problem(subnet: str, networks: tuple[str, ...]) -> str | None:
+    # Every member weighs every peer's claims on every pass, and the same strings come back:
+    # the verdict is cached per (subnet, networks), the prefixes parsed once (prefix.py). At
     # thousands of peers ipaddress objects made this the slowest part of a converged pass.
-    net = prefix.span(subnet)
-    if net is None:
+    got = prefix.family_span(subnet)
+    if got is None:
         return f"subnet {subnet} is not a valid container subnet"
-    special = prefix.special_range(net)
+    version, net = got
+    if version == 6 and net == (0, (1 << 128) - 1):
+        return f"subnet {subnet} is the whole IPv6 address space"
+    special = prefix.special_range_of(version, net)
     if special is not None:
         return f"subnet {subnet} overlaps {special}"
-    if network:
-        cluster = prefix.span(network)
+    cluster_text = network_of(networks, version)
+    if cluster_text:
+        found = prefix.family_span(cluster_text)
+        cluster = found[1] if found is not None else None
         if cluster is not None and net == cluster:
             return f"subnet {subnet} is the whole cluster network"
         if cluster is not None and not prefix.within(net, cluster):
-            return f"subnet {subnet} is outside network {network}"
+            return f"subnet {subnet} is outside network {cluster_text}"
     return None
 
 
+@lru_cache(maxsize=prefix.CACHE)
 def _ip_problem(ip: str) -> str | None:
-    problem = prefix.unicast_problem(ip)
+    problem = prefix.underlay_problem(ip)
     return None if problem is None else f"public IP {problem}"
+
+
+@lru_cache(maxsize=1 << 16)
+def unicast6_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a peer's IPv6 underlay address (one line), or None: not the
+    unspecified address, loopback or multicast (link-local is unicast, as for IPv4)."""
+    try:
+        a = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IPv6 address"
+    if a.is_unspecified:
+        return f"{ip} is the unspecified address"
+    if a.is_loopback:
+        return f"{ip} is the loopback address"
+    if a.is_multicast:
+        return f"{ip} is in multicast ff00::/8"
+    return None
 
 
 @lru_cache(maxsize=4)
@@ -296,14 +405,42 @@ def foreign_routes(foreign: tuple[str, ...], network: str | None) -> prefix.Span
     return prefix.Spans(items)
 
 
+@lru_cache(maxsize=4)
+def foreign_routes6(foreign: tuple[str, ...], network6: str | None) -> prefix.Spans:
+    """``foreign_routes`` for IPv6: spans of the IPv6 destinations in ``foreign`` but the
+    default route and routes covering all of ``network6``."""
+    cluster = span_any(network6) if network6 else None
+    items = []
+    for dst in foreign:
+        if ":" not in dst:
+            continue
+        s = span_any(dst, strict=False)
+        if s is None or dst.endswith("/0"):
+            continue
+        if cluster is not None and s[1] <= cluster[1] and cluster[2] <= s[2]:
+            continue
+        items.append(((s[1], s[2]), dst))
+    return prefix.Spans(items)
+
+
 def touches_peers(dst: str, peers: Sequence[PeerView]) -> bool:
     """Does a route to ``dst`` overlap any peer's subnet (so the model may decide otherwise)?"""
-    net = prefix.span(dst, strict=False)
-    if net is None:
+    if ":" not in dst:
+        net = prefix.span(dst, strict=False)
+        if net is None:
+            return False
+        for pv in peers:
+            s = prefix.span(pv.record.subnet)
+            if s is not None and prefix.overlaps(s, net):
+                return True
+        return False
+    net6 = span_any(dst, strict=False)
+    if net6 is None:
         return False
     for pv in peers:
-        s = prefix.span(pv.record.subnet)
-        if s is not None and prefix.overlaps(s, net):
+        sub = pv.record.subnet_of(6)
+        s6 = span_any(sub) if sub else None
+        if s6 is not None and spans_overlap(s6, net6):
             return True
     return False
 
@@ -317,7 +454,7 @@ class Claimants:
 
 def claimants(
     backend: str,
-    network: str | None,
+    network: Networks,
     grace: float,
     local: NodeRecord,
     peers: Sequence[PeerView],
@@ -326,8 +463,9 @@ def claimants(
     """The peers that claim a subnet, from cluster-wide facts only (record contents and
     membership), so every node weighs the same claims: not left, not dead for ``grace`` seconds
     or more (the data plane's reap_after; allocation's subnet_lease), announcing this mesh's
-    backend and a subnet and address the policy allows (``subnet_problem``,
-    ``prefix.unicast_problem``). ``local`` is never one of them."""
+    backend and subnets and addresses the policy allows, every one of them (``subnet_problem``
+    per family, ``prefix.underlay_problem``). ``local`` is never one of them."""
+    nets = _networks(network)
     records: list[NodeRecord] = []
     refused: dict[str, tuple[str, str]] = {}
     next_deadline: float | None = None
@@ -349,12 +487,23 @@ def claimants(
                 f"announces backend {p.backend}, this mesh uses {backend}",
             )
             continue
-        problem = subnet_problem(p.subnet, network) or _ip_problem(p.public_ip)
+        problem = _claim_problem(p, nets)
         if problem is not None:
             refused[p.name] = (FLAG_REFUSED, problem)
             continue
         records.append(p)
     return Claimants(records, refused, next_deadline)
+
+
+def _claim_problem(p: NodeRecord, networks: tuple[str, ...]) -> str | None:
+    problem = _subnet_problem(p.subnet, networks)
+    if problem is None and p.subnet6 is not None:
+        problem = _subnet_problem(p.subnet6, networks)
+    if problem is None:
+        problem = _ip_problem(p.public_ip)
+    if problem is None and p.public_ip6 is not None:
+        problem = _ip_problem(p.public_ip6)
+    return problem
 
 
 def select_peers(  # noqa: C901 - one rule per branch reads best as a list
@@ -367,12 +516,14 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     now: float,
     onlink: Sequence[str] = (),
     foreign: Sequence[str] = (),
+    network6: str | None = None,
 ) -> Selection:
     """Which peers get entries. ``onlink``: CIDRs reachable directly on the underlay (host-gw).
     ``foreign``: destinations of the main table's routes meshd does not own (any protocol but
     ``RTPROT_MESHD``). A peer announcing another backend, or one this build does not know, is
     ``incompatible``; one breaking the prefix and address policy (``subnet_problem``,
-    ``prefix.unicast_problem``, a foreign route) is ``refused``."""
+    ``prefix.unicast_problem``, a foreign route) is ``refused``. ``network6``: the IPv6 cluster
+    network, if set (routes covering it are not foreign to the mesh)."""
     be = backends.get(backend)
     flags: dict[str, str] = {}
     reasons: dict[str, str] = {}
@@ -389,8 +540,8 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     next_deadline = found.next_deadline
     claimants_ = found.records
 
-    local_net = prefix.span(local.subnet)
-    granted, losers = resolve_claims([*claimants_, *([local] if local_net else [])])
+    local_ok = all(span_any(s) is not None for s in local.subnets)
+    granted, losers = resolve_claims([*claimants_, *([local] if local_ok else [])])
     local_conflict: str | None = None
     if local.node_id in losers:
         holder = losers[local.node_id]
@@ -400,28 +551,23 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         )
 
     # 2. Node-local checks, after the rule, so they cannot change who holds what elsewhere.
-    onlink_nets = tuple(n for n in (prefix.span(c, strict=False) for c in onlink) if n is not None)
-    ul_net = prefix.span(f"{underlay.ip}/{underlay.prefixlen}", strict=False) or (1, 0)
-    routes = foreign_routes(tuple(foreign), network)
+    onlink_nets = tuple(n for n in (span_any(c, strict=False) for c in onlink) if n is not None)
+    local_problem = _local_checks(
+        local,
+        underlay,
+        foreign_routes(tuple(foreign), network),
+        foreign_routes6(tuple(foreign), network6),
+    )
     candidates: list[NodeRecord] = []
     for p in claimants_:
-        net = prefix.span(p.subnet) or (1, 0)  # claimants' subnets are valid
         if p.node_id not in granted:
             h = losers[p.node_id]
-            refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps {h.subnet} held by {h.name}")
+            lost, held = contested(p, h)
+            refuse(p, FLAG_CONFLICTED, f"subnet {lost} overlaps {held} held by {h.name}")
             continue
-        if local_net is not None and prefix.overlaps(net, local_net):
-            refuse(p, FLAG_CONFLICTED, f"subnet {p.subnet} overlaps this node's {local.subnet}")
-            continue
-        if prefix.overlaps(net, ul_net):
-            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps the underlay {underlay.network}")
-            continue
-        if p.public_ip == underlay.ip:
-            refuse(p, FLAG_REFUSED, f"announces this node's own address {p.public_ip}")
-            continue
-        route = routes.overlapping(net)
-        if route is not None:
-            refuse(p, FLAG_REFUSED, f"subnet {p.subnet} overlaps route {route}, not meshd's")
+        problem = local_problem(p)
+        if problem is not None:
+            refuse(p, *problem)
             continue
         candidates.append(p)
 
@@ -433,12 +579,50 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
     return Selection(programmed, flags, reasons, local_conflict, next_deadline)
 
 
+def _local_checks(
+    local: NodeRecord,
+    underlay: Underlay,
+    routes: prefix.Spans,
+    routes6: prefix.Spans,
+) -> Callable[[NodeRecord], tuple[str, str] | None]:
+    """The node-local rule for one pass: (flag, reason) when one of a peer's subnets clashes
+    with this node's subnets, underlay or a foreign route of the same family, or the peer
+    announces this node's own underlay address; None when it does not."""
+    mine = [(s, n) for s in local.subnets if (n := span_any(s)) is not None]
+    ul_cidrs = underlay.cidrs()
+    ul_nets = [(c, n) for c in ul_cidrs if (n := span_any(c, strict=False)) is not None]
+    own_ips = {canonical(a) for a in (underlay.ip, underlay.ip6) if a}
+
+    def check(p: NodeRecord) -> tuple[str, str] | None:
+        for sub in p.subnets:
+            net = span_any(sub)
+            if net is None:
+                return FLAG_REFUSED, f"subnet {sub} is not a valid container subnet"
+            for own, n in mine:
+                if spans_overlap(net, n):
+                    return FLAG_CONFLICTED, f"subnet {sub} overlaps this node's {own}"
+            for cidr, n in ul_nets:
+                if spans_overlap(net, n):
+                    shown = underlay.network if cidr == ul_cidrs[0] else cidr
+                    return FLAG_REFUSED, f"subnet {sub} overlaps the underlay {shown}"
+            route = (routes6 if net[0] == 6 else routes).overlapping((net[1], net[2]))
+            if route is not None:
+                return FLAG_REFUSED, f"subnet {sub} overlaps route {route}, not meshd's"
+        for ip in (p.public_ip, p.public_ip6):
+            if ip and canonical(ip) in own_ips:
+                return FLAG_REFUSED, f"announces this node's own address {ip}"
+        return None
+
+    return check
+
+
 # --- desired state -------------------------------------------------------------------------------
 
 
 def first_address(subnet: str) -> str:
-    """``10.244.1.0/24`` -> ``10.244.1.1/24`` (flannel's FLANNEL_SUBNET, the bridge address)."""
-    net = ipaddress.IPv4Network(subnet)
+    """``10.244.1.0/24`` -> ``10.244.1.1/24``, ``fd00:1::/64`` -> ``fd00:1::1/64`` (flannel's
+    FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, the bridge's addresses)."""
+    net = ipaddress.ip_network(subnet)
     return f"{net.network_address + 1}/{net.prefixlen}"
 
 
@@ -465,20 +649,33 @@ def desired_state(
     bridge: str | None = None,
     onlink: Sequence[str] = (),
     foreign: Sequence[str] = (),
+    network6: str | None = None,
 ) -> Desired:
     """Everything this node should have in its kernel for ``peers`` at time ``now``."""
     be: Backend = backends.get(backend)
-    sel = select_peers(backend, network, reap_after, local, underlay, peers, now, onlink, foreign)
-    site = Site(local, underlay, vni=vni, port=vxlan_port, wg_port=wireguard_port)
+    sel = select_peers(
+        backend, network, reap_after, local, underlay, peers, now, onlink, foreign, network6
+    )
+    onlink_nets = tuple(n for n in (span_any(c, strict=False) for c in onlink) if n is not None)
+    site = Site(local, underlay, onlink_nets, vni=vni, port=vxlan_port, wg_port=wireguard_port)
     dev = be.device(site)
     routes: dict[str, Route] = {}
     neighs: dict[str, Neigh] = {}
     fdb: set[Fdb] = set()
     wgpeers: dict[str, WgPeer] = {}
+    flags, reasons = dict(sel.flags), dict(sel.reasons)
+    programmed: list[str] = []
     for p in sel.programmed:
-        route, neigh, fdb_entry, wgpeer = be.entries(p, site, dev)
-        routes[route.dst] = route
-        if neigh is not None:
+        p_routes, p_neighs, fdb_entry, wgpeer, missing = be.entries(p, site, dev)
+        if missing is not None:
+            flags[p.name] = FLAG_PARTIAL if p_routes else FLAG_REFUSED
+            reasons[p.name] = missing
+        if not p_routes:
+            continue
+        programmed.append(p.name)
+        for route in p_routes:
+            routes[route.dst] = route
+        for neigh in p_neighs:
             neighs[neigh.dst] = neigh
         if fdb_entry is not None:
             fdb.add(fdb_entry)
@@ -491,7 +688,7 @@ def desired_state(
             kind="bridge",
             mtu=None,
             mac=None,
-            addresses=(first_address(local.subnet),),
+            addresses=tuple(first_address(s) for s in local.subnets),
             owned=False,
         )
     return Desired(
@@ -501,9 +698,9 @@ def desired_state(
         routes=routes,
         neighs=neighs,
         fdb=frozenset(fdb),
-        programmed=tuple(p.name for p in sel.programmed),
-        flags=sel.flags,
-        reasons=sel.reasons,
+        programmed=tuple(programmed),
+        flags=flags,
+        reasons=reasons,
         local_conflict=sel.local_conflict,
         allow_remove=synced,
         next_deadline=sel.next_deadline,
@@ -637,11 +834,30 @@ def diff(desired: Desired, observed: Observed) -> Plan:
     )
 
 
-def subnet_env(network: str | None, subnet: str, mtu: int, ipmasq: bool) -> str:
-    """flannel's /run/flannel/subnet.env format, which CNI's flannel plugin reads."""
-    return (
-        f"FLANNEL_NETWORK={network or subnet}\n"
-        f"FLANNEL_SUBNET={first_address(subnet)}\n"
-        f"FLANNEL_MTU={mtu}\n"
-        f"FLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"
-    )
+def subnet_env(
+    network: str | None,
+    subnet: str,
+    mtu: int,
+    ipmasq: bool,
+    *,
+    subnet6: str | None = None,
+    network6: str | None = None,
+) -> str:
+    """flannel's /run/flannel/subnet.env format, which CNI's flannel plugin reads.
+
+    ``subnet`` and ``subnet6`` are a record's (``subnet`` IPv4 or, with no IPv4 subnet, IPv6),
+    ``network`` and ``network6`` the IPv4 and IPv6 cluster networks. Like flanneld, each family
+    the node has a subnet of gets its two lines (``FLANNEL_NETWORK``/``FLANNEL_SUBNET``, then
+    ``FLANNEL_IPV6_NETWORK``/``FLANNEL_IPV6_SUBNET``: the first address of the subnet with its
+    length), IPv4 first; without a network, the subnet stands for it."""
+    by_family: dict[int, str] = {
+        ipaddress.ip_network(s).version: s for s in (subnet, subnet6) if s is not None
+    }
+    out = ""
+    for version, key in ((4, "FLANNEL_"), (6, "FLANNEL_IPV6_")):
+        own = by_family.get(version)
+        if own is None:
+            continue
+        net = network if version == 4 else network6
+        out += f"{key}NETWORK={net or own}\n{key}SUBNET={first_address(own)}\n"
+    return out + f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"

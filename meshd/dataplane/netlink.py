@@ -5,10 +5,10 @@ words every one of them, pyroute2's included).
 ``Netlink`` works in the current network namespace or in a named one (so tests and the lab can
 drive a namespace from the same process), on two request sockets:
 
-* pyroute2's ``AsyncIPRoute`` for devices and IPv4 addresses (create, set, read back): a pass
-  touches one or two devices, these are the most attribute-heavy messages (vxlan's linkinfo) and
-  where kernel quirks live, so a maintained codec is worth its memory (+2.7 MiB of RSS on top
-  of the daemon's other imports, imported the lean way: ``_pyroute2``);
+* pyroute2's ``AsyncIPRoute`` for devices and addresses of both families (create, set, read
+  back): a pass touches one or two devices, these are the most attribute-heavy messages
+  (vxlan's linkinfo) and where kernel quirks live, so a maintained codec is worth its memory
+  (+2.7 MiB of RSS on top of the daemon's other imports, imported the lean way: ``_pyroute2``);
 * ``rtnl.Rtnl`` for the hot path -- routes, neighbours and FDB entries, one per peer -- behind
   the batch-shaped ``dump_*``/``*_apply`` methods, which take and return plain tuples. pyroute2
   costs ~0.5 ms per such object (~35x ``ip -batch``); the struct-packed messages of
@@ -41,6 +41,8 @@ from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.dataplane.rtnl import NETLINK_ROUTE, Monitor, Rtnl, open_socket
 from meshd.dataplane.rtnl_wire import (
     AF_BRIDGE,
+    AF_INET,
+    AF_INET6,
     GONE,
     MAIN_TABLE,
     NUD_PERMANENT,
@@ -54,6 +56,8 @@ from meshd.dataplane.rtnl_wire import (
     RTM_NEWROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
     Failure,
@@ -63,6 +67,7 @@ from meshd.dataplane.rtnl_wire import (
     decode_neigh,
     decode_route,
     messages,
+    ntop,
     os_error,
     pack_cidr,
     request_error,
@@ -81,9 +86,18 @@ __all__ = [
     "error_code",
 ]
 
-MONITOR_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH
+MONITOR_GROUPS = (
+    RTMGRP_LINK
+    | RTMGRP_IPV4_IFADDR
+    | RTMGRP_IPV4_ROUTE
+    | RTMGRP_IPV6_IFADDR
+    | RTMGRP_IPV6_ROUTE
+    | RTMGRP_NEIGH
+)
 IFF_UP = 0x1
-IFA_F_SECONDARY = 0x01
+MODULES = {"ip6tnl": "ip6_tunnel"}  # device kinds whose kernel module is named otherwise
+IFA_F_SECONDARY = 0x01  # IPv6: IFA_F_TEMPORARY (a privacy address), the same bit
+IFA_F_NODAD = 0x02
 SKIP_STATS = 1 << 3  # RTEXT_FILTER_SKIP_STATS: a link's counters, which meshd never reads
 
 
@@ -319,7 +333,8 @@ class Netlink:
         except DataplaneError as exc:
             if exc.errno == errno.EOPNOTSUPP:
                 raise MissingKernelFeature(
-                    f"kernel has no {kind} support (module {kind}): {exc}", exc.errno
+                    f"kernel has no {kind} support (module {MODULES.get(kind, kind)}): {exc}",
+                    exc.errno,
                 ) from exc.__cause__
             raise
         info = await self.link(name)
@@ -354,43 +369,49 @@ class Netlink:
         with _errors(" ".join(what)):
             await self._ip.link("set", index=index, **kw)
 
-    async def default_route_oif(self) -> int | None:
-        """ifindex of the main table's IPv4 default route (lowest metric), if any."""
-        req = route_dump_request(0, MAIN_TABLE)._replace(what="dump routes for the default route")
+    async def default_route_oif(self, family: int = AF_INET) -> int | None:
+        """ifindex of the main table's default route of ``family`` (lowest metric), if any."""
+        req = route_dump_request(0, MAIN_TABLE, family)._replace(
+            what="dump routes for the default route"
+        )
         best: tuple[int, int] | None = None
         for r in await self._rtnl.dump(req, decode_route, RTM_NEWROUTE):
-            if (
-                r.family == socket.AF_INET
-                and r.dst.endswith("/0")
-                and r.table == MAIN_TABLE
-                and r.oif
-            ):
+            if r.family == family and r.dst.endswith("/0") and r.table == MAIN_TABLE and r.oif:
                 cand = (r.priority, r.oif)
                 best = cand if best is None or cand < best else best
         return best[1] if best else None
 
     # --- addresses (pyroute2) ------------------------------------------------------------------
 
-    async def addresses(self, index: int | None = None) -> list[tuple[int, str, int, bool]]:
-        """IPv4 addresses as (ifindex, ip, prefixlen, secondary), optionally of one device."""
-        kw: dict[str, Any] = {"family": socket.AF_INET}
+    async def addresses(
+        self, index: int | None = None, family: int = AF_INET
+    ) -> list[tuple[int, str, int, bool]]:
+        """Addresses of ``family`` (AF_INET, AF_INET6, or 0 for both) as (ifindex, ip,
+        prefixlen, secondary), optionally of one device. IPv6 link-local addresses (fe80::/10,
+        which the kernel gives every device) are left out: meshd never uses them, never removes
+        them. An IPv6 "secondary" is a temporary (privacy) address."""
+        kw: dict[str, Any] = {"family": family} if family else {}
         if index is not None:
             kw["index"] = index
         out: list[tuple[int, str, int, bool]] = []
+        families = (family,) if family else (AF_INET, AF_INET6)
         with _errors("dump addresses" + (f" of link {index}" if index is not None else "")):
             async for a in await self._ip.addr("dump", **kw):
-                if a["family"] == socket.AF_INET and (index is None or a["index"] == index):
-                    out.append(_addr(a))
+                if a["family"] in families and (index is None or a["index"] == index):
+                    entry = _addr(a)
+                    if not entry[1].lower().startswith(("fe8", "fe9", "fea", "feb")):
+                        out.append(entry)
         return out
 
     async def add_address(self, index: int, cidr: str) -> None:
-        """Add an IPv4 address; one already there counts as done."""
+        """Add an address (IPv4, or IPv6 without duplicate address detection: the mesh device's
+        /128 is this node's alone); one already there counts as done."""
         await self._address(
             "add", index, cidr, f"add address {cidr} to link {index}", (errno.EEXIST,)
         )
 
     async def del_address(self, index: int, cidr: str) -> None:
-        """Delete an IPv4 address; one already gone (or its device) counts as done."""
+        """Delete an address; one already gone (or its device) counts as done."""
         await self._address("del", index, cidr, f"delete address {cidr} from link {index}", GONE)
 
     async def _address(
@@ -400,21 +421,28 @@ class Netlink:
             ip, plen = pack_cidr(cidr)
         except ValueError as exc:
             raise DataplaneError(f"{what}: {exc}") from None
+        kw: dict[str, Any] = {"family": AF_INET6 if len(ip) == 16 else AF_INET}
+        if len(ip) == 16 and op == "add":
+            kw["flags"] = IFA_F_NODAD
         try:
             with _errors(what):
-                await self._ip.addr(op, index=index, address=socket.inet_ntoa(ip), prefixlen=plen)
+                await self._ip.addr(op, index=index, address=ntop(ip), prefixlen=plen, **kw)
         except DataplaneError as exc:
             _done_if(ok, exc)
 
     # --- hot path: routes, neighbours, FDB (rtnl.py: struct-packed, batched, kernel-filtered) -
 
-    async def dump_routes(self, proto: int, table: int = MAIN_TABLE) -> list[RouteEntry]:
-        """IPv4 routes with ``proto`` in ``table``."""
-        return await self._rtnl.dump_routes(proto, table)
+    async def dump_routes(
+        self, proto: int, table: int = MAIN_TABLE, family: int = AF_INET
+    ) -> list[RouteEntry]:
+        """Routes of ``family`` with ``proto`` in ``table``."""
+        return await self._rtnl.dump_routes(proto, table, family)
 
-    async def dump_route_owners(self, table: int = MAIN_TABLE) -> list[tuple[str, int]]:
-        """(destination, protocol) of every IPv4 route in ``table``, meshd's and others'."""
-        return await self._rtnl.dump_route_owners(table)
+    async def dump_route_owners(
+        self, table: int = MAIN_TABLE, family: int = AF_INET
+    ) -> list[tuple[str, int]]:
+        """(destination, protocol) of every route of ``family`` in ``table``, anyone's."""
+        return await self._rtnl.dump_route_owners(table, family)
 
     async def routes_apply(
         self, op: str, entries: Sequence[RouteEntry], proto: int, table: int = MAIN_TABLE
@@ -423,9 +451,9 @@ class Netlink:
         replace, or del (only a route with ``proto``; already gone counts as done)."""
         return await self._rtnl.routes_apply(op, entries, proto, table)
 
-    async def dump_neighs(self, ifindex: int) -> list[NeighEntry]:
-        """Permanent IPv4 neighbours of one device (others are the kernel's own cache)."""
-        return await self._rtnl.dump_neighs(ifindex)
+    async def dump_neighs(self, ifindex: int, family: int = AF_INET) -> list[NeighEntry]:
+        """Permanent neighbours of ``family`` on one device (others are the kernel's cache)."""
+        return await self._rtnl.dump_neighs(ifindex, family)
 
     async def neighs_apply(
         self, op: str, ifindex: int, entries: Sequence[NeighEntry]
@@ -444,9 +472,9 @@ class Netlink:
     # --- monitoring ----------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Event]:
-        """Kernel notifications for links, IPv4 addresses, routes and neighbours/FDB, on a
-        separate socket. Yields ``Event("ready")`` once subscribed, and ``Event("overflow")``
-        when the socket lost messages (the caller resyncs)."""
+        """Kernel notifications for links, addresses and routes (both families) and
+        neighbours/FDB, on a separate socket. Yields ``Event("ready")`` once subscribed, and
+        ``Event("overflow")`` when the socket lost messages (the caller resyncs)."""
         mon = Monitor(self.netns, MONITOR_GROUPS)
         mon.open()
         try:
@@ -554,14 +582,14 @@ def _event(kind: int, buf: bytes, off: int, end: int) -> Event | None:
     """The Event for one notification whose body spans ``off``..``end``, if meshd reads it."""
     if kind in (RTM_NEWROUTE, RTM_DELROUTE):
         r = decode_route(buf, off, end)
-        if r.family != socket.AF_INET:
+        if r.family not in (AF_INET, AF_INET6):
             return None
         return Event(
             "route", kind == RTM_NEWROUTE, index=r.oif, dst=r.dst, proto=r.proto, table=r.table
         )
     if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
         n = decode_neigh(buf, off, end)
-        if n.family not in (socket.AF_INET, AF_BRIDGE):
+        if n.family not in (AF_INET, AF_INET6, AF_BRIDGE):
             return None
         return Event(
             "fdb" if n.family == AF_BRIDGE else "neigh",

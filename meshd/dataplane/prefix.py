@@ -1,6 +1,10 @@
 """IPv4 prefixes and addresses as integers, each distinct string parsed once; and the address
 policy (special-purpose ranges, unicast public IPs and VTEP MACs, an overlap index).
 
+IPv6 (dual-stack) has its own spans (``span6``: 128-bit ints) and ranges (``SPECIAL6``);
+``family_span`` and ``underlay_problem`` take either family. A span is only ever compared with
+spans of its own family: the two are separate address spaces.
+
 The model checks every peer's subnet and address on every pass. ``ipaddress`` objects cost
 ~10 us each to build and compare, which at thousands of peers made the pure model the slowest
 part of a pass over a converged kernel. The same strings come back pass after pass, so they are
@@ -147,6 +151,76 @@ def mac_problem(mac: str | None) -> str | None:
     if raw[0] & 1:
         return f"VTEP MAC {mac} is a multicast address"
     return None
+
+
+@lru_cache(maxsize=CACHE)
+def span6(cidr: str, strict: bool = True) -> tuple[int, int] | None:
+    """(first, last) address of an IPv6 prefix as 128-bit ints, or None when it is not one, as
+    ``ipaddress.IPv6Network(cidr, strict)`` decides."""
+    try:
+        net = ipaddress.IPv6Network(cidr, strict=strict)
+    except ValueError:
+        return None
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def version(text: str) -> int:
+    """4 or 6: the family an address or prefix is written in (IPv6 has a colon)."""
+    return 6 if ":" in text else 4
+
+
+def family_span(cidr: str, strict: bool = True) -> tuple[int, tuple[int, int]] | None:
+    """(IP version, span) of an IPv4 or IPv6 prefix, or None when it is neither."""
+    if ":" in cidr:
+        s = span6(cidr, strict)
+        return None if s is None else (6, s)
+    s = span(cidr, strict)
+    return None if s is None else (4, s)
+
+
+SPECIAL6: tuple[tuple[str, tuple[int, int]], ...] = tuple(
+    (name, s)
+    for name, c in (
+        ("unspecified ::/128", "::/128"),
+        ("loopback ::1/128", "::1/128"),
+        ("IPv4-mapped ::ffff:0:0/96", "::ffff:0:0/96"),
+        ("link-local fe80::/10", "fe80::/10"),
+        ("multicast ff00::/8", "ff00::/8"),
+    )
+    if (s := span6(c)) is not None
+)
+"""IPv6 ranges no container subnet may touch: any overlap counts, so ::/0 (and ::/1, which holds
+::1) is refused like 128.0.0.0/1 is for IPv4."""
+
+
+def special_range_of(ver: int, net: tuple[int, int]) -> str | None:
+    """The special-purpose range of family ``ver`` that ``net`` overlaps (its name), or None."""
+    for name, s in SPECIAL if ver == 4 else SPECIAL6:
+        if overlaps(net, s):
+            return name
+    return None
+
+
+@lru_cache(maxsize=CACHE)
+def unicast6_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a peer's IPv6 underlay address (one line), or None: not the
+    unspecified address, loopback, multicast, link-local (it needs a zone) or IPv4-mapped."""
+    try:
+        addr = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return f"{ip!r} is not an IPv6 address"
+    if addr.scope_id is not None:
+        return f"{ip} has a zone: a peer's address must be global or unique-local"
+    for name, (first, last) in SPECIAL6:
+        if first <= int(addr) <= last:
+            return f"{ip} is in {name}"
+    return None
+
+
+def underlay_problem(ip: str) -> str | None:
+    """Why ``ip`` cannot be a peer's underlay address, IPv4 (``unicast_problem``) or IPv6
+    (``unicast6_problem``), or None."""
+    return unicast6_problem(ip) if ":" in ip else unicast_problem(ip)
 
 
 class Spans:

@@ -2,10 +2,11 @@
 
 What goes: every device named ``meshd.*`` (the vxlan, ipip and wireguard devices; their
 neighbours and FDB entries go with them; a ``wireguard-go`` holding ``meshd.wg`` is stopped, which
-removes its device), every main-table route with meshd's protocol (109), meshd's nftables tables
-(the filter's ``inet meshd``, the masquerade's ``ip meshd-nat``), the bridge address meshd added
-(the subnet's first address, when a bridge was configured; the bridge itself may predate meshd and
-stays), and ``net.ipv4.ip_forward`` goes back to the value meshd found, when it kept one.
+removes its device), every main-table route with meshd's protocol (109), IPv4 and IPv6, meshd's
+nftables tables (the filter's ``inet meshd``, the masquerade's ``ip meshd-nat`` and ``ip6
+meshd-nat``), the bridge address meshd added (the subnet's first address, when a bridge was
+configured; the bridge itself may predate meshd and stays), and ``net.ipv4.ip_forward`` (and
+``net.ipv6.conf.all.forwarding``) go back to the value meshd found, when it kept one.
 
 Nothing that is not meshd's is touched: routes of other protocols, other devices, other tables.
 Idempotent: a second purge finds nothing and removes nothing.
@@ -22,8 +23,10 @@ from pathlib import Path
 
 from meshd.dataplane import masquerade, nft, wireguard
 from meshd.dataplane.firewall import Firewall
-from meshd.dataplane.model import RTPROT_MESHD
+from meshd.dataplane.model import MAIN_TABLE, RTPROT_MESHD
 from meshd.dataplane.netlink import Netlink
+from meshd.dataplane.reconciler import forwarding_marker as forwarding_marker_of
+from meshd.dataplane.rtnl_wire import AF_INET6
 from meshd.errors import DataplaneError
 
 PREFIX = "meshd."
@@ -63,6 +66,8 @@ async def purge(
             await nl.delete_link(link.index)
             done.append(f"device {link.name}")
         routes = await nl.dump_routes(RTPROT_MESHD)
+        with contextlib.suppress(DataplaneError):  # a kernel without IPv6
+            routes += await nl.dump_routes(RTPROT_MESHD, MAIN_TABLE, AF_INET6)
         if routes:
             failures = await nl.routes_apply("del", routes, RTPROT_MESHD)
             if failures:
@@ -76,13 +81,15 @@ async def purge(
                 if cidr in have:
                     await nl.del_address(br.index, cidr)
                     done.append(f"address {cidr} on {name}")
-        if forwarding_marker is not None and forwarding_marker.exists():
-            was = forwarding_marker.read_text().strip()
-            if was in ("0", "1"):
-                old = await nl.sysctl("net.ipv4.ip_forward", was)
-                if old != was:
-                    done.append(f"net.ipv4.ip_forward back to {was}")
-            forwarding_marker.unlink()
+        for sysctl in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+            marker = forwarding_marker_of(forwarding_marker, sysctl)
+            if marker is not None and marker.exists():
+                was = marker.read_text().strip()
+                if was in ("0", "1"):
+                    old = await nl.sysctl(sysctl, was)
+                    if old != was:
+                        done.append(f"{sysctl} back to {was}")
+                marker.unlink()
     try:
         tables = await nft.run(["list", "tables"], None, label="purge", netns=netns)
     except DataplaneError:
@@ -93,4 +100,7 @@ async def purge(
     if "table ip meshd-nat" in tables:
         await masquerade.remove_table(netns)
         done.append("nftables table ip meshd-nat")
+    if "table ip6 meshd-nat" in tables:
+        await masquerade.remove_table(netns, masquerade.FAMILY6)
+        done.append("nftables table ip6 meshd-nat")
     return done

@@ -13,6 +13,13 @@ does). This module owns the *when*:
 
 Every pass reads the kernel back, so a restart adopts what is there: an entry that is already
 right is never rewritten, and nothing is removed before ``set_peers(..., synced=True)``.
+
+Both families: every pass reads meshd's IPv4 and IPv6 routes (proto 109, each family's dump
+filtered by the kernel) and the mesh device's neighbours of both families, so IPv6 entries are
+owned, adopted across a restart and repaired after drift exactly as IPv4 ones. IPv6 forwarding
+(``net.ipv6.conf.all.forwarding``) is turned on only when this node has an IPv6 subnet: on a host
+that takes its own IPv6 address from router advertisements it stops accepting them (unless
+``accept_ra`` is 2), as with any IPv6 router.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import logging
 import os
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -45,6 +53,8 @@ from meshd.dataplane.model import (
     Underlay,
 )
 from meshd.dataplane.netlink import Event, Netlink
+from meshd.dataplane.objects import canonical
+from meshd.dataplane.rtnl_wire import AF_INET6
 from meshd.dataplane.wgdevice import Snapshot, params_of, peers_of
 from meshd.errors import ConfigError, DataplaneError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
@@ -75,6 +85,7 @@ class ReconcilerConfig:
 
     backend: str = "vxlan"  # a name in the backends registry
     network: str | None = None  # the cluster CIDR peers' subnets must lie in, if set
+    network6: str | None = None  # the IPv6 one (a dual-stack or IPv6-only mesh), if set
     vni: int = 1
     vxlan_port: int = 8472
     wireguard_port: int = 51820
@@ -114,10 +125,8 @@ class Reconciler:
     ) -> None:
         if not local.subnet:
             raise DataplaneError("dataplane: this node has no subnet")
-        problem = model.subnet_problem(local.subnet, cfg.network)
-        if problem is not None:  # the policy this node applies to peers applies to it first
-            raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
         self.cfg = cfg
+        _check_local(local, cfg)  # the policy this node applies to peers applies to it first
         self.local = local
         self._settled = settled
         self._retired: set[str] = set()  # a bridge's addresses of subnets this node gave up
@@ -195,12 +204,13 @@ class Reconciler:
         subnet.env may be written (until then CNI must not hand out addresses in a subnet that
         may still move). The device's address follows the subnet on the next pass; a bridge
         gives up the old subnet's first address."""
-        problem = model.subnet_problem(local.subnet, self.cfg.network)
-        if problem is not None:
-            raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
-        if local.subnet != self.local.subnet and self.cfg.bridge:
-            self._retired.add(model.first_address(self.local.subnet))
-        self._retired.discard(model.first_address(local.subnet))
+        _check_local(local, self.cfg)
+        if self.cfg.bridge:
+            for old in self.local.subnets:
+                if old not in local.subnets:
+                    self._retired.add(model.first_address(old))
+        for new in local.subnets:
+            self._retired.discard(model.first_address(new))
         self.local = local
         self._settled = settled
         self._trigger("subnet", debounce=False)
@@ -222,8 +232,15 @@ class Reconciler:
             now,
             self._onlink,
             self._foreign,
+            self.cfg.network6,
         )
-        self._flags, self._reasons = dict(sel.flags), dict(sel.reasons)
+        flags, reasons = dict(sel.flags), dict(sel.reasons)
+        d = self._desired
+        if d is not None:  # "partial" comes from the backend's entries: the last pass knows
+            for name, flag in d.flags.items():
+                if flag == model.FLAG_PARTIAL and name not in flags:
+                    flags[name], reasons[name] = flag, d.reasons[name]
+        self._flags, self._reasons = flags, reasons
         self._trigger("peers")
 
     async def run(self) -> None:
@@ -324,7 +341,9 @@ class Reconciler:
         return out
 
     def peer_flags(self) -> dict[str, str]:
-        """peer name -> conflicted | incompatible | refused | not-on-link | reaped."""
+        """peer name -> conflicted | incompatible | refused | not-on-link | reaped | partial
+        (programmed, but one of its two subnets cannot be routed from here: ``status`` says
+        why)."""
         return dict(self._flags)
 
     # --- the pass --------------------------------------------------------------------------------
@@ -342,9 +361,10 @@ class Reconciler:
         try:
             ul = await self._refresh_underlay()
             await self._ensure_forwarding()
-            self._onlink = tuple(
-                f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(ul.ifindex)
-            ) or (f"{ul.ip}/{ul.prefixlen}",)
+            self._onlink = (
+                tuple(f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(ul.ifindex, 0))
+                or ul.cidrs()
+            )
             if self._foreign_stale:
                 await self._read_foreign()
             desired = self._desired_state(ul, self._clock() + self._offset)
@@ -395,6 +415,7 @@ class Reconciler:
             bridge=self.cfg.bridge,
             onlink=self._onlink,
             foreign=self._foreign,
+            network6=self.cfg.network6,
         )
         if d.bridge is not None and self._retired:
             d = replace(d, bridge=replace(d.bridge, retired=tuple(sorted(self._retired))))
@@ -405,6 +426,7 @@ class Reconciler:
         self._foreign_stale = False  # an event during the dump marks it stale again
         try:
             owners = await self._nl.dump_route_owners(model.MAIN_TABLE)
+            owners += await _or_none(self._nl.dump_route_owners(model.MAIN_TABLE, AF_INET6))
         except BaseException:
             self._foreign_stale = True
             raise
@@ -487,21 +509,28 @@ class Reconciler:
                 },
             )
             self._links.pop(ul.ifname, None)
-            ul = Underlay(ul.ifname, info.index, ul.ip, ul.prefixlen, info.mtu)
+            ul = replace(ul, ifindex=info.index, mtu=info.mtu)
             self.underlay = ul
         self._links[ul.ifname] = ul.ifindex
         return ul
 
     async def _ensure_forwarding(self) -> None:
-        old = await self._nl.sysctl("net.ipv4.ip_forward", "1")
+        if self.local.subnet_of(6) is not None:
+            await self._ensure_sysctl("net.ipv6.conf.all.forwarding")
+        if self.local.subnet_of(4) is not None:
+            await self._ensure_sysctl("net.ipv4.ip_forward")
+
+    async def _ensure_sysctl(self, name: str) -> None:
+        old = await self._nl.sysctl(name, "1")
         if old != "1":
             log.info(
-                "enabled net.ipv4.ip_forward (was %s)%s",
+                "enabled %s (was %s)%s",
+                name,
                 old,
                 _in(self.netns),
-                extra={"event": "forwarding_enabled", "reason": f"was {old}"},
+                extra={"event": "forwarding_enabled", "reason": f"was {old}", "sysctl": name},
             )
-            marker = self.cfg.forwarding_marker
+            marker = forwarding_marker(self.cfg.forwarding_marker, name)
             if marker is not None and not Path(marker).exists():
                 # what `meshd leave --purge` puts back; the first value meshd saw wins
                 try:
@@ -525,7 +554,9 @@ class Reconciler:
                 self._links.pop(spec.name, None)
                 continue
             self._links[spec.name] = info.index
-            addrs = tuple(f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(info.index))
+            addrs = tuple(
+                f"{ip}/{plen}" for _, ip, plen, _ in await self._nl.addresses(info.index, 0)
+            )
             kind, params = info.kind, info.params
             if spec.kind == "wireguard" and self._wg is not None:
                 snap = await self._wg.read(spec.name, info.kind)
@@ -543,11 +574,13 @@ class Reconciler:
                 params=params,
             )
         names = {i: n for n, i in self._links.items()}
+        found = await self._nl.dump_routes(RTPROT_MESHD)
+        found += await _or_none(self._nl.dump_routes(RTPROT_MESHD, model.MAIN_TABLE, AF_INET6))
         routes = {
             r.dst: r
             for r in self._as_model(
                 ("route", *sorted(names.items())),
-                await self._nl.dump_routes(RTPROT_MESHD),
+                found,
                 lambda e: Route(e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink),
             )
         }
@@ -558,13 +591,11 @@ class Reconciler:
         if mesh is not None and mesh.name in devices:
             index = devices[mesh.name].index
             if "neigh" in kinds:
+                got = await self._nl.dump_neighs(index)
+                got += await _or_none(self._nl.dump_neighs(index, AF_INET6))
                 neighs = {
                     n.dst: n
-                    for n in self._as_model(
-                        ("neigh",),
-                        await self._nl.dump_neighs(index),
-                        lambda e: Neigh(e.dst, e.lladdr),
-                    )
+                    for n in self._as_model(("neigh",), got, lambda e: Neigh(e.dst, e.lladdr))
                 }
             if "fdb" in kinds:
                 fdb = frozenset(
@@ -620,7 +651,14 @@ class Reconciler:
 
     def _write_subnet_env(self, mtu: int) -> None:
         """flannel-compatible env file for CNI; written atomically, and only when it changes."""
-        text = model.subnet_env(self.cfg.network, str(self.local.subnet), mtu, self.cfg.ipmasq)
+        text = model.subnet_env(
+            self.cfg.network,
+            self.local.subnet,
+            mtu,
+            self.cfg.ipmasq,
+            subnet6=self.local.subnet6,
+            network6=self.cfg.network6,
+        )
         path = Path(self.cfg.subnet_env)
         if text == self._env_text and path.exists():
             return
@@ -758,7 +796,9 @@ class Reconciler:
                 return not (as_wanted and (mesh.mac is None or ev.lladdr.lower() == mesh.mac))
             return True
         if ev.kind == "addr":
-            return ev.index in self._links.values()
+            # IPv6 link-local addresses are the kernel's (every device gets one, its DAD ends
+            # a second later): meshd neither wants nor removes them.
+            return ev.index in self._links.values() and not _link_local6(ev.dst)
         if ev.kind == "route":
             if ev.proto == RTPROT_MESHD:
                 # Ours: deleted while wanted, or present while unwanted.
@@ -784,6 +824,39 @@ class Reconciler:
         return False
 
 
+def forwarding_marker(marker: str | Path | None, sysctl: str) -> Path | None:
+    """The file keeping ``sysctl``'s value before meshd set it: ``marker`` for ip_forward, a
+    sibling with ``.ipv6`` appended for IPv6 forwarding (``meshd leave --purge`` reads both)."""
+    if marker is None:
+        return None
+    return Path(marker) if sysctl == "net.ipv4.ip_forward" else Path(f"{marker}.ipv6")
+
+
+def _check_local(local: NodeRecord, cfg: ReconcilerConfig) -> None:
+    """ConfigError when this node's own subnet breaks the policy it applies to peers. The first
+    subnet only, as ``model.claimants`` checks peers' (the IPv6 prefix policy comes with the
+    claim rules per family)."""
+    for sub in local.subnets[:1]:
+        network = cfg.network6 if ":" in sub else cfg.network
+        problem = model.subnet_problem(sub, network)
+        if problem is not None:
+            raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
+
+
+async def _or_none(call: Awaitable[list[V]]) -> list[V]:
+    """An IPv6 dump on a kernel without IPv6 (``ipv6.disable=1``): nothing of that family."""
+    try:
+        return await call
+    except DataplaneError as exc:
+        if exc.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EINVAL):
+            return []
+        raise
+
+
+def _link_local6(ip: str) -> bool:
+    return ip[:3].lower() in ("fe8", "fe9", "fea", "feb")  # fe80::/10
+
+
 def _in(netns: str | None) -> str:
     return f" in netns {netns}" if netns else ""
 
@@ -794,10 +867,15 @@ def _plan_peers(plan: Plan, peers: Sequence[PeerView]) -> list[str]:
     its record only after reaping, so removals mostly still find the name."""
     names: dict[str, str] = {}
     for p in peers:
-        names[p.record.subnet] = names[p.record.public_ip] = p.record.name
+        r = p.record
+        for key in (*r.subnets, r.public_ip, r.public_ip6):
+            if key:
+                names[canonical(key)] = r.name
     keys = {r.dst for r in (*plan.route_add, *plan.route_replace, *plan.route_del)}
     keys.update(f.dst for f in (*plan.fdb_set, *plan.fdb_del))
-    keys.update(w.endpoint.rpartition(":")[0] for w in (*plan.wgpeer_set, *plan.wgpeer_del))
+    keys.update(
+        w.endpoint.rpartition(":")[0].strip("[]") for w in (*plan.wgpeer_set, *plan.wgpeer_del)
+    )
     return sorted({names[k] for k in keys if k in names})
 
 

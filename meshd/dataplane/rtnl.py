@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from meshd.dataplane.netns import netns_path, run_in_netns
 from meshd.dataplane.rtnl_wire import (
+    AF_INET,
     HDR,
     I32,
     MAIN_TABLE,
@@ -377,34 +378,38 @@ class Rtnl:
                 fails.append(Failure(w, DataplaneError(f"{w}: {exc}")))
         return fails + await self.batch(reqs)
 
-    async def dump_routes(self, proto: int, table: int = MAIN_TABLE) -> list[RouteEntry]:
-        """IPv4 routes with ``proto`` in ``table``."""
-        memo = self._memo(("route", proto, table))
+    async def dump_routes(
+        self, proto: int, table: int = MAIN_TABLE, family: int = AF_INET
+    ) -> list[RouteEntry]:
+        """Routes of ``family`` (AF_INET or AF_INET6) with ``proto`` in ``table``."""
+        memo = self._memo(("route", proto, table, family))
         got = await self.dump(
-            route_dump_request(proto, table),
-            lambda b, o, e: route_entry(b, o, e, proto, table, memo),
+            route_dump_request(proto, table, family),
+            lambda b, o, e: route_entry(b, o, e, proto, table, memo, family),
             RTM_NEWROUTE,
         )
         return self._kept(memo, got)
 
-    async def dump_route_owners(self, table: int = MAIN_TABLE) -> list[tuple[str, int]]:
-        """(destination, protocol) of every IPv4 route in ``table``, whoever owns it: what the
-        model checks peers' subnets against. Only read when the table changed (the reconciler
-        follows the monitor), so the general decoder is fast enough."""
+    async def dump_route_owners(
+        self, table: int = MAIN_TABLE, family: int = AF_INET
+    ) -> list[tuple[str, int]]:
+        """(destination, protocol) of every route of ``family`` in ``table``, whoever owns it:
+        what the model checks peers' subnets against. Only read when the table changed (the
+        reconciler follows the monitor), so the general decoder is fast enough."""
 
         def owner(b: bytearray, o: int, e: int) -> tuple[str, int] | None:
             m = decode_route(b, o, e)
-            return (m.dst, m.proto) if m.family == socket.AF_INET and m.table == table else None
+            return (m.dst, m.proto) if m.family == family and m.table == table else None
 
-        got = await self.dump(route_dump_request(0, table), owner, RTM_NEWROUTE)
+        got = await self.dump(route_dump_request(0, table, family), owner, RTM_NEWROUTE)
         return [x for x in got if x is not None]
 
-    async def dump_neighs(self, ifindex: int) -> list[NeighEntry]:
-        """Permanent IPv4 neighbours of one device (others are the kernel's own cache)."""
-        memo = self._memo(("neigh", ifindex))
+    async def dump_neighs(self, ifindex: int, family: int = AF_INET) -> list[NeighEntry]:
+        """Permanent neighbours of ``family`` on one device (others are the kernel's cache)."""
+        memo = self._memo(("neigh", ifindex, family))
         got = await self.dump(
-            neigh_dump_request(ifindex),
-            lambda b, o, e: neigh_entry(b, o, e, ifindex, memo),
+            neigh_dump_request(ifindex, family),
+            lambda b, o, e: neigh_entry(b, o, e, ifindex, memo, family),
             RTM_NEWNEIGH,
         )
         return self._kept(memo, got)

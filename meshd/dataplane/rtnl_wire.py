@@ -21,15 +21,22 @@ Layout (linux/netlink.h, rtnetlink.h, neighbour.h; host byte order)::
 Requests (``Request``): routes RTM_NEWROUTE (add: CREATE|EXCL, replace: CREATE|REPLACE; unicast,
 scope universe, RTNH_F_ONLINK, RTA_DST/GATEWAY/OIF) and RTM_DELROUTE (scope NOWHERE and the
 protocol: the kernel then deletes only a route with that protocol); neighbours RTM_NEWNEIGH /
-RTM_DELNEIGH (AF_INET, NUD_PERMANENT, NDA_DST/LLADDR); FDB entries the same on AF_BRIDGE with
+RTM_DELNEIGH (NUD_PERMANENT, NDA_DST/LLADDR); FDB entries the same on AF_BRIDGE with
 NTF_SELF and NUD_PERMANENT|NUD_NOARP (``bridge fdb ... self permanent``). Dump requests carry
 their filter the way the kernel's strict checking wants it: rtm_protocol + rtm_table for routes,
 NDA_IFINDEX for neighbours (ndm_ifindex must stay 0), ndm_ifindex for FDB.
+
+Both families: a route's and a neighbour's family is its destination's (AF_INET or AF_INET6,
+4- or 16-byte addresses); an IPv4 route with an IPv6 gateway carries it in RTA_VIA (``struct
+rtvia``: family u16, address; RFC 5549, ``ip route add ... via inet6 ...``), and the kernel
+reports it back the same way. An FDB entry's NDA_DST is 4 or 16 bytes (a vxlan device on an IPv4
+or an IPv6 underlay). Dumps are per family (route and neighbour dump requests name one).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -52,7 +59,8 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE, RTA_VIA = 1, 4, 5, 6, 15, 18
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 4
@@ -62,6 +70,7 @@ NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x2
 AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
 AF_BRIDGE = 7
 
 ZERO_MAC = "00:00:00:00:00:00"
@@ -72,6 +81,7 @@ RTMSG = struct.Struct("=BBBBBBBBI")
 NDMSG = struct.Struct("=BBHiHBB")
 RTA = struct.Struct("=HH")
 U32 = struct.Struct("=I")
+U16 = struct.Struct("=H")
 I32 = struct.Struct("=i")
 _HDR_LEN, _BODY_LEN = 16, 12  # nlmsghdr; rtmsg and ndmsg are both 12 bytes
 
@@ -173,17 +183,34 @@ def rta(kind: int, payload: bytes) -> bytes:
 
 
 def pack_ip(addr: str) -> bytes:
+    """4 bytes for an IPv4 address, 16 for an IPv6 one, b"" for anything else."""
     try:
+        if ":" in addr:
+            return socket.inet_pton(AF_INET6, addr)
         return socket.inet_aton(addr) if addr.count(".") == 3 else b""
     except (OSError, ValueError):  # ValueError: an embedded NUL
         return b""
 
 
+def family_of(packed: bytes) -> int:
+    return AF_INET6 if len(packed) == 16 else AF_INET
+
+
+def ntop(raw: bytes | bytearray) -> str:
+    """A 4- or 16-byte address as text (IPv6 compressed, as ``ipaddress`` prints it)."""
+    if len(raw) == 4:
+        return socket.inet_ntoa(raw)
+    if not any(raw[:10]):  # ::/80 (IPv4-compatible, -mapped): libc spells it as dotted quad
+        return str(ipaddress.IPv6Address(bytes(raw)))
+    return socket.inet_ntop(AF_INET6, bytes(raw))
+
+
 def pack_cidr(cidr: str) -> tuple[bytes, int]:
+    """(address bytes, prefix length) of an IPv4 or IPv6 prefix; ValueError for anything else."""
     ip, _, plen = cidr.partition("/")
     packed = pack_ip(ip)
-    if not packed or not plen.isdigit() or int(plen) > 32:
-        raise ValueError(f"not an IPv4 prefix: {cidr!r}")
+    if not packed or not plen.isdigit() or int(plen) > 8 * len(packed):
+        raise ValueError(f"not an IP prefix: {cidr!r}")
     return packed, int(plen)
 
 
@@ -207,17 +234,18 @@ def encode_route(op: str, e: RouteEntry, proto: int, table: int = MAIN_TABLE) ->
     """``op``: add (fails with EEXIST if any route holds the prefix), replace, or del (only a
     route with ``proto``; one already gone counts as done). Raises ValueError on bad input."""
     dst, plen = pack_cidr(e.dst)
+    family = family_of(dst)
     tid, tattr = _table(table)
     what = what_route(op, e)
     dst_attr = rta(RTA_DST, dst) if plen else b""
     if op == "del":
-        body = RTMSG.pack(AF_INET, plen, 0, 0, tid, proto, RT_SCOPE_NOWHERE, 0, 0)
+        body = RTMSG.pack(family, plen, 0, 0, tid, proto, RT_SCOPE_NOWHERE, 0, 0)
         return Request(what, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, body + tattr + dst_attr, GONE)
     if op not in ("add", "replace"):
         raise ValueError(f"route operation {op!r}")
     excl = NLM_F_EXCL if op == "add" else NLM_F_REPLACE
     body = RTMSG.pack(
-        AF_INET,
+        family,
         plen,
         0,
         0,
@@ -233,8 +261,13 @@ def encode_route(op: str, e: RouteEntry, proto: int, table: int = MAIN_TABLE) ->
     if e.gateway:
         gw = pack_ip(e.gateway)
         if not gw:
-            raise ValueError(f"not an IPv4 address: {e.gateway!r}")
-        body += rta(RTA_GATEWAY, gw)
+            raise ValueError(f"not an IP address: {e.gateway!r}")
+        if len(gw) == len(dst):
+            body += rta(RTA_GATEWAY, gw)
+        elif family == AF_INET:  # RFC 5549: an IPv4 route via an IPv6 next hop
+            body += rta(RTA_VIA, U16.pack(AF_INET6) + gw)
+        else:
+            raise ValueError(f"an IPv6 route cannot go via an IPv4 gateway ({e.gateway})")
     if e.oif:
         body += rta(RTA_OIF, U32.pack(e.oif))
     return Request(what, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | excl, body)
@@ -245,14 +278,15 @@ def encode_neigh(op: str, ifindex: int, e: NeighEntry) -> Request:
     what = f"neigh {op} {e.dst} lladdr {e.lladdr}"
     dst = pack_ip(e.dst)
     if not dst:
-        raise ValueError(f"not an IPv4 address: {e.dst!r}")
+        raise ValueError(f"not an IP address: {e.dst!r}")
+    family = family_of(dst)
     if op == "del":
-        body = NDMSG.pack(AF_INET, 0, 0, ifindex, 0, 0, 0) + rta(NDA_DST, dst)
+        body = NDMSG.pack(family, 0, 0, ifindex, 0, 0, 0) + rta(NDA_DST, dst)
         return Request(what, RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, body, GONE)
     flags = {"replace": NLM_F_CREATE | NLM_F_REPLACE, "add": NLM_F_CREATE | NLM_F_EXCL}.get(op)
     if flags is None:
         raise ValueError(f"neighbour operation {op!r}")
-    body = NDMSG.pack(AF_INET, 0, 0, ifindex, NUD_PERMANENT, 0, 0)
+    body = NDMSG.pack(family, 0, 0, ifindex, NUD_PERMANENT, 0, 0)
     body += rta(NDA_DST, dst) + rta(NDA_LLADDR, pack_mac(e.lladdr))
     return Request(what, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | flags, body)
 
@@ -264,7 +298,7 @@ def encode_fdb(op: str, ifindex: int, e: FdbEntry) -> Request:
     what = f"fdb {op} {e.lladdr} dst {e.dst}"
     dst = pack_ip(e.dst)
     if not dst:
-        raise ValueError(f"not an IPv4 address: {e.dst!r}")
+        raise ValueError(f"not an IP address: {e.dst!r}")
     body = NDMSG.pack(AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
     body += rta(NDA_LLADDR, pack_mac(e.lladdr)) + rta(NDA_DST, dst)
     if op == "del":
@@ -275,21 +309,31 @@ def encode_fdb(op: str, ifindex: int, e: FdbEntry) -> Request:
     return Request(what, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | flags, body)
 
 
-def route_dump_request(proto: int, table: int = MAIN_TABLE) -> Request:
+def _v(family: int) -> str:
+    return " inet6" if family == AF_INET6 else ""
+
+
+def route_dump_request(proto: int, table: int = MAIN_TABLE, family: int = AF_INET) -> Request:
     # Strict checking wants every other header field zero; filter.protocol / table_id come
     # from rtm_protocol / rtm_table (or RTA_TABLE).
     tid, tattr = _table(table)
-    body = RTMSG.pack(AF_INET, 0, 0, 0, tid, proto, 0, 0, 0) + tattr
+    body = RTMSG.pack(family, 0, 0, 0, tid, proto, 0, 0, 0) + tattr
     return Request(
-        f"dump routes proto {proto} table {table}", RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, body
+        f"dump{_v(family)} routes proto {proto} table {table}",
+        RTM_GETROUTE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        body,
     )
 
 
-def neigh_dump_request(ifindex: int) -> Request:
+def neigh_dump_request(ifindex: int, family: int = AF_INET) -> Request:
     # Neighbour dumps filter on NDA_IFINDEX (ndm_ifindex must be 0 under strict checking).
-    body = NDMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0) + rta(NDA_IFINDEX, U32.pack(ifindex))
+    body = NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + rta(NDA_IFINDEX, U32.pack(ifindex))
     return Request(
-        f"dump neighbours of link {ifindex}", RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, body
+        f"dump{_v(family)} neighbours of link {ifindex}",
+        RTM_GETNEIGH,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        body,
     )
 
 
@@ -313,10 +357,12 @@ def decode_route(buf: bytes | bytearray, off: int, end: int) -> RouteMsg:
     dst = gateway = ""
     oif = priority = 0
     for kind, a, b in attrs(buf, off + _BODY_LEN, end):
-        if kind == RTA_DST and b - a == 4:
-            dst = socket.inet_ntoa(buf[a:b])
-        elif kind == RTA_GATEWAY and b - a == 4:
-            gateway = socket.inet_ntoa(buf[a:b])
+        if kind == RTA_DST and b - a in (4, 16):
+            dst = ntop(buf[a:b])
+        elif kind == RTA_GATEWAY and b - a in (4, 16):
+            gateway = ntop(buf[a:b])
+        elif kind == RTA_VIA and b - a in (6, 18):
+            gateway = ntop(buf[a + 2 : b])
         elif kind == RTA_OIF and b - a == 4:
             oif = U32.unpack_from(buf, a)[0]
         elif kind == RTA_TABLE and b - a == 4:
@@ -325,7 +371,7 @@ def decode_route(buf: bytes | bytearray, off: int, end: int) -> RouteMsg:
             priority = U32.unpack_from(buf, a)[0]
     return RouteMsg(
         family,
-        f"{dst or '0.0.0.0'}/{plen}",
+        f"{dst or ('::' if family == AF_INET6 else '0.0.0.0')}/{plen}",
         gateway,
         oif,
         flags,
@@ -364,8 +410,8 @@ def decode_neigh(buf: bytes | bytearray, off: int, end: int) -> NeighMsg:
     family, _, _, ifindex, state, flags, _ = NDMSG.unpack_from(buf, off)
     dst = lladdr = ""
     for kind, a, b in attrs(buf, off + _BODY_LEN, end):
-        if kind == NDA_DST and b - a == 4:
-            dst = socket.inet_ntoa(buf[a:b])
+        if kind == NDA_DST and b - a in (4, 16):
+            dst = ntop(buf[a:b])
         elif kind == NDA_LLADDR and b - a == 6:
             lladdr = buf[a:b].hex(":")
         elif kind == NDA_IFINDEX and family == AF_BRIDGE and not ifindex and b - a == 4:
@@ -425,6 +471,23 @@ _NEIGH_FIXED = struct.Struct("=B3xiHBx4x4s4x6s")
 _FDB_HDRS = struct.Struct("=12xI8xI")
 _FDB_LAYOUT = (_hdr(10, NDA_LLADDR), _hdr(_L4, NDA_DST))
 _FDB_FIXED = struct.Struct("=B3xiHBx4x6s2x4x4s")
+# IPv6 (6.x): rtmsg, RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_GATEWAY, RTA_OIF, then RTA_CACHEINFO
+# (timers) and RTA_PREF, left out of the key as the neighbour's timers are.
+_ROUTE6_HDRS = struct.Struct("=12xI4xI16xI4xI16xI4x")
+_ROUTE6_LAYOUT = (
+    _hdr(_L4, RTA_TABLE),
+    _hdr(20, RTA_DST),
+    _hdr(_L4, RTA_PRIORITY),
+    _hdr(20, RTA_GATEWAY),
+    _hdr(_L4, RTA_OIF),
+)
+_ROUTE6_FIXED = struct.Struct("=BBBBBBBBI4xI4x16s8x4x16s4xI")
+_NEIGH6_HDRS = struct.Struct("=12xI16xI6x")
+_NEIGH6_LAYOUT = (_hdr(20, NDA_DST), _hdr(10, NDA_LLADDR))
+_NEIGH6_FIXED = struct.Struct("=B3xiHBx4x16s4x6s")
+_FDB6_HDRS = struct.Struct("=12xI8xI16x")
+_FDB6_LAYOUT = (_hdr(10, NDA_LLADDR), _hdr(20, NDA_DST))
+_FDB6_FIXED = struct.Struct("=B3xiHBx4x6s2x4x16s")
 
 
 Memo = dict[bytes, Any]
@@ -434,10 +497,31 @@ depends on (and the memo is per filter), so a hit is exactly what decoding would
 
 
 def route_entry(
-    buf: bytes | bytearray, off: int, end: int, proto: int, table: int, memo: Memo | None = None
+    buf: bytes | bytearray,
+    off: int,
+    end: int,
+    proto: int,
+    table: int,
+    memo: Memo | None = None,
+    family: int = AF_INET,
 ) -> RouteEntry | None:
-    """The IPv4 route at ``off`` (rtmsg) as an entry, or None if it is not ``proto``/``table``."""
-    if end - off == 44:
+    """The route of ``family`` at ``off`` (rtmsg) as an entry, or None if it is not that family,
+    ``proto`` or ``table``."""
+    if family == AF_INET6 and end - off >= 76:
+        key = bytes(buf[off : off + 76])  # up to RTA_OIF: not the timers after
+        if memo is not None and key in memo:
+            return cast("RouteEntry | None", memo[key])
+        if _ROUTE6_HDRS.unpack_from(key) == _ROUTE6_LAYOUT:
+            fam, plen, _, _, _, rproto, _, _, flags, tid, dst, gw, oif = _ROUTE6_FIXED.unpack(key)
+            entry = None
+            if fam == AF_INET6 and rproto == proto and tid == table:
+                entry = RouteEntry(
+                    f"{ntop(dst)}/{plen}", ntop(gw), oif, bool(flags & RTNH_F_ONLINK)
+                )
+            if memo is not None:
+                memo[key] = entry
+            return entry
+    if end - off == 44 and family == AF_INET:
         key = bytes(buf[off:end])
         if memo is not None and key in memo:
             return cast("RouteEntry | None", memo[key])
@@ -453,16 +537,34 @@ def route_entry(
                 memo[key] = entry
             return entry
     m = decode_route(buf, off, end)
-    if m.family != AF_INET or m.proto != proto or m.table != table:
+    if m.family != family or m.proto != proto or m.table != table:
         return None
     return RouteEntry(m.dst, m.gateway, m.oif, bool(m.flags & RTNH_F_ONLINK))
 
 
 def neigh_entry(
-    buf: bytes | bytearray, off: int, end: int, ifindex: int, memo: Memo | None = None
+    buf: bytes | bytearray,
+    off: int,
+    end: int,
+    ifindex: int,
+    memo: Memo | None = None,
+    family: int = AF_INET,
 ) -> NeighEntry | None:
-    """The permanent IPv4 neighbour with a link-layer address on ``ifindex`` at ``off``."""
-    if end - off >= 30:
+    """The permanent neighbour of ``family`` with a link-layer address on ``ifindex`` at
+    ``off``."""
+    if family == AF_INET6 and end - off >= 42:
+        key = bytes(buf[off : off + 42])  # ndmsg, NDA_DST, NDA_LLADDR: not the timers after
+        if memo is not None and key in memo:
+            return cast("NeighEntry | None", memo[key])
+        if _NEIGH6_HDRS.unpack_from(key) == _NEIGH6_LAYOUT:
+            fam, idx, state, _, dst, mac = _NEIGH6_FIXED.unpack(key)
+            entry = None
+            if fam == AF_INET6 and idx == ifindex and state & NUD_PERMANENT:
+                entry = NeighEntry(ntop(dst), mac.hex(":"))
+            if memo is not None:
+                memo[key] = entry
+            return entry
+    if end - off >= 30 and family == AF_INET:
         key = bytes(buf[off : off + 30])  # ndmsg, NDA_DST, NDA_LLADDR: not the timers after
         if memo is not None and key in memo:
             return cast("NeighEntry | None", memo[key])
@@ -475,7 +577,7 @@ def neigh_entry(
                 memo[key] = entry
             return entry
     m = decode_neigh(buf, off, end)
-    if m.family != AF_INET or m.ifindex != ifindex or not m.state & NUD_PERMANENT:
+    if m.family != family or m.ifindex != ifindex or not m.state & NUD_PERMANENT:
         return None
     return NeighEntry(m.dst, m.lladdr) if m.dst and m.lladdr else None
 
@@ -485,6 +587,17 @@ def fdb_entry(
 ) -> FdbEntry | None:
     """The unicast FDB entry with a remote dst on ``ifindex`` at ``off`` (not the all-zero
     default-destination entries)."""
+    if end - off >= 44 and _FDB6_HDRS.unpack_from(buf, off) == _FDB6_LAYOUT:
+        key = bytes(buf[off : off + 44])  # ndmsg, NDA_LLADDR, NDA_DST (IPv6)
+        if memo is not None and key in memo:
+            return cast("FdbEntry | None", memo[key])
+        fam, idx, _, _, mac, dst = _FDB6_FIXED.unpack(key)
+        entry = None
+        if fam == AF_BRIDGE and idx == ifindex and mac != _ZERO_MAC:
+            entry = FdbEntry(mac.hex(":"), ntop(dst))
+        if memo is not None:
+            memo[key] = entry
+        return entry
     if end - off >= 32:
         key = bytes(buf[off : off + 32])  # ndmsg, NDA_LLADDR, NDA_DST
         if memo is not None and key in memo:

@@ -7,16 +7,25 @@ so the simulator and the tests can mint certificates without touching files.
 What a certificate binds:
 
 - CA certificate: self-signed, CN = the CA's name, BasicConstraints CA:TRUE, the grant
-  ``network=CIDR`` (the cluster network every node subnet must lie in).
-- Node certificate: CN = node name, one SAN IPAddress = its public (underlay) IP, the grant
-  ``subnet=CIDR`` (a fixed subnet) or ``pool=CIDR;len=N`` (any /N inside the pool), signed by a CA.
+  ``network=CIDR`` (the cluster network every node subnet must lie in), and for a dual-stack
+  cluster ``network6=CIDR`` (its IPv6 network beside an IPv4 ``network``).
+- Node certificate: CN = node name, one SAN IPAddress = its public (underlay) IP, or two (one
+  IPv4, one IPv6: a dual-stack underlay), the grant ``subnet=CIDR`` (a fixed subnet) or
+  ``pool=CIDR;len=N`` (any /N inside the pool), and for a dual-stack overlay ``subnet6=CIDR`` or
+  ``pool6=CIDR;len6=N`` beside an IPv4 one; signed by a CA.
+
+Per family, as in the record: ``network``/``subnet``/``pool`` hold the first family (IPv4 when
+there is one, else IPv6: an IPv6-only cluster), the ``6`` keys the IPv6 one beside it. A member
+that predates dual-stack ignores the ``6`` keys, so a dual-stack overlay's certificate is read
+by it as the IPv4 one it was; a certificate with two addresses it refuses (it wants exactly
+one), so issue those once every member runs dual-stack.
 
 The grant is a subject alternative name of type URI, ``meshd:`` followed by ``key=value`` pairs
 joined by ``;`` (``URI:meshd:subnet=10.244.1.0/24`` in ``openssl x509 -text``). A standard
 extension rather than a private one: a private extension needs an OID, and the one a project can
 mint without registering (``2.25.<UUID>``) has an arc too large for the ASN.1 parser of the
 ``cryptography`` that Debian 12 ships (38.0: arcs up to 2^32). Unknown keys are ignored: keys are
-only ever added (``subnet6=``/``pool6=`` will come with dual-stack).
+only ever added (``subnet6=``/``pool6=``/``len6=``, ``network6=`` came with dual-stack).
 
 Every refusal is a ``CertError`` whose ``reason`` is a counter suffix (``drop.cert_expired``).
 """
@@ -38,9 +47,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
+from meshd.gossip.grant import Grant as Grant
+from meshd.gossip.grant import first_and_second as first_and_second
+from meshd.gossip.grant import format_grant as format_grant
+from meshd.gossip.grant import network as _network
+from meshd.gossip.grant import parse_grant_text as parse_grant_text
+from meshd.gossip.grant import version as _version
+
 GRANT_URI_PREFIX = "meshd:"
 """The grant's SAN URI starts with this; the rest is the grant text."""
-"""meshd's grant extension: a UUID OID (ITU-T X.667), which needs no registration."""
 
 MAX_CERT_DER = 4096  # ours are ~300 bytes; anything this big is not one of ours
 MAX_CRL_DER = 16384  # a CRL travels in one datagram
@@ -56,7 +71,6 @@ CRL_ISSUER = "crl_issuer"
 
 _IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-_GRANT_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class CertError(ValueError):
@@ -67,119 +81,9 @@ class CertError(ValueError):
         self.reason = reason
 
 
-# -- the grant ------------------------------------------------------------------------------------
-
-
-def format_grant(pairs: Mapping[str, str | int]) -> str:
-    """``{"pool": "10.244.0.0/16", "len": 24}`` -> ``"pool=10.244.0.0/16;len=24"``."""
-    out = []
-    for key, value in pairs.items():
-        text = str(value)
-        if not _GRANT_KEY_RE.match(key) or any(c in text for c in ";=") or not text:
-            raise ValueError(f"grant: cannot encode {key}={text!r}")
-        out.append(f"{key}={text}")
-    return ";".join(out)
-
-
-def parse_grant_text(text: str) -> dict[str, str]:
-    """``"pool=10.244.0.0/16;len=24"`` -> ``{"pool": ..., "len": "24"}``; ValueError when a pair
-    is not ``key=value`` or a key repeats. Unknown keys are kept (the caller ignores them)."""
-    out: dict[str, str] = {}
-    for item in text.split(";"):
-        key, sep, value = item.partition("=")
-        if not sep or not _GRANT_KEY_RE.match(key) or not value:
-            raise ValueError(f"grant: {item!r} is not key=value")
-        if key in out:
-            raise ValueError(f"grant: {key} given twice")
-        out[key] = value
-    return out
-
-
 def grant_name(text: str) -> x509.UniformResourceIdentifier:
     """The SAN entry carrying a grant: ``meshd:`` + the grant text."""
     return x509.UniformResourceIdentifier(GRANT_URI_PREFIX + text)
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What subnet a node certificate lets its holder claim: exactly one ``subnet`` (fixed), or a
-    ``pool`` with ``pool_len`` (any /pool_len inside the pool)."""
-
-    subnet: str | None
-    pool: str | None
-    pool_len: int | None
-
-    def allows(self, subnet: str) -> bool:
-        """Whether the holder may claim ``subnet`` (a CIDR; anything unparsable: False)."""
-        try:
-            net = ipaddress.ip_network(subnet, strict=True)
-        except ValueError:
-            return False
-        if self.subnet is not None:
-            return net == ipaddress.ip_network(self.subnet)
-        if self.pool is None or self.pool_len is None:
-            return False
-        pool = ipaddress.ip_network(self.pool)
-        return (
-            net.version == pool.version and net.prefixlen == self.pool_len and net.subnet_of(pool)  # type: ignore[arg-type]
-        )
-
-    def text(self) -> str:
-        """The extension text (``subnet=...`` or ``pool=...;len=N``)."""
-        if self.subnet is not None:
-            return format_grant({"subnet": self.subnet})
-        assert self.pool is not None and self.pool_len is not None
-        return format_grant({"pool": self.pool, "len": self.pool_len})
-
-    def describe(self) -> str:
-        """For people: ``10.244.1.0/24`` or ``any /24 in 10.244.0.0/16``."""
-        if self.subnet is not None:
-            return self.subnet
-        return f"any /{self.pool_len} in {self.pool}"
-
-    @classmethod
-    def fixed(cls, subnet: str) -> Grant:
-        """A grant of one subnet; ValueError (one line) when it is not a network address."""
-        return cls(str(_network(subnet, "subnet")), None, None)
-
-    @classmethod
-    def from_pool(cls, pool: str, length: int) -> Grant:
-        """Any /length inside pool; ValueError (one line) when that cannot be."""
-        net = _network(pool, "pool")
-        if not net.prefixlen <= length <= net.max_prefixlen:
-            raise ValueError(
-                f"len {length}: must be between the pool's /{net.prefixlen} and"
-                f" /{net.max_prefixlen}"
-            )
-        return cls(None, str(net), length)
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, str]) -> Grant:
-        """From parsed extension text; ValueError unless exactly one of subnet, pool+len."""
-        has_subnet, has_pool = "subnet" in fields, "pool" in fields
-        if has_subnet == has_pool:
-            raise ValueError("grant: needs exactly one of subnet= and pool=")
-        if has_subnet:
-            if "len" in fields:
-                raise ValueError("grant: len= belongs with pool=")
-            return cls.fixed(fields["subnet"])
-        raw = fields.get("len", "")
-        if not raw.isdigit() or len(raw) > 3:
-            raise ValueError(f"grant: len={raw!r} is not a prefix length")
-        return cls.from_pool(fields["pool"], int(raw))
-
-    def inside(self, network: str) -> bool:
-        """Whether every subnet this grant allows lies in ``network``."""
-        outer = ipaddress.ip_network(network)
-        inner = ipaddress.ip_network(self.subnet if self.subnet is not None else str(self.pool))
-        return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
-
-
-def _network(text: str, what: str) -> _IPNet:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{what} {text!r}: {exc}") from None
 
 
 def unicast_problem(ip: str) -> str | None:
@@ -215,6 +119,17 @@ class Authority:
     not_after: float
     subject: bytes = b""
     """DER of the subject name: a certificate's issuer must be exactly this."""
+    network6: str | None = None
+    """The cluster's IPv6 network beside an IPv4 ``network`` (a dual-stack cluster)."""
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The cluster networks, one per family, IPv4 first."""
+        return (self.network,) if self.network6 is None else (self.network, self.network6)
+
+    def network_of(self, version: int) -> str | None:
+        """The cluster network of IP version 4 or 6, if the CA has one."""
+        return next((n for n in self.networks if _version(n) == version), None)
 
 
 @dataclass(frozen=True)
@@ -234,6 +149,17 @@ class CertInfo:
     """SHA-256 of ``der``."""
     issuer: str = ""
     """The issuer's common name (for display)."""
+    public_ip6: str | None = None
+    """The IPv6 underlay address beside an IPv4 ``public_ip`` (a dual-stack underlay)."""
+
+    @property
+    def public_ips(self) -> tuple[str, ...]:
+        """The certified underlay addresses, IPv4 first."""
+        return (self.public_ip,) if self.public_ip6 is None else (self.public_ip, self.public_ip6)
+
+    def address_of(self, version: int) -> str | None:
+        """The certified underlay address of IP version 4 or 6, if any."""
+        return next((a for a in self.public_ips if _version(a) == version), None)
 
 
 @dataclass(frozen=True)
@@ -357,8 +283,13 @@ def parse_authority(der: bytes) -> Authority:
         raise CertError(MALFORMED, f"{what} {name!r}: its grant has no network=")
     try:
         network = _network(fields["network"], "network")
+        network6 = _network(fields["network6"], "network6") if "network6" in fields else None
     except ValueError as exc:
         raise CertError(MALFORMED, f"{what} {name!r}: {exc}") from None
+    if network6 is not None and (network.version != 4 or network6.version != 6):
+        raise CertError(
+            MALFORMED, f"{what} {name!r}: network6= must be IPv6, beside an IPv4 network="
+        )
     if cert.issuer != cert.subject or not _signed_by(cert, key):
         raise CertError(ISSUER, f"{what} {name!r}: not self-signed")
     not_before, not_after = _times(cert)
@@ -371,6 +302,7 @@ def parse_authority(der: bytes) -> Authority:
         not_before=not_before,
         not_after=not_after,
         subject=cert.subject.public_bytes(),
+        network6=str(network6) if network6 is not None else None,
     )
 
 
@@ -402,14 +334,20 @@ def _parse_node(der: bytes) -> tuple[CertInfo, x509.Certificate]:
     except x509.ExtensionNotFound:
         raise CertError(MALFORMED, f"{what}: no subject alternative name (the public IP)") from None
     ips = san.get_values_for_type(x509.IPAddress)
-    if len(ips) != 1:
-        raise CertError(MALFORMED, f"{what}: needs exactly one IP address, has {len(ips)}")
-    ip = ips[0]
-    if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise CertError(MALFORMED, f"{what}: its IP entry is a network, not an address")
-    problem = unicast_problem(str(ip))
-    if problem:
-        raise CertError(MALFORMED, f"{what}: public IP {problem}")
+    if not 1 <= len(ips) <= 2:
+        raise CertError(
+            MALFORMED, f"{what}: needs one IP address (or one per family), has {len(ips)}"
+        )
+    for ip in ips:
+        if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise CertError(MALFORMED, f"{what}: its IP entry is a network, not an address")
+        problem = unicast_problem(str(ip))
+        if problem:
+            raise CertError(MALFORMED, f"{what}: public IP {problem}")
+    try:
+        public_ip, public_ip6 = first_and_second([str(ip) for ip in ips], "IP addresses")
+    except ValueError as exc:
+        raise CertError(MALFORMED, f"{what}: {exc}") from None
     try:
         grant = Grant.from_fields(_grant_fields(cert, what))
     except ValueError as exc:
@@ -419,7 +357,8 @@ def _parse_node(der: bytes) -> tuple[CertInfo, x509.Certificate]:
     info = CertInfo(
         der=der,
         name=name,
-        public_ip=str(ip),
+        public_ip=public_ip,
+        public_ip6=public_ip6,
         grant=grant,
         serial=cert.serial_number,
         not_before=not_before,
@@ -454,11 +393,11 @@ def verify_certificate(der: bytes, authorities: Sequence[Authority], wall: float
             raise CertError(NOT_YET_VALID, f"{what}: not valid before {_utc(start)}")
         if wall > end:
             raise CertError(EXPIRED, f"{what}: expired {_utc(end)}")
-    if not info.grant.inside(auth.network):
+    if not info.grant.inside(auth.networks):
         raise CertError(
             GRANT,
             f"certificate {info.name!r}: grant {info.grant.describe()} is outside the CA's"
-            f" network {auth.network}",
+            f" network {' and '.join(auth.networks)}",
         )
     return info
 
@@ -545,13 +484,17 @@ def _dt(t: float) -> datetime:
 def build_authority(
     key: Ed25519PrivateKey,
     name: str,
-    network: str,
+    network: str | Sequence[str],
     not_before: float,
     not_after: float,
     serial: int,
 ) -> bytes:
-    """A self-signed CA certificate granting ``network``."""
-    net = _network(network, "network")
+    """A self-signed CA certificate granting ``network`` (one CIDR, or one per family)."""
+    first, second = first_and_second([network] if isinstance(network, str) else network, "network")
+    net = _network(first, "network")
+    pairs = {"network": str(net)}
+    if second is not None:
+        pairs["network6"] = str(_network(second, "network6"))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     pub = key.public_key()
     cert = (
@@ -566,7 +509,7 @@ def build_authority(
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([grant_name(format_grant({"network": str(net)}))]),
+            x509.SubjectAlternativeName([grant_name(format_grant(pairs))]),
             critical=False,
         )
         .sign(key, None)
@@ -579,14 +522,16 @@ def build_certificate(
     ca_der: bytes,
     public_key: Ed25519PublicKey,
     name: str,
-    public_ip: str,
+    public_ip: str | Sequence[str],
     grant: Grant,
     not_before: float,
     not_after: float,
     serial: int,
 ) -> bytes:
-    """A node certificate for ``public_key`` signed by the CA (its certificate and key)."""
+    """A node certificate for ``public_key`` signed by the CA (its certificate and key);
+    ``public_ip``: the underlay address, or one per family."""
     ca = x509.load_der_x509_certificate(ca_der)
+    ips = [public_ip] if isinstance(public_ip, str) else list(public_ip)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -598,7 +543,10 @@ def build_certificate(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(public_ip)), grant_name(grant.text())]
+                [
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                    grant_name(grant.text()),
+                ]
             ),
             critical=False,
         )

@@ -4,8 +4,9 @@ A record is believed only when
 
 * it carries a certificate issued by one of the configured authorities, valid at the driver's
   wall time, whose serial the current revocation list does not name;
-* the certificate binds the record's name (CN), public IP (SAN) and subnet (grant: a fixed subnet,
-  or any /len of a pool);
+* the certificate binds the record's name (CN), public IPs (SAN: each announced underlay address,
+  IPv4 and IPv6, must be the certificate's of its family) and subnets (grant, per family: a fixed
+  subnet, or any /len of a pool; a dual-stack record's IPv6 subnet by the grant's IPv6 part);
 * its signature over ``record.signing_bytes()`` verifies under the certificate's key -- so only
   the node holding the key can write its own record, ``left`` included.
 
@@ -23,6 +24,7 @@ Shared-key mode has no Trust at all (``GossipNode(trust=None)``): records are be
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -72,9 +74,52 @@ class TrustError(ValueError):
         self.reason = reason
 
 
+RANK_POOL4 = 1
+RANK_POOL6 = 2
+"""The kind bits of a `ClaimRank`: set when that family's grant is a pool (a fixed subnet
+outranks a pool's claim). An IPv4-only certificate's rank is (0 | 1, not_before) as before
+dual-stack; ``model.claim_order`` reads the bit of the family it orders."""
+
+
 def claim_rank(info: CertInfo) -> ClaimRank:
-    """A fixed-subnet grant outranks a pool grant; then the older certificate wins."""
-    return (0 if info.grant.subnet is not None else 1, info.not_before)
+    """A fixed-subnet grant outranks a pool grant, per family; then the older certificate."""
+    grant = info.grant
+    kind = (0 if grant.is_fixed(4) or grant.part(4) is None else RANK_POOL4) | (
+        0 if grant.is_fixed(6) or grant.part(6) is None else RANK_POOL6
+    )
+    return (kind, info.not_before)
+
+
+def record_problem(info: CertInfo, rec: NodeRecord) -> tuple[str, str] | None:
+    """What in ``rec`` the certificate does not bind, as (reason, one line), or None: the name,
+    every underlay address (each the certificate's of its family) and every subnet (each
+    allowed by the grant of its family)."""
+    if info.name != rec.name:
+        return CERT_NAME, f"name {rec.name!r} contradicts the certificate (CN {info.name!r})"
+    for version in (4, 6):
+        ip = rec.underlay_of(version)
+        if ip is not None and not _same_address(ip, info.address_of(version)):
+            certified = info.address_of(version) or f"no IPv{version} address"
+            return CERT_IP, f"public IP {ip} contradicts the certificate ({certified})"
+    for subnet in rec.subnets:
+        if not info.grant.allows(subnet):
+            return (
+                CERT_GRANT,
+                f"subnet {subnet} contradicts the certificate (grants {info.grant.describe()})",
+            )
+    return None
+
+
+def _same_address(announced: str, certified: str | None) -> bool:
+    """Equal as addresses (an IPv6 address has many spellings; the certificate's is canonical)."""
+    if certified is None:
+        return False
+    if announced == certified:
+        return True
+    try:
+        return ipaddress.ip_address(announced) == ipaddress.ip_address(certified)
+    except ValueError:
+        return False
 
 
 def _raw(key: object) -> bytes:
@@ -202,12 +247,9 @@ class Trust:
         info = self._cert(rec.cert, wall)
         if isinstance(info, str):
             return info
-        if info.name != rec.name:
-            return CERT_NAME
-        if info.public_ip != rec.public_ip:
-            return CERT_IP
-        if not info.grant.allows(rec.subnet):
-            return CERT_GRANT
+        problem = record_problem(info, rec)
+        if problem is not None:
+            return problem[0]
         if rec.vtep_mac is not None and rec.vtep_mac != vtep_mac_for(certified_vtep_seed(rec.name)):
             return CERT_MAC  # another member's MAC would take its FDB entry
         try:
@@ -246,19 +288,9 @@ class Trust:
             raise TrustError(exc.reason, str(exc)) from None
         if info.serial in self._revoked:
             raise TrustError(REVOKED, f"certificate {info.name!r}: revoked")
-        if info.name != rec.name:
-            raise TrustError(
-                CERT_NAME, f"name {rec.name!r} contradicts the certificate (CN {info.name!r})"
-            )
-        if info.public_ip != rec.public_ip:
-            raise TrustError(
-                CERT_IP, f"public IP {rec.public_ip} contradicts the certificate ({info.public_ip})"
-            )
-        if not info.grant.allows(rec.subnet):
-            raise TrustError(
-                CERT_GRANT,
-                f"subnet {rec.subnet} contradicts the certificate (grants {info.grant.describe()})",
-            )
+        problem = record_problem(info, rec)
+        if problem is not None:
+            raise TrustError(*problem)
         signed = signer.sign(rec)
         got, reason = self.verify(signed, wall)
         if got is None:  # pragma: no cover - every check above passed

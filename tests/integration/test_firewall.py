@@ -216,7 +216,7 @@ def test_filter_drops_non_members(lab: Callable[[int], Lab]) -> None:
         return [ln for ln in s.splitlines() if "packets" not in ln]
 
     assert strip(again) == strip(listing)
-    assert again.count("counter name") == 2  # no rule stacked up
+    assert again.count("counter name") == 3  # accept IPv4, accept IPv6, drop: none stacked up
 
     # Hand edits are repaired by the next (forced) apply: a deleted element and a flushed chain.
     ns_exec(h1.ns, ["nft", f"delete element inet meshd members {{ {h2.underlay_ip} }}"])
@@ -292,7 +292,7 @@ def test_ipip_and_wireguard_match_and_host_gw_inert(lab: Callable[[int], Lab]) -
 
 
 def test_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    with pytest.raises(DataplaneError, match=r"^filter: 'nope' is not an IPv4 address$"):
+    with pytest.raises(DataplaneError, match=r"^filter: 'nope' is not an IP address$"):
         Firewall("vxlan").script(["10.0.0.1", "nope"])
     script = Firewall("vxlan", 4789).script(["10.0.0.2", "10.0.0.1", "10.0.0.2"])
     assert "udp dport 4789 ip saddr @members" in script
@@ -306,3 +306,23 @@ def test_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert fw.status()["last_error"] == str(exc.value)
     with pytest.raises(DataplaneError, match="nft not found"):
         run(fw.remove())
+
+
+@pytest.mark.root
+def test_ipv6_members_get_their_own_set_and_rules(lab: Callable[[int], Lab]) -> None:
+    lb = lab(1)
+    (h1,) = lb.hosts
+    fw = Firewall("vxlan", netns=h1.ns)
+    assert run(fw.apply({"10.99.0.2", "fd00:99::3", "fd00:99::2", "::1"}))
+    listing = ns_exec(h1.ns, ["nft", "list", "chain", "inet", "meshd", "input"]).stdout
+    assert "udp dport 8472 ip6 saddr @members6" in listing
+    seen = run(fw.read())
+    assert seen["members"] == ["10.99.0.2", "fd00:99::2", "fd00:99::3"]
+    assert fw.status()["refused"] == {"::1": "::1 is the loopback address"}
+    # ipip over IPv6 (ip6tnl): IPv4 or IPv6 inside, allowed from members, dropped otherwise.
+    tun = Firewall("ipip", netns=h1.ns)
+    assert run(tun.apply({"fd00:99::2"}))
+    listing = ns_exec(h1.ns, ["nft", "list", "chain", "inet", "meshd", "input"]).stdout
+    assert "meta l4proto { ipencap, ipv6 } ip6 saddr @members6 counter" in listing
+    assert listing.count('counter name "dropped" drop') == 2
+    assert run(tun.read())["members"] == ["fd00:99::2"]

@@ -188,3 +188,32 @@ def test_listing_never_matches_what_it_does_not_know() -> None:
     for v in variants:
         got = listing(v)
         assert {k: got[k] for k in want} != want
+
+
+@pytest.mark.root
+def test_an_ipv6_network_gets_its_own_ip6_table_adopted_and_repaired(
+    lab: Callable[..., Lab],
+) -> None:
+    lb = lab(1)
+    (h1,) = lb.hosts
+    mq = Masquerade("fd00:244::/32", netns=h1.ns)
+    assert mq.rules("fd00:244:1::/64")[1] == (
+        'ip6 saddr fd00:244::/32 ip6 daddr != ff00::/8 counter name "masqueraded" '
+        "masquerade fully-random"
+    )
+    with pytest.raises(DataplaneError, match="subnet 10.244.1.0/24 is outside network"):
+        mq.rules("10.244.1.0/24")
+    assert run(mq.apply("fd00:244:1::/64"))
+    assert {"table ip6 meshd-nat"} <= tables(h1.ns) and "table ip meshd-nat" not in tables(h1.ns)
+    listed = ns_exec(h1.ns, ["nft", "list", "table", "ip6", "meshd-nat"]).stdout
+    assert "ip6 saddr != fd00:244::/32 ip6 daddr fd00:244:1::/64" in listed
+    # A restarted daemon adopts the table untouched; a rule deleted by hand is put back.
+    again = Masquerade("fd00:244::/32", netns=h1.ns)
+    assert not run(again.apply("fd00:244:1::/64")) and again.status()["adopted"]
+    assert again.status()["table"] == "ip6 meshd-nat"
+    out = ns_exec(h1.ns, ["nft", "-a", "list", "chain", "ip6", "meshd-nat", "postrouting"]).stdout
+    handle = next(ln.rsplit("# handle ", 1)[1] for ln in out.splitlines() if "saddr" in ln)
+    ns_exec(h1.ns, ["nft", "delete", "rule", "ip6", "meshd-nat", "postrouting", "handle", handle])
+    assert run(again.apply("fd00:244:1::/64", force=True)) and again.status()["repairs"] == 1
+    run(again.remove())
+    assert "table ip6 meshd-nat" not in tables(h1.ns)

@@ -23,12 +23,6 @@ from typing import Any
 
 import pytest
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import (
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_LINK,
-    RTMGRP_NEIGH,
-)
 
 from meshd.dataplane import netlink as netlink_mod
 from meshd.dataplane.model import Underlay, device_spec
@@ -104,19 +98,20 @@ def pyroute2_event(msg: Any) -> Event | None:
     if ev in ("RTM_NEWADDR", "RTM_DELADDR"):
         return Event("addr", new, index=int(msg["index"]), dst=str(msg.get("address") or ""))
     if ev in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-        if msg["family"] != 2:
+        if msg["family"] not in (2, 10):
             return None
+        default = "::" if msg["family"] == 10 else "0.0.0.0"
         return Event(
             "route",
             new,
             index=int(msg.get("oif") or 0),
-            dst=f"{msg.get('dst') or '0.0.0.0'}/{msg['dst_len']}",
+            dst=f"{msg.get('dst') or default}/{msg['dst_len']}",
             proto=int(msg["proto"]),
             table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
         )
     if ev in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
         kind = "fdb" if msg["family"] == 7 else "neigh"
-        if kind == "neigh" and msg["family"] != 2:
+        if kind == "neigh" and msg["family"] not in (2, 10):
             return None
         return Event(
             kind,
@@ -389,7 +384,7 @@ def test_addresses_add_dump_delete(host: Host) -> None:
             assert one_line(ei.value).startswith("add address 10.98.0.1/24 to link 999999: ")
             with pytest.raises(DataplaneError) as ei:
                 await nl.add_address(i, "10.98.0.1")
-            assert error_code(ei.value) is None and "not an IPv4 prefix" in one_line(ei.value)
+            assert error_code(ei.value) is None and "not an IP prefix" in one_line(ei.value)
 
     run(main())
 
@@ -504,7 +499,7 @@ class Pump:
 
 async def pyroute2_monitor(ns: str) -> tuple[Any, AsyncIterator[Event]]:
     mon = AsyncIPRoute(netns=ns, flags=0)
-    await mon.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH)
+    await mon.bind(groups=netlink_mod.MONITOR_GROUPS)  # both families' routes and addresses
 
     async def events() -> AsyncIterator[Event]:
         while True:

@@ -1,7 +1,7 @@
 """An in-memory kernel implementing ``meshd.dataplane.apply.NetlinkAPI``, for unit tests of the
 reconciler's logic (the real-kernel tests in tests/integration stay the authority on netlink).
 
-It keeps what the data plane reads and writes -- devices, IPv4 addresses, main-table routes with
+It keeps what the data plane reads and writes -- devices, addresses, main-table routes with
 their protocol, permanent neighbours and FDB entries per device, sysctls -- and answers the way
 the kernel does where the reconciler depends on it: ``add`` of a route whose prefix exists fails
 with EEXIST (whoever owns it), deleting what is gone is done, deleting a device drops its
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +24,10 @@ from meshd.dataplane.netlink import Event, Failure, FdbEntry, LinkInfo, NeighEnt
 from meshd.errors import DataplaneError, MissingKernelFeature
 
 MAIN_TABLE = 254
+
+
+def _fam(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
 def kernel_error(what: str, code: int) -> DataplaneError:
@@ -158,12 +163,15 @@ class FakeNetlink:
             up=ln.up if up is None else up,
         )
 
-    async def addresses(self, index: int | None = None) -> list[tuple[int, str, int, bool]]:
+    async def addresses(
+        self, index: int | None = None, family: int = socket.AF_INET
+    ) -> list[tuple[int, str, int, bool]]:
         return [
             (i, ip, plen, n > 0)
             for i, addrs in self.addrs.items()
             if index is None or i == index
             for n, (ip, plen) in enumerate(addrs)
+            if not family or _fam(ip) == family
         ]
 
     async def add_address(self, index: int, cidr: str) -> None:
@@ -178,11 +186,21 @@ class FakeNetlink:
             self.writes.append(f"delete address {cidr} from link {index}")
             self.addrs[index].remove((ip, int(plen)))
 
-    async def dump_routes(self, proto: int, table: int = MAIN_TABLE) -> list[RouteEntry]:
-        return [r.entry for r in self.routes.values() if r.proto == proto and r.table == table]
+    async def dump_routes(
+        self, proto: int, table: int = MAIN_TABLE, family: int = socket.AF_INET
+    ) -> list[RouteEntry]:
+        return [
+            r.entry
+            for d, r in self.routes.items()
+            if r.proto == proto and r.table == table and _fam(d) == family
+        ]
 
-    async def dump_route_owners(self, table: int = MAIN_TABLE) -> list[tuple[str, int]]:
-        return [(d, r.proto) for d, r in self.routes.items() if r.table == table]
+    async def dump_route_owners(
+        self, table: int = MAIN_TABLE, family: int = socket.AF_INET
+    ) -> list[tuple[str, int]]:
+        return [
+            (d, r.proto) for d, r in self.routes.items() if r.table == table and _fam(d) == family
+        ]
 
     async def routes_apply(
         self, op: str, entries: Sequence[RouteEntry], proto: int, table: int = MAIN_TABLE
@@ -207,8 +225,10 @@ class FakeNetlink:
             self.writes.append(what)
         return fails
 
-    async def dump_neighs(self, ifindex: int) -> list[NeighEntry]:
-        return [NeighEntry(d, m) for d, m in self.neighs.get(ifindex, {}).items()]
+    async def dump_neighs(self, ifindex: int, family: int = socket.AF_INET) -> list[NeighEntry]:
+        return [
+            NeighEntry(d, m) for d, m in self.neighs.get(ifindex, {}).items() if _fam(d) == family
+        ]
 
     async def neighs_apply(
         self, op: str, ifindex: int, entries: Sequence[NeighEntry]

@@ -63,8 +63,11 @@ def test_pool_size(network: str, length: int, size: int) -> None:
     ("network", "length", "words"),
     [("10.244.0.0/16", 16, "must be longer"), ("10.244.0.0/16", 12, "must be longer"),
      ("10.244.0.0/16", 31, "outside 8..30"), ("0.0.0.0/4", 7, "outside 8..30"),
-     ("10.244.0.1/16", 24, "not an IPv4 network"), ("fd00::/8", 24, "not an IPv4 network"),
-     ("nonsense", 24, "not an IPv4 network"),
+     ("10.244.0.1/16", 24, "not an IPv4 or IPv6 network"),
+     ("fd00::1/48", 64, "not an IPv4 or IPv6 network"),
+     ("nonsense", 24, "not an IPv4 or IPv6 network"),
+     ("fd00::/48", 48, "must be longer"), ("fd00::/48", 125, "subnet_len6 125 is outside 8..124"),
+     ("fd00::", 64, "must be longer"),  # a bare IPv6 address is a /128
      ("10.244.0.0", 24, "must be longer")],  # a bare address is a /32, not a crash
 )  # fmt: skip
 def test_pool_problem_is_one_line_and_pool_refuses(network: str, length: int, words: str) -> None:
@@ -315,3 +318,66 @@ def test_certified_claim_beats_an_unverified_one(pki: SimPKI) -> None:
     bare = replace(b, subnet="10.244.4.0/24", since=1)  # no claim_rank: self-asserted only
     assert allocation.lost_to(bare, [pv(cert)], 0.0, LEASE, "vxlan", NET) == cert
     assert allocation.lost_to(cert, [pv(bare)], 0.0, LEASE, "vxlan", NET) is None
+
+
+# -- IPv6 pools (dual-stack) ----------------------------------------------------------------------
+
+NET6 = "fd00:10:244::/48"
+
+
+def dual(i: int, subnet6: str, since: int = 0) -> NodeRecord:
+    return replace(make_record(i), subnet6=subnet6, since=since)
+
+
+def test_an_ipv6_pool_counts_and_picks_its_own_family() -> None:
+    pool = Pool(NET6, allocation.DEFAULT_LEN6)
+    assert (pool.version, pool.bits, pool.size) == (6, 128, 65536)
+    assert pool.describe() == f"network {NET6} (65536 subnets of /64)"
+    assert pool.contains("fd00:10:244:ffff::/64")
+    for outside in ("fd00:10:245::/64", "fd00:10:244::/63", "10.244.0.0/24", "fd00:10:244::1/64"):
+        assert not pool.contains(outside), outside
+    rng = random.Random(3)
+    picks = {allocation.pick(pool, [], rng) for _ in range(200)}
+    assert all(p is not None and pool.contains(p) for p in picks)
+    assert len(picks) > 190  # uniform over 65,536: collisions in 200 picks are rare
+
+
+def test_an_ipv6_pick_avoids_what_members_hold_of_that_family_only() -> None:
+    pool = Pool("fd00:10:244::/62", 64)  # four subnets
+    members = [PeerView(dual(i, f"fd00:10:244:{i}::/64"), "alive", 0.0) for i in (0, 1, 2)]
+    taken6 = allocation.held(members, 0.0, LEASE, 6)
+    assert allocation.free_count(pool, taken6) == 1
+    assert allocation.pick(pool, taken6, random.Random(1)) == "fd00:10:244:3::/64"
+    # Their IPv4 subnets are another family's: they leave the IPv6 pool whole.
+    assert allocation.free_count(pool, allocation.held(members, 0.0, LEASE)) == 4
+    last = allocation.span_of("fd00:10:244:3::/64", 6)
+    assert last is not None and allocation.span_of("fd00:10:244:3::/64", 4) is None
+    assert allocation.pick(pool, [*taken6, last], random.Random(1)) is None
+
+
+def test_an_ipv6_pool_never_hands_out_a_special_range() -> None:
+    pool = Pool("fe00::/8", 10)  # fe80::/10 is the pool's third subnet of /10
+    got = {allocation.pick(pool, [], random.Random(s)) for s in range(50)}
+    assert got == {"fe00::/10", "fe40::/10", "fec0::/10"}
+
+
+def test_lost_to_per_family() -> None:
+    older = dual(2, "fd00:10:244:1::/64", since=100)
+    local = dual(1, "fd00:10:244:1::/64", since=200)  # its IPv4 subnet overlaps nobody's
+    peers = [PeerView(older, "alive", 0.0)]
+    assert allocation.lost_to(local, peers, 0.0, LEASE, "vxlan", NET6, 6) == older
+    assert allocation.lost_to(local, peers, 0.0, LEASE, "vxlan", NET6, 4) is None
+    # A node that claims no IPv6 subnet loses none.
+    assert allocation.lost_to(make_record(1), peers, 0.0, LEASE, "vxlan", None, 6) is None
+
+
+def test_with_subnet_keeps_the_records_layout() -> None:
+    r = make_record(1)
+    both = allocation.with_subnet(r, 6, "fd00::/64")
+    assert (both.subnet, both.subnet6) == (r.subnet, "fd00::/64")
+    assert allocation.with_subnet(both, 4, "10.9.0.0/24").subnets == ("10.9.0.0/24", "fd00::/64")
+    v6only = replace(r, subnet="fd00::/64")
+    moved = allocation.with_subnet(v6only, 6, "fd00:1::/64")
+    assert (moved.subnet, moved.subnet6) == ("fd00:1::/64", None)
+    added = allocation.with_subnet(v6only, 4, "10.9.0.0/24")
+    assert (added.subnet, added.subnet6) == ("10.9.0.0/24", "fd00::/64")

@@ -148,3 +148,44 @@ def test_a_left_node_forgets_its_allocated_subnet(tmp_path: Path) -> None:
     m.save(force=True)
     state = StateStore(tmp_path).load()
     assert state.subnet is None and state.subnet_since == 0
+
+
+def test_an_ipv6_allocator_moves_only_the_ipv6_subnet() -> None:
+    net6 = "fd00:10:244::/62"  # four subnets of /64
+    a = Allocator(
+        Pool(net6, 64),
+        LEASE,
+        "vxlan",
+        (NET, net6),
+        ("10.99.0.0/24", "fd00:99::/64"),
+        random.Random(1),
+    )
+    assert a.version == 6
+    holder = replace(rec(2, "10.244.1.0/24", since=50), subnet6="fd00:10:244:1::/64")
+    local = replace(rec(1, "10.244.0.0/24", since=100), subnet6="fd00:10:244:1::/64")
+    move = a.review(local, alive(holder), 0.0)
+    assert move is not None and (move.old, move.version, move.holder) == (
+        "fd00:10:244:1::/64",
+        6,
+        holder,
+    )
+    assert move.new is not None and move.new != move.old and Pool(net6, 64).contains(move.new)
+    # The IPv4 allocator of the same node sees nothing to do: it holds 10.244.0.0/24.
+    assert allocator().review(local, alive(holder), 0.0) is None
+    # A node with no IPv6 subnet has nothing for the IPv6 allocator to move.
+    assert a.review(rec(1, "10.244.0.0/24"), alive(holder), 0.0) is None
+
+
+def test_an_ipv6_allocator_keeps_out_of_the_hosts_ipv6_prefixes_only() -> None:
+    net6 = "fd00:10:244::/63"  # two subnets of /64
+    a = Allocator(
+        Pool(net6, 64),
+        LEASE,
+        "vxlan",
+        net6,
+        ("10.244.0.0/16", "fd00:10:244::/64"),
+        random.Random(1),
+    )
+    assert not a.usable("fd00:10:244::/64")
+    assert a.usable("fd00:10:244:1::/64")
+    assert a.first(None, 0, 0.0, [], WALL) == ("fd00:10:244:1::/64", int(WALL))

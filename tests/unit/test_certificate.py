@@ -272,7 +272,7 @@ def test_malformed_node_certificates(
 def test_unknown_grant_keys_are_ignored() -> None:
     ca_key, ca_der = ca()
     der = custom(
-        lambda b: with_san(b, san("192.0.2.1"), grant_ext(f"{GOOD_GRANT};subnet6=fd00:1::/64")),
+        lambda b: with_san(b, san("192.0.2.1"), grant_ext(f"{GOOD_GRANT};future=fd00:1::/64")),
         ca_key,
     )
     assert (
@@ -438,3 +438,107 @@ def test_relabelled_outer_algorithm_is_refused() -> None:
     auth = c.parse_authority(ca_der)
     assert reason(lambda: c.verify_certificate(forged, [auth], NOW)) == c.MALFORMED
     assert c.verify_certificate(der, [auth], NOW).der == der
+
+
+# -- dual-stack -----------------------------------------------------------------------------------
+
+NET6 = "fd00:10:244::/48"
+DUAL = Grant.combine([Grant.fixed("10.244.1.0/24"), Grant.from_pool(NET6, 64)])
+
+
+def dual_ca() -> tuple[Ed25519PrivateKey, bytes]:
+    key = Ed25519PrivateKey.generate()
+    der = c.build_authority(key, "meshd CA", [NET6, NET], NOW - DAY, NOW + 100 * DAY, serial=1)
+    return key, der
+
+
+def test_dual_stack_chain() -> None:
+    ca_key, ca_der = dual_ca()
+    auth = c.parse_authority(ca_der)
+    assert (auth.network, auth.network6, auth.networks) == (NET, NET6, (NET, NET6))
+    assert (auth.network_of(4), auth.network_of(6)) == (NET, NET6)
+    pub = Ed25519PrivateKey.generate().public_key()
+    # The addresses in any order: the certificate's first is the IPv4 one, as in the record.
+    der = c.build_certificate(
+        ca_key, ca_der, pub, "n1", ["fd00:99::1", "192.0.2.1"], DUAL, NOW - DAY, NOW + DAY, 9
+    )
+    info = c.verify_certificate(der, [auth], NOW)
+    assert (info.public_ip, info.public_ip6) == ("192.0.2.1", "fd00:99::1")
+    assert (info.address_of(4), info.address_of(6)) == ("192.0.2.1", "fd00:99::1")
+    assert info.grant == DUAL
+    assert DUAL.text() == f"subnet=10.244.1.0/24;pool6={NET6};len6=64"
+    assert DUAL.describe() == f"10.244.1.0/24 and any /64 in {NET6}"
+    assert DUAL.allows("10.244.1.0/24") and DUAL.allows("fd00:10:244:7::/64")
+    for refused in ("10.244.2.0/24", "fd00:10:244::/63", "fd00:10:245::/64", "fd00:10:244::1/64"):
+        assert not DUAL.allows(refused), refused
+    assert (DUAL.is_fixed(4), DUAL.is_fixed(6)) == (True, False)
+
+
+def test_an_ipv6_grant_needs_the_cas_ipv6_network() -> None:
+    ca_key, ca_der = ca()  # IPv4 only
+    der = node(ca_key, ca_der, DUAL)
+    assert reason(lambda: c.verify_certificate(der, [c.parse_authority(ca_der)], NOW)) == c.GRANT
+
+
+def test_an_ipv6_only_cluster() -> None:
+    key = Ed25519PrivateKey.generate()
+    ca_der = c.build_authority(key, "v6 CA", NET6, NOW - DAY, NOW + DAY, serial=1)
+    auth = c.parse_authority(ca_der)
+    assert (auth.network, auth.network6, auth.network_of(4)) == (NET6, None, None)
+    grant = Grant.fixed("fd00:10:244:1::/64")
+    info = c.verify_certificate(node(key, ca_der, grant, ip="fd00:99::1"), [auth], NOW)
+    assert (info.public_ip, info.public_ip6, info.address_of(4)) == ("fd00:99::1", None, None)
+    assert grant.text() == "subnet=fd00:10:244:1::/64"
+    assert (grant.version, grant.part(4), grant.parts) == (6, None, (grant,))
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("subnet6=fd00::/64", "exactly one of subnet= and pool="),  # no first family
+        ("subnet=10.244.1.0/24;subnet6=fd00::/64;pool6=fd00::/48;len6=64", "exactly one"),
+        ("subnet=10.244.1.0/24;len6=64", "len6= belongs with pool6="),
+        ("subnet=10.244.1.0/24;subnet6=fd00::/64;len6=64", "len6= belongs with pool6="),
+        ("subnet=10.244.1.0/24;pool6=fd00::/48", "len6=''"),
+        ("subnet=10.244.1.0/24;subnet6=10.244.2.0/24", "must be IPv6"),
+        ("subnet=fd00:1::/64;subnet6=fd00::/64", "must be IPv6, beside an IPv4"),
+        ("subnet=10.244.1.0/24;pool6=fd00::/48;len6=129", "between"),
+    ],
+)
+def test_malformed_dual_stack_grants(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        Grant.from_fields(c.parse_grant_text(text))
+
+
+def test_combine_takes_one_grant_per_family() -> None:
+    v4, v6 = Grant.fixed("10.244.1.0/24"), Grant.fixed("fd00::/64")
+    assert Grant.combine([v6, v4]) == Grant("10.244.1.0/24", None, None, "fd00::/64", None, None)
+    assert Grant.combine([v6]) == v6
+    for parts, needle in [([], "needs"), ([v4, v4], "two IPv4"), ([DUAL], "single-family")]:
+        with pytest.raises(ValueError, match=needle):
+            Grant.combine(parts)
+
+
+def test_certificate_addresses_one_per_family() -> None:
+    ca_key, _ = ca()
+    for ips, ok in [
+        (("192.0.2.1", "fd00::1"), True),
+        (("fd00::1", "fd00::2"), False),
+        (("192.0.2.1", "fd00::1", "fd00::2"), False),
+        (("192.0.2.1", "fe80::1"), False),  # link-local: needs a zone
+    ]:
+        der = custom(lambda b, ips=ips: with_san(b, san(*ips), grant_ext(GOOD_GRANT)), ca_key)  # type: ignore[misc]
+        if ok:
+            assert c.parse_certificate(der).public_ips == ips
+        else:
+            assert reason(lambda der=der: c.parse_certificate(der)) == c.MALFORMED  # type: ignore[misc]
+
+
+def test_a_cas_network6_must_be_ipv6_beside_ipv4() -> None:
+    for grant in (
+        "network=10.244.0.0/16;network6=10.245.0.0/16",
+        f"network={NET6};network6={NET6}",
+    ):
+        ca_true = (x509.BasicConstraints(ca=True, path_length=0), True)
+        der = _authority_der([ca_true, (grant_ext(grant), False)])
+        assert reason(lambda der=der: c.parse_authority(der)) == c.MALFORMED  # type: ignore[misc]

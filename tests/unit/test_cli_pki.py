@@ -227,6 +227,21 @@ def test_crl_install_protocol_parse() -> None:
         (["cert", "show", "{d}/n1.key"], "no CERTIFICATE block"),
         (["crl", "show", "{d}/n1.crt"], "no X509 CRL block"),
         (["crl", "install", "{d}/missing", "--socket", "{d}/nosock"], "no CRL at"),
+        (["ca", "init", "{d}/new", "--network", NET, "--network", "10.245.0.0/16"],
+         "two IPv4 values"),
+        (["ca", "init", "{d}/new", "--network", "fe80::/10"], "special-purpose"),
+        (["ca", "sign", "{d}/ca", "--name", "x", "--public-ip", "192.0.2.9",
+          "--subnet", "10.244.9.0/24", "--subnet", "fd00::/64", "--out", "{d}/x"],
+         "outside the CA's network"),  # this CA has no IPv6 network
+        (["ca", "sign", "{d}/ca", "--name", "x", "--public-ip", "192.0.2.9",
+          "--public-ip", "192.0.2.10", "--subnet", "10.244.9.0/24", "--out", "{d}/x"],
+         "two IPv4 values"),
+        (["ca", "sign", "{d}/ca", "--name", "x", "--public-ip", "192.0.2.9",
+          "--subnet", "10.244.9.0/24", "--network", NET, "--out", "{d}/x"],
+         "exactly one of --subnet CIDR and --network CIDR per IP family"),
+        (["ca", "sign", "{d}/ca", "--name", "x", "--public-ip", "192.0.2.9",
+          "--subnet", "10.244.9.0/24", "--subnet-len6", "64", "--out", "{d}/x"],
+         "--subnet-len6 goes with --network"),
     ],
 )  # fmt: skip
 def test_bad_input_one_line(pkidir: Path, args: list[str], needle: str) -> None:
@@ -248,3 +263,26 @@ def test_too_open_ca_key(pkidir: Path, tmp_path: Path) -> None:
               "10.244.9.0/24", "--out", tmp_path / "x")  # fmt: skip
     one_line_error(r, "chmod 600")
     assert r.returncode == 78
+
+
+def test_a_dual_stack_ca_and_certificate(tmp_path: Path) -> None:
+    net6 = "fd00:10:244::/48"
+    ok("ca", "init", tmp_path / "ca", "--network", net6, "--network", NET)
+    out = ok("ca", "sign", tmp_path / "ca", "--name", "n1", "--public-ip", "fd00:99::1",
+             "--public-ip", "192.0.2.1", "--subnet", "10.244.1.0/24", "--network", net6,
+             "--out", tmp_path / "n1")  # fmt: skip
+    assert f"n1: 192.0.2.1 and fd00:99::1, subnet 10.244.1.0/24 and any /64 in {net6}" in out
+    shown = json.loads(ok("cert", "show", tmp_path / "n1.crt", "--json"))
+    assert (shown["public_ip"], shown["public_ip6"]) == ("192.0.2.1", "fd00:99::1")
+    assert shown["grant"] == f"subnet=10.244.1.0/24;pool6={net6};len6=64"
+    ca = json.loads(ok("cert", "show", tmp_path / "ca" / "ca.crt", "--json"))
+    assert (ca["network"], ca["network6"]) == (NET, net6)
+    assert ca["grant"] == f"network={NET};network6={net6}"
+    # The request flow carries both addresses; the CA operator grants per family.
+    ok("cert", "request", "--name", "n2", "--public-ip", "192.0.2.2", "--public-ip",
+       "fd00:99::2", "--out", tmp_path / "n2")  # fmt: skip
+    ok("ca", "sign", tmp_path / "ca", "--csr", tmp_path / "n2.csr", "--network", NET,
+       "--network", net6, "--subnet-len6", "80", "--out", tmp_path / "n2")  # fmt: skip
+    n2 = json.loads(ok("cert", "show", tmp_path / "n2.crt", "--json"))
+    assert (n2["public_ip"], n2["public_ip6"]) == ("192.0.2.2", "fd00:99::2")
+    assert n2["grant"] == f"pool={NET};len=24;pool6={net6};len6=80"

@@ -42,7 +42,7 @@ def free_udp_port() -> int:
 def test_failed_setup_closes_the_udp_socket(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def underlay(iface: str | None, public_ip: str | None) -> Underlay:
+    async def underlay(iface: str | None, public_ip: str | None, **kw: Any) -> Underlay:
         # Not 127.0.0.1: a loopback public IP is refused (record.unicast_ip4).
         return Underlay("lo", 1, "192.0.2.1", 24, 1500)
 
@@ -90,7 +90,7 @@ def test_failed_setup_closes_the_udp_socket(
 
 
 def test_unusable_record_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def underlay(iface: str | None, public_ip: str | None) -> Underlay:
+    async def underlay(iface: str | None, public_ip: str | None, **kw: Any) -> Underlay:
         return Underlay("lo", 1, "192.0.2.1", 24, 65536)  # loopback's MTU: no record carries it
 
     monkeypatch.setattr(meshd.daemon, "discover_underlay", underlay)

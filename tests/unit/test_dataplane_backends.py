@@ -22,7 +22,7 @@ from meshd.gossip.record import NodeRecord, RecordError, vtep_mac_for
 
 
 def site(backend: str = "vxlan", **kw: Any) -> Site:
-    kw.setdefault("onlink", ((0x0A630000, 0x0A6300FF),))  # 10.99.0.0/24
+    kw.setdefault("onlink", ((4, 0x0A630000, 0x0A6300FF),))  # 10.99.0.0/24
     return Site(rec(1, backend), UL, **kw)
 
 
@@ -71,7 +71,7 @@ def test_hostgw() -> None:
     assert be.device(site("host-gw")) is None
     assert be.encapsulation(8472) is None and be.vtep_mac(b"\x01" * 16) is None
     assert be.entries(rec(2, "host-gw"), site("host-gw"), None) == PeerEntries(
-        Route("10.244.2.0/24", "10.99.0.2", "eth0")
+        (Route("10.244.2.0/24", "10.99.0.2", "eth0"),)
     )
     near, far = rec(2, "host-gw"), rec(3, "host-gw", public_ip="192.0.2.3")
     refused = be.refuse([near, far], site("host-gw"))
@@ -98,7 +98,7 @@ def test_ipip() -> None:
         (("ipip_local", "10.99.0.1"), ("ipip_link", 2), ("ipip_ttl", 64)),
     )
     assert be.entries(rec(2, "ipip"), site("ipip"), dev) == PeerEntries(
-        Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True)
+        (Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", onlink=True),)
     )
     assert be.refuse([rec(2, "ipip"), rec(3, "ipip", public_ip="192.0.2.3")], site("ipip")) == {}
     assert be.encapsulation(8472) == Encapsulation("ip", 4)
@@ -142,8 +142,8 @@ def test_vxlan() -> None:
     p2 = rec(2)
     mac = vtep_mac_for(p2.node_id)
     assert be.entries(p2, s, dev) == PeerEntries(
-        Route("10.244.2.0/24", "10.244.2.0", "meshd.42", onlink=True),
-        Neigh("10.244.2.0", mac),
+        (Route("10.244.2.0/24", "10.244.2.0", "meshd.42", onlink=True),),
+        (Neigh("10.244.2.0", mac),),
         Fdb(mac, "10.99.0.2"),
     )
     assert be.encapsulation(4789) == Encapsulation("udp", 4789)
@@ -177,7 +177,7 @@ def test_wireguard() -> None:
     assert dict(dev.params) == {"listen_port": 51999, "public_key": b64(bytes([0x81]) * 32)}
     p2 = wgrec(2)
     assert be.entries(p2, s, dev) == PeerEntries(
-        Route("10.244.2.0/24", "", "meshd.wg"),
+        (Route("10.244.2.0/24", "", "meshd.wg"),),
         wgpeer=WgPeer(b64(p2.wg_key), "10.99.0.2:51999", ("10.244.2.0/24",)),
     )
     assert str(Route("10.244.2.0/24", "", "meshd.wg")) == "10.244.2.0/24 dev meshd.wg"
@@ -276,7 +276,7 @@ class Tunnel(Backend):
         )
 
     def entries(self, peer: NodeRecord, site: Site, device: DeviceSpec | None) -> PeerEntries:
-        return PeerEntries(Route(peer.subnet, peer.public_ip, "meshd.tun", onlink=True))
+        return PeerEntries((Route(peer.subnet, peer.public_ip, "meshd.tun", onlink=True),))
 
     def refuse(self, peers: Sequence[NodeRecord], site: Site) -> dict[str, Refusal]:
         return {p.name: Refusal("refused", "odd") for p in peers if p.port % 2}

@@ -179,3 +179,71 @@ def test_spans_nested_and_disjoint() -> None:
     assert hit("11.0.0.0/8") is None
     assert hit("0.0.0.0/0") is not None
     assert prefix.Spans([]).overlapping((0, prefix.ALL)) is None
+
+
+# -- IPv6 (dual-stack) ----------------------------------------------------------------------------
+
+cidr6 = st.one_of(
+    st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(
+        lambda t: f"{ipaddress.IPv6Address(t[0])}/{t[1]}"
+    ),
+    st.text(max_size=30),
+)
+
+
+@given(cidr6, st.booleans())
+@example("fd00::/64", True)
+@example("fd00::1/64", True)
+@example("fd00::1/64", False)
+@example("::/0", True)
+@example("10.0.0.0/8", True)
+def test_span6_is_ipaddress(c: str, strict: bool) -> None:
+    try:
+        net = ipaddress.IPv6Network(c, strict=strict)
+        expected: tuple[int, int] | None = (int(net.network_address), int(net.broadcast_address))
+    except ValueError:
+        expected = None
+    assert prefix.span6(c, strict) == expected
+
+
+def test_family_span_keeps_the_families_apart() -> None:
+    assert prefix.family_span("10.0.0.0/8") == (4, (10 << 24, (11 << 24) - 1))
+    assert prefix.family_span("::/127") == (6, (0, 1))
+    assert prefix.family_span("junk") is None
+    assert prefix.family_span("fd00::1/64") is None  # strict, like span
+    assert (prefix.version("fd00::1"), prefix.version("10.0.0.1")) == (6, 4)
+
+
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("fd00::1", None),
+        ("2001:db8::1", None),
+        ("::", "unspecified"),
+        ("::1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("ff02::1", "multicast"),
+        ("::ffff:10.0.0.1", "IPv4-mapped"),
+        ("10.0.0.1", "not an IPv6 address"),
+        ("fd00::1%eth0", "has a zone"),
+    ],
+)
+def test_unicast6_problem(ip: str, why: str | None) -> None:
+    got = prefix.unicast6_problem(ip)
+    assert got is None if why is None else (got is not None and why in got)
+
+
+def test_underlay_problem_takes_either_family() -> None:
+    assert prefix.underlay_problem("fd00::1") is None
+    assert prefix.underlay_problem("10.99.0.1") is None
+    assert "loopback" in (prefix.underlay_problem("::1") or "")
+    assert "loopback" in (prefix.underlay_problem("127.0.0.1") or "")
+
+
+@given(st.integers(0, 2**128 - 1), st.integers(0, 128))
+def test_special_range6_agrees_with_ipaddress(addr: int, plen: int) -> None:
+    net = ipaddress.IPv6Network((addr, plen), strict=False)
+    ranges = ["::/128", "::1/128", "::ffff:0:0/96", "fe80::/10", "ff00::/8"]
+    expected = any(net.overlaps(ipaddress.IPv6Network(r)) for r in ranges)
+    s = (int(net.network_address), int(net.broadcast_address))
+    assert (prefix.special_range_of(6, s) is not None) == expected

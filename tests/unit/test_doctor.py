@@ -177,3 +177,45 @@ def test_a_missing_kernel_module_fails_with_the_data_planes_line() -> None:
     f = healthy(dataplane={"device": "meshd.ipip", "errors": [{"at": 1.0, "error": line}]})
     (kernel,) = [x for x in findings(f) if x.check == "kernel"]
     assert (kernel.level, kernel.message) == (FAIL, line)
+
+
+# --- dual-stack ----------------------------------------------------------------------------------
+
+
+def test_ipv6_forwarding_is_checked_when_the_node_has_an_ipv6_subnet() -> None:
+    assert not [x for x in findings(healthy(ip6_forward="0")) if x.level != OK]  # IPv4 only
+    dual = healthy(ipv6=True, ip6_forward="0")
+    line = next(x for x in findings(dual) if x.check == "forwarding")
+    assert line.level == FAIL
+    assert line.message.startswith(
+        "net.ipv6.conf.all.forwarding = 0: this host does not forward IPv6"
+    )
+    assert line.fix.startswith("sysctl -w net.ipv6.conf.all.forwarding=1")
+    ok = next(x for x in findings(replace(dual, ip6_forward="1")) if x.check == "forwarding")
+    assert ok.level == OK
+    assert ok.message == "net.ipv4.ip_forward = 1, net.ipv6.conf.all.forwarding = 1"
+    # An IPv6-only node forwards no IPv4 container traffic: its IPv4 setting is its own business.
+    v6only = healthy(ipv6=True, ipv6_only=True, ip_forward="0", ip6_forward="1")
+    assert bad(findings(v6only)) == set()
+
+
+def test_an_ipv6_underlay_checks_the_ipv6_neighbour_table() -> None:
+    f = healthy(
+        underlay_families=(6,),
+        gc_thresh=(128, 512, 1024),
+        gc_thresh6=(128, 512, 40),
+    )
+    line = next(x for x in findings(f) if x.check == "neighbours")
+    assert line.level == WARN and "IPv6 gc_thresh3 = 40" in line.message
+    assert "sysctl -w net.ipv6.neigh.default.gc_thresh1=" in line.fix and "ipv4" not in line.fix
+    # Lost sends with ENOBUFS blame gossip's family (here IPv6).
+    lost = replace(f, gc_thresh6=(128, 512, 1024), lost_sends={"enobufs": 4})
+    line = next(x for x in findings(lost) if x.check == "neighbours")
+    assert line.level == FAIL and "net.ipv6.neigh" in line.fix
+
+
+def test_a_dual_stack_underlay_checks_both_tables() -> None:
+    f = healthy(underlay_families=(4, 6), gc_thresh=(128, 512, 1024), gc_thresh6=(128, 512, 1024))
+    lines = [x for x in findings(f) if x.check == "neighbours"]
+    assert [x.level for x in lines] == [OK, OK]
+    assert "IPv6" not in lines[0].message and "IPv6 gc_thresh3 = 1024" in lines[1].message

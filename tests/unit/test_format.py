@@ -253,3 +253,62 @@ def test_status_shows_the_tunnel_probes() -> None:
     (line,) = fmt.tunnel(t)
     assert "9 sent, 5 answered, 4 lost" in line and line.endswith("UNREACHABLE: h2")
     assert fmt.tunnel(None) == []
+
+
+# --- dual-stack ----------------------------------------------------------------------------------
+
+
+def test_peers_table_shows_both_families_in_one_cell_each() -> None:
+    dual: PeerRow = {
+        **H2,
+        "public_ip6": "2001:db8::2",
+        "subnet6": "fd00:10:244:2::/64",
+        "flag": None,
+    }
+    v6only: PeerRow = {**H2, "name": "h3", "public_ip": "2001:db8::3", "subnet": "fd00:3::/64"}
+    out = fmt.peers([H1, dual, v6only]).splitlines()
+    assert out[2].split()[:3] == ["h2", "10.0.0.2,2001:db8::2", "10.244.2.0/24,fd00:10:244:2::/64"]
+    assert out[3].split()[:3] == ["h3", "2001:db8::3", "fd00:3::/64"]
+    # A row from a daemon before dual-stack (no such keys) and one with None read alike.
+    assert out[1].split()[:3] == ["h1", "10.0.0.1", "10.244.1.0/24"]
+    col = out[0].index("BACKEND")
+    assert {line[col:].split()[0] for line in out[1:]} == {"vxlan", "host-gw"}
+
+
+def test_status_node_line_shows_both_families() -> None:
+    st = status_reply()
+    st["node"] = {**st["node"], "public_ip6": "2001:db8::1", "subnet6": "fd00:1::/64"}
+    assert fmt.status(st)[0] == (
+        "node      h1 (10.0.0.1,2001:db8::1) subnet 10.244.1.0/24,fd00:1::/64 backend vxlan "
+        "incarnation 3"
+    )
+
+
+def test_dataplane_line_names_the_underlay_addresses() -> None:
+    dp: dict[str, object] = {
+        "backend": "host-gw",
+        "device": None,
+        "protocol": 109,
+        "programmed": [],
+    }
+    one = fmt.dataplane({**dp, "underlay": {"ifname": "eth0", "ip": "2001:db8::1"}}, {})
+    assert one[0].startswith("dataplane host-gw device - on eth0 (2001:db8::1), routes")
+    two = {"ifname": "eth0", "ip": "10.0.0.1", "ip6": "2001:db8::1"}
+    assert fmt.dataplane({**dp, "underlay": two}, {})[0].startswith(
+        "dataplane host-gw device - on eth0 (10.0.0.1,2001:db8::1), routes"
+    )
+
+
+def test_status_shows_each_familys_allocation_and_masquerade() -> None:
+    alloc = {"network": "fd00:10:244::/48", "subnet_len": 64, "size": 65536, "lease": 600,
+             "origin": "picked", "settled": True}  # fmt: skip
+    mq = {"enabled": True, "table": "ip6 meshd-nat", "network": "fd00:10:244::/48",
+          "subnet": "fd00:10:244:1::/64", "repairs": 0, "last_error": None}  # fmt: skip
+    lines = fmt.status(status_reply(allocation6=alloc, masquerade6=mq))
+    assert (
+        "subnet    allocated from fd00:10:244::/48 (/64, 65536 subnets; lease 600 s), "
+        "picked, settled" in lines
+    )
+    assert any(
+        x.startswith("masquerade ip6 meshd-nat: traffic leaving fd00:10:244::/48") for x in lines
+    )

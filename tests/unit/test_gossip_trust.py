@@ -20,7 +20,7 @@ from meshd.gossip.events import MemberState
 from meshd.gossip.node import EXPIRY_CHECK, GossipNode
 from meshd.gossip.record import SIGNING_PREFIX, NodeRecord, RecordError, validate
 from meshd.gossip.state import MAX_INCARNATION_JUMP
-from meshd.gossip.trust import Signer, TrustError
+from meshd.gossip.trust import RANK_POOL4, RANK_POOL6, Signer, TrustError
 from meshd.sim import DAY, SIM_WALL, Network, SimPKI, make_record
 
 ME, A, B, C = make_record(0), make_record(1), make_record(2), make_record(3)
@@ -465,3 +465,74 @@ def test_a_ca_that_expired_expires_its_certificates() -> None:
     key = Ed25519PrivateKey.generate()
     ca = build_authority(key, "short CA", "10.0.0.0/8", SIM_WALL - DAY, SIM_WALL + 50, 1)
     assert build_crl(key, ca, 1, {}, SIM_WALL, SIM_WALL + DAY)  # the fixture builds, too
+
+
+# --- dual-stack: both families of a record against the certificate ------------------------------
+
+DUAL_C = replace(C, public_ip6="2001:db8::3", subnet6="2001:db8:3::/64")
+DUAL_GRANT = Grant.combine([Grant.fixed(C.subnet), Grant.from_pool("2001:db8::/32", 64)])
+
+
+def verdict(pki: SimPKI, rec: NodeRecord) -> str:
+    got, reason = pki.trust.fork().verify(rec, SIM_WALL)
+    assert (got is None) == bool(reason)
+    return reason
+
+
+def test_both_families_of_a_record_are_checked(pki: SimPKI) -> None:
+    ips = ["172.16.0.3", "2001:db8::3"]
+    signer = pki.issue(DUAL_C, grant=DUAL_GRANT, public_ip=ips)
+    assert verdict(pki, signer.sign(DUAL_C)) == ""
+    # Fewer than the certificate binds is fine: an IPv4-only record, or no IPv6 underlay.
+    assert verdict(pki, signer.sign(C)) == ""
+    assert verdict(pki, signer.sign(replace(DUAL_C, public_ip6=None))) == ""
+    # Any family the certificate does not bind, or binds otherwise, is refused.
+    for rec, reason in [
+        (replace(DUAL_C, public_ip6="2001:db8::99"), "cert_ip"),
+        (replace(DUAL_C, subnet6="2001:db8:3::/63"), "cert_grant"),  # not the pool's length
+        (replace(DUAL_C, subnet6="fd00:3::/64"), "cert_grant"),  # outside the pool
+        (replace(DUAL_C, subnet="10.0.99.0/24"), "cert_grant"),
+    ]:
+        assert verdict(pki, signer.sign(rec)) == reason, rec
+    # A certificate of one family binds no address or subnet of the other.
+    v4only = pki.issue(C)
+    assert verdict(pki, v4only.sign(replace(C, public_ip6="2001:db8::3"))) == "cert_ip"
+    assert verdict(pki, v4only.sign(replace(C, subnet6="2001:db8:3::/64"))) == "cert_grant"
+
+
+def test_an_ipv6_only_record_and_its_certificate(pki: SimPKI) -> None:
+    rec = replace(C, public_ip="2001:db8::3", subnet="2001:db8:3::/64")
+    assert verdict(pki, pki.issue(rec).sign(rec)) == ""
+    # Its certificate binds no IPv4 address: an IPv4 underlay is refused.
+    other = replace(C, public_ip="172.16.0.3", subnet="2001:db8:3::/64")
+    assert verdict(pki, pki.issue(rec).sign(other)) == "cert_ip"
+
+
+def test_the_claim_rank_says_per_family_whether_the_grant_is_a_pool(pki: SimPKI) -> None:
+    signer = pki.issue(DUAL_C, grant=DUAL_GRANT, public_ip=["172.16.0.3", "2001:db8::3"])
+    assert signer.rank == (RANK_POOL6, SIM_WALL - DAY)
+    pools = Grant.combine([Grant.from_pool("10.0.0.0/16", 24), Grant.fixed(DUAL_C.subnet6 or "")])
+    assert pki.issue(DUAL_C, grant=pools).rank == (RANK_POOL4, SIM_WALL - DAY)
+
+
+def test_own_record_contradicting_an_ipv6_binding_is_one_line(pki: SimPKI) -> None:
+    signer = pki.issue(DUAL_C, grant=DUAL_GRANT, public_ip=["172.16.0.3", "2001:db8::3"])
+    trust = pki.trust.fork()
+    assert trust.check_own(DUAL_C, signer, SIM_WALL).subnet6 == DUAL_C.subnet6
+    with pytest.raises(
+        TrustError, match=r"public IP 2001:db8::9 contradicts the certificate \(2001:db8::3\)"
+    ) as exc:
+        trust.check_own(replace(DUAL_C, public_ip6="2001:db8::9"), signer, SIM_WALL)
+    assert exc.value.reason == "cert_ip"
+    with pytest.raises(TrustError, match="subnet fd00::/64 contradicts the certificate") as exc:
+        trust.check_own(replace(DUAL_C, subnet6="fd00::/64"), signer, SIM_WALL)
+    assert exc.value.reason == "cert_grant" and "\n" not in str(exc.value)
+    v4only = pki.issue(C)
+    with pytest.raises(TrustError, match=r"\(no IPv6 address\)"):
+        trust.check_own(replace(C, public_ip6="2001:db8::3"), v4only, SIM_WALL)
+
+
+def test_an_ipv6_address_is_compared_as_an_address_not_as_text(pki: SimPKI) -> None:
+    signer = pki.issue(DUAL_C, grant=DUAL_GRANT, public_ip=["172.16.0.3", "2001:db8::3"])
+    assert verdict(pki, signer.sign(replace(DUAL_C, public_ip6="2001:DB8:0::3"))) == ""
+    assert verdict(pki, signer.sign(replace(DUAL_C, public_ip6="2001:db8::3%eth0"))) == "cert_ip"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -88,3 +89,44 @@ def test_state_roundtrip(tmp_path: Path) -> None:
     assert again.node_id == fresh.node_id and again.incarnation == 7 and again.members == [rec]
     (tmp_path / "s" / "state.json").write_text("{broken")
     assert StateStore(tmp_path / "s").load().node_id != fresh.node_id
+
+
+def test_state_keeps_both_families_subnets_and_ipv6_members(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    node_id = store.load().node_id
+    v6peer = NodeRecord(
+        "h6", os.urandom(16), "2001:db8::6", 7950, "fd00:6::/64", "vxlan", None, 1500, 2
+    )
+    dual = State(node_id, 3, [v6peer], subnet="10.244.1.0/24", subnet_since=100)
+    dual.subnet6 = "fd00:1::/64"
+    store.save(dual)
+    got = StateStore(tmp_path / "s").load()
+    assert (got.subnet, got.subnet6, got.subnet_since) == ("10.244.1.0/24", "fd00:1::/64", 100)
+    assert got.subnet_of(4) == "10.244.1.0/24" and got.subnet_of(6) == "fd00:1::/64"
+    assert got.members == [v6peer]
+    # An IPv6-only node: its one subnet is `subnet`, as in its record.
+    store.save(State(node_id, 4, [], subnet="fd00:2::/64", subnet_since=5))
+    got = StateStore(tmp_path / "s").load()
+    assert (got.subnet, got.subnet6, got.subnet_of(4), got.subnet_of(6)) == (
+        "fd00:2::/64",
+        None,
+        None,
+        "fd00:2::/64",
+    )
+    assert "subnet6" not in (tmp_path / "s" / "state.json").read_text()  # as before dual-stack
+
+
+def test_state_forgets_saved_subnets_that_are_not_subnets(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    node_id = store.load().node_id
+    path = tmp_path / "s" / "state.json"
+    path.write_text(
+        json.dumps(
+            {"node_id": node_id.hex(), "subnet": "10.244.1.0/24", "subnet6": "10.244.2.0/24"}
+        )
+    )
+    got = store.load()
+    assert (got.subnet, got.subnet6) == ("10.244.1.0/24", None)  # subnet6 must be IPv6
+    path.write_text(json.dumps({"node_id": node_id.hex(), "subnet": "nope", "subnet6": 7}))
+    got = store.load()
+    assert (got.node_id, got.subnet, got.subnet6) == (node_id, None, None)

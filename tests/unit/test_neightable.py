@@ -95,7 +95,11 @@ def test_the_daemon_warns_once_per_growth_naming_the_sysctl(
 ) -> None:
     m = cast(
         Membership,
-        SimpleNamespace(read_thresholds=lambda: DEFAULTS, _neigh_warned_for=0),
+        SimpleNamespace(
+            read_thresholds=lambda: DEFAULTS,
+            _neigh_warned_for=0,
+            neigh_sysctls=neightable.SYSCTLS,
+        ),
     )
     with caplog.at_level(logging.WARNING, logger="meshd"):
         for peers in (500, 800, 850, 1000):
@@ -103,3 +107,22 @@ def test_the_daemon_warns_once_per_growth_naming_the_sysctl(
     said = [r for r in caplog.records if getattr(r, "event", None) == "neighbour_table_small"]
     assert [r.__dict__["peers"] for r in said] == [800, 1000]
     assert "sysctl -w net.ipv4.neigh.default.gc_thresh1=1024" in said[0].getMessage()
+    assert "(ARP)" in said[0].getMessage()
+
+
+def test_on_an_ipv6_underlay_the_daemon_names_the_ipv6_table(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    m = cast(
+        Membership,
+        SimpleNamespace(
+            read_thresholds=lambda: DEFAULTS,
+            _neigh_warned_for=0,
+            neigh_sysctls=neightable.SYSCTLS6,
+        ),
+    )
+    with caplog.at_level(logging.WARNING, logger="meshd"):
+        Membership.check_neighbours(m, 900)
+    [said] = [r.getMessage() for r in caplog.records if getattr(r, "event", "") != ""]
+    assert "(NDP)" in said and "net.ipv6.neigh.default.gc_thresh3 = 1024" in said
+    assert "sysctl -w net.ipv6.neigh.default.gc_thresh1=" in said and "ipv4" not in said

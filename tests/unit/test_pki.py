@@ -68,7 +68,12 @@ def test_init_ca_refuses_to_overwrite(ca: Path) -> None:
         ("224.0.0.0/8", "224.0.0.0/4"),
         ("0.0.0.0/0", "overlaps"),
         ("8.0.0.0/6", "wider than a /8"),
-        ("fd00::/48", "IPv4 only"),
+        ("::/0", "overlaps"),
+        ("fe80::/10", "fe80::/10"),
+        ("ff00::/8", "ff00::/8"),
+        ("::ffff:0:0/96", "::ffff:0:0/96"),
+        ("fc00::/7", "wider than a /8"),
+        ("fd00::1/48", "host bits"),
         ("junk", "junk"),
     ],
 )
@@ -173,7 +178,7 @@ def test_request_flow(ca: Path, tmp_path: Path) -> None:
     assert mode(key_path) == 0o600 and csr_path.read_bytes().startswith(
         b"-----BEGIN CERTIFICATE REQUEST"
     )
-    assert pki.read_request(csr_path)[:2] == ("n2", "192.0.2.2")
+    assert pki.read_request(csr_path)[:2] == ("n2", ("192.0.2.2",))
     grant = Grant.from_pool(NET, 26)
     issued = pki.sign_request(ca, csr_path, grant, tmp_path / "n2", wall=NOW)
     assert issued.key is None and issued.crt == tmp_path / "n2.crt"
@@ -409,3 +414,70 @@ def test_write_file_no_replace_keeps_the_original(tmp_path: Path) -> None:
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f"]
     with pytest.raises(CertificateError, match="cannot write"):
         write_file(tmp_path / "no" / "f", b"x", "thing", CertificateError)
+
+
+# -- dual-stack -----------------------------------------------------------------------------------
+
+NET6 = "fd00:10:244::/48"
+
+
+def test_grant_from_flags_per_family() -> None:
+    both = pki.grant_from_flags(["10.244.1.0/24", "fd00:10:244:1::/64"], None, None)
+    assert both == Grant("10.244.1.0/24", None, None, "fd00:10:244:1::/64", None, None)
+    pools = pki.grant_from_flags(None, [NET6, NET], 26)
+    assert pools == Grant(None, NET, 26, None, NET6, pki.DEFAULT_SUBNET_LEN6)
+    assert pki.grant_from_flags(None, NET6, None, 96) == Grant.from_pool(NET6, 96)
+    mixed = pki.grant_from_flags("fd00:10:244:1::/64", NET, None)
+    assert mixed.text() == f"pool={NET};len=24;subnet6=fd00:10:244:1::/64"
+    for args, needle in [
+        ((["10.244.1.0/24", "10.244.2.0/24"], None, None), "two IPv4"),
+        (("fd00:10:244:1::/64", NET6, None), "two IPv6"),
+        ((None, NET6, 24), "--subnet-len goes with --network"),
+        ((None, NET6, None, 130), "between"),
+    ]:
+        with pytest.raises(CertificateError, match=needle):
+            pki.grant_from_flags(*args)  # type: ignore[arg-type]
+
+
+def test_a_dual_stack_ca_issues_both_families(tmp_path: Path) -> None:
+    d = tmp_path / "ca"
+    auth = pki.init_ca(d, [NET, NET6], wall=NOW)
+    assert auth.networks == (NET, NET6)
+    grant = pki.grant_from_flags("10.244.1.0/24", NET6, None)
+    issued = pki.sign(d, "n1", ["192.0.2.1", "fd00:99::1"], grant, tmp_path / "n1", wall=NOW)
+    assert issued.info.public_ips == ("192.0.2.1", "fd00:99::1")
+    assert issued.info.grant.allows("fd00:10:244:ab::/64")
+    shown = pki.describe_certificate(issued.crt, wall=NOW)
+    assert shown["public_ip6"] == "fd00:99::1"
+    assert shown["subnet"] == f"10.244.1.0/24 and any /64 in {NET6}"
+    for ips, g, needle in [
+        (["192.0.2.1", "192.0.2.2"], grant, "two IPv4 values"),
+        (["192.0.2.1", "ff02::1"], grant, "not a unicast"),
+        ("192.0.2.1", pki.grant_from_flags(None, NET6, None, 48), "--subnet-len6 48: a node's"),
+        ("192.0.2.1", pki.grant_from_flags(["10.244.1.0/24", NET6], None, None), "whole cluster"),
+        (
+            "192.0.2.1",
+            pki.grant_from_flags(["10.244.1.0/24", "fd00:1::/64"], None, None),
+            "outside",
+        ),
+    ]:
+        with pytest.raises(CertificateError, match=needle):
+            pki.sign(d, "n2", ips, g, tmp_path / "n2", wall=NOW)
+
+
+def test_an_ipv6_only_ca(tmp_path: Path) -> None:
+    d = tmp_path / "ca"
+    auth = pki.init_ca(d, NET6, wall=NOW)
+    assert (auth.network, auth.network6) == (NET6, None)
+    grant = pki.grant_from_flags(None, NET6, None)
+    info = pki.sign(d, "n1", "fd00:99::1", grant, tmp_path / "n1", wall=NOW).info
+    assert (info.public_ip, info.grant.text()) == ("fd00:99::1", f"pool={NET6};len=64")
+    with pytest.raises(CertificateError, match="outside the CA's network"):
+        pki.sign(d, "n2", "fd00:99::2", FIXED, tmp_path / "n2", wall=NOW)
+
+
+def test_a_request_with_one_address_per_family(tmp_path: Path) -> None:
+    _, csr = pki.make_request("n2", ["fd00:99::2", "192.0.2.2"], tmp_path / "n2")
+    assert pki.read_request(csr)[:2] == ("n2", ("192.0.2.2", "fd00:99::2"))
+    with pytest.raises(CertificateError, match="two IPv6 values"):
+        pki.make_request("n3", ["fd00:99::2", "fd00:99::3"], tmp_path / "n3")

@@ -511,3 +511,51 @@ def test_data_plane_changes_are_logged_with_event_peer_and_reason(
     assert (reaped["peer"], reaped["flag"]) == ("n3", "reaped")
     assert reaped["reason"].endswith("reaped")
     assert reaped["msg"] == f"peer n3 not programmed: {reaped['reason']}"
+
+
+# --- both families -------------------------------------------------------------------------------
+
+
+def dual(i: int) -> NodeRecord:
+    """Node *i* with an IPv6 subnet beside its IPv4 one (vxlan over the IPv4 underlay)."""
+    return replace(rec(i), subnet6=f"fd00:244:{i}::/64")
+
+
+def test_ipv6_entries_are_programmed_repaired_and_adopted_without_a_rewrite(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        h.r.set_local(dual(1))
+        await h.start(alive(dual(2)), alive(dual(3)))
+        assert h.routes() == {
+            "10.244.2.0/24", "10.244.3.0/24", "fd00:244:2::/64", "fd00:244:3::/64",
+        }  # fmt: skip
+        dev = h.fake.index_of("meshd.1")
+        assert dev is not None
+        assert set(h.fake.neighs[dev]) == {
+            "10.244.2.0", "10.244.3.0", "fd00:244:2::", "fd00:244:3::",
+        }  # fmt: skip
+        assert ("fd00:244:1::", 128) in h.fake.addrs[dev]
+        assert h.fake.sysctls["net.ipv6.conf.all.forwarding"] == "1"
+        # An IPv6 route deleted by hand: one route_add, at once.
+        t0 = h.now
+        h.fake.hand_delete_route("fd00:244:3::/64")
+        await h.until(lambda: "fd00:244:3::/64" in h.routes())
+        assert h.now - t0 < 0.2 and h.r.status()["applied_last"] == {"route_add": 1}
+        # A peer drops its IPv6 subnet: only its IPv6 route and neighbour go.
+        h.peers(alive(dual(2)), alive(rec(3)))
+        await h.until(lambda: "fd00:244:3::/64" not in h.routes())
+        assert "fd00:244:3::" not in h.fake.neighs[dev] and "10.244.3.0/24" in h.routes()
+
+    async def restart(h: Harness) -> None:
+        await body(h)
+        await h.close()
+        # A new reconciler on the same kernel adopts every entry: not one write.
+        writes = len(h.fake.writes)
+        again = Harness(tmp_path, fake=h.fake)
+        again.r.set_local(dual(1))
+        await again.start(alive(dual(2)), alive(rec(3)))
+        assert len(h.fake.writes) == writes and again.r.status()["applied_total"] == 0
+        await again.close()
+
+    scenario(tmp_path, restart)

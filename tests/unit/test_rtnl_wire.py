@@ -305,7 +305,7 @@ def test_request_error_is_one_line_with_the_errno_name() -> None:
     [
         lambda: w.encode_route("add", w.RouteEntry("10.0.0.0", "1.2.3.4", 1, False), 109),
         lambda: w.encode_route("add", w.RouteEntry("10.0.0.0/33", "1.2.3.4", 1, False), 109),
-        lambda: w.encode_route("add", w.RouteEntry("10.0.0.0/8", "fe80::1", 1, False), 109),
+        lambda: w.encode_route("add", w.RouteEntry("fd00::/64", "1.2.3.4", 1, False), 109),
         lambda: w.encode_route("move", w.RouteEntry("10.0.0.0/8", "1.2.3.4", 1, False), 109),
         lambda: w.encode_neigh("replace", 1, w.NeighEntry("10.0.0.1", "02:00:00:00:00")),
         lambda: w.encode_neigh("replace", 1, w.NeighEntry("10.0.0", "02:00:00:00:00:01")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from meshd.errors import ControlError
 from meshd.gossip import messages as m
 from meshd.gossip.config import GossipConfig
 from meshd.gossip.node import GossipNode
+from meshd.gossip.record import NodeRecord
 from meshd.gossip.security import Keyring, Sealer, decode_key, generate_key, key_id
 from meshd.keyfile import load_keyring, save_keyring
 from meshd.service import Service
@@ -45,10 +47,10 @@ class FakeDataplane:
         return {A.name: 1_700_000_000}
 
 
-def service(tmp_path: Path) -> tuple[Service, FakeTransport, Path]:
+def service(tmp_path: Path, peer: NodeRecord = A) -> tuple[Service, FakeTransport, Path]:
     node = GossipNode(ME, GossipConfig(), random.Random(1), 0.0)
     node.join([], 0.0)
-    node.receive_datagram(m.pack_datagram([m.encode(m.Alive(A))]), A.addr, 0.0)
+    node.receive_datagram(m.pack_datagram([m.encode(m.Alive(peer))]), peer.addr, 0.0)
     key_file = tmp_path / "key"
     ring = Keyring((decode_key(generate_key()),))
     save_keyring(key_file, ring)
@@ -81,6 +83,14 @@ def test_peers_rows(tmp_path: Path) -> None:
     assert rows[0]["self"] and rows[0]["last_seen"] == 0.0 and rows[0]["flag"] is None
     assert not rows[1]["self"] and rows[1]["flag"] == "conflicted"
     assert rows[1]["vtep_mac"] == A.vtep_mac and rows[1]["node_id"] == A.node_id.hex()
+
+
+def test_peers_rows_carry_both_families(tmp_path: Path) -> None:
+    dual = replace(A, public_ip6="2001:db8::1", subnet6="fd00:10:244:1::/64")
+    svc, _, _ = service(tmp_path, dual)
+    rows = call(svc, "peers")
+    assert (rows[1]["public_ip6"], rows[1]["subnet6"]) == ("2001:db8::1", "fd00:10:244:1::/64")
+    assert (rows[0]["public_ip6"], rows[0]["subnet6"]) == (None, None)  # ME: IPv4 only
 
 
 def test_status_merges_transport_and_core_counters(tmp_path: Path) -> None:
