@@ -258,4 +258,3 @@ def test_nettool_udp_over_ipv6(prefix: str) -> None:
         port = 20000 + os.getpid() % 1000
         got = lab.udp_count(h1.container_ns, h2.container_ns, h2.container_ip6 or "", port, 50)
         assert got == 50
-
