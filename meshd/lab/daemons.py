@@ -110,12 +110,13 @@ class Daemons(Topology):
             # Dual-stack pods: the second family's subnet (or network) as the flag once more.
             plen6 = host.subnet6.rpartition("/")[2]
             where += (
-                ["--network", str(self.pod_network6), "--subnet-len", plen6]
+                ["--network", str(self.pod_network6), "--subnet-len6", plen6]
                 if self.allocate
                 else ["--subnet", host.subnet6]
             )
-        # A dual-stack underlay: gossip over the IPv4 address, the IPv6 one announced beside it.
-        second = ["--public-ip6", host.underlay_ip6] if host.underlay_ip6 is not None else []
+        # A dual-stack underlay: gossip over the IPv4 address, the IPv6 one announced beside it
+        # (the flag once per family, as for --subnet).
+        second = ["--public-ip", host.underlay_ip6] if host.underlay_ip6 is not None else []
         return [
             sys.executable, "-m", "meshd", "join", *seeds,
             "--name", host.name,

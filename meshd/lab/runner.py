@@ -32,8 +32,10 @@ CONVERGE_TIMEOUT = 90.0
 """Seconds to wait for every container to reach every other one before giving up."""
 
 
-def tunnel_device(backend: str, vni: int = 1) -> str | None:
-    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}", "wireguard": WG_DEVICE}.get(backend)
+def tunnel_device(backend: str, vni: int = 1, underlay: str = "ipv4") -> str | None:
+    """The backend's device (ipip over an IPv6 underlay is an ip6tnl, ``meshd.ip6tnl``)."""
+    ipip = "meshd.ip6tnl" if underlay == "ipv6" else "meshd.ipip"
+    return {"ipip": ipip, "vxlan": f"meshd.{vni}", "wireguard": WG_DEVICE}.get(backend)
 
 
 def kernel_supports(kind: str) -> bool:
@@ -179,7 +181,7 @@ def run_lab(
                 ok = False
         first = lab.daemons["h1"]
         say("\n$ meshd peers   # on h1\n" + fmt.peers(client.peers(first.socket_path)))
-        dev = tunnel_device(backend)
+        dev = tunnel_device(backend, underlay=underlay)
         before = _counters(lab, dev)
         names = [h.name for h in lab.hosts]
         families = (4, 6) if ipv6 else (4,)
