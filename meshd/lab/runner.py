@@ -123,6 +123,8 @@ def run_lab(
                 "note: host-gw routes IPv6 pods via the peer's IPv6 underlay address: the "
                 "underlay gets IPv6 addresses too (--underlay dual)"
             )
+    if ipv6 and backend == "ipip" and underlay != "ipv6":
+        say("note: ipip over IPv4 carries IPv4 only; IPv6 pods need --underlay ipv6 (ip6tnl)")
     preflight(backend, underlay)
     plugin = find_flannel() if cni else None
     if leftover := down(PREFIX):
