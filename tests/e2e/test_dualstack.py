@@ -16,16 +16,18 @@ Every lab runs in certificate mode (the lab's throwaway CA) with strict rp_filte
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshd.lab import Host, Lab, format_matrix, ns_exec, uml
+from meshd.lab import Host, Lab, format_matrix, leftover_namespaces, ns_exec, uml
 from meshd.lab.runner import kernel_supports, link_kind, tunnel_device
 
 from .conftest import all_alive, cli, keygen, peers, states, wait_until
@@ -228,6 +230,46 @@ def test_ipv6_entries_come_back_and_restart_loses_nothing(
     ping_through_restart(lab, h1, h2, backend, key, fast_config)
     assert routes(h1, 6) == {h2.subnet6, h3.subnet6}
     assert_full_pings(lab)
+
+
+@pytest.mark.parametrize(
+    ("backend", "args", "says"),
+    [
+        ("vxlan", ["--ipv6"], "IPv4 underlay, dual-stack pods"),
+        ("host-gw", ["--ipv6"], "dual-stack underlay, dual-stack pods"),
+        ("vxlan", ["--ipv6", "--underlay", "ipv6"], "IPv6-only underlay, dual-stack pods"),
+        ("host-gw", ["--underlay", "ipv6"], "IPv6-only underlay, IPv4 pods"),
+    ],
+    ids=["vxlan-ipv6", "host-gw-ipv6", "vxlan-underlay-ipv6", "host-gw-underlay-ipv6"],
+)
+def test_meshd_lab_command(backend: str, args: list[str], says: str) -> None:
+    prefix = f"l6{os.getpid() % 100000}"
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", "lab", "--backend", backend, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MESHD_LAB_PREFIX": prefix},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert says in r.stdout
+    if "--ipv6" in args:
+        assert f"OK: all 12 container pairs ping through {backend} (IPv4 and IPv6)" in r.stdout
+        assert "4 MiB over TCP/IPv6 h1 -> h3 container: ok" in r.stdout
+    else:
+        assert f"OK: all 6 container pairs ping through {backend};" in r.stdout
+    assert leftover_namespaces(prefix) == []
+
+
+def test_meshd_lab_refuses_a_bad_underlay_in_one_line() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", "lab", "--underlay", "ipv5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and "--underlay" in r.stderr, r.stderr
 
 
 def rerun_in_guest(nodeid: str) -> None:
