@@ -44,19 +44,31 @@ import ipaddress
 import json
 import os
 import re
-import shlex
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from meshd import neightable
 from meshd.errors import LabError
+from meshd.lab.hosts import (
+    NO_DAD,
+    UNDERLAY_FAMILIES,
+    Host,
+    addr_line,
+    bridge_lines,
+    container_batch,
+    default_dst,
+    forwarding_script,
+    host_gw_routes,
+    nth_last,
+    span,
+)
 from meshd.lab.namespaces import (
     Processes,
     delete_namespaces,
@@ -72,69 +84,6 @@ STATE_DIR = Path(os.environ.get("MESHD_LAB_STATE_DIR", "/run/meshd-lab"))
 """Where a kept lab (``keep=True`` / ``detach()``) records its namespaces, processes, workdir."""
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$|^[a-z]$")
 _MAX_PARALLEL = 16  # concurrent ip/ping processes; beyond this, CPU (not latency) is the limit
-# sh snippet: switch forwarding on, then read an ip batch from stdin (router namespace).
-_FORWARD6 = "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"
-# Duplicate address detection off for every device of a namespace (all, default, and those
-# moved in, still down): while a link-local address is tentative (~1-2 s after link up) the
-# kernel sends no neighbour solicitation for a forwarded packet (it needs a link-local
-# source), so the first packets a host forwards over IPv6 would be lost. Global addresses
-# get "nodad" as well (_addr).
-_NO_DAD = "for f in /proc/sys/net/ipv6/conf/*/accept_dad; do echo 0 > $f; done\n"
-UNDERLAY_FAMILIES = ("ipv4", "ipv6", "dual")
-"""``underlay_family``: IPv4 only (the default), IPv6 only (no IPv4 address on the underlay at
-all, hosts and routers included), or both (a dual-stack underlay; gossip uses the IPv4 one)."""
-
-
-@dataclass(frozen=True)
-class Host:
-    """One simulated host. Addresses are strings; ``subnet`` is a CIDR."""
-
-    index: int
-    name: str  # h1, h2, ...: also the meshd node name
-    ns: str  # <prefix>-h<i>
-    container_ns: str  # <prefix>-c<i>
-    underlay_ip: str
-    underlay_prefixlen: int
-    segment: int  # 1, or 2 for even hosts of a routed lab
-    port: str  # this host's port (veth end) on the underlay bridge, in <prefix>-ul
-    subnet: str
-    gateway: str  # first address of the subnet, on bridge "br"
-    container_ip: str
-    router_ip: str | None  # next hop of the default route in a routed lab
-    # A dual-stack lab's second family: None in an IPv4-only lab (see the module docstring).
-    underlay_ip6: str | None = None  # second underlay address (dual-stack underlay only)
-    underlay_prefixlen6: int | None = None
-    router_ip6: str | None = None  # next hop of the IPv6 default route (dual, routed)
-    subnet6: str | None = None  # IPv6 pod subnet (ipv6=True)
-    gateway6: str | None = None  # its first address, on bridge "br"
-    container_ip6: str | None = None
-
-    @property
-    def underlay_cidr(self) -> str:
-        return f"{self.underlay_ip}/{self.underlay_prefixlen}"
-
-    @property
-    def underlay_version(self) -> int:
-        """The family of ``underlay_ip``, the address gossip uses (4 or 6)."""
-        return 6 if ":" in self.underlay_ip else 4
-
-    def underlay_of(self, version: int) -> str | None:
-        """This host's underlay address of family ``version`` (4 or 6), None if it has none."""
-        if self.underlay_version == version:
-            return self.underlay_ip
-        return self.underlay_ip6 if version == 6 else None
-
-    def container_ip_of(self, version: int) -> str | None:
-        """The container's address of family ``version``, None if the pods have no such one."""
-        return self.container_ip if version == 4 else self.container_ip6
-
-    def subnet_of(self, version: int) -> str | None:
-        return self.subnet if version == 4 else self.subnet6
-
-    @property
-    def subnets(self) -> tuple[str, ...]:
-        """The host's pod subnets, IPv4 first (one, or two in a dual-stack lab)."""
-        return (self.subnet,) if self.subnet6 is None else (self.subnet, self.subnet6)
 
 
 class Topology(Processes):
@@ -211,9 +160,9 @@ class Topology(Processes):
         primary = 4 if 4 in fams else 6
         nets = fams[primary]
         self.segments = nets
-        self.router_ips = [_nth_last(n, 2) for n in nets] if routed else []
-        self.router_ips6 = [_nth_last(n, 2) for n in fams[6]] if routed and len(fams) == 2 else []
-        self.outside_ip: str | None = _nth_last(nets[0], 3) if outside else None
+        self.router_ips = [nth_last(n, 2) for n in nets] if routed else []
+        self.router_ips6 = [nth_last(n, 2) for n in fams[6]] if routed and len(fams) == 2 else []
+        self.outside_ip: str | None = nth_last(nets[0], 3) if outside else None
         pods = ipaddress.IPv4Network(pod_network)
         self.pod_network = str(pods)
         if subnet_prefixlen < pods.prefixlen or subnet_prefixlen > 30:
@@ -238,7 +187,7 @@ class Topology(Processes):
                 net = fnets[seg - 1]
                 # Host i keeps address i on whichever segment it sits; the router takes the
                 # last but one, the outside machine the third-last.
-                if i >= _span(net) - (3 if routed or outside else 1):
+                if i >= span(net) - (3 if routed or outside else 1):
                     raise LabError(f"{hosts} hosts do not fit in underlay {net}")
                 addrs[fam] = (str(net[i]), net.prefixlen)
             sub = ipaddress.IPv4Network(
@@ -369,9 +318,9 @@ class Topology(Processes):
         return self
 
     def _build_underlay(self) -> None:
-        ul = ["link set lo up", *_bridge("ulbr", self._has6)]
+        ul = ["link set lo up", *bridge_lines("ulbr", self._has6)]
         if self.routed:
-            ul += _bridge("ulbr2", self._has6)
+            ul += bridge_lines("ulbr2", self._has6)
         for h in self.hosts:
             br = "ulbr2" if h.segment == 2 else "ulbr"
             # One cable per host: port h<i> on the switch, "eth0" inside the host.
@@ -397,21 +346,21 @@ class Topology(Processes):
         if self.outside_ns:
             out = [
                 "link set lo up",
-                _addr(f"{self.outside_ip}/{self.segments[0].prefixlen}", "eth0"),
+                addr_line(f"{self.outside_ip}/{self.segments[0].prefixlen}", "eth0"),
                 "link set dev eth0 up",
             ]
             if self.routed:  # hosts on segment 2 reach it through the router
-                out.append(f"route add {_default(self.router_ips[0])} via {self.router_ips[0]} "
-                           "dev eth0")  # fmt: skip
-            script = (_NO_DAD if self._has6 else "") + "exec ip -batch -"
+                via = self.router_ips[0]
+                out.append(f"route add {default_dst(via)} via {via} dev eth0")
+            script = (NO_DAD if self._has6 else "") + "exec ip -batch -"
             ns_exec(self.outside_ns, ["sh", "-c", script], input=_lines(out))
         if self.router_ns:
             rt = ["link set lo up"]
             for nets in self._underlay_nets.values():
                 for seg, net in enumerate(nets, start=1):
-                    rt.append(_addr(f"{_nth_last(net, 2)}/{net.prefixlen}", f"eth{seg}"))
+                    rt.append(addr_line(f"{nth_last(net, 2)}/{net.prefixlen}", f"eth{seg}"))
             rt += ["link set dev eth1 up", "link set dev eth2 up"]
-            script = _forwarding(4 in self._underlay_nets, self._has6) + "exec ip -batch -"
+            script = forwarding_script(4 in self._underlay_nets, self._has6) + "exec ip -batch -"
             ns_exec(self.router_ns, ["sh", "-c", script], input=_lines(rt))
 
     @property
@@ -421,15 +370,15 @@ class Topology(Processes):
 
     def _build_host(self, h: Host) -> None:
         prefixlen = ipaddress.IPv4Network(h.subnet).prefixlen
-        host = ["link set lo up", _addr(h.underlay_cidr, "eth0")]
+        host = ["link set lo up", addr_line(h.underlay_cidr, "eth0")]
         if h.underlay_ip6 is not None:
-            host.append(_addr(f"{h.underlay_ip6}/{h.underlay_prefixlen6}", "eth0"))
+            host.append(addr_line(f"{h.underlay_ip6}/{h.underlay_prefixlen6}", "eth0"))
         host.append("link set dev eth0 up")
         ctr = ["link set lo up"]
         if not self.cni:
             host += [
                 # "br" alone parses as the keyword "broadcast": always "name br" / "dev br".
-                *_bridge("br", self._has6),
+                *bridge_lines("br", self._has6),
                 f"addr add {h.gateway}/{prefixlen} dev br",
                 f"link add name veth0 type veth peer name eth0 netns {h.container_ns}",
                 "link set dev veth0 master br up",
@@ -441,20 +390,21 @@ class Topology(Processes):
             ]
             if h.subnet6 is not None:
                 plen6 = ipaddress.IPv6Network(h.subnet6).prefixlen
-                host.append(_addr(f"{h.gateway6}/{plen6}", "br"))
+                host.append(addr_line(f"{h.gateway6}/{plen6}", "br"))
                 ctr += [
-                    _addr(f"{h.container_ip6}/{plen6}", "eth0"),
+                    addr_line(f"{h.container_ip6}/{plen6}", "eth0"),
                     f"route add ::/0 via {h.gateway6} dev eth0",
                 ]
         for router in (h.router_ip, h.router_ip6):
             if router:
-                host.append(f"route add {_default(router)} via {router} dev eth0")
+                host.append(f"route add {default_dst(router)} via {router} dev eth0")
         # One process chain per host: forwarding (a per-namespace sysctl, off in a new netns, so
         # it must be written from inside), the host batch, then the container's (its eth0 exists
         # only once the host batch has run).
         script = (
-            _forwarding(True, self._has6) + f"ip -batch - <<'EOF' || exit 1\n{_lines(host)}EOF\n"
-            f"exec {_in_container(h.container_ns, self._has6)} <<'EOF'\n{_lines(ctr)}EOF\n"
+            forwarding_script(True, self._has6)
+            + f"ip -batch - <<'EOF' || exit 1\n{_lines(host)}EOF\n"
+            f"exec {container_batch(h.container_ns, self._has6)} <<'EOF'\n{_lines(ctr)}EOF\n"
         )
         ns_exec(h.ns, ["sh", "-c", script])
 
@@ -536,11 +486,11 @@ class Topology(Processes):
             plen6 = ipaddress.IPv6Network(new.subnet6).prefixlen
             hcmds += [
                 f"addr del {host.gateway6}/{plen6} dev br",
-                _addr(f"{new.gateway6}/{plen6}", "br"),
+                addr_line(f"{new.gateway6}/{plen6}", "br"),
             ]
             ccmds += [
                 f"addr del {host.container_ip6}/{plen6} dev eth0",
-                _addr(f"{new.container_ip6}/{plen6}", "eth0"),
+                addr_line(f"{new.container_ip6}/{plen6}", "eth0"),
                 f"route replace ::/0 via {new.gateway6} dev eth0",
             ]
         ns_exec(host.ns, ["ip", "-batch", "-"], input=_lines(hcmds))
@@ -564,7 +514,7 @@ class Topology(Processes):
         underlay: the kernel has no IPv6 route via an IPv4 next hop), IPv4 subnets via its IPv4
         one, or over an IPv6-only underlay ``via inet6`` (RFC 5549)."""
         for h in self.hosts:
-            routes = [r for p in self.hosts if p is not h for r in _host_gw_routes(p)]
+            routes = [r for p in self.hosts if p is not h for r in host_gw_routes(p)]
             if routes:
                 ns_exec(h.ns, ["ip", "-batch", "-"], input=_lines(routes))
 
@@ -660,68 +610,13 @@ def raised_neighbour_table(hosts: int) -> Iterator[dict[str, list[int]] | None]:
             restore_neighbour_table(record)
 
 
-def _host_gw_routes(peer: Host) -> list[str]:
-    """The routes to ``peer``'s pod subnets via its underlay addresses (see add_host_gw_routes)."""
-    v4, v6 = peer.underlay_of(4), peer.underlay_of(6)
-    routes = []
-    if v4 is not None:
-        routes.append(f"route replace {peer.subnet} via {v4} dev eth0 onlink")
-    elif v6 is not None:
-        routes.append(f"route replace {peer.subnet} via inet6 {v6} dev eth0 onlink")
-    if peer.subnet6 is not None and v6 is not None:
-        routes.append(f"route replace {peer.subnet6} via {v6} dev eth0 onlink")
-    return routes
-
-
-def _span(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
-    """How much of an underlay segment the lab numbers: all of an IPv4 one, the first 256
-    addresses of an IPv6 one (so its router is ``::fe``, not ``::ffff:ffff:ffff:fffe``)."""
-    return net.num_addresses if net.version == 4 else min(net.num_addresses, 256)
-
-
-def _nth_last(net: ipaddress.IPv4Network | ipaddress.IPv6Network, n: int) -> str:
-    """The ``n``-th last address of the segment's span: 2 = the router, 3 = the outside host."""
-    return str(net[_span(net) - n])
-
-
 def _lines(lines: Iterable[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def _addr(cidr: str, dev: str) -> str:
-    """``addr add`` for either family; an IPv6 one skips duplicate address detection, which
-    would leave it "tentative" (unusable: no bind, no source) for a second or two."""
-    return f"addr add {cidr} dev {dev}" + (" nodad" if ":" in cidr else "")
-
-
-def _default(gateway: str) -> str:
-    # "default" alone means IPv4 in an ip batch (no -6 per line): name the IPv6 one ::/0.
-    return "::/0" if ":" in gateway else "default"
-
-
-def _bridge(name: str, ipv6: bool) -> list[str]:
-    """A bridge, up. With IPv6 its multicast snooping is off: with no MLD querier on the
-    segment, snooping can stop neighbour solicitations reaching a port whose report it missed."""
-    snoop = " mcast_snooping 0" if ipv6 else ""
-    return [f"link add name {name} type bridge{snoop}", f"link set dev {name} up"]
-
-
-def _forwarding(ipv4: bool, ipv6: bool) -> str:
-    """sh lines turning forwarding on per family (per namespace, off in a new one); with IPv6,
-    duplicate address detection off first (see _NO_DAD)."""
-    lines = ["echo 1 > /proc/sys/net/ipv4/ip_forward || exit 1\n"] if ipv4 else []
-    return "".join(lines) + (f"{_NO_DAD}{_FORWARD6} || exit 1\n" if ipv6 else "")
-
-
-def _in_container(ns: str, ipv6: bool) -> str:
-    """The command (run in its host) reading the container's batch on stdin."""
-    if not ipv6:
-        return f"ip -n {ns} -batch -"
-    return f"ip netns exec {ns} sh -c {shlex.quote(_NO_DAD + 'exec ip -batch -')}"
-
-
 __all__ = [
     "STATE_DIR",
+    "UNDERLAY_FAMILIES",
     "Host",
     "Topology",
     "down",
