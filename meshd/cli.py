@@ -556,6 +556,19 @@ def lab(
         bool,
         typer.Option(help="Pods attached by the flannel CNI plugin (bridge + host-local)."),
     ] = False,
+    ipv6: Annotated[
+        bool,
+        typer.Option(
+            help="Dual-stack pods: an IPv4 and an IPv6 subnet per host, pinged over both."
+        ),
+    ] = False,
+    underlay: Annotated[
+        str | None,
+        typer.Option(
+            help="Underlay addresses: ipv4, ipv6 (no IPv4 at all) or dual. Default: ipv4 "
+            "(dual for --ipv6 with host-gw)."
+        ),
+    ] = None,
 ) -> None:
     """Build the article's topology, run one meshd per host, show peers and a ping matrix."""
     if ctx.invoked_subcommand is not None:
@@ -566,6 +579,8 @@ def lab(
         fail(f"backend: {backend!r} is not one of {', '.join(backends.names())}")
     if not 2 <= hosts <= 200:
         fail("--hosts: must be between 2 and 200")
+    if underlay is not None and underlay not in ("ipv4", "ipv6", "dual"):
+        fail(f"--underlay: {underlay!r} is not one of ipv4, ipv6, dual")
     if uml:
         if keep:
             fail("--keep and --uml: the guest powers off at the end; run without --keep")
@@ -573,6 +588,8 @@ def lab(
         argv += ["--shared-key"] if shared_key else []
         argv += ["--allocate"] if allocate else []
         argv += ["--cni"] if cni else []
+        argv += ["--ipv6"] if ipv6 else []
+        argv += ["--underlay", underlay] if underlay else []
         raise typer.Exit(run_in_guest(argv, say=typer.echo))
     raise typer.Exit(
         run_lab(
@@ -584,6 +601,8 @@ def lab(
             shared_key=shared_key,
             allocate=allocate,
             cni=cni,
+            ipv6=ipv6,
+            underlay=underlay,
         )
     )
 

@@ -28,6 +28,11 @@ WG_RUN_DIR = "/run/wireguard"
 """Where wireguard-go puts its UAPI socket: private to each host's daemon (see start_daemon)."""
 
 
+def host_port(ip: str, port: int) -> str:
+    """A seed as ``meshd join`` takes it: ``10.99.0.1:7950`` or ``[fd00:99::1]:7950``."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def write_key(path: Path) -> Path:
     """A fresh cluster key from ``meshd keygen`` at ``path``, created 0600 (never readable by
     others, not even for a moment), as an operator would make it."""
@@ -101,10 +106,22 @@ class Daemons(Topology):
             if self.allocate
             else ["--subnet", host.subnet]
         )
+        if host.subnet6 is not None:
+            # Dual-stack pods: the second family's subnet (or network) as the flag once more.
+            plen6 = host.subnet6.rpartition("/")[2]
+            where += (
+                ["--network", str(self.pod_network6), "--subnet-len6", plen6]
+                if self.allocate
+                else ["--subnet", host.subnet6]
+            )
+        # A dual-stack underlay: gossip over the IPv4 address, the IPv6 one announced beside it
+        # (the flag once per family, as for --subnet).
+        second = ["--public-ip", host.underlay_ip6] if host.underlay_ip6 is not None else []
         return [
             sys.executable, "-m", "meshd", "join", *seeds,
             "--name", host.name,
             "--public-ip", host.underlay_ip,
+            *second,
             "--iface", "eth0",
             *where,
             "--backend", backend,
@@ -123,7 +140,7 @@ class Daemons(Topology):
     def seeds_for(self, host: Host, port: int = DEFAULT_GOSSIP_PORT) -> list[str]:
         """The first host is the seed; every other host joins through it."""
         seed = self.hosts[0]
-        return [] if host is seed else [f"{seed.underlay_ip}:{port}"]
+        return [] if host is seed else [host_port(seed.underlay_ip, port)]
 
     def start_daemon(
         self,
@@ -199,15 +216,29 @@ class Daemons(Topology):
                 return str(ipaddress.IPv4Network(value, strict=False))
         return None
 
+    def allocated_subnet6(self, host: Host) -> str | None:
+        """The IPv6 subnet ``host``'s daemon settled on (``FLANNEL_IPV6_SUBNET``), None before
+        or without one."""
+        try:
+            text = (self.workdir / host.name / "subnet.env").read_text()
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key == "FLANNEL_IPV6_SUBNET" and value:
+                return str(ipaddress.IPv6Network(value, strict=False))
+        return None
+
     def adopt_subnets(self) -> dict[str, str]:
         """Allocating: move each host's pod side (bridge, container) to the subnet its daemon
         settled on, where that changed; returns the hosts moved and their subnet."""
         moved = {}
         for h in list(self.hosts):
             subnet = self.allocated_subnet(h)
-            if subnet is not None and subnet != h.subnet:
-                new = self.readdress(h, subnet)
-                moved[new.name] = subnet
+            subnet6 = self.allocated_subnet6(h) if h.subnet6 is not None else None
+            if subnet is not None and (subnet != h.subnet or subnet6 not in (None, h.subnet6)):
+                new = self.readdress(h, subnet, subnet6)
+                moved[new.name] = " ".join(new.subnets)
                 d = self.daemons.get(new.name)
                 if d is not None:
                     d.host = new
@@ -246,4 +277,4 @@ class Daemons(Topology):
             d.proc = None
 
 
-__all__ = ["DEFAULT_GOSSIP_PORT", "WG_DEVICE", "WG_RUN_DIR", "Daemon", "Daemons"]
+__all__ = ["DEFAULT_GOSSIP_PORT", "WG_DEVICE", "WG_RUN_DIR", "Daemon", "Daemons", "host_port"]

@@ -37,8 +37,12 @@ def _ready(path: str | None) -> None:
             pass
 
 
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def tcp_sink(a: argparse.Namespace) -> None:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv = socket.socket(_family(a.bind), socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((a.bind, a.port))
     srv.listen(1)
@@ -80,7 +84,7 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 
 def udp_sink(a: argparse.Namespace) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(a.bind), socket.SOCK_DGRAM)
     try:
         # Large buffer so a burst is not lost in the socket itself: the count must measure the
         # network (and injected faults), not our reader. FORCE ignores rmem_max (root only).
@@ -113,7 +117,7 @@ def udp_sink(a: argparse.Namespace) -> None:
 
 
 def udp_send(a: argparse.Namespace) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(a.host), socket.SOCK_DGRAM)
     gap = 1.0 / a.pps if a.pps else 0.0
     tag = a.tag.encode()
     start = time.monotonic()
@@ -139,8 +143,10 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def _echo_request(ident: int, seq: int) -> bytes:
+def _echo_request(ident: int, seq: int, v6: bool = False) -> bytes:
     body = b"meshd-lab-ping"
+    if v6:  # type 128; the kernel fills in an ICMPv6 checksum (it covers a pseudo-header)
+        return struct.pack("!BBHHH", 128, 0, 0, ident, seq) + body
     head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
     return struct.pack("!BBHHH", 8, 0, _checksum(head + body), ident, seq) + body
 
@@ -149,7 +155,14 @@ def ping_many(a: argparse.Namespace) -> None:
     """ICMP echo to many targets from one process: a ping matrix of N hosts costs N processes,
     not N*(N-1) -- that matters where every exec is slow (the UML guest: ~0.15 s each)."""
     targets = [t for t in a.targets.split(",") if t]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    # One family per run (the lab pings a matrix per family): IPv6 if the targets are.
+    v6 = any(":" in t for t in targets)
+    if v6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        reply = 129
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        reply = 0
     ident = os.getpid() & 0xFFFF
     answered: set[str] = set()
     for seq in range(a.count):
@@ -157,19 +170,21 @@ def ping_many(a: argparse.Namespace) -> None:
             if t not in answered:
                 # An unreachable target (no route: ENETUNREACH) is just a failed one.
                 with contextlib.suppress(OSError):
-                    sock.sendto(_echo_request(ident, seq), (t, 0))
+                    sock.sendto(_echo_request(ident, seq, v6), (t, 0))
         deadline = time.monotonic() + a.timeout
         while len(answered) < len(targets) and (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)
             try:
-                data, (src, _) = sock.recvfrom(2048)
+                data, addr = sock.recvfrom(2048)
             except TimeoutError:
                 break
-            ihl = (data[0] & 0x0F) * 4
+            src = addr[0]
+            # An ICMPv6 raw socket gets the ICMP message alone, an ICMP one the IP header too.
+            ihl = 0 if v6 else (data[0] & 0x0F) * 4
             if len(data) >= ihl + 8:
                 kind, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl : ihl + 8])
                 # The raw socket sees every ICMP packet of the namespace: only our replies count.
-                if kind == 0 and rid == ident and src in targets:
+                if kind == reply and rid == ident and src in targets:
                     answered.add(src)
         if len(answered) == len(targets):
             break
@@ -182,7 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp = p.add_subparsers(dest="cmd", required=True)
     x = sp.add_parser("ping-many")
-    x.add_argument("--targets", required=True, help="comma-separated IPv4 addresses")
+    x.add_argument(
+        "--targets", required=True, help="comma-separated addresses, all IPv4 or all IPv6"
+    )
     x.add_argument("--count", type=int, default=1, help="rounds for targets not answered yet")
     x.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per round")
     x.set_defaults(func=ping_many)

@@ -39,23 +39,35 @@ class Probes(Topology):
         return res.returncode == 0
 
     def ping_matrix(
-        self, count: int = 1, timeout: float = 2.0, hosts: Sequence[Host] | None = None
+        self,
+        count: int = 1,
+        timeout: float = 2.0,
+        hosts: Sequence[Host] | None = None,
+        *,
+        family: int = 4,
     ) -> dict[tuple[str, str], bool]:
-        """Container-to-container reachability for every ordered pair: (src, dst) name -> ok.
+        """Container-to-container reachability for every ordered pair: (src, dst) name -> ok,
+        over IPv4 or (``family=6``, a dual-stack lab) IPv6.
 
         Small labs run one ``ping`` per pair (~10 ms each here). From 10 hosts on, one
         ``nettool ping-many`` per source container: N processes instead of N*(N-1), which
         matters where every exec is slow (20 hosts in the UML guest: ~10 s instead of ~55 s)."""
         hs = list(hosts or self.hosts)
+        if family not in (4, 6):
+            raise LabError(f"family must be 4 or 6, not {family}")
+        missing = [h.name for h in hs if h.container_ip_of(family) is None]
+        if missing:
+            raise LabError(f"{', '.join(missing)}: no IPv{family} container address")
+        dst = {h.name: str(h.container_ip_of(family)) for h in hs}
         pairs = [(a, b) for a in hs for b in hs if a is not b]
         if len(hs) < _PING_MANY_FROM and shutil.which("ping") is not None:
             results = self._parallel(
-                lambda ab: self.ping(ab[0].container_ns, ab[1].container_ip, count, timeout), pairs
+                lambda ab: self.ping(ab[0].container_ns, dst[ab[1].name], count, timeout), pairs
             )
             return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results, strict=True)}
 
         def from_host(src: Host) -> dict[str, bool]:
-            targets = [h.container_ip for h in hs if h is not src]
+            targets = [dst[h.name] for h in hs if h is not src]
             res = ns_exec(
                 src.container_ns,
                 _nettool("ping-many", "--targets", ",".join(targets), "--count", count,
@@ -69,7 +81,7 @@ class Probes(Topology):
                 return {}
 
         replies = dict(zip((h.name for h in hs), self._parallel(from_host, hs), strict=True))
-        return {(a.name, b.name): replies[a.name].get(b.container_ip, False) for a, b in pairs}
+        return {(a.name, b.name): replies[a.name].get(dst[b.name], False) for a, b in pairs}
 
     def tcp_transfer(
         self,
@@ -117,7 +129,7 @@ class Probes(Topology):
             dst_ns,
             _nettool(
                 "tcp-sink", "--port", port, "--timeout", timeout, "--ready", ready,
-                *(["--peer"] if peer else []),
+                "--bind", _any_address(dst_ip), *(["--peer"] if peer else []),
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -175,6 +187,8 @@ class Probes(Topology):
                 ready,
                 "--tag",
                 tag,
+                "--bind",
+                _any_address(dst_ip),
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -313,6 +327,12 @@ def _nettool(*args: object) -> list[str]:
         str(NETTOOL),
         *(f"{a:g}" if isinstance(a, float) else str(a) for a in args),
     ]
+
+
+def _any_address(dst_ip: str) -> str:
+    """The wildcard a sink binds to for traffic to ``dst_ip``: one family only, so a peer's
+    address is never shown IPv4-mapped (``::ffff:a.b.c.d``)."""
+    return "::" if ":" in dst_ip else "0.0.0.0"
 
 
 def _wait_for(path: Path, timeout: float, proc: subprocess.Popen[bytes]) -> bool:

@@ -32,22 +32,27 @@ CONVERGE_TIMEOUT = 90.0
 """Seconds to wait for every container to reach every other one before giving up."""
 
 
-def tunnel_device(backend: str, vni: int = 1) -> str | None:
-    return {"ipip": "meshd.ipip", "vxlan": f"meshd.{vni}", "wireguard": WG_DEVICE}.get(backend)
+def tunnel_device(backend: str, vni: int = 1, underlay: str = "ipv4") -> str | None:
+    """The backend's device (ipip over an IPv6 underlay is an ip6tnl, ``meshd.ip6tnl``)."""
+    ipip = "meshd.ip6tnl" if underlay == "ipv6" else "meshd.ipip"
+    return {"ipip": ipip, "vxlan": f"meshd.{vni}", "wireguard": WG_DEVICE}.get(backend)
 
 
 def kernel_supports(kind: str) -> bool:
-    """Can this kernel run backend or link ``kind``? Tried in a throwaway namespace; host-gw
-    needs no device of its own."""
+    """Can this kernel run backend or link ``kind`` (``ip6tnl``: ipip over an IPv6 underlay)?
+    Tried in a throwaway namespace; host-gw needs no device of its own."""
     if kind in backends.names() and backends.get(kind).kernel_module is None:
         return True
     ns = f"{PREFIX}-probe{os.getpid()}"
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
         # An ipip device without a local address would clash with the fallback tunl0 (EEXIST).
-        args = {"vxlan": ["id", "1", "dstport", "8472"], "ipip": ["local", "192.0.2.1"]}.get(
-            kind, []
-        )
+        # (ip6tnl likewise, with its ip6tnl0.)
+        args = {
+            "vxlan": ["id", "1", "dstport", "8472"],
+            "ipip": ["local", "192.0.2.1"],
+            "ip6tnl": ["mode", "any", "local", "2001:db8::1"],
+        }.get(kind, [])
         r = subprocess.run(
             ["ip", "-n", ns, "link", "add", "probe0", "type", kind, *args], capture_output=True
         )
@@ -56,7 +61,12 @@ def kernel_supports(kind: str) -> bool:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def preflight(backend: str) -> None:
+def link_kind(backend: str, underlay: str = "ipv4") -> str:
+    """The kernel link a backend needs on this underlay: ipip over IPv6 is ``ip6tnl``."""
+    return "ip6tnl" if backend == "ipip" and underlay == "ipv6" else backend
+
+
+def preflight(backend: str, underlay: str = "ipv4") -> None:
     if os.geteuid() != 0:
         raise LabError("meshd lab needs root (it creates network namespaces): run it with sudo")
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
@@ -69,10 +79,13 @@ def preflight(backend: str) -> None:
                 "PATH: apt-get install wireguard-go wireguard-tools"
             )
         return
-    if not kernel_supports(backend):
+    kind = link_kind(backend, underlay)
+    if not kernel_supports(kind):
+        module = "ip6_tunnel" if kind == "ip6tnl" else kind
+        where = "" if underlay == "ipv4" else f" --underlay {underlay}"
         raise LabError(
-            f"this kernel cannot create {backend} devices (module {backend} missing): "
-            f"run the lab in a user-mode-linux guest with `meshd lab --backend {backend} --uml`"
+            f"this kernel cannot create {kind} devices (module {module} missing): run the lab "
+            f"in a user-mode-linux guest with `meshd lab --backend {backend}{where} --uml`"
         )
 
 
@@ -85,26 +98,52 @@ def run_lab(
     shared_key: bool = False,
     allocate: bool = False,
     cni: bool = False,
+    ipv6: bool = False,
+    underlay: str | None = None,
 ) -> int:
-    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings).
+    """Build, converge, show, tear down. Returns the exit code (0 only when every pair pings,
+    over both families in a dual-stack lab).
 
     ``cni``: no lab bridge; each host's pod is attached by the flannel CNI plugin (bridge +
     host-local) reading the subnet file its daemon writes, and the daemons masquerade
-    (``--ipmasq``), as docs/kubernetes.md sets a node up."""
+    (``--ipmasq``), as docs/kubernetes.md sets a node up.
+    ``ipv6``: dual-stack pods (an IPv4 and an IPv6 subnet per host). ``underlay``: ``ipv4``,
+    ``ipv6`` (no IPv4 address on the underlay) or ``dual``; None picks ``ipv4``, or ``dual``
+    for host-gw with ``ipv6`` (its IPv6 routes need an IPv6 next hop)."""
     if hosts < 2:
         raise LabError("--hosts: a mesh needs at least 2 hosts")
     if backend == "host-gw" and routed:
         say("note: host-gw needs one L2 segment; on a routed lab it must fail across the router")
-    preflight(backend)
+    if cni and (ipv6 or underlay not in (None, "ipv4")):
+        raise LabError("--cni: the CNI lab is IPv4 only (no --ipv6, no --underlay ipv6/dual)")
+    if underlay is None:
+        underlay = "dual" if ipv6 and backend == "host-gw" else "ipv4"
+        if underlay == "dual":
+            say(
+                "note: host-gw routes IPv6 pods via the peer's IPv6 underlay address: the "
+                "underlay gets IPv6 addresses too (--underlay dual)"
+            )
+    if ipv6 and backend == "ipip" and underlay != "ipv6":
+        say("note: ipip over IPv4 carries IPv4 only; IPv6 pods need --underlay ipv6 (ip6tnl)")
+    preflight(backend, underlay)
     plugin = find_flannel() if cni else None
     if leftover := down(PREFIX):
         say(f"removed a previous lab ({len(leftover)} namespaces)")
     with (
         cleanup_on_signals(),
-        Lab(PREFIX, hosts=hosts, routed=routed, keep=keep, cni=cni) as lab,
+        Lab(
+            PREFIX,
+            hosts=hosts,
+            routed=routed,
+            keep=keep,
+            cni=cni,
+            ipv6=ipv6,
+            underlay_family=underlay,
+        ) as lab,
     ):
         say(
-            f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}) "
+            f"built {hosts} hosts ({'two routed segments' if routed else 'one L2 segment'}, "
+            f"{_UNDERLAY_WORDS[underlay]} underlay, {'dual-stack' if ipv6 else 'IPv4'} pods) "
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
         )
         if neigh := lab.neighbour_thresholds:
@@ -144,37 +183,66 @@ def run_lab(
                 ok = False
         first = lab.daemons["h1"]
         say("\n$ meshd peers   # on h1\n" + fmt.peers(client.peers(first.socket_path)))
-        dev = tunnel_device(backend)
-        before = {h.name: lab.link_counters(h.ns, dev) for h in lab.hosts} if dev else {}
-        matrix = lab.ping_matrix(count=2)
+        dev = tunnel_device(backend, underlay=underlay)
+        before = _counters(lab, dev)
         names = [h.name for h in lab.hosts]
-        say("\ncontainer -> container ping (rows: source)\n" + format_matrix(matrix, names))
-        if dev:
+        families = (4, 6) if ipv6 else (4,)
+        failed: list[str] = []
+        pairs = 0
+        for family in families:
+            matrix = lab.ping_matrix(count=2, family=family)
+            pairs += len(matrix)
+            say(
+                f"\ncontainer -> container ping{' over IPv6' if family == 6 else ''} "
+                f"(rows: source)\n" + format_matrix(matrix, names)
+            )
+            failed += [
+                f"{a}->{b}{' (IPv6)' if family == 6 else ''}"
+                for (a, b), good in sorted(matrix.items())
+                if not good
+            ]
+        if before:
             say(f"\ntunnel {dev}: packets sent/received during the ping matrix")
+            after = _counters(lab, dev)
             for h in lab.hosts:
-                after = lab.link_counters(h.ns, dev)
-                tx = after["tx_packets"] - before[h.name]["tx_packets"]
-                rx = after["rx_packets"] - before[h.name]["rx_packets"]
+                tx = after[h.name]["tx_packets"] - before[h.name]["tx_packets"]
+                rx = after[h.name]["rx_packets"] - before[h.name]["rx_packets"]
                 say(f"  {h.name}: tx +{tx}  rx +{rx}")
-        failed = [f"{a}->{b}" for (a, b), good in sorted(matrix.items()) if not good]
         src, dst = lab.hosts[0], lab.hosts[-1]
-        # Pings are small; a bulk TCP transfer proves the tunnel MTU is right.
-        if lab.tcp_transfer(src.container_ns, dst.container_ns, dst.container_ip, 4 << 20):
-            say(f"\n4 MiB over TCP {src.name} -> {dst.name} container: ok (sha256 matches)")
-        else:
-            say(f"\n4 MiB over TCP {src.name} -> {dst.name} container: FAILED")
-            failed.append(f"tcp {src.name}->{dst.name}")
+        # Pings are small; a bulk TCP transfer proves the tunnel MTU is right (per family: an
+        # IPv6 header is 20 bytes longer, and so is an IPv6 underlay's encapsulation).
+        for family in families:
+            ip = str(dst.container_ip_of(family))
+            what = f"4 MiB over TCP{'/IPv6' if family == 6 else ''} {src.name} -> {dst.name}"
+            if lab.tcp_transfer(src.container_ns, dst.container_ns, ip, 4 << 20):
+                say(f"\n{what} container: ok (sha256 matches)")
+            else:
+                say(f"\n{what} container: FAILED")
+                failed.append(f"tcp{'/IPv6' if family == 6 else ''} {src.name}->{dst.name}")
         if keep:
             say(_keep_help(lab, first.socket_path, backend))
         if failed or not ok:
             _print_log_tails(lab, say)
-            say(f"\nFAILED: {len(failed)} of {len(matrix)} pairs do not ping: {', '.join(failed)}")
+            say(f"\nFAILED: {', '.join(failed) or 'did not converge'}")
             return 1
         say(
-            f"\nOK: all {len(matrix)} container pairs ping through {backend}"
-            f"{'' if keep else '; tearing the lab down'}"
+            f"\nOK: all {pairs} container pairs ping through {backend}"
+            f"{' (IPv4 and IPv6)' if ipv6 else ''}{'' if keep else '; tearing the lab down'}"
         )
         return 0
+
+
+_UNDERLAY_WORDS = {"ipv4": "IPv4", "ipv6": "IPv6-only", "dual": "dual-stack"}
+
+
+def _counters(lab: Lab, dev: str | None) -> dict[str, dict[str, int]]:
+    """The tunnel device's counters per host; empty when it has none (or not on every host)."""
+    if dev is None:
+        return {}
+    try:
+        return {h.name: lab.link_counters(h.ns, dev) for h in lab.hosts}
+    except LabError:
+        return {}
 
 
 def _attach_pods(lab: Lab, plugin: Path, say: Callable[[str], None]) -> None:
@@ -218,7 +286,8 @@ def _converge(lab: Lab, say: Callable[[str], None]) -> bool:
             last = line
         if all(s == n for s in seen):
             all_alive_at = all_alive_at or time.monotonic()
-            if all(lab.ping_matrix(count=1, timeout=1).values()):
+            families = (4, 6) if lab.ipv6 else (4,)
+            if all(all(lab.ping_matrix(count=1, timeout=1, family=f).values()) for f in families):
                 say(f"  converged in {time.monotonic() - t0:.1f}s")
                 return True
             if time.monotonic() - all_alive_at > SETTLE_TIMEOUT:

@@ -49,13 +49,26 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from meshd import neightable
 from meshd.errors import LabError
+from meshd.lab.hosts import (
+    NO_DAD,
+    UNDERLAY_FAMILIES,
+    Host,
+    addr_line,
+    bridge_lines,
+    container_batch,
+    default_dst,
+    forwarding_script,
+    host_gw_routes,
+    nth_last,
+    span,
+)
 from meshd.lab.namespaces import (
     Processes,
     delete_namespaces,
@@ -71,30 +84,6 @@ STATE_DIR = Path(os.environ.get("MESHD_LAB_STATE_DIR", "/run/meshd-lab"))
 """Where a kept lab (``keep=True`` / ``detach()``) records its namespaces, processes, workdir."""
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$|^[a-z]$")
 _MAX_PARALLEL = 16  # concurrent ip/ping processes; beyond this, CPU (not latency) is the limit
-# sh snippet: switch forwarding on, then read an ip batch from stdin (router namespace).
-_FORWARD_THEN_BATCH = "echo 1 > /proc/sys/net/ipv4/ip_forward && exec ip -batch -"
-
-
-@dataclass(frozen=True)
-class Host:
-    """One simulated host. Addresses are strings; ``subnet`` is a CIDR."""
-
-    index: int
-    name: str  # h1, h2, ...: also the meshd node name
-    ns: str  # <prefix>-h<i>
-    container_ns: str  # <prefix>-c<i>
-    underlay_ip: str
-    underlay_prefixlen: int
-    segment: int  # 1, or 2 for even hosts of a routed lab
-    port: str  # this host's port (veth end) on the underlay bridge, in <prefix>-ul
-    subnet: str
-    gateway: str  # first address of the subnet, on bridge "br"
-    container_ip: str
-    router_ip: str | None  # next hop of the default route in a routed lab
-
-    @property
-    def underlay_cidr(self) -> str:
-        return f"{self.underlay_ip}/{self.underlay_prefixlen}"
 
 
 class Topology(Processes):
@@ -119,6 +108,12 @@ class Topology(Processes):
         keep: bool = False,
         cni: bool = False,
         outside: bool = False,
+        ipv6: bool = False,
+        underlay_family: str = "ipv4",
+        underlay6: str = "fd00:99::/64",
+        segments6: tuple[str, str] = ("fd00:99:1::/64", "fd00:99:2::/64"),
+        pod_network6: str = "fd00:10:244::/56",
+        subnet_prefixlen6: int = 64,
     ) -> None:
         """Plan the lab (nothing is created before :meth:`build`).
 
@@ -128,54 +123,103 @@ class Topology(Processes):
         sockets and daemon state (default: a fresh directory in /tmp, removed on teardown; a
         given one is kept). ``keep``: leave the lab running when the ``with`` block ends
         normally (see :meth:`detach`). ``cni``, ``outside``: see the module docstring.
+
+        ``ipv6``: dual-stack pods, host *i* also gets the *i*-th ``/subnet_prefixlen6`` of
+        ``pod_network6``. ``underlay_family``: ``ipv4`` (``underlay``/``segments``), ``ipv6``
+        (``underlay6``/``segments6`` only: no IPv4 address on the underlay, hosts and router
+        included) or ``dual`` (both; ``underlay_ip`` is the IPv4 one, ``underlay_ip6`` the
+        other).
         """
         if not _PREFIX_RE.match(prefix):
             raise LabError(f"lab prefix {prefix!r}: use 1-20 lowercase letters, digits, dashes")
         if hosts < 1:
             raise LabError("a lab needs at least one host")
+        if underlay_family not in UNDERLAY_FAMILIES:
+            raise LabError(
+                f"underlay family {underlay_family!r}: one of {', '.join(UNDERLAY_FAMILIES)}"
+            )
         self.prefix = prefix
         self.routed = routed
         self.mtu = mtu
         self.keep = keep
         self.cni = cni
+        self.ipv6 = ipv6
+        self.underlay_family = underlay_family
+        if cni and ipv6:
+            raise LabError("a CNI lab is IPv4 only (the flannel plugin's IPv6 path is untested)")
         self.ul_ns = f"{prefix}-ul"
         self.outside_ns: str | None = f"{prefix}-out" if outside else None
         self.router_ns: str | None = f"{prefix}-rt" if routed else None
-        nets = [ipaddress.IPv4Network(s) for s in (segments if routed else (underlay,))]
+        # Per family, the underlay segment(s): the first family listed is the one gossip uses.
+        fams: dict[int, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+        if underlay_family in ("ipv4", "dual"):
+            fams[4] = [ipaddress.IPv4Network(s) for s in (segments if routed else (underlay,))]
+        if underlay_family in ("ipv6", "dual"):
+            fams[6] = [ipaddress.IPv6Network(s) for s in (segments6 if routed else (underlay6,))]
+        self._underlay_nets = fams
+        primary = 4 if 4 in fams else 6
+        nets = fams[primary]
         self.segments = nets
-        self.router_ips = [str(n[-2]) for n in nets] if routed else []
-        self.outside_ip: str | None = str(nets[0][-3]) if outside else None
+        self.router_ips = [nth_last(n, 2) for n in nets] if routed else []
+        self.router_ips6 = [nth_last(n, 2) for n in fams[6]] if routed and len(fams) == 2 else []
+        self.outside_ip: str | None = nth_last(nets[0], 3) if outside else None
         pods = ipaddress.IPv4Network(pod_network)
         self.pod_network = str(pods)
         if subnet_prefixlen < pods.prefixlen or subnet_prefixlen > 30:
             raise LabError(f"subnet /{subnet_prefixlen} does not fit in {pods}")
         if hosts >= 2 ** (subnet_prefixlen - pods.prefixlen):
             raise LabError(f"{hosts} hosts do not fit in {pods} with /{subnet_prefixlen} subnets")
+        pods6 = ipaddress.IPv6Network(pod_network6)
+        self.pod_network6: str | None = str(pods6) if ipv6 else None
+        if ipv6:
+            if not pods6.prefixlen <= subnet_prefixlen6 <= 126:
+                raise LabError(f"subnet /{subnet_prefixlen6} does not fit in {pods6}")
+            if hosts >= 2 ** min(subnet_prefixlen6 - pods6.prefixlen, 24):
+                raise LabError(
+                    f"{hosts} hosts do not fit in {pods6} with /{subnet_prefixlen6} subnets"
+                )
         sub_size = 2 ** (32 - subnet_prefixlen)
         self.hosts: list[Host] = []
         for i in range(1, hosts + 1):
             seg = 2 if routed and i % 2 == 0 else 1
-            net = nets[seg - 1]
-            # Host i keeps address .i on whichever segment it sits; the router takes the last one.
-            if i >= net.num_addresses - (3 if routed or outside else 1):
-                raise LabError(f"{hosts} hosts do not fit in underlay {net}")
+            addrs: dict[int, tuple[str, int]] = {}
+            for fam, fnets in fams.items():
+                net = fnets[seg - 1]
+                # Host i keeps address i on whichever segment it sits; the router takes the
+                # last but one, the outside machine the third-last.
+                if i >= span(net) - (3 if routed or outside else 1):
+                    raise LabError(f"{hosts} hosts do not fit in underlay {net}")
+                addrs[fam] = (str(net[i]), net.prefixlen)
             sub = ipaddress.IPv4Network(
                 (int(pods.network_address) + i * sub_size, subnet_prefixlen)
             )
+            v6: dict[str, str | None] = {}
+            if ipv6:
+                sub6 = ipaddress.IPv6Network(
+                    (int(pods6.network_address) + (i << (128 - subnet_prefixlen6)),
+                     subnet_prefixlen6)
+                )  # fmt: skip
+                v6 = {"subnet6": str(sub6), "gateway6": str(sub6[1]),
+                      "container_ip6": str(sub6[2])}  # fmt: skip
+            second = addrs.get(6) if len(addrs) == 2 else None
             self.hosts.append(
                 Host(
                     index=i,
                     name=f"h{i}",
                     ns=f"{prefix}-h{i}",
                     container_ns=f"{prefix}-c{i}",
-                    underlay_ip=str(net[i]),
-                    underlay_prefixlen=net.prefixlen,
+                    underlay_ip=addrs[primary][0],
+                    underlay_prefixlen=addrs[primary][1],
                     segment=seg,
                     port=f"h{i}",
                     subnet=str(sub),
                     gateway=str(sub[1]),
                     container_ip=str(sub[2]),
                     router_ip=self.router_ips[seg - 1] if routed else None,
+                    underlay_ip6=second[0] if second else None,
+                    underlay_prefixlen6=second[1] if second else None,
+                    router_ip6=self.router_ips6[seg - 1] if self.router_ips6 else None,
+                    **v6,
                 )
             )
         super().__init__()
@@ -274,9 +318,9 @@ class Topology(Processes):
         return self
 
     def _build_underlay(self) -> None:
-        ul = ["link set lo up", "link add name ulbr type bridge", "link set dev ulbr up"]
+        ul = ["link set lo up", *bridge_lines("ulbr", self._has6)]
         if self.routed:
-            ul += ["link add name ulbr2 type bridge", "link set dev ulbr2 up"]
+            ul += bridge_lines("ulbr2", self._has6)
         for h in self.hosts:
             br = "ulbr2" if h.segment == 2 else "ulbr"
             # One cable per host: port h<i> on the switch, "eth0" inside the host.
@@ -302,31 +346,40 @@ class Topology(Processes):
         if self.outside_ns:
             out = [
                 "link set lo up",
-                f"addr add {self.outside_ip}/{self.segments[0].prefixlen} dev eth0",
+                addr_line(f"{self.outside_ip}/{self.segments[0].prefixlen}", "eth0"),
                 "link set dev eth0 up",
             ]
             if self.routed:  # hosts on segment 2 reach it through the router
-                out.append(f"route add default via {self.router_ips[0]} dev eth0")
-            ns_exec(self.outside_ns, ["ip", "-batch", "-"], input=_lines(out))
+                via = self.router_ips[0]
+                out.append(f"route add {default_dst(via)} via {via} dev eth0")
+            script = (NO_DAD if self._has6 else "") + "exec ip -batch -"
+            ns_exec(self.outside_ns, ["sh", "-c", script], input=_lines(out))
         if self.router_ns:
             rt = ["link set lo up"]
-            for seg, net in enumerate(self.segments, start=1):
-                rt += [
-                    f"addr add {self.router_ips[seg - 1]}/{net.prefixlen} dev eth{seg}",
-                    f"link set dev eth{seg} up",
-                ]
-            ns_exec(self.router_ns, ["sh", "-c", _FORWARD_THEN_BATCH], input=_lines(rt))
+            for nets in self._underlay_nets.values():
+                for seg, net in enumerate(nets, start=1):
+                    rt.append(addr_line(f"{nth_last(net, 2)}/{net.prefixlen}", f"eth{seg}"))
+            rt += ["link set dev eth1 up", "link set dev eth2 up"]
+            script = forwarding_script(4 in self._underlay_nets, self._has6) + "exec ip -batch -"
+            ns_exec(self.router_ns, ["sh", "-c", script], input=_lines(rt))
+
+    @property
+    def _has6(self) -> bool:
+        """IPv6 anywhere in the lab (underlay or pods): forwarding on, no multicast snooping."""
+        return self.ipv6 or 6 in self._underlay_nets
 
     def _build_host(self, h: Host) -> None:
         prefixlen = ipaddress.IPv4Network(h.subnet).prefixlen
-        host = ["link set lo up", f"addr add {h.underlay_cidr} dev eth0", "link set dev eth0 up"]
+        host = ["link set lo up", addr_line(h.underlay_cidr, "eth0")]
+        if h.underlay_ip6 is not None:
+            host.append(addr_line(f"{h.underlay_ip6}/{h.underlay_prefixlen6}", "eth0"))
+        host.append("link set dev eth0 up")
         ctr = ["link set lo up"]
         if not self.cni:
             host += [
                 # "br" alone parses as the keyword "broadcast": always "name br" / "dev br".
-                "link add name br type bridge",
+                *bridge_lines("br", self._has6),
                 f"addr add {h.gateway}/{prefixlen} dev br",
-                "link set dev br up",
                 f"link add name veth0 type veth peer name eth0 netns {h.container_ns}",
                 "link set dev veth0 master br up",
             ]
@@ -335,15 +388,23 @@ class Topology(Processes):
                 "link set dev eth0 up",
                 f"route add default via {h.gateway}",
             ]
-        if h.router_ip:
-            host.append(f"route add default via {h.router_ip} dev eth0")
+            if h.subnet6 is not None:
+                plen6 = ipaddress.IPv6Network(h.subnet6).prefixlen
+                host.append(addr_line(f"{h.gateway6}/{plen6}", "br"))
+                ctr += [
+                    addr_line(f"{h.container_ip6}/{plen6}", "eth0"),
+                    f"route add ::/0 via {h.gateway6} dev eth0",
+                ]
+        for router in (h.router_ip, h.router_ip6):
+            if router:
+                host.append(f"route add {default_dst(router)} via {router} dev eth0")
         # One process chain per host: forwarding (a per-namespace sysctl, off in a new netns, so
         # it must be written from inside), the host batch, then the container's (its eth0 exists
         # only once the host batch has run).
         script = (
-            "echo 1 > /proc/sys/net/ipv4/ip_forward || exit 1\n"
-            f"ip -batch - <<'EOF' || exit 1\n{_lines(host)}EOF\n"
-            f"exec ip -n {h.container_ns} -batch - <<'EOF'\n{_lines(ctr)}EOF\n"
+            forwarding_script(True, self._has6)
+            + f"ip -batch - <<'EOF' || exit 1\n{_lines(host)}EOF\n"
+            f"exec {container_batch(h.container_ns, self._has6)} <<'EOF'\n{_lines(ctr)}EOF\n"
         )
         ns_exec(h.ns, ["sh", "-c", script])
 
@@ -392,23 +453,46 @@ class Topology(Processes):
 
     # ------------------------------------------------------------------ plumbing
 
-    def readdress(self, host: Host, subnet: str) -> Host:
-        """Move ``host``'s pod side to ``subnet`` (one its daemon allocated): the bridge takes
-        the first address, the container the second and its default route via the bridge.
-        Returns the updated host, which replaces ``host`` in ``hosts``."""
+    def readdress(self, host: Host, subnet: str, subnet6: str | None = None) -> Host:
+        """Move ``host``'s pod side to ``subnet`` (and, dual-stack, ``subnet6``; None keeps the
+        current one): subnets its daemon allocated. The bridge takes the first address of each,
+        the container the second and its default routes via the bridge. Returns the updated
+        host, which replaces ``host`` in ``hosts``."""
         net = ipaddress.IPv4Network(subnet)
         new = replace(host, subnet=str(net), gateway=str(net[1]), container_ip=str(net[2]))
+        if subnet6 is not None and host.subnet6 is not None:
+            net6 = ipaddress.IPv6Network(subnet6)
+            new = replace(new, subnet6=str(net6), gateway6=str(net6[1]),
+                          container_ip6=str(net6[2]))  # fmt: skip
         if new == host:
             return host
         if self.cni:  # the plugin addresses the pod side from subnet.env: nothing to move
             self.hosts[self.hosts.index(host)] = new
             return new
-        hcmds = ["addr flush dev br", f"addr add {new.gateway}/{net.prefixlen} dev br"]
-        ccmds = [
-            "addr flush dev eth0",
-            f"addr add {new.container_ip}/{net.prefixlen} dev eth0",
-            f"route replace default via {new.gateway}",
-        ]
+        # Address by address ("addr flush" would take every family's, link-local included).
+        hcmds, ccmds = [], []
+        if new.subnet != host.subnet:
+            plen = ipaddress.IPv4Network(host.subnet).prefixlen
+            hcmds += [
+                f"addr del {host.gateway}/{plen} dev br",
+                f"addr add {new.gateway}/{net.prefixlen} dev br",
+            ]
+            ccmds += [
+                f"addr del {host.container_ip}/{plen} dev eth0",
+                f"addr add {new.container_ip}/{net.prefixlen} dev eth0",
+                f"route replace default via {new.gateway}",
+            ]
+        if new.subnet6 is not None and new.subnet6 != host.subnet6:
+            plen6 = ipaddress.IPv6Network(new.subnet6).prefixlen
+            hcmds += [
+                f"addr del {host.gateway6}/{plen6} dev br",
+                addr_line(f"{new.gateway6}/{plen6}", "br"),
+            ]
+            ccmds += [
+                f"addr del {host.container_ip6}/{plen6} dev eth0",
+                addr_line(f"{new.container_ip6}/{plen6}", "eth0"),
+                f"route replace ::/0 via {new.gateway6} dev eth0",
+            ]
         ns_exec(host.ns, ["ip", "-batch", "-"], input=_lines(hcmds))
         ns_exec(host.container_ns, ["ip", "-batch", "-"], input=_lines(ccmds))
         self.hosts[self.hosts.index(host)] = new
@@ -424,13 +508,13 @@ class Topology(Processes):
 
     def add_host_gw_routes(self) -> None:
         """Static host-gw plumbing (route to every peer subnet via its underlay IP, onlink):
-        the article's first recipe, for tests of the lab itself. Flat labs only."""
+        the article's first recipe, for tests of the lab itself. Flat labs only.
+
+        Per pod family: IPv6 subnets via the peer's IPv6 underlay address (none on an IPv4-only
+        underlay: the kernel has no IPv6 route via an IPv4 next hop), IPv4 subnets via its IPv4
+        one, or over an IPv6-only underlay ``via inet6`` (RFC 5549)."""
         for h in self.hosts:
-            routes = [
-                f"route replace {p.subnet} via {p.underlay_ip} dev eth0 onlink"
-                for p in self.hosts
-                if p is not h
-            ]
+            routes = [r for p in self.hosts if p is not h for r in host_gw_routes(p)]
             if routes:
                 ns_exec(h.ns, ["ip", "-batch", "-"], input=_lines(routes))
 
@@ -532,6 +616,7 @@ def _lines(lines: Iterable[str]) -> str:
 
 __all__ = [
     "STATE_DIR",
+    "UNDERLAY_FAMILIES",
     "Host",
     "Topology",
     "down",

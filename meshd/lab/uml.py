@@ -55,9 +55,10 @@ from meshd.errors import LabError
 CACHE_ENV = "MESHD_UML_CACHE"
 DEFAULT_CACHE = Path("/var/cache/meshd/uml")
 PACKAGE = "user-mode-linux"
-MODULES = ("ipip", "tunnel4", "ip_tunnel", "vxlan", "veth", "bridge", "dummy")
-"""Loaded at boot with their dependencies (udp_tunnel, ipv6, stp, llc, ...): what the lab and
-the three backends need. ``dummy`` gives tests a spare device."""
+MODULES = ("ipip", "tunnel4", "ip_tunnel", "ip6_tunnel", "vxlan", "veth", "bridge", "dummy")
+"""Loaded at boot with their dependencies (udp_tunnel, tunnel6, ipv6, stp, llc, ...): what the
+lab and the three backends need; ``ip6_tunnel`` is ipip over an IPv6 underlay (``ip6tnl``).
+``dummy`` gives tests a spare device. A cache built for fewer modules is rebuilt."""
 GUEST_INIT = Path(__file__).with_name("guest") / "init.sh"
 HIDDEN_IN_GUEST = ("/tmp", "/run", "/var/tmp", "/dev/shm", "/proc", "/sys", "/dev")
 """Host paths the guest cannot see: tmpfs (or kernel filesystems) are mounted over them. Host
@@ -166,14 +167,20 @@ def module_closure(deps: Mapping[str, Sequence[str]], names: Iterable[str]) -> l
 # --------------------------------------------------------------------------- building the cache
 
 
-def find_kernel(root: Path | None = None) -> UmlKernel | None:
-    """The cache at ``root`` if it is complete, else None."""
+def find_kernel(root: Path | None = None, modules: Sequence[str] = MODULES) -> UmlKernel | None:
+    """The cache at ``root`` if it is complete and holds ``modules``, else None."""
     root = root or cache_dir()
     kernel, moddir = root / "linux", root / "modules"
     version = root / "VERSION"
     # (modules/release came with the modprobe layout: an older cache is rebuilt.)
     if not (kernel.is_file() and os.access(kernel, os.X_OK) and (moddir / "load-order").is_file()
             and (moddir / "release").is_file() and version.is_file()):  # fmt: skip
+        return None
+    try:
+        cached = set((moddir / "names").read_text().split())
+    except OSError:
+        return None
+    if not set(modules) <= cached:  # built before a module joined MODULES (ip6_tunnel)
         return None
     return UmlKernel(root, kernel, moddir, version.read_text().split()[0])
 
@@ -187,7 +194,7 @@ def build(
 ) -> UmlKernel:
     """Fetch ``user-mode-linux`` and fill the cache (no-op when complete, unless ``force``)."""
     root = root or cache_dir()
-    if not force and (found := find_kernel(root)) is not None:
+    if not force and (found := find_kernel(root, modules)) is not None:
         return found
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -197,10 +204,10 @@ def build(
     # find the cache complete.
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and (found := find_kernel(root)) is not None:
+        if not force and (found := find_kernel(root, modules)) is not None:
             return found
         _build_locked(root, modules, log)
-    found = find_kernel(root)
+    found = find_kernel(root, modules)
     if found is None:
         raise LabError(f"the UML cache in {root} is incomplete after building it")
     return found

@@ -159,3 +159,47 @@ def test_timeout_kills_the_guest() -> None:
     kern = uml.find_kernel()
     assert kern is not None
     assert _uml_processes(kern.kernel) == []
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@needs_uml
+def test_two_host_ip6tnl_lab_inside_guest() -> None:
+    # ipip over an IPv6-only underlay: one ip6tnl per host, for every peer. The kernel refuses
+    # an "onlink" IPv6 next hop on the tunnel while the underlay's connected route covers it
+    # ("Nexthop has invalid gateway or device mismatch"), so the NBMA device is flow-based
+    # ("external") and each route names its outer destination: "encap ip6 dst <peer>".
+    code = textwrap.dedent(
+        """
+        from meshd.lab import Lab, format_matrix
+        with Lab("uip6", hosts=2, ipv6=True, underlay_family="ipv6") as lab:
+            for h in lab.hosts:
+                batch = [
+                    "link add name tun0 type ip6tnl external",
+                    f"addr add {h.subnet.split('/')[0]}/32 dev tun0",
+                    f"addr add {h.subnet6.split('/')[0]}/128 dev tun0 nodad",
+                    "link set dev tun0 mtu 1460 up",
+                ]
+                for p in lab.hosts:
+                    if p is not h:
+                        batch += [
+                            f"route add {s} encap ip6 dst {p.underlay_ip} dev tun0"
+                            for s in p.subnets
+                        ]
+                lab.exec(h.ns, ["ip", "-batch", "-"], input="\\n".join(batch) + "\\n")
+            names = [h.name for h in lab.hosts]
+            h1, h2 = lab.hosts
+            for family in (4, 6):
+                m = lab.ping_matrix(count=2, family=family)
+                print(format_matrix(m, names))
+                assert all(m.values()), f"ping IPv{family}"
+            assert lab.tcp_transfer(h1.container_ns, h2.container_ns, h2.container_ip6, 1 << 20)
+            assert lab.tcp_transfer(h2.container_ns, h1.container_ns, h1.container_ip, 1 << 20)
+            tun = lab.link_counters(h1.ns, "tun0")
+            assert tun["tx_bytes"] >= 1 << 20, tun
+            print("IP6TNL-OK")
+        """
+    )
+    rc, out = uml.run_in_uml([sys.executable, "-c", code], timeout=180, cwd=PROJECT)
+    assert rc == 0, out
+    assert "IP6TNL-OK" in out
