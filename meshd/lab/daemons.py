@@ -79,7 +79,7 @@ class Daemons(Topology):
     @cached_property
     def ca(self) -> LabCA:
         """The lab's cluster CA (made on first use): the pod network is its grant."""
-        return LabCA(self.workdir / "ca", self.pod_network)
+        return LabCA(self.workdir / "ca", self.pod_network, self.pod_network6)
 
     def daemon_argv(
         self,
@@ -96,8 +96,13 @@ class Daemons(Topology):
         under ``<workdir>/<host name>/``."""
         hdir = Path(workdir or self.workdir) / host.name
         plen = int(host.subnet.rpartition("/")[2])
+        plen6 = int(host.subnet6.rpartition("/")[2]) if host.subnet6 else None
         trust = (
-            self.ca.args(host, pool_len=plen if self.allocate else None)
+            self.ca.args(
+                host,
+                pool_len=plen if self.allocate else None,
+                pool_len6=plen6 if self.allocate else None,
+            )
             if self.certificates and "--ca" not in extra_args
             else []
         )
@@ -108,9 +113,8 @@ class Daemons(Topology):
         )
         if host.subnet6 is not None:
             # Dual-stack pods: the second family's subnet (or network) as the flag once more.
-            plen6 = host.subnet6.rpartition("/")[2]
             where += (
-                ["--network", str(self.pod_network6), "--subnet-len6", plen6]
+                ["--network", str(self.pod_network6), "--subnet-len6", str(plen6)]
                 if self.allocate
                 else ["--subnet", host.subnet6]
             )

@@ -258,3 +258,24 @@ def test_nettool_udp_over_ipv6(prefix: str) -> None:
         port = 20000 + os.getpid() % 1000
         got = lab.udp_count(h1.container_ns, h2.container_ns, h2.container_ip6 or "", port, 50)
         assert got == 50
+
+
+def test_lab_certificates_cover_both_families(tmp_path: Path) -> None:
+    from meshd import pki
+
+    lab = Lab("cert", hosts=2, workdir=tmp_path, ipv6=True, underlay_family="dual")
+    h2 = lab.hosts[1]
+    argv = lab.daemon_argv(h2, key_file="/k", backend="host-gw")
+    assert argv[argv.index("--cert") + 1] == f"{tmp_path}/ca/h2.crt"
+    cert = pki.load_certificate(tmp_path / "ca" / "h2.crt")
+    assert (cert.public_ip, cert.public_ip6) == ("10.99.0.2", "fd00:99::2")
+    assert (cert.grant.subnet, cert.grant.subnet6) == (h2.subnet, h2.subnet6)
+    # Allocating: a pool of each family, the lengths the lab plans.
+    alloc = Lab("calloc", hosts=2, workdir=tmp_path / "a", ipv6=True, underlay_family="ipv6")
+    alloc.allocate = True
+    argv = alloc.daemon_argv(alloc.hosts[0], key_file="/k", backend="vxlan")
+    assert argv[argv.index("--subnet-len6") + 1] == "64"
+    grant = pki.load_certificate(tmp_path / "a" / "ca" / "h1.crt").grant
+    assert (grant.pool, grant.pool_len, grant.pool6, grant.pool_len6) == (
+        "10.244.0.0/16", 24, "fd00:10:244::/56", 64,
+    )  # fmt: skip
