@@ -30,7 +30,7 @@ from meshd.allocator import Allocator
 from meshd.config import Config, parse_seed
 from meshd.control.protocol import DoctorReply, UnderlayInfo
 from meshd.control.server import ControlServer, group_id
-from meshd.dataplane import allocation, backends, model, prefix
+from meshd.dataplane import allocation, backends, model
 from meshd.dataplane.allocation import Pool
 from meshd.dataplane.firewall import Firewall
 from meshd.dataplane.masquerade import FAMILY, FAMILY6, Masquerade, remove_table
@@ -526,7 +526,8 @@ class Daemon:
                         mtu=r.mtu,
                         flag=flags.get(r.name),
                         skew=skew[0] if skew and now - skew[1] < SKEW_FRESH else None,
-                        address=prefix.network_address(r.subnet),
+                        address=_network_address(r.subnet_of(4)),
+                        address6=_network_address(r.subnet_of(6)),
                     )
                 )
             return out
@@ -638,3 +639,8 @@ def check_subnet(
 
 async def serve(cfg: Config) -> int:
     return await Daemon(cfg).run()
+
+
+def _network_address(subnet: str | None) -> str:
+    """``10.244.2.0/24`` -> ``10.244.2.0``, ``fd00:1::/64`` -> ``fd00:1::``; "" for None."""
+    return str(ipaddress.ip_network(subnet).network_address) if subnet else ""

@@ -59,6 +59,7 @@ class Peer:
     tunnel: str | None = None  # probe result: ok | unreachable | unknown; None: not probed
     skew: float | None = None  # its clock minus ours, seconds
     address: str = ""  # an address in its subnet (its device address), for the route check
+    address6: str = ""  # the same in its IPv6 subnet when it has a second, IPv6 one
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Facts:
     expected_env: Mapping[str, str] = field(default_factory=dict)
     peers: Sequence[Peer] = ()
     route_via: Mapping[str, str] = field(default_factory=dict)  # peer -> device its route uses
+    route_via6: Mapping[str, str] = field(default_factory=dict)  # the same for its IPv6 subnet
     gc_thresh: tuple[int, int, int] | None = None  # net.ipv4.neigh.default.gc_thresh1/2/3
     lost_sends: Mapping[str, int] = field(default_factory=dict)  # reason -> gossip sends lost
     ipv6: bool = False  # this node routes IPv6 container traffic (it has an IPv6 subnet)
@@ -163,6 +165,19 @@ def _rp_filter(f: Facts) -> list[Finding]:
                 f"the route to {name}'s subnet leaves through {via}, not {dev}: replies from "
                 f"it fail the reverse-path check",
                 f"remove the route that shadows meshd's (ip route get <{name}'s address>)",
+                name,
+            )
+        )
+    # IPv6 has no rp_filter sysctl, but a shadowing route sends the traffic astray just the same.
+    for name, via in sorted(f.route_via6.items()):
+        if via == dev:
+            continue
+        out.append(
+            Finding(
+                "rp_filter",
+                FAIL,
+                f"the route to {name}'s IPv6 subnet leaves through {via}, not {dev}",
+                f"remove the route that shadows meshd's (ip -6 route get <{name}'s address>)",
                 name,
             )
         )
@@ -636,11 +651,15 @@ async def gather(src: Sources) -> Facts:
         if d and (v := read_sysctl(f"net.ipv4.conf.{d}.rp_filter")) is not None
     }
     route_via: dict[str, str] = {}
+    route_via6: dict[str, str] = {}
     for p in peers[:ROUTE_CHECKS]:
-        if p.state in ("alive", "suspect") and not p.flag and p.address:
-            got = _run_json(["ip", "-j", "route", "get", p.address])
-            if isinstance(got, list) and got and got[0].get("dev"):
-                route_via[p.name] = str(got[0]["dev"])
+        if p.state not in ("alive", "suspect") or p.flag:
+            continue
+        for addr, into in ((p.address, route_via), (p.address6, route_via6)):
+            if addr:
+                got = _run_json(["ip", "-j", "route", "get", addr])
+                if isinstance(got, list) and got and got[0].get("dev"):
+                    into[p.name] = str(got[0]["dev"])
     nft = _run_json(["nft", "-j", "list", "ruleset"])
     ipt = _run_json(["iptables-save"])
     return Facts(
@@ -666,6 +685,7 @@ async def gather(src: Sources) -> Facts:
         expected_env=src.expected_env(),
         peers=peers,
         route_via=route_via,
+        route_via6=route_via6,
         gc_thresh=neightable.read(),
         lost_sends=src.lost_sends(),
         ipv6=6 in src.subnet_families,

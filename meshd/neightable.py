@@ -89,14 +89,17 @@ def read(names: tuple[str, ...] = SYSCTLS) -> tuple[int, int, int] | None:
     return a, b, c
 
 
-def write(values: tuple[int, int, int] | Mapping[str, int]) -> None:
-    """Set gc_thresh1/2/3 (root). Written in the order that keeps thresh1 <= thresh2 <=
-    thresh3 at every step, raising or lowering. Raises OSError."""
-    vals = tuple(values[n] for n in SYSCTLS) if isinstance(values, Mapping) else values
-    cur = read() or (0, 0, 0)
+def write(
+    values: tuple[int, int, int] | Mapping[str, int], names: tuple[str, ...] = SYSCTLS
+) -> None:
+    """Set gc_thresh1/2/3 (root; ``names``: SYSCTLS6 for the IPv6 table). Written in the order
+    that keeps thresh1 <= thresh2 <= thresh3 at every step, raising or lowering. Raises
+    OSError."""
+    vals = tuple(values[n] for n in names) if isinstance(values, Mapping) else values
+    cur = read(names) or (0, 0, 0)
     order = (2, 1, 0) if vals[2] >= cur[2] else (0, 1, 2)
     for i in order:
-        _path(SYSCTLS[i]).write_text(f"{vals[i]}\n")
+        _path(names[i]).write_text(f"{vals[i]}\n")
 
 
 __all__ = [

@@ -833,12 +833,12 @@ def forwarding_marker(marker: str | Path | None, sysctl: str) -> Path | None:
 
 
 def _check_local(local: NodeRecord, cfg: ReconcilerConfig) -> None:
-    """ConfigError when this node's own subnet breaks the policy it applies to peers. The first
-    subnet only, as ``model.claimants`` checks peers' (the IPv6 prefix policy comes with the
-    claim rules per family)."""
-    for sub in local.subnets[:1]:
-        network = cfg.network6 if ":" in sub else cfg.network
-        problem = model.subnet_problem(sub, network)
+    """ConfigError when one of this node's own subnets breaks the policy it applies to peers
+    (``model.subnet_problem``, per family: each subnet against the cluster network of its
+    family)."""
+    networks = tuple(n for n in (cfg.network, cfg.network6) if n)
+    for sub in local.subnets:
+        problem = model.subnet_problem(sub, networks)
         if problem is not None:
             raise ConfigError(f"subnet: {problem.removeprefix('subnet ')}")
 

@@ -56,8 +56,10 @@ _WIRE_FIELDS = 17
 _MIN_WIRE_FIELDS = 11
 WG_KEY_LEN = 32
 ClaimRank = tuple[int, float]
-"""How strong a certified claim on a subnet is: (0 fixed-subnet grant | 1 pool grant, the
-certificate's not_before). Lower is stronger; see dataplane/model.py ``claim_order``."""
+"""How strong a certified claim on a subnet is: (pool bits, the certificate's not_before). Bit 0
+is set when the IPv4 grant is a pool, bit 1 when the IPv6 one is (trust.py ``RANK_POOL4``,
+``RANK_POOL6``); per family, a fixed-subnet grant (bit clear) outranks a pool. Lower is
+stronger; see dataplane/model.py ``claim_order``."""
 
 
 class RecordError(ValueError):
@@ -408,13 +410,15 @@ def validate(rec: NodeRecord) -> None:  # noqa: C901 - one check per field reads
 
 def unicast_ip6(ip: str) -> bool:
     """An IPv6 underlay address a peer may announce: not ::, ::1, multicast, link-local (it
-    needs a zone) or IPv4-mapped."""
+    needs a zone), IPv4-mapped, or written with a zone (``%eth0``: a zone names a device of the
+    host that wrote it, meaningless to a peer)."""
     try:
         addr = ipaddress.IPv6Address(ip)
     except ValueError:
         return False
     return not (
-        addr.is_unspecified
+        addr.scope_id is not None
+        or addr.is_unspecified
         or addr.is_loopback
         or addr.is_multicast
         or addr.is_link_local

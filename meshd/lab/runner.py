@@ -146,11 +146,14 @@ def run_lab(
             f"{_UNDERLAY_WORDS[underlay]} underlay, {'dual-stack' if ipv6 else 'IPv4'} pods) "
             f"in {lab.build_seconds or 0:.1f}s; workdir {lab.workdir}"
         )
-        if neigh := lab.neighbour_thresholds:
-            say(
-                f"raised net.ipv4.neigh.default.gc_thresh1/2/3 {neigh['saved']} -> "
-                f"{neigh['set']} for {hosts} hosts' neighbour entries (restored at teardown)"
-            )
+        neigh = lab.neighbour_thresholds or {}
+        for fam, suffix in (("ipv4", ""), ("ipv6", "6")):
+            if f"set{suffix}" in neigh:
+                say(
+                    f"raised net.{fam}.neigh.default.gc_thresh1/2/3 {neigh[f'saved{suffix}']} -> "
+                    f"{neigh[f'set{suffix}']} for {hosts} hosts' neighbour entries "
+                    f"(restored at teardown)"
+                )
         key = write_key(lab.workdir / "key")
         lab.certificates = not shared_key
         if shared_key:

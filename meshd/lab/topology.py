@@ -308,7 +308,8 @@ class Topology(Processes):
                 err = (res.stderr.strip().splitlines() or ["no output"])[0]
                 raise LabError(f"cannot create the lab's namespaces: {err}")
             # Before any link: one kernel holds every namespace's neighbour entries.
-            self._neigh = raise_neighbour_table(len(self.hosts))
+            families = {"ipv4": (4,), "ipv6": (4, 6), "dual": (4, 6)}[self.underlay_family]
+            self._neigh = raise_neighbour_table(len(self.hosts), families)
             self._build_underlay()
             self._parallel(self._build_host, self.hosts)
         except BaseException:
@@ -561,36 +562,58 @@ def down(prefix: str) -> list[str]:
     return names
 
 
-def raise_neighbour_table(hosts: int) -> dict[str, list[int]] | None:
-    """Raise the machine's ARP thresholds (root namespace) if a full mesh of ``hosts`` on this
-    kernel needs it; returns what to restore (``saved``) and what was set, or None if nothing
+def raise_neighbour_table(
+    hosts: int, families: tuple[int, ...] = (4,)
+) -> dict[str, list[int]] | None:
+    """Raise the machine's neighbour thresholds (root namespace) of each of ``families`` (the
+    underlay's: ARP for IPv4, NDP for IPv6) if a full mesh of ``hosts`` on this kernel needs it;
+    returns what to restore (``saved``/``set``, ``saved6``/``set6``) or None if nothing
     changed. Sends past gc_thresh3 fail with ENOBUFS: beyond ~30 hosts every mesh breaks."""
-    cur = neightable.read()
-    if cur is None:
-        return None
-    new = neightable.raised(cur, neightable.lab_entries(hosts))
-    if new is None:
-        return None
-    try:
-        neightable.write(new)
-    except OSError as exc:
-        raise LabError(
-            f"{hosts} hosts on one kernel need a larger neighbour table: "
-            f"{neightable.sysctl_command(new)} failed ({exc.strerror})"
-        ) from None
-    return {"saved": list(cur), "set": list(new)}
+    record: dict[str, list[int]] = {}
+    for fam in families:
+        names, suffix = _NEIGH_SYSCTLS[fam]
+        cur = neightable.read(names)
+        new = None if cur is None else neightable.raised(cur, neightable.lab_entries(hosts))
+        if cur is None or new is None:
+            continue
+        try:
+            neightable.write(new, names)
+        except OSError as exc:
+            restore_neighbour_table(record)
+            raise LabError(
+                f"{hosts} hosts on one kernel need a larger neighbour table: "
+                f"{neightable.sysctl_command(new, names)} failed ({exc.strerror})"
+            ) from None
+        record[f"saved{suffix}"], record[f"set{suffix}"] = list(cur), list(new)
+    return record or None
+
+
+_NEIGH_SYSCTLS = {4: (neightable.SYSCTLS, ""), 6: (neightable.SYSCTLS6, "6")}
 
 
 def restore_neighbour_table(record: dict[str, list[int]]) -> list[str]:
-    """Put back the thresholds ``raise_neighbour_table`` found, unless someone changed them
-    since (another lab, an operator): then theirs stay. Returns problems; never raises."""
-    try:
-        a, b, c = (int(x) for x in record["saved"])
-        was_set = tuple(int(x) for x in record["set"])
-    except (KeyError, TypeError, ValueError):
-        return ["neighbour thresholds: unreadable record, not restored"]
-    if neightable.read() != was_set:
-        return []
+    """Put back the thresholds ``raise_neighbour_table`` found, per family, unless someone
+    changed them since (another lab, an operator): then theirs stay. Returns problems; never
+    raises."""
+    problems: list[str] = []
+    for names, suffix in _NEIGH_SYSCTLS.values():
+        if f"saved{suffix}" not in record and f"set{suffix}" not in record:
+            continue
+        try:
+            a, b, c = (int(x) for x in record[f"saved{suffix}"])
+            was_set = tuple(int(x) for x in record[f"set{suffix}"])
+        except (KeyError, TypeError, ValueError):
+            problems.append("neighbour thresholds: unreadable record, not restored")
+            continue
+        if neightable.read(names) != was_set:
+            continue
+        try:
+            neightable.write((a, b, c), names)
+        except OSError as exc:
+            problems.append(
+                f"cannot restore {neightable.sysctl_command((a, b, c), names)}: {exc.strerror}"
+            )
+    return problems
     try:
         neightable.write((a, b, c))
     except OSError as exc:

@@ -124,6 +124,9 @@ def test_mtu_files_forwarding_subnet_env_checksum_and_routes() -> None:
     assert bad(findings(old)) == {("checksum", WARN, None)}
     assert bad(findings(replace(old, tx_checksum=False))) == set()
     assert bad(findings(healthy(route_via={"h2": "eth1"}))) == {("rp_filter", FAIL, "h2")}
+    shadowed6 = findings(healthy(route_via6={"h2": "meshd.1", "h3": "eth1"}))
+    assert bad(shadowed6) == {("rp_filter", FAIL, "h3")}
+    assert any("h3's IPv6 subnet leaves through eth1" in x.message for x in shadowed6)
 
 
 def test_not_programmed_and_host_gw() -> None:

@@ -249,6 +249,8 @@ def test_dual_stack_record_keeps_the_ipv4_fields_older_members_read() -> None:
     [
         ({"public_ip": "fe80::1"}, "public_ip"),  # link-local: needs a zone
         ({"public_ip": "::1"}, "public_ip"),
+        ({"public_ip": "2001:db8::5%eth0"}, "public_ip"),  # a zone means nothing to a peer
+        ({"public_ip6": "2001:db8::6%2"}, "public_ip6"),
         ({"public_ip": "::ffff:10.0.0.1"}, "public_ip"),
         ({"public_ip": "2001:db8::5", "public_ip6": "2001:db8::6"}, "public_ip6"),
         ({"subnet": "fd00::/64", "subnet6": "fd00:1::/64"}, "subnet6"),

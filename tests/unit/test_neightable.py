@@ -80,6 +80,20 @@ def test_the_lab_raises_then_restores_what_it_found(proc: Path) -> None:
     assert neightable.read() == DEFAULTS
 
 
+def test_an_ipv6_underlay_lab_raises_and_restores_both_tables(proc: Path) -> None:
+    d6 = proc.parents[2] / "ipv6" / "neigh" / "default"
+    d6.mkdir(parents=True)
+    for i, v in enumerate(DEFAULTS, 1):
+        (d6 / f"gc_thresh{i}").write_text(f"{v}\n")
+    record = raise_neighbour_table(45, (4, 6))
+    assert record is not None and record["set6"] == [2048, 4096, 8192]
+    assert neightable.read(neightable.SYSCTLS6) == (2048, 4096, 8192)
+    assert neightable.read() == (2048, 4096, 8192)
+    assert restore_neighbour_table(record) == []
+    assert neightable.read(neightable.SYSCTLS6) == DEFAULTS
+    assert neightable.read() == DEFAULTS
+
+
 def test_the_lab_leaves_values_someone_changed_since(proc: Path) -> None:
     record = raise_neighbour_table(45)
     assert record is not None

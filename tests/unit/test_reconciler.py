@@ -25,7 +25,7 @@ from records import UL, rec  # tests/unit is on sys.path (pytest prepend import 
 from meshd.dataplane.apply import NetlinkAPI
 from meshd.dataplane.model import RTPROT_MESHD, PeerView
 from meshd.dataplane.reconciler import Reconciler, ReconcilerConfig
-from meshd.errors import MissingKernelFeature
+from meshd.errors import ConfigError, MissingKernelFeature
 from meshd.gossip.record import NodeRecord
 
 START = 1000.0
@@ -559,3 +559,14 @@ def test_ipv6_entries_are_programmed_repaired_and_adopted_without_a_rewrite(
         await again.close()
 
     scenario(tmp_path, restart)
+
+
+def test_every_own_subnet_meets_the_policy_of_its_family(tmp_path: Path) -> None:
+    cfg = ReconcilerConfig(
+        network="10.244.0.0/16", network6="fd00:10:244::/48", subnet_env=tmp_path / "env"
+    )
+    Reconciler(cfg, rec(1, subnet6="fd00:10:244:1::/64"), UL, nl=FakeNetlink())
+    with pytest.raises(ConfigError, match=r"^subnet: fd00:99::/64 is outside network fd00:10:244"):
+        Reconciler(cfg, rec(1, subnet6="fd00:99::/64"), UL, nl=FakeNetlink())
+    with pytest.raises(ConfigError, match=r"^subnet: fe80::/64 overlaps"):
+        Reconciler(replace(cfg, network6=None), rec(1, subnet6="fe80::/64"), UL, nl=FakeNetlink())
