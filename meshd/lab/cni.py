@@ -2,11 +2,14 @@
 
 Kubernetes with flannel calls the ``flannel`` CNI plugin (flannel-io/cni-plugin) on every node: it
 reads the node agent's subnet file (``FLANNEL_NETWORK``, ``FLANNEL_SUBNET``, ``FLANNEL_MTU``,
-``FLANNEL_IPMASQ``) and delegates to the standard ``bridge`` plugin with ``host-local`` address
-management. Here meshd is the node agent. A lab built with ``cni=True`` has no bridge of its own:
-:meth:`Pods.cni_add` runs the plugin inside a host's namespace with ``CNI_COMMAND=ADD`` and a pod
-namespace (by default the host's container namespace), and the plugins make the bridge ``cni0``,
-the veth pair, the address and the routes.
+``FLANNEL_IPMASQ``; on a dual-stack node ``FLANNEL_IPV6_NETWORK`` and ``FLANNEL_IPV6_SUBNET`` as
+well) and delegates to the standard ``bridge`` plugin with ``host-local`` address management: one
+address range per family (the subnet), one route per cluster network. Here meshd is the node
+agent. A lab built with ``cni=True`` has no bridge of its own: :meth:`Pods.cni_add` runs the plugin
+inside a host's namespace with ``CNI_COMMAND=ADD`` and a pod namespace (by default the host's
+container namespace), and the plugins make the bridge ``cni0``, the veth pair, the addresses and
+the routes. In a dual-stack lab (``ipv6=True``) each pod gets an IPv4 and an IPv6 address
+(:attr:`Pod.ip6`), the lab's planned ``container_ip`` and ``container_ip6``.
 
 Where the plugins come from: the flannel plugin at ``$MESHD_CNI_FLANNEL``, else where Kubernetes
 installs it (``/opt/cni/bin/flannel``); bridge and host-local in ``$MESHD_CNI_PATH``, else
@@ -20,6 +23,7 @@ apart (the flannel plugin's ``dataDir`` and host-local's ``ipam.dataDir`` under
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -86,6 +90,18 @@ def read_subnet_env(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
+def result_addresses(result: dict[str, Any]) -> dict[int, str]:
+    """The first address of each family in a CNI result (``ips``), without prefix lengths."""
+    out: dict[int, str] = {}
+    for entry in result.get("ips") or []:
+        try:
+            iface = ipaddress.ip_interface(str(entry["address"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.setdefault(iface.version, str(iface.ip))
+    return out
+
+
 @dataclass(frozen=True)
 class Pod:
     """A pod namespace attached by ``CNI ADD``."""
@@ -93,9 +109,14 @@ class Pod:
     host: Host
     ns: str
     container_id: str
-    ip: str  # address without the prefix length
+    ip: str  # IPv4 address, without the prefix length
     result: dict[str, Any]  # the plugin's answer (CNI result JSON)
     ifname: str = "eth0"
+    ip6: str | None = None  # IPv6 address (a dual-stack node), without the prefix length
+
+    def ip_of(self, version: int) -> str | None:
+        """The pod's address of family ``version`` (4 or 6), None if it has none."""
+        return self.ip if version == 4 else self.ip6
 
 
 class Pods(Topology):
@@ -117,11 +138,13 @@ class Pods(Topology):
         return self.host_dir(host) / "cni"
 
     def wait_subnet_env(self, host: Host, timeout: float = 30.0) -> dict[str, str]:
-        """The subnet file of ``host`` once its daemon has written it."""
+        """The subnet file of ``host`` once its daemon has written it (with the IPv6 lines too
+        when ``host`` is dual-stack)."""
+        want = ["FLANNEL_SUBNET"] + (["FLANNEL_IPV6_SUBNET"] if host.subnet6 is not None else [])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             env = read_subnet_env(self.subnet_file(host))
-            if "FLANNEL_SUBNET" in env:
+            if all(k in env for k in want):
                 return env
             time.sleep(0.1)
         raise LabError(f"{host.name}: no {self.subnet_file(host)} after {timeout:g}s")
@@ -158,20 +181,25 @@ class Pods(Topology):
 
     def cni_add(self, host: Host, pod_ns: str | None = None, plugin: Path | None = None) -> Pod:
         """Attach a pod namespace (default: ``host``'s container namespace, which must then get
-        the lab's planned ``container_ip``) with ``CNI ADD``."""
+        the lab's planned ``container_ip``, and ``container_ip6`` if dual-stack) with
+        ``CNI ADD``. A dual-stack host's pod must get an address of each family."""
         ns = pod_ns or host.container_ns
         cid = f"{self.prefix}-{ns}"
         result = self.cni_call(host, "ADD", cid, ns, plugin)
-        ips = result.get("ips") or []
-        if not ips:
-            raise LabError(f"CNI ADD on {host.name}: no address in the result {result}")
-        ip = str(ips[0]["address"]).split("/")[0]
-        if pod_ns is None and ip != host.container_ip:
-            raise LabError(
-                f"CNI ADD on {host.name}: the pod got {ip}, not {host.container_ip} "
-                "(host-local state left from an earlier run?)"
-            )
-        pod = Pod(host, ns, cid, ip, result)
+        got = result_addresses(result)
+        families = (4, 6) if host.subnet6 is not None else (4,)
+        for version in families:
+            if version not in got:
+                raise LabError(
+                    f"CNI ADD on {host.name}: no IPv{version} address in the result {result}"
+                )
+            planned = host.container_ip_of(version)
+            if pod_ns is None and got[version] != planned:
+                raise LabError(
+                    f"CNI ADD on {host.name}: the pod got {got[version]}, not {planned} "
+                    "(host-local state left from an earlier run?)"
+                )
+        pod = Pod(host, ns, cid, got[4], result, ip6=got.get(6))
         self.pods[cid] = pod
         return pod
 
@@ -191,4 +219,5 @@ __all__ = [
     "find_flannel",
     "netconf",
     "read_subnet_env",
+    "result_addresses",
 ]

@@ -135,11 +135,20 @@ class Daemons(Topology):
             "--socket", str(hdir / "meshd.sock"),
             # every host namespace shares the machine's /run: keep each host's file apart
             "--subnet-env", str(hdir / "subnet.env"),
-            # the CNI path needs the cluster network (FLANNEL_NETWORK; the CA's in cert mode)
-            *(["--network", self.pod_network] if self.cni and not self.allocate else []),
+            # the CNI path needs the cluster networks (FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK:
+            # the pods' routes; the CA's grants in cert mode)
+            *(self._cni_networks(host) if self.cni and not self.allocate else []),
             *trust,
             *extra_args,
         ]  # fmt: skip
+
+    def _cni_networks(self, host: Host) -> list[str]:
+        """``--network`` once per pod family of ``host`` (its subnets are given with
+        ``--subnet``): what subnet.env names as the cluster networks."""
+        nets = [self.pod_network]
+        if host.subnet6 is not None and self.pod_network6 is not None:
+            nets.append(self.pod_network6)
+        return [arg for net in nets for arg in ("--network", net)]
 
     def seeds_for(self, host: Host, port: int = DEFAULT_GOSSIP_PORT) -> list[str]:
         """The first host is the seed; every other host joins through it."""

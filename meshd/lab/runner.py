@@ -106,7 +106,8 @@ def run_lab(
 
     ``cni``: no lab bridge; each host's pod is attached by the flannel CNI plugin (bridge +
     host-local) reading the subnet file its daemon writes, and the daemons masquerade
-    (``--ipmasq``), as docs/kubernetes.md sets a node up.
+    (``--ipmasq``), as docs/kubernetes.md sets a node up. With ``ipv6`` the plugin gives each
+    pod an address of each family (FLANNEL_IPV6_SUBNET/FLANNEL_IPV6_NETWORK).
     ``ipv6``: dual-stack pods (an IPv4 and an IPv6 subnet per host). ``underlay``: ``ipv4``,
     ``ipv6`` (no IPv4 address on the underlay) or ``dual``; None picks ``ipv4``, or ``dual``
     for host-gw with ``ipv6`` (its IPv6 routes need an IPv6 next hop)."""
@@ -114,8 +115,6 @@ def run_lab(
         raise LabError("--hosts: a mesh needs at least 2 hosts")
     if backend == "host-gw" and routed:
         say("note: host-gw needs one L2 segment; on a routed lab it must fail across the router")
-    if cni and (ipv6 or underlay not in (None, "ipv4")):
-        raise LabError("--cni: the CNI lab is IPv4 only (no --ipv6, no --underlay ipv6/dual)")
     if underlay is None:
         underlay = "dual" if ipv6 and backend == "host-gw" else "ipv4"
         if underlay == "dual":
@@ -256,9 +255,11 @@ def _attach_pods(lab: Lab, plugin: Path, say: Callable[[str], None]) -> None:
             lab.adopt_subnets()
             h = lab.host(h.name)
         pod = lab.cni_add(h, plugin=plugin)
+        addrs = pod.ip if pod.ip6 is None else f"{pod.ip} {pod.ip6}"
+        net6 = f" FLANNEL_IPV6_NETWORK={env['FLANNEL_IPV6_NETWORK']}" if pod.ip6 else ""
         say(
-            f"  {h.name}: pod {pod.ip} attached by {plugin} (FLANNEL_NETWORK="
-            f"{env.get('FLANNEL_NETWORK')} FLANNEL_MTU={env.get('FLANNEL_MTU')} "
+            f"  {h.name}: pod {addrs} attached by {plugin} (FLANNEL_NETWORK="
+            f"{env.get('FLANNEL_NETWORK')}{net6} FLANNEL_MTU={env.get('FLANNEL_MTU')} "
             f"FLANNEL_IPMASQ={env.get('FLANNEL_IPMASQ')})"
         )
 

@@ -22,8 +22,8 @@ IPv4 forwarding is on in every host. The cross-host plumbing is left to whatever
 ``cni=True`` leaves each host's pod side to a CNI plugin: no bridge ``br``, and the container
 namespace holds only ``lo`` until a plugin (``meshd.lab.cni``) attaches it as a pod.
 ``outside=True`` adds namespace ``<p>-out`` on segment 1 of the underlay at ``outside_ip`` (the
-segment's third-last address): a machine outside the cluster network with no route to the pods,
-which pods reach only when masqueraded.
+segment's third-last address; on a dual-stack underlay ``outside_ip6`` as well): a machine outside
+the cluster network with no route to the pods, which pods reach only when masqueraded.
 
 Everything is built with ``ip -batch`` (one process per namespace rather than per command: process
 creation dominates, ~0.1-0.2 s each inside a UML guest) and host namespaces are configured in
@@ -145,8 +145,6 @@ class Topology(Processes):
         self.cni = cni
         self.ipv6 = ipv6
         self.underlay_family = underlay_family
-        if cni and ipv6:
-            raise LabError("a CNI lab is IPv4 only (the flannel plugin's IPv6 path is untested)")
         self.ul_ns = f"{prefix}-ul"
         self.outside_ns: str | None = f"{prefix}-out" if outside else None
         self.router_ns: str | None = f"{prefix}-rt" if routed else None
@@ -163,6 +161,10 @@ class Topology(Processes):
         self.router_ips = [nth_last(n, 2) for n in nets] if routed else []
         self.router_ips6 = [nth_last(n, 2) for n in fams[6]] if routed and len(fams) == 2 else []
         self.outside_ip: str | None = nth_last(nets[0], 3) if outside else None
+        # On a dual-stack underlay the outside machine has an address of each family too.
+        self.outside_ip6: str | None = (
+            nth_last(fams[6][0], 3) if outside and len(fams) == 2 else None
+        )
         pods = ipaddress.IPv4Network(pod_network)
         self.pod_network = str(pods)
         if subnet_prefixlen < pods.prefixlen or subnet_prefixlen > 30:
@@ -348,11 +350,14 @@ class Topology(Processes):
             out = [
                 "link set lo up",
                 addr_line(f"{self.outside_ip}/{self.segments[0].prefixlen}", "eth0"),
-                "link set dev eth0 up",
             ]
+            if self.outside_ip6 is not None:
+                out.append(addr_line(f"{self.outside_ip6}/{self._underlay_nets[6][0].prefixlen}",
+                                     "eth0"))  # fmt: skip
+            out.append("link set dev eth0 up")
             if self.routed:  # hosts on segment 2 reach it through the router
-                via = self.router_ips[0]
-                out.append(f"route add {default_dst(via)} via {via} dev eth0")
+                for via in (self.router_ips[0], *self.router_ips6[:1]):
+                    out.append(f"route add {default_dst(via)} via {via} dev eth0")
             script = (NO_DAD if self._has6 else "") + "exec ip -batch -"
             ns_exec(self.outside_ns, ["sh", "-c", script], input=_lines(out))
         if self.router_ns:

@@ -93,7 +93,6 @@ def test_addressing_dual_underlay() -> None:
     ("kwargs", "message"),
     [
         ({"underlay_family": "ipv5"}, "underlay family"),
-        ({"ipv6": True, "cni": True}, "IPv4 only"),
         ({"ipv6": True, "pod_network6": "fd00::/120", "subnet_prefixlen6": 124}, "do not fit"),
         ({"ipv6": True, "subnet_prefixlen6": 48}, "does not fit"),
     ],
@@ -113,6 +112,23 @@ def test_daemon_argv_dual_stack_on_ipv6_underlay(tmp_path: Path) -> None:
     assert argv.count("--public-ip") == 1
     subnets = [argv[i + 1] for i, a in enumerate(argv) if a == "--subnet"]
     assert subnets == ["10.244.2.0/24", "fd00:10:244:2::/64"]
+
+
+def test_cni_lab_dual_stack_daemons_name_both_cluster_networks(tmp_path: Path) -> None:
+    # subnet.env's FLANNEL_NETWORK and FLANNEL_IPV6_NETWORK (the pods' routes) come from these.
+    lab = Lab("argv", hosts=2, workdir=tmp_path, cni=True, outside=True, ipv6=True,
+              underlay_family="dual")  # fmt: skip
+    lab.certificates = False
+    argv = lab.daemon_argv(lab.hosts[0], key_file="/k", backend="vxlan")
+    networks = [argv[i + 1] for i, a in enumerate(argv) if a == "--network"]
+    assert networks == ["10.244.0.0/16", "fd00:10:244::/56"]
+    # The outside machine has an address of each family on a dual-stack underlay.
+    assert (lab.outside_ip, lab.outside_ip6) == ("10.99.0.253", "fd00:99::fd")
+    v4 = Lab("argv", hosts=2, workdir=tmp_path, cni=True, outside=True)
+    v4.certificates = False
+    argv = v4.daemon_argv(v4.hosts[0], key_file="/k", backend="vxlan")
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--network"] == ["10.244.0.0/16"]
+    assert v4.outside_ip6 is None
 
 
 def test_daemon_argv_dual_underlay_announces_both(tmp_path: Path) -> None:
