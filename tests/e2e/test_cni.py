@@ -254,12 +254,16 @@ def test_flannel_plugin_dual_stack(
     assert not lab.ping(pods[0].ns, str(pods[1].ip6), timeout=0.5)
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
-def test_meshd_lab_cni_ipv6(backend: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "underlay", "mtu"),
+    [("vxlan", [], 1450), ("host-gw", [], 1500), ("vxlan", ["--underlay", "ipv6"], 1430)],
+    ids=["vxlan", "host-gw-dual-underlay", "vxlan-ipv6-underlay"],
+)
+def test_meshd_lab_cni_ipv6(backend: str, underlay: list[str], mtu: int) -> None:
     plugin()
     prefix = f"lc{os.getpid() % 100000}"
     r = subprocess.run(
-        [sys.executable, "-m", "meshd", "lab", "--cni", "--ipv6", "--backend", backend],
+        [sys.executable, "-m", "meshd", "lab", "--cni", "--ipv6", "--backend", backend, *underlay],
         capture_output=True,
         text=True,
         timeout=300,
@@ -267,7 +271,7 @@ def test_meshd_lab_cni_ipv6(backend: str) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "h3: pod 10.244.3.2 fd00:10:244:3::2 attached by" in r.stdout
-    assert "FLANNEL_IPV6_NETWORK=fd00:10:244::/56" in r.stdout
+    assert f"FLANNEL_IPV6_NETWORK=fd00:10:244::/56 FLANNEL_MTU={mtu} " in r.stdout
     assert "container -> container ping over IPv6" in r.stdout
     assert f"OK: all 12 container pairs ping through {backend} (IPv4 and IPv6)" in r.stdout
     assert "4 MiB over TCP/IPv6 h1 -> h3 container: ok" in r.stdout
