@@ -159,8 +159,8 @@ def test_dual_stack_overlay(
 
 @pytest.mark.parametrize(
     ("backend", "routed"),
-    [("vxlan", False), ("host-gw", False), ("vxlan", True), ("ipip", False)],
-    ids=["vxlan-flat", "host-gw-flat", "vxlan-routed", "ipip-flat"],
+    [("vxlan", False), ("host-gw", False), ("vxlan", True)],
+    ids=["vxlan-flat", "host-gw-flat", "vxlan-routed"],
 )
 def test_ipv6_only_underlay(
     make_lab: Callable[..., Lab],
