@@ -155,32 +155,23 @@ def _rp_filter(f: Facts) -> list[Finding]:
     else:
         msg = f"rp_filter {eff} on {dev}"
     out = [Finding("rp_filter", OK, msg)]
-    for name, via in sorted(f.route_via.items()):
-        if via == dev:
-            continue
-        out.append(
-            Finding(
-                "rp_filter",
-                FAIL,
-                f"the route to {name}'s subnet leaves through {via}, not {dev}: replies from "
-                f"it fail the reverse-path check",
-                f"remove the route that shadows meshd's (ip route get <{name}'s address>)",
-                name,
-            )
-        )
     # IPv6 has no rp_filter sysctl, but a shadowing route sends the traffic astray just the same.
-    for name, via in sorted(f.route_via6.items()):
-        if via == dev:
-            continue
-        out.append(
-            Finding(
-                "rp_filter",
-                FAIL,
-                f"the route to {name}'s IPv6 subnet leaves through {via}, not {dev}",
-                f"remove the route that shadows meshd's (ip -6 route get <{name}'s address>)",
-                name,
-            )
-        )
+    for routes, what, tail, cmd in (
+        (f.route_via, "subnet", ": replies from it fail the reverse-path check", "ip"),
+        (f.route_via6, "IPv6 subnet", "", "ip -6"),
+    ):
+        for name, via in sorted(routes.items()):
+            if via != dev:
+                out.append(
+                    Finding(
+                        "rp_filter",
+                        FAIL,
+                        f"the route to {name}'s {what} leaves through {via}, not {dev}{tail}",
+                        f"remove the route that shadows meshd's ({cmd} route get <{name}'s "
+                        f"address>)",
+                        name,
+                    )
+                )
     return out
 
 

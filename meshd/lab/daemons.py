@@ -219,27 +219,23 @@ class Daemons(Topology):
     def allocated_subnet(self, host: Host) -> str | None:
         """The subnet ``host``'s daemon settled on, from the subnet.env it writes once the
         subnet settled (as a CNI plugin would read it); None before."""
-        try:
-            text = (self.workdir / host.name / "subnet.env").read_text()
-        except FileNotFoundError:
-            return None
-        for line in text.splitlines():
-            key, _, value = line.partition("=")
-            if key == "FLANNEL_SUBNET" and value:
-                return str(ipaddress.IPv4Network(value, strict=False))
-        return None
+        return self._subnet_env_value(host, "FLANNEL_SUBNET")
 
     def allocated_subnet6(self, host: Host) -> str | None:
         """The IPv6 subnet ``host``'s daemon settled on (``FLANNEL_IPV6_SUBNET``), None before
         or without one."""
+        return self._subnet_env_value(host, "FLANNEL_IPV6_SUBNET")
+
+    def _subnet_env_value(self, host: Host, key: str) -> str | None:
+        """The subnet of ``key`` in ``host``'s subnet.env (its first address/len: as a CIDR)."""
         try:
             text = (self.workdir / host.name / "subnet.env").read_text()
         except FileNotFoundError:
             return None
         for line in text.splitlines():
-            key, _, value = line.partition("=")
-            if key == "FLANNEL_IPV6_SUBNET" and value:
-                return str(ipaddress.IPv6Network(value, strict=False))
+            name, _, value = line.partition("=")
+            if name == key and value:
+                return str(ipaddress.ip_network(value, strict=False))
         return None
 
     def adopt_subnets(self) -> dict[str, str]:
