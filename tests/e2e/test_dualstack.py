@@ -179,7 +179,7 @@ def test_ipv6_only_underlay(
     for h in lab.hosts:  # (ip -j lists no link without an address of the family asked for)
         assert ip_json(h.ns, "-4", "addr", "show", "dev", "eth0") == []
         assert ip_json(h.ns, "-6", "addr", "show", "dev", "eth0") != []
-    converge(lab, backend, tmp_path, fast_config)
+    key = converge(lab, backend, tmp_path, fast_config)
     h1, h2, h3 = lab.hosts
     assert routes(h1, 4) == {h2.subnet, h3.subnet}
     assert routes(h1, 6) == {h2.subnet6, h3.subnet6}
@@ -196,6 +196,30 @@ def test_ipv6_only_underlay(
         # IPv4 pods over an IPv6-only underlay: routes via an IPv6 next hop (RFC 5549).
         r = ip_json(h1.ns, "-4", "route", "show", h2.subnet, "proto", PROTO)
         assert r and r[0].get("via", {}).get("host") == h2.underlay_ip, r
+    if backend == "ipip":
+        # An external ip6tnl, every peer subnet (both families) encapsulated towards the peer's
+        # IPv6 underlay address; a restart adopts the device and rewrites nothing.
+        (link,) = ip_json(h2.ns, "-d", "link", "show", "dev", str(dev))
+        assert link["linkinfo"]["info_data"].get("external") is True, link
+        encap = ip6tnl_routes(h2)
+        assert encap == {str(h.subnet): h.underlay_ip for h in (h1, h3)} | {
+            str(h.subnet6): h.underlay_ip for h in (h1, h3)
+        }, encap
+        ping_through_restart(lab, h1, h2, backend, key, fast_config)
+        (again,) = ip_json(h2.ns, "-d", "link", "show", "dev", str(dev))
+        assert again["ifindex"] == link["ifindex"]
+        assert ip6tnl_routes(h2) == encap
+        assert_full_pings(lab)
+
+
+def ip6tnl_routes(h: Host) -> dict[str, str]:
+    """meshd's routes on ``h`` of both families: destination -> encapsulation destination."""
+    out: dict[str, str] = {}
+    for family in ("-4", "-6"):
+        for r in ip_json(h.ns, family, "-d", "route", "show", "proto", PROTO):
+            assert "gateway" not in r and "onlink" not in r.get("flags", []), r
+            out[str(r["dst"])] = str(r.get("encap", {}).get("dst"))
+    return out
 
 
 @pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
