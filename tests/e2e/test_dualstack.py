@@ -41,8 +41,16 @@ def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
     return json.loads(out) if out.strip() else []
 
 
+def route_pairs(h: Host, *args: str) -> list[list[tuple[str, Any]]]:
+    """``ip -j route show`` as key-value pairs: iproute2 names an encapsulated route's outer
+    destination ``dst`` too (after ``"encap": "ip6"``), which a dict would keep instead."""
+    out = ns_exec(None, ["ip", "-n", h.ns, "-j", *args, "route", "show", "proto", PROTO]).stdout
+    pairs: list[list[tuple[str, Any]]] = json.loads(out or "[]", object_pairs_hook=list)
+    return pairs
+
+
 def routes(h: Host, family: int) -> set[str]:
-    return {str(r["dst"]) for r in ip_json(h.ns, f"-{family}", "route", "show", "proto", PROTO)}
+    return {str(next(v for k, v in r if k == "dst")) for r in route_pairs(h, f"-{family}")}
 
 
 def neighbours6(h: Host, dev: str) -> dict[str, str]:
@@ -213,12 +221,16 @@ def test_ipv6_only_underlay(
 
 
 def ip6tnl_routes(h: Host) -> dict[str, str]:
-    """meshd's routes on ``h`` of both families: destination -> encapsulation destination."""
+    """meshd's routes on ``h`` of both families: destination -> encapsulation destination
+    (iproute2's JSON names both ``dst``: the second, after ``"encap": "ip6"``, is the outer)."""
     out: dict[str, str] = {}
     for family in ("-4", "-6"):
-        for r in ip_json(h.ns, family, "-d", "route", "show", "proto", PROTO):
-            assert "gateway" not in r and "onlink" not in r.get("flags", []), r
-            out[str(r["dst"])] = str(r.get("encap", {}).get("dst"))
+        for pairs in route_pairs(h, family, "-d"):
+            r = dict(pairs)
+            assert "gateway" not in r and "onlink" not in r["flags"] and r["encap"] == "ip6", r
+            assert r["hoplimit"] == 64, r
+            (dst, outer) = [v for k, v in pairs if k == "dst"]
+            out[dst] = outer
     return out
 
 
