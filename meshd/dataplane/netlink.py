@@ -340,6 +340,13 @@ class Netlink:
                     f"kernel has no {kind} support (module {MODULES.get(kind, kind)}): {exc}",
                     exc.errno,
                 ) from exc.__cause__
+            if exc.errno == errno.EEXIST and kind == "ip6tnl" and kw.get("ip6tnl_collect_metadata"):
+                # The kernel keeps one external ip6tnl per namespace (ip6n->collect_md_tun).
+                raise DataplaneError(
+                    f"{exc}: another external ip6tnl device may exist in this network namespace "
+                    "(the kernel allows one)",
+                    exc.errno,
+                ) from exc.__cause__
             raise
         info = await self.link(name)
         if info is None:
