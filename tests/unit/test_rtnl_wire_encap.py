@@ -166,8 +166,10 @@ def test_a_dumped_encapsulated_route_decodes_to_its_entry(dst: str, outer: str, 
     fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
     want = w.RouteEntry(dst, "", oif, False, outer)
     memo: w.Memo = {}
-    for _ in range(2):  # the fixed layouts do not match: the general decoder, every time
+    for _ in range(2):  # the general decoder, then its memo (keyed by the whole message)
         assert w.route_entry(msg, 16, len(msg), 109, 254, memo, fam) == want
+    assert list(memo) == [msg[16:]]
+    assert w.route_entry(msg, 16, len(msg), 110, 254, {}, fam) is None  # (a memo per filter)
     theirs = parse(msg)
     assert pyroute2_decoded(bytes(theirs.nla("RTA_ENCAP")["value"]))["LWTUNNEL_IP6_DST"] == outer
 
