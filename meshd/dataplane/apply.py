@@ -240,7 +240,7 @@ async def _routes(
         if op != "del" and (oif is None or r.dev in res.failed_devices):
             missing[r.dev] += 1
             continue
-        entries.append(RouteEntry(r.dst, r.gateway, oif or 0, r.onlink))
+        entries.append(RouteEntry(r.dst, r.gateway, oif or 0, r.onlink, r.encap6))
     for dev, n in missing.items():  # one line per device, not one per peer
         res.failures.append(f"route {op}: device {dev} is missing; {n} route(s) not programmed")
     if entries:

@@ -95,6 +95,10 @@ MONITOR_GROUPS = (
     | RTMGRP_NEIGH
 )
 IFF_UP = 0x1
+# ip6tnl flags: the kernel reports its own IP6_TNL_F_CAP_* bits (0x10000 xmit, 0x20000 rcv,
+# 0x40000 per packet; include/net/ip6_tunnel.h) beside the ones set (linux/ip6_tunnel.h, all
+# below 0x10000): only those are configuration, compared with what a backend asked for.
+IP6TNL_USER_FLAGS = 0xFFFF
 MODULES = {"ip6tnl": "ip6_tunnel"}  # device kinds whose kernel module is named otherwise
 IFA_F_SECONDARY = 0x01  # IPv6: IFA_F_TEMPORARY (a privacy address), the same bit
 IFA_F_NODAD = 0x02
@@ -336,6 +340,13 @@ class Netlink:
                     f"kernel has no {kind} support (module {MODULES.get(kind, kind)}): {exc}",
                     exc.errno,
                 ) from exc.__cause__
+            if exc.errno == errno.EEXIST and kind == "ip6tnl" and kw.get("ip6tnl_collect_metadata"):
+                # The kernel keeps one external ip6tnl per namespace (ip6n->collect_md_tun).
+                raise DataplaneError(
+                    f"{exc}: another external ip6tnl device may exist in this network namespace "
+                    "(the kernel allows one)",
+                    exc.errno,
+                ) from exc.__cause__
             raise
         info = await self.link(name)
         if info is None:
@@ -543,6 +554,8 @@ def _link_info(msg: Any) -> LinkInfo:
         data = info.get_attr("IFLA_INFO_DATA")
         if data is not None and not isinstance(data, (bytes, str)):
             for name, value in data["attrs"]:
+                if name == "IFLA_IP6TNL_FLAGS":
+                    value &= IP6TNL_USER_FLAGS
                 if name.startswith("IFLA_") and name != "UNKNOWN":
                     params[name[5:].lower()] = value
     return LinkInfo(

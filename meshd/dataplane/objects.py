@@ -107,17 +107,24 @@ class Underlay:
 @dataclass(frozen=True, slots=True, order=True)
 class Route:
     """A main-table route with meshd's protocol; keyed by ``dst``. Its family is ``dst``'s; an
-    IPv4 route may have an IPv6 gateway (RFC 5549, ``via inet6``), never the other way round."""
+    IPv4 route may have an IPv6 gateway (RFC 5549, ``via inet6``), never the other way round.
+
+    ``encap6``: the outer IPv6 destination of a lightweight-tunnel encapsulation (``encap ip6
+    dst <encap6>``, into an ``external`` ip6tnl device: ipip over an IPv6 underlay), "" for
+    none. Such a route has no gateway; the destination is part of its identity, so a route
+    whose encapsulation points elsewhere is replaced."""
 
     dst: str
     gateway: str  # "" for none (a route straight into a layer-3 device: wireguard)
     dev: str
     onlink: bool = False
+    encap6: str = ""
 
     def __str__(self) -> str:
         inet6 = "inet6 " if version(self.gateway) != version(self.dst) else ""
         via = f" via {inet6}{self.gateway}" if self.gateway else ""
-        return f"{self.dst}{via} dev {self.dev}" + (" onlink" if self.onlink else "")
+        encap = f" encap ip6 dst {self.encap6}" if self.encap6 else ""
+        return f"{self.dst}{via}{encap} dev {self.dev}" + (" onlink" if self.onlink else "")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -581,7 +581,9 @@ class Reconciler:
             for r in self._as_model(
                 ("route", *sorted(names.items())),
                 found,
-                lambda e: Route(e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink),
+                lambda e: Route(
+                    e.dst, e.gateway, names.get(e.oif, f"#{e.oif}"), e.onlink, e.encap6
+                ),
             )
         }
         neighs: dict[str, Neigh] = {}

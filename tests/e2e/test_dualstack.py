@@ -41,8 +41,16 @@ def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
     return json.loads(out) if out.strip() else []
 
 
+def route_pairs(h: Host, *args: str) -> list[list[tuple[str, Any]]]:
+    """``ip -j route show`` as key-value pairs: iproute2 names an encapsulated route's outer
+    destination ``dst`` too (after ``"encap": "ip6"``), which a dict would keep instead."""
+    out = ns_exec(None, ["ip", "-n", h.ns, "-j", *args, "route", "show", "proto", PROTO]).stdout
+    pairs: list[list[tuple[str, Any]]] = json.loads(out or "[]", object_pairs_hook=list)
+    return pairs
+
+
 def routes(h: Host, family: int) -> set[str]:
-    return {str(r["dst"]) for r in ip_json(h.ns, f"-{family}", "route", "show", "proto", PROTO)}
+    return {str(next(v for k, v in r if k == "dst")) for r in route_pairs(h, f"-{family}")}
 
 
 def neighbours6(h: Host, dev: str) -> dict[str, str]:
@@ -179,7 +187,7 @@ def test_ipv6_only_underlay(
     for h in lab.hosts:  # (ip -j lists no link without an address of the family asked for)
         assert ip_json(h.ns, "-4", "addr", "show", "dev", "eth0") == []
         assert ip_json(h.ns, "-6", "addr", "show", "dev", "eth0") != []
-    converge(lab, backend, tmp_path, fast_config)
+    key = converge(lab, backend, tmp_path, fast_config)
     h1, h2, h3 = lab.hosts
     assert routes(h1, 4) == {h2.subnet, h3.subnet}
     assert routes(h1, 6) == {h2.subnet6, h3.subnet6}
@@ -196,6 +204,34 @@ def test_ipv6_only_underlay(
         # IPv4 pods over an IPv6-only underlay: routes via an IPv6 next hop (RFC 5549).
         r = ip_json(h1.ns, "-4", "route", "show", h2.subnet, "proto", PROTO)
         assert r and r[0].get("via", {}).get("host") == h2.underlay_ip, r
+    if backend == "ipip":
+        # An external ip6tnl, every peer subnet (both families) encapsulated towards the peer's
+        # IPv6 underlay address; a restart adopts the device and rewrites nothing.
+        (link,) = ip_json(h2.ns, "-d", "link", "show", "dev", str(dev))
+        assert link["linkinfo"]["info_data"].get("external") is True, link
+        encap = ip6tnl_routes(h2)
+        assert encap == {str(h.subnet): h.underlay_ip for h in (h1, h3)} | {
+            str(h.subnet6): h.underlay_ip for h in (h1, h3)
+        }, encap
+        ping_through_restart(lab, h1, h2, backend, key, fast_config)
+        (again,) = ip_json(h2.ns, "-d", "link", "show", "dev", str(dev))
+        assert again["ifindex"] == link["ifindex"]
+        assert ip6tnl_routes(h2) == encap
+        assert_full_pings(lab)
+
+
+def ip6tnl_routes(h: Host) -> dict[str, str]:
+    """meshd's routes on ``h`` of both families: destination -> encapsulation destination
+    (iproute2's JSON names both ``dst``: the second, after ``"encap": "ip6"``, is the outer)."""
+    out: dict[str, str] = {}
+    for family in ("-4", "-6"):
+        for pairs in route_pairs(h, family, "-d"):
+            r = dict(pairs)
+            assert "gateway" not in r and "onlink" not in r["flags"] and r["encap"] == "ip6", r
+            assert r["hoplimit"] == 64, r
+            (dst, outer) = [v for k, v in pairs if k == "dst"]
+            out[dst] = outer
+    return out
 
 
 @pytest.mark.parametrize("backend", ["vxlan", "host-gw"])

@@ -331,8 +331,9 @@ def test_ip6tnl_is_created_or_refused_in_one_line(lab: Callable[..., Lab]) -> No
         async with Netlink(h.ns) as nl:
             eth0 = await nl.link("eth0")
             assert eth0 is not None
-            params = [("ip6tnl_local", ul6(h)), ("ip6tnl_link", eth0.index), ("ip6tnl_ttl", 64),
-                      ("ip6tnl_flags", 1), ("ip6tnl_proto", 0)]  # fmt: skip
+            # The ipip backend's device over an IPv6 underlay: external (collect_md), mode any.
+            params = [("ip6tnl_collect_metadata", True), ("ip6tnl_local", ul6(h)),
+                      ("ip6tnl_link", eth0.index), ("ip6tnl_proto", 0)]  # fmt: skip
             try:
                 index = await nl.create_link("meshd.ip6tnl", "ip6tnl", 1460, None, params)
             except MissingKernelFeature as exc:
@@ -341,6 +342,9 @@ def test_ip6tnl_is_created_or_refused_in_one_line(lab: Callable[..., Lab]) -> No
             info = await nl.link(index=index)
             assert info is not None and info.kind == "ip6tnl" and info.mtu == 1460
             assert info.params["ip6tnl_local"] == ul6(h)
+            # Read back as asked for (the kernel's own capability bits masked off): adopted.
+            assert all(info.params.get(k) == v for k, v in params), info.params
+            assert info.params["ip6tnl_flags"] == 0
 
     run(main())
 

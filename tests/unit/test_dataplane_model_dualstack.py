@@ -163,12 +163,53 @@ def test_ipip_over_ipv6_is_an_ip6tnl_device_and_over_ipv4_carries_ipv4_only() ->
     assert d.device is not None
     assert (d.device.name, d.device.kind, d.device.mtu) == ("meshd.ip6tnl", "ip6tnl", 1460)
     assert d.device.addresses == ("10.244.1.0/32", "fd00:244:1::/128")
-    assert dict(d.device.params)["ip6tnl_local"] == "fd00:99::1"
-    assert d.routes["10.244.2.0/24"] == Route("10.244.2.0/24", "fd00:99::2", "meshd.ip6tnl", True)
-    assert d.routes["fd00:244:2::/64"].gateway == "fd00:99::2"
+    params = dict(d.device.params)
+    assert params["ip6tnl_local"] == "fd00:99::1"
+    assert (params["ip6tnl_collect_metadata"], params["ip6tnl_proto"]) == (True, 0)
+    # Neither a hop limit nor an encapsulation limit: a collect_md device uses neither.
+    assert not {"ip6tnl_ttl", "ip6tnl_flags", "ip6tnl_encap_limit"} & set(params)
+    # No gateway, no onlink (the kernel refuses an onlink IPv6 next hop on ip6tnl): the
+    # outer destination comes from the route's encapsulation, for both inner families.
+    assert d.routes == {
+        "10.244.2.0/24": Route("10.244.2.0/24", "", "meshd.ip6tnl", encap6="fd00:99::2"),
+        "fd00:244:2::/64": Route("fd00:244:2::/64", "", "meshd.ip6tnl", encap6="fd00:99::2"),
+    }
+    assert d.flags == {}
+    assert str(d.routes["10.244.2.0/24"]) == (
+        "10.244.2.0/24 encap ip6 dst fd00:99::2 dev meshd.ip6tnl"
+    )
     d4 = state(ds(1, "ipip"), [ds(2, "ipip")], ULDS, "ipip")
-    assert set(d4.routes) == {"10.244.2.0/24"} and d4.flags == {"n2": "partial"}
+    assert d4.routes == {"10.244.2.0/24": Route("10.244.2.0/24", "10.99.0.2", "meshd.ipip", True)}
+    assert d4.flags == {"n2": "partial"}
     assert d4.device is not None and d4.device.addresses == ("10.244.1.0/32",)
+
+
+def test_ipip_over_ipv6_adopts_its_device_and_replaces_a_route_encapsulated_elsewhere() -> None:
+    d = state(v6only_ul(1, "ipip"), [v6only_ul(2, "ipip"), v6only_ul(3, "ipip")], UL6, "ipip")
+    assert d.device is not None
+    # What the kernel reports back for the device (flags masked by netlink.py, ttl 0 unset).
+    params = {**dict(d.device.params), "ip6tnl_flags": 0, "ip6tnl_ttl": 0}
+    dev = ObservedDevice(
+        d.device.name, 7, "ip6tnl", 1460, None, True, d.device.addresses, params
+    )  # fmt: skip
+    converged = Observed({dev.name: dev}, dict(d.routes), {}, frozenset())
+    assert model.diff(d, converged).empty
+    moved = replace(d.routes["fd00:244:3::/64"], encap6="fd00:99::33")
+    plain = Route("10.244.2.0/24", "fd00:99::2", "meshd.ip6tnl", True)  # an older meshd's
+    plan = model.diff(
+        d,
+        Observed(
+            {dev.name: dev}, {**d.routes, moved.dst: moved, plain.dst: plain}, {}, frozenset()
+        ),
+    )
+    assert plan.route_replace == (d.routes["10.244.2.0/24"], d.routes["fd00:244:3::/64"])
+    assert not plan.route_add and not plan.route_del and not plan.device_ops
+    # The device an older meshd made (not external): recreated, its routes planned afresh.
+    old = replace(dev, params={k: v for k, v in params.items() if k != "ip6tnl_collect_metadata"})
+    plan = model.diff(d, Observed({dev.name: old}, dict(d.routes), {}, frozenset()))
+    assert plan.device_ops[0].action == "delete"
+    assert "ip6tnl_collect_metadata None != True" in plan.device_ops[0].arg
+    assert set(plan.route_add) == set(d.routes.values())
 
 
 def test_wireguard_allowed_ips_of_both_families_and_an_ipv6_endpoint() -> None:

@@ -56,6 +56,31 @@ def test_a_tunnels_four_byte_address_is_not_read_as_six() -> None:
     assert (info.mac, info.mtu) == ("0a:00:00:01", 1480)
 
 
+def test_an_external_ip6tnl_reads_as_its_backend_asked_for_it() -> None:
+    # An `ip6tnl external mode any` device as the kernel reports it (6.x): IFLA_IP6TNL_FLAGS
+    # with its own IP6_TNL_F_CAP_PER_PACKET bit (0x40000) beside the flag set (0x1), and
+    # IFLA_IP6TNL_COLLECT_METADATA as a flag. Only the bits meshd can set are compared.
+    data_attrs = (
+        rta(1, struct.pack("=I", 2))  # LINK
+        + rta(2, socket.inet_pton(socket.AF_INET6, "fd00:99::1"))  # LOCAL
+        + rta(8, struct.pack("=I", 0x40001))  # FLAGS
+        + rta(9, b"\0")  # PROTO: any
+        + rta(19, b"")  # COLLECT_METADATA
+    )
+    body = struct.pack("=BxHiII", 0, 769, 9, 1, 0)  # ARPHRD_TUNNEL6
+    body += rta(3, b"meshd.ip6tnl\0") + rta(4, struct.pack("=I", 1460))
+    body += rta(18, rta(1, b"ip6tnl\0") + rta(2, data_attrs))
+    info = netlink._link_info(netlink._parse(netlink._pyroute2().ifinfmsg, message(16, body), 16))
+    assert (info.kind, info.mtu) == ("ip6tnl", 1460)
+    assert info.params == {
+        "ip6tnl_link": 2,
+        "ip6tnl_local": "fd00:99::1",
+        "ip6tnl_flags": 1,
+        "ip6tnl_proto": 0,
+        "ip6tnl_collect_metadata": True,
+    }
+
+
 def test_address_messages_read_as_events() -> None:
     def addr(kind: int, index: int, ip: str, plen: int, flags: int) -> bytes:
         body = struct.pack("=BBBBI", socket.AF_INET, plen, flags, 0, index)
