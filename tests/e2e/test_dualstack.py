@@ -167,8 +167,8 @@ def test_dual_stack_overlay(
 
 @pytest.mark.parametrize(
     ("backend", "routed"),
-    [("vxlan", False), ("host-gw", False), ("vxlan", True)],
-    ids=["vxlan-flat", "host-gw-flat", "vxlan-routed"],
+    [("vxlan", False), ("host-gw", False), ("vxlan", True), ("ipip", False)],
+    ids=["vxlan-flat", "host-gw-flat", "vxlan-routed", "ipip-flat"],
 )
 def test_ipv6_only_underlay(
     make_lab: Callable[..., Lab],
