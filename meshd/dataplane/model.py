@@ -534,7 +534,8 @@ def select_peers(  # noqa: C901 - one rule per branch reads best as a list
         reasons[p.name] = why
 
     # 1. Cluster-wide facts only: these decide who may claim a subnet.
-    found = claimants(backend, network, reap_after, local, peers, now)
+    nets = tuple(n for n in (network, network6) if n)  # each subnet against its family's
+    found = claimants(backend, nets, reap_after, local, peers, now)
     for name, (flag, why) in found.refused.items():
         flags[name], reasons[name] = flag, why
     next_deadline = found.next_deadline

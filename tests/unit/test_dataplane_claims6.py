@@ -150,6 +150,15 @@ def test_claimants_refuse_a_peer_for_any_of_its_subnets_or_addresses() -> None:
     assert {flag for flag, _ in found.refused.values()} == {model.FLAG_REFUSED}
 
 
+def test_the_data_plane_refuses_a_peer_outside_the_ipv6_network() -> None:
+    from records import UL
+
+    peers = alive(dual(2), dual(7, subnet6="fd00:10:245::/64"))
+    sel = model.select_peers("vxlan", NET4, 300.0, dual(1), UL, peers, 0.0, network6=NET6)
+    assert sel.flags == {"n7": model.FLAG_REFUSED}
+    assert sel.reasons["n7"] == f"subnet fd00:10:245::/64 is outside network {NET6}"
+
+
 def test_a_refused_ipv6_claim_takes_nothing_from_anyone() -> None:
     holder = dual(2, since=100)
     # An early claim on the whole IPv6 space would beat every member's; refused first.

@@ -25,7 +25,7 @@ def v6(i: int) -> NodeRecord:
 
 
 def harness(tmp: Path, fake: FakeNetlink) -> Harness:
-    h = Harness(tmp, backend="ipip", fake=fake, network6="fd00:244::/48")
+    h = Harness(tmp, backend="ipip", fake=fake, network6="fd00:244::/32")
     h.local = v6(1)
     h.r = Reconciler(h.cfg, h.local, UL6, clock=h.loop.time, nl=fake)
     return h
