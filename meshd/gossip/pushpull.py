@@ -505,8 +505,9 @@ class Sync:
                 if now - a.at > ANSWER_TTL:
                     del self._asked[sync_id]  # never answered: the round's own retry covers it
                 continue
-            if now - a.at < wait:
-                soonest = min(soonest, a.at + wait)
+            due = a.at + wait  # compared as scheduled: `now - a.at < wait` can hold while
+            if due > now:  # `a.at + wait == now` in floats, re-arming at `now` forever
+                soonest = min(soonest, due)
                 continue
             if a.tries >= RESEND_TRIES:
                 del self._asked[sync_id]

@@ -204,6 +204,26 @@ def test_large_state_join_completes_under_loss() -> None:
     assert took <= took_without
 
 
+def test_a_resend_due_to_the_last_bit_is_sent_not_rearmed_at_the_same_instant() -> None:
+    # Floats: `now - at < wait` can hold while `at + wait == now`. The round then re-armed its
+    # timer at `now` forever: in the simulator the virtual clock stood still (bench_sim's N =
+    # 1,000 at 20 % loss spun for an hour), in a daemon it spun a core until the clock moved.
+    from meshd.gossip.pushpull import _Asked
+
+    net = Network(seed=1)
+    net.converged([make_record(i) for i in range(3)])
+    sync = net.nodes[1]._sync
+    wait = sync._cfg.probe_timeout
+    rng = random.Random(7)
+    at = next(a for a in (rng.uniform(0, 100) for _ in range(10**5)) if (a + wait) - a < wait)
+    asked = _Asked(net.nodes[0].local.addr, net.nodes[0].local.node_id, at)
+    asked.count, asked.got = 3, {0}
+    sync._asked[99] = asked
+    sync._resend_round(at + wait)
+    assert net.nodes[1].counters["push_pull.resend_sent"] == 1
+    assert asked.at == at + wait and asked.tries == 1
+
+
 def test_resend_serves_only_members_and_answers_it_kept() -> None:
     net = Network(seed=2)
     recs = [make_record(i) for i in range(130)]
