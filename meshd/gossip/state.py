@@ -295,11 +295,11 @@ class Membership:
     def _emit(self, kind: EventKind, e: Entry) -> None:
         self.events.append(MemberEvent(kind, e.snapshot()))
 
-    def _broadcast(self, name: str, payload: bytes) -> None:
+    def _broadcast(self, name: str, payload: bytes, join: bool = False) -> None:
         if self._quiet and name != self.local.name:
             self.counters["merge.quiet"] += 1
             return
-        self.queue.push(name, payload)
+        self.queue.push(name, payload, join)
 
     def seen(self, name: str, now: float) -> None:
         e = self.table.get(name)
@@ -443,7 +443,7 @@ class Membership:
                 return
             e = self._add(rec, ALIVE, rec.incarnation, now)
             self._emit("join", e)
-            self._broadcast(name, encode(Alive(rec)))
+            self._broadcast(name, encode(Alive(rec)), join=True)
             return
         if rec.node_id != e.record.node_id:
             if e.state in _UP:
@@ -455,7 +455,7 @@ class Membership:
             e.record, e.inc, e.last_seen = rec, rec.incarnation, now
             self._set_state(e, ALIVE, now)
             self._emit("join", e)
-            self._broadcast(name, encode(Alive(rec)))
+            self._broadcast(name, encode(Alive(rec)), join=True)
             return
         if rec.incarnation < e.inc or (rec.incarnation == e.inc and name not in self._stale):
             return
@@ -475,7 +475,7 @@ class Membership:
                 self._emit("update", e)
         elif changed:
             self._emit("update", e)
-        self._broadcast(name, encode(Alive(rec)))
+        self._broadcast(name, encode(Alive(rec)), join=old_state in (DEAD, LEFT))
 
     def _on_left(self, rec: NodeRecord, e: Entry | None, now: float) -> None:
         """The member's own record says it left (signed, in certificate mode)."""

@@ -30,6 +30,38 @@ def test_default_retransmit_limit_is_the_fewest_copies_that_miss_at_most_retrans
     assert sum(len(q.take(100, num_nodes=1000)) for _ in range(20)) == 11
 
 
+def test_a_join_is_sent_to_a_smaller_miss_than_other_news() -> None:
+    """A member that misses a join has no route to the newcomer until anti-entropy: joins are
+    sent until (N + 1) e^-L <= JOIN_MISS (1/1000), other news to retransmit_miss (1/40)."""
+    from meshd.gossip.queue import JOIN_MISS
+
+    for n, joins, news in ((100, 12, 9), (1000, 14, 11), (10_000, 17, 13)):
+        q = BroadcastQueue()
+        q.push("new", b"join", join=True)
+        q.push("old", b"news")
+        sent = [p for _ in range(30) for p in q.take(100, num_nodes=n)]
+        assert (sent.count(b"join"), sent.count(b"news")) == (joins, news)
+        assert (n + 1) * math.exp(-joins) <= JOIN_MISS
+    q = BroadcastQueue(retransmit_mult=4)  # memberlist's rule has one limit for everything
+    q.push("new", b"join", join=True)
+    assert sum(len(q.take(100, num_nodes=1000)) for _ in range(30)) == 16
+
+
+def test_state_marks_joins_but_not_updates() -> None:
+    import random
+    from collections import Counter
+
+    from meshd.gossip.state import Membership
+    from meshd.sim import make_record
+
+    q = BroadcastQueue()
+    st = Membership(make_record(0), GossipConfig(), random.Random(1), q, Counter(), lambda *a: None)
+    st.on_alive(make_record(1), 0.0)
+    assert q._by_key["n1"].join
+    st.on_alive(make_record(1).with_incarnation(1), 1.0)
+    assert not q._by_key["n1"].join  # an update of a member it knew
+
+
 def test_loss_buys_copies_so_that_as_many_arrive() -> None:
     """With a fraction ``delivery`` of datagrams arriving, ceil(ln((N + 1) / miss) / delivery)
     copies: 14 at N = 1,000 and 20 % loss (still under Serf's model's 14.7)."""
