@@ -36,6 +36,7 @@ class Suspicion:
         "deadline",
         "check_seq",
         "answered",
+        "asks",
         "_confirmed",
     )
 
@@ -59,6 +60,8 @@ class Suspicion:
         """The seq of the ping that asks the suspect itself before the verdict (-1: not yet)."""
         self.answered = False
         """The suspect acked that ping: no verdict this time (node.py)."""
+        self.asks = 0
+        """Checks sent in this round without an answer (node.py asks twice before a verdict)."""
         # The first suspector does not confirm itself.
         self._confirmed: set[str] = {sender}
 
