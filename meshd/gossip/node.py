@@ -119,6 +119,9 @@ MAX_CHECKS = 64
 CHECK_ASKS = 2
 """Checks of a suspect, one probe interval apart, that must all go unanswered for a verdict."""
 
+HEALTH_TIMER = "health"
+"""Heals what our own stalls added to local health, a point per stall-free probe interval."""
+
 STALL_FRACTION = 0.5
 """A timer that runs later than this fraction of probe_timeout after it was due means our own
 event loop was stalled (a starved CPU, a paused process): verdicts that rest on "no answer came"
@@ -263,6 +266,8 @@ class GossipNode:
         self._gossip_armed = False
         self._stalled = False
         """True while handle_timer runs timers that came due during a stall of our own loop."""
+        self._stall_at = 0.0
+        self._health_armed = False
         self._stall_after = STALL_FRACTION * config.probe_timeout
         self._checks: dict[int, str] = {}
         """Seq of a ping asking a suspect itself before the verdict -> the suspect's name."""
@@ -454,7 +459,11 @@ class GossipNode:
         self._stalled = bool(timers) and now - timers[0][0] > self._stall_after
         if self._stalled:
             self.counters["stall"] += 1
-            self._state.awareness.apply(1)
+            self._state.awareness.stall()
+            self._stall_at = now
+            if not self._health_armed:
+                self._health_armed = True
+                self._schedule(now + self.config.probe_interval, HEALTH_TIMER)
         while timers and timers[0][0] <= now:
             _, _, kind, key = heapq.heappop(timers)
             self._fire(kind, key, now)
@@ -610,10 +619,23 @@ class GossipNode:
             self._gossip(now)
         elif kind == SUSPICION_TIMER:
             self._suspicion_due(str(key), now)
+        elif kind == HEALTH_TIMER:
+            self._heal(now)
         elif kind == REAP_TIMER:
             self._state.reap(str(key), now)
         elif kind in SYNC_TIMERS:
             self._sync.fire(kind, now)
+
+    def _heal(self, now: float) -> None:
+        """A probe interval after a stall: a point of what stalls raised heals per interval
+        without one (suspicion.Awareness)."""
+        aw, interval = self._state.awareness, self.config.probe_interval
+        if now - self._stall_at >= interval:
+            aw.heal_stall()
+        if aw.stalled:
+            self._schedule(max(now, self._stall_at) + interval, HEALTH_TIMER)
+        else:
+            self._health_armed = False
 
     def _after(self, now: float) -> None:
         queue = self._queue

@@ -87,16 +87,36 @@ class Awareness:
     A node that misses nacks or fails probes is probably the slow one itself (CPU starvation, a
     lossy NIC), so it stretches its probe interval and timeout by ``score + 1`` instead of wrongly
     suspecting healthy peers.
+
+    Our own stalls (node.py: timers that ran late, a starved CPU) count too, but that part of
+    the score heals with time as well: a point per probe interval without a stall
+    (``heal_stall``). Probes alone would take (score + 1) + score + ... intervals, ~35 s from the
+    worst, to undo a few seconds of start-up load, and the mesh would detect failures slowly
+    long after the CPU came back. What failed probes and refutations raised heals only by
+    successful probes, as in memberlist.
     """
 
-    __slots__ = ("score", "_max")
+    __slots__ = ("score", "stalled", "_max")
 
     def __init__(self, max_score: int) -> None:
         self.score = 0
+        self.stalled = 0
+        """The part of the score our stalls raised and time has not healed yet."""
         self._max = max_score
 
     def apply(self, delta: int) -> None:
         self.score = min(self._max - 1, max(0, self.score + delta))
+        self.stalled = min(self.stalled, self.score)
+
+    def stall(self) -> None:
+        before = self.score
+        self.apply(1)
+        self.stalled += self.score - before
+
+    def heal_stall(self) -> None:
+        if self.stalled:
+            self.stalled -= 1
+            self.score -= 1
 
     def scale(self, timeout: float) -> float:
         return timeout * (self.score + 1)

@@ -9,6 +9,7 @@ import pytest
 
 from meshd.gossip import node as gossip_node
 from meshd.gossip.events import MemberEvent
+from meshd.gossip.suspicion import Awareness
 from meshd.sim import Network, make_record
 
 SLOW = 3
@@ -46,6 +47,28 @@ def test_a_starved_node_accuses_nobody(seed: int) -> None:
     # ... and once it is fed again it is a healthy member.
     net.starve(SLOW, 0)
     assert net.run_until_true(net.fully_converged, 30)
+
+
+def _health_after_feeding(seconds: float) -> tuple[int, int]:
+    net, _ = starved_mesh(1, 3.0)
+    slow = net.nodes[SLOW]
+    starved = slow.health
+    net.starve(SLOW, 0)
+    net.run_for(seconds)
+    return starved, slow.health
+
+
+def test_a_starved_node_heals_its_local_health_once_fed() -> None:
+    # What stalls raised heals a point per stall-free probe interval: fed again, the node
+    # probes at the normal rate within seconds (by probes alone, 7 + 6 + ... intervals).
+    starved, healed = _health_after_feeding(8.0)
+    assert starved >= 5 and healed == 0
+
+
+def test_by_probes_alone_local_health_would_heal_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Awareness, "heal_stall", lambda self: None)
+    starved, healed = _health_after_feeding(8.0)
+    assert starved >= 5 and healed >= 3
 
 
 def test_without_the_stall_rule_the_starved_node_would_accuse(
