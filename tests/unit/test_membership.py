@@ -6,15 +6,18 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 from logparse import events  # tests/unit is on sys.path (pytest prepend import mode)
 from records import rec
 
+from meshd import membership as membership_mod
 from meshd.errors import DataplaneError
 from meshd.gossip.events import EventKind, Member, MemberEvent, MemberState
 from meshd.membership import WHY, Membership
+from meshd.statestore import State, StateStore
 
 
 @dataclass
@@ -185,3 +188,48 @@ def test_probe_targets_are_rebuilt_only_on_change() -> None:
 
     asyncio.run(run())
     assert set(prober.local) == {"10.244.1.0"}
+
+
+@dataclass
+class SaveNode:
+    local: Any
+    listed: list[Member]
+    leaving: bool = False
+    crl_der: bytes | None = None
+
+    def members(self) -> list[Member]:
+        return self.listed
+
+
+def test_member_news_is_saved_at_most_every_save_every_and_the_last_of_it_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write and an fsync per batch of member events, in every daemon of a mesh that is
+    # starting, cost more than the gossip: news waits for SAVE_EVERY, but never longer.
+    monkeypatch.setattr(membership_mod, "SAVE_EVERY", 0.2)
+    writes: list[int] = []
+    store = StateStore(tmp_path)
+    real = store.save
+
+    def save(state: State) -> None:
+        writes.append(len(state.members))
+        real(state)
+
+    monkeypatch.setattr(store, "save", save)
+    me = rec(1)
+    node = SaveNode(me, [Member(me, MemberState.ALIVE, 0.0, 0.0)])
+    m = Membership(node, store, None, None, 30.0, lambda: None, asyncio.Event())  # type: ignore[arg-type]
+
+    async def run() -> None:
+        m.save()
+        for i in (2, 3, 4):  # three batches of news within SAVE_EVERY: no write yet
+            node.listed.append(Member(rec(i), MemberState.ALIVE, 0.0, 0.0))
+            m.save()
+        assert writes == [0]
+        await asyncio.sleep(0.3)  # ... then one, with all of it
+        assert writes == [0, 3]
+        m.save()  # nothing new: nothing written
+        assert writes == [0, 3]
+
+    asyncio.run(run())
+    assert [r.name for r in StateStore(tmp_path).load().members] == ["n2", "n3", "n4"]
