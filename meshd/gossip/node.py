@@ -459,11 +459,7 @@ class GossipNode:
         self._stalled = bool(timers) and now - timers[0][0] > self._stall_after
         if self._stalled:
             self.counters["stall"] += 1
-            self._state.awareness.stall()
-            self._stall_at = now
-            if not self._health_armed:
-                self._health_armed = True
-                self._schedule(now + self.config.probe_interval, HEALTH_TIMER)
+            self._slow(now)
         while timers and timers[0][0] <= now:
             _, _, kind, key = heapq.heappop(timers)
             self._fire(kind, key, now)
@@ -625,6 +621,15 @@ class GossipNode:
             self._state.reap(str(key), now)
         elif kind in SYNC_TIMERS:
             self._sync.fire(kind, now)
+
+    def _slow(self, now: float) -> None:
+        """Evidence that this node (or the host it shares) is starved: a stall of our own loop,
+        or an ack that came back slow. Local health worsens; time heals it (_heal)."""
+        self._state.awareness.stall()
+        self._stall_at = now
+        if not self._health_armed:
+            self._health_armed = True
+            self._schedule(now + self.config.probe_interval, HEALTH_TIMER)
 
     def _heal(self, now: float) -> None:
         """A probe interval after a stall: a point of what stalls raised heals per interval
@@ -951,6 +956,14 @@ class GossipNode:
                 else:
                     self.counters["probe.ok"] += 1
                     self.probe_rtt.observe(now - p.sent_at)
+                    if now - p.sent_at > self._stall_after:
+                        # Members are probed at random: acks that come back slow from
+                        # whoever we ask point at us, or at a CPU we share (100 daemons on 2
+                        # cores), before any probe fails. Lifeguard: slow down our own verdicts.
+                        self.counters["probe.slow"] += 1
+                        self._slow(now)
+                        self._state.seen(p.target, now)
+                        return
                 self._state.awareness.apply(-1)
                 self._state.seen(p.target, now)
             return
