@@ -112,6 +112,26 @@ def test_late_direct_ack_after_indirect_probing_is_still_direct() -> None:
     assert n.probe_rtt.buckets[-2] == (1.0, 1)
 
 
+def test_a_slow_direct_ack_counts_against_local_health_a_prompt_one_heals_it() -> None:
+    # Later than the stall threshold (half a probe timeout): the host is probably starved,
+    # whoever the target was (time heals it too: test_sim_lifeguard).
+    n = node(A)
+    t, ping, _ = next_ping(n)
+    feed(n, m.Ack(ping.seq), now=t + 0.3)
+    assert n.counters["probe.ok"] == 1 and n.counters["probe.slow"] == 1
+    assert n.health == 1
+    t, ping, _ = next_ping(n)  # probing is stretched meanwhile
+    feed(n, m.Ack(ping.seq), now=t + 0.003)  # a prompt ack
+    assert n.counters["probe.slow"] == 1 and n.health == 0
+
+
+def test_a_prompt_ack_is_not_slow() -> None:
+    n = node(A)
+    t, ping, _ = next_ping(n)
+    feed(n, m.Ack(ping.seq), now=t + 0.2)
+    assert n.counters["probe.slow"] == 0 and n.health == 0
+
+
 def test_failed_probe_raises_a_suspicion_that_is_refuted_or_declared_dead() -> None:
     n = node(A, B)
     _, ping, _ = next_ping(n)
