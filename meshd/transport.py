@@ -75,6 +75,9 @@ RECVERR = {
 queue entry comes back as a control message of the same level and type."""
 SO_EE_ORIGIN_LOCAL = 1  # the error queue entry is the sendto() error itself, already counted
 _EE = struct.Struct("=IBBBBII")  # struct sock_extended_err: errno, origin, type, code, pad...
+PROMPT_BYTES = 512
+"""Datagrams up to this size (probes, acks, digests, a little gossip) are fed to the core before
+larger ones (push-pull chunks, full gossip rounds) that arrived with them."""
 ERRQUEUE_BATCH = 256  # errors read at once; the rest wait for the next POLLERR
 ERRQUEUE_ANCILLARY = socket.CMSG_SPACE(_EE.size + 28)  # + the offender's sockaddr_in6 (or _in)
 
@@ -241,8 +244,7 @@ class Transport:
             if got is None:  # closed
                 return
             self._drain()
-            await self._receive(got)
-            if not await self._receive_queued():
+            if not await self._receive_queued(got):
                 return
 
     def _drain(self) -> None:
@@ -267,16 +269,28 @@ class Transport:
             self.counters["recv.drained"] += 1
             proto.datagram_received(data, addr)
 
-    async def _receive_queued(self) -> bool:
-        """Feed the core every datagram already in the queue; False once the socket closed."""
+    async def _receive_queued(self, first: tuple[bytes, tuple[str, int]] | None = None) -> bool:
+        """Feed the core every datagram already in the queue (after ``first``); False once the
+        socket closed. Small ones first (PROMPT_BYTES): a ping waiting behind the chunks of a
+        full state is answered after them, which for a starved joiner (three full states of
+        100 members in its first seconds) was later than its prober waited."""
         assert self._protocol is not None
         queue = self._protocol.queue
+        batch = [first] if first is not None else []
+        closed = False
         while not queue.empty():
             got = queue.get_nowait()
             if got is None:
-                queue.put_nowait(None)  # for the receive loop, which then stops
-                return False
+                closed = True
+                break
+            batch.append(got)
+        if len(batch) > 1:
+            batch.sort(key=lambda g: len(g[0]) > PROMPT_BYTES)  # stable: arrival order kept
+        for got in batch:
             await self._receive(got)
+        if closed:
+            queue.put_nowait(None)  # for the receive loop, which then stops
+            return False
         return True
 
     async def _receive(self, got: tuple[bytes, tuple[str, int]]) -> None:

@@ -17,7 +17,7 @@ from typing import cast
 
 from meshd.gossip.node import GossipNode
 from meshd.gossip.security import Sealer
-from meshd.transport import Transport
+from meshd.transport import PROMPT_BYTES, Transport
 
 
 @dataclass
@@ -155,5 +155,36 @@ def test_what_the_core_queued_before_the_transport_ran_is_sent_at_once() -> None
                 await task
             t.close()
             sink.close()
+
+    asyncio.run(main())
+
+
+def test_small_datagrams_of_a_backlog_go_to_the_core_first() -> None:
+    # A ping behind the chunks of a full state is answered before them: a starved joiner
+    # answered its probers late, and was suspected, while it merged three full states.
+    async def main() -> None:
+        node = RecordingNode()
+        node.deadline = None
+        t = Transport(
+            cast(GossipNode, node), cast(Sealer, PlainSealer()), ("127.0.0.1", 0), wall=lambda: 0.0
+        )
+        await t.start()
+        assert t._sock is not None
+        addr = t._sock.getsockname()
+        big = [bytes([65 + i]) * (PROMPT_BYTES + 100) for i in range(4)]
+        small = [f"ping {i}".encode() for i in range(3)]
+        arrival = [big[0], big[1], small[0], big[2], small[1], big[3], small[2]]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for d in arrival:
+                peer.sendto(d, addr)
+        task = asyncio.create_task(t._recv_loop())
+        for _ in range(500):
+            if len(node.received) == len(arrival):
+                break
+            await asyncio.sleep(0.01)
+        # Read at once, then fed small first, each kind in the order it came.
+        assert node.received == [*small, *big]
+        t.close()
+        await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
