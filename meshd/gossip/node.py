@@ -643,6 +643,8 @@ class GossipNode:
             self._health_armed = False
 
     def _after(self, now: float) -> None:
+        if not self._state.watch_joins and self._sync.synced:
+            self._state.watch_joins = True
         queue = self._queue
         if (
             queue
@@ -819,9 +821,10 @@ class GossipNode:
         self._finish_probe(now)
         st = self._state
         self._schedule(now + st.awareness.scale(self.config.probe_interval), "probe")
-        target = st.next_probe_target()
+        target = st.next_probe_target(now)
         if target is None:
-            self._sync.digest_due = False  # nobody to sync with
+            if not st.alive:
+                self._sync.digest_due = False  # nobody to sync with
             return
         seq = self._next_seq()
         name = target.record.name

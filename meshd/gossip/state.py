@@ -30,6 +30,7 @@ The rules are memberlist's (state.go), keyed by member name:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -74,6 +75,11 @@ honest messages stay far below; a forged 2^63 - 2 no longer drives anyone to the
 MAX_EVICTED = 4096
 """Evicted node ids remembered to drop their datagrams; a CRL lists fewer than this."""
 
+JOIN_GRACE = 3
+"""Probe intervals a member that joined here is not probed (`Membership._joined`); a joiner
+that crashes at once is detected that much later."""
+FRESH_MAX = 4096
+"""Members remembered as just joined, at most (a join storm past it is probed as usual)."""
 SUSPICION_TIMER = "suspect"
 REAP_TIMER = "reap"
 
@@ -194,6 +200,11 @@ class Membership:
         self._order_idx = 0
         self._quiet = False
         """Merging a state learned quietly (see `merge`): news about others is not gossiped."""
+        self._fresh: dict[str, float] = {}
+        """Members that joined here lately -> until when they are not probed (JOIN_GRACE)."""
+        self.watch_joins = False
+        """Set by the node once it is synced: before that, members it learns are not new to
+        the mesh, only to us."""
 
     @property
     def num_nodes(self) -> int:
@@ -260,6 +271,22 @@ class Membership:
         # appending puts a newcomer at a random place in it, in O(1) (memberlist's intent).
         self._order.append(name)
 
+    def _joined(self, name: str, now: float) -> None:
+        """A member new here, or back: not probed for JOIN_GRACE probe intervals. A joiner
+        spends its first seconds taking in the mesh's state (100 members, several full states
+        at once when many join); on a busy host its acks then come late, and probing it only
+        raised suspicions it refuted (most of the start-up suspicions at N = 100 on 2 cores).
+        Members we learn while joining ourselves are not new to the mesh."""
+        if self._quiet or not self.watch_joins:
+            return
+        fresh = self._fresh
+        if len(fresh) >= FRESH_MAX:
+            for n in [n for n, until in fresh.items() if until <= now]:
+                del fresh[n]
+            if len(fresh) >= FRESH_MAX:
+                return
+        fresh[name] = now + JOIN_GRACE * self.cfg.probe_interval
+
     def _writable(self, e: Entry) -> Entry:
         """Call before changing ``e``: drops its cached wire form; a shared entry is first
         replaced by a copy of our own (returned)."""
@@ -308,11 +335,13 @@ class Membership:
 
     # --- choosing peers -----------------------------------------------------------------------
 
-    def next_probe_target(self) -> Entry | None:
+    def next_probe_target(self, now: float = -math.inf) -> Entry | None:
         """Round-robin over a random permutation, a new one each round. The permutation is drawn
         lazily (one Fisher-Yates step per probe), so a round costs one list copy, not a shuffle
-        of N names up front."""
+        of N names up front. A member that joined here less than JOIN_GRACE ago is passed over
+        this round (`_joined`)."""
         order = self._order
+        fresh = self._fresh
         for _ in range(len(order) + 2):
             i = self._order_idx
             if i >= len(order):
@@ -325,8 +354,12 @@ class Membership:
             self._order_idx = i + 1
             e = self.table.get(order[i])
             if e is not None and e.state in _UP:
+                if fresh and (until := fresh.get(order[i])) is not None:
+                    if now < until:
+                        continue
+                    del fresh[order[i]]
                 return e
-        return None  # pragma: no cover - the fresh order always holds an up member
+        return None  # everyone up joined lately (or, in a fresh order, nobody is up)
 
     def random_alive(self, k: int, exclude: str | None = None) -> list[Entry]:
         """Up to ``k`` distinct random alive/suspect members, never ``exclude``."""
@@ -443,6 +476,7 @@ class Membership:
                 return
             e = self._add(rec, ALIVE, rec.incarnation, now)
             self._emit("join", e)
+            self._joined(name, now)
             self._broadcast(name, encode(Alive(rec)), join=True)
             return
         if rec.node_id != e.record.node_id:
@@ -455,6 +489,7 @@ class Membership:
             e.record, e.inc, e.last_seen = rec, rec.incarnation, now
             self._set_state(e, ALIVE, now)
             self._emit("join", e)
+            self._joined(name, now)
             self._broadcast(name, encode(Alive(rec)), join=True)
             return
         if rec.incarnation < e.inc or (rec.incarnation == e.inc and name not in self._stale):
@@ -469,6 +504,8 @@ class Membership:
         if old_state != ALIVE:
             self._set_state(e, ALIVE, now)
             self._emit("alive" if old_state == SUSPECT else "join", e)
+            if old_state != SUSPECT:
+                self._joined(name, now)
             if old_state == SUSPECT:
                 self.counters["suspect.refuted"] += 1
             if old_state == SUSPECT and changed:
