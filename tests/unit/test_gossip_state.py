@@ -618,8 +618,9 @@ def test_members_learned_while_joining_are_probed_at_once() -> None:
     assert not n.synced
     feed(n, m.Alive(A), now=0.5)
     n.datagrams_to_send()
-    while (t := n.get_timer()) is not None and t <= 2.5:
+    pinged: list[float] = []
+    while not pinged and (t := n.get_timer()) is not None and t <= 2.5:
         n.handle_timer(t)
         if any(isinstance(x[0], m.Ping) for x, addr in sent(n) if addr == A.addr):
-            break
-    assert t <= 2.5 and n.counters["probe.sent"] >= 1
+            pinged.append(t)
+    assert pinged and n.counters["probe.sent"] >= 1
