@@ -112,6 +112,8 @@ class Membership:
         self._last_save = 0.0
         self._saved_key: tuple[object, ...] = ()
         self._save_handle: asyncio.TimerHandle | None = None
+        self._saved_peers = False
+        """The last save held a member up to rejoin through."""
         self._fw_forced = 0.0
         self._fw_error: str | None = None
         self.masquerade = masquerade
@@ -179,10 +181,7 @@ class Membership:
                 self.reconciler.set_peers(views, synced, time.monotonic())
                 self.check_neighbours(sum(v.state in ("alive", "suspect") for v in views))
                 await self.update_firewall()
-                # Member news is saved at most every SAVE_EVERY (a write and an fsync in the
-                # loop: per batch, 100 daemons starting on 2 cores spent more time there than
-                # in gossip); a new incarnation of our own at once.
-                self.save(force=incarnation != self.node.local.incarnation)
+                self.save_news(incarnation != self.node.local.incarnation)
             elif incarnation != self.node.local.incarnation:
                 self.save(force=True)
             incarnation = self.node.local.incarnation
@@ -394,6 +393,14 @@ class Membership:
             },
         )
 
+    def save_news(self, own_incarnation: bool) -> None:
+        """Member news is saved at most every SAVE_EVERY (a write and an fsync in the loop: per
+        batch, 100 daemons starting on 2 cores spent more time there than in gossip). A new
+        incarnation of our own is saved at once, and so is the first member to rejoin through:
+        a daemon killed right after its join must find the mesh again from its state dir (a
+        restart with no seeds)."""
+        self.save(force=own_incarnation or not self._saved_peers)
+
     def _save_later(self, delay: float) -> None:
         """A save skipped for SAVE_EVERY happens when it is over (once, whatever comes
         meanwhile), so the last news is on disk within SAVE_EVERY even if none follows."""
@@ -437,6 +444,8 @@ class Membership:
         # An allocated subnet is released by a leave: the mesh may hand it out at once, so a
         # later start must not claim it back with its old age.
         released = bool(self.allocators) and self.node.leaving
+        peers = [m for m in members if m.record.name != me.name and str(m.state.value) != "left"]
+        self._saved_peers = any(str(m.state.value) in ("alive", "suspect") for m in peers)
         self.store.save(
             State(
                 node_id=me.node_id,
@@ -445,10 +454,6 @@ class Membership:
                 subnet_since=0 if released else me.since,
                 subnet6=None if released else me.subnet6,
                 saved_at=time.time(),
-                members=[
-                    m.record
-                    for m in members
-                    if m.record.name != me.name and str(m.state.value) != "left"
-                ],
+                members=[m.record for m in peers],
             )
         )

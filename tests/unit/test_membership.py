@@ -233,3 +233,28 @@ def test_member_news_is_saved_at_most_every_save_every_and_the_last_of_it_too(
 
     asyncio.run(run())
     assert [r.name for r in StateStore(tmp_path).load().members] == ["n2", "n3", "n4"]
+
+
+def test_the_first_member_to_rejoin_through_is_saved_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed right after its join and restarted without seeds, a daemon finds the mesh again
+    # only through its state dir (test_dataplane_e2e's restart): that first news cannot wait.
+    monkeypatch.setattr(membership_mod, "SAVE_EVERY", 60.0)
+    store = StateStore(tmp_path)
+    me = rec(1)
+    node = SaveNode(me, [Member(me, MemberState.ALIVE, 0.0, 0.0)])
+    m = Membership(node, store, None, None, 30.0, lambda: None, asyncio.Event())  # type: ignore[arg-type]
+
+    async def run() -> None:
+        m.save(force=True)  # at start: nobody known
+        node.listed.append(Member(rec(2), MemberState.ALIVE, 0.0, 0.0))
+        m.save_news(own_incarnation=False)
+        assert [r.name for r in StateStore(tmp_path).load().members] == ["n2"]
+        node.listed.append(Member(rec(3), MemberState.ALIVE, 0.0, 0.0))
+        m.save_news(own_incarnation=False)  # more news waits for SAVE_EVERY
+        assert [r.name for r in StateStore(tmp_path).load().members] == ["n2"]
+        m.save_news(own_incarnation=True)  # a new incarnation of ours does not
+        assert [r.name for r in StateStore(tmp_path).load().members] == ["n2", "n3"]
+
+    asyncio.run(run())
