@@ -37,6 +37,7 @@ class Suspicion:
         "check_seq",
         "answered",
         "asks",
+        "asked_at",
         "_confirmed",
     )
 
@@ -61,7 +62,9 @@ class Suspicion:
         self.answered = False
         """The suspect acked that ping: no verdict this time (node.py)."""
         self.asks = 0
-        """Checks sent in this round without an answer (node.py asks twice before a verdict)."""
+        """Checks sent in this round (node.py asks twice before a verdict)."""
+        self.asked_at = now
+        """When the last check was sent."""
         # The first suspector does not confirm itself.
         self._confirmed: set[str] = {sender}
 
