@@ -91,7 +91,7 @@ from meshd.gossip.pushpull import TIMERS as SYNC_TIMERS
 from meshd.gossip.pushpull import Sync
 from meshd.gossip.queue import BroadcastQueue, DeliveryEstimate
 from meshd.gossip.record import NodeRecord, validate
-from meshd.gossip.state import REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
+from meshd.gossip.state import CHECK_ASKS, REAP_TIMER, SUSPICION_TIMER, ConvergedStart, Membership
 from meshd.gossip.suspicion import Suspicion
 from meshd.gossip.trust import REVOKED, Signer, Trust
 
@@ -115,9 +115,6 @@ ping requests cannot grow memory."""
 
 MAX_CHECKS = 64
 """Pending asks of suspects (checked verdicts) before the ones no longer needed are dropped."""
-
-CHECK_ASKS = 2
-"""Checks of a suspect, half a probe interval apart, that must all go unanswered for a verdict."""
 
 HEALTH_TIMER = "health"
 """Heals what our own stalls added to local health, a point per stall-free probe interval."""
@@ -756,31 +753,30 @@ class GossipNode:
     # --- probing (SWIM + Lifeguard) -----------------------------------------------------------
 
     def _suspicion_due(self, name: str, now: float) -> None:
-        """Checked verdicts: one probe interval before a suspicion runs out, the node asks the
+        """Checked verdicts: two probe intervals before a suspicion runs out, the node asks the
         suspect itself (a ping with the buddy system's suspect on it, and the same ping through
         indirect_checks relays); a member that is up answers, and the refutation this node
-        missed rides on its ack. No answer within half a probe interval: it is asked once more
-        (CHECK_ASKS). At the deadline, no answer to either: dead; an answer but still no
+        missed rides on its ack. No answer within a probe interval: it is asked once more
+        (state.CHECK_ASKS). At the deadline, no answer to either: dead; an answer but still no
         refutation: the suspicion runs the shortest timeout more. Under loss one observer can
         miss every copy of a refutation gossiped to the mesh, and one check goes unanswered ~7 %
-        of the time at 20 % loss (two ~0.5 %); a crash is declared as fast as before (both
-        checks are over by the deadline)."""
+        of the time at 20 % loss (two ~0.5 %); a crash is declared as fast as without checks
+        (both are over by the deadline)."""
         st = self._state
         s = st.suspicion_due(name, now)
         if s is None:
             return
         interval = self.config.probe_interval
-        half = interval / 2
         if s.check_seq < 0:
             self._ask_suspect(name, s)
             if now >= s.deadline:
                 s.deadline = now + interval  # asked only now: the check gets its interval
-            self._schedule(min(s.deadline, s.asked_at + half), SUSPICION_TIMER, name)
+            self._schedule(min(s.deadline, s.asked_at + interval), SUSPICION_TIMER, name)
             return
-        if not s.answered and s.asks < CHECK_ASKS and now >= s.asked_at + half:
-            # No answer within half an interval: ask once more before the verdict.
+        if not s.answered and s.asks < CHECK_ASKS and now >= s.asked_at + interval:
+            # No answer within an interval: ask once more before the verdict.
             self._ask_suspect(name, s)
-            s.deadline = max(s.deadline, now + half)
+            s.deadline = max(s.deadline, now + interval / 2)
             self._schedule(s.deadline, SUSPICION_TIMER, name)
             return
         if now < s.deadline or self._stalled:

@@ -93,9 +93,9 @@ def test_suspicion_times_out_to_dead() -> None:
     n = node()
     feed(n, m.Alive(A), m.Alive(B))
     feed(n, m.Suspect(0, "n1", "n2"), now=10.0)
-    # 3 members, k = 0: the minimum timeout, 4 * max(1, log10(3)) * 1 s = 4 s. One probe
-    # interval before it runs out, n1 itself is asked (nobody answers here); unanswered, it is
-    # asked once more half an interval later, and dead when the timeout runs out.
+    # 3 members, k = 0: the minimum timeout, 4 * max(1, log10(3)) * 1 s = 4 s. Two probe
+    # intervals before it runs out, n1 itself is asked (nobody answers here); unanswered, it is
+    # asked once more an interval later, and dead when the timeout runs out.
     t, checked_at = 10.0, None
     while state(n, "n1") == MemberState.SUSPECT and t < 100:
         t = n.get_timer() or t
@@ -104,7 +104,7 @@ def test_suspicion_times_out_to_dead() -> None:
         if checked_at is None and s1 is not None and s1.check_seq >= 0:
             checked_at = t  # n1 asked (the node's own probes may check n2 too)
     assert state(n, "n1") == MemberState.DEAD
-    assert checked_at is not None and abs(checked_at - 13.0) < 1e-9
+    assert checked_at is not None and abs(checked_at - 12.0) < 1e-9
     assert abs(t - 14.0) < 1e-9
     assert ("dead", "n1") in kinds(n)
 
@@ -114,7 +114,8 @@ def test_a_suspect_that_answers_the_check_is_not_declared_dead() -> None:
     feed(n, m.Alive(A), m.Alive(B))
     feed(n, m.Suspect(0, "n1", "n2"), now=10.0)
     n.datagrams_to_send()
-    # One probe interval before the 4 s run out, n1 is asked itself, with the suspicion on
+    # Two probe intervals before the 4 s run out, n1 is asked itself (and again a probe
+    # interval later), with the suspicion on
     # the ping (and through B as a relay).
     while (t := n.get_timer()) is not None and t <= 13.0:
         n.handle_timer(t)
@@ -142,12 +143,12 @@ def test_a_suspect_that_answers_only_the_second_check_is_not_declared_dead() -> 
     n.datagrams_to_send()
     asks: list[tuple[float, int]] = []  # (when, seq) of each check of n1
     while (t := n.get_timer()) is not None and t <= 13.6:
-        n.handle_timer(t)  # asked at 13.0, no answer; asked again at 13.5
+        n.handle_timer(t)  # asked at 12.0, no answer; asked again at 13.0
         s1 = n._state.suspicions.get("n1")
         if s1 is not None and s1.check_seq >= 0 and s1.check_seq not in [q for _, q in asks]:
             asks.append((t, s1.check_seq))
     assert state(n, "n1") == MemberState.SUSPECT
-    assert [w for w, _ in asks] == [13.0, 13.5]
+    assert [w for w, _ in asks] == [12.0, 13.0]
     feed(n, m.Ack(asks[1][1]), now=13.8)  # the second ask's answer
     while (t := n.get_timer()) is not None and t <= 15.5:
         n.handle_timer(t)
