@@ -48,7 +48,19 @@ def test_membership_lifecycle(
 
     # Prometheus endpoint, inside h1's namespace on localhost
     fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9950/metrics').read().decode())"
-    text = ns_exec(lab.hosts[0].ns, [sys.executable, "-c", fetch]).stdout
+
+    def metrics() -> str:
+        return ns_exec(lab.hosts[0].ns, [sys.executable, "-c", fetch]).stdout
+
+    # Members that joined are not probed for JOIN_GRACE probe intervals (gossip/state.py):
+    # the first probe answered comes a little after convergence.
+    wait_until(
+        lambda: re.search(r'meshd_probes_total\{result="ok"\} [1-9]', metrics()) is not None,
+        30,
+        "h1's first answered probe",
+        lab,
+    )
+    text = metrics()
     assert 'meshd_members{state="alive"} 4' in text
     assert re.search(r'meshd_datagrams_total\{direction="out"\} [1-9]', text)
     assert re.search(r'meshd_probes_total\{result="ok"\} [1-9]', text)
